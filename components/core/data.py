@@ -1,0 +1,298 @@
+"""Reading a table (a file, a URI, a DVC-tracked file, the embedded default) and splitting it."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import math
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import pandas as pd
+from pandas.api import types as ptypes
+
+from components.core.errors import ConveyorError, first_line
+from components.core.files import write_atomically
+
+__all__ = [
+    "DEFAULT_DATA_URI",
+    "DEFAULT_TARGET",
+    "IngestResult",
+    "Source",
+    "check_target",
+    "content_hash",
+    "dataset_name",
+    "ingest_table",
+    "load_table",
+    "split_table",
+]
+
+BUILTIN_SCHEME = "builtin://"
+DEFAULT_DATA_URI = f"{BUILTIN_SCHEME}breast_cancer"
+DEFAULT_TARGET = "diagnosis"
+# A numeric target with more distinct values than this is taken for a regression target.
+MAX_NUMERIC_CLASSES = 50
+
+_PARQUET_MAGIC = b"PAR1"
+_EXTRAS = {"gs": "gcs", "gcs": "gcs", "s3": "s3", "s3a": "s3"}
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a table comes from.
+
+    Attributes:
+        uri: A local path, an fsspec URI (``gs://``, ``s3://``, ``memory://``...),
+            ``builtin://<name>``, or a path inside ``dvc_repo``.
+        dvc_repo: A git repository (path or URL) tracking ``uri`` with DVC; empty when not DVC.
+        revision: The git revision to read ``uri`` at; empty means the repository's HEAD.
+    """
+
+    uri: str
+    dvc_repo: str = ""
+    revision: str = ""
+
+    def describe(self) -> str:
+        """The source as a user wrote it, for messages."""
+        if not self.dvc_repo:
+            return self.uri
+        return f"{self.uri} (DVC repo {self.dvc_repo} at {self.revision or 'HEAD'})"
+
+    def resolved_revision(self) -> str:
+        """The commit a local DVC repository was read at; else the revision as given."""
+        if not self.dvc_repo or not os.path.isdir(self.dvc_repo):
+            return self.revision
+        from scmrepo.git import Git
+
+        with Git(self.dvc_repo) as repo:
+            return repo.resolve_rev(self.revision or "HEAD")
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """Metadata of the two splits, for their Dataset artifacts."""
+
+    train: dict[str, Any]
+    test: dict[str, Any]
+
+
+def ingest_table(
+    source: Source, target: str, test_size: float, seed: int, train_path: Path, test_path: Path
+) -> IngestResult:
+    """Reads ``source``, checks the target, and writes seeded stratified splits as Parquet."""
+    table = load_table(source)
+    where = source.describe()
+    check_target(table, target, where)
+    train_split, test_split = split_table(table, target, test_size, seed, where)
+    write_atomically(train_path, lambda path: train_split.to_parquet(path, index=False))
+    write_atomically(test_path, lambda path: test_split.to_parquet(path, index=False))
+    shared = {
+        "source": source.uri,
+        "dvc_repo": source.dvc_repo,
+        "revision": source.resolved_revision(),
+        "source_content_hash": content_hash(table),
+        "target": target,
+        "columns": int(table.shape[1]),
+        "seed": seed,
+    }
+    return IngestResult(
+        train={**shared, **_split_metadata("train", train_split)},
+        test={**shared, **_split_metadata("test", test_split)},
+    )
+
+
+def load_table(source: Source) -> pd.DataFrame:
+    """Reads a CSV or Parquet table; raises ConveyorError naming the source on any problem."""
+    where = source.describe()
+    if source.uri.startswith(BUILTIN_SCHEME):
+        table = _builtin_table(source.uri.removeprefix(BUILTIN_SCHEME))
+    else:
+        with _opened(source) as file:
+            table = _parse(file, source.uri, where)
+    if table.shape[1] == 0:
+        raise ConveyorError(f"{where}: the table has no columns")
+    if table.shape[0] == 0:
+        raise ConveyorError(f"{where}: the table has no rows (only a header)")
+    return table
+
+
+def dataset_name(source: Source) -> str:
+    """A model name derived from the data: the file's stem, lower-case, with hyphens."""
+    stem = source.uri.removeprefix(BUILTIN_SCHEME).rstrip("/").rsplit("/", 1)[-1]
+    stem = re.sub(r"\.(csv|tsv|parquet|pq)(\.gz|\.bz2|\.zip|\.xz)?$", "", stem, flags=re.I)
+    return re.sub(r"[^a-z0-9]+", "-", stem.lower()).strip("-") or "model"
+
+
+def check_target(table: pd.DataFrame, target: str, where: str) -> None:
+    """Checks that ``target`` is a usable classification label column."""
+    if target not in table.columns:
+        raise ConveyorError(
+            f"{where}: target column {target!r} not found; columns are: {_preview(table.columns)}"
+        )
+    labels = table[target]
+    empty = np.flatnonzero(labels.isna().to_numpy())
+    if empty.size:
+        raise ConveyorError(
+            f"{where}: target column {target!r} is empty in {empty.size} rows "
+            f"(first at row {empty[0] + 1})"
+        )
+    if ptypes.is_float_dtype(labels) and not np.all(np.mod(labels.to_numpy(), 1) == 0):
+        raise ConveyorError(
+            f"{where}: target column {target!r} holds continuous values (e.g. {labels.iloc[0]!r}); "
+            "Conveyor trains classifiers only for now, regression comes later"
+        )
+    classes = labels.nunique()
+    if classes < 2:
+        raise ConveyorError(
+            f"{where}: target column {target!r} has a single class ({labels.iloc[0]!r}); "
+            "classification needs at least two"
+        )
+    if ptypes.is_numeric_dtype(labels) and classes > MAX_NUMERIC_CLASSES:
+        raise ConveyorError(
+            f"{where}: target column {target!r} has {classes} distinct numbers, which looks like "
+            "a continuous target; Conveyor trains classifiers only for now, regression comes later"
+        )
+
+
+def split_table(
+    table: pd.DataFrame, target: str, test_size: float, seed: int, where: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A seeded split stratified on ``target``; both parts hold every class."""
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < test_size < 1:
+        raise ConveyorError(f"test_size must be between 0 and 1 (exclusive), got {test_size}")
+    counts = table[target].value_counts()
+    if counts.min() < 2:
+        raise ConveyorError(
+            f"{where}: class {counts.idxmin()!r} of target column {target!r} has only "
+            f"{counts.min()} row; each class needs at least 2 for a stratified split"
+        )
+    test_rows = math.ceil(test_size * len(table))
+    if min(test_rows, len(table) - test_rows) < len(counts):
+        raise ConveyorError(
+            f"{where}: {len(table)} rows split with test_size={test_size} leave fewer rows on one "
+            f"side than there are classes ({len(counts)}); add rows or change test_size"
+        )
+    train, test = train_test_split(
+        table, test_size=test_size, random_state=seed, stratify=table[target]
+    )
+    return train.reset_index(drop=True), test.reset_index(drop=True)
+
+
+def content_hash(table: pd.DataFrame) -> str:
+    """sha256 of the table's column names and cell values, independent of file format."""
+    digest = hashlib.sha256("\x1f".join(map(str, table.columns)).encode())
+    digest.update(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _split_metadata(split: str, table: pd.DataFrame) -> dict[str, Any]:
+    return {"split": split, "rows": len(table), "content_hash": content_hash(table)}
+
+
+@contextlib.contextmanager
+def _opened(source: Source) -> Iterator[BinaryIO]:
+    where = source.describe()
+    try:
+        if source.dvc_repo:
+            import dvc.api
+
+            # DVC streams are not always seekable; Parquet needs seeking.
+            with dvc.api.open(
+                source.uri, repo=source.dvc_repo, rev=source.revision or None, mode="rb"
+            ) as stream:
+                yield io.BytesIO(stream.read())
+        else:
+            import fsspec
+
+            with fsspec.open(source.uri, "rb") as stream:
+                yield stream
+    except FileNotFoundError:
+        raise ConveyorError(f"{where}: file not found") from None
+    except IsADirectoryError:
+        raise ConveyorError(f"{where}: is a directory, expected a CSV or Parquet file") from None
+    except ImportError as error:
+        raise ConveyorError(f"{where}: {_missing_extra(source.uri, error)}") from None
+    except Exception as error:
+        message = _dvc_message(error, source)
+        if message is None:
+            raise
+        raise ConveyorError(f"{where}: {message}") from None
+
+
+def _parse(file: BinaryIO, name: str, where: str) -> pd.DataFrame:
+    head = file.read(len(_PARQUET_MAGIC))
+    file.seek(0)
+    if head == _PARQUET_MAGIC or name.lower().endswith((".parquet", ".pq")):
+        return _read_parquet(file, where)
+    return _read_csv(file, where)
+
+
+def _read_parquet(file: BinaryIO, where: str) -> pd.DataFrame:
+    import pyarrow as pa
+
+    try:
+        return pd.read_parquet(file)
+    except (pa.ArrowException, OSError, ValueError) as error:
+        raise ConveyorError(f"{where}: not a readable Parquet file ({first_line(error)})") from None
+
+
+def _read_csv(file: BinaryIO, where: str) -> pd.DataFrame:
+    try:
+        return pd.read_csv(file, encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConveyorError(
+            f"{where}: not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset "
+            f"{error.start}); save the CSV as UTF-8 or use Parquet"
+        ) from None
+    except pd.errors.EmptyDataError:
+        raise ConveyorError(f"{where}: the file is empty") from None
+    except pd.errors.ParserError as error:
+        raise ConveyorError(f"{where}: not a well-formed CSV file ({first_line(error)})") from None
+
+
+def _builtin_table(name: str) -> pd.DataFrame:
+    if name != "breast_cancer":
+        raise ConveyorError(
+            f"{BUILTIN_SCHEME}{name}: unknown embedded dataset; try {DEFAULT_DATA_URI}"
+        )
+    from sklearn.datasets import load_breast_cancer
+
+    bundle = load_breast_cancer(as_frame=True)
+    table = bundle.data.rename(columns=lambda column: column.replace(" ", "_"))
+    table[DEFAULT_TARGET] = bundle.target.map(dict(enumerate(bundle.target_names)))
+    return table
+
+
+def _missing_extra(uri: str, error: ImportError) -> str:
+    protocol = uri.split("://", 1)[0] if "://" in uri else ""
+    extra = _EXTRAS.get(protocol)
+    if extra is None:
+        return f"cannot read this URI ({first_line(error)})"
+    return f"reading {protocol}:// needs an extra: pip install 'conveyor[{extra}]'"
+
+
+def _dvc_message(error: Exception, source: Source) -> str | None:
+    """A one-line reason for the DVC and git errors a user can cause, else None."""
+    name = type(error).__name__
+    if name == "PathMissingError":
+        return "no such file tracked in the repository at that revision"
+    if name in {"RevError", "UnknownRevision"}:
+        return f"unknown git revision {source.revision!r}"
+    if name in {"NotDvcRepoError", "NoRemoteError", "NotGitRepositoryError", "SCMError"}:
+        return first_line(error)
+    if name == "FileMissingError":
+        return "the DVC cache and remote do not hold this file's data (was it pushed?)"
+    return None
+
+
+def _preview(names: pd.Index, limit: int = 12) -> str:
+    shown = ", ".join(map(str, names[:limit]))
+    return shown if len(names) <= limit else f"{shown}, ... ({len(names)} in all)"

@@ -1,0 +1,175 @@
+"""Rendering a KServe InferenceService and validating it against KServe's own CRD schema."""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.core.errors import ConveyorError
+from components.core.files import write_text_atomically
+
+__all__ = [
+    "CRD_FILE",
+    "ServingSpec",
+    "deploy_manifest",
+    "inference_service_name",
+    "inference_service_schema",
+    "render_inference_service",
+    "validate_inference_service",
+]
+
+API_VERSION = "serving.kserve.io/v1beta1"
+CRD_FILE = "serving.kserve.io_inferenceservices.yaml"
+# KServe derives host names such as <name>-predictor-<namespace>; keep room for them in 63.
+MAX_NAME_LENGTH = 45
+_DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+ANNOTATION_PREFIX = "conveyor"
+
+
+@dataclass(frozen=True)
+class ServingSpec:
+    """What a deployment of one registered model version needs.
+
+    Attributes:
+        model_name: The registered model's name; the InferenceService name derives from it.
+        model_version: The registered version being deployed.
+        storage_uri: Where KServe's storage initializer pulls the model directory from.
+        namespace: Kubernetes namespace of the InferenceService.
+        canary_traffic_percent: Share of traffic (0-100) the new revision gets on an update.
+        runtime: A ServingRuntime name; empty lets KServe pick one for the sklearn format.
+        cpu: CPU request and limit (a Kubernetes quantity).
+        memory: Memory request and limit (a Kubernetes quantity).
+        service_account: Service account the predictor pulls the model with; empty for the default.
+    """
+
+    model_name: str
+    model_version: str
+    storage_uri: str
+    namespace: str = "default"
+    canary_traffic_percent: int = 10
+    runtime: str = ""
+    cpu: str = "1"
+    memory: str = "2Gi"
+    service_account: str = ""
+
+
+def deploy_manifest(spec: ServingSpec, manifest_path: Path) -> dict[str, Any]:
+    """Renders the InferenceService, validates it against KServe's CRD, and writes it as YAML."""
+    manifest = render_inference_service(spec)
+    validate_inference_service(manifest)
+    write_text_atomically(manifest_path, yaml.safe_dump(manifest, sort_keys=False))
+    return manifest
+
+
+def inference_service_name(model_name: str) -> str:
+    """A DNS-1035 name (lower-case letters, digits, hyphens; a letter first) for a model name."""
+    name = re.sub(r"[^a-z0-9]+", "-", model_name.lower()).strip("-")
+    if not name[:1].isalpha():
+        name = f"model-{name}".rstrip("-")
+    return name[:MAX_NAME_LENGTH].rstrip("-")
+
+
+def render_inference_service(spec: ServingSpec) -> dict[str, Any]:
+    """The InferenceService manifest for ``spec`` (validate it before use)."""
+    quantities = {"cpu": spec.cpu, "memory": spec.memory}
+    model: dict[str, Any] = {
+        "modelFormat": {"name": "sklearn"},
+        "storageUri": spec.storage_uri,
+        "resources": {"requests": dict(quantities), "limits": dict(quantities)},
+    }
+    if spec.runtime:
+        model["runtime"] = spec.runtime
+    predictor: dict[str, Any] = {
+        "canaryTrafficPercent": spec.canary_traffic_percent,
+        "model": model,
+    }
+    if spec.service_account:
+        predictor["serviceAccountName"] = spec.service_account
+    name = inference_service_name(spec.model_name)
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "InferenceService",
+        "metadata": {
+            "name": name,
+            "namespace": spec.namespace,
+            "labels": {"app.kubernetes.io/name": name, "app.kubernetes.io/managed-by": "conveyor"},
+            "annotations": {
+                f"{ANNOTATION_PREFIX}/model-name": spec.model_name,
+                f"{ANNOTATION_PREFIX}/model-version": str(spec.model_version),
+            },
+        },
+        "spec": {"predictor": predictor},
+    }
+
+
+def validate_inference_service(manifest: dict[str, Any]) -> None:
+    """Raises ConveyorError naming the first problems the API server would reject."""
+    from jsonschema import Draft7Validator
+
+    problems = _metadata_problems(manifest.get("metadata", {}))
+    percent = manifest.get("spec", {}).get("predictor", {}).get("canaryTrafficPercent")
+    if isinstance(percent, int) and not 0 <= percent <= 100:
+        problems.append(f"spec.predictor.canaryTrafficPercent: {percent} is not within 0-100")
+    validator = Draft7Validator(inference_service_schema())
+    for error in sorted(validator.iter_errors(manifest), key=lambda e: list(e.absolute_path)):
+        problems.append(f"{_field_path(error.absolute_path)}: {_describe(error)}")
+    if problems:
+        raise ConveyorError(f"InferenceService {problems[0]}" + _more(problems))
+
+
+@functools.cache
+def inference_service_schema() -> dict[str, Any]:
+    """The CRD's openAPIV3Schema, made strict: unknown fields are errors, not silently pruned."""
+    text = (resources.files("components.core") / "crds" / CRD_FILE).read_text()
+    crd = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    _forbid_unknown_fields(schema)
+    return schema
+
+
+def _forbid_unknown_fields(schema: dict[str, Any]) -> None:
+    if "properties" in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        schema.setdefault("additionalProperties", False)
+    for child in schema.get("properties", {}).values():
+        _forbid_unknown_fields(child)
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            _forbid_unknown_fields(schema[key])
+    for key in ("anyOf", "allOf", "oneOf"):
+        for child in schema.get(key, []):
+            _forbid_unknown_fields(child)
+
+
+def _metadata_problems(metadata: dict[str, Any]) -> list[str]:
+    name, namespace = metadata.get("name", ""), metadata.get("namespace", "")
+    problems = []
+    if not _DNS_1035.match(name) or len(name) > MAX_NAME_LENGTH:
+        problems.append(
+            f"metadata.name: {name!r} must be lower-case letters, digits and '-', start with a "
+            f"letter, and be at most {MAX_NAME_LENGTH} characters"
+        )
+    if not _DNS_1123_LABEL.match(namespace) or len(namespace) > 63:
+        problems.append(f"metadata.namespace: {namespace!r} is not a valid namespace name")
+    return problems
+
+
+def _field_path(path: Any) -> str:
+    parts = [f"[{p}]" if isinstance(p, int) else f".{p}" for p in path]
+    return "".join(parts).lstrip(".") or "(root)"
+
+
+def _describe(error: Any) -> str:
+    if error.validator == "pattern":
+        return f"{error.instance!r} is not in the expected format (pattern {error.validator_value})"
+    return error.message
+
+
+def _more(problems: list[str]) -> str:
+    return f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""

@@ -1,0 +1,175 @@
+"""The MLflow model registry: finding the champion, registering a version, moving the alias.
+
+A version's ``source`` is the training run's ``model/`` artifacts; its ``storage_uri``
+tag is the copy in the model store that KServe pulls from (content-addressed by the
+model's sha256, so copying again is a no-op).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from components.core import tracking
+from components.core.errors import ConveyorError, first_line
+from components.core.training import (
+    MODEL_CARD,
+    MODEL_FILE,
+    ModelCard,
+    TrainedModel,
+    load_model_dir,
+    sha256_file,
+)
+
+__all__ = [
+    "CHAMPION_ALIAS",
+    "Champion",
+    "Registration",
+    "find_champion",
+    "load_champion",
+    "publish_model_dir",
+    "register_model",
+    "register_version",
+]
+
+CHAMPION_ALIAS = "champion"
+PIPELINE_RUN_TAG = "pipeline_run_id"
+
+
+@dataclass(frozen=True)
+class Champion:
+    name: str
+    version: str
+    run_id: str
+    tags: dict[str, str]
+
+    def recorded_metric(self, metric: str) -> float | None:
+        value = self.tags.get(f"metric.{metric}")
+        return None if value is None else float(value)
+
+
+@dataclass(frozen=True)
+class Registration:
+    name: str
+    version: str
+    storage_uri: str
+    reused: bool
+
+
+def register_model(
+    model_dir: Path,
+    evaluation_path: Path,
+    model_name: str,
+    tracking_uri: str,
+    run_id: str,
+    model_store_uri: str,
+    pipeline_run_id: str,
+    data_hash: str,
+) -> Registration:
+    """Publishes a blessed model to the model store and registers it as the champion, once."""
+    verdict = json.loads(evaluation_path.read_text())
+    if not verdict["blessed"]:
+        raise ConveyorError(
+            f"refusing to register a model the evaluation did not bless: {verdict['reason']}"
+        )
+    client = tracking.connect(tracking_uri)
+    card = ModelCard.from_json((model_dir / MODEL_CARD).read_text())
+    if sha256_file(model_dir / card.model_file) != card.sha256:
+        raise ConveyorError(f"{model_dir}: model file does not match the sha256 in its model card")
+    storage_uri = publish_model_dir(model_dir, model_store_uri, model_name, card)
+    tags = {
+        "sha256": card.sha256,
+        "data_hash": data_hash,
+        **{f"metric.{name}": f"{value:.6g}" for name, value in verdict["metrics"].items()},
+    }
+    return register_version(client, model_name, run_id, storage_uri, pipeline_run_id, tags)
+
+
+def find_champion(client: MlflowClient, name: str) -> Champion | None:
+    """The version holding the ``champion`` alias, or None when there is none yet."""
+    try:
+        version = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
+    except MlflowException as error:
+        if error.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}:
+            return None
+        raise
+    return Champion(name, str(version.version), version.run_id, dict(version.tags))
+
+
+def load_champion(client: MlflowClient, champion: Champion) -> TrainedModel:
+    """Downloads the champion's model directory from MLflow and loads it (sha256 verified)."""
+    with tempfile.TemporaryDirectory(prefix="champion-") as scratch:
+        local = client.download_artifacts(champion.run_id, "model", scratch)
+        return load_model_dir(Path(local))
+
+
+def publish_model_dir(model_dir: Path, store_uri: str, name: str, card: ModelCard) -> str:
+    """Copies the model directory to ``<store>/<name>/<sha256[:16]>``; returns that URI.
+
+    ``model.json`` is written last, so a directory holding it is complete, and a
+    re-run finding it copies nothing.
+    """
+    if not store_uri:
+        raise ConveyorError("model_store_uri is empty: give a folder or a gs:// or s3:// URI")
+    destination = f"{store_uri.rstrip('/')}/{name}/{card.sha256[:16]}"
+    fs, path = fsspec.core.url_to_fs(destination)
+    if fs.exists(f"{path}/{MODEL_CARD}"):
+        return _as_uri(fs, destination, path)
+    fs.makedirs(path, exist_ok=True)
+    for file_name in (MODEL_FILE, MODEL_CARD):
+        fs.put_file(str(model_dir / file_name), f"{path}/{file_name}")
+    return _as_uri(fs, destination, path)
+
+
+def register_version(
+    client: MlflowClient,
+    name: str,
+    run_id: str,
+    storage_uri: str,
+    pipeline_run_id: str,
+    tags: dict[str, str],
+) -> Registration:
+    """Registers the run's model once per pipeline run and points ``champion`` at it."""
+    existing = _version_of_pipeline_run(client, name, pipeline_run_id)
+    if existing is None:
+        _ensure_registered_model(client, name)
+        version = client.create_model_version(
+            name,
+            source=f"runs:/{run_id}/model",
+            run_id=run_id,
+            tags={**tags, PIPELINE_RUN_TAG: pipeline_run_id, "storage_uri": storage_uri},
+        ).version
+    else:
+        version = existing
+    client.set_registered_model_alias(name, CHAMPION_ALIAS, str(version))
+    return Registration(name, str(version), storage_uri, reused=existing is not None)
+
+
+def _version_of_pipeline_run(client: MlflowClient, name: str, pipeline_run_id: str) -> str | None:
+    try:
+        found = client.search_model_versions(
+            f"name = '{name}' and tag.{PIPELINE_RUN_TAG} = '{pipeline_run_id}'"
+        )
+    except MlflowException as error:
+        raise ConveyorError(f"MLflow registry search for {name!r}: {first_line(error)}") from None
+    return str(found[0].version) if found else None
+
+
+def _ensure_registered_model(client: MlflowClient, name: str) -> None:
+    try:
+        client.create_registered_model(name)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+
+
+def _as_uri(fs: fsspec.AbstractFileSystem, destination: str, path: str) -> str:
+    """Local stores are reported as absolute paths; remote ones keep their scheme."""
+    return path if isinstance(fs, LocalFileSystem) else destination

@@ -1,0 +1,244 @@
+"""Fitting a scikit-learn classifier and writing it as a KServe-loadable model directory.
+
+The directory holds ``model.joblib`` (what KServe's sklearn format loads; only
+scikit-learn classes are pickled, so no Conveyor code is needed to load it) and
+``model.json``, the model card: sha256 of ``model.joblib``, features, classes and
+the library versions the model was trained with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import joblib
+import pandas as pd
+from sklearn.base import BaseEstimator
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from components.core import tracking
+from components.core.errors import ConveyorError
+from components.core.metrics import compute_metrics
+from components.core.schema import column_kind
+
+__all__ = [
+    "ESTIMATORS",
+    "MODEL_CARD",
+    "MODEL_FILE",
+    "ModelCard",
+    "TrainResult",
+    "TrainedModel",
+    "fit_classifier",
+    "load_model_dir",
+    "save_model_dir",
+    "sha256_file",
+    "train_model",
+]
+
+MODEL_FILE = "model.joblib"
+MODEL_CARD = "model.json"
+
+# Estimator name -> (class, defaults Conveyor applies before the user's hyperparameters).
+ESTIMATORS: dict[str, tuple[type[BaseEstimator], dict[str, Any]]] = {
+    "logistic_regression": (LogisticRegression, {"max_iter": 1000}),
+    "random_forest": (RandomForestClassifier, {"n_estimators": 200, "n_jobs": -1}),
+    "hist_gradient_boosting": (HistGradientBoostingClassifier, {}),
+}
+_LIBRARIES = ("scikit-learn", "pandas", "numpy", "joblib", "conveyor")
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    kind: str
+    dtype: str
+
+
+@dataclass
+class ModelCard:
+    """What a model directory holds and how it was made (``model.json``)."""
+
+    estimator: str
+    hyperparameters: dict[str, Any]
+    target: str
+    classes: list[Any]
+    features: list[Feature]
+    seed: int
+    sha256: str = ""
+    framework: str = "sklearn"
+    model_file: str = MODEL_FILE
+    versions: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, default=str)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelCard:
+        data = json.loads(text)
+        data["features"] = [Feature(**feature) for feature in data["features"]]
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    pipeline: Pipeline
+    card: ModelCard
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    card: ModelCard
+    run_id: str
+    metrics: dict[str, float]
+
+
+def train_model(
+    train_path: Path,
+    target: str,
+    estimator: str,
+    hyperparameters: dict[str, Any],
+    seed: int,
+    model_dir: Path,
+    tracking_uri: str,
+    experiment: str,
+    tags: dict[str, str],
+) -> TrainResult:
+    """Fits the classifier, writes the model directory and logs it all to one MLflow run."""
+    client = tracking.connect(tracking_uri)  # before the work: a bad URI fails fast
+    train_split = pd.read_parquet(train_path)
+    model = fit_classifier(train_split, target, estimator, hyperparameters, seed)
+    metrics = compute_metrics(model.pipeline, train_split, target)
+    card = save_model_dir(model, model_dir)
+    params = {"estimator": estimator, "seed": seed, "target": target, **card.hyperparameters}
+    run_id = tracking.start_training_run(client, experiment, params, tags, model_dir)
+    tracking.log_metrics(client, run_id, metrics, prefix="train_")
+    return TrainResult(card, run_id, metrics)
+
+
+def fit_classifier(
+    train: pd.DataFrame,
+    target: str,
+    estimator: str,
+    hyperparameters: dict[str, Any],
+    seed: int,
+) -> TrainedModel:
+    """Fits preprocessing (imputation, scaling, one-hot) and the chosen estimator, seeded."""
+    features = [
+        Feature(name, column_kind(train[name]), str(train[name].dtype))
+        for name in train.columns
+        if name != target
+    ]
+    if not features:
+        raise ConveyorError(f"the training table has no feature columns besides {target!r}")
+    hyperparameters = {key: _integral(value) for key, value in hyperparameters.items()}
+    pipeline = make_pipeline(_preprocessor(features), _estimator(estimator, hyperparameters, seed))
+    try:
+        pipeline.fit(train[[f.name for f in features]], train[target])
+    except ValueError as error:  # scikit-learn's parameter validation errors
+        raise ConveyorError(f"estimator {estimator!r}: {str(error).splitlines()[0]}") from None
+    card = ModelCard(
+        estimator=estimator,
+        hyperparameters=dict(hyperparameters),
+        target=target,
+        classes=[_plain(c) for c in pipeline.classes_],
+        features=features,
+        seed=seed,
+        versions=_library_versions(),
+    )
+    return TrainedModel(pipeline, card)
+
+
+def save_model_dir(model: TrainedModel, directory: Path) -> ModelCard:
+    """Writes ``model.joblib`` and ``model.json`` (holding the joblib file's sha256)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    joblib.dump(model.pipeline, directory / MODEL_FILE)
+    model.card.sha256 = sha256_file(directory / MODEL_FILE)
+    (directory / MODEL_CARD).write_text(model.card.to_json())
+    return model.card
+
+
+def load_model_dir(directory: Path) -> TrainedModel:
+    """Loads a model directory, refusing a ``model.joblib`` whose sha256 differs from the card's."""
+    card = ModelCard.from_json((directory / MODEL_CARD).read_text())
+    actual = sha256_file(directory / card.model_file)
+    if actual != card.sha256:
+        raise ConveyorError(
+            f"{directory / card.model_file}: sha256 {actual[:12]}... does not match "
+            f"{card.sha256[:12]}... recorded at training; refusing to load"
+        )
+    return TrainedModel(joblib.load(directory / card.model_file), card)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _preprocessor(features: list[Feature]) -> ColumnTransformer:
+    numeric = [f.name for f in features if f.kind == "numeric"]
+    categorical = [f.name for f in features if f.kind == "categorical"]
+    return ColumnTransformer(
+        [
+            ("numeric", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), numeric),
+            (
+                "categorical",
+                make_pipeline(
+                    SimpleImputer(strategy="constant", fill_value="missing"),
+                    OneHotEncoder(handle_unknown="ignore"),
+                ),
+                categorical,
+            ),
+        ]
+    )
+
+
+def _estimator(name: str, hyperparameters: dict[str, Any], seed: int) -> BaseEstimator:
+    if name not in ESTIMATORS:
+        raise ConveyorError(f"unknown estimator {name!r}; choose one of: {', '.join(ESTIMATORS)}")
+    cls, defaults = ESTIMATORS[name]
+    accepted = cls().get_params()
+    unknown = sorted(set(hyperparameters) - set(accepted))
+    if unknown:
+        raise ConveyorError(
+            f"hyperparameters {unknown} are not accepted by {name!r}; "
+            f"it takes: {', '.join(sorted(accepted))}"
+        )
+    params = {**defaults, **hyperparameters}
+    if "random_state" in accepted:
+        params.setdefault("random_state", seed)
+    return cls(**params)
+
+
+def _library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "unknown"
+    return versions
+
+
+def _integral(value: Any) -> Any:
+    """40.0 -> 40. KFP passes dict parameters as a protobuf Struct, where every number is a
+    float; scikit-learn refuses floats for integer parameters and takes ints for real ones."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars -> Python scalars, so class labels serialise to JSON."""
+    return value.item() if hasattr(value, "item") else value

@@ -1,0 +1,59 @@
+"""Register: publish a blessed model to the model store and make it the champion in MLflow."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Artifact, Input, Model
+
+from components.images import BASE_IMAGE
+
+__all__ = ["register"]
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def register(
+    model: Input[Model],
+    evaluation: Input[Artifact],
+    model_name: str,
+    model_store_uri: str,
+    mlflow_tracking_uri: str = "",
+    pipeline_run_id: str = "",
+) -> NamedTuple("Registration", [("model_version", str), ("storage_uri", str)]):
+    """Copies the model directory to the model store and registers it under the ``champion`` alias.
+
+    Refuses a model its evaluation did not bless. Safe to repeat: the store copy
+    is content-addressed, and a version already registered by this pipeline run
+    is reused rather than registered twice.
+
+    Args:
+        model: The trained model directory (its metadata names the MLflow run and data hash).
+        evaluation: The evaluation verdict (JSON) from evaluate.
+        model_name: The registered model's name in MLflow.
+        model_store_uri: A folder, ``gs://`` or ``s3://`` URI KServe can pull models from;
+            the model lands in ``<model_store_uri>/<model_name>/<sha256 prefix>``.
+        mlflow_tracking_uri: MLflow tracking server; empty uses ``$MLFLOW_TRACKING_URI``.
+        pipeline_run_id: The KFP run; a version tagged with it is not registered again.
+
+    Returns:
+        model_version: The registered version number.
+        storage_uri: Where the model directory was published.
+    """
+    from collections import namedtuple
+    from pathlib import Path
+
+    from components.core.errors import step_errors
+    from components.core.registry import register_model
+
+    with step_errors("register"):
+        registration = register_model(
+            Path(model.path),
+            Path(evaluation.path),
+            model_name,
+            mlflow_tracking_uri,
+            model.metadata["mlflow_run_id"],
+            model_store_uri,
+            pipeline_run_id,
+            model.metadata.get("data_hash", ""),
+        )
+    outputs = namedtuple("Registration", ["model_version", "storage_uri"])
+    return outputs(registration.version, registration.storage_uri)

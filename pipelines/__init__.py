@@ -1,0 +1,1 @@
+"""Conveyor pipelines: definitions, compile targets, the local runner and the ``conveyor`` CLI."""

@@ -1,0 +1,60 @@
+"""Compiling the pipeline for each target, and each component on its own, to YAML."""
+
+import copy
+from pathlib import Path
+
+from kfp import compiler
+from kfp.dsl.base_component import BaseComponent
+
+from components.deploy import deploy
+from components.evaluate import evaluate
+from components.ingest import ingest
+from components.register import register
+from components.train import train
+from components.validate import validate
+from pipelines.targets import Target
+from pipelines.training import build_training_pipeline
+
+__all__ = ["COMPONENTS", "compile_all", "compile_components", "compile_pipeline"]
+
+COMPONENTS: dict[str, BaseComponent] = {
+    "ingest": ingest,
+    "validate": validate,
+    "train": train,
+    "evaluate": evaluate,
+    "register": register,
+    "deploy": deploy,
+}
+
+
+def compile_pipeline(target: Target, output_dir: Path) -> Path:
+    """Writes ``training.<target>.yaml``; only the kubeflow file has a ``platforms`` document."""
+    path = output_dir / f"training.{target.name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_training_pipeline(target), str(path))
+    return path
+
+
+def compile_components(target: Target, output_dir: Path) -> list[Path]:
+    """Writes one YAML per component (loadable with ``kfp.components.load_component_from_file``)."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, component in COMPONENTS.items():
+        path = output_dir / f"{name}.yaml"
+        compiler.Compiler().compile(_with_image(component, target.step_image(name)), str(path))
+        paths.append(path)
+    return paths
+
+
+def compile_all(output_dir: Path, **target_options: object) -> list[Path]:
+    """Both pipeline targets, then the components (with the kubeflow target's images)."""
+    targets = [Target(name, **target_options) for name in ("kubeflow", "vertex")]
+    pipelines = [compile_pipeline(target, output_dir) for target in targets]
+    return pipelines + compile_components(targets[0], output_dir / "components")
+
+
+def _with_image(component: BaseComponent, image: str) -> BaseComponent:
+    """A copy of ``component`` that runs on ``image`` (the decorator fixed the default one)."""
+    clone = copy.deepcopy(component)
+    clone.component_spec.implementation.container.image = image
+    return clone

@@ -1,0 +1,197 @@
+"""Running the training pipeline on this machine through ``kfp.local``, and summarising the run.
+
+Every local run shares one folder (``runs/`` by default): ``mlflow.db`` (MLflow in
+SQLite, so a second run finds the first run's champion), ``mlartifacts/``,
+``models/`` (the model store), and one folder per run holding the pipeline's
+outputs, its log, and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import re
+import secrets
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+__all__ = ["RunSummary", "StepProgress", "run_training_locally"]
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_STARTED = re.compile(r"Executing task '([^']+)'")
+_FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
+_STEPS = ("ingest", "validate", "train", "evaluate", "register", "deploy")
+
+
+@dataclass
+class RunSummary:
+    """What ``summary.json`` holds."""
+
+    run_id: str
+    status: str
+    metrics: dict[str, float]
+    blessed: bool
+    reason: str
+    model_name: str
+    model_version: int | None
+    manifest: str | None
+    artifacts: str
+    storage_uri: str | None = None
+    failed_step: str | None = None
+    steps: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+class StepProgress:
+    """A stdout stand-in: keeps kfp.local's whole log in a file, shows one line per step.
+
+    It also remembers each step's own output, so a failure is reported by the
+    line the step ended with (``step: reason``) rather than by KFP's banner.
+    """
+
+    def __init__(self, log: TextIO, terminal: TextIO) -> None:
+        self._log, self._terminal = log, terminal
+        self._pending = ""
+        self._current: str | None = None
+        self._started = 0.0
+        self.outcomes: dict[str, str] = {}
+        self.step_output: dict[str, list[str]] = {}
+
+    def write(self, text: str) -> int:
+        self._log.write(text)
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            self._observe(_ANSI.sub("", line))
+        return len(text)
+
+    def flush(self) -> None:
+        self._log.flush()
+
+    def _observe(self, line: str) -> None:
+        if started := _STARTED.search(line):
+            self._current, self._started = started.group(1), time.monotonic()
+            self.step_output[self._current] = []
+            self._terminal.write(f"  {self._current:<10}")
+            self._terminal.flush()
+        elif finished := _FINISHED.search(line):
+            step, status = finished.groups()
+            self.outcomes[step] = status.lower()
+            elapsed = time.monotonic() - self._started
+            mark = "ok" if status == "SUCCESS" else "FAILED"
+            self._terminal.write(f"{mark:<7}{elapsed:5.1f} s\n")
+            self._terminal.flush()
+            self._current = None
+        elif self._current and line.strip():
+            self.step_output[self._current].append(line.strip())
+
+    def failure_line(self, step: str) -> str:
+        """The step's own message (``step: ...`` and what follows), else its last line."""
+        output = self.step_output.get(step, [])
+        starts = [i for i, line in enumerate(output) if line.startswith(f"{step}: ")]
+        if starts:
+            return "\n".join(output[starts[-1] :])
+        return output[-1] if output else f"{step} failed (see the log)"
+
+
+def run_training_locally(arguments: dict[str, Any], runs_dir: Path, terminal: TextIO) -> RunSummary:
+    """Runs the training pipeline through kfp.local and writes the run's ``summary.json``."""
+    from kfp import local
+
+    from pipelines.targets import Target
+    from pipelines.training import DEFAULT_MODEL_NAME, build_training_pipeline
+
+    runs_dir = runs_dir.resolve()
+    run_id = f"{datetime.datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+    run_dir = runs_dir / run_id
+    run_dir.mkdir(parents=True)
+    arguments = {**local_defaults(runs_dir), **arguments}
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(run_dir / "outputs"),
+        raise_on_error=True,
+    )
+    pipeline = build_training_pipeline(Target("kubeflow"))
+    terminal.write(f"Conveyor local run {run_id} (full log: {run_dir / 'pipeline.log'})\n")
+    with (run_dir / "pipeline.log").open("w") as log:
+        progress = StepProgress(log, terminal)
+        failed_step = _run(pipeline, arguments, progress)
+    model_name = arguments.get("model_name", DEFAULT_MODEL_NAME)
+    summary = _summarise(run_id, run_dir, model_name, progress, failed_step)
+    (run_dir / "summary.json").write_text(summary.to_json())
+    return summary
+
+
+def local_defaults(runs_dir: Path) -> dict[str, str]:
+    """Where a local run keeps MLflow and its model store."""
+    return {
+        "mlflow_tracking_uri": f"sqlite:///{runs_dir / 'mlflow.db'}",
+        "model_store_uri": str(runs_dir / "models"),
+    }
+
+
+def _run(pipeline: Any, arguments: dict[str, Any], progress: StepProgress) -> str | None:
+    """Runs the pipeline with its output going to ``progress``; returns the failed step, if any."""
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(progress),  # type: ignore[type-var]
+        contextlib.redirect_stderr(progress),  # type: ignore[type-var]
+    ):
+        # kfp.local warns that Conveyor's image is not a Python image, and that resource
+        # settings do nothing locally: both true, and beside the point of a local run.
+        warnings.filterwarnings("ignore", message="You may be attemping", category=RuntimeWarning)
+        warnings.filterwarnings("ignore", message=".*have no effect in the current local runner")
+        try:
+            pipeline(**arguments)
+        except RuntimeError as error:
+            failed = re.search(r"Inner task failed: '([^']+)'", _ANSI.sub("", str(error)))
+            return failed.group(1) if failed else "pipeline"
+    return None
+
+
+def _summarise(
+    run_id: str, run_dir: Path, model_name: str, progress: StepProgress, failed_step: str | None
+) -> RunSummary:
+    outputs = _outputs_dir(run_dir)
+    verdict = _read_json(outputs / "evaluate" / "evaluation") if outputs else None
+    registered = _parameters(outputs / "register") if outputs else {}
+    manifest = outputs / "deploy" / "manifest" if outputs else None
+    reason = verdict["reason"] if verdict else ""
+    if failed_step:
+        reason = progress.failure_line(failed_step)
+    version = registered.get("model_version")
+    return RunSummary(
+        run_id=run_id,
+        status="failed" if failed_step else "succeeded",
+        metrics=verdict["metrics"] if verdict else {},
+        blessed=bool(verdict and verdict["blessed"]) and not failed_step,
+        reason=reason,
+        model_name=model_name,
+        model_version=int(version) if version and not failed_step else None,
+        manifest=str(manifest) if manifest and manifest.exists() and not failed_step else None,
+        artifacts=str(outputs or run_dir),
+        storage_uri=registered.get("storage_uri"),
+        failed_step=failed_step,
+        steps={step: progress.outcomes.get(step, "skipped") for step in _STEPS},
+    )
+
+
+def _outputs_dir(run_dir: Path) -> Path | None:
+    """kfp.local writes outputs under ``<pipeline root>/<pipeline name>-<timestamp>/<task>/``."""
+    found = sorted((run_dir / "outputs").glob("*/"))
+    return found[-1] if found else None
+
+
+def _parameters(task_dir: Path) -> dict[str, Any]:
+    executor_output = _read_json(task_dir / "executor_output.json")
+    return executor_output.get("parameterValues", {}) if executor_output else {}
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None

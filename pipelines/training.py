@@ -1,0 +1,184 @@
+"""The training pipeline: ingest, validate, train, evaluate, then (if blessed) register, deploy."""
+
+from kfp import dsl, kubernetes
+from kfp.dsl import PipelineTask
+from kfp.dsl.graph_component import GraphComponent
+
+from components.core.data import DEFAULT_DATA_URI, DEFAULT_TARGET
+from components.deploy import deploy
+from components.evaluate import evaluate
+from components.ingest import ingest
+from components.register import register
+from components.train import train
+from components.validate import validate
+from pipelines.targets import MLFLOW_SECRET, MLFLOW_SECRET_KEYS, STEP_RESOURCES, Target
+
+__all__ = ["DEFAULT_MODEL_NAME", "PIPELINE_NAME", "build_training_pipeline"]
+
+PIPELINE_NAME = "conveyor-training"
+DEFAULT_MODEL_NAME = "breast-cancer"
+# Steps whose result depends on the registry or changes it must never come from KFP's cache.
+_UNCACHED_STEPS = {"evaluate", "register", "deploy"}
+_MLFLOW_STEPS = {"train", "evaluate", "register"}
+
+
+def build_training_pipeline(target: Target) -> GraphComponent:
+    """The training pipeline compiled for ``target`` (images, GPUs, platform settings)."""
+
+    @dsl.pipeline(name=PIPELINE_NAME, description=__doc__)
+    def training(
+        model_store_uri: str,
+        data_uri: str = DEFAULT_DATA_URI,
+        target_column: str = DEFAULT_TARGET,
+        model_name: str = DEFAULT_MODEL_NAME,
+        dvc_repo: str = "",
+        data_revision: str = "",
+        test_size: float = 0.2,
+        seed: int = 42,
+        estimator: str = "logistic_regression",
+        hyperparameters: dict = {},  # noqa: B006 - KFP reads defaults from the signature
+        mlflow_tracking_uri: str = "",
+        primary_metric: str = "roc_auc",
+        metric_direction: str = "auto",
+        min_improvement: float = 0.0,
+        min_relative_improvement: float = 0.0,
+        metric_floors: dict = {"accuracy": 0.7, "roc_auc": 0.7},  # noqa: B006
+        namespace: str = "default",
+        canary_traffic_percent: int = 10,
+        serving_runtime: str = "",
+        serving_cpu: str = "1",
+        serving_memory: str = "2Gi",
+        service_account: str = "",
+    ):
+        """Trains a classifier, and registers and deploys it when it beats the champion.
+
+        Args:
+            model_store_uri: Folder, gs:// or s3:// URI that KServe pulls models from.
+            data_uri: CSV or Parquet table: path, URI, builtin://breast_cancer, or path in dvc_repo.
+            target_column: The label column.
+            model_name: Registered model name (MLflow) and InferenceService name.
+            dvc_repo: Git repository whose DVC tracks data_uri; empty when not DVC.
+            data_revision: Git revision of dvc_repo to read; empty for HEAD.
+            test_size: Share of rows held out for evaluation.
+            seed: Seed of the split and the estimator.
+            estimator: logistic_regression, random_forest or hist_gradient_boosting.
+            hyperparameters: Keyword arguments for the estimator.
+            mlflow_tracking_uri: MLflow tracking server; empty uses $MLFLOW_TRACKING_URI.
+            primary_metric: Metric compared with the champion.
+            metric_direction: auto, maximize or minimize.
+            min_improvement: Absolute gain over the champion the challenger must exceed.
+            min_relative_improvement: Relative gain over the champion the challenger must reach.
+            metric_floors: Metric -> bound every model must meet (a ceiling for log_loss).
+            namespace: Kubernetes namespace of the InferenceService.
+            canary_traffic_percent: Share of traffic the new revision gets on an update.
+            serving_runtime: ServingRuntime name; empty lets KServe choose.
+            serving_cpu: CPU request and limit of the predictor.
+            serving_memory: Memory request and limit of the predictor.
+            service_account: Service account the predictor pulls the model with.
+        """
+        ingested = _configure(
+            ingest(
+                data_uri=data_uri,
+                target_column=target_column,
+                dvc_repo=dvc_repo,
+                data_revision=data_revision,
+                test_size=test_size,
+                seed=seed,
+            ),
+            "ingest",
+            target,
+        )
+        validated = _configure(
+            validate(
+                train=ingested.outputs["train"],
+                test=ingested.outputs["test"],
+                target_column=target_column,
+            ),
+            "validate",
+            target,
+        )
+        trained = _configure(
+            train(
+                train=ingested.outputs["train"],
+                target_column=target_column,
+                model_name=model_name,
+                estimator=estimator,
+                hyperparameters=hyperparameters,
+                seed=seed,
+                mlflow_tracking_uri=mlflow_tracking_uri,
+                pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            ).after(validated),
+            "train",
+            target,
+        )
+        evaluated = _configure(
+            evaluate(
+                model=trained.outputs["model"],
+                test=ingested.outputs["test"],
+                target_column=target_column,
+                model_name=model_name,
+                mlflow_tracking_uri=mlflow_tracking_uri,
+                primary_metric=primary_metric,
+                metric_direction=metric_direction,
+                min_improvement=min_improvement,
+                min_relative_improvement=min_relative_improvement,
+                metric_floors=metric_floors,
+            ),
+            "evaluate",
+            target,
+        )
+        # A single bool output: kfp.local cannot resolve a named output in a condition.
+        with dsl.If(evaluated.outputs["Output"] == True, name="blessed"):  # noqa: E712
+            registered = _configure(
+                register(
+                    model=trained.outputs["model"],
+                    evaluation=evaluated.outputs["evaluation"],
+                    model_name=model_name,
+                    model_store_uri=model_store_uri,
+                    mlflow_tracking_uri=mlflow_tracking_uri,
+                    pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                ),
+                "register",
+                target,
+            )
+            _configure(
+                deploy(
+                    model_name=model_name,
+                    model_version=registered.outputs["model_version"],
+                    storage_uri=registered.outputs["storage_uri"],
+                    namespace=namespace,
+                    canary_traffic_percent=canary_traffic_percent,
+                    serving_runtime=serving_runtime,
+                    serving_cpu=serving_cpu,
+                    serving_memory=serving_memory,
+                    service_account=service_account,
+                ),
+                "deploy",
+                target,
+            )
+
+    return training
+
+
+def _configure(task: PipelineTask, step: str, target: Target) -> PipelineTask:
+    """Image, resources, caching, and (Kubeflow only) platform settings of one step."""
+    resources = STEP_RESOURCES[step]
+    task.set_container_image(target.step_image(step))
+    task.set_cpu_request(resources.cpu_request).set_cpu_limit(resources.cpu_limit)
+    task.set_memory_request(resources.memory_request).set_memory_limit(resources.memory_limit)
+    if step in _UNCACHED_STEPS:
+        task.set_caching_options(enable_caching=False)
+    if step == "train" and target.gpus:
+        task.set_accelerator_type(target.accelerator_type).set_accelerator_limit(target.gpus)
+    if not target.platform_settings:
+        return task
+    if step in _MLFLOW_STEPS:
+        kubernetes.use_secret_as_env(
+            task, MLFLOW_SECRET, {key: key for key in MLFLOW_SECRET_KEYS}, optional=True
+        )
+    if step == "train" and target.gpus:
+        kubernetes.add_node_selector(task, *target.gpu_node_selector)
+        kubernetes.add_toleration(
+            task, key="nvidia.com/gpu", operator="Exists", effect="NoSchedule"
+        )
+    return task

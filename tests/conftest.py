@@ -1,0 +1,113 @@
+"""Shared fixtures: a real MLflow server, KFP artifacts on tmp_path, and seeded tables."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from kfp import dsl
+
+from components.core.data import Source, load_table
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_http(url: str, process: subprocess.Popen, timeout: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"{url} exited with {process.returncode}:\n{log.read_text()[-3000:]}"
+            )
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"{url} did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An MLflow tracking server with a SQLite database and a local artifact root."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    log = root / "server.log"
+    command = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination", str(root / "artifacts"),
+        "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
+    with log.open("w") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, cwd=root)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/health", process, timeout=180, log=log)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture
+def model_name() -> str:
+    """A registered-model name no other test uses (the MLflow server is shared)."""
+    return f"test-model-{uuid.uuid4().hex[:8]}"
+
+
+def artifact(
+    cls: type[dsl.Artifact], directory: Path, name: str, **metadata: object
+) -> dsl.Artifact:
+    """A KFP artifact whose ``.path`` is ``directory/name``, as a component test passes it."""
+    return cls(name=name, uri=str(directory / name), metadata=dict(metadata))
+
+
+@pytest.fixture(scope="session")
+def breast_cancer() -> pd.DataFrame:
+    return load_table(Source("builtin://breast_cancer"))
+
+
+def multiclass_table(rows: int = 360, seed: int = 7) -> pd.DataFrame:
+    """Three string classes from numeric and categorical features, with a few gaps."""
+    rng = np.random.default_rng(seed)
+    color = rng.choice(["red", "green", "blue"], size=rows)
+    size = rng.normal(10, 3, size=rows)
+    weight = rng.normal(50, 10, size=rows)
+    score = size + (color == "red") * 4 - (color == "blue") * 4 + rng.normal(0, 1, rows)
+    species = np.where(score > 12, "setosa", np.where(score > 8, "versicolor", "virginica"))
+    table = pd.DataFrame({"size": size, "weight": weight, "color": color, "species": species})
+    table.loc[rng.choice(rows, 10, replace=False), "weight"] = np.nan
+    return table
+
+
+@pytest.fixture
+def species() -> pd.DataFrame:
+    return multiclass_table()
+
+
+def require_binary(name: str) -> None:
+    """Skip without a system binary, unless CI demands it (CONVEYOR_REQUIRE_SYSTEM_DEPS=1)."""
+    import shutil
+
+    if shutil.which(name):
+        return
+    if os.environ.get("CONVEYOR_REQUIRE_SYSTEM_DEPS") == "1":
+        pytest.fail(f"{name} is required in CI but is not installed")
+    pytest.skip(f"{name} is not installed")

@@ -1,0 +1,117 @@
+"""Evaluate's core: the blessing decision, and champion/challenger against a real registry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from components.core.data import split_table
+from components.core.errors import ConveyorError
+from components.core.evaluation import ChampionScore, Policy, decide, evaluate_model
+from components.core.registry import register_model
+from components.core.training import train_model
+
+METRICS = {"accuracy": 0.9, "roc_auc": 0.95, "log_loss": 0.3}
+
+
+def champion(value: float) -> ChampionScore:
+    return ChampionScore("3", value, scored_on_current_data=True)
+
+
+def test_first_model_is_judged_on_floors_only() -> None:
+    assert decide(METRICS, Policy(floors={"accuracy": 0.8}), None).blessed
+    refused = decide(METRICS, Policy(floors={"accuracy": 0.95, "log_loss": 0.2}), None)
+    assert not refused.blessed
+    assert refused.failed_floors == [
+        "accuracy 0.9000 is below the floor 0.95",
+        "log_loss 0.3000 is above the ceiling 0.2",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("champion_value", "policy", "blessed", "winner"),
+    [
+        (0.94, Policy(), True, "challenger wins"),
+        (0.95, Policy(), False, "champion v3 stays"),  # a tie keeps the champion
+        (0.96, Policy(), False, "champion v3 stays"),
+        (0.94, Policy(min_improvement=0.02), False, "champion v3 stays"),
+        (
+            0.955,
+            Policy(min_improvement=-0.01, min_relative_improvement=-0.01),
+            True,
+            "challenger wins",
+        ),
+        (0.94, Policy(min_relative_improvement=0.02), False, "champion v3 stays"),
+        (0.35, Policy(metric="log_loss"), True, "challenger wins"),  # lower is better
+        (0.35, Policy(metric="log_loss", direction="maximize"), False, "champion v3 stays"),
+    ],
+)
+def test_change_threshold_against_the_champion(
+    champion_value: float, policy: Policy, blessed: bool, winner: str
+) -> None:
+    decision = decide(METRICS, policy, champion(champion_value))
+    assert decision.blessed is blessed
+    assert decision.reason.startswith(winner)
+    assert decision.delta == pytest.approx(METRICS[policy.metric] - champion_value)
+
+
+def test_a_better_model_still_needs_its_floors() -> None:
+    decision = decide(METRICS, Policy(floors={"accuracy": 0.99}), champion(0.5))
+    assert not decision.blessed
+    assert "challenger wins" in decision.reason and "below the floor 0.99" in decision.reason
+
+
+def test_unknown_metric_is_named() -> None:
+    with pytest.raises(ConveyorError, match=r"unknown metric\(s\) \['auc'\]"):
+        Policy(metric="auc").validate()
+
+
+def _train(tmp_path: Path, server: str, name: str, table: pd.DataFrame, tag: str, **params):
+    (tmp_path / tag).mkdir()
+    table.to_parquet(tmp_path / tag / "train")
+    return train_model(
+        tmp_path / tag / "train", "species", "logistic_regression", params, 0,
+        tmp_path / tag / "model", server, name, {"pipeline_run_id": tag},
+    )  # fmt: skip
+
+
+def _evaluate(tmp_path: Path, server: str, name: str, tag: str, run_id: str, test: Path):
+    return evaluate_model(
+        tmp_path / tag / "model", test, "species", name, server, run_id,
+        Policy(floors={"accuracy": 0.3}), tmp_path / tag / "evaluation.json", tmp_path / tag / "report.md",
+    )  # fmt: skip
+
+
+def test_challenger_is_compared_with_the_champion_on_the_same_split(
+    tmp_path: Path, species: pd.DataFrame, mlflow_server: str, model_name: str
+) -> None:
+    train, test = split_table(species, "species", 0.3, 0, "t")
+    test.to_parquet(tmp_path / "test")
+    weak = _train(tmp_path, mlflow_server, model_name, train, "weak", C=0.001)
+    first = _evaluate(tmp_path, mlflow_server, model_name, "weak", weak.run_id, tmp_path / "test")
+    assert first.decision.blessed and first.decision.champion is None
+    register_model(
+        tmp_path / "weak" / "model", tmp_path / "weak" / "evaluation.json", model_name,
+        mlflow_server, weak.run_id, str(tmp_path / "store"), "weak", "data-hash",
+    )  # fmt: skip
+
+    strong = _train(tmp_path, mlflow_server, model_name, train, "strong", C=10.0)
+    second = _evaluate(
+        tmp_path, mlflow_server, model_name, "strong", strong.run_id, tmp_path / "test"
+    )
+    assert second.decision.champion.value == pytest.approx(first.metrics["roc_auc"])
+    assert second.decision.champion.scored_on_current_data
+    assert second.decision.blessed
+    assert second.decision.delta == pytest.approx(
+        second.metrics["roc_auc"] - first.metrics["roc_auc"]
+    )
+    verdict = json.loads((tmp_path / "strong" / "evaluation.json").read_text())
+    assert verdict["blessed"] and verdict["champion"]["version"] == "1"
+    report = (tmp_path / "strong" / "report.md").read_text()
+    assert (
+        "**Blessed**: challenger wins" in report
+        and "champion v1 (on this evaluation split)" in report
+    )

@@ -1,0 +1,139 @@
+"""Whole pipeline runs through kfp.local, driven by the ``conveyor run`` command as a user would."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from mlflow import MlflowClient
+from sklearn.model_selection import train_test_split
+
+from components.core.manifests import validate_inference_service
+from pipelines.cli import main
+from tests.conftest import multiclass_table
+
+pytestmark = pytest.mark.slow
+
+SUMMARY_KEYS = {"metrics", "blessed", "reason", "model_name", "model_version", "manifest"}
+
+
+def conveyor_run(capsys: pytest.CaptureFixture, runs: Path, *options: str) -> tuple[int, dict, str]:
+    code = main(["run", "--runs-dir", str(runs), *options])
+    printed = capsys.readouterr().out
+    summary_path = Path(printed.strip().splitlines()[-1])
+    return code, json.loads(summary_path.read_text()), printed
+
+
+def registered_versions(runs: Path, name: str) -> list:
+    if not (runs / "mlflow.db").exists():
+        return []
+    client = MlflowClient(f"sqlite:///{runs / 'mlflow.db'}")
+    return client.search_model_versions(f"name = '{name}'")
+
+
+def test_default_run_then_champion_challenger(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    runs = tmp_path / "runs"
+    code, first, printed = conveyor_run(capsys, runs)
+    assert code == 0, printed
+    assert set(first) >= SUMMARY_KEYS
+    assert (
+        first["blessed"] and first["model_name"] == "breast-cancer" and first["model_version"] == 1
+    )
+    assert first["metrics"]["roc_auc"] > 0.95 and "first model for this name" in first["reason"]
+    manifest = yaml.safe_load(Path(first["manifest"]).read_text())
+    validate_inference_service(manifest)
+    assert manifest["spec"]["predictor"]["model"]["storageUri"] == first["storage_uri"]
+    assert (Path(first["storage_uri"]) / "model.joblib").is_file()
+    assert (
+        "InferenceService (validated against KServe's CRD)" in printed and "ingest    ok" in printed
+    )
+
+    code, second, printed = conveyor_run(capsys, runs)
+    assert code == 0, printed
+    # Same data and seed: the challenger ties, and a tie keeps the champion.
+    assert not second["blessed"] and second["model_version"] is None and second["manifest"] is None
+    assert second["reason"].startswith("champion v1 stays: challenger roc_auc")
+    assert "(+0.0000, +0.00%)" in second["reason"]
+    assert second["steps"]["register"] == "skipped" and second["steps"]["deploy"] == "skipped"
+    assert len(registered_versions(runs, "breast-cancer")) == 1
+
+
+def test_users_own_multiclass_csv(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    multiclass_table(rows=300).to_csv(tmp_path / "Iris Like.csv", index=False)
+    code, summary, printed = conveyor_run(
+        capsys, tmp_path / "runs", "--data", str(tmp_path / "Iris Like.csv"), "--target", "species",
+        "--estimator", "random_forest", "--param", "hyperparameters={n_estimators: 40}",
+    )  # fmt: skip
+    assert code == 0, printed
+    assert summary["model_name"] == "iris-like" and summary["model_version"] == 1
+    assert yaml.safe_load(Path(summary["manifest"]).read_text())["metadata"]["name"] == "iris-like"
+    (version,) = registered_versions(tmp_path / "runs", "iris-like")
+    run = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}").get_run(version.run_id)
+    assert run.data.params["n_estimators"] == "40"
+
+
+def _unseen_category_in_test_split() -> pd.DataFrame:
+    table = multiclass_table(rows=200)
+    # The same rows, labels and seed as the pipeline's default split: this row lands in test.
+    _, test_rows = train_test_split(
+        np.arange(len(table)), test_size=0.2, random_state=42, stratify=table["species"]
+    )
+    table.loc[test_rows[0], "color"] = "purple"
+    return table
+
+
+BAD_INPUTS = {
+    "missing file": (None, "ingest", "file not found"),
+    "corrupt file": (b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4, "ingest", "not UTF-8 text"),
+    "empty table": (b"size,color,species\n", "ingest", "the table has no rows"),
+    "target missing": (multiclass_table(40).drop(columns="species"), "ingest", "target column 'species' not found"),
+    "one class": (multiclass_table(40).assign(species="setosa"), "ingest", "has a single class ('setosa')"),
+    "continuous target": (multiclass_table(40).assign(species=np.linspace(0, 1, 40)), "ingest", "regression comes later"),
+    "all-null column": (multiclass_table(100).assign(notes=np.nan), "validate", "column 'notes' [not_all_null]"),
+    "unseen category": (_unseen_category_in_test_split(), "validate", "column 'color' [allowed_categories]"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_fails_its_step_and_leaves_nothing_behind(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    content, step, message = BAD_INPUTS[case]
+    data = tmp_path / "input.csv"
+    if isinstance(content, bytes):
+        data.write_bytes(content)
+    elif content is not None:
+        content.to_csv(data, index=False)
+    runs = tmp_path / "runs"
+    code, summary, printed = conveyor_run(capsys, runs, "--data", str(data), "--target", "species")
+    assert code == 1
+    assert summary["failed_step"] == step and summary["status"] == "failed"
+    first_line, *_ = summary["reason"].splitlines()
+    assert first_line.startswith(f"{step}: ") and "Traceback" not in summary["reason"]
+    assert message in summary["reason"]
+    assert f"Failed at step '{step}'" in printed and message in printed
+    assert registered_versions(runs, "input") == []
+    assert not (runs / "models").exists() and summary["manifest"] is None
+    assert not list(runs.rglob("deploy/manifest"))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (("--data", "x.csv"), "--target (TARGET=) is required with --data"),
+        (("--param", "learning_rate=0.1"), "--param 'learning_rate': no such pipeline parameter"),
+        (("--param", "seed"), "--param 'seed': expected NAME=VALUE"),
+    ],
+)
+def test_run_refuses_bad_options_before_running(
+    options: tuple[str, ...], message: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert main(["run", "--runs-dir", str(tmp_path), *options]) == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

@@ -1,0 +1,57 @@
+"""Metrics and curves, checked against counts made by hand from the predictions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components.core.data import split_table
+from components.core.metrics import compute_curves, compute_metrics
+from components.core.training import fit_classifier
+
+
+def _fitted(table: pd.DataFrame, target: str):
+    train, test = split_table(table, target, 0.3, 0, "t")
+    return fit_classifier(train, target, "logistic_regression", {}, 0).pipeline, test
+
+
+def test_binary_metrics_match_hand_counts(breast_cancer: pd.DataFrame) -> None:
+    model, test = _fitted(breast_cancer, "diagnosis")
+    metrics = compute_metrics(model, test, "diagnosis")
+    positive = model.classes_[1]
+    truth = test["diagnosis"].to_numpy() == positive
+    proba = model.predict_proba(test.drop(columns="diagnosis"))[:, 1]
+    predicted = proba > 0.5
+    tp, fp, fn = (truth & predicted).sum(), (~truth & predicted).sum(), (truth & ~predicted).sum()
+    assert metrics["accuracy"] == pytest.approx((truth == predicted).mean())
+    assert metrics["precision"] == pytest.approx(tp / (tp + fp))
+    assert metrics["recall"] == pytest.approx(tp / (tp + fn))
+    # ROC-AUC is the chance a positive outscores a negative.
+    pairs = proba[truth][:, None] - proba[~truth][None, :]
+    assert metrics["roc_auc"] == pytest.approx((pairs > 0).mean() + 0.5 * (pairs == 0).mean())
+    chosen = np.where(truth, proba, 1 - proba)
+    assert metrics["log_loss"] == pytest.approx(-np.log(np.clip(chosen, 1e-15, 1)).mean())
+
+
+def test_multiclass_metrics_are_macro_averaged(species: pd.DataFrame) -> None:
+    model, test = _fitted(species, "species")
+    metrics = compute_metrics(model, test, "species")
+    predicted = model.predict(test.drop(columns="species"))
+    truth = test["species"].to_numpy()
+    recalls = [(predicted[truth == label] == label).mean() for label in model.classes_]
+    assert metrics["recall"] == pytest.approx(np.mean(recalls))
+    assert 0.5 < metrics["roc_auc"] <= 1.0
+
+
+def test_curves_for_the_kfp_ui(breast_cancer: pd.DataFrame, species: pd.DataFrame) -> None:
+    model, test = _fitted(breast_cancer, "diagnosis")
+    curves = compute_curves(model, test, "diagnosis")
+    assert curves.labels == ["benign", "malignant"]
+    assert sum(map(sum, curves.confusion)) == len(test)
+    fpr, tpr, thresholds = curves.roc
+    assert (fpr[0], tpr[-1]) == (0.0, 1.0) and len(fpr) <= 200
+    assert max(thresholds) <= 1.0  # sklearn's leading +inf is not valid JSON
+    model, test = _fitted(species, "species")
+    multiclass = compute_curves(model, test, "species")
+    assert multiclass.roc is None and len(multiclass.confusion) == 3

@@ -1,0 +1,92 @@
+"""Register's core against a real MLflow server: once per pipeline run, the alias, the store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from components.core.errors import ConveyorError
+from components.core.registry import CHAMPION_ALIAS, find_champion, load_champion, register_model
+from components.core.training import MODEL_CARD, MODEL_FILE, sha256_file, train_model
+
+
+@pytest.fixture
+def trained(tmp_path: Path, species: pd.DataFrame, mlflow_server: str, model_name: str):
+    species.to_parquet(tmp_path / "train")
+    result = train_model(
+        tmp_path / "train", "species", "logistic_regression", {}, 0,
+        tmp_path / "model", mlflow_server, model_name, {},
+    )  # fmt: skip
+    verdict = {"blessed": True, "reason": "test", "metrics": {"roc_auc": 0.91}}
+    (tmp_path / "evaluation.json").write_text(json.dumps(verdict))
+    return result
+
+
+def _register(tmp_path: Path, server: str, name: str, run_id: str, pipeline_run: str):
+    return register_model(
+        tmp_path / "model", tmp_path / "evaluation.json", name, server, run_id,
+        str(tmp_path / "store"), pipeline_run, "hash-1",
+    )  # fmt: skip
+
+
+def test_registers_publishes_and_moves_the_alias(
+    tmp_path: Path, trained, mlflow_server: str, model_name: str
+) -> None:
+    client = MlflowClient(mlflow_server)
+    assert find_champion(client, model_name) is None
+    registration = _register(tmp_path, mlflow_server, model_name, trained.run_id, "pipeline-a")
+    assert registration.version == "1" and not registration.reused
+    store = Path(registration.storage_uri)
+    assert store.parent == tmp_path / "store" / model_name
+    assert sha256_file(store / MODEL_FILE) == trained.card.sha256
+    version = client.get_model_version_by_alias(model_name, CHAMPION_ALIAS)
+    assert version.version in (1, "1")
+    assert version.tags["metric.roc_auc"] == "0.91" and version.tags["data_hash"] == "hash-1"
+    assert version.tags["storage_uri"] == registration.storage_uri
+    assert version.source == f"runs:/{trained.run_id}/model"
+    champion = find_champion(client, model_name)
+    assert champion.recorded_metric("roc_auc") == 0.91
+    assert load_champion(client, champion).card.sha256 == trained.card.sha256
+
+
+def test_rerunning_the_same_pipeline_run_registers_nothing_new(
+    tmp_path: Path, trained, mlflow_server: str, model_name: str
+) -> None:
+    first = _register(tmp_path, mlflow_server, model_name, trained.run_id, "pipeline-a")
+    again = _register(tmp_path, mlflow_server, model_name, trained.run_id, "pipeline-a")
+    assert (again.version, again.reused, again.storage_uri) == (
+        first.version,
+        True,
+        first.storage_uri,
+    )
+    other = _register(tmp_path, mlflow_server, model_name, trained.run_id, "pipeline-b")
+    assert other.version == "2" and other.storage_uri == first.storage_uri  # same bytes, one copy
+    versions = MlflowClient(mlflow_server).search_model_versions(f"name = '{model_name}'")
+    assert len(versions) == 2
+    assert find_champion(MlflowClient(mlflow_server), model_name).version == "2"
+
+
+def test_an_unblessed_model_is_never_registered(
+    tmp_path: Path, trained, mlflow_server: str, model_name: str
+) -> None:
+    verdict = {"blessed": False, "reason": "champion v1 stays", "metrics": {}}
+    (tmp_path / "evaluation.json").write_text(json.dumps(verdict))
+    with pytest.raises(ConveyorError, match="did not bless: champion v1 stays"):
+        _register(tmp_path, mlflow_server, model_name, trained.run_id, "pipeline-a")
+    assert MlflowClient(mlflow_server).search_registered_models(f"name = '{model_name}'") == []
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_model_directory_that_does_not_match_its_card_is_refused(
+    tmp_path: Path, trained, mlflow_server: str, model_name: str
+) -> None:
+    card = json.loads((tmp_path / "model" / MODEL_CARD).read_text())
+    card["sha256"] = "0" * 64
+    (tmp_path / "model" / MODEL_CARD).write_text(json.dumps(card))
+    with pytest.raises(ConveyorError, match="does not match the sha256 in its model card"):
+        _register(tmp_path, mlflow_server, model_name, trained.run_id, "pipeline-a")
+    assert MlflowClient(mlflow_server).search_registered_models(f"name = '{model_name}'") == []

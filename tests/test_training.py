@@ -1,0 +1,149 @@
+"""Train's core: the fitted pipeline, the model directory, and its MLflow run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from components.core.data import split_table
+from components.core.errors import ConveyorError
+from components.core.training import (
+    ESTIMATORS,
+    MODEL_CARD,
+    MODEL_FILE,
+    fit_classifier,
+    load_model_dir,
+    save_model_dir,
+    sha256_file,
+    train_model,
+)
+
+
+@pytest.mark.parametrize("estimator", sorted(ESTIMATORS))
+def test_each_estimator_learns_a_multiclass_table_with_categories(
+    estimator: str, species: pd.DataFrame
+) -> None:
+    train, test = split_table(species, "species", 0.25, 0, "t")
+    model = fit_classifier(train, "species", estimator, {}, seed=0)
+    accuracy = (model.pipeline.predict(test.drop(columns="species")) == test["species"]).mean()
+    majority = test["species"].value_counts(normalize=True).max()
+    assert accuracy > majority + 0.1
+    assert model.card.classes == sorted(species["species"].unique())
+    assert {f.name: f.kind for f in model.card.features} == {
+        "size": "numeric",
+        "weight": "numeric",
+        "color": "categorical",
+    }
+
+
+def test_training_is_seeded(species: pd.DataFrame) -> None:
+    def proba(seed: int) -> list[float]:
+        model = fit_classifier(species, "species", "random_forest", {"n_estimators": 20}, seed)
+        return model.pipeline.predict_proba(species.drop(columns="species"))[:, 0].tolist()
+
+    assert proba(1) == proba(1)
+    assert proba(1) != proba(2)
+
+
+def test_model_directory_round_trips_and_records_its_sha256(
+    tmp_path: Path, species: pd.DataFrame
+) -> None:
+    model = fit_classifier(species, "species", "logistic_regression", {"C": 0.5}, seed=0)
+    card = save_model_dir(model, tmp_path / "model")
+    assert card.sha256 == sha256_file(tmp_path / "model" / MODEL_FILE)
+    saved = json.loads((tmp_path / "model" / MODEL_CARD).read_text())
+    assert saved["hyperparameters"] == {"C": 0.5}
+    assert {"python", "scikit-learn", "pandas", "conveyor"} <= set(saved["versions"])
+    loaded = load_model_dir(tmp_path / "model")
+    features = species.drop(columns="species")
+    assert (loaded.pipeline.predict(features) == model.pipeline.predict(features)).all()
+
+
+def test_a_tampered_model_file_is_refused(tmp_path: Path, species: pd.DataFrame) -> None:
+    save_model_dir(fit_classifier(species, "species", "logistic_regression", {}, 0), tmp_path)
+    with (tmp_path / MODEL_FILE).open("ab") as file:
+        file.write(b"\0")
+    with pytest.raises(ConveyorError, match="does not match .* recorded at training; refusing"):
+        load_model_dir(tmp_path)
+
+
+def test_model_file_loads_without_conveyor_installed(tmp_path: Path, species: pd.DataFrame) -> None:
+    """KServe's sklearn server unpickles model.joblib: it must hold scikit-learn classes only."""
+    save_model_dir(fit_classifier(species, "species", "hist_gradient_boosting", {}, 0), tmp_path)
+    script = (
+        "import sys; sys.modules['components'] = None\n"
+        "import joblib, pandas as pd\n"
+        f"model = joblib.load({str(tmp_path / MODEL_FILE)!r})\n"
+        "row = pd.DataFrame([{'size': 12.0, 'weight': 50.0, 'color': 'red'}])\n"
+        "print(model.predict(row)[0])\n"
+    )
+    output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert output.returncode == 0, output.stderr
+    assert output.stdout.strip() in set(species["species"])
+
+
+@pytest.mark.parametrize(
+    ("estimator", "hyperparameters", "message"),
+    [
+        ("xgboost", {}, "unknown estimator 'xgboost'; choose one of: logistic_regression"),
+        (
+            "random_forest",
+            {"depth": 3},
+            "hyperparameters ['depth'] are not accepted by 'random_forest'",
+        ),
+        ("logistic_regression", {"C": -1}, "estimator 'logistic_regression': The 'C' parameter"),
+    ],
+)
+def test_bad_estimator_settings_are_named(
+    species: pd.DataFrame, estimator: str, hyperparameters: dict, message: str
+) -> None:
+    with pytest.raises(ConveyorError) as raised:
+        fit_classifier(species, "species", estimator, hyperparameters, seed=0)
+    assert message in str(raised.value)
+
+
+def test_train_model_logs_params_metrics_and_files_to_mlflow(
+    tmp_path: Path, species: pd.DataFrame, mlflow_server: str, model_name: str
+) -> None:
+    species.to_parquet(tmp_path / "train")
+    result = train_model(
+        tmp_path / "train",
+        "species",
+        "random_forest",
+        {"n_estimators": 30},
+        7,
+        tmp_path / "model",
+        mlflow_server,
+        model_name,
+        {"pipeline_run_id": "run-1"},
+    )
+    run = MlflowClient(mlflow_server).get_run(result.run_id)
+    assert (
+        run.data.params["n_estimators"] == "30" and run.data.params["estimator"] == "random_forest"
+    )
+    assert run.data.metrics["train_accuracy"] == pytest.approx(result.metrics["accuracy"])
+    assert run.data.tags["pipeline_run_id"] == "run-1"
+    files = {f.path for f in MlflowClient(mlflow_server).list_artifacts(result.run_id, "model")}
+    assert files == {f"model/{MODEL_FILE}", f"model/{MODEL_CARD}"}
+
+
+def test_train_model_fails_fast_without_a_tracking_uri(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(ConveyorError, match="no MLflow tracking URI"):
+        train_model(tmp_path / "absent", "y", "random_forest", {}, 0, tmp_path / "m", "", "x", {})
+    assert not (tmp_path / "m").exists()
+
+
+def test_whole_floats_from_kfp_struct_parameters_are_taken_as_integers(
+    species: pd.DataFrame,
+) -> None:
+    model = fit_classifier(species, "species", "random_forest", {"n_estimators": 12.0}, seed=0)
+    assert len(model.pipeline[-1].estimators_) == 12
