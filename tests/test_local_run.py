@@ -78,6 +78,20 @@ def test_users_own_multiclass_csv(tmp_path: Path, capsys: pytest.CaptureFixture)
     assert run.data.params["n_estimators"] == "40"
 
 
+def test_users_parquet_with_an_integer_target(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    table = multiclass_table(rows=300)
+    table["churned"] = (table.pop("species") == "setosa").astype(int)
+    table.to_parquet(tmp_path / "customers.parquet")
+    code, summary, printed = conveyor_run(
+        capsys, tmp_path / "runs", "--data", str(tmp_path / "customers.parquet"),
+        "--target", "churned", "--model", "churn",
+    )  # fmt: skip
+    assert code == 0, printed
+    assert summary["model_name"] == "churn" and summary["blessed"]
+    card = json.loads((Path(summary["storage_uri"]) / "model.json").read_text())
+    assert card["classes"] == [0, 1] and card["target"] == "churned"
+
+
 def _unseen_category_in_test_split() -> pd.DataFrame:
     table = multiclass_table(rows=200)
     # The same rows, labels and seed as the pipeline's default split: this row lands in test.

@@ -55,3 +55,24 @@ def test_curves_for_the_kfp_ui(breast_cancer: pd.DataFrame, species: pd.DataFram
     model, test = _fitted(species, "species")
     multiclass = compute_curves(model, test, "species")
     assert multiclass.roc is None and len(multiclass.confusion) == 3
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        lambda score: (score > 0).astype(int),  # 0/1
+        lambda score: score > 0,  # bool
+        lambda score: np.where(score > 0, 7, -3),  # any two integers
+        lambda score: np.digitize(score, [-0.5, 0.5]),  # three integer classes
+    ],
+)
+def test_numeric_and_boolean_targets(labels) -> None:
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame({"a": rng.normal(size=300), "b": rng.choice(["x", "y"], 300)})
+    table["y"] = labels(table["a"] + rng.normal(0, 0.3, 300))
+    model, test = _fitted(table, "y")
+    metrics = compute_metrics(model, test, "y")
+    predicted = model.predict(test.drop(columns="y"))
+    assert metrics["accuracy"] == pytest.approx((predicted == test["y"].to_numpy()).mean())
+    assert metrics["roc_auc"] > 0.8
+    assert compute_curves(model, test, "y").labels == [str(c) for c in model.classes_]

@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
@@ -152,7 +151,7 @@ def decide(metrics: dict[str, float], policy: Policy, champion: ChampionScore | 
     sign = policy.sign()
     delta = challenger - champion.value
     gain = sign * delta
-    relative = gain / abs(champion.value) if champion.value else (np.inf if gain > 0 else 0.0)
+    relative = gain / max(abs(champion.value), 1e-12)  # finite, so the verdict stays valid JSON
     beats = gain > policy.min_improvement and relative >= policy.min_relative_improvement
     blessed = beats and not failed
     winner = "challenger wins" if beats else f"champion v{champion.version} stays"

@@ -71,13 +71,11 @@ def compute_curves(model: Pipeline, table: pd.DataFrame, target: str) -> Curves:
 
 def _predict(
     model: Pipeline, table: pd.DataFrame, target: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Any]]:
-    features = table.drop(columns=[target])
-    proba = model.predict_proba(features)
-    classes = list(model.classes_)
-    predicted = np.asarray(classes, dtype=object)[proba.argmax(axis=1)]
-    truth = table[target].to_numpy(dtype=object)
-    return truth, predicted, proba, classes
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Truth, predictions, probabilities and classes, all in the labels' own dtype."""
+    proba = model.predict_proba(table.drop(columns=[target]))
+    classes = model.classes_
+    return table[target].to_numpy(), classes[proba.argmax(axis=1)], proba, classes
 
 
 def _thin(points: int, limit: int) -> np.ndarray:
