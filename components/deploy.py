@@ -43,15 +43,15 @@ def deploy(
     from components.core.manifests import ServingSpec, deploy_manifest
 
     spec = ServingSpec(
-        model_name,
-        model_version,
-        storage_uri,
-        namespace,
-        canary_traffic_percent,
-        serving_runtime,
-        serving_cpu,
-        serving_memory,
-        service_account,
+        model_name=model_name,
+        model_version=model_version,
+        storage_uri=storage_uri,
+        namespace=namespace,
+        canary_traffic_percent=canary_traffic_percent,
+        runtime=serving_runtime,
+        cpu=serving_cpu,
+        memory=serving_memory,
+        service_account=service_account,
     )
     with step_errors("deploy"):
         rendered = deploy_manifest(spec, Path(manifest.path))

@@ -33,6 +33,7 @@ def evaluate(
     min_improvement: float = 0.0,
     min_relative_improvement: float = 0.0,
     metric_floors: dict = {"accuracy": 0.7, "roc_auc": 0.7},  # noqa: B006 - KFP reads defaults
+    positive_class: str = "",
 ) -> bool:
     """Scores the model on the evaluation split and judges it against floors and the champion.
 
@@ -56,6 +57,8 @@ def evaluate(
         min_improvement: The challenger must beat the champion by more than this (absolute).
         min_relative_improvement: ...and by at least this fraction of the champion's value.
         metric_floors: Metric -> bound every model must meet (a ceiling for log_loss).
+        positive_class: For a binary target, the class precision, recall, F1 and the ROC
+            curve are about; empty picks 1/true/yes if present, else the rarer class.
 
     Returns:
         Whether the model is blessed (register and deploy run only then).
@@ -64,28 +67,35 @@ def evaluate(
 
     from components.core.errors import step_errors
     from components.core.evaluation import Policy, evaluate_model
+    from components.core.training import mlflow_run_id
 
     policy = Policy(
-        primary_metric, metric_direction, min_improvement, min_relative_improvement, metric_floors
+        metric=primary_metric,
+        direction=metric_direction,
+        min_improvement=min_improvement,
+        min_relative_improvement=min_relative_improvement,
+        floors=metric_floors,
     )
     with step_errors("evaluate"):
         result = evaluate_model(
-            Path(model.path),
-            Path(test.path),
-            target_column,
-            model_name,
-            mlflow_tracking_uri,
-            model.metadata["mlflow_run_id"],
-            policy,
-            Path(evaluation.path),
-            Path(report.path),
+            model_dir=Path(model.path),
+            test_path=Path(test.path),
+            target=target_column,
+            model_name=model_name,
+            tracking_uri=mlflow_tracking_uri,
+            run_id=mlflow_run_id(model.metadata),
+            policy=policy,
+            positive_class=positive_class,
+            evaluation_path=Path(evaluation.path),
+            report_path=Path(report.path),
         )
-    for name, value in result.metrics.items():
+    scores, decision = result.scores, result.decision
+    for name, value in scores.metrics.items():
         metrics.log_metric(name, value)
-    classification_metrics.log_confusion_matrix(result.curves.labels, result.curves.confusion)
-    if result.curves.roc is not None:
-        classification_metrics.log_roc_curve(*result.curves.roc)
-    evaluation.metadata.update(
-        {"blessed": result.decision.blessed, "reason": result.decision.reason}
-    )
-    return result.decision.blessed
+    classification_metrics.log_confusion_matrix(scores.curves.labels, scores.curves.confusion)
+    if scores.curves.roc is not None:
+        classification_metrics.log_roc_curve(*scores.curves.roc)
+    evaluation.metadata.update({"blessed": decision.blessed, "reason": decision.reason})
+    if scores.positive_class is not None:
+        evaluation.metadata["positive_class"] = str(scores.positive_class)
+    return decision.blessed

@@ -42,12 +42,12 @@ def ingest(
 
     with step_errors("ingest"):
         result = ingest_table(
-            Source(data_uri, dvc_repo, data_revision),
-            target_column,
-            test_size,
-            seed,
-            Path(train.path),
-            Path(test.path),
+            source=Source(data_uri, dvc_repo, data_revision),
+            target=target_column,
+            test_size=test_size,
+            seed=seed,
+            train_path=Path(train.path),
+            test_path=Path(test.path),
         )
     train.metadata.update(result.train)
     test.metadata.update(result.test)

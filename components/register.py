@@ -21,9 +21,10 @@ def register(
 ) -> NamedTuple("Registration", [("model_version", str), ("storage_uri", str)]):
     """Copies the model directory to the model store and registers it under the ``champion`` alias.
 
-    Refuses a model its evaluation did not bless. Safe to repeat: the store copy
-    is content-addressed, and a version already registered by this pipeline run
-    is reused rather than registered twice.
+    Refuses a model its evaluation did not bless, and one judged against a champion
+    that another run has replaced since. Safe to repeat: the store copy is
+    content-addressed, and a version already registered from this training run is
+    reused rather than registered twice.
 
     Args:
         model: The trained model directory (its metadata names the MLflow run and data hash).
@@ -32,7 +33,7 @@ def register(
         model_store_uri: A folder, ``gs://`` or ``s3://`` URI KServe can pull models from;
             the model lands in ``<model_store_uri>/<model_name>/<sha256 prefix>``.
         mlflow_tracking_uri: MLflow tracking server; empty uses ``$MLFLOW_TRACKING_URI``.
-        pipeline_run_id: The KFP run; a version tagged with it is not registered again.
+        pipeline_run_id: The KFP run, recorded as a version tag.
 
     Returns:
         model_version: The registered version number.
@@ -43,17 +44,18 @@ def register(
 
     from components.core.errors import step_errors
     from components.core.registry import register_model
+    from components.core.training import mlflow_run_id
 
     with step_errors("register"):
         registration = register_model(
-            Path(model.path),
-            Path(evaluation.path),
-            model_name,
-            mlflow_tracking_uri,
-            model.metadata["mlflow_run_id"],
-            model_store_uri,
-            pipeline_run_id,
-            model.metadata.get("data_hash", ""),
+            model_dir=Path(model.path),
+            evaluation_path=Path(evaluation.path),
+            model_name=model_name,
+            tracking_uri=mlflow_tracking_uri,
+            run_id=mlflow_run_id(model.metadata),
+            model_store_uri=model_store_uri,
+            pipeline_run_id=pipeline_run_id,
+            data_hash=model.metadata.get("data_hash", ""),
         )
     outputs = namedtuple("Registration", ["model_version", "storage_uri"])
     return outputs(registration.version, registration.storage_uri)

@@ -19,6 +19,7 @@ def train(
     seed: int = 42,
     mlflow_tracking_uri: str = "",
     pipeline_run_id: str = "",
+    positive_class: str = "",
 ):
     """Fits imputation, scaling, one-hot encoding and the estimator; logs the run to MLflow.
 
@@ -35,6 +36,7 @@ def train(
         seed: Seed for the estimator's randomness.
         mlflow_tracking_uri: MLflow tracking server; empty uses ``$MLFLOW_TRACKING_URI``.
         pipeline_run_id: The KFP run, recorded as a tag on the MLflow run.
+        positive_class: The binary positive class of the training metrics (see evaluate).
     """
     from pathlib import Path
 
@@ -44,15 +46,16 @@ def train(
     data_hash = train.metadata.get("content_hash", "")
     with step_errors("train"):
         result = train_model(
-            Path(train.path),
-            target_column,
-            estimator,
-            hyperparameters,
-            seed,
-            Path(model.path),
-            mlflow_tracking_uri,
+            train_path=Path(train.path),
+            target=target_column,
+            estimator=estimator,
+            hyperparameters=hyperparameters,
+            seed=seed,
+            model_dir=Path(model.path),
+            tracking_uri=mlflow_tracking_uri,
             experiment=model_name,
             tags={"pipeline_run_id": pipeline_run_id, "data_hash": data_hash},
+            positive_class=positive_class,
         )
     model.metadata.update(
         {

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["RunSummary", "StepProgress", "run_training_locally"]
+__all__ = ["RunSummary", "StepProgress", "check_deployable", "run_training_locally"]
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STARTED = re.compile(r"Executing task '([^']+)'")
@@ -107,6 +107,8 @@ def run_training_locally(arguments: dict[str, Any], runs_dir: Path, terminal: Te
     from pipelines.targets import Target
     from pipelines.training import DEFAULT_MODEL_NAME, build_training_pipeline
 
+    pipeline = build_training_pipeline(Target("kubeflow"))
+    check_deployable(arguments, pipeline)
     runs_dir = runs_dir.resolve()
     run_id = f"{datetime.datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
     run_dir = runs_dir / run_id
@@ -117,7 +119,6 @@ def run_training_locally(arguments: dict[str, Any], runs_dir: Path, terminal: Te
         pipeline_root=str(run_dir / "outputs"),
         raise_on_error=True,
     )
-    pipeline = build_training_pipeline(Target("kubeflow"))
     terminal.write(f"Conveyor local run {run_id} (full log: {run_dir / 'pipeline.log'})\n")
     with (run_dir / "pipeline.log").open("w") as log:
         progress = StepProgress(log, terminal)
@@ -126,6 +127,32 @@ def run_training_locally(arguments: dict[str, Any], runs_dir: Path, terminal: Te
     summary = _summarise(run_id, run_dir, model_name, progress, failed_step)
     (run_dir / "summary.json").write_text(summary.to_json())
     return summary
+
+
+def check_deployable(arguments: dict[str, Any], pipeline: Any) -> None:
+    """Renders the InferenceService the run would end with, so bad serving settings fail
+    before anything is trained or registered rather than in the deploy step."""
+    from components.core.manifests import (
+        ServingSpec,
+        render_inference_service,
+        validate_inference_service,
+    )
+
+    def value(name: str) -> Any:
+        return arguments.get(name, pipeline.component_spec.inputs[name].default)
+
+    spec = ServingSpec(
+        model_name=value("model_name"),
+        model_version="1",
+        storage_uri="gs://placeholder/model",
+        namespace=value("namespace"),
+        canary_traffic_percent=value("canary_traffic_percent"),
+        runtime=value("serving_runtime"),
+        cpu=value("serving_cpu"),
+        memory=value("serving_memory"),
+        service_account=value("service_account"),
+    )
+    validate_inference_service(render_inference_service(spec))
 
 
 def local_defaults(runs_dir: Path) -> dict[str, str]:
@@ -159,22 +186,21 @@ def _summarise(
     run_id: str, run_dir: Path, model_name: str, progress: StepProgress, failed_step: str | None
 ) -> RunSummary:
     outputs = _outputs_dir(run_dir)
-    verdict = _read_json(outputs / "evaluate" / "evaluation") if outputs else None
-    registered = _parameters(outputs / "register") if outputs else {}
-    manifest = outputs / "deploy" / "manifest" if outputs else None
-    reason = verdict["reason"] if verdict else ""
-    if failed_step:
-        reason = progress.failure_line(failed_step)
+    succeeded = {step for step, outcome in progress.outcomes.items() if outcome == "success"}
+    verdict = _read_json(outputs / "evaluate" / "evaluation") if "evaluate" in succeeded else None
+    registered = _parameters(outputs / "register") if "register" in succeeded else {}
+    manifest = outputs / "deploy" / "manifest" if "deploy" in succeeded else None
+    reason = progress.failure_line(failed_step) if failed_step else verdict["reason"]
     version = registered.get("model_version")
     return RunSummary(
         run_id=run_id,
         status="failed" if failed_step else "succeeded",
         metrics=verdict["metrics"] if verdict else {},
-        blessed=bool(verdict and verdict["blessed"]) and not failed_step,
+        blessed=bool(verdict and verdict["blessed"]),
         reason=reason,
         model_name=model_name,
-        model_version=int(version) if version and not failed_step else None,
-        manifest=str(manifest) if manifest and manifest.exists() and not failed_step else None,
+        model_version=int(version) if version else None,
+        manifest=str(manifest) if manifest else None,
         artifacts=str(outputs or run_dir),
         storage_uri=registered.get("storage_uri"),
         failed_step=failed_step,

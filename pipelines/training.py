@@ -43,6 +43,7 @@ def build_training_pipeline(target: Target) -> GraphComponent:
         min_improvement: float = 0.0,
         min_relative_improvement: float = 0.0,
         metric_floors: dict = {"accuracy": 0.7, "roc_auc": 0.7},  # noqa: B006
+        positive_class: str = "",
         namespace: str = "default",
         canary_traffic_percent: int = 10,
         serving_runtime: str = "",
@@ -69,6 +70,7 @@ def build_training_pipeline(target: Target) -> GraphComponent:
             min_improvement: Absolute gain over the champion the challenger must exceed.
             min_relative_improvement: Relative gain over the champion the challenger must reach.
             metric_floors: Metric -> bound every model must meet (a ceiling for log_loss).
+            positive_class: Binary positive class; empty picks 1/true/yes, else the rarer class.
             namespace: Kubernetes namespace of the InferenceService.
             canary_traffic_percent: Share of traffic the new revision gets on an update.
             serving_runtime: ServingRuntime name; empty lets KServe choose.
@@ -107,6 +109,7 @@ def build_training_pipeline(target: Target) -> GraphComponent:
                 seed=seed,
                 mlflow_tracking_uri=mlflow_tracking_uri,
                 pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                positive_class=positive_class,
             ).after(validated),
             "train",
             target,
@@ -123,6 +126,7 @@ def build_training_pipeline(target: Target) -> GraphComponent:
                 min_improvement=min_improvement,
                 min_relative_improvement=min_relative_improvement,
                 metric_floors=metric_floors,
+                positive_class=positive_class,
             ),
             "evaluate",
             target,

@@ -60,6 +60,7 @@ def test_the_six_components_take_a_model_from_csv_to_manifest(
         mlflow_tracking_uri=mlflow_server, metric_floors={"accuracy": 0.5},
     )  # fmt: skip
     assert blessed is True and verdict.metadata["blessed"] is True
+    assert "positive_class" not in verdict.metadata  # multi-class
     assert set(metrics.metadata) == {"accuracy", "precision", "recall", "f1", "roc_auc", "log_loss"}
     matrix = curves.metadata["confusionMatrix"]
     assert [c["displayName"] for c in matrix["annotationSpecs"]] == [
@@ -106,12 +107,14 @@ def test_binary_evaluation_logs_a_roc_curve(
         mlflow_tracking_uri=mlflow_server,
     )  # fmt: skip
     curves = artifact(ClassificationMetrics, tmp_path, "curves")
+    verdict = artifact(Artifact, tmp_path, "e")
     evaluate.python_func(
         model=model, test=test_set, target_column="diagnosis", model_name=model_name,
         metrics=artifact(Metrics, tmp_path, "m"), classification_metrics=curves,
-        report=artifact(Markdown, tmp_path, "r"), evaluation=artifact(Artifact, tmp_path, "e"),
+        report=artifact(Markdown, tmp_path, "r"), evaluation=verdict,
         mlflow_tracking_uri=mlflow_server,
     )  # fmt: skip
+    assert verdict.metadata["positive_class"] == "malignant"
     roc = curves.metadata["confidenceMetrics"]
     assert roc[0]["falsePositiveRate"] == 0.0 and roc[-1]["recall"] == 1.0
     assert all(0.0 <= point["confidenceThreshold"] <= 1.0 for point in roc)
@@ -145,3 +148,16 @@ def test_register_refuses_what_evaluate_did_not_bless(
             mlflow_tracking_uri=mlflow_server,
         )  # fmt: skip
     assert MlflowClient(mlflow_server).search_registered_models(f"name = '{model_name}'") == []
+
+
+def test_a_model_artifact_without_its_run_is_named(tmp_path: Path, mlflow_server: str) -> None:
+    with pytest.raises(
+        SystemExit, match="^evaluate: the model artifact's metadata has no mlflow_run_id"
+    ):
+        evaluate.python_func(
+            model=artifact(Model, tmp_path, "model"), test=artifact(Dataset, tmp_path, "test"),
+            target_column="y", model_name="m", metrics=artifact(Metrics, tmp_path, "m"),
+            classification_metrics=artifact(ClassificationMetrics, tmp_path, "c"),
+            report=artifact(Markdown, tmp_path, "r"), evaluation=artifact(Artifact, tmp_path, "e"),
+            mlflow_tracking_uri=mlflow_server,
+        )  # fmt: skip

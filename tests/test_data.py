@@ -235,3 +235,32 @@ def test_dvc_mistakes_are_named(dvc_repo: Path, path: str, revision: str, messag
         load_table(Source(path, str(dvc_repo), revision))
     assert str(raised.value).startswith(f"{path} (DVC repo {dvc_repo} at {revision}): ")
     assert message in str(raised.value)
+
+
+def test_compressed_and_tab_separated_files(tmp_path: Path, species: pd.DataFrame) -> None:
+    species.to_csv(tmp_path / "species.csv.gz", index=False)
+    species.to_csv(tmp_path / "species.tsv", index=False, sep="\t")
+    for name in ("species.csv.gz", "species.tsv"):
+        table = load_table(Source(str(tmp_path / name)))
+        assert list(table.columns) == list(species.columns) and len(table) == len(species)
+
+
+def test_pandas_extension_dtypes_arrive_as_numpy_ones(tmp_path: Path) -> None:
+    """pd.NA from Parquet's nullable types would break scikit-learn's imputers."""
+    table = pd.DataFrame(
+        {
+            "name": pd.array(["a", None, "b", "a"] * 5, dtype="string"),
+            "count": pd.array([1, None, 3, 4] * 5, dtype="Int64"),
+            "flag": pd.array([True, False, None, True] * 5, dtype="boolean"),
+            "label": pd.Categorical(["x", "z"] * 10, categories=["x", "z", "unused"]),
+        }
+    )
+    table.to_parquet(tmp_path / "typed.parquet")
+    loaded = load_table(Source(str(tmp_path / "typed.parquet")))
+    assert loaded.dtypes.astype(str).to_dict() == {
+        "name": "object", "count": "float64", "flag": "float64", "label": "object",
+    }  # fmt: skip
+    assert loaded["name"].isna().sum() == 5 and loaded["count"].isna().sum() == 5
+    check_target(loaded, "label", "typed.parquet")
+    train, test = split_table(loaded, "label", 0.25, 0, "typed.parquet")
+    assert set(train["label"]) == {"x", "z"}

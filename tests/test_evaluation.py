@@ -58,6 +58,12 @@ def test_change_threshold_against_the_champion(
     assert decision.delta == pytest.approx(METRICS[policy.metric] - champion_value)
 
 
+def test_a_champion_at_zero_has_no_relative_change() -> None:
+    decision = decide({"log_loss": 0.1}, Policy(metric="log_loss"), champion(0.0))
+    assert not decision.blessed and decision.relative_gain is None
+    assert "(+0.1000)" in decision.reason
+
+
 def test_a_better_model_still_needs_its_floors() -> None:
     decision = decide(METRICS, Policy(floors={"accuracy": 0.99}), champion(0.5))
     assert not decision.blessed
@@ -81,7 +87,7 @@ def _train(tmp_path: Path, server: str, name: str, table: pd.DataFrame, tag: str
 def _evaluate(tmp_path: Path, server: str, name: str, tag: str, run_id: str, test: Path):
     return evaluate_model(
         tmp_path / tag / "model", test, "species", name, server, run_id,
-        Policy(floors={"accuracy": 0.3}), tmp_path / tag / "evaluation.json", tmp_path / tag / "report.md",
+        Policy(floors={"accuracy": 0.3}), "", tmp_path / tag / "evaluation.json", tmp_path / tag / "report.md",
     )  # fmt: skip
 
 
@@ -102,11 +108,11 @@ def test_challenger_is_compared_with_the_champion_on_the_same_split(
     second = _evaluate(
         tmp_path, mlflow_server, model_name, "strong", strong.run_id, tmp_path / "test"
     )
-    assert second.decision.champion.value == pytest.approx(first.metrics["roc_auc"])
+    assert second.decision.champion.value == pytest.approx(first.scores.metrics["roc_auc"])
     assert second.decision.champion.scored_on_current_data
     assert second.decision.blessed
     assert second.decision.delta == pytest.approx(
-        second.metrics["roc_auc"] - first.metrics["roc_auc"]
+        second.scores.metrics["roc_auc"] - first.scores.metrics["roc_auc"]
     )
     verdict = json.loads((tmp_path / "strong" / "evaluation.json").read_text())
     assert verdict["blessed"] and verdict["champion"]["version"] == "1"
@@ -115,3 +121,25 @@ def test_challenger_is_compared_with_the_champion_on_the_same_split(
         "**Blessed**: challenger wins" in report
         and "champion v1 (on this evaluation split)" in report
     )
+
+
+def test_a_champion_that_cannot_score_the_data_is_compared_as_recorded(
+    tmp_path: Path, species: pd.DataFrame, mlflow_server: str, model_name: str
+) -> None:
+    train, test = split_table(species, "species", 0.3, 0, "t")
+    test.to_parquet(tmp_path / "test")
+    # The champion was trained with a column the current data no longer has.
+    old = _train(tmp_path, mlflow_server, model_name, train.assign(legacy=1.0), "old")
+    recorded = {"blessed": True, "reason": "first", "metrics": {"roc_auc": 0.5}}
+    (tmp_path / "old" / "evaluation.json").write_text(json.dumps(recorded))
+    register_model(
+        tmp_path / "old" / "model", tmp_path / "old" / "evaluation.json", model_name,
+        mlflow_server, old.run_id, str(tmp_path / "store"), "old", "data-hash",
+    )  # fmt: skip
+    new = _train(tmp_path, mlflow_server, model_name, train, "new")
+    decision = _evaluate(
+        tmp_path, mlflow_server, model_name, "new", new.run_id, tmp_path / "test"
+    ).decision
+    assert decision.champion.value == 0.5 and not decision.champion.scored_on_current_data
+    assert "it cannot score this data" in decision.reason and "'legacy'" in decision.reason
+    assert decision.blessed

@@ -78,7 +78,9 @@ def test_users_own_multiclass_csv(tmp_path: Path, capsys: pytest.CaptureFixture)
     assert run.data.params["n_estimators"] == "40"
 
 
-def test_users_parquet_with_an_integer_target(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_users_parquet_with_an_integer_target(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     table = multiclass_table(rows=300)
     table["churned"] = (table.pop("species") == "setosa").astype(int)
     table.to_parquet(tmp_path / "customers.parquet")
@@ -129,7 +131,8 @@ def test_bad_input_fails_its_step_and_leaves_nothing_behind(
     assert code == 1
     assert summary["failed_step"] == step and summary["status"] == "failed"
     first_line, *_ = summary["reason"].splitlines()
-    assert first_line.startswith(f"{step}: ") and "Traceback" not in summary["reason"]
+    assert first_line.startswith(f"{step}: ")
+    assert "Traceback" not in (runs / summary["run_id"] / "pipeline.log").read_text()
     assert message in summary["reason"]
     assert f"Failed at step '{step}'" in printed and message in printed
     assert registered_versions(runs, "input") == []
@@ -143,6 +146,10 @@ def test_bad_input_fails_its_step_and_leaves_nothing_behind(
         (("--data", "x.csv"), "--target (TARGET=) is required with --data"),
         (("--param", "learning_rate=0.1"), "--param 'learning_rate': no such pipeline parameter"),
         (("--param", "seed"), "--param 'seed': expected NAME=VALUE"),
+        (
+            ("--param", "serving_memory=2 GB"),
+            "InferenceService spec.predictor.model.resources.limits.memory: '2 GB' is not a Kubernetes quantity",
+        ),
     ],
 )
 def test_run_refuses_bad_options_before_running(

@@ -59,7 +59,7 @@ def test_names_are_dns_1035(model_name: str, expected: str) -> None:
             lambda m: m["spec"]["predictor"]["model"]["resources"]["requests"].update(
                 memory="2 GB"
             ),
-            "InferenceService spec.predictor.model.resources.requests.memory: '2 GB' is not in the expected format",
+            "InferenceService spec.predictor.model.resources.requests.memory: '2 GB' is not a Kubernetes quantity (such as 500m, 1, 2Gi, 512Mi)",
         ),
         (
             lambda m: m["spec"]["predictor"].update(canaryTrafficPercent=150),
@@ -88,7 +88,9 @@ def test_invalid_services_are_refused_naming_the_field(change, message: str) -> 
 
 
 def test_invalid_quantity_from_the_spec_writes_nothing(tmp_path: Path) -> None:
-    with pytest.raises(ConveyorError, match="resources.limits.cpu: 'one' is not in the expected"):
+    with pytest.raises(
+        ConveyorError, match="resources.limits.cpu: 'one' is not a Kubernetes quantity"
+    ):
         deploy_manifest(ServingSpec("m", "1", "/models/m", cpu="one"), tmp_path / "isvc")
     assert list(tmp_path.iterdir()) == []
 

@@ -53,21 +53,65 @@ def test_registers_publishes_and_moves_the_alias(
     assert load_champion(client, champion).card.sha256 == trained.card.sha256
 
 
-def test_rerunning_the_same_pipeline_run_registers_nothing_new(
+def _train_again(tmp_path: Path, server: str, name: str, table: pd.DataFrame, tag: str):
+    (tmp_path / tag).mkdir()
+    table.to_parquet(tmp_path / tag / "train")
+    return train_model(
+        tmp_path / tag / "train", "species", "logistic_regression", {"C": 3.0}, 0,
+        tmp_path / tag / "model", server, name, {},
+    )  # fmt: skip
+
+
+def test_repeating_register_for_one_training_run_registers_nothing_new(
     tmp_path: Path, trained, mlflow_server: str, model_name: str
 ) -> None:
     first = _register(tmp_path, mlflow_server, model_name, trained.run_id, "pipeline-a")
-    again = _register(tmp_path, mlflow_server, model_name, trained.run_id, "pipeline-a")
+    again = _register(tmp_path, mlflow_server, model_name, trained.run_id, "")
     assert (again.version, again.reused, again.storage_uri) == (
         first.version,
         True,
         first.storage_uri,
     )
-    other = _register(tmp_path, mlflow_server, model_name, trained.run_id, "pipeline-b")
-    assert other.version == "2" and other.storage_uri == first.storage_uri  # same bytes, one copy
     versions = MlflowClient(mlflow_server).search_model_versions(f"name = '{model_name}'")
-    assert len(versions) == 2
-    assert find_champion(MlflowClient(mlflow_server), model_name).version == "2"
+    assert len(versions) == 1
+
+
+def test_a_model_judged_against_a_replaced_champion_is_refused(
+    tmp_path: Path, trained, species: pd.DataFrame, mlflow_server: str, model_name: str
+) -> None:
+    """Run A was judged with no champion; run B registered meanwhile: A must not demote B."""
+    other = _train_again(tmp_path, mlflow_server, model_name, species, "b")
+    verdict = {"blessed": True, "reason": "test", "metrics": {"roc_auc": 0.93}}
+    (tmp_path / "b" / "evaluation.json").write_text(json.dumps(verdict))
+    register_model(
+        tmp_path / "b" / "model", tmp_path / "b" / "evaluation.json", model_name,
+        mlflow_server, other.run_id, str(tmp_path / "store"), "pipeline-b", "hash-2",
+    )  # fmt: skip
+    with pytest.raises(
+        ConveyorError, match=r"is now v1, but this model was judged against no champion"
+    ):
+        _register(tmp_path, mlflow_server, model_name, trained.run_id, "pipeline-a")
+    assert find_champion(MlflowClient(mlflow_server), model_name).run_id == other.run_id
+    judged_against_v1 = {
+        **json.loads((tmp_path / "evaluation.json").read_text()),
+        "champion": {"version": "1"},
+    }
+    (tmp_path / "evaluation.json").write_text(json.dumps(judged_against_v1))
+    assert (
+        _register(tmp_path, mlflow_server, model_name, trained.run_id, "pipeline-c").version == "2"
+    )
+
+
+def test_a_truncated_store_copy_is_replaced(
+    tmp_path: Path, trained, mlflow_server: str, model_name: str
+) -> None:
+    store = tmp_path / "store" / model_name / trained.card.sha256[:16]
+    store.mkdir(parents=True)
+    (store / MODEL_CARD).write_text('{"trunc')
+    registration = _register(tmp_path, mlflow_server, model_name, trained.run_id, "pipeline-a")
+    assert Path(registration.storage_uri) == store
+    assert (store / MODEL_CARD).read_text() == (tmp_path / "model" / MODEL_CARD).read_text()
+    assert sha256_file(store / MODEL_FILE) == trained.card.sha256
 
 
 def test_an_unblessed_model_is_never_registered(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -105,3 +106,27 @@ def test_validate_passes_and_reports_warnings(tmp_path: Path, species: pd.DataFr
     assert result.errors == [] and [w.rule for w in result.warnings] == ["range"]
     report = (tmp_path / "report.md").read_text()
     assert "**Passed**" in report and "## Warnings" in report
+
+
+def test_infinity_is_an_error_in_either_split(tmp_path: Path, species: pd.DataFrame) -> None:
+    train, test = species.iloc[:300].copy(), species.iloc[300:].copy()
+    train.loc[train.index[0], "size"] = np.inf
+    test.loc[test.index[0], "weight"] = -np.inf
+    with pytest.raises(ConveyorError) as raised:
+        validate_splits(*_splits(tmp_path, train, test), "species", tmp_path / "s", tmp_path / "r")
+    assert str(raised.value).splitlines()[1:] == [
+        "training split: column 'size' [finite]: 1 infinite value(s), such as inf",
+        "evaluation split: column 'weight' [finite]: 1 infinite value(s), such as -inf",
+    ]
+    assert json.loads((tmp_path / "s").read_text())  # no Infinity in the schema's JSON
+
+
+def test_numbers_with_stray_text_are_named(tmp_path: Path, species: pd.DataFrame) -> None:
+    train = species.astype({"size": str})  # as read from a CSV holding "?"
+    train.loc[[1, 5], "size"] = "?"
+    paths = _splits(tmp_path, train.iloc[:300], train.iloc[300:])
+    with pytest.raises(
+        ConveyorError,
+        match=r"training split: column 'size' \[type\]: numbers mixed with text in 2 row\(s\), such as '\?'",
+    ):
+        validate_splits(*paths, "species", tmp_path / "s", tmp_path / "r")

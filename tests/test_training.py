@@ -97,7 +97,11 @@ def test_model_file_loads_without_conveyor_installed(tmp_path: Path, species: pd
             {"depth": 3},
             "hyperparameters ['depth'] are not accepted by 'random_forest'",
         ),
-        ("logistic_regression", {"C": -1}, "estimator 'logistic_regression': The 'C' parameter"),
+        (
+            "logistic_regression",
+            {"C": -1},
+            "could not train 'logistic_regression': The 'C' parameter",
+        ),
     ],
 )
 def test_bad_estimator_settings_are_named(
@@ -147,3 +151,11 @@ def test_whole_floats_from_kfp_struct_parameters_are_taken_as_integers(
 ) -> None:
     model = fit_classifier(species, "species", "random_forest", {"n_estimators": 12.0}, seed=0)
     assert len(model.pipeline[-1].estimators_) == 12
+
+
+def test_whole_floats_stay_floats_where_floats_mean_a_share(species: pd.DataFrame) -> None:
+    model = fit_classifier(
+        species, "species", "random_forest", {"max_features": 1.0, "n_estimators": 5.0}, 0
+    )
+    assert model.card.hyperparameters == {"max_features": 1.0, "n_estimators": 5}
+    assert isinstance(model.card.hyperparameters["max_features"], float)

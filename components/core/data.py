@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from pandas.api import types as ptypes
 
-from components.core.errors import ConveyorError, first_line
+from components.core.errors import ConveyorError, first_line, plain
 from components.core.files import write_atomically
 
 __all__ = [
@@ -115,6 +115,7 @@ def load_table(source: Source) -> pd.DataFrame:
     else:
         with _opened(source) as file:
             table = _parse(file, source.uri, where)
+    table = _numpy_dtypes(table)
     if table.shape[1] == 0:
         raise ConveyorError(f"{where}: the table has no columns")
     if table.shape[0] == 0:
@@ -142,15 +143,17 @@ def check_target(table: pd.DataFrame, target: str, where: str) -> None:
             f"{where}: target column {target!r} is empty in {empty.size} rows "
             f"(first at row {empty[0] + 1})"
         )
-    if ptypes.is_float_dtype(labels) and not np.all(np.mod(labels.to_numpy(), 1) == 0):
+    fractional = labels[np.mod(labels, 1) != 0] if ptypes.is_float_dtype(labels) else labels[:0]
+    if len(fractional):
         raise ConveyorError(
-            f"{where}: target column {target!r} holds continuous values (e.g. {labels.iloc[0]!r}); "
+            f"{where}: target column {target!r} holds continuous values "
+            f"(e.g. {plain(fractional.iloc[0])!r}); "
             "Conveyor trains classifiers only for now, regression comes later"
         )
     classes = labels.nunique()
     if classes < 2:
         raise ConveyorError(
-            f"{where}: target column {target!r} has a single class ({labels.iloc[0]!r}); "
+            f"{where}: target column {target!r} has a single class ({plain(labels.iloc[0])!r}); "
             "classification needs at least two"
         )
     if ptypes.is_numeric_dtype(labels) and classes > MAX_NUMERIC_CLASSES:
@@ -171,8 +174,8 @@ def split_table(
     counts = table[target].value_counts()
     if counts.min() < 2:
         raise ConveyorError(
-            f"{where}: class {counts.idxmin()!r} of target column {target!r} has only "
-            f"{counts.min()} row; each class needs at least 2 for a stratified split"
+            f"{where}: class {plain(counts.idxmin())!r} of target column {target!r} has only "
+            "1 row; each class needs at least 2 for a stratified split"
         )
     test_rows = math.ceil(test_size * len(table))
     if min(test_rows, len(table) - test_rows) < len(counts):
@@ -187,7 +190,7 @@ def split_table(
 
 
 def content_hash(table: pd.DataFrame) -> str:
-    """sha256 of the table's column names and cell values, independent of file format."""
+    """sha256 of the table's column names and cell values (and so of their types)."""
     digest = hashlib.sha256("\x1f".join(map(str, table.columns)).encode())
     digest.update(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes())
     return digest.hexdigest()
@@ -212,7 +215,7 @@ def _opened(source: Source) -> Iterator[BinaryIO]:
         else:
             import fsspec
 
-            with fsspec.open(source.uri, "rb") as stream:
+            with fsspec.open(source.uri, "rb", compression="infer") as stream:
                 yield stream
     except FileNotFoundError:
         raise ConveyorError(f"{where}: file not found") from None
@@ -232,7 +235,8 @@ def _parse(file: BinaryIO, name: str, where: str) -> pd.DataFrame:
     file.seek(0)
     if head == _PARQUET_MAGIC or name.lower().endswith((".parquet", ".pq")):
         return _read_parquet(file, where)
-    return _read_csv(file, where)
+    separator = "\t" if re.search(r"\.tsv(\.\w+)?$", name, flags=re.I) else ","
+    return _read_csv(file, separator, where)
 
 
 def _read_parquet(file: BinaryIO, where: str) -> pd.DataFrame:
@@ -244,9 +248,9 @@ def _read_parquet(file: BinaryIO, where: str) -> pd.DataFrame:
         raise ConveyorError(f"{where}: not a readable Parquet file ({first_line(error)})") from None
 
 
-def _read_csv(file: BinaryIO, where: str) -> pd.DataFrame:
+def _read_csv(file: BinaryIO, separator: str, where: str) -> pd.DataFrame:
     try:
-        return pd.read_csv(file, encoding="utf-8")
+        return pd.read_csv(file, sep=separator, encoding="utf-8")
     except UnicodeDecodeError as error:
         raise ConveyorError(
             f"{where}: not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset "
@@ -256,6 +260,24 @@ def _read_csv(file: BinaryIO, where: str) -> pd.DataFrame:
         raise ConveyorError(f"{where}: the file is empty") from None
     except pd.errors.ParserError as error:
         raise ConveyorError(f"{where}: not a well-formed CSV file ({first_line(error)})") from None
+
+
+def _numpy_dtypes(table: pd.DataFrame) -> pd.DataFrame:
+    """pandas extension dtypes (string, category, Int64, boolean) as NumPy ones.
+
+    Their missing value, ``pd.NA``, breaks scikit-learn's imputers; NumPy's ``nan`` does not.
+    """
+    converted = {}
+    for name, dtype in table.dtypes.items():
+        if not isinstance(dtype, pd.api.extensions.ExtensionDtype):
+            continue
+        column = table[name]
+        if ptypes.is_numeric_dtype(dtype) or ptypes.is_bool_dtype(dtype):
+            wanted = "float64" if column.isna().any() else dtype.numpy_dtype
+            converted[name] = column.to_numpy(dtype=wanted, na_value=np.nan)
+        else:
+            converted[name] = column.astype(object).where(column.notna(), np.nan)
+    return table.assign(**converted) if converted else table
 
 
 def _builtin_table(name: str) -> pd.DataFrame:

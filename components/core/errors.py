@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
-__all__ = ["ConveyorError", "first_line", "step_errors"]
+__all__ = ["ConveyorError", "first_line", "plain", "step_errors"]
 
 
 class ConveyorError(Exception):
@@ -33,3 +34,8 @@ def first_line(error: BaseException) -> str:
     """The first line of an exception's message (library messages often run to many lines)."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def plain(value: Any) -> Any:
+    """A NumPy scalar as the Python value it holds (``1`` rather than ``np.int64(1)``)."""
+    return value.item() if hasattr(value, "item") and hasattr(value, "dtype") else value

@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from components.core import registry, tracking
 from components.core.errors import ConveyorError, first_line
 from components.core.files import write_text_atomically
-from components.core.metrics import METRIC_DIRECTIONS, Curves, compute_curves, compute_metrics
+from components.core.metrics import METRIC_DIRECTIONS, Scores, score
 from components.core.training import load_model_dir
 
 __all__ = [
@@ -88,18 +88,19 @@ class Decision:
     challenger: float
     champion: ChampionScore | None = None
     delta: float | None = None
-    relative_delta: float | None = None
+    relative_gain: float | None = None
     failed_floors: list[str] = field(default_factory=list)
-
-    def to_json(self, metrics: dict[str, float]) -> str:
-        return json.dumps({"metrics": metrics, **asdict(self)}, indent=2)
 
 
 @dataclass(frozen=True)
 class EvaluationResult:
-    metrics: dict[str, float]
+    scores: Scores
     decision: Decision
-    curves: Curves
+
+    def to_json(self) -> str:
+        """The verdict register reads: metrics, positive class, blessed, reason, comparison."""
+        scores = {"metrics": self.scores.metrics, "positive_class": self.scores.positive_class}
+        return json.dumps({**scores, **asdict(self.decision)}, indent=2)
 
 
 def evaluate_model(
@@ -110,6 +111,7 @@ def evaluate_model(
     tracking_uri: str,
     run_id: str,
     policy: Policy,
+    positive_class: str,
     evaluation_path: Path,
     report_path: Path,
 ) -> EvaluationResult:
@@ -121,20 +123,23 @@ def evaluate_model(
     client = tracking.connect(tracking_uri)
     model = load_model_dir(model_dir)
     test_split = pd.read_parquet(test_path)
-    metrics = compute_metrics(model.pipeline, test_split, target)
+    scores = score(model.pipeline, test_split, target, positive_class)
     champion = registry.find_champion(client, model_name)
-    score = (
-        None if champion is None else _score_champion(client, champion, test_split, target, policy)
-    )
-    decision = decide(metrics, policy, score)
-    curves = compute_curves(model.pipeline, test_split, target)
-    report = render_report(metrics, decision, curves)
-    tracking.log_metrics(client, run_id, metrics, prefix="test_")
-    client.set_tag(run_id, "blessed", str(decision.blessed).lower())
+    champion_score = None
+    if champion is not None:
+        # The same positive class for both, even where the champion would choose another.
+        positive = "" if scores.positive_class is None else str(scores.positive_class)
+        champion_score = _score_champion(
+            client, champion, test_split, target, policy.metric, positive
+        )
+    result = EvaluationResult(scores, decide(scores.metrics, policy, champion_score))
+    report = render_report(result)
+    tracking.log_metrics(client, run_id, scores.metrics, prefix="test_")
+    client.set_tag(run_id, "blessed", str(result.decision.blessed).lower())
     client.log_text(run_id, report, "evaluation.md")
-    write_text_atomically(evaluation_path, decision.to_json(metrics))
+    write_text_atomically(evaluation_path, result.to_json())
     write_text_atomically(report_path, report)
-    return EvaluationResult(metrics, decision, curves)
+    return result
 
 
 def decide(metrics: dict[str, float], policy: Policy, champion: ChampionScore | None) -> Decision:
@@ -151,30 +156,34 @@ def decide(metrics: dict[str, float], policy: Policy, champion: ChampionScore | 
     sign = policy.sign()
     delta = challenger - champion.value
     gain = sign * delta
-    relative = gain / max(abs(champion.value), 1e-12)  # finite, so the verdict stays valid JSON
-    beats = gain > policy.min_improvement and relative >= policy.min_relative_improvement
+    relative = gain / abs(champion.value) if champion.value else None  # None: from zero
+    beats = gain > policy.min_improvement and (
+        relative is None or relative >= policy.min_relative_improvement
+    )
     blessed = beats and not failed
     winner = "challenger wins" if beats else f"champion v{champion.version} stays"
+    change = f"{delta:+.4f}" + ("" if relative is None else f", {sign * relative:+.2%}")
     reason = (
         f"{winner}: challenger {policy.metric} {challenger:.4f} vs champion "
-        f"{champion.value:.4f} ({delta:+.4f}, {sign * relative:+.2%}); a win needs a gain above "
+        f"{champion.value:.4f} ({change}); a win needs a gain above "
         f"{policy.min_improvement:g} and of at least {policy.min_relative_improvement:.2%}"
     )
     if failed:
         reason += f"; not blessed: {'; '.join(failed)}"
     if champion.note:
         reason += f" ({champion.note})"
-    return Decision(
-        blessed, reason, policy.metric, challenger, champion, delta, float(relative), failed
-    )
+    return Decision(blessed, reason, policy.metric, challenger, champion, delta, relative, failed)
 
 
-def render_report(metrics: dict[str, float], decision: Decision, curves: Curves) -> str:
+def render_report(result: EvaluationResult) -> str:
     """A Markdown page for the KFP UI: verdict, metrics, comparison, confusion matrix."""
+    decision, curves = result.decision, result.scores.curves
     verdict = "Blessed" if decision.blessed else "Not blessed"
     lines = ["# Evaluation", "", f"**{verdict}**: {decision.reason}", "", "## Metrics", ""]
+    if result.scores.positive_class is not None:
+        lines += [f"Positive class: `{result.scores.positive_class}`.", ""]
     lines += ["| metric | value |", "| --- | --- |"]
-    lines += [f"| {name} | {value:.4f} |" for name, value in metrics.items()]
+    lines += [f"| {name} | {value:.4f} |" for name, value in result.scores.metrics.items()]
     if decision.champion is not None:
         scored = (
             "on this evaluation split"
@@ -213,19 +222,20 @@ def _score_champion(
     champion: registry.Champion,
     test_split: pd.DataFrame,
     target: str,
-    policy: Policy,
+    metric: str,
+    positive_class: str,
 ) -> ChampionScore:
     """The champion's metric on this evaluation split; its recorded value if it cannot score it."""
     try:
         model = registry.load_champion(client, champion)
-        value = compute_metrics(model.pipeline, test_split, target)[policy.metric]
+        value = score(model.pipeline, test_split, target, positive_class).metrics[metric]
         return ChampionScore(champion.version, value, scored_on_current_data=True)
-    except (ConveyorError, KeyError, ValueError) as error:
-        recorded = champion.recorded_metric(policy.metric)
+    except Exception as error:  # noqa: BLE001 - any failure falls back to the recorded value
+        recorded = champion.recorded_metric(metric)
         if recorded is None:
             raise ConveyorError(
                 f"champion v{champion.version} of {champion.name!r} cannot score this data "
-                f"({first_line(error)}) and has no recorded {policy.metric}"
+                f"({first_line(error)}) and has no recorded {metric}"
             ) from None
         note = f"it cannot score this data: {first_line(error)}; its recorded value was used"
         return ChampionScore(champion.version, recorded, False, note)

@@ -166,9 +166,11 @@ def _field_path(path: Any) -> str:
 
 
 def _describe(error: Any) -> str:
-    if error.validator == "pattern":
-        return f"{error.instance!r} is not in the expected format (pattern {error.validator_value})"
-    return error.message
+    if error.validator != "pattern":
+        return error.message
+    if error.schema.get("x-kubernetes-int-or-string"):
+        return f"{error.instance!r} is not a Kubernetes quantity (such as 500m, 1, 2Gi, 512Mi)"
+    return f"{error.instance!r} is not in the expected format (pattern {error.validator_value})"
 
 
 def _more(problems: list[str]) -> str:

@@ -10,7 +10,9 @@ import pandas as pd
 from sklearn import metrics as skm
 from sklearn.pipeline import Pipeline
 
-__all__ = ["METRIC_DIRECTIONS", "Curves", "compute_curves", "compute_metrics"]
+from components.core.errors import ConveyorError, plain
+
+__all__ = ["METRIC_DIRECTIONS", "Curves", "Scores", "positive_label", "score"]
 
 # +1: higher is better; -1: lower is better.
 METRIC_DIRECTIONS = {
@@ -21,6 +23,8 @@ METRIC_DIRECTIONS = {
     "roc_auc": 1,
     "log_loss": -1,
 }
+# Labels that name the positive class of a binary target, compared case-insensitively.
+_POSITIVE_NAMES = {"1", "true", "yes", "y", "positive", "pos"}
 _MAX_ROC_POINTS = 200
 
 
@@ -33,49 +37,78 @@ class Curves:
     roc: tuple[list[float], list[float], list[float]] | None
 
 
-def compute_metrics(model: Pipeline, table: pd.DataFrame, target: str) -> dict[str, float]:
-    """Accuracy, precision, recall, F1, ROC-AUC and log loss (macro one-vs-rest for multi-class)."""
-    truth, predicted, proba, classes = _predict(model, table, target)
-    binary = len(classes) == 2
-    average: dict[str, Any] = (
-        {"average": "binary", "pos_label": classes[1]} if binary else {"average": "macro"}
-    )
-    scores = {
-        "accuracy": skm.accuracy_score(truth, predicted),
-        "precision": skm.precision_score(truth, predicted, zero_division=0, **average),
-        "recall": skm.recall_score(truth, predicted, zero_division=0, **average),
-        "f1": skm.f1_score(truth, predicted, zero_division=0, **average),
-        "log_loss": skm.log_loss(truth, proba, labels=classes),
-    }
-    if binary:
-        scores["roc_auc"] = skm.roc_auc_score(truth == classes[1], proba[:, 1])
-    else:
-        scores["roc_auc"] = skm.roc_auc_score(
-            truth, proba, multi_class="ovr", average="macro", labels=classes
-        )
-    return {name: float(value) for name, value in scores.items()}
+@dataclass(frozen=True)
+class Scores:
+    """Metrics and curves; for a binary target, the class precision, recall and ROC are of."""
+
+    metrics: dict[str, float]
+    curves: Curves
+    positive_class: Any = None
 
 
-def compute_curves(model: Pipeline, table: pd.DataFrame, target: str) -> Curves:
-    truth, predicted, proba, classes = _predict(model, table, target)
-    matrix = skm.confusion_matrix(truth, predicted, labels=classes)
-    roc = None
-    if len(classes) == 2:
-        fpr, tpr, thresholds = skm.roc_curve(truth == classes[1], proba[:, 1])
-        # The first threshold is +inf (nothing predicted positive): not JSON, so cap it at 1.
-        thresholds = np.minimum(thresholds, 1.0)
-        keep = _thin(len(fpr), _MAX_ROC_POINTS)
-        roc = (fpr[keep].tolist(), tpr[keep].tolist(), thresholds[keep].tolist())
-    return Curves([str(c) for c in classes], matrix.tolist(), roc)
+def score(model: Pipeline, table: pd.DataFrame, target: str, positive_class: str = "") -> Scores:
+    """Accuracy, precision, recall, F1, ROC-AUC and log loss, and the curves.
 
-
-def _predict(
-    model: Pipeline, table: pd.DataFrame, target: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Truth, predictions, probabilities and classes, all in the labels' own dtype."""
+    Multi-class precision, recall, F1 and ROC-AUC are macro averages (one-vs-rest).
+    ``positive_class`` picks the binary positive class by name; empty chooses it
+    (see ``positive_label``).
+    """
     proba = model.predict_proba(table.drop(columns=[target]))
     classes = model.classes_
-    return table[target].to_numpy(), classes[proba.argmax(axis=1)], proba, classes
+    truth, predicted = table[target].to_numpy(), classes[proba.argmax(axis=1)]
+    shared = {"zero_division": 0}
+    positive = None
+    if len(classes) == 2:
+        positive = positive_label(classes, truth, positive_class)
+        column = list(classes).index(positive)
+        is_positive, positive_proba = truth == positive, proba[:, column]
+        shared |= {"average": "binary", "pos_label": positive}
+        roc_auc = skm.roc_auc_score(is_positive, positive_proba)
+        roc = _roc_curve(is_positive, positive_proba)
+    else:
+        shared |= {"average": "macro"}
+        roc_auc = skm.roc_auc_score(
+            truth, proba, multi_class="ovr", average="macro", labels=classes
+        )
+        roc = None
+    metrics = {
+        "accuracy": skm.accuracy_score(truth, predicted),
+        "precision": skm.precision_score(truth, predicted, **shared),
+        "recall": skm.recall_score(truth, predicted, **shared),
+        "f1": skm.f1_score(truth, predicted, **shared),
+        "roc_auc": roc_auc,
+        "log_loss": skm.log_loss(truth, proba, labels=classes),
+    }
+    matrix = skm.confusion_matrix(truth, predicted, labels=classes)
+    curves = Curves([str(c) for c in classes], matrix.tolist(), roc)
+    return Scores({k: float(v) for k, v in metrics.items()}, curves, plain(positive))
+
+
+def positive_label(classes: np.ndarray, truth: np.ndarray, requested: str = "") -> Any:
+    """The positive class of a binary target.
+
+    The one named ``requested``; else one called 1, true, yes or positive; else the
+    rarer class in ``truth`` (what is usually looked for: fraud, churn, disease).
+    """
+    if requested:
+        named = [c for c in classes if str(c) == requested]
+        if not named:
+            shown = ", ".join(repr(str(c)) for c in classes)
+            raise ConveyorError(f"positive_class {requested!r} is not a class; classes: {shown}")
+        return named[0]
+    conventional = [c for c in classes if str(c).lower() in _POSITIVE_NAMES]
+    if len(conventional) == 1:
+        return conventional[0]
+    counts = [(truth == c).sum() for c in classes]
+    return classes[1] if counts[0] == counts[1] else classes[int(np.argmin(counts))]
+
+
+def _roc_curve(is_positive: np.ndarray, proba: np.ndarray) -> tuple[list[float], ...]:
+    fpr, tpr, thresholds = skm.roc_curve(is_positive, proba)
+    # The first threshold is +inf (nothing predicted positive): not JSON, so cap it at 1.
+    thresholds = np.minimum(thresholds, 1.0)
+    keep = _thin(len(fpr), _MAX_ROC_POINTS)
+    return fpr[keep].tolist(), tpr[keep].tolist(), thresholds[keep].tolist()
 
 
 def _thin(points: int, limit: int) -> np.ndarray:

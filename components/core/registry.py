@@ -15,13 +15,13 @@ from pathlib import Path
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from components.core import tracking
 from components.core.errors import ConveyorError, first_line
 from components.core.training import (
     MODEL_CARD,
-    MODEL_FILE,
     ModelCard,
     TrainedModel,
     load_model_dir,
@@ -83,13 +83,17 @@ def register_model(
     card = ModelCard.from_json((model_dir / MODEL_CARD).read_text())
     if sha256_file(model_dir / card.model_file) != card.sha256:
         raise ConveyorError(f"{model_dir}: model file does not match the sha256 in its model card")
+    compared_with = (verdict.get("champion") or {}).get("version")
+    _check_champion_unchanged(client, model_name, run_id, compared_with)
     storage_uri = publish_model_dir(model_dir, model_store_uri, model_name, card)
     tags = {
         "sha256": card.sha256,
         "data_hash": data_hash,
+        PIPELINE_RUN_TAG: pipeline_run_id,
+        "storage_uri": storage_uri,
         **{f"metric.{name}": f"{value:.6g}" for name, value in verdict["metrics"].items()},
     }
-    return register_version(client, model_name, run_id, storage_uri, pipeline_run_id, tags)
+    return register_version(client, model_name, run_id, tags)
 
 
 def find_champion(client: MlflowClient, name: str) -> Champion | None:
@@ -113,53 +117,65 @@ def load_champion(client: MlflowClient, champion: Champion) -> TrainedModel:
 def publish_model_dir(model_dir: Path, store_uri: str, name: str, card: ModelCard) -> str:
     """Copies the model directory to ``<store>/<name>/<sha256[:16]>``; returns that URI.
 
-    ``model.json`` is written last, so a directory holding it is complete, and a
-    re-run finding it copies nothing.
+    ``model.json`` is written last, so a copy whose ``model.json`` is this model's card
+    is complete, and a re-run finding it copies nothing.
     """
     if not store_uri:
         raise ConveyorError("model_store_uri is empty: give a folder or a gs:// or s3:// URI")
     destination = f"{store_uri.rstrip('/')}/{name}/{card.sha256[:16]}"
     fs, path = fsspec.core.url_to_fs(destination)
-    if fs.exists(f"{path}/{MODEL_CARD}"):
-        return _as_uri(fs, destination, path)
-    fs.makedirs(path, exist_ok=True)
-    for file_name in (MODEL_FILE, MODEL_CARD):
-        fs.put_file(str(model_dir / file_name), f"{path}/{file_name}")
-    return _as_uri(fs, destination, path)
+    card_text = (model_dir / MODEL_CARD).read_text()
+    if not (
+        fs.exists(f"{path}/{MODEL_CARD}")
+        and fs.cat_file(f"{path}/{MODEL_CARD}").decode() == card_text
+    ):
+        fs.makedirs(path, exist_ok=True)
+        fs.put_file(str(model_dir / card.model_file), f"{path}/{card.model_file}")
+        fs.pipe_file(f"{path}/{MODEL_CARD}", card_text.encode())
+    return path if isinstance(fs, LocalFileSystem) else destination
 
 
 def register_version(
-    client: MlflowClient,
-    name: str,
-    run_id: str,
-    storage_uri: str,
-    pipeline_run_id: str,
-    tags: dict[str, str],
+    client: MlflowClient, name: str, run_id: str, tags: dict[str, str]
 ) -> Registration:
-    """Registers the run's model once per pipeline run and points ``champion`` at it."""
-    existing = _version_of_pipeline_run(client, name, pipeline_run_id)
+    """Registers the training run's model once and points ``champion`` at it.
+
+    A version already made from ``run_id`` (a retried or repeated step) is reused.
+    """
+    existing = _version_of_run(client, name, run_id)
     if existing is None:
         _ensure_registered_model(client, name)
-        version = client.create_model_version(
-            name,
-            source=f"runs:/{run_id}/model",
-            run_id=run_id,
-            tags={**tags, PIPELINE_RUN_TAG: pipeline_run_id, "storage_uri": storage_uri},
-        ).version
-    else:
-        version = existing
-    client.set_registered_model_alias(name, CHAMPION_ALIAS, str(version))
-    return Registration(name, str(version), storage_uri, reused=existing is not None)
-
-
-def _version_of_pipeline_run(client: MlflowClient, name: str, pipeline_run_id: str) -> str | None:
-    try:
-        found = client.search_model_versions(
-            f"name = '{name}' and tag.{PIPELINE_RUN_TAG} = '{pipeline_run_id}'"
+        existing = client.create_model_version(
+            name, source=f"runs:/{run_id}/model", run_id=run_id, tags=tags
         )
+        reused = False
+    else:
+        reused = True
+    version = str(existing.version)
+    client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
+    return Registration(name, version, existing.tags.get("storage_uri", ""), reused=reused)
+
+
+def _check_champion_unchanged(
+    client: MlflowClient, name: str, run_id: str, compared_with: str | None
+) -> None:
+    """Refuses when another run moved the alias since this model was judged against it."""
+    current = find_champion(client, name)
+    if current is None or current.version == compared_with or current.run_id == run_id:
+        return
+    judged = f"v{compared_with}" if compared_with else "no champion"
+    raise ConveyorError(
+        f"the champion of {name!r} is now v{current.version}, but this model was judged "
+        f"against {judged}; run the pipeline again to compare it with v{current.version}"
+    )
+
+
+def _version_of_run(client: MlflowClient, name: str, run_id: str) -> ModelVersion | None:
+    try:
+        found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     except MlflowException as error:
         raise ConveyorError(f"MLflow registry search for {name!r}: {first_line(error)}") from None
-    return str(found[0].version) if found else None
+    return found[0] if found else None
 
 
 def _ensure_registered_model(client: MlflowClient, name: str) -> None:
@@ -168,8 +184,3 @@ def _ensure_registered_model(client: MlflowClient, name: str) -> None:
     except MlflowException as error:
         if error.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-
-
-def _as_uri(fs: fsspec.AbstractFileSystem, destination: str, path: str) -> str:
-    """Local stores are reported as absolute paths; remote ones keep their scheme."""
-    return path if isinstance(fs, LocalFileSystem) else destination

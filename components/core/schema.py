@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from pandas.api import types as ptypes
 
-from components.core.errors import ConveyorError
+from components.core.errors import ConveyorError, plain
 from components.core.files import write_text_atomically
 
 __all__ = [
@@ -40,6 +40,9 @@ DEFAULT_RANGE_TOLERANCE = 0.25
 # Points of null rate an evaluation column may have above its training rate.
 DEFAULT_NULL_RATE_TOLERANCE = 0.10
 _EXAMPLES = 3
+# A text column whose values are numbers but for at most this share is a numeric column
+# with stray missing-value markers ("?", "n/a", "-").
+_MOSTLY_NUMBERS_TEXT_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,8 @@ def validate_splits(
     train_split, test_split = pd.read_parquet(train_path), pd.read_parquet(test_path)
     inferred = infer_schema(train_split, target)
     result = ValidationResult(
-        inferred, check_training_table(inferred) + check_table(test_split, inferred)
+        inferred,
+        check_training_table(train_split, inferred) + check_table(test_split, inferred),
     )
     rows = {"training": len(train_split), "evaluation": len(test_split)}
     write_text_atomically(schema_path, inferred.to_json())
@@ -149,13 +153,19 @@ def infer_schema(
     return Schema(target=target, columns=columns)
 
 
-def check_training_table(schema: Schema) -> list[Violation]:
-    """Rules the training split itself must meet: no column may be entirely empty."""
-    return [
-        Violation(column.name, "not_all_null", "every value is empty", split="training")
+def check_training_table(table: pd.DataFrame, schema: Schema) -> list[Violation]:
+    """Rules the training split itself must meet: no empty column, no infinity, no numbers
+    mixed with text such as ``?`` (which would make a numeric column categorical)."""
+    violations = [
+        Violation(column.name, "not_all_null", "every value is empty")
         for column in schema.columns
         if column.null_rate == 1.0
     ]
+    for column in schema.columns:
+        for rule in (_finite_rule, _numbers_as_text_rule):
+            if (violation := rule(column, table[column.name])) is not None:
+                violations.append(violation)
+    return [replace(v, split="training") for v in violations]
 
 
 def check_table(table: pd.DataFrame, schema: Schema) -> list[Violation]:
@@ -211,6 +221,9 @@ def _infer_column(
         return ColumnSchema(**common)
     if kind == "categorical":
         return ColumnSchema(**common, categories=sorted(values.astype(str).unique().tolist()))
+    values = values[np.isfinite(values)]  # infinities fail the finite rule instead
+    if values.empty:
+        return ColumnSchema(**common)
     low, high = float(values.min()), float(values.max())
     margin = (high - low) * range_tolerance
     return ColumnSchema(
@@ -262,6 +275,32 @@ def _categories_rule(column: ColumnSchema, series: pd.Series) -> Violation | Non
     )
 
 
+def _finite_rule(column: ColumnSchema, series: pd.Series) -> Violation | None:
+    if column.kind != "numeric" or not ptypes.is_float_dtype(series):
+        return None
+    infinite = series[np.isinf(series)]
+    if infinite.empty:
+        return None
+    return Violation(
+        column.name, "finite", f"{len(infinite)} infinite value(s), such as {_examples(infinite)}"
+    )
+
+
+def _numbers_as_text_rule(column: ColumnSchema, series: pd.Series) -> Violation | None:
+    if column.kind != "categorical":
+        return None
+    values = series.dropna().astype(str)
+    text = values[pd.to_numeric(values, errors="coerce").isna()]
+    if values.empty or text.empty or len(text) > _MOSTLY_NUMBERS_TEXT_SHARE * len(values):
+        return None
+    return Violation(
+        column.name,
+        "type",
+        f"numbers mixed with text in {len(text)} row(s), such as "
+        f"{_examples(text.drop_duplicates())}; leave missing values empty or clean the column",
+    )
+
+
 def _null_rate_rule(column: ColumnSchema, series: pd.Series) -> Violation | None:
     rate = float(series.isna().mean())
     if rate <= column.max_null_rate:
@@ -279,6 +318,7 @@ RULES: tuple[Callable[[ColumnSchema, pd.Series], Violation | None], ...] = (
     _range_rule,
     _categories_rule,
     _null_rate_rule,
+    _finite_rule,
 )
 
 
@@ -294,5 +334,5 @@ def _allowed(column: ColumnSchema) -> str:
 
 def _examples(values: pd.Series) -> str:
     sample = values.head(_EXAMPLES).tolist()
-    shown = ", ".join(repr(v.item() if isinstance(v, np.generic) else v) for v in sample)
+    shown = ", ".join(repr(plain(v)) for v in sample)
     return shown + (", ..." if len(values) > _EXAMPLES else "")

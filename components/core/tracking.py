@@ -8,16 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 
 from components.core.errors import ConveyorError, first_line
 
 __all__ = ["connect", "ensure_experiment", "log_metrics", "start_training_run"]
-
-# MLflow retries an unreachable server for minutes by default; a step should say so sooner.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 
 def connect(tracking_uri: str) -> MlflowClient:
@@ -27,6 +23,9 @@ def connect(tracking_uri: str) -> MlflowClient:
         raise ConveyorError(
             "no MLflow tracking URI: set the mlflow_tracking_uri parameter or MLFLOW_TRACKING_URI"
         )
+    # MLflow retries an unreachable server for minutes by default; a step should say so sooner.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
         client.search_experiments(max_results=1)
@@ -59,9 +58,7 @@ def start_training_run(
     run = client.create_run(ensure_experiment(client, experiment), tags=tags)
     run_id = run.info.run_id
     client.log_batch(
-        run_id,
-        params=[Param(key, str(value)[:6000]) for key, value in params.items()],
-        tags=[RunTag(key, value) for key, value in tags.items()],
+        run_id, params=[Param(key, str(value)[:6000]) for key, value in params.items()]
     )
     client.log_artifacts(run_id, str(model_dir), "model")
     return run_id

@@ -13,6 +13,7 @@ import json
 import platform
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,8 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from components.core import tracking
-from components.core.errors import ConveyorError
-from components.core.metrics import compute_metrics
+from components.core.errors import ConveyorError, first_line, plain
+from components.core.metrics import score
 from components.core.schema import column_kind
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "TrainedModel",
     "fit_classifier",
     "load_model_dir",
+    "mlflow_run_id",
     "save_model_dir",
     "sha256_file",
     "train_model",
@@ -78,7 +80,6 @@ class ModelCard:
     framework: str = "sklearn"
     model_file: str = MODEL_FILE
     versions: dict[str, str] = field(default_factory=dict)
-    extra: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, default=str)
@@ -113,17 +114,29 @@ def train_model(
     tracking_uri: str,
     experiment: str,
     tags: dict[str, str],
+    positive_class: str = "",
 ) -> TrainResult:
     """Fits the classifier, writes the model directory and logs it all to one MLflow run."""
     client = tracking.connect(tracking_uri)  # before the work: a bad URI fails fast
     train_split = pd.read_parquet(train_path)
     model = fit_classifier(train_split, target, estimator, hyperparameters, seed)
-    metrics = compute_metrics(model.pipeline, train_split, target)
+    metrics = score(model.pipeline, train_split, target, positive_class).metrics
     card = save_model_dir(model, model_dir)
     params = {"estimator": estimator, "seed": seed, "target": target, **card.hyperparameters}
     run_id = tracking.start_training_run(client, experiment, params, tags, model_dir)
     tracking.log_metrics(client, run_id, metrics, prefix="train_")
+    client.set_terminated(run_id)  # evaluate still logs to it: MLflow allows that
     return TrainResult(card, run_id, metrics)
+
+
+def mlflow_run_id(model_metadata: dict[str, Any]) -> str:
+    """The MLflow run a model artifact came from, as Conveyor's train step records it."""
+    run_id = model_metadata.get("mlflow_run_id")
+    if not run_id:
+        raise ConveyorError(
+            "the model artifact's metadata has no mlflow_run_id: pass the model from the train step"
+        )
+    return str(run_id)
 
 
 def fit_classifier(
@@ -141,17 +154,17 @@ def fit_classifier(
     ]
     if not features:
         raise ConveyorError(f"the training table has no feature columns besides {target!r}")
-    hyperparameters = {key: _integral(value) for key, value in hyperparameters.items()}
-    pipeline = make_pipeline(_preprocessor(features), _estimator(estimator, hyperparameters, seed))
+    model, hyperparameters = _estimator(estimator, hyperparameters, seed)
+    pipeline = make_pipeline(_preprocessor(features), model)
     try:
         pipeline.fit(train[[f.name for f in features]], train[target])
-    except ValueError as error:  # scikit-learn's parameter validation errors
-        raise ConveyorError(f"estimator {estimator!r}: {str(error).splitlines()[0]}") from None
+    except ValueError as error:  # scikit-learn's checks of parameters and data
+        raise ConveyorError(f"could not train {estimator!r}: {first_line(error)}") from None
     card = ModelCard(
         estimator=estimator,
         hyperparameters=dict(hyperparameters),
         target=target,
-        classes=[_plain(c) for c in pipeline.classes_],
+        classes=[plain(c) for c in pipeline.classes_],
         features=features,
         seed=seed,
         versions=_library_versions(),
@@ -206,7 +219,10 @@ def _preprocessor(features: list[Feature]) -> ColumnTransformer:
     )
 
 
-def _estimator(name: str, hyperparameters: dict[str, Any], seed: int) -> BaseEstimator:
+def _estimator(
+    name: str, hyperparameters: dict[str, Any], seed: int
+) -> tuple[BaseEstimator, dict[str, Any]]:
+    """The estimator, and the user's hyperparameters as it takes them."""
     if name not in ESTIMATORS:
         raise ConveyorError(f"unknown estimator {name!r}; choose one of: {', '.join(ESTIMATORS)}")
     cls, defaults = ESTIMATORS[name]
@@ -217,10 +233,27 @@ def _estimator(name: str, hyperparameters: dict[str, Any], seed: int) -> BaseEst
             f"hyperparameters {unknown} are not accepted by {name!r}; "
             f"it takes: {', '.join(sorted(accepted))}"
         )
+    hyperparameters = {key: _as_declared(cls, key, value) for key, value in hyperparameters.items()}
     params = {**defaults, **hyperparameters}
     if "random_state" in accepted:
         params.setdefault("random_state", seed)
-    return cls(**params)
+    return cls(**params), hyperparameters
+
+
+def _as_declared(cls: type[BaseEstimator], key: str, value: Any) -> Any:
+    """40.0 -> 40 where the parameter takes integers only.
+
+    KFP passes dict parameters as a protobuf Struct, where every number is a float, and
+    scikit-learn refuses a float for an integer parameter. Where floats mean something
+    else (``max_features=1.0`` is all features, ``1`` is one), the float stays.
+    """
+    if not (isinstance(value, float) and value.is_integer()):
+        return value
+    kinds = [getattr(c, "type", c) for c in getattr(cls, "_parameter_constraints", {}).get(key, [])]
+    kinds = [kind for kind in kinds if isinstance(kind, type) and issubclass(kind, Real)]
+    takes_int = any(issubclass(kind, Integral) for kind in kinds)
+    takes_real = any(not issubclass(kind, Integral) for kind in kinds)
+    return int(value) if takes_int and not takes_real else value
 
 
 def _library_versions() -> dict[str, str]:
@@ -231,14 +264,3 @@ def _library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "unknown"
     return versions
-
-
-def _integral(value: Any) -> Any:
-    """40.0 -> 40. KFP passes dict parameters as a protobuf Struct, where every number is a
-    float; scikit-learn refuses floats for integer parameters and takes ints for real ones."""
-    return int(value) if isinstance(value, float) and value.is_integer() else value
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars -> Python scalars, so class labels serialise to JSON."""
-    return value.item() if hasattr(value, "item") else value
