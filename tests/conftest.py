@@ -102,6 +102,20 @@ def species() -> pd.DataFrame:
     return multiclass_table()
 
 
+def train_species_model(
+    directory: Path, server: str, name: str, table: pd.DataFrame, tag: str, **hyperparameters: float
+):
+    """Trains a logistic regression on ``table`` into ``directory/tag`` (its MLflow run tagged ``tag``)."""
+    from components.core.training import train_model
+
+    (directory / tag).mkdir()
+    table.to_parquet(directory / tag / "train")
+    return train_model(
+        directory / tag / "train", "species", "logistic_regression", hyperparameters, 0,
+        directory / tag / "model", server, name, {"pipeline_run_id": tag},
+    )  # fmt: skip
+
+
 def require_binary(name: str) -> None:
     """Skip without a system binary, unless CI demands it (CONVEYOR_REQUIRE_SYSTEM_DEPS=1)."""
     import shutil

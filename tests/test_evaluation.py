@@ -12,7 +12,7 @@ from components.core.data import split_table
 from components.core.errors import ConveyorError
 from components.core.evaluation import ChampionScore, Policy, decide, evaluate_model
 from components.core.registry import register_model
-from components.core.training import train_model
+from tests.conftest import train_species_model
 
 METRICS = {"accuracy": 0.9, "roc_auc": 0.95, "log_loss": 0.3}
 
@@ -75,15 +75,6 @@ def test_unknown_metric_is_named() -> None:
         Policy(metric="auc").validate()
 
 
-def _train(tmp_path: Path, server: str, name: str, table: pd.DataFrame, tag: str, **params):
-    (tmp_path / tag).mkdir()
-    table.to_parquet(tmp_path / tag / "train")
-    return train_model(
-        tmp_path / tag / "train", "species", "logistic_regression", params, 0,
-        tmp_path / tag / "model", server, name, {"pipeline_run_id": tag},
-    )  # fmt: skip
-
-
 def _evaluate(tmp_path: Path, server: str, name: str, tag: str, run_id: str, test: Path):
     return evaluate_model(
         tmp_path / tag / "model", test, "species", name, server, run_id,
@@ -96,7 +87,7 @@ def test_challenger_is_compared_with_the_champion_on_the_same_split(
 ) -> None:
     train, test = split_table(species, "species", 0.3, 0, "t")
     test.to_parquet(tmp_path / "test")
-    weak = _train(tmp_path, mlflow_server, model_name, train, "weak", C=0.001)
+    weak = train_species_model(tmp_path, mlflow_server, model_name, train, "weak", C=0.001)
     first = _evaluate(tmp_path, mlflow_server, model_name, "weak", weak.run_id, tmp_path / "test")
     assert first.decision.blessed and first.decision.champion is None
     register_model(
@@ -104,7 +95,7 @@ def test_challenger_is_compared_with_the_champion_on_the_same_split(
         mlflow_server, weak.run_id, str(tmp_path / "store"), "weak", "data-hash",
     )  # fmt: skip
 
-    strong = _train(tmp_path, mlflow_server, model_name, train, "strong", C=10.0)
+    strong = train_species_model(tmp_path, mlflow_server, model_name, train, "strong", C=10.0)
     second = _evaluate(
         tmp_path, mlflow_server, model_name, "strong", strong.run_id, tmp_path / "test"
     )
@@ -129,14 +120,14 @@ def test_a_champion_that_cannot_score_the_data_is_compared_as_recorded(
     train, test = split_table(species, "species", 0.3, 0, "t")
     test.to_parquet(tmp_path / "test")
     # The champion was trained with a column the current data no longer has.
-    old = _train(tmp_path, mlflow_server, model_name, train.assign(legacy=1.0), "old")
+    old = train_species_model(tmp_path, mlflow_server, model_name, train.assign(legacy=1.0), "old")
     recorded = {"blessed": True, "reason": "first", "metrics": {"roc_auc": 0.5}}
     (tmp_path / "old" / "evaluation.json").write_text(json.dumps(recorded))
     register_model(
         tmp_path / "old" / "model", tmp_path / "old" / "evaluation.json", model_name,
         mlflow_server, old.run_id, str(tmp_path / "store"), "old", "data-hash",
     )  # fmt: skip
-    new = _train(tmp_path, mlflow_server, model_name, train, "new")
+    new = train_species_model(tmp_path, mlflow_server, model_name, train, "new")
     decision = _evaluate(
         tmp_path, mlflow_server, model_name, "new", new.run_id, tmp_path / "test"
     ).decision

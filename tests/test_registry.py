@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 from components.core.errors import ConveyorError
 from components.core.registry import CHAMPION_ALIAS, find_champion, load_champion, register_model
 from components.core.training import MODEL_CARD, MODEL_FILE, sha256_file, train_model
+from tests.conftest import train_species_model
 
 
 @pytest.fixture
@@ -53,15 +54,6 @@ def test_registers_publishes_and_moves_the_alias(
     assert load_champion(client, champion).card.sha256 == trained.card.sha256
 
 
-def _train_again(tmp_path: Path, server: str, name: str, table: pd.DataFrame, tag: str):
-    (tmp_path / tag).mkdir()
-    table.to_parquet(tmp_path / tag / "train")
-    return train_model(
-        tmp_path / tag / "train", "species", "logistic_regression", {"C": 3.0}, 0,
-        tmp_path / tag / "model", server, name, {},
-    )  # fmt: skip
-
-
 def test_repeating_register_for_one_training_run_registers_nothing_new(
     tmp_path: Path, trained, mlflow_server: str, model_name: str
 ) -> None:
@@ -80,7 +72,7 @@ def test_a_model_judged_against_a_replaced_champion_is_refused(
     tmp_path: Path, trained, species: pd.DataFrame, mlflow_server: str, model_name: str
 ) -> None:
     """Run A was judged with no champion; run B registered meanwhile: A must not demote B."""
-    other = _train_again(tmp_path, mlflow_server, model_name, species, "b")
+    other = train_species_model(tmp_path, mlflow_server, model_name, species, "b", C=3.0)
     verdict = {"blessed": True, "reason": "test", "metrics": {"roc_auc": 0.93}}
     (tmp_path / "b" / "evaluation.json").write_text(json.dumps(verdict))
     register_model(
