@@ -12,7 +12,7 @@ from components.core.data import split_table
 from components.core.errors import ConveyorError
 from components.core.evaluation import ChampionScore, Policy, decide, evaluate_model
 from components.core.registry import register_model
-from tests.conftest import train_species_model
+from tests.conftest import register_blessed, train_species_model
 
 METRICS = {"accuracy": 0.9, "roc_auc": 0.95, "log_loss": 0.3}
 
@@ -121,12 +121,7 @@ def test_a_champion_that_cannot_score_the_data_is_compared_as_recorded(
     test.to_parquet(tmp_path / "test")
     # The champion was trained with a column the current data no longer has.
     old = train_species_model(tmp_path, mlflow_server, model_name, train.assign(legacy=1.0), "old")
-    recorded = {"blessed": True, "reason": "first", "metrics": {"roc_auc": 0.5}}
-    (tmp_path / "old" / "evaluation.json").write_text(json.dumps(recorded))
-    register_model(
-        tmp_path / "old" / "model", tmp_path / "old" / "evaluation.json", model_name,
-        mlflow_server, old.run_id, str(tmp_path / "store"), "old", "data-hash",
-    )  # fmt: skip
+    register_blessed(tmp_path, mlflow_server, model_name, old, "old", roc_auc=0.5)
     new = train_species_model(tmp_path, mlflow_server, model_name, train, "new")
     decision = _evaluate(
         tmp_path, mlflow_server, model_name, "new", new.run_id, tmp_path / "test"

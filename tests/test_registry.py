@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 from components.core.errors import ConveyorError
 from components.core.registry import CHAMPION_ALIAS, find_champion, load_champion, register_model
 from components.core.training import MODEL_CARD, MODEL_FILE, sha256_file, train_model
-from tests.conftest import train_species_model
+from tests.conftest import register_blessed, train_species_model
 
 
 @pytest.fixture
@@ -73,12 +73,7 @@ def test_a_model_judged_against_a_replaced_champion_is_refused(
 ) -> None:
     """Run A was judged with no champion; run B registered meanwhile: A must not demote B."""
     other = train_species_model(tmp_path, mlflow_server, model_name, species, "b", C=3.0)
-    verdict = {"blessed": True, "reason": "test", "metrics": {"roc_auc": 0.93}}
-    (tmp_path / "b" / "evaluation.json").write_text(json.dumps(verdict))
-    register_model(
-        tmp_path / "b" / "model", tmp_path / "b" / "evaluation.json", model_name,
-        mlflow_server, other.run_id, str(tmp_path / "store"), "pipeline-b", "hash-2",
-    )  # fmt: skip
+    register_blessed(tmp_path, mlflow_server, model_name, other, "b", roc_auc=0.93)
     with pytest.raises(
         ConveyorError, match=r"is now v1, but this model was judged against no champion"
     ):

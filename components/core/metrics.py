@@ -56,7 +56,7 @@ def score(model: Pipeline, table: pd.DataFrame, target: str, positive_class: str
     proba = model.predict_proba(table.drop(columns=[target]))
     classes = model.classes_
     truth, predicted = table[target].to_numpy(), classes[proba.argmax(axis=1)]
-    shared = {"zero_division": 0}
+    shared: dict[str, Any] = {"zero_division": 0}
     positive = None
     if len(classes) == 2:
         positive = positive_label(classes, truth, positive_class)

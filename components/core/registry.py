@@ -142,18 +142,16 @@ def register_version(
 
     A version already made from ``run_id`` (a retried or repeated step) is reused.
     """
-    existing = _version_of_run(client, name, run_id)
-    if existing is None:
+    version = _version_of_run(client, name, run_id)
+    reused = version is not None
+    if version is None:
         _ensure_registered_model(client, name)
-        existing = client.create_model_version(
+        version = client.create_model_version(
             name, source=f"runs:/{run_id}/model", run_id=run_id, tags=tags
         )
-        reused = False
-    else:
-        reused = True
-    version = str(existing.version)
-    client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
-    return Registration(name, version, existing.tags.get("storage_uri", ""), reused=reused)
+    number = str(version.version)
+    client.set_registered_model_alias(name, CHAMPION_ALIAS, number)
+    return Registration(name, number, version.tags.get("storage_uri", ""), reused=reused)
 
 
 def _check_champion_unchanged(
