@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -20,7 +21,8 @@ from kfp import dsl
 
 from components.core.data import Source, load_table
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
 
 
 def free_port() -> int:
@@ -141,3 +143,37 @@ def require_binary(name: str) -> None:
     if os.environ.get("CONVEYOR_REQUIRE_SYSTEM_DEPS") == "1":
         pytest.fail(f"{name} is required in CI but is not installed")
     pytest.skip(f"{name} is not installed")
+
+
+def save_species_model(directory: Path, table: pd.DataFrame | None = None, **hyperparameters: float) -> Path:
+    """Fits a logistic regression on the species table and writes its model directory."""
+    from components.core.training import fit_classifier, save_model_dir
+
+    table = multiclass_table() if table is None else table
+    save_model_dir(
+        fit_classifier(table, "species", "logistic_regression", hyperparameters, 0), directory
+    )
+    return directory
+
+
+@contextlib.contextmanager
+def predictor(model_dir: Path, name: str, revision: str, log: Path) -> Iterator[str]:
+    """Conveyor's real predictor process serving ``model_dir`` as Knative revision ``revision``."""
+    port = free_port()
+    command = [
+        sys.executable, "-m", "components.core.serving", "--model_name", name,
+        "--model_dir", str(model_dir), "--http_port", str(port), "--grpc_port", str(free_port()),
+        "--enable_latency_logging", "False",
+    ]  # fmt: skip
+    environment = {**os.environ, "K_REVISION": revision, "PYTHONPATH": str(ROOT)}
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            command, stdout=output, stderr=subprocess.STDOUT, env=environment, cwd=ROOT
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/v2/models/{name}/ready", process, timeout=60, log=log)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

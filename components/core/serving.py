@@ -1,0 +1,195 @@
+"""Conveyor's KServe predictor: serves a model directory written by the register step.
+
+Run it as ``python -m components.core.serving --model_name NAME --model_dir DIR``
+(KServe's own flags, such as ``--http_port`` and ``--workers``, work too). It
+refuses to start when ``model.joblib`` is not the file the model card's sha256
+names, answers KServe's V1 and V2 (Open Inference) REST protocols, and exports
+per-revision request counts and latencies on ``/metrics`` for the canary analysis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer
+from kserve.errors import InvalidInput
+from kserve.model_server import app
+from kserve.model_server import parser as kserve_parser
+from prometheus_client import Counter, Histogram
+
+from components.core.errors import ConveyorError
+from components.core.inference import (
+    Predictions,
+    predict_table,
+    table_from_columns,
+    table_from_instances,
+)
+from components.core.training import Feature, TrainedModel, load_model_dir
+
+__all__ = ["REQUESTS", "REQUEST_SECONDS", "ConveyorModel", "RequestMetrics", "main"]
+
+REVISION_ENV = "K_REVISION"  # set by Knative on every revision's pod
+REQUESTS = Counter(
+    "conveyor_inference_requests",
+    "Inference requests by model, revision and HTTP status code.",
+    ["model", "revision", "code"],
+)
+REQUEST_SECONDS = Histogram(
+    "conveyor_inference_request_duration_seconds",
+    "Inference request latency by model and revision.",
+    ["model", "revision"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+_INFERENCE_SUFFIXES = (":predict", "/infer")
+
+
+class RequestMetrics:
+    """ASGI middleware counting inference requests by status code and timing them."""
+
+    def __init__(self, app: Any, model: str, revision: str) -> None:
+        self.app, self.model, self.revision = app, model, revision
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope["path"].endswith(_INFERENCE_SUFFIXES):
+            await self.app(scope, receive, send)
+            return
+        status = 500  # an exception escaping the app is answered with 500
+
+        async def record_status(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        started = time.perf_counter()
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            REQUEST_SECONDS.labels(self.model, self.revision).observe(time.perf_counter() - started)
+            REQUESTS.labels(self.model, self.revision, str(status)).inc()
+
+
+class ConveyorModel(Model):
+    """A KServe model answering V1 and V2 requests from a Conveyor model directory."""
+
+    def __init__(self, name: str, model_dir: Path) -> None:
+        super().__init__(name)
+        self.model_dir = model_dir
+        self.model: TrainedModel | None = None
+
+    def load(self) -> bool:
+        self.model = load_model_dir(self.model_dir)
+        self.ready = True
+        return self.ready
+
+    def predict(self, payload: Any, headers: Any = None, response_headers: Any = None) -> Any:
+        assert self.model is not None, "load() runs before the server starts"
+        features = self.model.card.features
+        try:
+            if isinstance(payload, InferRequest):
+                table = table_from_columns(_v2_columns(payload, features), features)
+                return _v2_response(payload, self.name, predict_table(self.model, table))
+            table = table_from_instances(_v1_instances(payload), features)
+        except ConveyorError as error:
+            raise InvalidInput(str(error)) from None
+        return _v1_response(predict_table(self.model, table))
+
+
+def _v1_instances(payload: Any) -> Any:
+    if not isinstance(payload, dict) or "instances" not in payload:
+        raise ConveyorError("a V1 request body is an object with an 'instances' list")
+    return payload["instances"]
+
+
+def _v1_response(predictions: Predictions) -> dict[str, Any]:
+    return {
+        "predictions": predictions.labels,
+        "probabilities": predictions.probabilities.tolist(),
+        "classes": predictions.classes,
+    }
+
+
+def _v2_columns(request: InferRequest, features: list[Feature]) -> dict[str, Any]:
+    """One input per column (named by column), or one 2-D input in training column order."""
+    inputs = {tensor.name: tensor for tensor in request.inputs}
+    names = [feature.name for feature in features]
+    if len(inputs) == 1 and next(iter(inputs)) not in names:
+        matrix = _as_array(next(iter(inputs.values())))
+        if matrix.ndim != 2 or matrix.shape[1] != len(names):
+            raise ConveyorError(
+                f"a single input must have shape [rows, {len(names)}], columns in training "
+                f"order ({', '.join(names)}); got {list(matrix.shape)}"
+            )
+        return {name: matrix[:, index] for index, name in enumerate(names)}
+    return {name: _as_array(tensor).reshape(-1) for name, tensor in inputs.items()}
+
+
+def _as_array(tensor: Any) -> np.ndarray:
+    array = tensor.as_numpy()
+    if tensor.datatype == "BYTES":
+        array = np.vectorize(_text, otypes=[object])(array)
+    return array
+
+
+def _text(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _v2_response(request: InferRequest, model_name: str, predictions: Predictions) -> InferResponse:
+    labels = np.asarray(predictions.labels)
+    label_type = "BYTES" if labels.dtype.kind in "OUS" else _V2_TYPES.get(labels.dtype.kind, "FP64")
+    outputs = [
+        InferOutput("predictions", [len(labels)], label_type, labels.tolist()),
+        InferOutput(
+            "probabilities",
+            list(predictions.probabilities.shape),
+            "FP64",
+            predictions.probabilities.reshape(-1).tolist(),
+            parameters={"classes": json.dumps(predictions.classes)},
+        ),
+    ]
+    # KServe's response model requires an id; a request without one gets a fresh one.
+    return InferResponse(request.id or uuid.uuid4().hex, model_name, outputs)
+
+
+_V2_TYPES = {"i": "INT64", "u": "UINT64", "b": "BOOL", "f": "FP64"}
+
+
+def _arguments(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(parents=[kserve_parser], conflict_handler="resolve")
+    parser.add_argument(
+        "--model_dir", type=Path, required=True, help="The model directory register published."
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Loads the model (checking its sha256) and serves it until terminated."""
+    arguments = _arguments(sys.argv[1:] if argv is None else argv)
+    model = ConveyorModel(arguments.model_name, arguments.model_dir)
+    try:
+        model.load()
+    except (ConveyorError, OSError) as error:
+        raise SystemExit(f"serving: {error}") from None
+    revision = os.environ.get(REVISION_ENV, "local")
+    app.add_middleware(RequestMetrics, model=arguments.model_name, revision=revision)
+    server = ModelServer(
+        http_port=arguments.http_port,
+        grpc_port=arguments.grpc_port,
+        workers=arguments.workers,
+        enable_grpc=arguments.enable_grpc,
+        enable_latency_logging=arguments.enable_latency_logging,
+    )
+    server.start([model])
+
+
+if __name__ == "__main__":
+    main()
