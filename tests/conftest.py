@@ -145,7 +145,9 @@ def require_binary(name: str) -> None:
     pytest.skip(f"{name} is not installed")
 
 
-def save_species_model(directory: Path, table: pd.DataFrame | None = None, **hyperparameters: float) -> Path:
+def save_species_model(
+    directory: Path, table: pd.DataFrame | None = None, **hyperparameters: float
+) -> Path:
     """Fits a logistic regression on the species table and writes its model directory."""
     from components.core.training import fit_classifier, save_model_dir
 

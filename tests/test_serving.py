@@ -37,7 +37,9 @@ def expected(model_dir: Path) -> list[str]:
 
 
 def records() -> list[dict]:
-    return [{k: (None if pd.isna(v) else v) for k, v in row.items()} for row in ROWS.to_dict("records")]
+    return [
+        {k: (None if pd.isna(v) else v) for k, v in row.items()} for row in ROWS.to_dict("records")
+    ]
 
 
 def v1(server: str, instances: list) -> httpx.Response:
@@ -76,7 +78,9 @@ def test_v2_one_input_per_column(server: str, expected: list[str]) -> None:
     response = v2(server, column_inputs(ROWS.dropna()))
     assert response.status_code == 200, response.text
     outputs = {output["name"]: output for output in response.json()["outputs"]}
-    assert outputs["predictions"]["data"] == [p for p, ok in zip(expected, ROWS.notna().all(axis=1), strict=True) if ok]
+    assert outputs["predictions"]["data"] == [
+        p for p, ok in zip(expected, ROWS.notna().all(axis=1), strict=True) if ok
+    ]
     assert outputs["probabilities"]["shape"] == [len(ROWS.dropna()), 3]
     assert response.json()["id"]  # KServe's response model needs one; the request had none
 
@@ -85,7 +89,9 @@ def test_v2_one_matrix_in_training_column_order(server: str) -> None:
     numeric = ROWS.dropna()
     matrix = [[row.size, row.weight, row.color] for row in numeric.itertuples()]
     flat = [value for row in matrix for value in row]
-    response = v2(server, [{"name": "x", "shape": [len(matrix), 3], "datatype": "BYTES", "data": flat}])
+    response = v2(
+        server, [{"name": "x", "shape": [len(matrix), 3], "datatype": "BYTES", "data": flat}]
+    )
     assert response.status_code == 200, response.text
     by_columns = v2(server, column_inputs(numeric)).json()["outputs"][0]["data"]
     assert response.json()["outputs"][0]["data"] == by_columns
@@ -102,20 +108,28 @@ def test_missing_columns_are_named_with_400(server: str) -> None:
 def test_mistyped_columns_are_named_with_400(server: str) -> None:
     response = v1(server, [{"size": "big", "weight": 3, "color": 7}])
     assert response.status_code == 400
-    assert response.json()["error"] == "mistyped columns: size (expected numbers), color (expected text)"
+    assert (
+        response.json()["error"]
+        == "mistyped columns: size (expected numbers), color (expected text)"
+    )
 
 
 def test_wrong_row_length_is_refused(server: str) -> None:
     response = v1(server, [[1.0, 2.0]])
     assert response.status_code == 400
-    assert "3 values in training column order (size, weight, color); row 0 holds 2" in response.json()["error"]
+    assert (
+        "3 values in training column order (size, weight, color); row 0 holds 2"
+        in response.json()["error"]
+    )
 
 
 def test_metrics_count_requests_by_revision_and_status(server: str) -> None:
     def count(code: str) -> float:
         text = httpx.get(f"{server}/metrics").text
         label = f'conveyor_inference_requests_total{{code="{code}",model="{NAME}",revision="species-predictor-00001"}}'
-        return next((float(line.split()[-1]) for line in text.splitlines() if line.startswith(label)), 0.0)
+        return next(
+            (float(line.split()[-1]) for line in text.splitlines() if line.startswith(label)), 0.0
+        )
 
     before_ok, before_bad = count("200"), count("400")
     v1(server, records())
@@ -123,7 +137,10 @@ def test_metrics_count_requests_by_revision_and_status(server: str) -> None:
     v1(server, [{"size": 1.0}])
     assert (count("200") - before_ok, count("400") - before_bad) == (1, 2)
     text = httpx.get(f"{server}/metrics").text
-    assert 'conveyor_inference_request_duration_seconds_count{model="species",revision="species-predictor-00001"}' in text
+    assert (
+        'conveyor_inference_request_duration_seconds_count{model="species",revision="species-predictor-00001"}'
+        in text
+    )
 
 
 def test_a_tampered_model_file_is_refused_at_start(model_dir: Path, tmp_path: Path) -> None:
