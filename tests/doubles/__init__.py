@@ -1,0 +1,1 @@
+"""Loopback stand-ins for the services the project talks to, for tests."""

@@ -1,0 +1,953 @@
+"""A loopback Kubernetes API server with the KServe controller installed, for tests.
+
+``KubernetesApiDouble`` serves InferenceServices over HTTP the way the real API server
+does (bearer-token auth, resourceVersion concurrency, merge and JSON patches, watches,
+``Status`` errors, strict validation against KServe's own CRD schema), so code using the
+``kubernetes`` client runs against it unchanged. A background thread plays the KServe
+controller: in Serverless mode each predictor change becomes a Knative revision that gets
+ready (or fails) after a delay, and ``canaryTrafficPercent`` splits traffic between it and
+the last rolled-out revision. Tests inject faults: RBAC denials, transient 5xx answers,
+and another writer racing each write.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import re
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import yaml
+from jsonschema import Draft7Validator
+
+from components.core.manifests import CRD_FILE, inference_service_schema
+
+__all__ = ["ApiError", "KubernetesApiDouble", "RecordedRequest"]
+
+GROUP, VERSION = "serving.kserve.io", "v1beta1"
+PLURAL, KIND = "inferenceservices", "InferenceService"
+CRD_GROUP, CRD_PLURAL = "apiextensions.k8s.io", "customresourcedefinitions"
+CRD_NAME = f"{PLURAL}.{GROUP}"
+MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
+TOUCH_ANNOTATION = "other-writer/touch"
+USER = "system:serviceaccount:{namespace}:pipeline-runner"
+_ISVC_PATH = re.compile(
+    rf"^/apis/{re.escape(GROUP)}/{VERSION}(?:/namespaces/([^/]+))?/{PLURAL}(?:/([^/]+))?(/status)?$"
+)
+_CRD_PATH = f"/apis/{CRD_GROUP}/v1/{CRD_PLURAL}/{CRD_NAME}"
+_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+_REASONS = {
+    400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
+    405: "MethodNotAllowed", 409: "Conflict", 410: "Expired", 415: "UnsupportedMediaType",
+    422: "Invalid", 429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable",
+    504: "Timeout",
+}  # fmt: skip
+_TRANSIENT = {
+    429: "the server has received too many requests and has asked us to try again later",
+    503: "the server is currently unable to handle the request",
+    504: "the server was unable to return a response in the time allotted",
+}
+_SERVER_FIELDS = ("uid", "creationTimestamp", "generation", "resourceVersion")
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request as it reached the server (before auth), for assertions."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    content_type: str
+    body: str
+
+
+class ApiError(Exception):
+    """An answer other than 2xx, rendered as a Kubernetes ``Status``."""
+
+    def __init__(
+        self, code: int, message: str, name: str = "", reason: str = "", group: str = GROUP,
+        kind: str = PLURAL,
+    ) -> None:  # fmt: skip
+        super().__init__(message)
+        self.code, self.message, self.name = code, message, name
+        self.reason = reason or _REASONS.get(code, "InternalError")
+        self.group, self.kind = group, kind
+
+    def status(self) -> dict[str, Any]:
+        details = {"group": self.group, "kind": self.kind}
+        if self.name:
+            details["name"] = self.name
+        return {
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": self.message, "reason": self.reason, "details": details, "code": self.code,
+        }  # fmt: skip
+
+
+def _not_found(name: str) -> ApiError:
+    return ApiError(404, f'{CRD_NAME} "{name}" not found', name)
+
+
+def _conflict(name: str) -> ApiError:
+    return ApiError(
+        409,
+        f'Operation cannot be fulfilled on {CRD_NAME} "{name}": the object has been modified; '
+        "please apply your changes to the latest version and try again",
+        name,
+    )
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# -- patches --------------------------------------------------------------------------------
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386: objects merge key by key, null deletes a key, anything else replaces."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def json_patch(document: Any, operations: list[dict[str, Any]]) -> Any:
+    """RFC 6902 ``add``, ``replace``, ``remove`` and ``test``; raises ApiError(422) on failure."""
+    document = copy.deepcopy(document)
+    for operation in operations:
+        op, path = operation.get("op"), _pointer(operation.get("path", ""))
+        if not path:
+            if op in ("add", "replace"):
+                document = copy.deepcopy(operation["value"])
+                continue
+            raise ApiError(422, f"json patch {op} of the whole document is not supported")
+        parent, key = _resolve(document, path[:-1]), path[-1]
+        if op == "test" and _child(parent, key) != operation.get("value"):
+            raise ApiError(422, f"json patch test failed at {operation['path']}")
+        if op in ("remove", "replace"):
+            _child(parent, key)  # must exist
+            del parent[_index(parent, key)]
+        if op in ("add", "replace"):
+            _insert_child(parent, key, copy.deepcopy(operation["value"]))
+        elif op not in ("remove", "test"):
+            raise ApiError(422, f"json patch operation {op!r} is not supported")
+    return document
+
+
+def _pointer(text: str) -> list[str]:
+    parts = text.split("/")[1:] if text else []
+    return [part.replace("~1", "/").replace("~0", "~") for part in parts]
+
+
+def _resolve(document: Any, path: list[str]) -> Any:
+    for key in path:
+        document = _child(document, key)
+    return document
+
+
+def _child(parent: Any, key: str) -> Any:
+    try:
+        return parent[_index(parent, key)]
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise ApiError(422, f"json patch path /{key} does not exist") from None
+
+
+def _index(parent: Any, key: str) -> Any:
+    return int(key) if isinstance(parent, list) else key
+
+
+def _insert_child(parent: Any, key: str, value: Any) -> None:
+    if isinstance(parent, list):
+        parent.insert(len(parent) if key == "-" else int(key), value)
+    else:
+        parent[key] = value
+
+
+# -- the CRD and validation -----------------------------------------------------------------
+
+
+@functools.cache
+def _installed_crd() -> dict[str, Any]:
+    text = (resources.files("components.core") / "crds" / CRD_FILE).read_text()
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
+def _served_crd(has_canary: bool) -> dict[str, Any]:
+    """The CRD as the API server returns it, without ``spec.canary`` for KServe < 0.20."""
+    crd = dict(_installed_crd()) if has_canary else copy.deepcopy(_installed_crd())
+    for version in [] if has_canary else crd["spec"]["versions"]:
+        version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"].pop("canary")
+    crd["metadata"] = {**crd["metadata"], "uid": str(uuid.uuid4()), "resourceVersion": "1"}
+    crd["status"] = {
+        "acceptedNames": crd["spec"]["names"],
+        "storedVersions": [v["name"] for v in crd["spec"]["versions"]],
+        "conditions": [{"type": "Established", "status": "True", "reason": "InitialNamesAccepted"}],
+    }
+    return crd
+
+
+def _strict_schema(has_canary: bool) -> dict[str, Any]:
+    schema = inference_service_schema()
+    if has_canary:
+        return schema
+    schema = copy.deepcopy(schema)
+    schema["properties"]["spec"]["properties"].pop("canary", None)
+    return schema
+
+
+def _problems(validator: Draft7Validator, document: dict[str, Any]) -> list[str]:
+    """Each schema violation as ``field.path: what is wrong``, in Kubernetes' wording."""
+    problems = []
+    errors = sorted(validator.iter_errors(document), key=lambda e: [str(p) for p in e.path])
+    for error in errors:
+        path = list(error.absolute_path)
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            known = error.schema.get("properties", {})
+            problems += [
+                f"{_dotted([*path, key])}: Unsupported value: field not declared in schema"
+                for key in sorted(set(error.instance) - set(known))
+            ]
+        else:
+            problems.append(f"{_dotted(path)}: Invalid value: {error.message}")
+    return problems
+
+
+def _dotted(path: list[Any]) -> str:
+    text = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
+    return text.lstrip(".") or "<root>"
+
+
+# -- the store: objects, resourceVersions and watch history ----------------------------------
+
+
+Key = tuple[str, str]
+
+
+class _Store:
+    """Objects by (namespace, name) under one lock, with a bounded history of watch events."""
+
+    def __init__(self, history: int = 1000) -> None:
+        self.lock = threading.Condition()
+        self.objects: dict[Key, dict[str, Any]] = {}
+        self.version = 0
+        self.events: deque[tuple[int, str, dict[str, Any]]] = deque(maxlen=history)
+        self.closed = False
+
+    def save(self, obj: dict[str, Any], kind: str) -> dict[str, Any]:
+        """Stores (or, for DELETED, drops) ``obj`` at a new resourceVersion; caller holds lock."""
+        self.version += 1
+        obj["metadata"]["resourceVersion"] = str(self.version)
+        key = _key(obj)
+        if kind == "DELETED":
+            self.objects.pop(key, None)
+        else:
+            self.objects[key] = obj
+        self.events.append((self.version, kind, copy.deepcopy(obj)))
+        self.lock.notify_all()
+        return copy.deepcopy(obj)
+
+    def since(self, version: int) -> list[tuple[int, str, dict[str, Any]]]:
+        """Events after ``version``; raises ApiError(410) when the history no longer has them."""
+        full = len(self.events) == self.events.maxlen
+        if full and version < self.events[0][0] - 1:
+            raise ApiError(410, f"too old resource version: {version} ({self.version})")
+        return [event for event in self.events if event[0] > version]
+
+
+def _key(obj: dict[str, Any]) -> Key:
+    return obj["metadata"]["namespace"], obj["metadata"]["name"]
+
+
+# -- the KServe controller ------------------------------------------------------------------
+
+
+@dataclass
+class _Behaviour:
+    fails: bool = False
+    never_ready: bool = False
+    ready_after: float | None = None
+
+
+@dataclass
+class _Revision:
+    """A Knative revision (Serverless) or a Deployment rollout (RawDeployment, ModelMesh)."""
+
+    name: str
+    storage_uri: str
+    created: float
+    state: str = "pending"  # then "ready" or "failed", for good
+
+    def advance(self, now: float, behaviour: _Behaviour, default_wait: float) -> None:
+        if self.state != "pending" or behaviour.never_ready:
+            return
+        wait = default_wait if behaviour.ready_after is None else behaviour.ready_after
+        if now - self.created >= wait:
+            self.state = "failed" if behaviour.fails else "ready"
+
+
+@dataclass
+class _Track:
+    """What the controller remembers about one InferenceService (by uid)."""
+
+    predictor: dict[str, Any] | None = None
+    revisions: list[_Revision] = field(default_factory=list)
+    rolled_out: str = ""
+    previous: str = ""
+    failure: dict[str, Any] | None = None
+
+
+class _Controller:
+    """Computes an InferenceService's status from its spec and the passage of time."""
+
+    def __init__(self, double: KubernetesApiDouble, status_schema: dict[str, Any]) -> None:
+        self.double = double
+        self.tracks: dict[str, _Track] = {}
+        self.seeded: set[str] = set()
+        self.status_validator = Draft7Validator(status_schema)
+
+    def status(self, obj: dict[str, Any], now: float) -> dict[str, Any]:
+        meta, predictor = obj["metadata"], obj.get("spec", {}).get("predictor", {})
+        track = self.tracks.setdefault(meta["uid"], _Track())
+        mode = meta.get("annotations", {}).get(MODE_ANNOTATION, self.double.default_mode)
+        serverless = mode == "Serverless"
+        self._new_revision_if_changed(track, obj, serverless, now)
+        for revision in track.revisions:
+            behaviour = self.double.behaviours.get(revision.storage_uri, _Behaviour())
+            revision.advance(now, behaviour, self.double.ready_after)
+        latest = track.revisions[-1]
+        self._note_failure(track, latest)
+        if serverless:
+            component = self._knative(track, latest, predictor.get("canaryTrafficPercent"), obj)
+        else:
+            component = {"latestCreatedRevision": latest.name, "url": _url(obj, "-predictor")}
+        status = {
+            "deploymentMode": mode,
+            "observedGeneration": meta["generation"],
+            "url": _url(obj),
+            "address": {"url": f"http://{meta['name']}.{meta['namespace']}.svc.cluster.local"},
+            "components": {"predictor": component},
+            "conditions": _conditions(track, latest, serverless, obj.get("status", {})),
+            "modelStatus": _model_status(track, latest),
+        }
+        self._check(status)
+        return status
+
+    def _new_revision_if_changed(
+        self, track: _Track, obj: dict[str, Any], serverless: bool, now: float
+    ) -> None:
+        predictor = dict(obj.get("spec", {}).get("predictor", {}))
+        predictor.pop("canaryTrafficPercent", None)
+        if predictor == track.predictor:
+            return
+        number = len(track.revisions) + 1
+        name = f"{obj['metadata']['name']}-predictor-{number:05d}" if serverless else str(number)
+        uri = predictor.get("model", {}).get("storageUri", "")
+        created = now - 1e9 if obj["metadata"]["uid"] in self.seeded else now
+        self.seeded.discard(obj["metadata"]["uid"])
+        track.revisions.append(_Revision(name, uri, created))
+        track.predictor = predictor
+
+    def _note_failure(self, track: _Track, latest: _Revision) -> None:
+        """KServe keeps lastFailureInfo after a failure, until another failure replaces it."""
+        if (
+            latest.state != "failed"
+            or (track.failure or {}).get("modelRevisionName") == latest.name
+        ):
+            return
+        track.failure = {
+            "reason": "ModelLoadFailed",
+            "message": f"failed to load the model from {latest.storage_uri}",
+            "modelRevisionName": latest.name,
+            "time": _now(),
+        }
+
+    def _knative(
+        self, track: _Track, latest: _Revision, percent: int | None, obj: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Revisions and traffic as KServe reports them from the Knative Service."""
+        full = percent is None or percent >= 100
+        promote = latest.state == "ready" and (full or not track.rolled_out)
+        if promote and track.rolled_out != latest.name:
+            track.previous, track.rolled_out = track.rolled_out, latest.name
+        ready = [r.name for r in track.revisions if r.state == "ready"]
+        component: dict[str, Any] = {
+            "latestCreatedRevision": latest.name,
+            "latestReadyRevision": ready[-1] if ready else None,
+            "latestRolledoutRevision": track.rolled_out or None,
+            "previousRolledoutRevision": track.previous or None,
+            "traffic": _traffic(track, latest, percent or 0, obj) if track.rolled_out else None,
+            "url": _url(obj, "-predictor"),
+        }
+        return {key: value for key, value in component.items() if value is not None}
+
+    def _check(self, status: dict[str, Any]) -> None:
+        problems = _problems(self.status_validator, status)
+        if problems:
+            raise AssertionError(f"the controller double wrote an invalid status: {problems}")
+
+
+def _traffic(
+    track: _Track, latest: _Revision, percent: int, obj: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """A ready canary gets ``percent``, the rolled-out revision the rest; else all on it."""
+    rolled = track.rolled_out
+    if latest.state != "ready" or latest.name == rolled:
+        return [{"revisionName": rolled, "percent": 100, "latestRevision": latest.name == rolled}]
+    return [
+        {"revisionName": latest.name, "percent": percent, "latestRevision": True, "tag": "latest",
+         "url": _url(obj, "-predictor", "latest-")},
+        {"revisionName": rolled, "percent": 100 - percent, "latestRevision": False, "tag": "prev",
+         "url": _url(obj, "-predictor", "prev-")},
+    ]  # fmt: skip
+
+
+def _url(obj: dict[str, Any], suffix: str = "", tag: str = "") -> str:
+    meta = obj["metadata"]
+    return f"http://{tag}{meta['name']}{suffix}.{meta['namespace']}.example.com"
+
+
+def _conditions(
+    track: _Track, latest: _Revision, serverless: bool, old: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Ready and its parts; a lastTransitionTime moves only when the condition's status does."""
+    if latest.state == "failed":
+        message = f'Revision "{latest.name}" failed with message: {track.failure["message"]}.'
+        health = {"status": "False", "reason": "RevisionFailed", "message": message}
+    elif latest.state == "pending":
+        message = f'Revision "{latest.name}" is not ready yet.'
+        health = {"status": "Unknown", "reason": "Deploying", "message": message}
+    else:
+        health = {"status": "True"}
+    serving = any(r.state == "ready" for r in track.revisions)
+    route = {"status": "True"} if serving else {"status": "Unknown", "reason": "Deploying"}
+    kinds = {"IngressReady": route, "PredictorReady": health, "Ready": health}
+    if serverless:
+        kinds |= {"PredictorConfigurationReady": health, "PredictorRouteReady": route}
+    previous = {c["type"]: c for c in old.get("conditions", [])}
+    conditions = []
+    for kind in sorted(kinds):
+        condition = {"type": kind, **kinds[kind]}
+        before = previous.get(kind, {})
+        same = before.get("status") == condition["status"]
+        condition["lastTransitionTime"] = before["lastTransitionTime"] if same else _now()
+        conditions.append(condition)
+    return conditions
+
+
+def _model_status(track: _Track, latest: _Revision) -> dict[str, Any]:
+    target = {"ready": "Loaded", "pending": "Pending", "failed": "FailedToLoad"}[latest.state]
+    transition = {"ready": "UpToDate", "pending": "InProgress", "failed": "BlockedByFailedLoad"}
+    loaded = any(r.state == "ready" for r in track.revisions)
+    status: dict[str, Any] = {
+        "transitionStatus": transition[latest.state],
+        "states": {"activeModelState": "Loaded" if loaded else target, "targetModelState": target},
+    }
+    if track.failure:
+        status["lastFailureInfo"] = dict(track.failure)
+    return status
+
+
+# -- HTTP ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Route:
+    kind: str  # "version", "crd" or "isvc"
+    namespace: str = ""
+    name: str = ""
+    status: bool = False
+
+
+def _route(path: str) -> _Route:
+    if path == "/version":
+        return _Route("version")
+    if path == _CRD_PATH:
+        return _Route("crd", name=CRD_NAME)
+    match = _ISVC_PATH.match(path)
+    if not match or (match[3] and not match[2]):
+        raise ApiError(404, "the server could not find the requested resource", kind="")
+    return _Route("isvc", match[1] or "", match[2] or "", bool(match[3]))
+
+
+def _verb(method: str, route: _Route, query: dict[str, str]) -> str:
+    if method != "GET":
+        return _VERBS.get(method, method.lower())
+    if route.name:
+        return "get"
+    return "watch" if query.get("watch", "").lower() in ("true", "t", "1") else "list"
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, double: KubernetesApiDouble) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.double = double
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Reads a request, lets the double answer it, and writes JSON (or a watch stream)."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, and chunked watch streams
+    server: _Server
+
+    def do_GET(self) -> None:  # noqa: N802 - the names http.server dispatches to
+        self._serve("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._serve("POST")
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self._serve("PUT")
+
+    def do_PATCH(self) -> None:  # noqa: N802
+        self._serve("PATCH")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._serve("DELETE")
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        """Quiet: the recorded requests say what happened."""
+
+    def _serve(self, method: str) -> None:
+        double = self.server.double
+        url = urlsplit(self.path)
+        query = dict(parse_qsl(url.query))
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+        content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip()
+        double.requests.append(RecordedRequest(method, url.path, query, content_type, body))
+        try:
+            if self.headers.get("Authorization") != f"Bearer {double.token}":
+                raise ApiError(401, "Unauthorized", kind="")
+            route = _route(url.path)
+            double._admit(method, route, query)
+            if _verb(method, route, query) == "watch":
+                self._stream(double._watch(route, query))
+                return
+            code, payload = double._answer(method, route, body, content_type)
+        except ApiError as error:
+            code, payload = error.code, error.status()
+        self._send_json(code, payload)
+
+    def _send_json(self, code: int, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _stream(self, events: Iterator[dict[str, Any]]) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            for event in events:
+                line = json.dumps(event).encode() + b"\n"
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+            self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client stopped watching
+
+
+# -- the double ------------------------------------------------------------------------------
+
+
+class KubernetesApiDouble:
+    """A Kubernetes API server with the KServe controller, on 127.0.0.1; a context manager."""
+
+    def __init__(
+        self, *, token: str = "test-token", default_mode: str = "Serverless",
+        crd_has_canary: bool = True, ready_after: float = 0.3, tick: float = 0.05,
+    ) -> None:  # fmt: skip
+        self.token, self.default_mode, self.ready_after, self.tick = (
+            token, default_mode, ready_after, tick,
+        )  # fmt: skip
+        self.url = ""
+        self.requests: list[RecordedRequest] = []
+        self.behaviours: dict[str, _Behaviour] = {}
+        self.crd_has_canary = crd_has_canary
+        schema = _strict_schema(crd_has_canary)
+        self._validator = Draft7Validator(schema)
+        self._crd = _served_crd(crd_has_canary)
+        self._store = _Store()
+        self._controller = _Controller(self, schema["properties"]["status"])
+        self._denied: set[tuple[str, str]] = set()
+        self._failures: dict[str, list[int]] = {}
+        self._conflicts = 0
+        self._errors: list[BaseException] = []
+        self._stop = threading.Event()
+        self._server: _Server | None = None
+        self._threads: list[threading.Thread] = []
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def __enter__(self) -> KubernetesApiDouble:
+        self._server = _Server(self)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._threads = [
+            threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True),
+            threading.Thread(target=self._control_loop, daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self._stop.set()
+        with self._store.lock:
+            self._store.closed = True
+            self._store.lock.notify_all()
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        if self._errors and exc_type is None:
+            raise self._errors[0]
+
+    # -- client configuration --------------------------------------------------------------
+
+    def configuration(self) -> Any:
+        """A ``kubernetes.client.Configuration`` for this server and token."""
+        from kubernetes import client
+
+        configuration = client.Configuration(host=self.url)
+        configuration.api_key = {"authorization": self.token}
+        configuration.api_key_prefix = {"authorization": "Bearer"}
+        return configuration
+
+    def write_kubeconfig(self, path: Path, namespace: str = "default") -> Path:
+        """A kubeconfig with this server, the bearer token and ``namespace`` as the default."""
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "double", "cluster": {"server": self.url}}],
+            "users": [{"name": "pipeline-runner", "user": {"token": self.token}}],
+            "contexts": [
+                {
+                    "name": "double",
+                    "context": {
+                        "cluster": "double",
+                        "user": "pipeline-runner",
+                        "namespace": namespace,
+                    },
+                }
+            ],
+            "current-context": "double",
+        }
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return path
+
+    # -- direct access for tests -----------------------------------------------------------
+
+    def get(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A copy of the stored InferenceService, or None."""
+        with self._store.lock:
+            found = self._store.objects.get((namespace, name))
+            return copy.deepcopy(found)
+
+    def put_object(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Stores ``body`` as if created earlier: its first revision is ready at once."""
+        namespace = body.get("metadata", {}).get("namespace", "default")
+        with self._store.lock:
+            return self._create(namespace, body, seeded=True)
+
+    def revisions(self, namespace: str, name: str) -> list[str]:
+        """Revision names created so far, oldest first (Deployment revisions in Raw mode)."""
+        with self._store.lock:
+            found = self._store.objects.get((namespace, name))
+            track = self._controller.tracks.get(found["metadata"]["uid"]) if found else None
+            return [revision.name for revision in track.revisions] if track else []
+
+    # -- fault injection -------------------------------------------------------------------
+
+    def revision_behaviour(
+        self, storage_uri: str, *, fails: bool = False, never_ready: bool = False,
+        ready_after: float | None = None,
+    ) -> None:  # fmt: skip
+        """How revisions serving ``storage_uri`` turn out (while they are still pending)."""
+        self.behaviours[storage_uri] = _Behaviour(fails, never_ready, ready_after)
+
+    def deny(self, verb: str, resource: str = PLURAL) -> None:
+        """RBAC: requests for ``verb`` on ``resource`` now answer 403."""
+        with self._store.lock:
+            self._denied.add((verb, resource))
+
+    def fail_next(self, method: str, status: int = 503, times: int = 1) -> None:
+        """The next ``times`` InferenceService requests with ``method`` answer ``status``."""
+        with self._store.lock:
+            self._failures.setdefault(method.upper(), []).extend([status] * times)
+
+    def conflict_next_writes(self, times: int = 1) -> None:
+        """Another writer touches the object just before each of the next ``times`` writes."""
+        with self._store.lock:
+            self._conflicts += times
+
+    # -- the API ---------------------------------------------------------------------------
+
+    def _admit(self, method: str, route: _Route, query: dict[str, str]) -> None:
+        """Injected transient failures first, then RBAC."""
+        verb = _verb(method, route, query)
+        with self._store.lock:
+            queued = self._failures.get(method, []) if route.kind == "isvc" else []
+            if queued:
+                code = queued.pop(0)
+                raise ApiError(code, _TRANSIENT.get(code, "Internal error occurred"), route.name)
+            resource = {"isvc": PLURAL, "crd": CRD_PLURAL}.get(route.kind, "")
+            if (verb, resource) in self._denied:
+                raise _forbidden(verb, route)
+
+    def _answer(
+        self, method: str, route: _Route, body: str, content_type: str
+    ) -> tuple[int, dict[str, Any]]:
+        if route.kind == "version":
+            return 200, {"major": "1", "minor": "30", "gitVersion": "v1.30.0"}
+        if method != "GET" and (route.kind == "crd" or route.status):
+            raise ApiError(405, f"the server does not allow this method on {route.kind}")
+        if route.kind == "crd":
+            return 200, self._crd
+        with self._store.lock:
+            return self._isvc(method, route, body, content_type)
+
+    def _isvc(
+        self, method: str, route: _Route, body: str, content_type: str
+    ) -> tuple[int, dict[str, Any]]:
+        if method == "GET" and not route.name:
+            return 200, self._list(route.namespace)
+        if method == "POST" and not route.name and route.namespace:
+            return 201, self._create(route.namespace, _json(body))
+        key = (route.namespace, route.name)
+        if not route.namespace or not route.name:
+            raise ApiError(405, f"{method} needs a namespaced object path")
+        if method in ("PUT", "PATCH"):
+            self._touch_if_asked(key)
+        stored = self._store.objects.get(key)
+        if stored is None:
+            raise _not_found(route.name)
+        if method == "GET":
+            return 200, copy.deepcopy(stored)
+        if method == "DELETE":
+            return 200, self._store.save(copy.deepcopy(stored), "DELETED")
+        if method == "PUT":
+            return 200, self._replace(stored, _json(body))
+        return 200, self._patch(stored, body, content_type)
+
+    def _list(self, namespace: str) -> dict[str, Any]:
+        items = [
+            copy.deepcopy(obj)
+            for (ns, _), obj in sorted(self._store.objects.items())
+            if not namespace or ns == namespace
+        ]
+        return {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": f"{KIND}List",
+            "metadata": {"resourceVersion": str(self._store.version)},
+            "items": items,
+        }
+
+    def _create(self, namespace: str, body: Any, seeded: bool = False) -> dict[str, Any]:
+        obj = copy.deepcopy(body) if isinstance(body, dict) else {}
+        meta = obj.setdefault("metadata", {})
+        meta.setdefault("namespace", namespace)
+        name = meta.get("name", "")
+        if meta["namespace"] != namespace:
+            raise ApiError(400, "the namespace of the provided object does not match the "
+                           "namespace sent on the request", name)  # fmt: skip
+        if not name:
+            raise ApiError(422, f"{KIND}.{GROUP} is invalid: metadata.name: Required value")
+        if meta.get("resourceVersion"):
+            raise ApiError(422, f'{KIND}.{GROUP} "{name}" is invalid: metadata.resourceVersion: '
+                           "Invalid value: must be empty on create", name)  # fmt: skip
+        obj.pop("status", None)
+        self._validate(obj)
+        if (namespace, name) in self._store.objects:
+            raise ApiError(409, f'{CRD_NAME} "{name}" already exists', name, "AlreadyExists")
+        meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now(), generation=1)
+        if seeded:
+            self._controller.seeded.add(meta["uid"])
+        return self._store.save(obj, "ADDED")
+
+    def _replace(self, stored: dict[str, Any], body: Any) -> dict[str, Any]:
+        name = stored["metadata"]["name"]
+        version = (
+            body.get("metadata", {}).get("resourceVersion") if isinstance(body, dict) else None
+        )
+        if not version:
+            raise ApiError(422, f'{KIND}.{GROUP} "{name}" is invalid: metadata.resourceVersion: '
+                           "Invalid value: 0: must be specified for an update", name)  # fmt: skip
+        if version != stored["metadata"]["resourceVersion"]:
+            raise _conflict(name)
+        return self._update(stored, body)
+
+    def _patch(self, stored: dict[str, Any], body: str, content_type: str) -> dict[str, Any]:
+        name, patch = stored["metadata"]["name"], _json(body)
+        if content_type == "application/merge-patch+json" and isinstance(patch, dict):
+            merged = merge_patch(stored, patch)
+        elif content_type == "application/json-patch+json" and isinstance(patch, list):
+            merged = json_patch(stored, patch)
+        elif content_type in ("application/merge-patch+json", "application/json-patch+json"):
+            raise ApiError(400, f"the body of a {content_type} patch has the wrong shape", name)
+        else:
+            raise ApiError(415, f"the body of the request was in an unknown format ({content_type})"
+                           " - accepted media types include: application/json-patch+json, "
+                           "application/merge-patch+json", name)  # fmt: skip
+        version = (
+            merged.get("metadata", {}).get("resourceVersion") if isinstance(merged, dict) else None
+        )
+        if version and version != stored["metadata"]["resourceVersion"]:
+            raise _conflict(name)
+        return self._update(stored, merged)
+
+    def _update(self, stored: dict[str, Any], candidate: Any) -> dict[str, Any]:
+        """Writes a client's new version; status and server-set metadata stay the server's."""
+        meta, name = stored["metadata"], stored["metadata"]["name"]
+        if not isinstance(candidate, dict) or not isinstance(candidate.get("metadata"), dict):
+            raise ApiError(400, "the object has no metadata", name)
+        obj = copy.deepcopy(candidate)
+        obj.pop("status", None)
+        if obj["metadata"].get("name", name) != name:
+            raise ApiError(400, f'the name of the object ({obj["metadata"]["name"]}) does not '
+                           f"match the name on the URL ({name})", name)  # fmt: skip
+        self._validate(obj)
+        obj["metadata"].update(namespace=meta["namespace"], name=name)
+        obj["metadata"].update({key: meta[key] for key in _SERVER_FIELDS if key in meta})
+        if "status" in stored:
+            obj["status"] = copy.deepcopy(stored["status"])
+        if obj == stored:
+            return copy.deepcopy(stored)  # a no-op write: no new resourceVersion, no event
+        if obj.get("spec") != stored.get("spec"):
+            obj["metadata"]["generation"] = meta["generation"] + 1
+        return self._store.save(obj, "MODIFIED")
+
+    def _validate(self, obj: dict[str, Any]) -> None:
+        problems = _problems(self._validator, obj)
+        if problems:
+            name = obj.get("metadata", {}).get("name", "")
+            listed = problems[0] if len(problems) == 1 else f"[{', '.join(problems)}]"
+            raise ApiError(422, f'{KIND}.{GROUP} "{name}" is invalid: {listed}', name)
+
+    def _touch_if_asked(self, key: Key) -> None:
+        stored = self._store.objects.get(key)
+        if not self._conflicts or stored is None:
+            return
+        self._conflicts -= 1
+        touched = copy.deepcopy(stored)
+        annotations = touched["metadata"].setdefault("annotations", {})
+        annotations[TOUCH_ANNOTATION] = str(self._store.version + 1)
+        self._store.save(touched, "MODIFIED")
+
+    # -- watch -----------------------------------------------------------------------------
+
+    def _watch(self, route: _Route, query: dict[str, str]) -> Iterator[dict[str, Any]]:
+        """Replays what the watcher missed (or the current objects), then follows live."""
+        deadline = time.monotonic() + float(query.get("timeoutSeconds") or 1800)
+        name = dict(parse_qsl(query.get("fieldSelector", ""))).get("metadata.name", "")
+        since = query.get("resourceVersion", "")
+
+        def wanted(obj: dict[str, Any]) -> bool:
+            ns, obj_name = _key(obj)
+            return (not route.namespace or ns == route.namespace) and name in ("", obj_name)
+
+        with self._store.lock:
+            cursor = self._store.version
+            if since in ("", "0"):
+                first = [("ADDED", o) for _, o in sorted(self._store.objects.items())]
+            elif not since.isdigit():
+                raise ApiError(400, f"invalid resourceVersion {since!r}")
+            else:
+                first = [(kind, o) for _, kind, o in self._store.since(int(since))]
+        return self._follow(first, cursor, deadline, wanted)
+
+    def _follow(
+        self,
+        first: list[tuple[str, dict[str, Any]]],
+        cursor: int,
+        deadline: float,
+        wanted: Callable[[dict[str, Any]], bool],
+    ) -> Iterator[dict[str, Any]]:
+        store, pending = self._store, first
+        while True:
+            for kind, obj in pending:
+                if wanted(obj):
+                    yield {"type": kind, "object": copy.deepcopy(obj)}
+            with store.lock:
+                store.lock.wait_for(
+                    lambda seen=cursor: store.version > seen or store.closed,
+                    timeout=max(0.0, deadline - time.monotonic()),
+                )
+                try:
+                    pending = [(kind, o) for _, kind, o in store.since(cursor)]
+                except ApiError as error:  # the watcher fell behind the history
+                    pending = [("ERROR", error.status())]
+                cursor = store.version
+            if pending and pending[0][0] == "ERROR":
+                yield {"type": "ERROR", "object": pending[0][1]}
+                return
+            if not pending and (store.closed or time.monotonic() >= deadline):
+                return
+
+    # -- the controller loop ---------------------------------------------------------------
+
+    def _control_loop(self) -> None:
+        while not self._stop.wait(self.tick):
+            try:
+                self._reconcile()
+            except Exception as error:  # surfaced by __exit__; a dead loop would only hang tests
+                self._errors.append(error)
+                return
+
+    def _reconcile(self) -> None:
+        now = time.monotonic()
+        with self._store.lock:
+            live = {obj["metadata"]["uid"] for obj in self._store.objects.values()}
+            for uid in set(self._controller.tracks) - live:
+                del self._controller.tracks[uid]
+            for obj in list(self._store.objects.values()):
+                status = self._controller.status(obj, now)
+                if status != obj.get("status"):
+                    self._store.save({**copy.deepcopy(obj), "status": status}, "MODIFIED")
+
+
+def _forbidden(verb: str, route: _Route) -> ApiError:
+    user = USER.format(namespace=route.namespace or "default")
+    if route.kind == "crd":
+        return ApiError(
+            403,
+            f'{CRD_PLURAL}.{CRD_GROUP} "{CRD_NAME}" is forbidden: User "{user}" cannot {verb} '
+            f'resource "{CRD_PLURAL}" in API group "{CRD_GROUP}" at the cluster scope',
+            CRD_NAME, group=CRD_GROUP, kind=CRD_PLURAL,
+        )  # fmt: skip
+    subject = f'{CRD_NAME} "{route.name}"' if route.name else CRD_NAME
+    where = f'in the namespace "{route.namespace}"' if route.namespace else "at the cluster scope"
+    return ApiError(
+        403,
+        f'{subject} is forbidden: User "{user}" cannot {verb} resource "{PLURAL}" in API group '
+        f'"{GROUP}" {where}',
+        route.name,
+    )
+
+
+def _json(body: str) -> Any:
+    try:
+        return json.loads(body) if body else None
+    except ValueError as error:
+        raise ApiError(400, f"the request body is not JSON: {error}") from None
