@@ -1,7 +1,7 @@
-"""Deploy: render the KServe InferenceService for a registered model and validate it."""
+"""Deploy: a canary rollout of the registered model to a KServe InferenceService."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, Output
+from kfp.dsl import Artifact, Markdown, Metrics, Output
 
 from components.images import BASE_IMAGE
 
@@ -13,52 +13,113 @@ def deploy(
     model_name: str,
     model_version: str,
     storage_uri: str,
+    run_id: str,
     manifest: Output[Artifact],
+    report: Output[Markdown],
+    rollout_metrics: Output[Metrics],
     namespace: str = "default",
-    canary_traffic_percent: int = 10,
     serving_runtime: str = "",
     serving_cpu: str = "1",
     serving_memory: str = "2Gi",
     service_account: str = "",
-):
-    """Renders the InferenceService manifest and validates it against KServe's CRD schema.
+    rollout: bool = True,
+    canary_steps: str = "10,50",
+    canary_interval_s: float = 60.0,
+    prometheus_url: str = "",
+    min_success_rate: float = 0.99,
+    max_latency_p99_s: float = 0.5,
+    min_canary_requests: int = 20,
+    on_no_data: str = "fail",
+    failure_budget: int = 0,
+    ready_timeout_s: float = 600.0,
+    rollout_deadline_s: float = 3600.0,
+) -> str:
+    """Renders the InferenceService and rolls it out as a canary: promoted or rolled back.
 
-    The canary rollout that applies it comes in a later release; this step is its seam.
+    A first deploy creates the service. An update sends the new model each share of
+    ``canary_steps`` in turn, analyses the canary after ``canary_interval_s`` at each
+    step, promotes it to 100 % when all pass, and otherwise rolls back and fails.
 
     Args:
         model_name: The registered model's name; the InferenceService name derives from it.
         model_version: The registered version being deployed (an annotation).
         storage_uri: Where the model directory was published (``storageUri``).
+        run_id: The pipeline run, holder of the rollout lock.
         manifest: Output InferenceService YAML. Metadata: ``name``, ``namespace``, ``storage_uri``.
+        report: Output Markdown: the decision, why, the revisions and every measurement.
+        rollout_metrics: Output Metrics: each measured value, ``step<percent>_<role>_<measure>``.
         namespace: Kubernetes namespace of the InferenceService.
-        canary_traffic_percent: Share of traffic (0-100) the new revision gets on an update.
         serving_runtime: A ServingRuntime name; empty lets KServe pick one for sklearn.
         serving_cpu: CPU request and limit of the predictor.
         serving_memory: Memory request and limit of the predictor.
         service_account: Service account the predictor pulls the model with.
+        rollout: False renders and validates the manifest only (local runs without a cluster).
+        canary_steps: Canary traffic percentages, comma-separated and increasing (1-99).
+        canary_interval_s: Seconds the canary serves at each step before analysis.
+        prometheus_url: Prometheus to analyse the canary with; empty skips analysis.
+        min_success_rate: Lowest share of non-5xx canary responses that passes.
+        max_latency_p99_s: Highest canary p99 latency (seconds) that passes.
+        min_canary_requests: Fewest canary requests in the window for the analysis to count.
+        on_no_data: Too few requests: ``fail``, ``wait`` another interval, or ``pass``.
+        failure_budget: Failed analyses tolerated before rolling back.
+        ready_timeout_s: Seconds a new revision may take to become ready.
+        rollout_deadline_s: Seconds the whole rollout may take before it is rolled back.
+
+    Returns:
+        The decision: ``created``, ``promoted`` or ``skipped`` (``rollout`` false). A rolled
+        back or failed rollout fails the step, with the reason as its last log line.
     """
     from pathlib import Path
 
+    from components.core.analysis import AnalysisPolicy
     from components.core.errors import step_errors
+    from components.core.files import write_text_atomically
     from components.core.manifests import ServingSpec, deploy_manifest
+    from components.core.rollout import RolloutPlan, deploy_model, parse_steps
 
-    spec = ServingSpec(
-        model_name=model_name,
-        model_version=model_version,
-        storage_uri=storage_uri,
-        namespace=namespace,
-        canary_traffic_percent=canary_traffic_percent,
-        runtime=serving_runtime,
-        cpu=serving_cpu,
-        memory=serving_memory,
-        service_account=service_account,
-    )
     with step_errors("deploy"):
+        plan = RolloutPlan(
+            steps=parse_steps(canary_steps),
+            interval_s=canary_interval_s,
+            ready_timeout_s=ready_timeout_s,
+            deadline_s=rollout_deadline_s,
+            failure_budget=failure_budget,
+        )
+        policy = AnalysisPolicy(
+            prometheus_url=prometheus_url,
+            min_success_rate=min_success_rate,
+            max_latency_p99_s=max_latency_p99_s,
+            min_requests=min_canary_requests,
+            on_no_data=on_no_data,
+        )
+        spec = ServingSpec(
+            model_name=model_name,
+            model_version=model_version,
+            storage_uri=storage_uri,
+            namespace=namespace,
+            canary_traffic_percent=plan.steps[0],
+            runtime=serving_runtime,
+            cpu=serving_cpu,
+            memory=serving_memory,
+            service_account=service_account,
+        )
         rendered = deploy_manifest(spec, Path(manifest.path))
-    manifest.metadata.update(
-        {
-            "name": rendered["metadata"]["name"],
-            "namespace": namespace,
-            "storage_uri": storage_uri,
-        }
-    )
+        manifest.metadata.update(
+            {
+                "name": rendered["metadata"]["name"],
+                "namespace": namespace,
+                "storage_uri": storage_uri,
+            }
+        )
+        if not rollout:
+            write_text_atomically(
+                Path(report.path),
+                f"# {rendered['metadata']['name']}: not rolled out\n\n"
+                "`rollout` is false: the manifest was rendered and validated only.\n",
+            )
+            return "skipped"
+        result = deploy_model(spec, plan, policy, run_id, Path(report.path))
+    for key, value in result.metrics().items():
+        rollout_metrics.log_metric(key, value)
+    report.metadata.update({"decision": result.decision, "url": result.url})
+    return result.decision

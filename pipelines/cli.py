@@ -1,4 +1,5 @@
-"""The ``conveyor`` command: ``run`` (a local run) and ``compile`` (YAML for clusters)."""
+"""The ``conveyor`` command: ``run`` (a local run), ``compile`` (YAML for clusters),
+``rollout`` (a canary rollout from a CD system) and ``serve`` (a champion, locally)."""
 
 from __future__ import annotations
 
@@ -66,7 +67,48 @@ def _parser() -> argparse.ArgumentParser:
         "--image-registry", default="", help="where Conveyor's images are pulled from"
     )
     build.set_defaults(handler=_compile)
+    _add_rollout(commands)
+    _add_serve(commands)
     return parser
+
+
+def _add_rollout(commands: Any) -> None:
+    rollout = commands.add_parser(
+        "rollout", help="roll a model out to a KServe InferenceService as a canary"
+    )
+    rollout.add_argument("--name", required=True, help="InferenceService (and model) name")
+    rollout.add_argument("--namespace", default="default")
+    rollout.add_argument("--model-uri", required=True, help="storageUri of the model directory")
+    rollout.add_argument("--model-version", default="", help="recorded as an annotation")
+    rollout.add_argument("--steps", default="10,50", help="canary percentages, increasing")
+    rollout.add_argument("--interval", type=float, default=60.0, help="seconds per step")
+    rollout.add_argument("--prometheus", default="", help="Prometheus URL for the analysis")
+    rollout.add_argument("--min-success-rate", type=float, default=0.99)
+    rollout.add_argument("--max-latency-p99", type=float, default=0.5, help="seconds")
+    rollout.add_argument("--min-requests", type=int, default=20)
+    rollout.add_argument("--on-no-data", default="fail", choices=("fail", "wait", "pass"))
+    rollout.add_argument("--failure-budget", type=int, default=0)
+    rollout.add_argument("--ready-timeout", type=float, default=600.0, help="seconds")
+    rollout.add_argument("--deadline", type=float, default=3600.0, help="seconds")
+    rollout.add_argument("--runtime", default="", help="ServingRuntime name")
+    rollout.add_argument("--cpu", default="1")
+    rollout.add_argument("--memory", default="2Gi")
+    rollout.add_argument("--service-account", default="")
+    rollout.add_argument("--kubeconfig", default="", help="default: in-cluster, or ~/.kube")
+    rollout.add_argument(
+        "--run-id", default="", help="lock holder; reuse it to resume a crashed rollout"
+    )
+    rollout.add_argument("--report", type=Path, help="write the Markdown report here")
+    rollout.add_argument("--dry-run", action="store_true", help="print the plan; touch nothing")
+    rollout.set_defaults(handler=_rollout)
+
+
+def _add_serve(commands: Any) -> None:
+    serve = commands.add_parser("serve", help="serve a model's champion on this machine")
+    serve.add_argument("--model", help="registered model (default: the last local run's)")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where local runs live")
+    serve.set_defaults(handler=_serve)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -139,6 +181,103 @@ def _compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rollout(args: argparse.Namespace) -> int:
+    import tempfile
+    import uuid
+
+    from components.core.analysis import AnalysisPolicy
+    from components.core.manifests import (
+        ServingSpec,
+        render_inference_service,
+        validate_inference_service,
+    )
+    from components.core.rollout import (
+        RolloutFailed,
+        RolloutPlan,
+        deploy_model,
+        describe_plan,
+        parse_steps,
+    )
+
+    plan = RolloutPlan(
+        steps=parse_steps(args.steps),
+        interval_s=args.interval,
+        ready_timeout_s=args.ready_timeout,
+        deadline_s=args.deadline,
+        failure_budget=args.failure_budget,
+    )
+    policy = AnalysisPolicy(
+        prometheus_url=args.prometheus,
+        min_success_rate=args.min_success_rate,
+        max_latency_p99_s=args.max_latency_p99,
+        min_requests=args.min_requests,
+        on_no_data=args.on_no_data,
+    )
+    spec = ServingSpec(
+        model_name=args.name,
+        model_version=args.model_version,
+        storage_uri=args.model_uri,
+        namespace=args.namespace,
+        canary_traffic_percent=plan.steps[0],
+        runtime=args.runtime,
+        cpu=args.cpu,
+        memory=args.memory,
+        service_account=args.service_account,
+    )
+    if args.dry_run:
+        manifest = render_inference_service(spec)
+        validate_inference_service(manifest)
+        print(describe_plan(manifest, plan, policy), end="")
+        return 0
+    run_id = args.run_id or f"cli-{uuid.uuid4().hex[:12]}"
+    report = args.report or Path(tempfile.mkdtemp(prefix="conveyor-rollout-")) / "report.md"
+    print(f"rollout {run_id}: report at {report}", flush=True)
+    progress = lambda line: print(line, flush=True)  # noqa: E731 - a CD log shows it live
+    try:
+        result = deploy_model(spec, plan, policy, run_id, report, args.kubeconfig, progress)
+    except RolloutFailed as failed:
+        print(report.read_text(), end="")
+        print(f"conveyor rollout: {failed}", file=sys.stderr)
+        return 1
+    print(report.read_text(), end="")
+    return 0 if result.decision in ("created", "promoted") else 1
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    from components.core.inference import example_instance
+    from components.core.registry import champion_model_dir
+    from components.core.training import MODEL_CARD, ModelCard
+
+    name = args.model or _last_run_model(args.runs_dir)
+    model_dir = champion_model_dir(f"sqlite:///{args.runs_dir.resolve() / 'mlflow.db'}", name)
+    card = ModelCard.from_json((model_dir / MODEL_CARD).read_text())
+    body = json.dumps({"instances": [example_instance(card.features)]})
+    print(
+        f"Serving {name} (champion, {model_dir}) on port {args.port}. Try:\n"
+        f"  curl -s -H 'Content-Type: application/json' "
+        f"http://127.0.0.1:{args.port}/v1/models/{name}:predict -d '{body}'",
+        flush=True,
+    )
+    command = [
+        sys.executable, "-m", "components.core.serving", "--model_name", name,
+        "--model_dir", str(model_dir), "--http_port", str(args.port), "--enable_grpc", "False",
+    ]  # fmt: skip
+    os.execv(sys.executable, command)
+    return 0  # not reached: the server replaces this process
+
+
+def _last_run_model(runs_dir: Path) -> str:
+    import json
+
+    summaries = sorted(runs_dir.glob("*/summary.json"))
+    if not summaries:
+        raise ConveyorError(f"no local runs in {runs_dir}: run `make run` first, or pass MODEL=")
+    return json.loads(summaries[-1].read_text())["model_name"]
+
+
 def _print_summary(summary: Any, summary_path: Path, out: TextIO) -> None:
     lines = [""]
     if summary.status == "failed":
@@ -163,3 +302,7 @@ def _print_summary(summary: Any, summary_path: Path, out: TextIO) -> None:
         lines.append("Deployed: nothing")
     lines += [f"Artifacts: {summary.artifacts}", "Summary:", str(summary_path.resolve())]
     out.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

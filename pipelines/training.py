@@ -45,11 +45,20 @@ def build_training_pipeline(target: Target) -> GraphComponent:
         metric_floors: dict = {"accuracy": 0.7, "roc_auc": 0.7},  # noqa: B006
         positive_class: str = "",
         namespace: str = "default",
-        canary_traffic_percent: int = 10,
         serving_runtime: str = "",
         serving_cpu: str = "1",
         serving_memory: str = "2Gi",
         service_account: str = "",
+        rollout: bool = True,
+        canary_steps: str = "10,50",
+        canary_interval_s: float = 60.0,
+        prometheus_url: str = "",
+        min_success_rate: float = 0.99,
+        max_latency_p99_s: float = 0.5,
+        min_canary_requests: int = 20,
+        on_no_data: str = "fail",
+        failure_budget: int = 0,
+        rollout_deadline_s: float = 3600.0,
     ):
         """Trains a classifier, and registers and deploys it when it beats the champion.
 
@@ -72,11 +81,20 @@ def build_training_pipeline(target: Target) -> GraphComponent:
             metric_floors: Metric -> bound every model must meet (a ceiling for log_loss).
             positive_class: Binary positive class; empty picks 1/true/yes, else the rarer class.
             namespace: Kubernetes namespace of the InferenceService.
-            canary_traffic_percent: Share of traffic the new revision gets on an update.
             serving_runtime: ServingRuntime name; empty lets KServe choose.
             serving_cpu: CPU request and limit of the predictor.
             serving_memory: Memory request and limit of the predictor.
             service_account: Service account the predictor pulls the model with.
+            rollout: False renders and validates the InferenceService without a cluster.
+            canary_steps: Canary traffic percentages, comma-separated and increasing.
+            canary_interval_s: Seconds the canary serves at each step before analysis.
+            prometheus_url: Prometheus for the canary analysis; empty skips analysis.
+            min_success_rate: Lowest share of non-5xx canary responses that passes.
+            max_latency_p99_s: Highest canary p99 latency in seconds that passes.
+            min_canary_requests: Fewest canary requests per analysis for it to count.
+            on_no_data: Too few canary requests: fail, wait or pass.
+            failure_budget: Failed analyses tolerated before rolling back.
+            rollout_deadline_s: Seconds the whole rollout may take before rolling back.
         """
         ingested = _configure(
             ingest(
@@ -150,12 +168,22 @@ def build_training_pipeline(target: Target) -> GraphComponent:
                     model_name=model_name,
                     model_version=registered.outputs["model_version"],
                     storage_uri=registered.outputs["storage_uri"],
+                    run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                     namespace=namespace,
-                    canary_traffic_percent=canary_traffic_percent,
                     serving_runtime=serving_runtime,
                     serving_cpu=serving_cpu,
                     serving_memory=serving_memory,
                     service_account=service_account,
+                    rollout=rollout,
+                    canary_steps=canary_steps,
+                    canary_interval_s=canary_interval_s,
+                    prometheus_url=prometheus_url,
+                    min_success_rate=min_success_rate,
+                    max_latency_p99_s=max_latency_p99_s,
+                    min_canary_requests=min_canary_requests,
+                    on_no_data=on_no_data,
+                    failure_budget=failure_budget,
+                    rollout_deadline_s=rollout_deadline_s,
                 ),
                 "deploy",
                 target,

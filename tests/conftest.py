@@ -161,21 +161,40 @@ def save_species_model(
 @contextlib.contextmanager
 def predictor(model_dir: Path, name: str, revision: str, log: Path) -> Iterator[str]:
     """Conveyor's real predictor process serving ``model_dir`` as Knative revision ``revision``."""
+    with predictors({revision: model_dir}, name, log.parent) as urls:
+        yield urls[revision]
+
+
+@contextlib.contextmanager
+def predictors(models: dict[str, Path], name: str, logs: Path) -> Iterator[dict[str, str]]:
+    """One predictor process per ``revision -> model directory``, started side by side."""
+    started: dict[str, tuple[subprocess.Popen, str, Path]] = {}
+    try:
+        for revision, model_dir in models.items():
+            started[revision] = _start_predictor(model_dir, name, revision, logs)
+        for process, url, log in started.values():
+            wait_for_http(f"{url}/v2/models/{name}/ready", process, timeout=90, log=log)
+        yield {revision: url for revision, (_, url, _) in started.items()}
+    finally:
+        for process, _, _ in started.values():
+            process.terminate()
+        for process, _, _ in started.values():
+            process.wait(timeout=30)
+
+
+def _start_predictor(
+    model_dir: Path, name: str, revision: str, logs: Path
+) -> tuple[subprocess.Popen, str, Path]:
     port = free_port()
     command = [
         sys.executable, "-m", "components.core.serving", "--model_name", name,
         "--model_dir", str(model_dir), "--http_port", str(port), "--grpc_port", str(free_port()),
-        "--enable_latency_logging", "False",
+        "--enable_grpc", "False", "--enable_latency_logging", "False",
     ]  # fmt: skip
     environment = {**os.environ, "K_REVISION": revision, "PYTHONPATH": str(ROOT)}
+    log = logs / f"{revision}.log"
     with log.open("w") as output:
         process = subprocess.Popen(
             command, stdout=output, stderr=subprocess.STDOUT, env=environment, cwd=ROOT
         )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{url}/v2/models/{name}/ready", process, timeout=60, log=log)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    return process, f"http://127.0.0.1:{port}", log

@@ -182,7 +182,8 @@ def test_pipeline_interface_gates_and_caching(cpu_build: Path) -> None:
     parameters = spec.root.input_definitions.parameters
     assert "model_store_uri" in parameters and not parameters["model_store_uri"].is_optional
     assert parameters["data_uri"].default_value.string_value == "builtin://breast_cancer"
-    assert parameters["canary_traffic_percent"].default_value.number_value == 10
+    assert parameters["canary_steps"].default_value.string_value == "10,50"
+    assert parameters["rollout"].default_value.bool_value is True
     (condition,) = [task for task in spec.root.dag.tasks.values() if task.trigger_policy.condition]
     assert condition.task_info.name == "blessed"
     assert condition.trigger_policy.condition == (

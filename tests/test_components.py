@@ -80,14 +80,19 @@ def test_the_six_components_take_a_model_from_csv_to_manifest(
     assert registered.model_version == "1"
 
     manifest = artifact(Artifact, tmp_path, "manifest")
-    deploy.python_func(
+    report = artifact(Markdown, tmp_path, "report")
+    decision = deploy.python_func(
         model_name=model_name, model_version=registered.model_version,
-        storage_uri=registered.storage_uri, manifest=manifest, canary_traffic_percent=20,
+        storage_uri=registered.storage_uri, run_id="run-1", manifest=manifest, report=report,
+        rollout_metrics=artifact(Metrics, tmp_path, "rollout_metrics"), rollout=False,
+        canary_steps="20,60",
     )  # fmt: skip
+    assert decision == "skipped"
     rendered = yaml.safe_load(Path(manifest.path).read_text())
     assert rendered["spec"]["predictor"]["model"]["storageUri"] == registered.storage_uri
     assert rendered["spec"]["predictor"]["canaryTrafficPercent"] == 20
     assert manifest.metadata["name"] == model_name
+    assert "not rolled out" in Path(report.path).read_text()
 
 
 def test_binary_evaluation_logs_a_roc_curve(

@@ -10,7 +10,13 @@ import pytest
 from mlflow import MlflowClient
 
 from components.core.errors import ConveyorError
-from components.core.registry import CHAMPION_ALIAS, find_champion, load_champion, register_model
+from components.core.registry import (
+    CHAMPION_ALIAS,
+    champion_model_dir,
+    find_champion,
+    load_champion,
+    register_model,
+)
 from components.core.training import MODEL_CARD, MODEL_FILE, sha256_file, train_model
 from tests.conftest import register_blessed, train_species_model
 
@@ -52,6 +58,14 @@ def test_registers_publishes_and_moves_the_alias(
     champion = find_champion(client, model_name)
     assert champion.recorded_metric("roc_auc") == 0.91
     assert load_champion(client, champion).card.sha256 == trained.card.sha256
+    assert champion_model_dir(mlflow_server, model_name) == store  # what `make serve` serves
+
+
+def test_serving_a_model_without_a_champion_is_one_line(
+    mlflow_server: str, model_name: str
+) -> None:
+    with pytest.raises(ConveyorError, match=f"model '{model_name}' has no champion in"):
+        champion_model_dir(mlflow_server, model_name)
 
 
 def test_repeating_register_for_one_training_run_registers_nothing_new(

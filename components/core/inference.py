@@ -18,7 +18,13 @@ import pandas as pd
 from components.core.errors import ConveyorError, plain
 from components.core.training import Feature, TrainedModel
 
-__all__ = ["Predictions", "predict_table", "table_from_columns", "table_from_instances"]
+__all__ = [
+    "Predictions",
+    "example_instance",
+    "predict_table",
+    "table_from_columns",
+    "table_from_instances",
+]
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,11 @@ def predict_table(model: TrainedModel, table: pd.DataFrame) -> Predictions:
     classes = model.card.classes
     labels = np.asarray(model.pipeline.classes_)[probabilities.argmax(axis=1)]
     return Predictions([plain(label) for label in labels], probabilities, list(classes))
+
+
+def example_instance(features: Sequence[Feature]) -> dict[str, Any]:
+    """A V1 instance any model with these features accepts (unseen categories are ignored)."""
+    return {f.name: 0.0 if f.kind == "numeric" else "example" for f in features}
 
 
 def _rows_as_columns(rows: list[list[Any]], names: list[str]) -> dict[str, list[Any]]:

@@ -32,6 +32,7 @@ __all__ = [
     "CHAMPION_ALIAS",
     "Champion",
     "Registration",
+    "champion_model_dir",
     "find_champion",
     "load_champion",
     "publish_model_dir",
@@ -105,6 +106,20 @@ def find_champion(client: MlflowClient, name: str) -> Champion | None:
             return None
         raise
     return Champion(name, str(version.version), version.run_id, dict(version.tags))
+
+
+def champion_model_dir(tracking_uri: str, name: str) -> Path:
+    """The local model directory the champion of ``name`` was published to."""
+    champion = find_champion(tracking.connect(tracking_uri), name)
+    if champion is None:
+        raise ConveyorError(f"model {name!r} has no champion in {tracking_uri}: run it first")
+    directory = Path(champion.tags.get("storage_uri", ""))
+    if not (directory / MODEL_CARD).is_file():
+        raise ConveyorError(
+            f"{name} version {champion.version} was published to "
+            f"{champion.tags.get('storage_uri')!r}, not a local model directory"
+        )
+    return directory
 
 
 def load_champion(client: MlflowClient, champion: Champion) -> TrainedModel:

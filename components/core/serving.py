@@ -180,6 +180,9 @@ def main(argv: list[str] | None = None) -> None:
     except (ConveyorError, OSError) as error:
         raise SystemExit(f"serving: {error}") from None
     revision = os.environ.get(REVISION_ENV, "local")
+    # Series that exist from the start, at 0, so the first requests count in increase().
+    REQUESTS.labels(arguments.model_name, revision, "200")
+    REQUEST_SECONDS.labels(arguments.model_name, revision)
     app.add_middleware(RequestMetrics, model=arguments.model_name, revision=revision)
     server = ModelServer(
         http_port=arguments.http_port,

@@ -1,0 +1,382 @@
+"""The canary rollout against the Kubernetes API + KServe controller double: the fault matrix.
+
+Every case ends by checking where the traffic is: on the stable model unless the canary
+was promoted. Analysis is off here (no Prometheus URL); test_canary_analysis.py runs it live.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from components.core.analysis import AnalysisPolicy
+from components.core.errors import ConveyorError
+from components.core.kube import InferenceServices
+from components.core.manifests import ServingSpec, render_inference_service
+from components.core.rollout import (
+    LOCK_ANNOTATION,
+    SNAPSHOT_ANNOTATION,
+    Rollout,
+    RolloutFailed,
+    RolloutPlan,
+    describe_plan,
+    parse_steps,
+    render_report,
+)
+from pipelines.cli import main
+from tests.conftest import ROOT
+from tests.doubles.kube_api import KubernetesApiDouble
+
+NAMESPACE = "ml-serving"
+NAME = "fraud"
+STABLE_URI = "gs://models/fraud/stable"
+CANARY_URI = "gs://models/fraud/canary"
+FAST = RolloutPlan(steps=(10, 50), interval_s=0.2, ready_timeout_s=5, deadline_s=30, poll_s=0.05)
+
+
+@pytest.fixture
+def cluster() -> Iterator[KubernetesApiDouble]:
+    with KubernetesApiDouble(ready_after=0.2, tick=0.02) as double:
+        yield double
+
+
+def services(cluster: KubernetesApiDouble) -> InferenceServices:
+    from kubernetes.client import ApiClient
+
+    return InferenceServices(ApiClient(cluster.configuration()), NAMESPACE, backoff_s=0.05)
+
+
+def manifest(uri: str, version: str = "2") -> dict:
+    return render_inference_service(ServingSpec(NAME, version, uri, namespace=NAMESPACE))
+
+
+def rollout(cluster: KubernetesApiDouble, uri: str = CANARY_URI, run_id: str = "run-2", **plan):
+    settings = {**FAST.__dict__, **plan}
+    return Rollout(
+        services(cluster), manifest(uri), RolloutPlan(**settings), AnalysisPolicy(), run_id,
+        progress=lambda line: None,
+    )  # fmt: skip
+
+
+def deployed(cluster: KubernetesApiDouble) -> dict:
+    """A stable service at STABLE_URI, created and ready, as a first rollout leaves it."""
+    result = rollout(cluster, STABLE_URI, run_id="run-1").run()
+    assert result.decision == "created"
+    return cluster.get(NAMESPACE, NAME)
+
+
+def traffic(cluster: KubernetesApiDouble) -> dict[str, int]:
+    entries = cluster.get(NAMESPACE, NAME)["status"]["components"]["predictor"]["traffic"]
+    return {e["revisionName"]: e["percent"] for e in entries if e["percent"]}
+
+
+def assert_stable_serves_everything(cluster: KubernetesApiDouble) -> None:
+    """The model that was stable serves 100 %, the spec points at it, and no lock is left."""
+    service = cluster.get(NAMESPACE, NAME)
+    assert service["spec"]["predictor"]["model"]["storageUri"] == STABLE_URI
+    assert list(traffic(cluster).values()) == [100]
+    assert service["status"]["components"]["predictor"]["latestReadyRevision"] in traffic(cluster)
+    annotations = service["metadata"].get("annotations", {})
+    assert LOCK_ANNOTATION not in annotations and SNAPSHOT_ANNOTATION not in annotations
+
+
+def writes(cluster: KubernetesApiDouble) -> list:
+    return [r for r in cluster.requests if r.method in ("POST", "PUT", "PATCH", "DELETE")]
+
+
+# -- the happy paths ---------------------------------------------------------------------
+
+
+def test_first_deploy_creates_the_service(cluster: KubernetesApiDouble) -> None:
+    service = deployed(cluster)
+    assert "canaryTrafficPercent" not in service["spec"]["predictor"]  # ignored on create
+    assert traffic(cluster) == {f"{NAME}-predictor-00001": 100}
+
+
+def test_a_healthy_canary_goes_through_each_step_and_is_promoted(
+    cluster: KubernetesApiDouble,
+) -> None:
+    deployed(cluster)
+    seen: list[dict[str, int]] = []
+    watcher = threading.Thread(target=lambda: _record_splits(cluster, seen), daemon=True)
+    watcher.start()
+    result = rollout(cluster).run()
+    assert result.decision == "promoted"
+    assert (result.stable_revision, result.canary_revision) == (
+        "fraud-predictor-00001",
+        "fraud-predictor-00002",
+    )
+    assert [step.percent for step in result.steps] == [10, 50]
+    assert {"fraud-predictor-00002": 10, "fraud-predictor-00001": 90} in seen
+    assert {"fraud-predictor-00002": 50, "fraud-predictor-00001": 50} in seen
+    assert traffic(cluster) == {"fraud-predictor-00002": 100}
+    service = cluster.get(NAMESPACE, NAME)
+    assert (
+        service["status"]["components"]["predictor"]["latestRolledoutRevision"]
+        == "fraud-predictor-00002"
+    )
+    assert service["metadata"]["annotations"]["conveyor/model-version"] == "2"
+    assert LOCK_ANNOTATION not in service["metadata"]["annotations"]
+    assert "**promoted**" in render_report(result)
+
+
+def _record_splits(cluster: KubernetesApiDouble, seen: list) -> None:
+    for _ in range(400):
+        split = traffic(cluster)
+        if split not in seen:
+            seen.append(split)
+        time.sleep(0.01)
+
+
+def test_every_write_carries_the_resource_version(cluster: KubernetesApiDouble) -> None:
+    deployed(cluster)
+    rollout(cluster).run()
+    patches = [r for r in cluster.requests if r.method == "PATCH"]
+    assert patches and all(r.content_type == "application/merge-patch+json" for r in patches)
+    assert all(json.loads(r.body)["metadata"]["resourceVersion"] for r in patches)
+
+
+# -- the fault matrix --------------------------------------------------------------------
+
+
+def test_a_canary_that_never_becomes_ready_is_rolled_back(cluster: KubernetesApiDouble) -> None:
+    deployed(cluster)
+    cluster.revision_behaviour(CANARY_URI, never_ready=True)
+    with pytest.raises(RolloutFailed) as failed:
+        rollout(cluster, ready_timeout_s=1).run()
+    assert failed.value.result.decision == "rolled_back"
+    assert "timed out after 1 s waiting for a new revision at 10 %" in failed.value.result.reason
+    assert_stable_serves_everything(cluster)
+
+
+def test_a_canary_that_fails_to_load_is_rolled_back_at_once(cluster: KubernetesApiDouble) -> None:
+    deployed(cluster)
+    cluster.revision_behaviour(CANARY_URI, fails=True)
+    started = time.monotonic()
+    with pytest.raises(RolloutFailed) as failed:
+        rollout(cluster, ready_timeout_s=20).run()
+    assert time.monotonic() - started < 10  # failed fast, not at the readiness timeout
+    result = failed.value.result
+    assert result.decision == "rolled_back"
+    assert result.reason.startswith("revision fraud-predictor-00002 failed to load")
+    assert_stable_serves_everything(cluster)
+
+
+def test_conflicting_writes_are_reread_and_retried(cluster: KubernetesApiDouble) -> None:
+    deployed(cluster)
+    cluster.conflict_next_writes(times=2)
+    assert rollout(cluster).run().decision == "promoted"
+    assert any(r.method == "PATCH" for r in cluster.requests)
+    assert cluster.get(NAMESPACE, NAME)["metadata"]["annotations"]["other-writer/touch"]
+
+
+def test_transient_server_errors_are_retried(cluster: KubernetesApiDouble) -> None:
+    deployed(cluster)
+    cluster.fail_next("PATCH", status=503, times=2)
+    cluster.fail_next("GET", status=500, times=1)
+    assert rollout(cluster).run().decision == "promoted"
+    assert traffic(cluster) == {"fraud-predictor-00002": 100}
+
+
+def test_a_missing_permission_is_named_and_nothing_changes(cluster: KubernetesApiDouble) -> None:
+    deployed(cluster)
+    before = len(writes(cluster))
+    cluster.deny("patch")
+    with pytest.raises(ConveyorError) as failed:
+        rollout(cluster).run()
+    message = str(failed.value)
+    assert message.startswith(
+        "failed: permission denied: cannot patch inferenceservices.serving.kserve.io in namespace ml-serving"
+    )
+    assert "grant it with kserve/rbac.yaml" in message
+    assert len(writes(cluster)) == before + 1  # the refused patch, and nothing else
+    assert_stable_serves_everything(cluster)
+
+
+def test_a_second_concurrent_rollout_is_refused(cluster: KubernetesApiDouble) -> None:
+    deployed(cluster)
+    first = rollout(cluster, run_id="run-a", interval_s=1.0)
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.update(result=first.run()))
+    thread.start()
+    _wait_for(lambda: LOCK_ANNOTATION in cluster.get(NAMESPACE, NAME)["metadata"]["annotations"])
+    with pytest.raises(RolloutFailed) as refused:
+        rollout(cluster, "gs://models/fraud/other", run_id="run-b").run()
+    thread.join(timeout=30)
+    assert refused.value.result.decision == "failed"
+    assert refused.value.result.reason.startswith(
+        "fraud is being rolled out by run run-a (lock held until"
+    )
+    assert outcome["result"].decision == "promoted"  # the first one was not disturbed
+    assert cluster.get(NAMESPACE, NAME)["spec"]["predictor"]["model"]["storageUri"] == CANARY_URI
+
+
+def test_a_service_that_is_not_ready_is_left_alone(cluster: KubernetesApiDouble) -> None:
+    cluster.revision_behaviour(STABLE_URI, never_ready=True)
+    with pytest.raises(RolloutFailed):
+        rollout(cluster, STABLE_URI, run_id="run-1", ready_timeout_s=0.5).run()
+    before = len(writes(cluster))
+    with pytest.raises(RolloutFailed) as refused:
+        rollout(cluster).run()
+    assert refused.value.result.reason.startswith("fraud is not Ready (")
+    assert len(writes(cluster)) == before
+
+
+def test_standard_mode_without_spec_canary_fails_clearly() -> None:
+    with KubernetesApiDouble(
+        default_mode="RawDeployment", crd_has_canary=False, ready_after=0.1
+    ) as cluster:
+        deployed(cluster)
+        before = len(writes(cluster))
+        with pytest.raises(RolloutFailed) as failed:
+            rollout(cluster).run()
+        assert failed.value.result.decision == "failed"
+        assert failed.value.result.reason == (
+            "fraud runs in RawDeployment mode, where KServe ignores canaryTrafficPercent; this "
+            "cluster's InferenceService CRD has no spec.canary (KServe < 0.20), so no canary is "
+            "possible: use Serverless mode or upgrade KServe"
+        )
+        assert len(writes(cluster)) == before  # no canary reported, none attempted
+        assert (
+            cluster.get(NAMESPACE, NAME)["spec"]["predictor"]["model"]["storageUri"] == STABLE_URI
+        )
+
+
+def test_modelmesh_mode_fails_clearly() -> None:
+    with KubernetesApiDouble(default_mode="ModelMesh", ready_after=0.1) as cluster:
+        deployed(cluster)
+        with pytest.raises(
+            RolloutFailed, match="ModelMesh mode, which has no canary traffic split"
+        ):
+            rollout(cluster).run()
+
+
+def test_a_rerun_after_a_crash_rolls_back_then_completes(
+    cluster: KubernetesApiDouble, tmp_path: Path
+) -> None:
+    deployed(cluster)
+    crashed = _start_cli(cluster, tmp_path, "--run-id", "run-7", "--interval", "30")
+    _wait_for(lambda: traffic(cluster).get("fraud-predictor-00002") == 10)
+    crashed.kill()  # SIGKILL: no handler runs, the lock and the 10 % split stay behind
+    crashed.wait(timeout=30)
+    service = cluster.get(NAMESPACE, NAME)
+    assert json.loads(service["metadata"]["annotations"][LOCK_ANNOTATION])["run"] == "run-7"
+    result = rollout(cluster, run_id="run-7").run()
+    assert result.decision == "promoted"
+    assert traffic(cluster) == {result.canary_revision: 100}
+    assert cluster.revisions(NAMESPACE, NAME)[-1] == result.canary_revision
+    # Rolled back to the snapshot first: a revision of the stable model came in between.
+    assert len(cluster.revisions(NAMESPACE, NAME)) == 4
+
+
+def test_sigterm_mid_rollout_rolls_back(cluster: KubernetesApiDouble, tmp_path: Path) -> None:
+    deployed(cluster)
+    process = _start_cli(cluster, tmp_path, "--interval", "30")
+    _wait_for(lambda: traffic(cluster).get("fraud-predictor-00002") == 10)
+    process.send_signal(signal.SIGTERM)  # how KFP cancels a run
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 1, output
+    assert "rolling back fraud: the run was cancelled (SIGTERM)" in output
+    assert "**rolled back**" in output
+    assert_stable_serves_everything(cluster)
+
+
+def _start_cli(cluster: KubernetesApiDouble, tmp_path: Path, *options: str) -> subprocess.Popen:
+    kubeconfig = cluster.write_kubeconfig(tmp_path / "kubeconfig", namespace=NAMESPACE)
+    command = [
+        sys.executable, "-m", "pipelines.cli", "rollout", "--name", NAME, "--namespace", NAMESPACE,
+        "--model-uri", CANARY_URI, "--kubeconfig", str(kubeconfig), "--ready-timeout", "10",
+        *options,
+    ]  # fmt: skip
+    return subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def _wait_for(condition, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_the_deadline_rolls_back(cluster: KubernetesApiDouble) -> None:
+    deployed(cluster)
+    with pytest.raises(RolloutFailed) as failed:
+        rollout(cluster, interval_s=2.0, deadline_s=1.0).run()
+    assert failed.value.result.reason == "the rollout passed its deadline of 1 s"
+    assert_stable_serves_everything(cluster)
+
+
+# -- plan, report, and the command line ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("steps", "message"),
+    [((), "must be whole percentages 1-99"), ((10, 100), "must be whole percentages 1-99"),
+     ((50, 10), "must increase"), ((0, 50), "must be whole percentages 1-99")],
+)  # fmt: skip
+def test_bad_steps_are_refused(steps: tuple, message: str) -> None:
+    with pytest.raises(ConveyorError, match=message):
+        RolloutPlan(steps=steps)
+
+
+def test_steps_parse_from_text() -> None:
+    assert parse_steps("5,25,60") == (5, 25, 60)
+    with pytest.raises(ConveyorError, match="comma-separated percentages, such as 10,50"):
+        parse_steps("ten")
+
+
+def test_dry_run_prints_the_manifest_and_plan_and_touches_nothing(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    code = main([
+        "rollout", "--name", NAME, "--namespace", NAMESPACE, "--model-uri", CANARY_URI,
+        "--steps", "5,20,60", "--prometheus", "http://prometheus:9090",
+        "--kubeconfig", "/nonexistent/kubeconfig", "--dry-run",
+    ])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "storageUri: gs://models/fraud/canary" in printed
+    assert "5 %, then 20 %, then 60 % of traffic" in printed
+    assert "analysis against http://prometheus:9090" in printed
+    assert 'revision="$revision"' in printed
+
+
+def test_describe_plan_without_prometheus_says_no_analysis() -> None:
+    text = describe_plan(manifest(CANARY_URI), FAST, AnalysisPolicy())
+    assert "no Prometheus URL: steps advance without analysis" in text
+
+
+def test_cli_without_credentials_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    code = main([
+        "rollout", "--name", NAME, "--model-uri", CANARY_URI,
+        "--kubeconfig", str(tmp_path / "missing"),
+    ])  # fmt: skip
+    error = capsys.readouterr().err.strip()
+    assert code == 2
+    assert error.startswith("conveyor rollout: no Kubernetes credentials (")
+    assert len(error.splitlines()) == 1
+
+
+def test_repeating_a_finished_rollout_changes_nothing(cluster: KubernetesApiDouble) -> None:
+    deployed(cluster)
+    assert rollout(cluster).run().decision == "promoted"
+    before = len(writes(cluster))
+    again = rollout(cluster, run_id="run-2-retry").run()
+    assert (again.decision, again.reason) == (
+        "promoted",
+        "already serving this model at 100 %: nothing to do",
+    )
+    assert len(writes(cluster)) == before
