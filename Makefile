@@ -13,11 +13,17 @@ GPUS ?= 0
 GPU_TYPE ?=
 GPU_NODE_SELECTOR ?=
 IMAGE_REGISTRY ?=
+# make serve
+PORT ?= 8080
 # make test
 PYTEST_ARGS ?=
+# make bench
+BENCH_ARGS ?=
+MLSERVER_VENV := .bench/mlserver-venv
+MLSERVER_INSTALLED := $(MLSERVER_VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run compile test lint format lock clean
+.PHONY: help install run serve compile test lint format bench lock clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -33,6 +39,9 @@ install: $(INSTALLED) ## Create .venv and install Conveyor (editable) with its p
 run: $(INSTALLED) ## Run the training pipeline locally [DATA=path/uri TARGET=column MODEL=name]
 	$(BIN)/conveyor run $(if $(DATA),--data '$(DATA)') $(if $(TARGET),--target '$(TARGET)') $(if $(MODEL),--model '$(MODEL)')
 
+serve: $(INSTALLED) ## Serve a model's champion from local runs on this machine [MODEL=name PORT=8080]
+	$(BIN)/conveyor serve $(if $(MODEL),--model '$(MODEL)') --port $(PORT)
+
 compile: $(INSTALLED) ## Write build/training.{kubeflow,vertex}.yaml and build/components/ [GPUS= GPU_TYPE= IMAGE_REGISTRY=]
 	$(BIN)/conveyor compile --output-dir build --gpus $(GPUS) \
 		$(if $(GPU_TYPE),--gpu-type '$(GPU_TYPE)') \
@@ -40,16 +49,30 @@ compile: $(INSTALLED) ## Write build/training.{kubeflow,vertex}.yaml and build/c
 		$(if $(IMAGE_REGISTRY),--image-registry '$(IMAGE_REGISTRY)')
 
 test: $(INSTALLED) ## Run lint and the test suite [PYTEST_ARGS=...]
-	$(BIN)/ruff check components pipelines tests
+	$(BIN)/ruff check components pipelines tests bench
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(INSTALLED) ## Check style with ruff
-	$(BIN)/ruff check components pipelines tests
-	$(BIN)/ruff format --check components pipelines tests
+	$(BIN)/ruff check components pipelines tests bench
+	$(BIN)/ruff format --check components pipelines tests bench
 
 format: $(INSTALLED) ## Format the code with ruff
-	$(BIN)/ruff format components pipelines tests
-	$(BIN)/ruff check --fix components pipelines tests
+	$(BIN)/ruff format components pipelines tests bench
+	$(BIN)/ruff check --fix components pipelines tests bench
+
+# MLServer pins an older FastAPI than KServe: it gets a venv of its own.
+$(MLSERVER_INSTALLED): bench/mlserver-requirements.txt
+	rm -rf $(MLSERVER_VENV) && $(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MLSERVER_VENV)/bin/python -m pip install --quiet -r bench/mlserver-requirements.txt
+	@touch $@
+
+bench: $(INSTALLED) $(MLSERVER_INSTALLED) ## Serving throughput and latency vs MLServer, side by side [BENCH_ARGS=...]
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& { apt-get install -y -qq wrk >/dev/null 2>&1 \
+			|| { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }; }; } \
+		|| echo "bench: could not install wrk; the Python load generator stands in"
+	$(BIN)/python -m bench.serving $(BENCH_ARGS)
 
 lock: ## Re-pin every dependency into constraints.txt from a fresh resolve
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv

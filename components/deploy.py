@@ -121,5 +121,12 @@ def deploy(
         result = deploy_model(spec, plan, policy, run_id, Path(report.path))
     for key, value in result.metrics().items():
         rollout_metrics.log_metric(key, value)
-    report.metadata.update({"decision": result.decision, "url": result.url})
+    report.metadata.update(
+        {
+            "decision": result.decision,
+            "url": result.url,
+            "stable_revision": result.stable_revision,
+            "canary_revision": result.canary_revision,
+        }
+    )
     return result.decision

@@ -278,6 +278,14 @@ def _last_run_model(runs_dir: Path) -> str:
     return json.loads(summaries[-1].read_text())["model_name"]
 
 
+_DEPLOYMENTS = {
+    "skipped": "Deployed: not rolled out (a local run has no cluster; --param rollout=true "
+    "rolls out to the one in your kubeconfig)",
+    "created": "Deployed: created the InferenceService (first deploy)",
+    "promoted": "Deployed: the canary passed every step and was promoted to 100 %",
+}
+
+
 def _print_summary(summary: Any, summary_path: Path, out: TextIO) -> None:
     lines = [""]
     if summary.status == "failed":
@@ -298,6 +306,7 @@ def _print_summary(summary: Any, summary_path: Path, out: TextIO) -> None:
     if summary.manifest:
         lines.append(f"InferenceService (validated against KServe's CRD), {summary.manifest}:")
         lines += [f"  {line}" for line in Path(summary.manifest).read_text().splitlines()]
+        lines.append(_DEPLOYMENTS.get(summary.deployment, f"Deployed: {summary.deployment}"))
     else:
         lines.append("Deployed: nothing")
     lines += [f"Artifacts: {summary.artifacts}", "Summary:", str(summary_path.resolve())]

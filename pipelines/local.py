@@ -41,6 +41,7 @@ class RunSummary:
     manifest: str | None
     artifacts: str
     storage_uri: str | None = None
+    deployment: str | None = None
     failed_step: str | None = None
     steps: dict[str, str] = field(default_factory=dict)
 
@@ -202,6 +203,7 @@ def _summarise(
     verdict = _read_json(outputs / "evaluate" / "evaluation") if "evaluate" in succeeded else None
     registered = _parameters(outputs / "register") if "register" in succeeded else {}
     manifest = outputs / "deploy" / "manifest" if "deploy" in succeeded else None
+    deployed = _parameters(outputs / "deploy") if "deploy" in succeeded else {}
     reason = progress.failure_line(failed_step) if failed_step else verdict["reason"]
     version = registered.get("model_version")
     return RunSummary(
@@ -215,6 +217,7 @@ def _summarise(
         manifest=str(manifest) if manifest else None,
         artifacts=str(outputs or run_dir),
         storage_uri=registered.get("storage_uri"),
+        deployment=deployed.get("Output"),
         failed_step=failed_step,
         steps={step: progress.outcomes.get(step, "skipped") for step in _STEPS},
     )

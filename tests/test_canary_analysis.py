@@ -234,3 +234,22 @@ def test_rollout_rolls_back_a_bad_canary_by_itself(
     traffic = service["status"]["components"]["predictor"]["traffic"]
     assert [e["percent"] for e in traffic if e["percent"]] == [100]
     assert "**rolled back**" in render_report(result)
+
+
+@pytest.mark.parametrize(
+    ("on_no_data", "decision"), [("fail", "rolled_back"), ("pass", "promoted")]
+)
+def test_a_canary_nobody_calls_follows_on_no_data(
+    cluster: KubernetesApiDouble, stack: Stack, on_no_data: str, decision: str
+) -> None:
+    scenario = f"quiet-{on_no_data}"
+    stable_deployed(cluster, stack, scenario)
+    try:
+        result = roll_out(
+            cluster, stack, scenario, f"gs://models/{scenario}/v2", on_no_data=on_no_data
+        )
+    except RolloutFailed as failed:
+        result = failed.result
+    assert result.decision == decision
+    assert result.steps[0].analysis.verdict == "no_data"
+    assert "fewer than the 3 needed to judge it" in result.steps[0].analysis.reason

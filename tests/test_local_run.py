@@ -15,6 +15,7 @@ from sklearn.model_selection import train_test_split
 from components.core.manifests import validate_inference_service
 from pipelines.cli import main
 from tests.conftest import multiclass_table
+from tests.doubles.kube_api import KubernetesApiDouble
 
 pytestmark = pytest.mark.slow
 
@@ -53,6 +54,7 @@ def test_default_run_then_champion_challenger(
     assert (
         "InferenceService (validated against KServe's CRD)" in printed and "ingest    ok" in printed
     )
+    assert first["deployment"] == "skipped" and "Deployed: not rolled out" in printed
 
     code, second, printed = conveyor_run(capsys, runs)
     assert code == 0, printed
@@ -62,6 +64,28 @@ def test_default_run_then_champion_challenger(
     assert "(+0.0000, +0.00%)" in second["reason"]
     assert second["steps"]["register"] == "skipped" and second["steps"]["deploy"] == "skipped"
     assert len(registered_versions(runs, "breast-cancer")) == 1
+
+
+def test_a_local_run_rolls_out_to_the_cluster_in_the_kubeconfig(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with KubernetesApiDouble(ready_after=0.2, tick=0.02) as cluster:
+        kubeconfig = cluster.write_kubeconfig(tmp_path / "kubeconfig", namespace="ml-serving")
+        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        code, summary, printed = conveyor_run(
+            capsys, tmp_path / "runs", "--param", "rollout=true", "--param", "namespace=ml-serving"
+        )
+        assert code == 0, printed
+        assert summary["deployment"] == "created"
+        assert "Deployed: created the InferenceService (first deploy)" in printed
+        service = cluster.get("ml-serving", "breast-cancer")
+        assert service["spec"]["predictor"]["model"]["storageUri"] == summary["storage_uri"]
+        assert service["metadata"]["annotations"]["conveyor/model-version"] == "1"
+        traffic = service["status"]["components"]["predictor"]["traffic"]
+        assert [(e["revisionName"], e["percent"]) for e in traffic] == [
+            ("breast-cancer-predictor-00001", 100)
+        ]
 
 
 def test_users_own_multiclass_csv(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

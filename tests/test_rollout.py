@@ -380,3 +380,61 @@ def test_repeating_a_finished_rollout_changes_nothing(cluster: KubernetesApiDoub
         "already serving this model at 100 %: nothing to do",
     )
     assert len(writes(cluster)) == before
+
+
+# -- the deploy component, as KFP calls it ------------------------------------------------
+
+
+def deploy_step(tmp_path: Path, uri: str, version: str, **options):
+    from kfp.dsl import Artifact, Markdown, Metrics
+
+    from components.deploy import deploy
+    from tests.conftest import artifact
+
+    outputs = tmp_path / f"v{version}"
+    report = artifact(Markdown, outputs, "report")
+    decision = None
+    try:
+        decision = deploy.python_func(
+            model_name=NAME, model_version=version, storage_uri=uri, run_id=f"run-{version}",
+            manifest=artifact(Artifact, outputs, "manifest"), report=report,
+            rollout_metrics=artifact(Metrics, outputs, "rollout_metrics"), namespace=NAMESPACE,
+            canary_interval_s=0.2, ready_timeout_s=5, **options,
+        )  # fmt: skip
+    finally:
+        text = Path(report.path).read_text() if Path(report.path).exists() else ""
+    return decision, report, text
+
+
+def test_the_deploy_step_creates_then_promotes_and_reports(
+    cluster: KubernetesApiDouble, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kubeconfig = cluster.write_kubeconfig(tmp_path / "kubeconfig", namespace=NAMESPACE)
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    decision, report, text = deploy_step(tmp_path, STABLE_URI, "1")
+    assert decision == "created" and "**created**" in text
+    decision, report, text = deploy_step(tmp_path, CANARY_URI, "2", canary_steps="20,60")
+    assert decision == "promoted"
+    assert report.metadata["canary_revision"] == "fraud-predictor-00002"
+    assert report.metadata["stable_revision"] == "fraud-predictor-00001"
+    assert "| 20 % | skipped |" in text and "| 60 % | skipped |" in text
+    assert f"storageUri: {STABLE_URI}" in text  # the snapshot a rollback would re-apply
+    assert traffic(cluster) == {"fraud-predictor-00002": 100}
+
+
+def test_a_rolled_back_deploy_fails_the_step_with_its_reason_and_report(
+    cluster: KubernetesApiDouble, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kubeconfig = cluster.write_kubeconfig(tmp_path / "kubeconfig", namespace=NAMESPACE)
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    deploy_step(tmp_path, STABLE_URI, "1")
+    cluster.revision_behaviour(CANARY_URI, fails=True)
+    with pytest.raises(SystemExit) as exit_info:
+        deploy_step(tmp_path, CANARY_URI, "2")
+    assert str(exit_info.value).startswith(
+        "deploy: rolled_back: revision fraud-predictor-00002 failed to load"
+    )
+    assert "**rolled back**" in (tmp_path / "v2" / "report").read_text()
+    assert_stable_serves_everything(cluster)

@@ -8,7 +8,7 @@ Conveyor's serving runtime exports (see ``components.core.serving``).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from string import Template
 from typing import Literal
 
@@ -100,9 +100,6 @@ class Analysis:
     reason: str
     canary: Measurement | None = None
     stable: Measurement | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def analyse(policy: AnalysisPolicy, namespace: str, canary: str, stable: str) -> Analysis:

@@ -88,17 +88,18 @@ def _rows_as_columns(rows: list[list[Any]], names: list[str]) -> dict[str, list[
 
 def _checked(table: pd.DataFrame, features: Sequence[Feature]) -> pd.DataFrame:
     """The table with numeric columns as numbers; raises naming every mistyped column."""
+    dtypes = table.dtypes  # once: only object columns (text, or mixed) need a closer look
     mistyped = []
     for feature in features:
-        column = table[feature.name]
-        expected_numbers = feature.kind == "numeric"
-        if expected_numbers and column.dtype == object:
+        is_object = dtypes[feature.name].kind == "O"
+        if feature.kind == "numeric" and is_object:
+            column = table[feature.name]
             converted = pd.to_numeric(column.where(~column.map(_is_text)), errors="coerce")
             if (converted.isna() & column.notna()).any():
                 mistyped.append(f"{feature.name} (expected numbers)")
                 continue
             table[feature.name] = converted
-        elif not expected_numbers and not _all_text_or_missing(column):
+        elif feature.kind != "numeric" and not _all_text_or_missing(table[feature.name]):
             mistyped.append(f"{feature.name} (expected text)")
     if mistyped:
         raise ConveyorError(f"mistyped columns: {', '.join(mistyped)}")

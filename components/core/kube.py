@@ -33,7 +33,8 @@ def api_client(kubeconfig: str = "", context: str = "") -> Any:
             return client.ApiClient()
         configuration = client.Configuration()
         config.load_kube_config(
-            config_file=kubeconfig or None,
+            # $KUBECONFIG read now: the client reads it once, when it is first imported.
+            config_file=kubeconfig or os.environ.get("KUBECONFIG") or None,
             context=context or None,
             client_configuration=configuration,
         )

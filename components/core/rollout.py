@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -121,9 +121,7 @@ class RolloutResult:
     canary_revision: str = ""
     url: str = ""
     steps: list[StepRecord] = field(default_factory=list)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
+    snapshot: dict[str, Any] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
         """Every measured value, named ``step<percent>_<revision role>_<measure>``."""
@@ -271,6 +269,7 @@ class Rollout:
             "predictor": current["spec"]["predictor"],
             "stable_revision": self.result.stable_revision,
         }
+        self.result.snapshot = snapshot
         expires = time.time() + self.plan.deadline_s + self.plan.ready_timeout_s
         return _annotations_patch(
             {
@@ -605,6 +604,15 @@ def render_report(result: RolloutResult) -> str:
             "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         lines += [_step_row(step) for step in result.steps]
+    if result.snapshot:
+        lines += [
+            "",
+            "## The spec before this rollout (what a rollback re-applies)",
+            "",
+            "```yaml",
+            yaml.safe_dump(result.snapshot, sort_keys=False).rstrip(),
+            "```",
+        ]
     return "\n".join(lines) + "\n"
 
 

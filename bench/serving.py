@@ -1,0 +1,492 @@
+"""Serving throughput and latency of Conveyor's predictor beside MLServer's scikit-learn runtime.
+
+Run it as ``make bench`` or ``python -m bench.serving [--duration S] [--connections N]``.
+One seeded model directory is served by both servers at once, each with one worker:
+Conveyor's KServe predictor (``components.core.serving``) from the project's venv, and
+MLServer with ``mlserver_sklearn.SKLearnModel`` from its own venv (``make bench`` builds
+it from ``bench/mlserver-requirements.txt``). Both get the same V2 request body, byte for
+byte, and must return the same probabilities before anything is timed. The load comes
+from ``wrk`` (one thread, fixed connections) or, without it, a small asyncio generator;
+runs alternate between the servers and the medians are reported, printed as a table and
+written to ``build/bench/serving.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from components.core.training import fit_classifier, save_model_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+LUA_SCRIPT = Path(__file__).resolve().with_name("post.lua")
+MODEL_NAME = "bench"
+COLUMNS = [f"f{index:02d}" for index in range(20)]
+# Both servers unpickle the same model.joblib: these must be the same version in both venvs.
+SHARED_LIBRARIES = ("scikit-learn", "numpy", "pandas", "joblib")
+SERVERS = ("conveyor", "mlserver")
+READY_TIMEOUT_S = 180.0
+
+
+class BenchError(Exception):
+    """Something that makes the comparison meaningless: the bench stops and says what."""
+
+
+@dataclass
+class Measurement:
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: int
+
+
+@dataclass
+class Server:
+    name: str
+    command: list[str]
+    cwd: Path
+    http_port: int
+    log: Path
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    process: subprocess.Popen | None = None
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.http_port}/v2/models/{MODEL_NAME}{path}"
+
+    def start(self) -> None:
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                self.command,
+                cwd=self.cwd,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: stop() ends its workers too
+            )
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            self.check_running()
+            try:
+                with urllib.request.urlopen(self.url("/ready"), timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.5)
+        raise BenchError(f"{self.name} was not ready after {READY_TIMEOUT_S:.0f}s{self.log_tail()}")
+
+    def check_running(self) -> None:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise BenchError(
+                f"{self.name} exited with status {self.process.returncode}{self.log_tail()}"
+            )
+
+    def log_tail(self, lines: int = 20) -> str:
+        text = self.log.read_text(errors="replace").splitlines()[-lines:]
+        return f"; the end of {self.log.relative_to(ROOT)}:\n" + "\n".join(text)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    arguments = _arguments(argv)
+    try:
+        run(arguments)
+    except BenchError as error:
+        raise SystemExit(f"bench: {error}") from None
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.serving", description=__doc__)
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds per timed run")
+    parser.add_argument("--warmup", type=float, default=5.0, help="untimed seconds per server")
+    parser.add_argument("--connections", type=int, default=8, help="concurrent connections")
+    parser.add_argument("--rounds", type=int, default=2, help="timed runs per server (A,B,A,B)")
+    parser.add_argument("--rows", type=int, default=1, help="rows per request")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--mlserver-venv", type=Path, default=ROOT / ".bench" / "mlserver-venv", help="its venv"
+    )
+    parser.add_argument("--work-dir", type=Path, default=ROOT / "build" / "bench")
+    parser.add_argument("--load", choices=["auto", "wrk", "python"], default="auto")
+    arguments = parser.parse_args(argv)
+    if min(arguments.duration, arguments.connections, arguments.rounds, arguments.rows) <= 0:
+        parser.error("--duration, --connections, --rounds and --rows must be positive")
+    return arguments
+
+
+def run(arguments: argparse.Namespace) -> None:
+    work = arguments.work_dir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    mlserver_bin = arguments.mlserver_venv / "bin"
+    if not (mlserver_bin / "mlserver").exists():
+        raise BenchError(f"no MLServer in {arguments.mlserver_venv}: run `make bench`")
+    versions = _check_versions(mlserver_bin / "python")
+    load = _load_generator(arguments.load)
+
+    model_dir = work / "model"
+    _write_model(model_dir, arguments.seed)
+    body = _request_body(arguments.rows, arguments.seed)
+    body_path = work / "request.json"
+    body_path.write_bytes(body)
+
+    ports = _free_ports(5)
+    servers = {
+        "conveyor": _conveyor(model_dir, ports[0], ports[1], work),
+        "mlserver": _mlserver(mlserver_bin, work, ports[2], ports[3], ports[4]),
+    }
+    setup = {
+        "model": f"logistic_regression on {len(COLUMNS)} numeric columns (seed {arguments.seed})",
+        "request": (
+            f"V2 infer, {arguments.rows} row(s), one FP64 input per column, "
+            f'content_type "pd", outputs [predict_proba]; {len(body)} bytes, '
+            "the same body for both"
+        ),
+        "conveyor": (
+            "components.core.serving (KServe ModelServer), --workers 1, "
+            "--enable_latency_logging False (drops the per-request latency line; KServe's "
+            "timing middleware still logs two kserve.trace lines a request)"
+        ),
+        "mlserver": (
+            "mlserver_sklearn.SKLearnModel, parallel_workers 1 "
+            "(one inference worker process behind the HTTP process)"
+        ),
+        "logging": "both keep their default per-request access log, written to a file",
+        "load": (
+            f"{load}: {arguments.connections} connections, {arguments.warmup:g}s warm-up per "
+            f"server, {arguments.rounds} x {arguments.duration:g}s runs alternating "
+            f"{', '.join(SERVERS)}; medians reported"
+        ),
+        "cpus": os.cpu_count(),
+    }
+    for key, value in setup.items():
+        print(f"{key + ':':10} {value}")
+
+    runs: list[dict[str, Any]] = []
+    try:
+        for server in servers.values():
+            server.start()
+        for server in servers.values():
+            server.wait_ready()
+        agreement = _check_agreement(servers, body, arguments.rows)
+        print(f"agreement: both return the same labels; max |probability difference| {agreement:g}")
+        for name in SERVERS:
+            _measure(load, servers[name], body_path, body, arguments.connections, arguments.warmup)
+        for round_number in range(1, arguments.rounds + 1):
+            for name in SERVERS:
+                server = servers[name]
+                result = _measure(
+                    load, server, body_path, body, arguments.connections, arguments.duration
+                )
+                server.check_running()
+                runs.append({"round": round_number, "server": name, **asdict(result)})
+                print(
+                    f"  round {round_number} {name:9} {result.requests_per_s:9.1f} req/s  "
+                    f"p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  "
+                    f"errors {result.errors}"
+                )
+    finally:
+        for server in servers.values():
+            server.stop()
+
+    results = {name: _median([r for r in runs if r["server"] == name]) for name in SERVERS}
+    conveyor, mlserver = results["conveyor"], results["mlserver"]
+    ratios = {
+        "throughput": conveyor.requests_per_s / mlserver.requests_per_s,
+        "p50": conveyor.p50_ms / mlserver.p50_ms,
+        "p99": conveyor.p99_ms / mlserver.p99_ms,
+    }
+    aim_met = ratios["throughput"] >= 1.0 and ratios["p99"] <= 1.0
+    _print_table(results, ratios, aim_met)
+    report = {
+        "setup": setup,
+        "versions": versions,
+        "agreement_max_abs_diff": agreement,
+        "runs": runs,
+        "results": {name: asdict(result) for name, result in results.items()},
+        "ratios_conveyor_over_mlserver": ratios,
+        "aim": "Conveyor's throughput at least MLServer's, at equal or lower p99",
+        "aim_met": aim_met,
+    }
+    output = work / "serving.json"
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {output.relative_to(ROOT) if output.is_relative_to(ROOT) else output}")
+    if any(result.errors for result in results.values()):
+        raise BenchError("some requests failed: see the errors column and the server logs")
+
+
+def _check_versions(mlserver_python: Path) -> dict[str, dict[str, str]]:
+    names = [*SHARED_LIBRARIES, "mlserver", "mlserver-sklearn"]
+    script = (
+        "import json, sys\nfrom importlib import metadata\n"
+        "print(json.dumps({n: metadata.version(n) for n in sys.argv[1:]}))"
+    )
+    found = subprocess.run(
+        [str(mlserver_python), "-c", script, *names], capture_output=True, text=True, check=True
+    )
+    theirs = json.loads(found.stdout)
+    ours = {name: metadata.version(name) for name in (*SHARED_LIBRARIES, "kserve")}
+    differ = [
+        f"{name} {ours[name]} here, {theirs[name]} there"
+        for name in SHARED_LIBRARIES
+        if ours[name] != theirs[name]
+    ]
+    if differ:
+        raise BenchError(
+            "the MLServer venv must load model.joblib with the same libraries: "
+            + "; ".join(differ)
+            + " (align bench/mlserver-requirements.txt with constraints.txt)"
+        )
+    return {"conveyor": ours, "mlserver": theirs}
+
+
+def _load_generator(choice: str) -> str:
+    if choice == "auto":
+        if shutil.which("wrk"):
+            return "wrk"
+        print("bench: wrk is not installed (apt-get install wrk); using the Python load generator")
+        return "python"
+    if choice == "wrk" and not shutil.which("wrk"):
+        raise BenchError("wrk is not installed (apt-get install wrk)")
+    return choice
+
+
+def _write_model(directory: Path, seed: int, rows: int = 2000) -> None:
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(rows, len(COLUMNS)))
+    weights = rng.normal(size=len(COLUMNS))
+    table = pd.DataFrame(features, columns=COLUMNS)
+    table["label"] = (features @ weights + rng.normal(size=rows) > 0).astype(int)
+    save_model_dir(fit_classifier(table, "label", "logistic_regression", {}, seed), directory)
+
+
+def _request_body(rows: int, seed: int) -> bytes:
+    """One FP64 input per column: Conveyor builds its table from them, MLServer a DataFrame."""
+    values = np.random.default_rng(seed + 1).normal(size=(rows, len(COLUMNS))).round(6)
+    body = {
+        "parameters": {"content_type": "pd"},
+        "inputs": [
+            {"name": name, "shape": [rows], "datatype": "FP64", "data": values[:, index].tolist()}
+            for index, name in enumerate(COLUMNS)
+        ],
+        # MLServer computes only the outputs asked for; Conveyor always answers both labels
+        # and probabilities from one predict_proba, so this asks MLServer for that same pass.
+        "outputs": [{"name": "predict_proba"}],
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _conveyor(model_dir: Path, http_port: int, grpc_port: int, work: Path) -> Server:
+    command = [
+        sys.executable, "-m", "components.core.serving",
+        "--model_name", MODEL_NAME,
+        "--model_dir", str(model_dir),
+        "--http_port", str(http_port),
+        "--grpc_port", str(grpc_port),
+        "--workers", "1",
+        "--enable_latency_logging", "False",
+    ]  # fmt: skip
+    return Server("conveyor", command, ROOT, http_port, work / "conveyor.log")
+
+
+def _mlserver(bin_dir: Path, work: Path, http: int, grpc: int, metrics: int) -> Server:
+    repository = work / "mlserver"
+    shutil.rmtree(repository, ignore_errors=True)
+    (repository / MODEL_NAME).mkdir(parents=True)
+    settings = {
+        "http_port": http,
+        "grpc_port": grpc,
+        "metrics_port": metrics,
+        "parallel_workers": 1,
+    }
+    model_settings = {
+        "name": MODEL_NAME,
+        "implementation": "mlserver_sklearn.SKLearnModel",
+        # Relative to this file: the very model.joblib Conveyor serves.
+        "parameters": {"uri": "../../model/model.joblib"},
+    }
+    (repository / "settings.json").write_text(json.dumps(settings, indent=2))
+    (repository / MODEL_NAME / "model-settings.json").write_text(json.dumps(model_settings))
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLSERVER_")}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    command = [str(bin_dir / "mlserver"), "start", "."]
+    return Server("mlserver", command, repository, http, work / "mlserver.log", env)
+
+
+def _post(url: str, body: bytes) -> dict[str, Any]:
+    request = urllib.request.Request(
+        url, data=body, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        raise BenchError(f"{url} answered {error.code}: {error.read()[:500]!r}") from None
+
+
+def _check_agreement(servers: dict[str, Server], body: bytes, rows: int) -> float:
+    """The largest probability difference; raises unless labels and probabilities agree."""
+    conveyor = _outputs(_post(servers["conveyor"].url("/infer"), body))
+    mlserver = _outputs(_post(servers["mlserver"].url("/infer"), body))
+    ours = np.asarray(conveyor["probabilities"]["data"], dtype=float).reshape(rows, -1)
+    theirs = np.asarray(mlserver["predict_proba"]["data"], dtype=float).reshape(rows, -1)
+    classes = json.loads(conveyor["probabilities"]["parameters"]["classes"])
+    their_labels = [classes[index] for index in theirs.argmax(axis=1)]
+    if ours.shape != theirs.shape or conveyor["predictions"]["data"] != their_labels:
+        raise BenchError(
+            f"the servers disagree: conveyor {conveyor['predictions']['data']} "
+            f"{ours.tolist()}, mlserver {their_labels} {theirs.tolist()}"
+        )
+    difference = float(np.abs(ours - theirs).max())
+    if difference > 1e-9:
+        raise BenchError(f"the servers' probabilities differ by up to {difference:g}")
+    return difference
+
+
+def _outputs(response: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {output["name"]: output for output in response["outputs"]}
+
+
+def _measure(
+    load: str, server: Server, body_path: Path, body: bytes, connections: int, duration: float
+) -> Measurement:
+    if load == "wrk":
+        return _wrk(server.url("/infer"), body_path, connections, duration)
+    return asyncio.run(_python_load(server.url("/infer"), body, connections, duration))
+
+
+def _wrk(url: str, body_path: Path, connections: int, duration: float) -> Measurement:
+    command = [
+        "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
+        "--timeout", "10s", "-s", str(LUA_SCRIPT), url, "--", str(body_path),
+    ]  # fmt: skip
+    finished = subprocess.run(
+        command, capture_output=True, text=True, timeout=duration + 60, check=False
+    )
+    summary = next(
+        (line for line in finished.stdout.splitlines() if line.startswith("BENCH_JSON ")), None
+    )
+    if finished.returncode != 0 or summary is None:
+        output = finished.stderr or finished.stdout
+        raise BenchError(f"wrk failed (status {finished.returncode}): {output}")
+    data = json.loads(summary.removeprefix("BENCH_JSON "))
+    errors = sum(data[kind] for kind in ("connect", "read", "write", "status", "timeout"))
+    return Measurement(
+        requests_per_s=data["requests"] / (data["duration_us"] / 1e6),
+        p50_ms=data["p50_us"] / 1000,
+        p99_ms=data["p99_us"] / 1000,
+        requests=data["requests"],
+        errors=errors,
+    )
+
+
+async def _python_load(url: str, body: bytes, connections: int, duration: float) -> Measurement:
+    """A closed loop of ``connections`` clients, each posting the body as soon as answered."""
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    headers = {"Content-Type": "application/json"}
+    async with httpx.AsyncClient(limits=limits, timeout=10.0, headers=headers) as client:
+        deadline = time.perf_counter() + duration
+
+        async def client_loop() -> None:
+            nonlocal errors
+            while time.perf_counter() < deadline:
+                sent = time.perf_counter()
+                try:
+                    response = await client.post(url, content=body)
+                    ok = response.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
+                    latencies.append(time.perf_counter() - sent)
+                else:
+                    errors += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client_loop() for _ in range(connections)))
+        elapsed = time.perf_counter() - started
+    p50, p99 = np.percentile(latencies, [50, 99]) * 1000 if latencies else (float("nan"),) * 2
+    return Measurement(
+        requests_per_s=(len(latencies) + errors) / elapsed,
+        p50_ms=float(p50),
+        p99_ms=float(p99),
+        requests=len(latencies) + errors,
+        errors=errors,
+    )
+
+
+def _median(runs: list[dict[str, Any]]) -> Measurement:
+    return Measurement(
+        requests_per_s=statistics.median(r["requests_per_s"] for r in runs),
+        p50_ms=statistics.median(r["p50_ms"] for r in runs),
+        p99_ms=statistics.median(r["p99_ms"] for r in runs),
+        requests=sum(r["requests"] for r in runs),
+        errors=sum(r["errors"] for r in runs),
+    )
+
+
+def _print_table(results: dict[str, Measurement], ratios: dict[str, float], aim_met: bool) -> None:
+    print()
+    print(f"{'server':10} {'requests/s':>11} {'p50 ms':>9} {'p99 ms':>9} {'errors':>7}")
+    for name, result in results.items():
+        print(
+            f"{name:10} {result.requests_per_s:11.1f} {result.p50_ms:9.2f} "
+            f"{result.p99_ms:9.2f} {result.errors:7d}"
+        )
+    print(
+        f"conveyor/mlserver: throughput {ratios['throughput']:.2f}x, "
+        f"p50 {ratios['p50']:.2f}x, p99 {ratios['p99']:.2f}x (latency: lower is better)"
+    )
+    verdict = "met" if aim_met else "NOT met"
+    print(f"aim: at least MLServer's throughput at equal or lower p99 -> {verdict}")
+
+
+if __name__ == "__main__":
+    main()
