@@ -33,6 +33,8 @@ def deploy(
     failure_budget: int = 0,
     ready_timeout_s: float = 600.0,
     rollout_deadline_s: float = 3600.0,
+    analysis_window: str = "1m",
+    analysis_queries: dict = {},  # noqa: B006 - KFP reads defaults from the signature
 ) -> str:
     """Renders the InferenceService and rolls it out as a canary: promoted or rolled back.
 
@@ -64,6 +66,9 @@ def deploy(
         failure_budget: Failed analyses tolerated before rolling back.
         ready_timeout_s: Seconds a new revision may take to become ready.
         rollout_deadline_s: Seconds the whole rollout may take before it is rolled back.
+        analysis_window: PromQL range of each measurement, such as ``1m``.
+        analysis_queries: PromQL templates replacing the defaults, by name (``requests``,
+            ``success_rate``, ``latency_p99``), with ``$namespace``, ``$revision``, ``$window``.
 
     Returns:
         The decision: ``created``, ``promoted`` or ``skipped`` (``rollout`` false). A rolled
@@ -71,27 +76,17 @@ def deploy(
     """
     from pathlib import Path
 
-    from components.core.analysis import AnalysisPolicy
     from components.core.errors import step_errors
     from components.core.files import write_text_atomically
     from components.core.manifests import ServingSpec, deploy_manifest
-    from components.core.rollout import RolloutPlan, deploy_model, parse_steps
+    from components.core.rollout import deploy_model, rollout_settings
 
     with step_errors("deploy"):
-        plan = RolloutPlan(
-            steps=parse_steps(canary_steps),
-            interval_s=canary_interval_s,
-            ready_timeout_s=ready_timeout_s,
-            deadline_s=rollout_deadline_s,
-            failure_budget=failure_budget,
-        )
-        policy = AnalysisPolicy(
-            prometheus_url=prometheus_url,
-            min_success_rate=min_success_rate,
-            max_latency_p99_s=max_latency_p99_s,
-            min_requests=min_canary_requests,
-            on_no_data=on_no_data,
-        )
+        plan, policy = rollout_settings(
+            canary_steps, canary_interval_s, ready_timeout_s, rollout_deadline_s, failure_budget,
+            prometheus_url, min_success_rate, max_latency_p99_s, min_canary_requests, on_no_data,
+            analysis_window, analysis_queries,
+        )  # fmt: skip
         spec = ServingSpec(
             model_name=model_name,
             model_version=model_version,
@@ -119,14 +114,15 @@ def deploy(
             )
             return "skipped"
         result = deploy_model(spec, plan, policy, run_id, Path(report.path))
-    for key, value in result.metrics().items():
-        rollout_metrics.log_metric(key, value)
-    report.metadata.update(
-        {
-            "decision": result.decision,
-            "url": result.url,
-            "stable_revision": result.stable_revision,
-            "canary_revision": result.canary_revision,
-        }
-    )
+        for key, value in result.metrics().items():
+            rollout_metrics.log_metric(key, value)
+        report.metadata.update(
+            {
+                "decision": result.decision,
+                "url": result.url,
+                "stable_revision": result.stable_revision,
+                "canary_revision": result.canary_revision,
+            }
+        )
+        result.check()  # a rolled-back or failed rollout fails the step, with its reason
     return result.decision

@@ -88,6 +88,15 @@ def _add_rollout(commands: Any) -> None:
     rollout.add_argument("--min-requests", type=int, default=20)
     rollout.add_argument("--on-no-data", default="fail", choices=("fail", "wait", "pass"))
     rollout.add_argument("--failure-budget", type=int, default=0)
+    rollout.add_argument("--window", default="1m", help="PromQL range of each measurement")
+    rollout.add_argument(
+        "--query",
+        action="append",
+        default=[],
+        metavar="NAME=PROMQL",
+        help="replace a default query (requests, success_rate, latency_p99); "
+        "$namespace, $revision and $window are filled in",
+    )
     rollout.add_argument("--ready-timeout", type=float, default=600.0, help="seconds")
     rollout.add_argument("--deadline", type=float, default=3600.0, help="seconds")
     rollout.add_argument("--runtime", default="", help="ServingRuntime name")
@@ -185,34 +194,18 @@ def _rollout(args: argparse.Namespace) -> int:
     import tempfile
     import uuid
 
-    from components.core.analysis import AnalysisPolicy
     from components.core.manifests import (
         ServingSpec,
         render_inference_service,
         validate_inference_service,
     )
-    from components.core.rollout import (
-        RolloutFailed,
-        RolloutPlan,
-        deploy_model,
-        describe_plan,
-        parse_steps,
-    )
+    from components.core.rollout import deploy_model, describe_plan, rollout_settings
 
-    plan = RolloutPlan(
-        steps=parse_steps(args.steps),
-        interval_s=args.interval,
-        ready_timeout_s=args.ready_timeout,
-        deadline_s=args.deadline,
-        failure_budget=args.failure_budget,
-    )
-    policy = AnalysisPolicy(
-        prometheus_url=args.prometheus,
-        min_success_rate=args.min_success_rate,
-        max_latency_p99_s=args.max_latency_p99,
-        min_requests=args.min_requests,
-        on_no_data=args.on_no_data,
-    )
+    plan, policy = rollout_settings(
+        args.steps, args.interval, args.ready_timeout, args.deadline, args.failure_budget,
+        args.prometheus, args.min_success_rate, args.max_latency_p99, args.min_requests,
+        args.on_no_data, args.window, _parse_queries(args.query),
+    )  # fmt: skip
     spec = ServingSpec(
         model_name=args.name,
         model_version=args.model_version,
@@ -233,14 +226,22 @@ def _rollout(args: argparse.Namespace) -> int:
     report = args.report or Path(tempfile.mkdtemp(prefix="conveyor-rollout-")) / "report.md"
     print(f"rollout {run_id}: report at {report}", flush=True)
     progress = lambda line: print(line, flush=True)  # noqa: E731 - a CD log shows it live
-    try:
-        result = deploy_model(spec, plan, policy, run_id, report, args.kubeconfig, progress)
-    except RolloutFailed as failed:
-        print(report.read_text(), end="")
-        print(f"conveyor rollout: {failed}", file=sys.stderr)
-        return 1
+    result = deploy_model(spec, plan, policy, run_id, report, args.kubeconfig, progress)
     print(report.read_text(), end="")
-    return 0 if result.decision in ("created", "promoted") else 1
+    if not result.succeeded:
+        print(f"conveyor rollout: {result.decision}: {result.reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _parse_queries(pairs: list[str]) -> dict[str, str]:
+    queries = {}
+    for pair in pairs:
+        name, sep, query = pair.partition("=")
+        if not sep or not query:
+            raise ConveyorError(f"--query {pair!r}: expected NAME=PROMQL")
+        queries[name] = query
+    return queries
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -133,31 +133,24 @@ def run_training_locally(arguments: dict[str, Any], runs_dir: Path, terminal: Te
 def check_deployable(arguments: dict[str, Any], pipeline: Any) -> None:
     """Renders the InferenceService and the rollout plan the run would end with, so bad
     serving settings fail before anything is trained or registered, not in deploy."""
-    from components.core.analysis import AnalysisPolicy
     from components.core.manifests import (
         ServingSpec,
         render_inference_service,
         validate_inference_service,
     )
-    from components.core.rollout import RolloutPlan, parse_steps
+    from components.core.rollout import rollout_settings
+    from pipelines.training import ROLLOUT_PARAMETERS
 
     def value(name: str) -> Any:
         return arguments.get(name, pipeline.component_spec.inputs[name].default)
 
-    steps = parse_steps(value("canary_steps"))
-    RolloutPlan(
-        steps=steps,
-        interval_s=value("canary_interval_s"),
-        deadline_s=value("rollout_deadline_s"),
-        failure_budget=value("failure_budget"),
-    )
-    AnalysisPolicy(min_success_rate=value("min_success_rate"), on_no_data=value("on_no_data"))
+    plan, _ = rollout_settings(*(value(name) for name in ROLLOUT_PARAMETERS))
     spec = ServingSpec(
         model_name=value("model_name"),
         model_version="1",
         storage_uri="gs://placeholder/model",
         namespace=value("namespace"),
-        canary_traffic_percent=steps[0],
+        canary_traffic_percent=plan.steps[0],
         runtime=value("serving_runtime"),
         cpu=value("serving_cpu"),
         memory=value("serving_memory"),

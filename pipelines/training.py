@@ -13,10 +13,16 @@ from components.train import train
 from components.validate import validate
 from pipelines.targets import MLFLOW_SECRET, MLFLOW_SECRET_KEYS, STEP_RESOURCES, Target
 
-__all__ = ["DEFAULT_MODEL_NAME", "PIPELINE_NAME", "build_training_pipeline"]
+__all__ = ["DEFAULT_MODEL_NAME", "PIPELINE_NAME", "ROLLOUT_PARAMETERS", "build_training_pipeline"]
 
 PIPELINE_NAME = "conveyor-training"
 DEFAULT_MODEL_NAME = "breast-cancer"
+# The pipeline parameters that make up the rollout, in rollout_settings' order.
+ROLLOUT_PARAMETERS = (
+    "canary_steps", "canary_interval_s", "ready_timeout_s", "rollout_deadline_s",
+    "failure_budget", "prometheus_url", "min_success_rate", "max_latency_p99_s",
+    "min_canary_requests", "on_no_data", "analysis_window", "analysis_queries",
+)  # fmt: skip
 # Steps whose result depends on the registry or changes it must never come from KFP's cache.
 _UNCACHED_STEPS = {"evaluate", "register", "deploy"}
 _MLFLOW_STEPS = {"train", "evaluate", "register"}
@@ -58,7 +64,10 @@ def build_training_pipeline(target: Target) -> GraphComponent:
         min_canary_requests: int = 20,
         on_no_data: str = "fail",
         failure_budget: int = 0,
+        ready_timeout_s: float = 600.0,
         rollout_deadline_s: float = 3600.0,
+        analysis_window: str = "1m",
+        analysis_queries: dict = {},  # noqa: B006
     ):
         """Trains a classifier, and registers and deploys it when it beats the champion.
 
@@ -94,7 +103,11 @@ def build_training_pipeline(target: Target) -> GraphComponent:
             min_canary_requests: Fewest canary requests per analysis for it to count.
             on_no_data: Too few canary requests: fail, wait or pass.
             failure_budget: Failed analyses tolerated before rolling back.
+            ready_timeout_s: Seconds a new revision may take to become ready.
             rollout_deadline_s: Seconds the whole rollout may take before rolling back.
+            analysis_window: PromQL range of each canary measurement, such as 1m.
+            analysis_queries: PromQL templates replacing the defaults (requests,
+                success_rate, latency_p99), with $namespace, $revision and $window.
         """
         ingested = _configure(
             ingest(
@@ -183,7 +196,10 @@ def build_training_pipeline(target: Target) -> GraphComponent:
                     min_canary_requests=min_canary_requests,
                     on_no_data=on_no_data,
                     failure_budget=failure_budget,
+                    ready_timeout_s=ready_timeout_s,
                     rollout_deadline_s=rollout_deadline_s,
+                    analysis_window=analysis_window,
+                    analysis_queries=analysis_queries,
                 ),
                 "deploy",
                 target,

@@ -162,6 +162,11 @@ def test_policy_rejects_bad_settings() -> None:
         AnalysisPolicy(on_no_data="retry")
     with pytest.raises(ConveyorError, match=r"unknown analysis queries \['errors'\]"):
         AnalysisPolicy(queries={"errors": "up"})
+    with pytest.raises(ConveyorError, match=r"analysis query 'requests': 'ns' is not one of"):
+        AnalysisPolicy(queries={"requests": 'sum(up{namespace="$ns"})'})
+    with pytest.raises(ConveyorError, match="window '5 minutes' is not a PromQL duration"):
+        AnalysisPolicy(window="5 minutes")
+    AnalysisPolicy(window="1m30s", queries={"requests": "sum(up) * 0 + $$5"})  # $$ is a $
 
 
 # -- whole rollouts: the Kubernetes double routes, the predictors serve, Prometheus judges --
@@ -184,13 +189,19 @@ def roll_out(cluster: KubernetesApiDouble, stack: Stack, scenario: str, uri: str
     return Rollout(services, manifest, plan, analysis, f"run-{uri}", progress=print).run()
 
 
-def routed_load(cluster: KubernetesApiDouble, stack: Stack, scenario: str) -> SplitLoad:
-    """Load that follows the service's traffic split, as Knative's router would."""
+def routed_load(
+    cluster: KubernetesApiDouble, stack: Stack, scenario: str, splits: list | None = None
+) -> SplitLoad:
+    """Load that follows the service's traffic split, as Knative's router would; each
+    split it routed by is added to ``splits``."""
 
     def split() -> dict[str, int]:
         service = cluster.get(NAMESPACE, scenario) or {}
         entries = service.get("status", {}).get("components", {}).get("predictor", {})
-        return {e["revisionName"]: e["percent"] for e in entries.get("traffic", [])}
+        current = {e["revisionName"]: e["percent"] for e in entries.get("traffic", [])}
+        if splits is not None:
+            splits.append(current)
+        return current
 
     return SplitLoad(split, stack.urls, MODEL, BODY, rate=40)
 
@@ -224,10 +235,13 @@ def test_rollout_rolls_back_a_bad_canary_by_itself(
     cluster: KubernetesApiDouble, stack: Stack, scenario: str, settings: dict, reason: str
 ) -> None:
     stable_deployed(cluster, stack, scenario)
-    with routed_load(cluster, stack, scenario), pytest.raises(RolloutFailed) as failed:
+    splits: list[dict[str, int]] = []
+    with routed_load(cluster, stack, scenario, splits), pytest.raises(RolloutFailed) as failed:
         roll_out(cluster, stack, scenario, f"gs://models/{scenario}/v2", **settings)
     result = failed.value.result
     assert result.decision == "rolled_back" and result.reason.startswith(reason)
+    # Never more than its first step's share, the rollback's re-apply included.
+    assert max(split.get(result.canary_revision, 0) for split in splits) == 10
     assert result.steps[0].analysis.stable.success_rate == 1.0  # the stable was fine throughout
     service = cluster.get(NAMESPACE, scenario)
     assert service["spec"]["predictor"]["model"]["storageUri"] == f"gs://models/{scenario}/v1"

@@ -188,7 +188,7 @@ def test_raw_deployment_has_no_revisions_to_split() -> None:
         api = client.CustomObjectsApi(client.ApiClient(raw.configuration()))
         api.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, manifest())
         service = wait_until(api, lambda s: condition(s, "Ready").get("status") == "True")
-        assert service["status"]["deploymentMode"] == "RawDeployment"
+        assert service["status"]["deploymentMode"] == "Standard"  # 0.20 renamed RawDeployment
         assert "traffic" not in predictor(service)
         roll(api, CANARY, 10)
         service = wait_until(api, lambda s: predictor(s).get("latestCreatedRevision") == "2")

@@ -170,19 +170,46 @@ def test_a_canary_that_fails_to_load_is_rolled_back_at_once(cluster: KubernetesA
     assert_stable_serves_everything(cluster)
 
 
-def test_conflicting_writes_are_reread_and_retried(cluster: KubernetesApiDouble) -> None:
+def run_in_thread(rollout_: Rollout) -> tuple[threading.Thread, dict]:
+    outcome: dict = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = rollout_.run()
+        except RolloutFailed as failed:
+            outcome["result"] = failed.result
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    return thread, outcome
+
+
+def test_conflicting_writes_mid_rollout_are_reread_and_retried(
+    cluster: KubernetesApiDouble,
+) -> None:
     deployed(cluster)
-    cluster.conflict_next_writes(times=2)
-    assert rollout(cluster).run().decision == "promoted"
-    assert any(r.method == "PATCH" for r in cluster.requests)
+    thread, outcome = run_in_thread(rollout(cluster, interval_s=0.5))
+    _wait_for(lambda: traffic(cluster).get("fraud-predictor-00002") == 10)
+    cluster.conflict_next_writes(times=2)  # the move to 50 % meets another writer, twice
+    thread.join(timeout=30)
+    assert outcome["result"].decision == "promoted"
     assert cluster.get(NAMESPACE, NAME)["metadata"]["annotations"]["other-writer/touch"]
+    conflicts = [
+        r
+        for r in cluster.requests
+        if r.method == "PATCH" and '"canaryTrafficPercent": 50' in r.body
+    ]
+    assert len(conflicts) == 3  # two refused with 409, the third applied
 
 
-def test_transient_server_errors_are_retried(cluster: KubernetesApiDouble) -> None:
+def test_transient_server_errors_mid_rollout_are_retried(cluster: KubernetesApiDouble) -> None:
     deployed(cluster)
+    thread, outcome = run_in_thread(rollout(cluster, interval_s=0.5))
+    _wait_for(lambda: traffic(cluster).get("fraud-predictor-00002") == 10)
     cluster.fail_next("PATCH", status=503, times=2)
     cluster.fail_next("GET", status=500, times=1)
-    assert rollout(cluster).run().decision == "promoted"
+    thread.join(timeout=30)
+    assert outcome["result"].decision == "promoted"
     assert traffic(cluster) == {"fraud-predictor-00002": 100}
 
 
@@ -203,10 +230,7 @@ def test_a_missing_permission_is_named_and_nothing_changes(cluster: KubernetesAp
 
 def test_a_second_concurrent_rollout_is_refused(cluster: KubernetesApiDouble) -> None:
     deployed(cluster)
-    first = rollout(cluster, run_id="run-a", interval_s=1.0)
-    outcome: dict = {}
-    thread = threading.Thread(target=lambda: outcome.update(result=first.run()))
-    thread.start()
+    thread, outcome = run_in_thread(rollout(cluster, run_id="run-a", interval_s=1.0))
     _wait_for(lambda: LOCK_ANNOTATION in cluster.get(NAMESPACE, NAME)["metadata"]["annotations"])
     with pytest.raises(RolloutFailed) as refused:
         rollout(cluster, "gs://models/fraud/other", run_id="run-b").run()
@@ -240,9 +264,9 @@ def test_standard_mode_without_spec_canary_fails_clearly() -> None:
             rollout(cluster).run()
         assert failed.value.result.decision == "failed"
         assert failed.value.result.reason == (
-            "fraud runs in RawDeployment mode, where KServe ignores canaryTrafficPercent; this "
+            "fraud runs in Standard mode, where KServe ignores canaryTrafficPercent; this "
             "cluster's InferenceService CRD has no spec.canary (KServe < 0.20), so no canary is "
-            "possible: use Serverless mode or upgrade KServe"
+            "possible: use Knative (Serverless) mode or upgrade KServe"
         )
         assert len(writes(cluster)) == before  # no canary reported, none attempted
         assert (
@@ -275,6 +299,23 @@ def test_a_rerun_after_a_crash_rolls_back_then_completes(
     assert cluster.revisions(NAMESPACE, NAME)[-1] == result.canary_revision
     # Rolled back to the snapshot first: a revision of the stable model came in between.
     assert len(cluster.revisions(NAMESPACE, NAME)) == 4
+
+
+def test_a_rerun_after_a_crash_past_promotion_only_unlocks(cluster: KubernetesApiDouble) -> None:
+    deployed(cluster)
+    assert rollout(cluster).run().decision == "promoted"
+    lock = {"run": "run-2", "expires": time.time() + 600}
+    stale = {LOCK_ANNOTATION: json.dumps(lock), SNAPSHOT_ANNOTATION: json.dumps({"predictor": {}})}
+    # As if the process had died after the promotion, before it unlocked.
+    services(cluster).patch_fresh(NAME, lambda _: {"metadata": {"annotations": stale}})
+    again = rollout(cluster).run()
+    assert (again.decision, again.reason) == (
+        "promoted",
+        "already serving this model at 100 %: nothing to do",
+    )
+    assert traffic(cluster) == {"fraud-predictor-00002": 100}  # the promoted canary stays
+    assert cluster.revisions(NAMESPACE, NAME) == ["fraud-predictor-00001", "fraud-predictor-00002"]
+    assert LOCK_ANNOTATION not in cluster.get(NAMESPACE, NAME)["metadata"]["annotations"]
 
 
 def test_sigterm_mid_rollout_rolls_back(cluster: KubernetesApiDouble, tmp_path: Path) -> None:

@@ -8,13 +8,14 @@ Conveyor's serving runtime exports (see ``components.core.serving``).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from string import Template
 from typing import Literal
 
 import httpx
 
-from components.core.errors import ConveyorError
+from components.core.errors import ConveyorError, first_line
 
 __all__ = [
     "DEFAULT_QUERIES",
@@ -27,6 +28,7 @@ __all__ = [
 ]
 
 OnNoData = Literal["fail", "wait", "pass"]
+_DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
 _SELECTOR = 'namespace="$namespace",revision="$revision"'
 DEFAULT_QUERIES = {
     "requests": f"sum(increase(conveyor_inference_requests_total{{{_SELECTOR}}}[$window]))",
@@ -72,11 +74,26 @@ class AnalysisPolicy:
             raise ConveyorError(f"on_no_data must be fail, wait or pass, not {self.on_no_data!r}")
         if not 0 <= self.min_success_rate <= 1:
             raise ConveyorError(f"min_success_rate {self.min_success_rate} is not within 0-1")
+        if self.max_latency_p99_s <= 0 or self.min_requests < 0:
+            raise ConveyorError(
+                f"max_latency_p99_s must be positive and min_requests 0 or more, not "
+                f"{self.max_latency_p99_s} and {self.min_requests}"
+            )
+        if not _DURATION.match(self.window):
+            raise ConveyorError(f"window {self.window!r} is not a PromQL duration, such as 1m")
         unknown = sorted(set(self.queries) - set(DEFAULT_QUERIES))
         if unknown:
             raise ConveyorError(
                 f"unknown analysis queries {unknown}; known: {', '.join(DEFAULT_QUERIES)}"
             )
+        for name, query in self.queries.items():
+            try:
+                _fill(query, "namespace", "revision", "1m")
+            except (KeyError, ValueError) as error:
+                raise ConveyorError(
+                    f"analysis query {name!r}: {error} is not one of $namespace, $revision, "
+                    "$window (write $$ for a literal $)"
+                ) from None
 
 
 @dataclass(frozen=True)
@@ -119,10 +136,12 @@ def query_prometheus(url: str, query: str) -> float | None:
         raise ConveyorError(f"Prometheus at {url} is unreachable: {error}") from None
     body = response.json() if response.headers.get("content-type", "").endswith("json") else {}
     if response.status_code != 200 or body.get("status") != "success":
-        detail = body.get("error") or response.text[:200]
+        detail = body.get("error") or first_line(response.text)[:200] or response.reason_phrase
         raise ConveyorError(f"Prometheus refused the query {query!r}: {detail}")
-    samples = body["data"]["result"]
-    if body["data"]["resultType"] != "vector" or len(samples) > 1:
+    kind, samples = body["data"]["resultType"], body["data"]["result"]
+    if kind != "vector":
+        raise ConveyorError(f"the query {query!r} must give an instant vector, not a {kind}")
+    if len(samples) > 1:
         raise ConveyorError(f"the query {query!r} must give one number, not {len(samples)} series")
     value = float(samples[0]["value"][1]) if samples else math.nan
     return None if math.isnan(value) else value
@@ -132,13 +151,15 @@ def _measure(policy: AnalysisPolicy, namespace: str, revision: str) -> Measureme
     values = {
         name: query_prometheus(
             policy.prometheus_url,
-            Template(policy.queries.get(name, default)).substitute(
-                namespace=namespace, revision=revision, window=policy.window
-            ),
+            _fill(policy.queries.get(name, default), namespace, revision, policy.window),
         )
         for name, default in DEFAULT_QUERIES.items()
     }
     return Measurement(revision, **values)
+
+
+def _fill(query: str, namespace: str, revision: str, window: str) -> str:
+    return Template(query).substitute(namespace=namespace, revision=revision, window=window)
 
 
 def _judge(policy: AnalysisPolicy, canary: Measurement) -> tuple[Verdict, str]:

@@ -16,10 +16,10 @@ from typing import Any
 
 from components.core.errors import ConveyorError, first_line
 
-__all__ = ["CRD_NAME", "GROUP", "PLURAL", "VERSION", "InferenceServices", "api_client"]
+__all__ = ["GROUP", "PLURAL", "RESOURCE", "VERSION", "InferenceServices", "api_client"]
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
-CRD_NAME = f"{PLURAL}.{GROUP}"
+RESOURCE = f"{PLURAL}.{GROUP}"  # the CRD is named for it too
 _TRANSIENT = {429, 500, 502, 503, 504}
 
 
@@ -119,6 +119,10 @@ class InferenceServices:
                     ),
                 )
             except ApiException as error:
+                if error.status == 404:
+                    raise ConveyorError(
+                        f"InferenceService {self.namespace}/{name} was deleted"
+                    ) from None
                 if error.status != 409:
                     raise
                 self.sleep(self.backoff_s * 2**attempt)
@@ -131,11 +135,12 @@ class InferenceServices:
         """Whether the installed InferenceService CRD offers ``spec.canary`` (KServe >= 0.20)."""
         response = self._call(
             "get",
-            CRD_NAME,
+            RESOURCE,
             # The raw JSON: the CRD is large, and only one key of its schema matters here.
             lambda: self._extensions.read_custom_resource_definition(
-                CRD_NAME, _preload_content=False
+                RESOURCE, _preload_content=False
             ),
+            resource="customresourcedefinitions.apiextensions.k8s.io",
         )
         versions = json.loads(response.data)["spec"]["versions"]
         return any(
@@ -143,7 +148,9 @@ class InferenceServices:
             for version in versions
         )
 
-    def _call(self, verb: str, name: str, request: Callable[[], Any]) -> Any:
+    def _call(
+        self, verb: str, name: str, request: Callable[[], Any], resource: str = RESOURCE
+    ) -> Any:
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
@@ -152,7 +159,7 @@ class InferenceServices:
                 return request()
             except ApiException as error:
                 if error.status not in _TRANSIENT or attempt == self.attempts - 1:
-                    self._explain(error, verb, name)
+                    self._raise_if_final(error, verb, name, resource)
                     raise
             except HTTPError as error:
                 if attempt == self.attempts - 1:
@@ -162,24 +169,24 @@ class InferenceServices:
             self.sleep(self.backoff_s * 2**attempt)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    def _explain(self, error: Any, verb: str, name: str) -> None:
-        """Raises ConveyorError for answers no retry can mend; returns for 404 and 409."""
-        message = _status_message(error)
-        where = f"{self.namespace}/{name}"
+    def _raise_if_final(self, error: Any, verb: str, name: str, resource: str) -> None:
+        """ConveyorError for an answer no retry mends; 404 and 409 are the caller's."""
+        message = first_line(_status_message(error))
         if error.status == 401:
             raise ConveyorError(
                 f"the Kubernetes API at {self._host} refused the credentials (401): {message}"
             ) from None
         if error.status == 403:
+            where = f" in namespace {self.namespace}" if resource == RESOURCE else ""
             raise ConveyorError(
-                f"permission denied: cannot {verb} {PLURAL}.{GROUP} in namespace "
-                f"{self.namespace} ({message}); grant it with kserve/rbac.yaml"
+                f"permission denied: cannot {verb} {resource}{where} ({message}); "
+                "grant it with kserve/rbac.yaml"
             ) from None
         if error.status in (404, 409) and verb != "create":
             return
         raise ConveyorError(
-            f"the Kubernetes API refused to {verb} InferenceService {where} "
-            f"({error.status}): {message}"
+            f"the Kubernetes API refused to {verb} {resource} {name!r} in namespace "
+            f"{self.namespace} ({error.status}): {message}"
         ) from None
 
 

@@ -24,8 +24,8 @@ from typing import Any, Literal
 
 import yaml
 
-from components.core.analysis import Analysis, AnalysisPolicy, analyse
-from components.core.errors import ConveyorError
+from components.core.analysis import DEFAULT_QUERIES, Analysis, AnalysisPolicy, analyse
+from components.core.errors import ConveyorError, first_line
 from components.core.files import write_text_atomically
 from components.core.kube import InferenceServices, api_client
 from components.core.manifests import (
@@ -46,11 +46,14 @@ __all__ = [
     "describe_plan",
     "parse_steps",
     "render_report",
+    "rollout_settings",
 ]
 
 LOCK_ANNOTATION = "conveyor/rollout-lock"
 SNAPSHOT_ANNOTATION = "conveyor/rollout-snapshot"
 MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
+# KServe 0.20 renamed Serverless to Knative and RawDeployment to Standard.
+_MODE_NAMES = {"Serverless": "Knative", "RawDeployment": "Standard"}
 _FAILED_TRANSITIONS = ("BlockedByFailedLoad", "InvalidSpec")
 Decision = Literal["created", "promoted", "rolled_back", "failed"]
 
@@ -89,6 +92,40 @@ class RolloutPlan:
             raise ConveyorError(f"failure_budget must be 0 or more, not {self.failure_budget}")
 
 
+def rollout_settings(
+    canary_steps: str,
+    interval_s: float,
+    ready_timeout_s: float,
+    deadline_s: float,
+    failure_budget: int,
+    prometheus_url: str,
+    min_success_rate: float,
+    max_latency_p99_s: float,
+    min_requests: int,
+    on_no_data: str,
+    window: str,
+    queries: dict[str, str],
+) -> tuple[RolloutPlan, AnalysisPolicy]:
+    """The plan and the analysis policy from flat settings (a step's or a command's)."""
+    plan = RolloutPlan(
+        steps=parse_steps(canary_steps),
+        interval_s=interval_s,
+        ready_timeout_s=ready_timeout_s,
+        deadline_s=deadline_s,
+        failure_budget=failure_budget,
+    )
+    policy = AnalysisPolicy(
+        prometheus_url=prometheus_url,
+        min_success_rate=min_success_rate,
+        max_latency_p99_s=max_latency_p99_s,
+        min_requests=min_requests,
+        on_no_data=on_no_data,  # type: ignore[arg-type] - AnalysisPolicy checks it
+        window=window,
+        queries={**DEFAULT_QUERIES, **queries},
+    )
+    return plan, policy
+
+
 def parse_steps(text: str) -> tuple[int, ...]:
     """``"10,50"`` as ``(10, 50)``."""
     try:
@@ -123,16 +160,28 @@ class RolloutResult:
     steps: list[StepRecord] = field(default_factory=list)
     snapshot: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def succeeded(self) -> bool:
+        return self.decision in ("created", "promoted")
+
+    def check(self) -> None:
+        """Raises RolloutFailed unless the model was created or promoted."""
+        if not self.succeeded:
+            raise RolloutFailed(self)
+
     def metrics(self) -> dict[str, float]:
-        """Every measured value, named ``step<percent>_<revision role>_<measure>``."""
+        """Every measured value, ``step<percent>[_retry<n>]_<canary|stable>_<measure>``."""
         values: dict[str, float] = {}
+        attempts: dict[int, int] = {}
         for step in self.steps:
+            attempts[step.percent] = attempt = attempts.get(step.percent, 0) + 1
+            prefix = f"step{step.percent}" + (f"_retry{attempt - 1}" if attempt > 1 else "")
             for role in ("canary", "stable"):
                 measured = getattr(step.analysis, role)
                 for key in ("requests", "success_rate", "latency_p99"):
                     value = getattr(measured, key) if measured else None
                     if value is not None:
-                        values[f"step{step.percent}_{role}_{key}"] = value
+                        values[f"{prefix}_{role}_{key}"] = value
         return values
 
 
@@ -146,6 +195,10 @@ class RolloutFailed(ConveyorError):
 
 class _Abort(Exception):
     """The canary must be rolled back, for the reason given."""
+
+
+class _Refused(Exception):
+    """The rollout cannot start, for the reason given; nothing was changed."""
 
 
 class _Cancelled(BaseException):
@@ -173,37 +226,54 @@ class Rollout:
         model_uri = manifest["spec"]["predictor"]["model"]["storageUri"]
         self.result = RolloutResult("failed", "", self.name, services.namespace, model_uri)
         self._deadline = 0.0
+        self._known_failure: dict[str, Any] = {}  # lastFailureInfo before this rollout
 
     def run(self) -> RolloutResult:
         """Creates or rolls out; returns the result when created or promoted, else raises
-        RolloutFailed carrying it."""
+        RolloutFailed carrying it (rolled back, or failed with nothing changed)."""
         self._deadline = self.clock() + self.plan.deadline_s
-        try:
-            current = self.services.get(self.name)
+        with _sigterm(_raise_cancelled):
+            try:
+                current = self._preflight()
+            except _Cancelled:
+                self._fail("the run was cancelled (SIGTERM) before the rollout started")
+            except (_Refused, _Abort, ConveyorError) as error:
+                self._fail(str(error))
             if current is None:
-                return self._create()
-            self._check_mode(current)
-            if self._already_serving(current):
                 return self.result
-            current = self._take_lock(current)
-        except RolloutFailed:
-            raise
-        except (ConveyorError, _Abort) as error:  # no canary was started: nothing to roll back
-            self._fail(str(error))
-        try:
-            with _sigterm_cancels():
-                return self._advance(current)
-        except _Abort as abort:
-            self._roll_back(str(abort))
-        except _Cancelled:
-            self._roll_back("the run was cancelled (SIGTERM)")
-        except ConveyorError as error:
-            self._roll_back(str(error))
+            try:
+                return self._advance()
+            except _Cancelled:
+                reason = "the run was cancelled (SIGTERM)"
+            except Exception as error:  # noqa: BLE001 - whatever stops a canary sends it back
+                reason = _describe(error)
+            self._roll_back(reason)
         raise RolloutFailed(self.result)
 
-    # -- first deploy -------------------------------------------------------------------
+    # -- before any traffic moves ---------------------------------------------------------
 
-    def _create(self) -> RolloutResult:
+    def _preflight(self) -> dict[str, Any] | None:
+        """The service, locked for this run; None when created or already serving the model."""
+        current = self.services.get(self.name)
+        if current is None:
+            self._create()
+            return None
+        self.result.mode = _deployment_mode(current)
+        self._check_mode()
+        if LOCK_ANNOTATION in _annotations(current):
+            current = self._recover(current)
+        if _serves(current, self.manifest["spec"]["predictor"]):
+            revision = _predictor_status(current).get("latestRolledoutRevision", "")
+            self.result.stable_revision = revision
+            self._record(current, "promoted", "already serving this model at 100 %: nothing to do")
+            return None
+        if not _is_ready(current):
+            raise _Refused(f"{self.name} is not Ready ({_not_ready_reason(current)}); fix it first")
+        self._known_failure = _last_failure(current)
+        self.result.stable_revision = _predictor_status(current).get("latestRolledoutRevision", "")
+        return self.services.patch_fresh(self.name, self._lock_patch)
+
+    def _create(self) -> None:
         body = copy.deepcopy(self.manifest)
         body["spec"]["predictor"].pop("canaryTrafficPercent", None)  # ignored on create
         self.progress(f"creating InferenceService {self.name} in {self.services.namespace}")
@@ -211,109 +281,85 @@ class Rollout:
         try:
             status = self._wait("the new InferenceService to be ready", _is_ready)
         except _Abort as abort:
-            self._fail(f"{abort}; the InferenceService was left in place for inspection")
+            raise _Refused(
+                f"{abort}; the InferenceService was left in place for inspection"
+            ) from None
+        self.result.stable_revision = _predictor_status(status).get("latestReadyRevision", "")
         self._record(status, "created", "first deploy: the model serves 100 % of traffic")
-        self.result.stable_revision = self.result.canary_revision
-        return self.result
 
-    # -- preflight ----------------------------------------------------------------------
-
-    def _already_serving(self, current: dict[str, Any]) -> bool:
-        """A repeat of a finished rollout (a KFP retry) changes nothing and succeeds."""
-        wanted = _without_percent(self.manifest["spec"]["predictor"])
-        serving = _without_percent(current["spec"]["predictor"])
-        annotations = current["metadata"].get("annotations", {})
-        if wanted != serving or LOCK_ANNOTATION in annotations or not _settled(current):
-            return False
-        self._record(current, "promoted", "already serving this model at 100 %: nothing to do")
-        self.result.stable_revision = self.result.canary_revision
-        return True
-
-    def _check_mode(self, current: dict[str, Any]) -> None:
-        mode = _deployment_mode(current)
-        self.result.mode = mode
-        if mode == "Serverless":
+    def _check_mode(self) -> None:
+        mode = self.result.mode
+        if mode == "Knative":
             return
         if mode == "ModelMesh":
-            self._fail(f"{self.name} runs in ModelMesh mode, which has no canary traffic split")
+            raise _Refused(f"{self.name} runs in ModelMesh mode, which has no canary traffic split")
         try:
             has_canary = self.services.crd_has_canary()
         except ConveyorError:  # reading CRDs is cluster-scoped; the deployer's Role lacks it
             has_canary = True
-        self._fail(
+        raise _Refused(
             f"{self.name} runs in {mode} mode, where KServe ignores canaryTrafficPercent; "
             + (
-                "this release drives canaries in Serverless mode only (spec.canary[] of "
-                "KServe >= 0.20 is not supported yet): deploy it in Serverless mode"
+                "this release drives canaries in Knative (Serverless) mode only; spec.canary[] "
+                "of KServe >= 0.20 is not supported yet: deploy it in Knative mode"
                 if has_canary
                 else "this cluster's InferenceService CRD has no spec.canary (KServe < 0.20), "
-                "so no canary is possible: use Serverless mode or upgrade KServe"
+                "so no canary is possible: use Knative (Serverless) mode or upgrade KServe"
             )
         )
-
-    def _take_lock(self, current: dict[str, Any]) -> dict[str, Any]:
-        self._refuse_foreign_lock(current)
-        lock = _annotation_json(current, LOCK_ANNOTATION)
-        if lock:
-            current = self._recover(current, lock["run"])
-        if not _is_ready(current):
-            self._fail(f"{self.name} is not Ready ({_not_ready_reason(current)}); fix it first")
-        stable = _predictor_status(current).get("latestRolledoutRevision", "")
-        self.result.stable_revision = stable
-        return self.services.patch_fresh(self.name, self._lock_patch)
 
     def _lock_patch(self, current: dict[str, Any]) -> dict[str, Any]:
         """Lock and snapshot in one resourceVersion-checked write, so only one run wins."""
-        self._refuse_foreign_lock(current)
-        snapshot = {
+        _refuse_foreign_lock(current, self.run_id, self.name)
+        self.result.snapshot = {
             "predictor": current["spec"]["predictor"],
             "stable_revision": self.result.stable_revision,
         }
-        self.result.snapshot = snapshot
-        expires = time.time() + self.plan.deadline_s + self.plan.ready_timeout_s
+        # Outlives the longest rollout, its rollback included, so no one takes over early.
+        lease = self.plan.deadline_s + 3 * self.plan.ready_timeout_s
+        lock = {"run": self.run_id, "expires": time.time() + lease}
         return _annotations_patch(
             {
-                LOCK_ANNOTATION: json.dumps({"run": self.run_id, "expires": expires}),
-                SNAPSHOT_ANNOTATION: json.dumps(snapshot),
+                LOCK_ANNOTATION: json.dumps(lock),
+                SNAPSHOT_ANNOTATION: json.dumps(self.result.snapshot),
             }
         )
 
-    def _refuse_foreign_lock(self, current: dict[str, Any]) -> None:
-        lock = _annotation_json(current, LOCK_ANNOTATION)
-        if lock and lock["run"] != self.run_id and lock["expires"] > time.time():
-            until = datetime.fromtimestamp(lock["expires"], UTC).isoformat(timespec="seconds")
-            self._fail(
-                f"{self.name} is being rolled out by run {lock['run']} (lock held until {until}); "
-                "wait for it to finish"
-            )
-
-    def _recover(self, current: dict[str, Any], run: str) -> dict[str, Any]:
-        """Rolls an unfinished rollout (a crash, or an expired lease) back to its snapshot."""
+    def _recover(self, current: dict[str, Any]) -> dict[str, Any]:
+        """Finishes what a dead run (a crash, or an expired lease) left: its lock released
+        if its canary was already promoted, else its canary rolled back."""
+        _refuse_foreign_lock(current, self.run_id, self.name)
+        run = (_annotation_json(current, LOCK_ANNOTATION) or {}).get("run", "?")
+        if _fully_rolled_out(current):
+            self.progress(f"run {run} had promoted its canary before it stopped: unlocking")
+            return self._release_lock()
         snapshot = _annotation_json(current, SNAPSHOT_ANNOTATION)
+        if not snapshot:
+            raise _Refused(
+                f"{self.name} has a rollout lock from run {run} but no snapshot to roll back "
+                f"to: check it, then remove the {LOCK_ANNOTATION} annotation"
+            )
         self.progress(f"found an unfinished rollout by run {run}: rolling it back first")
-        self.result.stable_revision = snapshot["stable_revision"]
-        self._restore(snapshot["predictor"])
+        with _sigterm(signal.SIG_IGN):
+            self._restore(snapshot)
         return self.services.get(self.name) or current
 
     # -- canary steps -------------------------------------------------------------------
 
-    def _advance(self, current: dict[str, Any]) -> RolloutResult:
-        before = _predictor_status(current).get("latestCreatedRevision", "")
+    def _advance(self) -> RolloutResult:
         failures_left = self.plan.failure_budget
         for index, percent in enumerate(self.plan.steps):
             if index == 0:
                 self._apply_new_model(percent)
-                status = self._wait(f"a new revision at {percent} %", _canary_at(before, percent))
+                new_canary = _new_canary_at(self.result.stable_revision, percent)
+                status = self._wait(f"a new revision at {percent} %", new_canary)
                 self.result.canary_revision = _predictor_status(status)["latestCreatedRevision"]
             else:
                 self._set_percent(percent)
-                self._wait(f"{percent} % on the canary", _canary_at(before, percent))
+                canary = _canary_at(self.result.canary_revision, percent)
+                self._wait(f"{percent} % on the canary", canary)
             failures_left = self._analyse_step(percent, failures_left)
-        self._set_percent(100)
-        status = self._wait("the canary to take 100 %", _rolled_out(self.result.canary_revision))
-        self._release_lock()
-        self._record(status, "promoted", self._promoted_reason())
-        return self.result
+        return self._promote()
 
     def _analyse_step(self, percent: int, failures_left: int) -> int:
         while True:
@@ -338,50 +384,69 @@ class Rollout:
                 raise _Abort(f"analysis at {percent} %: {analysis.reason}")
             failures_left -= 1
 
+    def _promote(self) -> RolloutResult:
+        """100 % to the canary, with the model's annotations: only now is it the model served."""
+        canary = self.result.canary_revision
+        annotations = self.manifest["metadata"].get("annotations", {})
+        self.progress(f"promoting {canary} to 100 %")
+        self.services.patch_fresh(
+            self.name,
+            lambda _: {
+                "spec": {"predictor": {"canaryTrafficPercent": 100}},
+                **_annotations_patch(annotations),
+            },
+        )
+        status = self._wait("the canary to take 100 %", _rolled_out(canary))
+        self._release_lock()
+        self._record(status, "promoted", self._promoted_reason())
+        return self.result
+
     def _promoted_reason(self) -> str:
-        analysed = [step for step in self.result.steps if step.analysis.verdict == "pass"]
         steps = ", ".join(f"{s} %" for s in self.plan.steps)
-        if not analysed:
-            return f"promoted after steps {steps} with no analysis (no Prometheus URL)"
-        return f"every step passed analysis ({steps}); last: {analysed[-1].analysis.reason}"
+        verdicts = {step.analysis.verdict for step in self.result.steps}
+        if verdicts == {"skipped"}:
+            return f"promoted after steps {steps} without analysis (no Prometheus URL)"
+        passed = [step for step in self.result.steps if step.analysis.verdict == "pass"]
+        last = passed[-1].analysis.reason if passed else "no step had enough requests to judge"
+        return f"every step passed ({steps}; on no data: {self.policy.on_no_data}); last: {last}"
 
     # -- rollback -----------------------------------------------------------------------
 
     def _roll_back(self, reason: str) -> None:
         self.progress(f"rolling back {self.name}: {reason}")
-        snapshot = _annotation_json(self.services.get(self.name) or {}, SNAPSHOT_ANNOTATION)
         try:
-            with _sigterm_ignored():
-                self._restore(snapshot["predictor"])
+            with _sigterm(signal.SIG_IGN):  # a second SIGTERM must not stop it half done
+                self._restore(self.result.snapshot)
         except (_Abort, ConveyorError) as error:
-            self.result.decision, self.result.reason = "failed", f"{reason}; rollback: {error}"
+            self.result.decision = "failed"
+            self.result.reason = (
+                f"{reason}; the rollback failed too ({error}): the lock and snapshot stay on "
+                f"{self.name}, and a re-run with run id {self.run_id} finishes the rollback"
+            )
             return
         self.result.decision, self.result.reason = "rolled_back", reason
 
-    def _restore(self, predictor: dict[str, Any]) -> None:
-        """0 % to the canary, stable verified at 100 %, then the previous spec re-applied."""
-        stable = self.result.stable_revision
-        self._deadline = max(self._deadline, self.clock() + self.plan.ready_timeout_s * 2)
+    def _restore(self, snapshot: dict[str, Any]) -> None:
+        """0 % to the canary, the stable revision verified at 100 %, the previous spec
+        re-applied at 0 % until ready (Knative's latest ready revision is still the
+        canary until then), then moved to 100 %, and the lock released."""
+        stable = snapshot["stable_revision"]
+        self._deadline = max(self._deadline, self.clock() + 3 * self.plan.ready_timeout_s)
         self._set_percent(0)
         self._wait(f"100 % on the stable revision {stable}", _all_traffic_on(stable), False)
-        previous = {**copy.deepcopy(predictor), "canaryTrafficPercent": 100}
+        previous = {**copy.deepcopy(snapshot["predictor"]), "canaryTrafficPercent": 0}
         self.services.patch_fresh(self.name, lambda current: _predictor_patch(current, previous))
-        self._wait("the previous spec to serve 100 %", _settled, False)
+        self._wait("the previous spec's revision to be ready", _latest_is_ready, False)
+        self._set_percent(100)
+        self._wait("the previous spec to serve 100 %", _fully_rolled_out, False)
         self._release_lock()
 
     # -- writes and waits ---------------------------------------------------------------
 
     def _apply_new_model(self, percent: int) -> None:
         predictor = {**self.manifest["spec"]["predictor"], "canaryTrafficPercent": percent}
-        annotations = self.manifest["metadata"].get("annotations", {})
         self.progress(f"applying {self.result.model_uri} as a canary at {percent} %")
-        self.services.patch_fresh(
-            self.name,
-            lambda current: {
-                **_predictor_patch(current, predictor),
-                **_annotations_patch(annotations),
-            },
-        )
+        self.services.patch_fresh(self.name, lambda current: _predictor_patch(current, predictor))
 
     def _set_percent(self, percent: int) -> None:
         self.progress(f"canaryTrafficPercent -> {percent}")
@@ -389,8 +454,8 @@ class Rollout:
             self.name, lambda _: {"spec": {"predictor": {"canaryTrafficPercent": percent}}}
         )
 
-    def _release_lock(self) -> None:
-        self.services.patch_fresh(
+    def _release_lock(self) -> dict[str, Any]:
+        return self.services.patch_fresh(
             self.name,
             lambda _: _annotations_patch({LOCK_ANNOTATION: None, SNAPSHOT_ANNOTATION: None}),
         )
@@ -402,7 +467,8 @@ class Rollout:
         started = self.clock()
         while True:
             current = self.services.get(self.name) or {}
-            failure = fail_fast and _revision_failure(current, self.result.stable_revision)
+            stable = self.result.stable_revision
+            failure = fail_fast and _revision_failure(current, stable, self._known_failure)
             if failure:
                 raise _Abort(failure)
             if done(current):
@@ -417,9 +483,7 @@ class Rollout:
         self.sleep(seconds)
 
     def _record(self, status: dict[str, Any], decision: Decision, reason: str) -> None:
-        predictor = _predictor_status(status)
         self.result.decision, self.result.reason = decision, reason
-        self.result.canary_revision = predictor.get("latestReadyRevision", "")
         self.result.url = status.get("status", {}).get("url", "")
         self.progress(f"{decision}: {reason}")
 
@@ -435,6 +499,15 @@ def _predictor_status(service: dict[str, Any]) -> dict[str, Any]:
     return service.get("status", {}).get("components", {}).get("predictor", {})
 
 
+def _annotations(service: dict[str, Any]) -> dict[str, str]:
+    return service.get("metadata", {}).get("annotations", {})
+
+
+def _annotation_json(service: dict[str, Any], key: str) -> dict[str, Any] | None:
+    text = _annotations(service).get(key)
+    return json.loads(text) if text else None
+
+
 def _condition(service: dict[str, Any], kind: str) -> dict[str, Any]:
     conditions = service.get("status", {}).get("conditions", [])
     return next((c for c in conditions if c.get("type") == kind), {})
@@ -446,7 +519,11 @@ def _is_ready(service: dict[str, Any]) -> bool:
 
 def _not_ready_reason(service: dict[str, Any]) -> str:
     ready = _condition(service, "Ready")
-    return ready.get("message") or ready.get("reason") or "no Ready condition yet"
+    return first_line(ready.get("message") or ready.get("reason") or "no Ready condition yet")
+
+
+def _last_failure(service: dict[str, Any]) -> dict[str, Any]:
+    return service.get("status", {}).get("modelStatus", {}).get("lastFailureInfo") or {}
 
 
 def _traffic(service: dict[str, Any]) -> dict[str, int]:
@@ -455,16 +532,25 @@ def _traffic(service: dict[str, Any]) -> dict[str, int]:
     return {e["revisionName"]: e["percent"] for e in entries if e.get("percent")}
 
 
-def _canary_at(before: str, percent: int) -> Callable[[dict[str, Any]], bool]:
+def _canary_at(canary: str, percent: int) -> Callable[[dict[str, Any]], bool]:
+    """The canary is the latest ready revision and its route entry holds ``percent``."""
+
     def done(service: dict[str, Any]) -> bool:
         predictor = _predictor_status(service)
-        canary = predictor.get("latestCreatedRevision", "")
         latest = [e for e in predictor.get("traffic", []) if e.get("latestRevision")]
         return (
-            canary != before
+            predictor.get("latestCreatedRevision") == canary
             and predictor.get("latestReadyRevision") == canary
             and [(e["revisionName"], e.get("percent", 0)) for e in latest] == [(canary, percent)]
         )
+
+    return done
+
+
+def _new_canary_at(stable: str, percent: int) -> Callable[[dict[str, Any]], bool]:
+    def done(service: dict[str, Any]) -> bool:
+        canary = _predictor_status(service).get("latestCreatedRevision", "")
+        return canary != stable and _canary_at(canary, percent)(service)
 
     return done
 
@@ -481,48 +567,84 @@ def _all_traffic_on(revision: str) -> Callable[[dict[str, Any]], bool]:
     return lambda service: _traffic(service) == {revision: 100}
 
 
-def _settled(service: dict[str, Any]) -> bool:
+def _latest_is_ready(service: dict[str, Any]) -> bool:
+    predictor = _predictor_status(service)
+    return predictor.get("latestReadyRevision") == predictor.get("latestCreatedRevision")
+
+
+def _fully_rolled_out(service: dict[str, Any]) -> bool:
+    """Ready, the newest revision rolled out with all traffic, and no canary share set."""
     predictor = _predictor_status(service)
     latest = predictor.get("latestCreatedRevision")
+    percent = service.get("spec", {}).get("predictor", {}).get("canaryTrafficPercent", 100)
     return (
         _is_ready(service)
+        and percent == 100
         and predictor.get("latestReadyRevision") == latest
+        and predictor.get("latestRolledoutRevision") == latest
         and _traffic(service) == {latest: 100}
     )
 
 
-def _revision_failure(service: dict[str, Any], stable: str) -> str:
+def _serves(service: dict[str, Any], predictor: dict[str, Any]) -> bool:
+    """Whether the service runs exactly this predictor at 100 % (fields KServe's webhooks
+    add, such as defaults, do not count against it)."""
+    wanted = {key: value for key, value in predictor.items() if key != "canaryTrafficPercent"}
+    return _contains(service["spec"]["predictor"], wanted) and _fully_rolled_out(service)
+
+
+def _contains(actual: Any, wanted: Any) -> bool:
+    if isinstance(wanted, dict):
+        return isinstance(actual, dict) and all(
+            key in actual and _contains(actual[key], value) for key, value in wanted.items()
+        )
+    return actual == wanted
+
+
+def _revision_failure(service: dict[str, Any], stable: str, known: dict[str, Any]) -> str:
     """Why the newest revision failed, or "" (KServe's Ready alone is not to be trusted)."""
     latest = _predictor_status(service).get("latestCreatedRevision", "")
     if not latest or latest == stable:
         return ""
-    model_status = service.get("status", {}).get("modelStatus", {})
-    failure = model_status.get("lastFailureInfo") or {}
-    if failure and failure.get("modelRevisionName", latest) == latest:
-        return f"revision {latest} failed to load: {failure.get('message') or failure['reason']}"
-    if model_status.get("transitionStatus") in _FAILED_TRANSITIONS:
-        return f"revision {latest} is {model_status['transitionStatus']}"
+    failure = _last_failure(service)
+    if failure and failure != known and failure.get("modelRevisionName", latest) == latest:
+        detail = failure.get("message") or failure.get("reason") or "no reason given"
+        return f"revision {latest} failed to load: {first_line(detail)}"
+    transition = service.get("status", {}).get("modelStatus", {}).get("transitionStatus")
+    if transition in _FAILED_TRANSITIONS:
+        return f"revision {latest} is {transition}"
     for kind in ("PredictorConfigurationReady", "PredictorReady"):
         condition = _condition(service, kind)
         if condition.get("status") == "False":
-            return f"revision {latest}: {kind} is False ({condition.get('message', '')})"
+            detail = condition.get("message") or condition.get("reason") or "no reason given"
+            return f"revision {latest}: {kind} is False ({first_line(detail)})"
     return ""
 
 
-def _without_percent(predictor: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in predictor.items() if key != "canaryTrafficPercent"}
-
-
 def _deployment_mode(service: dict[str, Any]) -> str:
-    mode = service.get("status", {}).get("deploymentMode") or service.get("metadata", {}).get(
-        "annotations", {}
-    ).get(MODE_ANNOTATION, "Serverless")
-    return "RawDeployment" if mode == "Standard" else mode
+    """Knative, Standard or ModelMesh, under KServe's names before and since 0.20."""
+    mode = service.get("status", {}).get("deploymentMode") or _annotations(service).get(
+        MODE_ANNOTATION
+    )
+    if not mode:  # an older KServe: Knative services report a traffic split
+        mode = "Knative" if "traffic" in _predictor_status(service) else "Standard"
+    return _MODE_NAMES.get(mode, mode)
 
 
-def _annotation_json(service: dict[str, Any], key: str) -> dict[str, Any] | None:
-    text = service.get("metadata", {}).get("annotations", {}).get(key)
-    return json.loads(text) if text else None
+def _refuse_foreign_lock(service: dict[str, Any], run_id: str, name: str) -> None:
+    lock = _annotation_json(service, LOCK_ANNOTATION)
+    if lock and lock["run"] != run_id and lock["expires"] > time.time():
+        until = datetime.fromtimestamp(lock["expires"], UTC).isoformat(timespec="seconds")
+        raise _Refused(
+            f"{name} is being rolled out by run {lock['run']} (lock held until {until}); "
+            "wait for it to finish"
+        )
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, ConveyorError | _Abort):
+        return str(error)
+    return f"{type(error).__name__}: {first_line(error)}"
 
 
 # -- building merge patches ---------------------------------------------------------------
@@ -550,30 +672,17 @@ def _replacing(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 # -- signals ------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _sigterm_cancels() -> Iterator[None]:
-    """SIGTERM raises _Cancelled in the rollout (main thread only: elsewhere it is KFP's)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def cancel(signum: int, frame: Any) -> None:
-        raise _Cancelled()
-
-    previous = signal.signal(signal.SIGTERM, cancel)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+def _raise_cancelled(signum: int, frame: Any) -> None:
+    raise _Cancelled()
 
 
 @contextlib.contextmanager
-def _sigterm_ignored() -> Iterator[None]:
-    """A second SIGTERM during the rollback must not leave it half done."""
+def _sigterm(handler: Any) -> Iterator[None]:
+    """SIGTERM handled by ``handler`` for a while (main thread only: elsewhere it is KFP's)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield
     finally:
@@ -648,16 +757,15 @@ def deploy_model(
     kubeconfig: str = "",
     progress: Callable[[str], None] = print,
 ) -> RolloutResult:
-    """Rolls the model out and writes the Markdown report, whatever the decision; raises
-    RolloutFailed (after the report is written) unless the model was created or promoted."""
+    """Rolls the model out and writes the Markdown report, whatever the decision (the
+    caller checks it: ``result.check()``)."""
     manifest = render_inference_service(spec)
     validate_inference_service(manifest)
     services = InferenceServices(api_client(kubeconfig), spec.namespace)
     try:
         result = Rollout(services, manifest, plan, policy, run_id, progress).run()
     except RolloutFailed as failed:
-        write_text_atomically(report_path, render_report(failed.result))
-        raise
+        result = failed.result
     write_text_atomically(report_path, render_report(result))
     return result
 
@@ -674,7 +782,7 @@ def describe_plan(manifest: dict[str, Any], plan: RolloutPlan, policy: AnalysisP
         f"- else: lock it, snapshot its spec, and send the new model {', then '.join(steps)} "
         f"of traffic, analysing the canary {plan.interval_s:g} s after each step",
         "- promote at 100 % when every step passes; otherwise set 0 %, check the stable "
-        "revision holds 100 %, and re-apply the snapshot",
+        "revision holds 100 %, and re-apply the snapshot (at 0 % until it is ready)",
         f"- deadline {plan.deadline_s:g} s; readiness timeout {plan.ready_timeout_s:g} s; "
         f"failure budget {plan.failure_budget}",
     ]

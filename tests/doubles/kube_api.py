@@ -4,7 +4,7 @@
 does (bearer-token auth, resourceVersion concurrency, merge and JSON patches, watches,
 ``Status`` errors, strict validation against KServe's own CRD schema), so code using the
 ``kubernetes`` client runs against it unchanged. A background thread plays the KServe
-controller: in Serverless mode each predictor change becomes a Knative revision that gets
+controller: in Knative (formerly Serverless) mode each predictor change becomes a Knative revision that gets
 ready (or fails) after a delay, and ``canaryTrafficPercent`` splits traffic between it and
 the last rolled-out revision. Tests inject faults: RBAC denials, transient 5xx answers,
 and another writer racing each write.
@@ -41,6 +41,8 @@ PLURAL, KIND = "inferenceservices", "InferenceService"
 CRD_GROUP, CRD_PLURAL = "apiextensions.k8s.io", "customresourcedefinitions"
 CRD_NAME = f"{PLURAL}.{GROUP}"
 MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
+# KServe 0.20 renamed the modes; its webhook rewrites the old names to the new.
+_MODE_NAMES = {"Serverless": "Knative", "RawDeployment": "Standard"}
 TOUCH_ANNOTATION = "other-writer/touch"
 USER = "system:serviceaccount:{namespace}:pipeline-runner"
 _ISVC_PATH = re.compile(
@@ -287,7 +289,7 @@ class _Behaviour:
 
 @dataclass
 class _Revision:
-    """A Knative revision (Serverless) or a Deployment rollout (RawDeployment, ModelMesh)."""
+    """A Knative revision (Knative mode) or a Deployment rollout (Standard, ModelMesh)."""
 
     name: str
     storage_uri: str
@@ -325,8 +327,9 @@ class _Controller:
     def status(self, obj: dict[str, Any], now: float) -> dict[str, Any]:
         meta, predictor = obj["metadata"], obj.get("spec", {}).get("predictor", {})
         track = self.tracks.setdefault(meta["uid"], _Track())
-        mode = meta.get("annotations", {}).get(MODE_ANNOTATION, self.double.default_mode)
-        serverless = mode == "Serverless"
+        requested = meta.get("annotations", {}).get(MODE_ANNOTATION, self.double.default_mode)
+        mode = _MODE_NAMES.get(requested, requested)
+        serverless = mode == "Knative"
         self._new_revision_if_changed(track, obj, serverless, now)
         for revision in track.revisions:
             behaviour = self.double.behaviours.get(revision.storage_uri, _Behaviour())
@@ -381,18 +384,25 @@ class _Controller:
     def _knative(
         self, track: _Track, latest: _Revision, percent: int | None, obj: dict[str, Any]
     ) -> dict[str, Any]:
-        """Revisions and traffic as KServe reports them from the Knative Service."""
+        """Revisions and traffic as KServe reports them from the Knative Service.
+
+        The route's ``latestRevision: true`` entry is Knative's latest *ready* revision,
+        which is not the newest one while that one is still starting or has failed.
+        """
         full = percent is None or percent >= 100
-        promote = latest.state == "ready" and (full or not track.rolled_out)
-        if promote and track.rolled_out != latest.name:
-            track.previous, track.rolled_out = track.rolled_out, latest.name
         ready = [r.name for r in track.revisions if r.state == "ready"]
+        newest_ready = ready[-1] if ready else ""
+        promote = newest_ready and (full or not track.rolled_out)
+        if promote and track.rolled_out != newest_ready:
+            track.previous, track.rolled_out = track.rolled_out, newest_ready
         component: dict[str, Any] = {
             "latestCreatedRevision": latest.name,
-            "latestReadyRevision": ready[-1] if ready else None,
+            "latestReadyRevision": newest_ready or None,
             "latestRolledoutRevision": track.rolled_out or None,
             "previousRolledoutRevision": track.previous or None,
-            "traffic": _traffic(track, latest, percent or 0, obj) if track.rolled_out else None,
+            "traffic": _traffic(track, newest_ready, percent or 0, obj)
+            if track.rolled_out
+            else None,
             "url": _url(obj, "-predictor"),
         }
         return {key: value for key, value in component.items() if value is not None}
@@ -404,14 +414,14 @@ class _Controller:
 
 
 def _traffic(
-    track: _Track, latest: _Revision, percent: int, obj: dict[str, Any]
+    track: _Track, newest_ready: str, percent: int, obj: dict[str, Any]
 ) -> list[dict[str, Any]]:
-    """A ready canary gets ``percent``, the rolled-out revision the rest; else all on it."""
+    """The latest ready revision gets ``percent``, the rolled-out one the rest."""
     rolled = track.rolled_out
-    if latest.state != "ready" or latest.name == rolled:
-        return [{"revisionName": rolled, "percent": 100, "latestRevision": latest.name == rolled}]
+    if newest_ready == rolled:
+        return [{"revisionName": rolled, "percent": 100, "latestRevision": True}]
     return [
-        {"revisionName": latest.name, "percent": percent, "latestRevision": True, "tag": "latest",
+        {"revisionName": newest_ready, "percent": percent, "latestRevision": True, "tag": "latest",
          "url": _url(obj, "-predictor", "latest-")},
         {"revisionName": rolled, "percent": 100 - percent, "latestRevision": False, "tag": "prev",
          "url": _url(obj, "-predictor", "prev-")},
@@ -575,7 +585,7 @@ class KubernetesApiDouble:
     """A Kubernetes API server with the KServe controller, on 127.0.0.1; a context manager."""
 
     def __init__(
-        self, *, token: str = "test-token", default_mode: str = "Serverless",
+        self, *, token: str = "test-token", default_mode: str = "Knative",
         crd_has_canary: bool = True, ready_after: float = 0.3, tick: float = 0.05,
     ) -> None:  # fmt: skip
         self.token, self.default_mode, self.ready_after, self.tick = (
