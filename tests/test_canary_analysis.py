@@ -3,6 +3,7 @@ alone and inside whole rollouts routed by the Kubernetes double."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +22,10 @@ from tests.serving_stack import SplitLoad, faulty_model_dir, prometheus
 NAMESPACE = "ml-serving"
 MODEL = "species"
 SCENARIOS = {"healthy": None, "failing": "failing", "slow": "slow"}
+STANDARD_URI = "gs://models/standard/v2"
+STANDARD_CANARY = (
+    f"standard-canary-{hashlib.sha256(STANDARD_URI.encode()).hexdigest()[:8]}-predictor"
+)
 BODY = {
     "instances": multiclass_table(seed=5)
     .drop(columns="species")
@@ -48,6 +53,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         models[f"{scenario}-predictor-00002"] = (
             faulty_model_dir(good, fault, root / fault) if fault else good
         )
+    # Standard mode: revisions are Deployments, named for the predictor (see canary.py).
+    models["standard-predictor"] = good
+    models[STANDARD_CANARY] = models["failing-predictor-00002"]
     with predictors(models, MODEL, root) as urls, prometheus(urls, NAMESPACE, root) as url:
         yield Stack(urls, url)
 
@@ -148,7 +156,7 @@ def test_a_bad_query_is_one_clear_line(stack: Stack) -> None:
         ConveyorError, match=r"^Prometheus refused the query 'sum\(\(': .*parse error"
     ):
         query_prometheus(stack.prometheus, "sum((")
-    with pytest.raises(ConveyorError, match=r"must give one number, not 6 series"):
+    with pytest.raises(ConveyorError, match=f"must give one number, not {len(stack.urls)} series"):
         query_prometheus(stack.prometheus, "count by (instance) (up)")
 
 
@@ -267,3 +275,32 @@ def test_a_canary_nobody_calls_follows_on_no_data(
     assert result.decision == decision
     assert result.steps[0].analysis.verdict == "no_data"
     assert "fewer than the 3 needed to judge it" in result.steps[0].analysis.reason
+
+
+def test_standard_mode_rolls_back_a_failing_spec_canary_on_measured_numbers(stack: Stack) -> None:
+    with KubernetesApiDouble(default_mode="Standard", ready_after=0.2, tick=0.02) as cluster:
+        stable_deployed(cluster, stack, "standard")
+
+        def split() -> dict[str, int]:
+            service = cluster.get(NAMESPACE, "standard")
+            shares = {
+                f"standard-{entry['name']}-predictor": entry["trafficPercent"]
+                for entry in service["status"].get("canaryStatuses", [])
+                if entry["ready"]
+            }
+            return {"standard-predictor": 100 - sum(shares.values()), **shares}
+
+        load = SplitLoad(split, stack.urls, MODEL, BODY, rate=40)
+        with load, pytest.raises(RolloutFailed) as failed:
+            roll_out(cluster, stack, "standard", STANDARD_URI)
+        result = failed.value.result
+        assert (result.mode, result.decision) == ("Standard", "rolled_back")
+        assert (result.stable_revision, result.canary_revision) == (
+            "standard-predictor",
+            STANDARD_CANARY,
+        )
+        assert result.reason.startswith("analysis at 10 %: canary success rate 0.00% is below")
+        assert load.sent[STANDARD_CANARY] > 0
+        service = cluster.get(NAMESPACE, "standard")
+        assert "canary" not in service["spec"]
+        assert service["spec"]["predictor"]["model"]["storageUri"] == "gs://models/standard/v1"

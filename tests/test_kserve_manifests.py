@@ -112,6 +112,10 @@ def test_serving_runtime_runs_the_conveyor_predictor() -> None:
         "--http_port=8080",
     ]
     assert container["resources"]["requests"] and container["resources"]["limits"]
+    # Standard mode's revision label (the Deployment) comes from the pod's name.
+    assert container["env"] == [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+    ]
     # Prometheus scrapes the port the predictor serves /metrics on.
     assert spec["annotations"] == {
         "prometheus.kserve.io/port": "8080",

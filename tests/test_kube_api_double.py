@@ -195,6 +195,43 @@ def test_raw_deployment_has_no_revisions_to_split() -> None:
         assert "traffic" not in predictor(service)
 
 
+def canary_entry(uri: str, percent: int, name: str = "canary-1") -> dict[str, Any]:
+    model = {"name": "kserve-container", "modelFormat": {"name": "sklearn"}, "storageUri": uri}
+    return {"predictor": {"name": name, "model": model}, "trafficPercent": percent}
+
+
+def test_standard_mode_canaries_are_deployments_with_a_share() -> None:
+    with KubernetesApiDouble(default_mode="Standard", ready_after=0.1, tick=0.02) as raw:
+        raw.revision_behaviour("gs://models/never", never_ready=True)
+        api = client.CustomObjectsApi(client.ApiClient(raw.configuration()))
+        api.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, manifest())
+        wait_until(api, lambda s: condition(s, "Ready").get("status") == "True")
+        standard = {"metadata": {"annotations": {"serving.kserve.io/deploymentMode": "Standard"}}}
+        patch(api, {**standard, "spec": {"canary": [canary_entry(CANARY, 10)]}})
+        service = wait_until(api, lambda s: s["status"].get("canaryStatuses", [{}])[0].get("ready"))
+        assert service["status"]["canaryStatuses"] == [
+            {"name": "canary-1", "ready": True, "trafficPercent": 10}
+        ]
+        assert condition(service, "CanaryPredictorReady")["status"] == "True"
+        patch(api, {"spec": {"canary": [canary_entry("gs://models/never", 20, "canary-2")]}})
+        service = wait_until(api, lambda s: s["status"]["canaryStatuses"][0]["name"] == "canary-2")
+        assert condition(service, "CanaryPredictorReady")["reason"] == "CanariesNotReady"
+        patch(api, {"spec": {"canary": None}})
+        service = wait_until(api, lambda s: "canaryStatuses" not in s["status"])
+        assert service["spec"]["predictor"]["model"]["storageUri"] == STABLE
+
+
+def test_the_webhook_refuses_a_canary_outside_standard_mode(api: client.CustomObjectsApi) -> None:
+    ready_service(api)
+    with pytest.raises(ApiException) as refused:
+        patch(api, {"spec": {"canary": [canary_entry(CANARY, 10)]}})
+    assert refused.value.status == 400
+    assert status_of(refused)["message"].endswith(
+        "denied the request: canary is only supported in Standard deployment mode"
+    )
+    assert "canary" not in read(api)["spec"]
+
+
 def test_a_seeded_object_is_ready_at_once(cluster: KubernetesApiDouble) -> None:
     stored = cluster.put_object(manifest())
     assert stored["metadata"]["resourceVersion"] and stored["metadata"]["generation"] == 1

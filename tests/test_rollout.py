@@ -264,7 +264,7 @@ def test_standard_mode_without_spec_canary_fails_clearly() -> None:
             rollout(cluster).run()
         assert failed.value.result.decision == "failed"
         assert failed.value.result.reason == (
-            "fraud runs in Standard mode, where KServe ignores canaryTrafficPercent; this "
+            "fraud runs in Standard mode, where KServe ignores canaryTrafficPercent, and this "
             "cluster's InferenceService CRD has no spec.canary (KServe < 0.20), so no canary is "
             "possible: use Knative (Serverless) mode or upgrade KServe"
         )
@@ -272,6 +272,61 @@ def test_standard_mode_without_spec_canary_fails_clearly() -> None:
         assert (
             cluster.get(NAMESPACE, NAME)["spec"]["predictor"]["model"]["storageUri"] == STABLE_URI
         )
+
+
+@pytest.fixture
+def standard_cluster() -> Iterator[KubernetesApiDouble]:
+    with KubernetesApiDouble(default_mode="Standard", ready_after=0.2, tick=0.02) as double:
+        yield double
+
+
+def canary_statuses(cluster: KubernetesApiDouble) -> list[tuple[str, bool, int]]:
+    statuses = cluster.get(NAMESPACE, NAME)["status"].get("canaryStatuses") or []
+    return [(s["name"], s["ready"], s["trafficPercent"]) for s in statuses]
+
+
+def test_standard_mode_moves_the_canary_through_spec_canary_and_promotes_it(
+    standard_cluster: KubernetesApiDouble,
+) -> None:
+    deployed(standard_cluster)
+    seen: list = []
+
+    def record() -> None:
+        for _ in range(400):
+            statuses = canary_statuses(standard_cluster)
+            if statuses and statuses not in seen:
+                seen.append(statuses)
+            time.sleep(0.01)
+
+    threading.Thread(target=record, daemon=True).start()
+    result = rollout(standard_cluster).run()
+    assert (result.decision, result.mode) == ("promoted", "Standard")
+    canary = result.canary_revision
+    assert canary.startswith("fraud-canary-") and canary.endswith("-predictor")
+    assert result.stable_revision == "fraud-predictor"
+    name = canary.removeprefix("fraud-").removesuffix("-predictor")
+    assert [(name, True, 10)] in seen and [(name, True, 50)] in seen
+    service = standard_cluster.get(NAMESPACE, NAME)
+    assert service["spec"]["predictor"]["name"] == name  # its Deployment carries on serving
+    assert service["spec"]["predictor"]["model"]["storageUri"] == CANARY_URI
+    assert "canary" not in service["spec"] and not service["status"].get("canaryStatuses")
+    assert service["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
+    assert LOCK_ANNOTATION not in service["metadata"]["annotations"]
+
+
+def test_standard_mode_rolls_back_a_canary_that_never_becomes_ready(
+    standard_cluster: KubernetesApiDouble,
+) -> None:
+    deployed(standard_cluster)
+    standard_cluster.revision_behaviour(CANARY_URI, never_ready=True)
+    with pytest.raises(RolloutFailed) as failed:
+        rollout(standard_cluster, ready_timeout_s=1).run()
+    assert failed.value.result.decision == "rolled_back"
+    assert failed.value.result.reason.startswith("timed out after 1 s waiting for canary canary-")
+    service = standard_cluster.get(NAMESPACE, NAME)
+    assert service["spec"]["predictor"]["model"]["storageUri"] == STABLE_URI
+    assert "canary" not in service["spec"] and not service["status"].get("canaryStatuses")
+    assert LOCK_ANNOTATION not in service["metadata"]["annotations"]
 
 
 def test_modelmesh_mode_fails_clearly() -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from components.core.errors import ConveyorError
 from components.core.inference import predict_table, table_from_columns, table_from_instances
+from components.core.serving import revision_label
 from components.core.training import load_model_dir
 from tests.conftest import ROOT, multiclass_table, predictor, save_species_model
 
@@ -171,3 +172,21 @@ def test_tables_from_requests_keep_training_order_and_types(model_dir: Path) -> 
         table_from_instances([], features)
     with pytest.raises(ConveyorError, match="different numbers of rows"):
         table_from_columns({"size": [1, 2], "weight": [1], "color": ["red"]}, features)
+
+
+@pytest.mark.parametrize(
+    ("environment", "label"),
+    [
+        ({"K_REVISION": "fraud-predictor-00002", "POD_NAME": "x-y-z"}, "fraud-predictor-00002"),
+        (
+            {"POD_NAME": "fraud-canary-1a2b3c4d-predictor-7d9f8c6b5-x2kqp"},
+            "fraud-canary-1a2b3c4d-predictor",
+        ),
+        ({"POD_NAME": "laptop"}, "local"),
+        ({}, "local"),
+    ],
+)
+def test_requests_are_counted_under_the_revision_or_the_deployment(
+    environment: dict, label: str
+) -> None:
+    assert revision_label(environment) == label

@@ -1,11 +1,11 @@
-"""A progressive canary rollout of a KServe InferenceService (Serverless/Knative mode).
+"""A progressive canary rollout of a KServe InferenceService.
 
-The new model goes out at ``canaryTrafficPercent = steps[0]``; after each step the
-canary is analysed (``components.core.analysis``); it is promoted at 100 % when
-every step passes, and rolled back (0 %, then the previous spec re-applied) when
-one fails, when it never becomes ready, at the deadline, or on SIGTERM (how KFP
-cancels a run). A lock annotation keeps two runs off one service, and a snapshot
-annotation lets a re-run after a crash roll the half-done rollout back first.
+The new model goes out at the first of the plan's steps; after each step the canary is
+analysed (``components.core.analysis``); it is promoted when every step passes, and
+rolled back when one fails, when it never becomes ready, at the deadline, or on SIGTERM
+(how KFP cancels a run). How a canary moves depends on the service's deployment mode
+(``components.core.canary``). A lock annotation keeps two runs off one service, and a
+snapshot annotation lets a re-run after a crash finish or roll back the half-done one.
 """
 
 from __future__ import annotations
@@ -25,6 +25,15 @@ from typing import Any, Literal
 import yaml
 
 from components.core.analysis import DEFAULT_QUERIES, Analysis, AnalysisPolicy, analyse
+from components.core.canary import (
+    Canary,
+    KnativeCanary,
+    StandardCanary,
+    deployment_mode,
+    is_ready,
+    last_failure,
+    serves,
+)
 from components.core.errors import ConveyorError, first_line
 from components.core.files import write_text_atomically
 from components.core.kube import InferenceServices, api_client
@@ -51,10 +60,6 @@ __all__ = [
 
 LOCK_ANNOTATION = "conveyor/rollout-lock"
 SNAPSHOT_ANNOTATION = "conveyor/rollout-snapshot"
-MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
-# KServe 0.20 renamed Serverless to Knative and RawDeployment to Standard.
-_MODE_NAMES = {"Serverless": "Knative", "RawDeployment": "Standard"}
-_FAILED_TRANSITIONS = ("BlockedByFailedLoad", "InvalidSpec")
 Decision = Literal["created", "promoted", "rolled_back", "failed"]
 
 
@@ -227,6 +232,7 @@ class Rollout:
         self.result = RolloutResult("failed", "", self.name, services.namespace, model_uri)
         self._deadline = 0.0
         self._known_failure: dict[str, Any] = {}  # lastFailureInfo before this rollout
+        self.canary: Canary = KnativeCanary(services, self.name)  # set from the service's mode
 
     def run(self) -> RolloutResult:
         """Creates or rolls out; returns the result when created or promoted, else raises
@@ -258,19 +264,18 @@ class Rollout:
         if current is None:
             self._create()
             return None
-        self.result.mode = _deployment_mode(current)
-        self._check_mode()
+        self.result.mode = deployment_mode(current)
+        self.canary = self._canary_for(self.result.mode)
         if LOCK_ANNOTATION in _annotations(current):
             current = self._recover(current)
-        if _serves(current, self.manifest["spec"]["predictor"]):
-            revision = _predictor_status(current).get("latestRolledoutRevision", "")
-            self.result.stable_revision = revision
+        if serves(current, self.manifest["spec"]["predictor"], self.canary):
+            self.result.stable_revision = self.canary.stable_revision(current)
             self._record(current, "promoted", "already serving this model at 100 %: nothing to do")
             return None
-        if not _is_ready(current):
+        if not is_ready(current):
             raise _Refused(f"{self.name} is not Ready ({_not_ready_reason(current)}); fix it first")
-        self._known_failure = _last_failure(current)
-        self.result.stable_revision = _predictor_status(current).get("latestRolledoutRevision", "")
+        self._known_failure = last_failure(current)
+        self.result.stable_revision = self.canary.stable_revision(current)
         return self.services.patch_fresh(self.name, self._lock_patch)
 
     def _create(self) -> None:
@@ -279,34 +284,33 @@ class Rollout:
         self.progress(f"creating InferenceService {self.name} in {self.services.namespace}")
         self.services.create(body)
         try:
-            status = self._wait("the new InferenceService to be ready", _is_ready)
+            status = self._wait("the new InferenceService to be ready", is_ready)
         except _Abort as abort:
             raise _Refused(
                 f"{abort}; the InferenceService was left in place for inspection"
             ) from None
-        self.result.stable_revision = _predictor_status(status).get("latestReadyRevision", "")
+        self.result.mode = deployment_mode(status)
+        known = StandardCanary if self.result.mode == "Standard" else KnativeCanary
+        self.result.stable_revision = known(self.services, self.name).stable_revision(status)
         self._record(status, "created", "first deploy: the model serves 100 % of traffic")
 
-    def _check_mode(self) -> None:
-        mode = self.result.mode
+    def _canary_for(self, mode: str) -> Canary:
+        """How a canary moves in this mode; refuses the modes where none can."""
         if mode == "Knative":
-            return
+            return KnativeCanary(self.services, self.name)
         if mode == "ModelMesh":
             raise _Refused(f"{self.name} runs in ModelMesh mode, which has no canary traffic split")
         try:
             has_canary = self.services.crd_has_canary()
-        except ConveyorError:  # reading CRDs is cluster-scoped; the deployer's Role lacks it
+        except ConveyorError:  # reading CRDs is cluster-scoped: try, the API server will tell
             has_canary = True
-        raise _Refused(
-            f"{self.name} runs in {mode} mode, where KServe ignores canaryTrafficPercent; "
-            + (
-                "this release drives canaries in Knative (Serverless) mode only; spec.canary[] "
-                "of KServe >= 0.20 is not supported yet: deploy it in Knative mode"
-                if has_canary
-                else "this cluster's InferenceService CRD has no spec.canary (KServe < 0.20), "
-                "so no canary is possible: use Knative (Serverless) mode or upgrade KServe"
+        if not has_canary:
+            raise _Refused(
+                f"{self.name} runs in {mode} mode, where KServe ignores canaryTrafficPercent, and "
+                "this cluster's InferenceService CRD has no spec.canary (KServe < 0.20), so no "
+                "canary is possible: use Knative (Serverless) mode or upgrade KServe"
             )
-        )
+        return StandardCanary(self.services, self.name)
 
     def _lock_patch(self, current: dict[str, Any]) -> dict[str, Any]:
         """Lock and snapshot in one resourceVersion-checked write, so only one run wins."""
@@ -330,7 +334,7 @@ class Rollout:
         if its canary was already promoted, else its canary rolled back."""
         _refuse_foreign_lock(current, self.run_id, self.name)
         run = (_annotation_json(current, LOCK_ANNOTATION) or {}).get("run", "?")
-        if _fully_rolled_out(current):
+        if self.canary.settled(current):
             self.progress(f"run {run} had promoted its canary before it stopped: unlocking")
             return self._release_lock()
         snapshot = _annotation_json(current, SNAPSHOT_ANNOTATION)
@@ -350,14 +354,14 @@ class Rollout:
         failures_left = self.plan.failure_budget
         for index, percent in enumerate(self.plan.steps):
             if index == 0:
-                self._apply_new_model(percent)
-                new_canary = _new_canary_at(self.result.stable_revision, percent)
-                status = self._wait(f"a new revision at {percent} %", new_canary)
-                self.result.canary_revision = _predictor_status(status)["latestCreatedRevision"]
+                self.progress(f"applying {self.result.model_uri} as a canary at {percent} %")
+                predictor = self.manifest["spec"]["predictor"]
+                stable = self.result.stable_revision
+                canary = self.canary.start(predictor, stable, percent, self._wait)
+                self.result.canary_revision = canary
             else:
-                self._set_percent(percent)
-                canary = _canary_at(self.result.canary_revision, percent)
-                self._wait(f"{percent} % on the canary", canary)
+                self.progress(f"canary {self.result.canary_revision} -> {percent} %")
+                self.canary.move(self.result.canary_revision, percent, self._wait)
             failures_left = self._analyse_step(percent, failures_left)
         return self._promote()
 
@@ -389,14 +393,7 @@ class Rollout:
         canary = self.result.canary_revision
         annotations = self.manifest["metadata"].get("annotations", {})
         self.progress(f"promoting {canary} to 100 %")
-        self.services.patch_fresh(
-            self.name,
-            lambda _: {
-                "spec": {"predictor": {"canaryTrafficPercent": 100}},
-                **_annotations_patch(annotations),
-            },
-        )
-        status = self._wait("the canary to take 100 %", _rolled_out(canary))
+        status = self.canary.promote(canary, annotations, self._wait)
         self._release_lock()
         self._record(status, "promoted", self._promoted_reason())
         return self.result
@@ -427,32 +424,15 @@ class Rollout:
         self.result.decision, self.result.reason = "rolled_back", reason
 
     def _restore(self, snapshot: dict[str, Any]) -> None:
-        """0 % to the canary, the stable revision verified at 100 %, the previous spec
-        re-applied at 0 % until ready (Knative's latest ready revision is still the
-        canary until then), then moved to 100 %, and the lock released."""
-        stable = snapshot["stable_revision"]
+        """The spec before the rollout back in place with all traffic, then the lock released."""
         self._deadline = max(self._deadline, self.clock() + 3 * self.plan.ready_timeout_s)
-        self._set_percent(0)
-        self._wait(f"100 % on the stable revision {stable}", _all_traffic_on(stable), False)
-        previous = {**copy.deepcopy(snapshot["predictor"]), "canaryTrafficPercent": 0}
-        self.services.patch_fresh(self.name, lambda current: _predictor_patch(current, previous))
-        self._wait("the previous spec's revision to be ready", _latest_is_ready, False)
-        self._set_percent(100)
-        self._wait("the previous spec to serve 100 %", _fully_rolled_out, False)
+        self.progress(
+            f"restoring the spec before the rollout (stable {snapshot['stable_revision']})"
+        )
+        self.canary.restore(snapshot, lambda what, done: self._wait(what, done, fail_fast=False))
         self._release_lock()
 
     # -- writes and waits ---------------------------------------------------------------
-
-    def _apply_new_model(self, percent: int) -> None:
-        predictor = {**self.manifest["spec"]["predictor"], "canaryTrafficPercent": percent}
-        self.progress(f"applying {self.result.model_uri} as a canary at {percent} %")
-        self.services.patch_fresh(self.name, lambda current: _predictor_patch(current, predictor))
-
-    def _set_percent(self, percent: int) -> None:
-        self.progress(f"canaryTrafficPercent -> {percent}")
-        self.services.patch_fresh(
-            self.name, lambda _: {"spec": {"predictor": {"canaryTrafficPercent": percent}}}
-        )
 
     def _release_lock(self) -> dict[str, Any]:
         return self.services.patch_fresh(
@@ -468,7 +448,7 @@ class Rollout:
         while True:
             current = self.services.get(self.name) or {}
             stable = self.result.stable_revision
-            failure = fail_fast and _revision_failure(current, stable, self._known_failure)
+            failure = fail_fast and self.canary.failure(current, stable, self._known_failure)
             if failure:
                 raise _Abort(failure)
             if done(current):
@@ -495,10 +475,6 @@ class Rollout:
 # -- reading an InferenceService ---------------------------------------------------------
 
 
-def _predictor_status(service: dict[str, Any]) -> dict[str, Any]:
-    return service.get("status", {}).get("components", {}).get("predictor", {})
-
-
 def _annotations(service: dict[str, Any]) -> dict[str, str]:
     return service.get("metadata", {}).get("annotations", {})
 
@@ -508,127 +484,10 @@ def _annotation_json(service: dict[str, Any], key: str) -> dict[str, Any] | None
     return json.loads(text) if text else None
 
 
-def _condition(service: dict[str, Any], kind: str) -> dict[str, Any]:
-    conditions = service.get("status", {}).get("conditions", [])
-    return next((c for c in conditions if c.get("type") == kind), {})
-
-
-def _is_ready(service: dict[str, Any]) -> bool:
-    return _condition(service, "Ready").get("status") == "True"
-
-
 def _not_ready_reason(service: dict[str, Any]) -> str:
-    ready = _condition(service, "Ready")
+    conditions = service.get("status", {}).get("conditions", [])
+    ready = next((c for c in conditions if c.get("type") == "Ready"), {})
     return first_line(ready.get("message") or ready.get("reason") or "no Ready condition yet")
-
-
-def _last_failure(service: dict[str, Any]) -> dict[str, Any]:
-    return service.get("status", {}).get("modelStatus", {}).get("lastFailureInfo") or {}
-
-
-def _traffic(service: dict[str, Any]) -> dict[str, int]:
-    """Percent by revision, entries with 0 % left out."""
-    entries = _predictor_status(service).get("traffic", [])
-    return {e["revisionName"]: e["percent"] for e in entries if e.get("percent")}
-
-
-def _canary_at(canary: str, percent: int) -> Callable[[dict[str, Any]], bool]:
-    """The canary is the latest ready revision and its route entry holds ``percent``."""
-
-    def done(service: dict[str, Any]) -> bool:
-        predictor = _predictor_status(service)
-        latest = [e for e in predictor.get("traffic", []) if e.get("latestRevision")]
-        return (
-            predictor.get("latestCreatedRevision") == canary
-            and predictor.get("latestReadyRevision") == canary
-            and [(e["revisionName"], e.get("percent", 0)) for e in latest] == [(canary, percent)]
-        )
-
-    return done
-
-
-def _new_canary_at(stable: str, percent: int) -> Callable[[dict[str, Any]], bool]:
-    def done(service: dict[str, Any]) -> bool:
-        canary = _predictor_status(service).get("latestCreatedRevision", "")
-        return canary != stable and _canary_at(canary, percent)(service)
-
-    return done
-
-
-def _rolled_out(canary: str) -> Callable[[dict[str, Any]], bool]:
-    def done(service: dict[str, Any]) -> bool:
-        rolled_out = _predictor_status(service).get("latestRolledoutRevision")
-        return rolled_out == canary and _traffic(service) == {canary: 100}
-
-    return done
-
-
-def _all_traffic_on(revision: str) -> Callable[[dict[str, Any]], bool]:
-    return lambda service: _traffic(service) == {revision: 100}
-
-
-def _latest_is_ready(service: dict[str, Any]) -> bool:
-    predictor = _predictor_status(service)
-    return predictor.get("latestReadyRevision") == predictor.get("latestCreatedRevision")
-
-
-def _fully_rolled_out(service: dict[str, Any]) -> bool:
-    """Ready, the newest revision rolled out with all traffic, and no canary share set."""
-    predictor = _predictor_status(service)
-    latest = predictor.get("latestCreatedRevision")
-    percent = service.get("spec", {}).get("predictor", {}).get("canaryTrafficPercent", 100)
-    return (
-        _is_ready(service)
-        and percent == 100
-        and predictor.get("latestReadyRevision") == latest
-        and predictor.get("latestRolledoutRevision") == latest
-        and _traffic(service) == {latest: 100}
-    )
-
-
-def _serves(service: dict[str, Any], predictor: dict[str, Any]) -> bool:
-    """Whether the service runs exactly this predictor at 100 % (fields KServe's webhooks
-    add, such as defaults, do not count against it)."""
-    wanted = {key: value for key, value in predictor.items() if key != "canaryTrafficPercent"}
-    return _contains(service["spec"]["predictor"], wanted) and _fully_rolled_out(service)
-
-
-def _contains(actual: Any, wanted: Any) -> bool:
-    if isinstance(wanted, dict):
-        return isinstance(actual, dict) and all(
-            key in actual and _contains(actual[key], value) for key, value in wanted.items()
-        )
-    return actual == wanted
-
-
-def _revision_failure(service: dict[str, Any], stable: str, known: dict[str, Any]) -> str:
-    """Why the newest revision failed, or "" (KServe's Ready alone is not to be trusted)."""
-    latest = _predictor_status(service).get("latestCreatedRevision", "")
-    if not latest or latest == stable:
-        return ""
-    failure = _last_failure(service)
-    if failure and failure != known and failure.get("modelRevisionName", latest) == latest:
-        detail = failure.get("message") or failure.get("reason") or "no reason given"
-        return f"revision {latest} failed to load: {first_line(detail)}"
-    transition = service.get("status", {}).get("modelStatus", {}).get("transitionStatus")
-    if transition in _FAILED_TRANSITIONS:
-        return f"revision {latest} is {transition}"
-    for kind in ("PredictorConfigurationReady", "PredictorReady"):
-        condition = _condition(service, kind)
-        if condition.get("status") == "False":
-            detail = condition.get("message") or condition.get("reason") or "no reason given"
-            return f"revision {latest}: {kind} is False ({first_line(detail)})"
-    return ""
-
-
-def _deployment_mode(service: dict[str, Any]) -> str:
-    """Knative, Standard or ModelMesh, under KServe's names before and since 0.20."""
-    mode = service.get("status", {}).get("deploymentMode") or _annotations(service).get(
-        MODE_ANNOTATION
-    )
-    if not mode:  # an older KServe: Knative services report a traffic split
-        mode = "Knative" if "traffic" in _predictor_status(service) else "Standard"
-    return _MODE_NAMES.get(mode, mode)
 
 
 def _refuse_foreign_lock(service: dict[str, Any], run_id: str, name: str) -> None:
@@ -647,26 +506,8 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {first_line(error)}"
 
 
-# -- building merge patches ---------------------------------------------------------------
-
-
 def _annotations_patch(annotations: dict[str, str | None]) -> dict[str, Any]:
     return {"metadata": {"annotations": dict(annotations)}}
-
-
-def _predictor_patch(current: dict[str, Any], predictor: dict[str, Any]) -> dict[str, Any]:
-    """A merge patch that makes ``spec.predictor`` exactly ``predictor`` (null drops a key)."""
-    return {"spec": {"predictor": _replacing(current["spec"]["predictor"], predictor)}}
-
-
-def _replacing(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    patch: dict[str, Any] = {key: None for key in old if key not in new}
-    for key, value in new.items():
-        if isinstance(value, dict) and isinstance(old.get(key), dict):
-            patch[key] = _replacing(old[key], value)
-        else:
-            patch[key] = value
-    return patch
 
 
 # -- signals ------------------------------------------------------------------------------

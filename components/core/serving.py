@@ -17,6 +17,7 @@ import sys
 import time
 import uuid
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +38,15 @@ from components.core.inference import (
 )
 from components.core.training import Feature, TrainedModel, load_model_dir
 
-__all__ = ["REQUESTS", "REQUEST_SECONDS", "ConveyorModel", "RequestMetrics", "main"]
+__all__ = [
+    "REQUESTS",
+    "REQUEST_SECONDS",
+    "ConveyorModel",
+    "RequestMetrics",
+    "main",
+    "revision_label",
+]
 
-REVISION_ENV = "K_REVISION"  # set by Knative on every revision's pod
 REQUESTS = Counter(
     "conveyor_inference_requests",
     "Inference requests by model, revision and HTTP status code.",
@@ -110,6 +117,16 @@ class ConveyorModel(Model):
         except ConveyorError as error:
             raise InvalidInput(str(error)) from None
         return _v1_response(predict_table(self.model, table))
+
+
+def revision_label(environment: Mapping[str, str]) -> str:
+    """The revision requests are counted under: Knative's ``K_REVISION``; in Standard mode
+    the Deployment's name, from ``POD_NAME`` (``<deployment>-<replica set>-<pod>``, which
+    the ServingRuntime passes from the downward API); else ``local``."""
+    if environment.get("K_REVISION"):
+        return environment["K_REVISION"]
+    parts = environment.get("POD_NAME", "").rsplit("-", 2)
+    return parts[0] if len(parts) == 3 and all(parts) else "local"
 
 
 def _v1_instances(payload: Any) -> Any:
@@ -188,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
         model.load()
     except (ConveyorError, OSError) as error:
         raise SystemExit(f"serving: {error}") from None
-    revision = os.environ.get(REVISION_ENV, "local")
+    revision = revision_label(os.environ)
     # Series that exist from the start, at 0, so the first requests count in increase().
     REQUESTS.labels(arguments.model_name, revision, "200")
     REQUEST_SECONDS.labels(arguments.model_name, revision)

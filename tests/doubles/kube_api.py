@@ -313,6 +313,7 @@ class _Track:
     rolled_out: str = ""
     previous: str = ""
     failure: dict[str, Any] | None = None
+    canaries: dict[str, _Revision] = field(default_factory=dict)  # Standard: by canary name
 
 
 class _Controller:
@@ -340,6 +341,7 @@ class _Controller:
             component = self._knative(track, latest, predictor.get("canaryTrafficPercent"), obj)
         else:
             component = {"latestCreatedRevision": latest.name, "url": _url(obj, "-predictor")}
+        canaries = obj.get("spec", {}).get("canary") or []
         status = {
             "deploymentMode": mode,
             "observedGeneration": meta["generation"],
@@ -349,8 +351,37 @@ class _Controller:
             "conditions": _conditions(track, latest, serverless, obj.get("status", {})),
             "modelStatus": _model_status(track, latest),
         }
+        if canaries and not serverless:
+            status["canaryStatuses"] = self._canary_statuses(track, canaries, now)
+            ready = all(entry["ready"] for entry in status["canaryStatuses"])
+            status["conditions"].append(
+                {"type": "CanaryPredictorReady", "status": str(ready),
+                 "reason": "AllCanariesReady" if ready else "CanariesNotReady",
+                 "lastTransitionTime": _now()}
+            )  # fmt: skip
         self._check(status)
         return status
+
+    def _canary_statuses(
+        self, track: _Track, canaries: list[dict[str, Any]], now: float
+    ) -> list[dict[str, Any]]:
+        """Standard mode: each spec.canary entry is a Deployment that becomes available
+        (or never does: a canary that fails to load just stays unready)."""
+        statuses = []
+        for entry in canaries:
+            name = entry["predictor"]["name"]
+            uri = entry["predictor"].get("model", {}).get("storageUri", "")
+            deployment = track.canaries.get(name)
+            if deployment is None or deployment.storage_uri != uri:
+                deployment = track.canaries[name] = _Revision(name, uri, now)
+            deployment.advance(
+                now, self.double.behaviours.get(uri, _Behaviour()), self.double.ready_after
+            )
+            ready = deployment.state == "ready"
+            statuses.append(
+                {"name": name, "ready": ready, "trafficPercent": entry["trafficPercent"]}
+            )
+        return statuses
 
     def _new_revision_if_changed(
         self, track: _Track, obj: dict[str, Any], serverless: bool, now: float
@@ -426,6 +457,24 @@ def _traffic(
         {"revisionName": rolled, "percent": 100 - percent, "latestRevision": False, "tag": "prev",
          "url": _url(obj, "-predictor", "prev-")},
     ]  # fmt: skip
+
+
+def _canary_refusal(obj: dict[str, Any]) -> str:
+    """What KServe 0.20's webhook says against a spec.canary list, or ""."""
+    spec = obj.get("spec", {})
+    canaries = spec.get("canary") or []
+    if not canaries:
+        return ""
+    if obj["metadata"].get("annotations", {}).get(MODE_ANNOTATION) != "Standard":
+        return "canary is only supported in Standard deployment mode"
+    names = [entry["predictor"].get("name", "") for entry in canaries]
+    if "" in names or len(set(names)) != len(names):
+        return "each canary needs a predictor.name of its own"
+    if spec["predictor"].get("name", "") in names:
+        return "a canary predictor.name conflicts with the stable predictor name"
+    if sum(entry["trafficPercent"] for entry in canaries) > 100:
+        return "canary trafficPercent values must add up to 100 or less"
+    return ""
 
 
 def _url(obj: dict[str, Any], suffix: str = "", tag: str = "") -> str:
@@ -850,10 +899,14 @@ class KubernetesApiDouble:
 
     def _validate(self, obj: dict[str, Any]) -> None:
         problems = _problems(self._validator, obj)
+        name = obj.get("metadata", {}).get("name", "")
         if problems:
-            name = obj.get("metadata", {}).get("name", "")
             listed = problems[0] if len(problems) == 1 else f"[{', '.join(problems)}]"
             raise ApiError(422, f'{KIND}.{GROUP} "{name}" is invalid: {listed}', name)
+        refusal = _canary_refusal(obj)
+        if refusal:  # KServe's validating webhook
+            message = f'admission webhook "inferenceservice.kserve-webhook-server.validator" denied the request: {refusal}'
+            raise ApiError(400, message, name, "BadRequest")
 
     def _touch_if_asked(self, key: Key) -> None:
         stored = self._store.objects.get(key)

@@ -1,0 +1,351 @@
+"""How a canary moves through an InferenceService, in each KServe deployment mode.
+
+Knative mode (Serverless before KServe 0.20): the new predictor becomes a Knative
+revision, ``spec.predictor.canaryTrafficPercent`` splits traffic between it and the
+last rolled-out revision, 100 promotes it, and a rollback sets 0 and re-applies the
+previous spec. Standard mode (RawDeployment before 0.20) ignores that field; KServe
+0.20 added ``spec.canary[]`` there instead: each entry is a Deployment of its own,
+named ``<service>-<predictor.name>-predictor``, with ``trafficPercent`` of the
+traffic; promoting makes it the predictor (same name, so no restart) and drops the
+entry; a rollback drops the entry.
+
+Each mode is a class with the same methods; the rollout (``components.core.rollout``)
+drives them and owns locking, analysis, deadlines and the report.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from components.core.errors import first_line
+from components.core.kube import InferenceServices
+
+__all__ = [
+    "MODE_ANNOTATION",
+    "Canary",
+    "KnativeCanary",
+    "StandardCanary",
+    "deployment_mode",
+    "last_failure",
+    "predictor_status",
+    "replacing",
+    "serves",
+]
+
+MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
+# KServe 0.20 renamed Serverless to Knative and RawDeployment to Standard.
+_MODE_NAMES = {"Serverless": "Knative", "RawDeployment": "Standard"}
+_FAILED_TRANSITIONS = ("BlockedByFailedLoad", "InvalidSpec")
+
+Service = dict[str, Any]
+Done = Callable[[Service], bool]
+Wait = Callable[[str, Done], Service]  # (what is awaited, when it is done) -> the service
+
+
+class Canary(Protocol):
+    """The moves of a canary in one deployment mode; every ``wait`` raises on a timeout."""
+
+    mode: str
+
+    def stable_revision(self, service: Service) -> str: ...
+    def settled(self, service: Service) -> bool: ...
+    def failure(self, service: Service, stable: str, known: dict[str, Any]) -> str: ...
+    def start(self, predictor: dict[str, Any], stable: str, percent: int, wait: Wait) -> str: ...
+    def move(self, canary: str, percent: int, wait: Wait) -> None: ...
+    def promote(self, canary: str, annotations: dict[str, str], wait: Wait) -> Service: ...
+    def restore(self, snapshot: dict[str, Any], wait: Wait) -> None: ...
+
+
+class KnativeCanary:
+    """``canaryTrafficPercent`` over Knative revisions."""
+
+    mode = "Knative"
+
+    def __init__(self, services: InferenceServices, name: str) -> None:
+        self.services, self.name = services, name
+
+    def stable_revision(self, service: Service) -> str:
+        return predictor_status(service).get("latestRolledoutRevision", "")
+
+    def settled(self, service: Service) -> bool:
+        """Ready, the newest revision rolled out with all traffic, and no canary share set."""
+        predictor = predictor_status(service)
+        latest = predictor.get("latestCreatedRevision")
+        percent = service.get("spec", {}).get("predictor", {}).get("canaryTrafficPercent", 100)
+        return (
+            is_ready(service)
+            and percent == 100
+            and predictor.get("latestReadyRevision") == latest
+            and predictor.get("latestRolledoutRevision") == latest
+            and _traffic(service) == {latest: 100}
+        )
+
+    def failure(self, service: Service, stable: str, known: dict[str, Any]) -> str:
+        """Why the newest revision failed, or "" (KServe's Ready alone is not to be trusted)."""
+        latest = predictor_status(service).get("latestCreatedRevision", "")
+        if not latest or latest == stable:
+            return ""
+        failure = last_failure(service)
+        if failure and failure != known and failure.get("modelRevisionName", latest) == latest:
+            detail = failure.get("message") or failure.get("reason") or "no reason given"
+            return f"revision {latest} failed to load: {first_line(detail)}"
+        transition = service.get("status", {}).get("modelStatus", {}).get("transitionStatus")
+        if transition in _FAILED_TRANSITIONS:
+            return f"revision {latest} is {transition}"
+        for kind in ("PredictorConfigurationReady", "PredictorReady"):
+            condition = _condition(service, kind)
+            if condition.get("status") == "False":
+                detail = condition.get("message") or condition.get("reason") or "no reason given"
+                return f"revision {latest}: {kind} is False ({first_line(detail)})"
+        return ""
+
+    def start(self, predictor: dict[str, Any], stable: str, percent: int, wait: Wait) -> str:
+        new = {**predictor, "canaryTrafficPercent": percent}
+        self.services.patch_fresh(self.name, lambda current: _predictor_patch(current, new))
+        status = wait(f"a new revision at {percent} %", _new_canary_at(stable, percent))
+        return predictor_status(status)["latestCreatedRevision"]
+
+    def move(self, canary: str, percent: int, wait: Wait) -> None:
+        self._set_percent(percent)
+        wait(f"{percent} % on the canary", _canary_at(canary, percent))
+
+    def promote(self, canary: str, annotations: dict[str, str], wait: Wait) -> Service:
+        self.services.patch_fresh(
+            self.name,
+            lambda _: {
+                "spec": {"predictor": {"canaryTrafficPercent": 100}},
+                "metadata": {"annotations": dict(annotations)},
+            },
+        )
+        return wait("the canary to take 100 %", _rolled_out(canary))
+
+    def restore(self, snapshot: dict[str, Any], wait: Wait) -> None:
+        """0 % to the canary, the stable revision verified at 100 %, the previous spec
+        re-applied at 0 % until ready (Knative's latest ready revision is still the
+        canary until then), then moved to 100 %."""
+        stable = snapshot["stable_revision"]
+        self._set_percent(0)
+        wait(f"100 % on the stable revision {stable}", lambda s: _traffic(s) == {stable: 100})
+        previous = {**copy.deepcopy(snapshot["predictor"]), "canaryTrafficPercent": 0}
+        self.services.patch_fresh(self.name, lambda current: _predictor_patch(current, previous))
+        wait("the previous spec's revision to be ready", _latest_is_ready)
+        self._set_percent(100)
+        wait("the previous spec to serve 100 %", self.settled)
+
+    def _set_percent(self, percent: int) -> None:
+        self.services.patch_fresh(
+            self.name, lambda _: {"spec": {"predictor": {"canaryTrafficPercent": percent}}}
+        )
+
+
+class StandardCanary:
+    """``spec.canary[]`` entries, a Deployment each (KServe >= 0.20, Standard mode)."""
+
+    mode = "Standard"
+
+    def __init__(self, services: InferenceServices, name: str) -> None:
+        self.services, self.name = services, name
+
+    def stable_revision(self, service: Service) -> str:
+        return self._deployment(service["spec"]["predictor"].get("name", ""))
+
+    def settled(self, service: Service) -> bool:
+        """Ready, with no canary entry left in the spec or the status."""
+        return (
+            is_ready(service)
+            and not service.get("spec", {}).get("canary")
+            and not service.get("status", {}).get("canaryStatuses")
+        )
+
+    def failure(self, service: Service, stable: str, known: dict[str, Any]) -> str:
+        return ""  # a canary Deployment only reports ready or not: its timeout tells
+
+    def start(self, predictor: dict[str, Any], stable: str, percent: int, wait: Wait) -> str:
+        entry = {"predictor": self._canary_predictor(predictor), "trafficPercent": percent}
+        canary = entry["predictor"]["name"]
+        self.services.patch_fresh(
+            self.name,
+            # KServe accepts spec.canary only where the mode is annotated as Standard.
+            lambda _: {
+                "metadata": {"annotations": {MODE_ANNOTATION: "Standard"}},
+                "spec": {"canary": [entry]},
+            },
+        )
+        wait(f"canary {canary} ready at {percent} %", _standard_canary_at(canary, percent))
+        return self._deployment(canary)
+
+    def move(self, canary: str, percent: int, wait: Wait) -> None:
+        def moved(current: Service) -> dict[str, Any]:
+            (entry,) = current["spec"]["canary"]
+            return {"spec": {"canary": [{**entry, "trafficPercent": percent}]}}
+
+        self.services.patch_fresh(self.name, moved)
+        wait(f"{percent} % on the canary", _standard_canary_at(self._entry_name(canary), percent))
+
+    def promote(self, canary: str, annotations: dict[str, str], wait: Wait) -> Service:
+        """The canary's predictor (its name too: its Deployment stays) becomes the predictor."""
+
+        def promoted(current: Service) -> dict[str, Any]:
+            (entry,) = current["spec"]["canary"]
+            return {
+                "metadata": {"annotations": dict(annotations)},
+                "spec": {"predictor": _replacing(current, entry["predictor"]), "canary": None},
+            }
+
+        self.services.patch_fresh(self.name, promoted)
+        name = self._entry_name(canary)
+        return wait(
+            "the canary to become the predictor",
+            lambda s: self.settled(s) and s["spec"]["predictor"].get("name") == name,
+        )
+
+    def restore(self, snapshot: dict[str, Any], wait: Wait) -> None:
+        """The canary entry dropped and the previous predictor spec re-applied."""
+        predictor = copy.deepcopy(snapshot["predictor"])
+        self.services.patch_fresh(
+            self.name,
+            lambda current: {"spec": {"predictor": _replacing(current, predictor), "canary": None}},
+        )
+        wait("the canary to be removed", self.settled)
+
+    def _canary_predictor(self, predictor: dict[str, Any]) -> dict[str, Any]:
+        """The predictor under a name of its own, derived from the model, so a re-run names
+        (and reuses) the same Deployment."""
+        spec = {key: value for key, value in predictor.items() if key != "canaryTrafficPercent"}
+        digest = hashlib.sha256(spec["model"]["storageUri"].encode()).hexdigest()[:8]
+        # The CRD wants a container name in a canary's model; KServe's own is kserve-container.
+        model = {"name": "kserve-container", **spec["model"]}
+        return {**spec, "model": model, "name": f"canary-{digest}"}
+
+    def _deployment(self, predictor_name: str) -> str:
+        """KServe's Deployment (and metrics revision) name for a predictor name."""
+        return (
+            f"{self.name}-{predictor_name}-predictor"
+            if predictor_name
+            else f"{self.name}-predictor"
+        )
+
+    def _entry_name(self, deployment: str) -> str:
+        return deployment.removeprefix(f"{self.name}-").removesuffix("-predictor")
+
+
+# -- reading an InferenceService ---------------------------------------------------------
+
+
+def predictor_status(service: Service) -> dict[str, Any]:
+    return service.get("status", {}).get("components", {}).get("predictor", {})
+
+
+def is_ready(service: Service) -> bool:
+    return _condition(service, "Ready").get("status") == "True"
+
+
+def last_failure(service: Service) -> dict[str, Any]:
+    return service.get("status", {}).get("modelStatus", {}).get("lastFailureInfo") or {}
+
+
+def deployment_mode(service: Service) -> str:
+    """Knative, Standard or ModelMesh, under KServe's names before and since 0.20."""
+    annotations = service.get("metadata", {}).get("annotations", {})
+    mode = service.get("status", {}).get("deploymentMode") or annotations.get(MODE_ANNOTATION)
+    if not mode:  # an older KServe: Knative services report a traffic split
+        mode = "Knative" if "traffic" in predictor_status(service) else "Standard"
+    return _MODE_NAMES.get(mode, mode)
+
+
+def serves(service: Service, predictor: dict[str, Any], canary: Canary) -> bool:
+    """Whether the service runs this predictor with all traffic and no canary in flight
+    (fields KServe's webhooks add, such as defaults, do not count against it)."""
+    wanted = {key: value for key, value in predictor.items() if key != "canaryTrafficPercent"}
+    return _contains(service["spec"]["predictor"], wanted) and canary.settled(service)
+
+
+def _condition(service: Service, kind: str) -> dict[str, Any]:
+    conditions = service.get("status", {}).get("conditions", [])
+    return next((c for c in conditions if c.get("type") == kind), {})
+
+
+def _traffic(service: Service) -> dict[str, int]:
+    """Percent by revision, entries with 0 % left out."""
+    entries = predictor_status(service).get("traffic", [])
+    return {e["revisionName"]: e["percent"] for e in entries if e.get("percent")}
+
+
+def _canary_at(canary: str, percent: int) -> Done:
+    """The canary is the latest ready revision and its route entry holds ``percent``."""
+
+    def done(service: Service) -> bool:
+        predictor = predictor_status(service)
+        latest = [e for e in predictor.get("traffic", []) if e.get("latestRevision")]
+        return (
+            predictor.get("latestCreatedRevision") == canary
+            and predictor.get("latestReadyRevision") == canary
+            and [(e["revisionName"], e.get("percent", 0)) for e in latest] == [(canary, percent)]
+        )
+
+    return done
+
+
+def _new_canary_at(stable: str, percent: int) -> Done:
+    def done(service: Service) -> bool:
+        canary = predictor_status(service).get("latestCreatedRevision", "")
+        return canary != stable and _canary_at(canary, percent)(service)
+
+    return done
+
+
+def _rolled_out(canary: str) -> Done:
+    def done(service: Service) -> bool:
+        rolled_out = predictor_status(service).get("latestRolledoutRevision")
+        return rolled_out == canary and _traffic(service) == {canary: 100}
+
+    return done
+
+
+def _latest_is_ready(service: Service) -> bool:
+    predictor = predictor_status(service)
+    return predictor.get("latestReadyRevision") == predictor.get("latestCreatedRevision")
+
+
+def _standard_canary_at(name: str, percent: int) -> Done:
+    def done(service: Service) -> bool:
+        statuses = service.get("status", {}).get("canaryStatuses") or []
+        return [(s["name"], s["ready"], s["trafficPercent"]) for s in statuses] == [
+            (name, True, percent)
+        ]
+
+    return done
+
+
+def _contains(actual: Any, wanted: Any) -> bool:
+    if isinstance(wanted, dict):
+        return isinstance(actual, dict) and all(
+            key in actual and _contains(actual[key], value) for key, value in wanted.items()
+        )
+    return actual == wanted
+
+
+# -- building merge patches ---------------------------------------------------------------
+
+
+def _predictor_patch(current: Service, predictor: dict[str, Any]) -> dict[str, Any]:
+    return {"spec": {"predictor": _replacing(current, predictor)}}
+
+
+def _replacing(current: Service, predictor: dict[str, Any]) -> dict[str, Any]:
+    """The merge patch of ``spec.predictor`` that makes it exactly ``predictor``."""
+    return replacing(current["spec"]["predictor"], predictor)
+
+
+def replacing(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """A merge patch turning ``old`` into ``new`` (null drops a key)."""
+    patch: dict[str, Any] = {key: None for key in old if key not in new}
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(old.get(key), dict):
+            patch[key] = replacing(old[key], value)
+        else:
+            patch[key] = value
+    return patch
