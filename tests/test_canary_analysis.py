@@ -3,14 +3,14 @@ alone and inside whole rollouts routed by the Kubernetes double."""
 
 from __future__ import annotations
 
-import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
 
 from components.core.analysis import AnalysisPolicy, analyse, query_prometheus
+from components.core.canary import standard_canary_name
 from components.core.errors import ConveyorError
 from components.core.kube import InferenceServices
 from components.core.manifests import ServingSpec, render_inference_service
@@ -22,10 +22,7 @@ from tests.serving_stack import SplitLoad, faulty_model_dir, prometheus
 NAMESPACE = "ml-serving"
 MODEL = "species"
 SCENARIOS = {"healthy": None, "failing": "failing", "slow": "slow"}
-STANDARD_URI = "gs://models/standard/v2"
-STANDARD_CANARY = (
-    f"standard-canary-{hashlib.sha256(STANDARD_URI.encode()).hexdigest()[:8]}-predictor"
-)
+STANDARD = {"standard": "gs://models/standard/v2", "steady": "gs://models/steady/v2"}
 BODY = {
     "instances": multiclass_table(seed=5)
     .drop(columns="species")
@@ -33,6 +30,12 @@ BODY = {
     .head(3)
     .to_dict("records")
 }
+
+
+def standard_canary(scenario: str, uri: str) -> str:
+    """The Deployment (and metrics revision) name of a Standard canary of ``uri``."""
+    predictor = render_inference_service(ServingSpec(scenario, "1", uri, namespace=NAMESPACE))
+    return f"{scenario}-{standard_canary_name(predictor['spec']['predictor'])}-predictor"
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         )
     # Standard mode: revisions are Deployments, named for the predictor (see canary.py).
     models["standard-predictor"] = good
-    models[STANDARD_CANARY] = models["failing-predictor-00002"]
+    models[standard_canary("standard", STANDARD["standard"])] = models["failing-predictor-00002"]
+    models["steady-predictor"] = good
+    models[standard_canary("steady", STANDARD["steady"])] = good
     with predictors(models, MODEL, root) as urls, prometheus(urls, NAMESPACE, root) as url:
         yield Stack(urls, url)
 
@@ -277,30 +282,60 @@ def test_a_canary_nobody_calls_follows_on_no_data(
     assert "fewer than the 3 needed to judge it" in result.steps[0].analysis.reason
 
 
-def test_standard_mode_rolls_back_a_failing_spec_canary_on_measured_numbers(stack: Stack) -> None:
-    with KubernetesApiDouble(default_mode="Standard", ready_after=0.2, tick=0.02) as cluster:
-        stable_deployed(cluster, stack, "standard")
+def standard_split(cluster: KubernetesApiDouble, scenario: str) -> Callable[[], dict[str, int]]:
+    """The split a ready spec.canary entry asks for (weighted routing, as KServe intends)."""
 
-        def split() -> dict[str, int]:
-            service = cluster.get(NAMESPACE, "standard")
-            shares = {
-                f"standard-{entry['name']}-predictor": entry["trafficPercent"]
-                for entry in service["status"].get("canaryStatuses", [])
-                if entry["ready"]
-            }
-            return {"standard-predictor": 100 - sum(shares.values()), **shares}
+    def split() -> dict[str, int]:
+        service = cluster.get(NAMESPACE, scenario)
+        stable = service["spec"]["predictor"].get("name")
+        stable = f"{scenario}-{stable}-predictor" if stable else f"{scenario}-predictor"
+        shares = {
+            f"{scenario}-{entry['name']}-predictor": entry["trafficPercent"]
+            for entry in service["status"].get("canaryStatuses", [])
+            if entry["ready"]
+        }
+        return {stable: 100 - sum(shares.values()), **shares}
 
-        load = SplitLoad(split, stack.urls, MODEL, BODY, rate=40)
-        with load, pytest.raises(RolloutFailed) as failed:
-            roll_out(cluster, stack, "standard", STANDARD_URI)
-        result = failed.value.result
-        assert (result.mode, result.decision) == ("Standard", "rolled_back")
-        assert (result.stable_revision, result.canary_revision) == (
-            "standard-predictor",
-            STANDARD_CANARY,
-        )
-        assert result.reason.startswith("analysis at 10 %: canary success rate 0.00% is below")
-        assert load.sent[STANDARD_CANARY] > 0
-        service = cluster.get(NAMESPACE, "standard")
-        assert "canary" not in service["spec"]
-        assert service["spec"]["predictor"]["model"]["storageUri"] == "gs://models/standard/v1"
+    return split
+
+
+@pytest.fixture(scope="module")
+def standard_cluster() -> Iterator[KubernetesApiDouble]:
+    with KubernetesApiDouble(default_mode="Standard", ready_after=0.2, tick=0.02) as double:
+        yield double
+
+
+def test_standard_mode_promotes_a_healthy_spec_canary(
+    standard_cluster: KubernetesApiDouble, stack: Stack
+) -> None:
+    stable_deployed(standard_cluster, stack, "steady")
+    canary = standard_canary("steady", STANDARD["steady"])
+    load = SplitLoad(standard_split(standard_cluster, "steady"), stack.urls, MODEL, BODY, rate=40)
+    with load:
+        result = roll_out(standard_cluster, stack, "steady", STANDARD["steady"])
+    assert (result.mode, result.decision) == ("Standard", "promoted")
+    assert (result.stable_revision, result.canary_revision) == ("steady-predictor", canary)
+    assert [(s.percent, s.analysis.verdict) for s in result.steps] == [(10, "pass"), (50, "pass")]
+    assert load.sent[canary] > 0
+    service = standard_cluster.get(NAMESPACE, "steady")
+    assert f"steady-{service['spec']['predictor']['name']}-predictor" == canary
+    assert "name" not in service["spec"]["predictor"]["model"]  # KServe forbids it there
+    assert "canary" not in service["spec"]
+
+
+def test_standard_mode_rolls_back_a_failing_spec_canary(
+    standard_cluster: KubernetesApiDouble, stack: Stack
+) -> None:
+    stable_deployed(standard_cluster, stack, "standard")
+    canary = standard_canary("standard", STANDARD["standard"])
+    load = SplitLoad(standard_split(standard_cluster, "standard"), stack.urls, MODEL, BODY, rate=40)
+    with load, pytest.raises(RolloutFailed) as failed:
+        roll_out(standard_cluster, stack, "standard", STANDARD["standard"])
+    result = failed.value.result
+    assert (result.mode, result.decision) == ("Standard", "rolled_back")
+    assert (result.stable_revision, result.canary_revision) == ("standard-predictor", canary)
+    assert result.reason.startswith("analysis at 10 %: canary success rate 0.00% is below")
+    assert load.sent[canary] > 0
+    service = standard_cluster.get(NAMESPACE, "standard")
+    assert "canary" not in service["spec"]
+    assert service["spec"]["predictor"]["model"]["storageUri"] == "gs://models/standard/v1"

@@ -58,10 +58,16 @@ def manifest(uri: str, version: str = "2") -> dict:
     return render_inference_service(ServingSpec(NAME, version, uri, namespace=NAMESPACE))
 
 
-def rollout(cluster: KubernetesApiDouble, uri: str = CANARY_URI, run_id: str = "run-2", **plan):
+def rollout(
+    cluster: KubernetesApiDouble,
+    uri: str = CANARY_URI,
+    run_id: str = "run-2",
+    policy: AnalysisPolicy = AnalysisPolicy(),  # noqa: B008 - frozen, so safe to share
+    **plan: float,
+) -> Rollout:
     settings = {**FAST.__dict__, **plan}
     return Rollout(
-        services(cluster), manifest(uri), RolloutPlan(**settings), AnalysisPolicy(), run_id,
+        services(cluster), manifest(uri), RolloutPlan(**settings), policy, run_id,
         progress=lambda line: None,
     )  # fmt: skip
 
@@ -280,38 +286,54 @@ def standard_cluster() -> Iterator[KubernetesApiDouble]:
         yield double
 
 
-def canary_statuses(cluster: KubernetesApiDouble) -> list[tuple[str, bool, int]]:
-    statuses = cluster.get(NAMESPACE, NAME)["status"].get("canaryStatuses") or []
-    return [(s["name"], s["ready"], s["trafficPercent"]) for s in statuses]
+# Standard mode canaries must prove they served: analysis against Prometheus is required.
+# The URL is never reached in these tests, which end before any analysis.
+ANALYSED = AnalysisPolicy(prometheus_url="http://127.0.0.1:9")
 
 
-def test_standard_mode_moves_the_canary_through_spec_canary_and_promotes_it(
+def test_standard_mode_refuses_a_canary_nobody_would_analyse(
     standard_cluster: KubernetesApiDouble,
 ) -> None:
     deployed(standard_cluster)
-    seen: list = []
+    before = len(writes(standard_cluster))
+    with pytest.raises(RolloutFailed) as refused:
+        rollout(standard_cluster).run()
+    assert refused.value.result.reason.startswith(
+        "fraud runs in Standard mode, where KServe 0.20 sets a spec.canary entry's replicas "
+        "from trafficPercent but routes no traffic by it yet"
+    )
+    assert len(writes(standard_cluster)) == before
 
-    def record() -> None:
-        for _ in range(400):
-            statuses = canary_statuses(standard_cluster)
-            if statuses and statuses not in seen:
-                seen.append(statuses)
-            time.sleep(0.01)
 
-    threading.Thread(target=record, daemon=True).start()
-    result = rollout(standard_cluster).run()
-    assert (result.decision, result.mode) == ("promoted", "Standard")
-    canary = result.canary_revision
-    assert canary.startswith("fraud-canary-") and canary.endswith("-predictor")
-    assert result.stable_revision == "fraud-predictor"
-    name = canary.removeprefix("fraud-").removesuffix("-predictor")
-    assert [(name, True, 10)] in seen and [(name, True, 50)] in seen
-    service = standard_cluster.get(NAMESPACE, NAME)
-    assert service["spec"]["predictor"]["name"] == name  # its Deployment carries on serving
-    assert service["spec"]["predictor"]["model"]["storageUri"] == CANARY_URI
-    assert "canary" not in service["spec"] and not service["status"].get("canaryStatuses")
-    assert service["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
-    assert LOCK_ANNOTATION not in service["metadata"]["annotations"]
+def test_standard_mode_refuses_a_canary_of_the_model_already_served(
+    standard_cluster: KubernetesApiDouble,
+) -> None:
+    deployed(standard_cluster)
+    with pytest.raises(RolloutFailed) as refused:
+        Rollout(
+            services(standard_cluster),
+            render_inference_service(ServingSpec(NAME, "2", STABLE_URI, namespace=NAMESPACE, cpu="2")),
+            FAST, ANALYSED, "run-2", progress=lambda line: None,
+        ).run()  # fmt: skip
+    assert refused.value.result.reason.startswith(
+        f"fraud already serves {STABLE_URI}: in Standard mode a canary needs a new model"
+    )
+
+
+def test_standard_mode_on_a_crd_it_cannot_read_and_that_lacks_spec_canary() -> None:
+    with KubernetesApiDouble(
+        default_mode="Standard", crd_has_canary=False, ready_after=0.1, tick=0.02
+    ) as cluster:
+        deployed(cluster)
+        cluster.deny("get", "customresourcedefinitions")  # as kserve/rbac.yaml grants no more
+        with pytest.raises(RolloutFailed) as failed:
+            rollout(cluster, policy=ANALYSED).run()
+        assert "the API server dropped spec.canary" in failed.value.result.reason
+        assert "no canary is possible in Standard mode" in failed.value.result.reason
+        assert "canary" not in cluster.get(NAMESPACE, NAME)["spec"]
+        assert (
+            cluster.get(NAMESPACE, NAME)["spec"]["predictor"]["model"]["storageUri"] == STABLE_URI
+        )
 
 
 def test_standard_mode_rolls_back_a_canary_that_never_becomes_ready(
@@ -320,9 +342,9 @@ def test_standard_mode_rolls_back_a_canary_that_never_becomes_ready(
     deployed(standard_cluster)
     standard_cluster.revision_behaviour(CANARY_URI, never_ready=True)
     with pytest.raises(RolloutFailed) as failed:
-        rollout(standard_cluster, ready_timeout_s=1).run()
+        rollout(standard_cluster, policy=ANALYSED, ready_timeout_s=1).run()
     assert failed.value.result.decision == "rolled_back"
-    assert failed.value.result.reason.startswith("timed out after 1 s waiting for canary canary-")
+    assert failed.value.result.reason.startswith("timed out after 1 s waiting for canary c")
     service = standard_cluster.get(NAMESPACE, NAME)
     assert service["spec"]["predictor"]["model"]["storageUri"] == STABLE_URI
     assert "canary" not in service["spec"] and not service["status"].get("canaryStatuses")
@@ -534,3 +556,26 @@ def test_a_rolled_back_deploy_fails_the_step_with_its_reason_and_report(
     )
     assert "**rolled back**" in (tmp_path / "v2" / "report").read_text()
     assert_stable_serves_everything(cluster)
+
+
+def test_restoring_after_a_promotion_hands_traffic_back_to_the_old_model(
+    cluster: KubernetesApiDouble,
+) -> None:
+    """A failure after the promotion (the unlock, say) still rolls back: setting 0 % would
+    leave everything on the promoted canary, so the old spec takes over from it instead."""
+    from components.core.canary import KnativeCanary
+
+    stable = deployed(cluster)
+    snapshot = {
+        "predictor": stable["spec"]["predictor"],
+        "stable_revision": "fraud-predictor-00001",
+    }
+    assert rollout(cluster).run().decision == "promoted"
+
+    def wait(what: str, done) -> dict:
+        _wait_for(lambda: done(cluster.get(NAMESPACE, NAME)), timeout=10)
+        return cluster.get(NAMESPACE, NAME)
+
+    KnativeCanary(services(cluster), NAME).restore(snapshot, wait)
+    assert traffic(cluster) == {"fraud-predictor-00003": 100}
+    assert cluster.get(NAMESPACE, NAME)["spec"]["predictor"]["model"]["storageUri"] == STABLE_URI

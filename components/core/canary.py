@@ -5,9 +5,10 @@ revision, ``spec.predictor.canaryTrafficPercent`` splits traffic between it and 
 last rolled-out revision, 100 promotes it, and a rollback sets 0 and re-applies the
 previous spec. Standard mode (RawDeployment before 0.20) ignores that field; KServe
 0.20 added ``spec.canary[]`` there instead: each entry is a Deployment of its own,
-named ``<service>-<predictor.name>-predictor``, with ``trafficPercent`` of the
-traffic; promoting makes it the predictor (same name, so no restart) and drops the
-entry; a rollback drops the entry.
+named ``<service>-<predictor.name>-predictor``, meant to get ``trafficPercent`` of the
+traffic (KServe 0.20 scales its replicas by it; weighted routing is not released yet,
+so a Standard canary must prove by analysis that it served); promoting makes it the
+predictor (same name, so no restart) and drops the entry; a rollback drops the entry.
 
 Each mode is a class with the same methods; the rollout (``components.core.rollout``)
 drives them and owns locking, analysis, deadlines and the report.
@@ -17,10 +18,12 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from components.core.errors import first_line
+from components.core.analysis import AnalysisPolicy
+from components.core.errors import ConveyorError, first_line
 from components.core.kube import InferenceServices
 
 __all__ = [
@@ -33,6 +36,7 @@ __all__ = [
     "predictor_status",
     "replacing",
     "serves",
+    "standard_canary_name",
 ]
 
 MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
@@ -50,6 +54,9 @@ class Canary(Protocol):
 
     mode: str
 
+    def refusal(
+        self, service: Service, predictor: dict[str, Any], policy: AnalysisPolicy
+    ) -> str: ...
     def stable_revision(self, service: Service) -> str: ...
     def settled(self, service: Service) -> bool: ...
     def failure(self, service: Service, stable: str, known: dict[str, Any]) -> str: ...
@@ -66,6 +73,9 @@ class KnativeCanary:
 
     def __init__(self, services: InferenceServices, name: str) -> None:
         self.services, self.name = services, name
+
+    def refusal(self, service: Service, predictor: dict[str, Any], policy: AnalysisPolicy) -> str:
+        return ""
 
     def stable_revision(self, service: Service) -> str:
         return predictor_status(service).get("latestRolledoutRevision", "")
@@ -127,8 +137,11 @@ class KnativeCanary:
         re-applied at 0 % until ready (Knative's latest ready revision is still the
         canary until then), then moved to 100 %."""
         stable = snapshot["stable_revision"]
-        self._set_percent(0)
-        wait(f"100 % on the stable revision {stable}", lambda s: _traffic(s) == {stable: 100})
+        # Unless the canary was already rolled out (a failure after its promotion), where
+        # 0 % would leave everything on it: the re-applied spec takes over from it instead.
+        if self.stable_revision(self.services.get(self.name) or {}) == stable:
+            self._set_percent(0)
+            wait(f"100 % on the stable revision {stable}", lambda s: _traffic(s) == {stable: 100})
         previous = {**copy.deepcopy(snapshot["predictor"]), "canaryTrafficPercent": 0}
         self.services.patch_fresh(self.name, lambda current: _predictor_patch(current, previous))
         wait("the previous spec's revision to be ready", _latest_is_ready)
@@ -149,6 +162,29 @@ class StandardCanary:
     def __init__(self, services: InferenceServices, name: str) -> None:
         self.services, self.name = services, name
 
+    def refusal(self, service: Service, predictor: dict[str, Any], policy: AnalysisPolicy) -> str:
+        if not policy.prometheus_url or policy.on_no_data != "fail":
+            return (
+                f"{self.name} runs in Standard mode, where KServe 0.20 sets a spec.canary "
+                "entry's replicas from trafficPercent but routes no traffic by it yet, so a "
+                "canary must prove it served requests: give a Prometheus URL and keep "
+                "on_no_data=fail"
+            )
+        current_uri = service["spec"]["predictor"].get("model", {}).get("storageUri")
+        if predictor["model"]["storageUri"] == current_uri:
+            return (
+                f"{self.name} already serves {current_uri}: in Standard mode a canary needs a "
+                "new model (KServe refuses a new predictor name without one); apply other "
+                "changes to spec.predictor directly"
+            )
+        label = f"isvc.{self._deployment(self._canary_name(predictor))}"
+        if len(label) > 63:
+            return (
+                f"the canary's pod label {label!r} would be {len(label)} characters, over "
+                f"Kubernetes' 63: shorten the InferenceService name by {len(label) - 63}"
+            )
+        return ""
+
     def stable_revision(self, service: Service) -> str:
         return self._deployment(service["spec"]["predictor"].get("name", ""))
 
@@ -166,7 +202,7 @@ class StandardCanary:
     def start(self, predictor: dict[str, Any], stable: str, percent: int, wait: Wait) -> str:
         entry = {"predictor": self._canary_predictor(predictor), "trafficPercent": percent}
         canary = entry["predictor"]["name"]
-        self.services.patch_fresh(
+        patched = self.services.patch_fresh(
             self.name,
             # KServe accepts spec.canary only where the mode is annotated as Standard.
             lambda _: {
@@ -174,6 +210,12 @@ class StandardCanary:
                 "spec": {"canary": [entry]},
             },
         )
+        if not patched["spec"].get("canary"):  # an API server whose CRD lacks it drops it
+            raise ConveyorError(
+                f"{self.name}: the API server dropped spec.canary, so its InferenceService CRD "
+                "has none (KServe < 0.20) and no canary is possible in Standard mode: use "
+                "Knative (Serverless) mode or upgrade KServe"
+            )
         wait(f"canary {canary} ready at {percent} %", _standard_canary_at(canary, percent))
         return self._deployment(canary)
 
@@ -190,9 +232,11 @@ class StandardCanary:
 
         def promoted(current: Service) -> dict[str, Any]:
             (entry,) = current["spec"]["canary"]
+            predictor = copy.deepcopy(entry["predictor"])
+            predictor["model"].pop("name", None)  # KServe forbids it in spec.predictor
             return {
                 "metadata": {"annotations": dict(annotations)},
-                "spec": {"predictor": _replacing(current, entry["predictor"]), "canary": None},
+                "spec": {"predictor": _replacing(current, predictor), "canary": None},
             }
 
         self.services.patch_fresh(self.name, promoted)
@@ -212,13 +256,13 @@ class StandardCanary:
         wait("the canary to be removed", self.settled)
 
     def _canary_predictor(self, predictor: dict[str, Any]) -> dict[str, Any]:
-        """The predictor under a name of its own, derived from the model, so a re-run names
-        (and reuses) the same Deployment."""
         spec = {key: value for key, value in predictor.items() if key != "canaryTrafficPercent"}
-        digest = hashlib.sha256(spec["model"]["storageUri"].encode()).hexdigest()[:8]
         # The CRD wants a container name in a canary's model; KServe's own is kserve-container.
         model = {"name": "kserve-container", **spec["model"]}
-        return {**spec, "model": model, "name": f"canary-{digest}"}
+        return {**spec, "model": model, "name": self._canary_name(predictor)}
+
+    def _canary_name(self, predictor: dict[str, Any]) -> str:
+        return standard_canary_name(predictor)
 
     def _deployment(self, predictor_name: str) -> str:
         """KServe's Deployment (and metrics revision) name for a predictor name."""
@@ -230,6 +274,13 @@ class StandardCanary:
 
     def _entry_name(self, deployment: str) -> str:
         return deployment.removeprefix(f"{self.name}-").removesuffix("-predictor")
+
+
+def standard_canary_name(predictor: dict[str, Any]) -> str:
+    """A Standard canary's predictor name: short, and derived from the predictor, so a re-run
+    names (and reuses) the same Deployment and names stay within Kubernetes' 63 characters."""
+    spec = {key: value for key, value in predictor.items() if key != "canaryTrafficPercent"}
+    return "c" + hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:7]
 
 
 # -- reading an InferenceService ---------------------------------------------------------

@@ -248,6 +248,12 @@ class Rollout:
             if current is None:
                 return self.result
             try:
+                self.services.patch_fresh(self.name, self._lock_patch)
+            except _Cancelled:
+                self._fail("the run was cancelled (SIGTERM) before the rollout started")
+            except (_Refused, ConveyorError) as error:  # the lock not taken: nothing to undo
+                self._fail(str(error))
+            try:
                 return self._advance()
             except _Cancelled:
                 reason = "the run was cancelled (SIGTERM)"
@@ -259,7 +265,7 @@ class Rollout:
     # -- before any traffic moves ---------------------------------------------------------
 
     def _preflight(self) -> dict[str, Any] | None:
-        """The service, locked for this run; None when created or already serving the model."""
+        """The service, ready for a canary; None when created or already serving the model."""
         current = self.services.get(self.name)
         if current is None:
             self._create()
@@ -274,9 +280,12 @@ class Rollout:
             return None
         if not is_ready(current):
             raise _Refused(f"{self.name} is not Ready ({_not_ready_reason(current)}); fix it first")
+        refusal = self.canary.refusal(current, self.manifest["spec"]["predictor"], self.policy)
+        if refusal:
+            raise _Refused(refusal)
         self._known_failure = last_failure(current)
         self.result.stable_revision = self.canary.stable_revision(current)
-        return self.services.patch_fresh(self.name, self._lock_patch)
+        return current
 
     def _create(self) -> None:
         body = copy.deepcopy(self.manifest)
@@ -315,9 +324,11 @@ class Rollout:
     def _lock_patch(self, current: dict[str, Any]) -> dict[str, Any]:
         """Lock and snapshot in one resourceVersion-checked write, so only one run wins."""
         _refuse_foreign_lock(current, self.run_id, self.name)
+        annotations = _annotations(current)
         self.result.snapshot = {
             "predictor": current["spec"]["predictor"],
             "stable_revision": self.result.stable_revision,
+            "annotations": {key: annotations.get(key) for key in self._model_annotations()},
         }
         # Outlives the longest rollout, its rollback included, so no one takes over early.
         lease = self.plan.deadline_s + 3 * self.plan.ready_timeout_s
@@ -430,15 +441,18 @@ class Rollout:
             f"restoring the spec before the rollout (stable {snapshot['stable_revision']})"
         )
         self.canary.restore(snapshot, lambda what, done: self._wait(what, done, fail_fast=False))
-        self._release_lock()
+        self._release_lock(snapshot.get("annotations", {}))
 
     # -- writes and waits ---------------------------------------------------------------
 
-    def _release_lock(self) -> dict[str, Any]:
-        return self.services.patch_fresh(
-            self.name,
-            lambda _: _annotations_patch({LOCK_ANNOTATION: None, SNAPSHOT_ANNOTATION: None}),
-        )
+    def _release_lock(self, restored: dict[str, str | None] | None = None) -> dict[str, Any]:
+        """Drops the lock and snapshot, and puts back ``restored`` annotations (a rollback's)."""
+        annotations = {**(restored or {}), LOCK_ANNOTATION: None, SNAPSHOT_ANNOTATION: None}
+        return self.services.patch_fresh(self.name, lambda _: _annotations_patch(annotations))
+
+    def _model_annotations(self) -> list[str]:
+        """The annotations naming the model served, which move with a promotion."""
+        return list(self.manifest["metadata"].get("annotations", {}))
 
     def _wait(
         self, what: str, done: Callable[[dict[str, Any]], bool], fail_fast: bool = True

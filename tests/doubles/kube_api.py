@@ -459,9 +459,13 @@ def _traffic(
     ]  # fmt: skip
 
 
-def _canary_refusal(obj: dict[str, Any]) -> str:
-    """What KServe 0.20's webhook says against a spec.canary list, or ""."""
+def _canary_refusal(obj: dict[str, Any], old: dict[str, Any] | None = None) -> str:
+    """What KServe 0.20's webhook says against the predictor or a spec.canary list, or ""."""
     spec = obj.get("spec", {})
+    if "name" in spec.get("predictor", {}).get("model", {}):
+        return "the 'name' field is not allowed in standard predictor"
+    if old and _renamed_without_a_new_model(old["spec"]["predictor"], spec["predictor"]):
+        return "predictor.name can only change together with the model's storageUri"
     canaries = spec.get("canary") or []
     if not canaries:
         return ""
@@ -475,6 +479,13 @@ def _canary_refusal(obj: dict[str, Any]) -> str:
     if sum(entry["trafficPercent"] for entry in canaries) > 100:
         return "canary trafficPercent values must add up to 100 or less"
     return ""
+
+
+def _renamed_without_a_new_model(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    def uri(predictor: dict[str, Any]) -> str:
+        return predictor.get("model", {}).get("storageUri", "")
+
+    return old.get("name", "") != new.get("name", "") and uri(old) == uri(new)
 
 
 def _url(obj: dict[str, Any], suffix: str = "", tag: str = "") -> str:
@@ -886,7 +897,7 @@ class KubernetesApiDouble:
         if obj["metadata"].get("name", name) != name:
             raise ApiError(400, f'the name of the object ({obj["metadata"]["name"]}) does not '
                            f"match the name on the URL ({name})", name)  # fmt: skip
-        self._validate(obj)
+        self._validate(obj, stored)
         obj["metadata"].update(namespace=meta["namespace"], name=name)
         obj["metadata"].update({key: meta[key] for key in _SERVER_FIELDS if key in meta})
         if "status" in stored:
@@ -897,13 +908,17 @@ class KubernetesApiDouble:
             obj["metadata"]["generation"] = meta["generation"] + 1
         return self._store.save(obj, "MODIFIED")
 
-    def _validate(self, obj: dict[str, Any]) -> None:
+    def _validate(self, obj: dict[str, Any], old: dict[str, Any] | None = None) -> None:
+        if not self.crd_has_canary:
+            # A real API server prunes what its CRD's schema lacks (with a warning); the
+            # double refuses other unknown fields, to catch the project's own mistakes.
+            obj.get("spec", {}).pop("canary", None)
         problems = _problems(self._validator, obj)
         name = obj.get("metadata", {}).get("name", "")
         if problems:
             listed = problems[0] if len(problems) == 1 else f"[{', '.join(problems)}]"
             raise ApiError(422, f'{KIND}.{GROUP} "{name}" is invalid: {listed}', name)
-        refusal = _canary_refusal(obj)
+        refusal = _canary_refusal(obj, old)
         if refusal:  # KServe's validating webhook
             message = f'admission webhook "inferenceservice.kserve-webhook-server.validator" denied the request: {refusal}'
             raise ApiError(400, message, name, "BadRequest")
