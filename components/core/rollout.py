@@ -636,8 +636,10 @@ def describe_plan(manifest: dict[str, Any], plan: RolloutPlan, policy: AnalysisP
         f"- if {name} does not exist: create it and wait until it is Ready (decision: created)",
         f"- else: lock it, snapshot its spec, and send the new model {', then '.join(steps)} "
         f"of traffic, analysing the canary {plan.interval_s:g} s after each step",
-        "- promote at 100 % when every step passes; otherwise set 0 %, check the stable "
-        "revision holds 100 %, and re-apply the snapshot (at 0 % until it is ready)",
+        "  - Knative mode: as canaryTrafficPercent; Standard mode: as a spec.canary entry "
+        "(analysis required); ModelMesh, or Standard without spec.canary: refused",
+        "- promote when every step passes; otherwise roll back (Knative: 0 %, stable checked "
+        "at 100 %, the snapshot re-applied at 0 % until ready; Standard: the entry dropped)",
         f"- deadline {plan.deadline_s:g} s; readiness timeout {plan.ready_timeout_s:g} s; "
         f"failure budget {plan.failure_budget}",
     ]
