@@ -69,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     build.set_defaults(handler=_compile)
     _add_rollout(commands)
     _add_serve(commands)
+    check = commands.add_parser(
+        "check", help="compile every pipeline for every target and check configs/*.yaml"
+    )
+    check.add_argument("--configs", type=Path, default=Path("configs"))
+    check.set_defaults(handler=_check)
     return parser
 
 
@@ -285,6 +290,39 @@ _DEPLOYMENTS = {
     "created": "Deployed: created the InferenceService (first deploy)",
     "promoted": "Deployed: the canary passed every step and was promoted to 100 %",
 }
+
+
+def _check(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from pipelines.compile import compile_all
+    from pipelines.local import check_deployable
+    from pipelines.parameters import load_parameters, parameter_problems
+    from pipelines.targets import Target
+    from pipelines.training import build_training_pipeline
+
+    with tempfile.TemporaryDirectory(prefix="conveyor-check-") as scratch:
+        compiled = compile_all(Path(scratch))
+        print(f"compiled: {', '.join(path.name for path in compiled)}")
+    pipeline = build_training_pipeline(Target("kubeflow"))
+    inputs = pipeline.component_spec.inputs
+    files = sorted(args.configs.glob("*.yaml"))
+    if not files:
+        raise ConveyorError(f"{args.configs}: no parameter files (*.yaml) to check")
+    problems = []
+    for path in files:
+        values = load_parameters(path)
+        found = parameter_problems(values, inputs, str(path))
+        if not found:  # well-typed: now the settings deploy would refuse
+            try:
+                check_deployable(values, pipeline)
+            except ConveyorError as error:
+                found = [f"{path}: {error}"]
+        print(f"{path}: {'ok' if not found else f'{len(found)} problem(s)'}")
+        problems += found
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return 1 if problems else 0
 
 
 def _print_summary(summary: Any, summary_path: Path, out: TextIO) -> None:

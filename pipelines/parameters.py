@@ -1,0 +1,72 @@
+"""Environment parameter files (``configs/<env>.yaml``) checked against a pipeline's signature.
+
+A parameter file maps pipeline parameter names to values. Every problem is named:
+an unknown key, a value of the wrong type, a required parameter with no value.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.core.errors import ConveyorError
+
+__all__ = ["load_parameters", "parameter_problems"]
+
+# KFP parameter types -> the Python values a YAML file may give for them.
+_ACCEPTED: dict[str, tuple[type, ...]] = {
+    "String": (str,),
+    "Integer": (int,),
+    "Float": (int, float),
+    "Boolean": (bool,),
+    "Dict": (dict,),
+    "List": (list,),
+}
+_TYPE_WORDS = {
+    "String": "text",
+    "Integer": "a whole number",
+    "Float": "a number",
+    "Boolean": "true or false",
+    "Dict": "a mapping",
+    "List": "a list",
+}
+
+
+def load_parameters(path: Path) -> dict[str, Any]:
+    """The mapping in a YAML parameter file; one line naming the file when it is not one."""
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except OSError as error:
+        raise ConveyorError(f"{path}: cannot read it ({error.strerror})") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConveyorError(f"{path}: not valid YAML{where}") from None
+    if not isinstance(loaded, dict):
+        raise ConveyorError(f"{path}: expected a mapping of parameter names to values")
+    return loaded
+
+
+def parameter_problems(values: dict[str, Any], inputs: dict[str, Any], where: str) -> list[str]:
+    """Every problem of ``values`` against a pipeline's inputs (``component_spec.inputs``),
+    each a line starting with ``where``."""
+    problems = [
+        f"{where}: {name!r} is not a parameter of the pipeline"
+        for name in values
+        if name not in inputs
+    ]
+    for name, spec in inputs.items():
+        if name not in values:
+            if not spec.optional:
+                problems.append(f"{where}: {name!r} is required ({_TYPE_WORDS[spec.type]})")
+            continue
+        value = values[name]
+        accepted = _ACCEPTED.get(spec.type, (object,))
+        # bool is an int in Python, but `true` is no number of steps.
+        if not isinstance(value, accepted) or (spec.type != "Boolean" and isinstance(value, bool)):
+            problems.append(
+                f"{where}: {name!r} must be {_TYPE_WORDS.get(spec.type, spec.type)}, not {value!r}"
+            )
+    return problems

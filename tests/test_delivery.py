@@ -1,0 +1,100 @@
+"""Delivery: parameter files checked against the pipeline, and cron for Kubeflow's scheduler."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from components.core.errors import ConveyorError
+from pipelines.cli import main
+from pipelines.cron import kubeflow_cron
+from pipelines.parameters import load_parameters, parameter_problems
+from pipelines.targets import Target
+from pipelines.training import build_training_pipeline
+from tests.conftest import ROOT
+
+INPUTS = build_training_pipeline(Target("kubeflow")).component_spec.inputs
+
+
+@pytest.mark.parametrize(
+    ("standard", "kubeflow"),
+    [
+        ("0 6 * * 1-5", "0 0 6 * * 1-5"),
+        ("*/15 * * * *", "0 */15 * * * *"),
+        ("30 2 * * 7", "0 30 2 * * 0"),  # Sunday is 7 or 0 in cron; robfig knows 0 only
+        ("0 6 * * mon-fri", "0 0 6 * * MON-FRI"),
+        ("0 0 1,15 jan,jul *", "0 0 0 1,15 JAN,JUL *"),
+        ("@daily", "0 0 0 * * *"),
+    ],
+)
+def test_standard_cron_becomes_six_fields(standard: str, kubeflow: str) -> None:
+    assert kubeflow_cron(standard) == kubeflow
+
+
+@pytest.mark.parametrize(
+    ("expression", "message"),
+    [
+        ("0 6 * *", "has 4 fields; write the standard 5"),
+        ("0 0 6 * * *", "has 6 fields; write the standard 5"),
+        ("0 25 * * *", "hour '25' is outside 0-23"),
+        ("0 6 L * *", "day of month 'L' is neither a number nor a name"),
+        ("0 6 ? * 1#2", r"day of month '\?' is not a number, range, list or step"),
+        ("*/0 * * * *", "minute step 0 never advances"),
+        ("0 6 * * FUNDAY", "day of week 'FUNDAY' is neither a number nor a name"),
+        ("0 6 * * 8", "day of week '8' is outside 0-7"),
+    ],
+)
+def test_cron_that_cannot_be_converted_is_one_clear_line(expression: str, message: str) -> None:
+    with pytest.raises(ConveyorError, match=message) as error:
+        kubeflow_cron(expression)
+    assert str(error.value).startswith(f"cron {expression!r}")
+
+
+def test_each_problem_of_a_parameter_file_is_named() -> None:
+    values = {
+        "seed": "42",
+        "rollout": 1,
+        "test_size": True,
+        "learning_rate": 0.1,
+        "metric_floors": [],
+    }
+    problems = parameter_problems(values, INPUTS, "configs/x.yaml")
+    assert problems == [
+        "configs/x.yaml: 'learning_rate' is not a parameter of the pipeline",
+        "configs/x.yaml: 'model_store_uri' is required (text)",
+        "configs/x.yaml: 'test_size' must be a number, not True",
+        "configs/x.yaml: 'seed' must be a whole number, not '42'",
+        "configs/x.yaml: 'metric_floors' must be a mapping, not []",
+        "configs/x.yaml: 'rollout' must be true or false, not 1",
+    ]
+    assert parameter_problems({"model_store_uri": "gs://b/m", "test_size": 1}, INPUTS, "f") == []
+
+
+def test_a_parameter_file_that_is_not_a_mapping_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    (tmp_path / "broken.yaml").write_text("a: [1,\n")
+    with pytest.raises(ConveyorError, match="list.yaml: expected a mapping of parameter names"):
+        load_parameters(tmp_path / "list.yaml")
+    with pytest.raises(ConveyorError, match=r"broken.yaml: not valid YAML at line \d"):
+        load_parameters(tmp_path / "broken.yaml")
+
+
+def test_check_passes_the_shipped_configs(capsys: pytest.CaptureFixture) -> None:
+    assert main(["check", "--configs", str(ROOT / "configs")]) == 0
+    printed = capsys.readouterr().out
+    assert "training.kubeflow.yaml, training.vertex.yaml" in printed
+    assert "configs/dev.yaml: ok" in printed and "configs/prod.yaml: ok" in printed
+
+
+def test_check_names_every_problem_and_fails(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "good.yaml").write_text("model_store_uri: gs://b/models\n")
+    (tmp_path / "typo.yaml").write_text("model_store_uri: gs://b/m\nestimater: random_forest\n")
+    (tmp_path / "steps.yaml").write_text("model_store_uri: gs://b/m\ncanary_steps: '50,10'\n")
+    assert main(["check", "--configs", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert f"{tmp_path / 'good.yaml'}: ok" in captured.out
+    assert captured.err.splitlines() == [
+        f"{tmp_path / 'steps.yaml'}: canary steps [50, 10] must increase",
+        f"{tmp_path / 'typo.yaml'}: 'estimater' is not a parameter of the pipeline",
+    ]
