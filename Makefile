@@ -13,6 +13,8 @@ GPUS ?= 0
 GPU_TYPE ?=
 GPU_NODE_SELECTOR ?=
 IMAGE_REGISTRY ?=
+# make images / push
+DOCKER ?= docker
 # make serve
 PORT ?= 8080
 # make test
@@ -23,10 +25,10 @@ MLSERVER_VENV := .bench/mlserver-venv
 MLSERVER_INSTALLED := $(MLSERVER_VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run serve compile test lint format bench lock clean
+.PHONY: help install run serve compile test lint format images push lint-images bench lock clean
 
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(INSTALLED): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -48,7 +50,7 @@ compile: $(INSTALLED) ## Write build/training.{kubeflow,vertex}.yaml and build/c
 		$(if $(GPU_NODE_SELECTOR),--gpu-node-selector '$(GPU_NODE_SELECTOR)') \
 		$(if $(IMAGE_REGISTRY),--image-registry '$(IMAGE_REGISTRY)')
 
-test: $(INSTALLED) ## Run lint and the test suite [PYTEST_ARGS=...]
+test: $(INSTALLED) lint-images ## Run lint, lint-images and the test suite [PYTEST_ARGS=...]
 	$(BIN)/ruff check components pipelines tests bench
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -59,6 +61,26 @@ lint: $(INSTALLED) ## Check style with ruff
 format: $(INSTALLED) ## Format the code with ruff
 	$(BIN)/ruff format components pipelines tests bench
 	$(BIN)/ruff check --fix components pipelines tests bench
+
+# Images: images/<kind>/Dockerfile, named and tagged by components/images.py (tag = package
+# version), exactly as compiled pipelines refer to them.
+image = $(shell $(BIN)/python -c 'import sys; from components.images import image; print(image(*sys.argv[1:]))' $(1) $(if $(IMAGE_REGISTRY),'$(IMAGE_REGISTRY)'))
+need_docker = @$(DOCKER) info >/dev/null 2>&1 || { echo "make $@: no container engine: '$(DOCKER) info' failed (is $(DOCKER) installed and its daemon running?)" >&2; exit 1; }
+
+images: $(INSTALLED) ## Build the base, gpu and serving images with docker [IMAGE_REGISTRY= DOCKER=docker]
+	$(need_docker)
+	$(DOCKER) build -f images/base/Dockerfile -t $(call image,base) .
+	$(DOCKER) build -f images/gpu/Dockerfile -t $(call image,gpu) .
+	$(DOCKER) build -f images/serving/Dockerfile -t $(call image,serving) .
+
+push: $(INSTALLED) ## Push the three images that make images built [IMAGE_REGISTRY= DOCKER=docker]
+	$(need_docker)
+	$(DOCKER) push $(call image,base)
+	$(DOCKER) push $(call image,gpu)
+	$(DOCKER) push $(call image,serving)
+
+lint-images: $(INSTALLED) ## Check the three Dockerfiles with hadolint
+	$(BIN)/hadolint images/base/Dockerfile images/gpu/Dockerfile images/serving/Dockerfile
 
 # MLServer pins an older FastAPI than KServe: it gets a venv of its own.
 $(MLSERVER_INSTALLED): bench/mlserver-requirements.txt

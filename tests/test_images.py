@@ -1,0 +1,176 @@
+"""Container images: names as the pipelines use them, Dockerfile rules, and the recipe proven.
+
+No container engine runs here, so the recipe test replays the base Dockerfile's build stage
+(its COPY lines and its ``pip install``) in a fresh venv, then runs a component from it.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from components.images import image
+from tests.conftest import ROOT
+
+KINDS = ("base", "gpu", "serving")
+DOCKERFILES = {kind: ROOT / "images" / kind / "Dockerfile" for kind in KINDS}
+
+
+def instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """``(INSTRUCTION, arguments)`` in order, continuation lines joined, comments dropped."""
+    lines = [
+        line for line in dockerfile.read_text().splitlines() if not line.lstrip().startswith("#")
+    ]
+    joined = re.sub(r"\\\n", " ", "\n".join(lines))
+    parsed = []
+    for line in joined.splitlines():
+        if line.strip():
+            keyword, _, arguments = line.strip().partition(" ")
+            parsed.append((keyword.upper(), " ".join(arguments.split())))
+    return parsed
+
+
+def pip_installs(run: str) -> list[list[str]]:
+    """The arguments of each ``pip install`` in one RUN line."""
+    installs = []
+    for command in re.split(r"&&|;", run):
+        words = shlex.split(command)
+        for at, word in enumerate(words[:-1]):
+            if word == "pip" and words[at + 1] == "install":
+                installs.append(words[at + 2 :])
+    return installs
+
+
+def test_make_images_builds_the_names_the_pipelines_pull() -> None:
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    registry = "r.example/ml"
+    dry_run = subprocess.run(
+        ["make", "-n", "images", f"IMAGE_REGISTRY={registry}"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    built = dict(re.findall(r"build -f images/(\w+)/Dockerfile -t (\S+) \.$", dry_run.stdout, re.M))
+    assert built == {kind: image(kind, registry) for kind in KINDS}, dry_run.stdout
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_dockerfile_pins_its_base_and_its_packages_and_drops_root(kind: str) -> None:
+    parsed = instructions(DOCKERFILES[kind])
+    stages: set[str] = set()
+    for keyword, arguments in parsed:
+        if keyword == "FROM":
+            words = arguments.split()
+            base = words[0]
+            if base not in stages:  # an earlier stage of this Dockerfile is pinned already
+                name, _, tag = base.partition("@")[0].rpartition(":")
+                assert "@sha256:" in base or (name and tag and tag != "latest"), (
+                    f"{kind}: FROM {base} is not pinned"
+                )
+            if len(words) == 3 and words[1].upper() == "AS":
+                stages.add(words[2])
+    users = [arguments for keyword, arguments in parsed if keyword == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0"), f"{kind}: runs as {users}"
+
+    installs = [words for keyword, run in parsed if keyword == "RUN" for words in pip_installs(run)]
+    assert installs, f"{kind}: no pip install"
+    for words in installs:
+        assert "--no-cache-dir" in words, f"{kind}: pip install {' '.join(words)}"
+    package_installs = [words for words in installs if "." in words]
+    assert package_installs, f"{kind}: does not install the package (pip install ... .)"
+    for words in package_installs:
+        assert "-c" in words and words[words.index("-c") + 1] == "constraints.txt", (
+            f"{kind}: pip install {' '.join(words)} is not pinned by -c constraints.txt"
+        )
+
+
+def replay_build_stage(dockerfile: Path, context: Path) -> tuple[Path, list[str]]:
+    """Copies what the stage that installs the package COPYs, as the build would, under
+    ``context``; returns that WORKDIR's copy and the stage's ``pip install`` arguments."""
+    workdir, copies, install = Path("/"), [], None
+    for keyword, arguments in instructions(dockerfile):
+        if keyword == "FROM":
+            workdir, copies = Path("/"), []
+        elif keyword == "WORKDIR":
+            workdir = workdir / arguments
+        elif keyword == "COPY" and "--from=" not in arguments:
+            *sources, destination = [word for word in arguments.split() if word[:2] != "--"]
+            copies.append((sources, workdir / destination))
+        elif keyword == "RUN" and install is None:
+            found = [words for words in pip_installs(arguments) if "." in words]
+            if found:
+                install, installed_in, copied = found[0], workdir, list(copies)
+    assert install is not None, f"{dockerfile}: no pip install of the package"
+    for sources, destination in copied:
+        target = context / destination.relative_to("/")
+        for source in sources:
+            origin = ROOT / source
+            if origin.is_dir():
+                shutil.copytree(
+                    origin, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+                )
+            else:
+                target.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(origin, target / origin.name)
+    return context / installed_in.relative_to("/"), install
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_base_image_recipe_installs_a_package_that_runs_a_component(tmp_path: Path) -> None:
+    started = time.monotonic()
+    source, install = replay_build_stage(DOCKERFILES["base"], tmp_path / "context")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    # The build's pip caches nothing; here a warm cache only saves time.
+    arguments = [word for word in install if word != "--no-cache-dir"]
+    result = subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", *arguments],
+        cwd=source, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    installed = time.monotonic() - started
+
+    run = textwrap.dedent(
+        """
+        import sys
+        from pathlib import Path
+
+        from kfp.dsl import Dataset
+
+        import components
+        from components.ingest import ingest
+
+        out = Path(sys.argv[1])
+        train = Dataset(name="train", uri=str(out / "train"), metadata={})
+        test = Dataset(name="test", uri=str(out / "test"), metadata={})
+        ingest.python_func(
+            data_uri="builtin://breast_cancer", target_column="diagnosis", train=train, test=test
+        )
+        print(Path(components.__file__).resolve())
+        print(train.metadata["rows"], test.metadata["rows"])
+        """
+    )
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    step = subprocess.run(
+        [str(python), "-c", run, str(artifacts)], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert step.returncode == 0, step.stderr[-3000:]
+    location, rows = step.stdout.splitlines()[-2:]
+    site_packages = venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    assert Path(location).is_relative_to(site_packages.resolve() / "site-packages"), location
+    assert not Path(location).is_relative_to(ROOT), location
+    assert rows == "455 114"
+    assert len(pd.read_parquet(artifacts / "train")) == 455
+    assert len(pd.read_parquet(artifacts / "test")) == 114
+    print(f"recipe: installed in {installed:.0f} s, {time.monotonic() - started:.0f} s in all")
