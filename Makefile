@@ -17,6 +17,12 @@ IMAGE_REGISTRY ?=
 DOCKER ?= docker
 # make serve
 PORT ?= 8080
+# make submit / schedule
+KFP_HOST ?=
+CONFIG ?= dev
+EXPERIMENT ?= conveyor
+CRON ?=
+DRY_RUN ?=
 # make test
 PYTEST_ARGS ?=
 # make bench
@@ -25,7 +31,7 @@ MLSERVER_VENV := .bench/mlserver-venv
 MLSERVER_INSTALLED := $(MLSERVER_VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run serve compile test lint format images push lint-images bench lock clean
+.PHONY: help install run serve compile check submit schedule test lint format images push lint-images bench lock clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -49,6 +55,19 @@ compile: $(INSTALLED) ## Write build/training.{kubeflow,vertex}.yaml and build/c
 		$(if $(GPU_TYPE),--gpu-type '$(GPU_TYPE)') \
 		$(if $(GPU_NODE_SELECTOR),--gpu-node-selector '$(GPU_NODE_SELECTOR)') \
 		$(if $(IMAGE_REGISTRY),--image-registry '$(IMAGE_REGISTRY)')
+
+check: $(INSTALLED) ## Compile every pipeline for every target and check configs/*.yaml
+	$(BIN)/conveyor check
+
+submit: $(INSTALLED) ## Upload to Kubeflow and start a run [KFP_HOST= CONFIG=dev EXPERIMENT= DRY_RUN=1]
+	$(BIN)/conveyor submit --target kubeflow --host '$(KFP_HOST)' --params configs/$(CONFIG).yaml \
+		--experiment '$(EXPERIMENT)' $(if $(IMAGE_REGISTRY),--image-registry '$(IMAGE_REGISTRY)') \
+		$(if $(DRY_RUN),--dry-run)
+
+schedule: $(INSTALLED) ## Run on Kubeflow on a cron, in UTC [KFP_HOST= CRON="0 6 * * 1-5" CONFIG=dev DRY_RUN=1]
+	$(BIN)/conveyor schedule --target kubeflow --host '$(KFP_HOST)' --params configs/$(CONFIG).yaml \
+		--experiment '$(EXPERIMENT)' --cron '$(CRON)' \
+		$(if $(IMAGE_REGISTRY),--image-registry '$(IMAGE_REGISTRY)') $(if $(DRY_RUN),--dry-run)
 
 test: $(INSTALLED) lint-images ## Run lint, lint-images and the test suite [PYTEST_ARGS=...]
 	$(BIN)/ruff check components pipelines tests bench
