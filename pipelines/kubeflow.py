@@ -78,13 +78,11 @@ def check_request(request: KubeflowRequest, inputs: dict[str, Any], where: str) 
 def submit(request: KubeflowRequest, package: Path, connect: Callable[[], Any]) -> tuple[str, str]:
     """Uploads the pipeline (or its new version) and starts a run; returns its id and link."""
     client = connect()
-    pipeline_id, version_id = _upload(client, request, package)
-    experiment = _call("create the experiment", lambda: client.create_experiment(
-        request.experiment, namespace=request.namespace or None))  # fmt: skip
+    pipeline_id, version_id, experiment_id = _prepare(client, request, package)
     run = _call(
         "start the run",
         lambda: client.run_pipeline(
-            experiment_id=experiment.experiment_id,
+            experiment_id=experiment_id,
             job_name=request.run_name,
             params=request.parameters,
             pipeline_id=pipeline_id,
@@ -100,13 +98,11 @@ def schedule(
 ) -> tuple[str, str]:
     """Uploads the pipeline (or its new version) and creates a recurring run on its cron."""
     client = connect()
-    pipeline_id, version_id = _upload(client, request, package)
-    experiment = _call("create the experiment", lambda: client.create_experiment(
-        request.experiment, namespace=request.namespace or None))  # fmt: skip
+    pipeline_id, version_id, experiment_id = _prepare(client, request, package)
     recurring = _call(
         "create the recurring run",
         lambda: client.create_recurring_run(
-            experiment_id=experiment.experiment_id,
+            experiment_id=experiment_id,
             job_name=request.run_name,
             cron_expression=request.cron,
             max_concurrency=request.max_concurrency,
@@ -162,6 +158,16 @@ def _check_health(host: str, token: str | None) -> None:
         raise ConveyorError(
             f"{url} answered {response.status_code}: is {host} a Kubeflow Pipelines API?"
         )
+
+
+def _prepare(client: Any, request: KubeflowRequest, package: Path) -> tuple[str, str, str]:
+    """The pipeline, its version for this package, and the experiment: ids, made if missing."""
+    pipeline_id, version_id = _upload(client, request, package)
+    experiment = _call(
+        "create the experiment",
+        lambda: client.create_experiment(request.experiment, namespace=request.namespace or None),
+    )
+    return pipeline_id, version_id, experiment.experiment_id
 
 
 def _upload(client: Any, request: KubeflowRequest, package: Path) -> tuple[str, str]:
