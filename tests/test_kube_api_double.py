@@ -204,19 +204,23 @@ def test_standard_mode_canaries_are_deployments_with_a_share() -> None:
     with KubernetesApiDouble(default_mode="Standard", ready_after=0.1, tick=0.02) as raw:
         raw.revision_behaviour("gs://models/never", never_ready=True)
         api = client.CustomObjectsApi(client.ApiClient(raw.configuration()))
+
+        def change(body: dict[str, Any]) -> None:  # no resourceVersion: the controller races
+            api.patch_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, NAME, body)
+
         api.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, manifest())
         wait_until(api, lambda s: condition(s, "Ready").get("status") == "True")
         standard = {"metadata": {"annotations": {"serving.kserve.io/deploymentMode": "Standard"}}}
-        patch(api, {**standard, "spec": {"canary": [canary_entry(CANARY, 10)]}})
+        change({**standard, "spec": {"canary": [canary_entry(CANARY, 10)]}})
         service = wait_until(api, lambda s: s["status"].get("canaryStatuses", [{}])[0].get("ready"))
         assert service["status"]["canaryStatuses"] == [
             {"name": "canary-1", "ready": True, "trafficPercent": 10}
         ]
         assert condition(service, "CanaryPredictorReady")["status"] == "True"
-        patch(api, {"spec": {"canary": [canary_entry("gs://models/never", 20, "canary-2")]}})
+        change({"spec": {"canary": [canary_entry("gs://models/never", 20, "canary-2")]}})
         service = wait_until(api, lambda s: s["status"]["canaryStatuses"][0]["name"] == "canary-2")
         assert condition(service, "CanaryPredictorReady")["reason"] == "CanariesNotReady"
-        patch(api, {"spec": {"canary": None}})
+        change({"spec": {"canary": None}})
         service = wait_until(api, lambda s: "canaryStatuses" not in s["status"])
         assert service["spec"]["predictor"]["model"]["storageUri"] == STABLE
 
