@@ -137,14 +137,24 @@ class KnativeCanary:
         re-applied at 0 % until ready (Knative's latest ready revision is still the
         canary until then), then moved to 100 %."""
         stable = snapshot["stable_revision"]
+        current = self.services.get(self.name) or {"spec": {"predictor": {}}}
         # Unless the canary was already rolled out (a failure after its promotion), where
         # 0 % would leave everything on it: the re-applied spec takes over from it instead.
-        if self.stable_revision(self.services.get(self.name) or {}) == stable:
+        if self.stable_revision(current) == stable:
             self._set_percent(0)
             wait(f"100 % on the stable revision {stable}", lambda s: _traffic(s) == {stable: 100})
         previous = {**copy.deepcopy(snapshot["predictor"]), "canaryTrafficPercent": 0}
-        self.services.patch_fresh(self.name, lambda current: _predictor_patch(current, previous))
-        wait("the previous spec's revision to be ready", _latest_is_ready)
+        # A changed spec makes a new revision: wait for that one, not the status before it.
+        unchanged = _without_percent(current["spec"]["predictor"]) == _without_percent(previous)
+        before = predictor_status(current).get("latestCreatedRevision")
+        self.services.patch_fresh(self.name, lambda latest: _predictor_patch(latest, previous))
+        wait(
+            "the previous spec's revision to be ready",
+            lambda s: (
+                _latest_is_ready(s)
+                and (unchanged or predictor_status(s).get("latestCreatedRevision") != before)
+            ),
+        )
         self._set_percent(100)
         wait("the previous spec to serve 100 %", self.settled)
 
@@ -256,7 +266,7 @@ class StandardCanary:
         wait("the canary to be removed", self.settled)
 
     def _canary_predictor(self, predictor: dict[str, Any]) -> dict[str, Any]:
-        spec = {key: value for key, value in predictor.items() if key != "canaryTrafficPercent"}
+        spec = _without_percent(predictor)
         # The CRD wants a container name in a canary's model; KServe's own is kserve-container.
         model = {"name": "kserve-container", **spec["model"]}
         return {**spec, "model": model, "name": self._canary_name(predictor)}
@@ -279,7 +289,7 @@ class StandardCanary:
 def standard_canary_name(predictor: dict[str, Any]) -> str:
     """A Standard canary's predictor name: short, and derived from the predictor, so a re-run
     names (and reuses) the same Deployment and names stay within Kubernetes' 63 characters."""
-    spec = {key: value for key, value in predictor.items() if key != "canaryTrafficPercent"}
+    spec = _without_percent(predictor)
     return "c" + hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:7]
 
 
@@ -310,8 +320,9 @@ def deployment_mode(service: Service) -> str:
 def serves(service: Service, predictor: dict[str, Any], canary: Canary) -> bool:
     """Whether the service runs this predictor with all traffic and no canary in flight
     (fields KServe's webhooks add, such as defaults, do not count against it)."""
-    wanted = {key: value for key, value in predictor.items() if key != "canaryTrafficPercent"}
-    return _contains(service["spec"]["predictor"], wanted) and canary.settled(service)
+    return _contains(service["spec"]["predictor"], _without_percent(predictor)) and canary.settled(
+        service
+    )
 
 
 def _condition(service: Service, kind: str) -> dict[str, Any]:
@@ -369,6 +380,10 @@ def _standard_canary_at(name: str, percent: int) -> Done:
         ]
 
     return done
+
+
+def _without_percent(predictor: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in predictor.items() if key != "canaryTrafficPercent"}
 
 
 def _contains(actual: Any, wanted: Any) -> bool:

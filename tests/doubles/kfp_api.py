@@ -33,11 +33,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.parser import BytesParser
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import yaml
+
+from tests.doubles.http import MethodHandler
 
 __all__ = ["ApiError", "CronError", "KfpApiDouble", "RecordedRequest", "parse_cron"]
 
@@ -548,30 +550,10 @@ class _Server(ThreadingHTTPServer):
         self.double = double
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(MethodHandler):
     """Reads a request, lets the double answer it, writes its JSON answer."""
 
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # headers and body go out as two writes: no 40 ms stalls
     server: _Server
-
-    def do_GET(self) -> None:  # noqa: N802 - the names http.server dispatches to
-        self._serve("GET")
-
-    def do_POST(self) -> None:  # noqa: N802
-        self._serve("POST")
-
-    def do_PUT(self) -> None:  # noqa: N802
-        self._serve("PUT")
-
-    def do_PATCH(self) -> None:  # noqa: N802
-        self._serve("PATCH")
-
-    def do_DELETE(self) -> None:  # noqa: N802
-        self._serve("DELETE")
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        """Quiet: the recorded requests say what happened."""
 
     def _serve(self, method: str) -> None:
         url = urlsplit(self.path)

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ import yaml
 from jsonschema import Draft7Validator
 
 from components.core.manifests import CRD_FILE, inference_service_schema
+from tests.doubles.http import MethodHandler
 
 __all__ = ["ApiError", "KubernetesApiDouble", "RecordedRequest"]
 
@@ -572,29 +573,10 @@ class _Server(ThreadingHTTPServer):
         self.double = double
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(MethodHandler):
     """Reads a request, lets the double answer it, and writes JSON (or a watch stream)."""
 
-    protocol_version = "HTTP/1.1"  # keep-alive, and chunked watch streams
     server: _Server
-
-    def do_GET(self) -> None:  # noqa: N802 - the names http.server dispatches to
-        self._serve("GET")
-
-    def do_POST(self) -> None:  # noqa: N802
-        self._serve("POST")
-
-    def do_PUT(self) -> None:  # noqa: N802
-        self._serve("PUT")
-
-    def do_PATCH(self) -> None:  # noqa: N802
-        self._serve("PATCH")
-
-    def do_DELETE(self) -> None:  # noqa: N802
-        self._serve("DELETE")
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        """Quiet: the recorded requests say what happened."""
 
     def _serve(self, method: str) -> None:
         double = self.server.double
