@@ -1,11 +1,21 @@
-"""What the loopback doubles share: an HTTP/1.1 request handler dispatching every method."""
+"""What the loopback doubles share: the server, and a handler dispatching every method."""
 
 from __future__ import annotations
 
-from http.server import BaseHTTPRequestHandler
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-__all__ = ["MethodHandler"]
+__all__ = ["DoubleServer", "MethodHandler"]
+
+
+class DoubleServer(ThreadingHTTPServer):
+    """A loopback server on a free port whose handlers answer through ``double``."""
+
+    daemon_threads = True
+
+    def __init__(self, double: Any, handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(("127.0.0.1", 0), handler)
+        self.double = double
 
 
 class MethodHandler(BaseHTTPRequestHandler):

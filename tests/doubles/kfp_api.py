@@ -33,13 +33,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.parser import BytesParser
-from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import yaml
 
-from tests.doubles.http import MethodHandler
+from tests.doubles.http import DoubleServer, MethodHandler
 
 __all__ = ["ApiError", "CronError", "KfpApiDouble", "RecordedRequest", "parse_cron"]
 
@@ -542,18 +541,10 @@ class _Request:
 _Answer = Callable[..., dict[str, Any]]
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, double: KfpApiDouble) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.double = double
-
-
 class _Handler(MethodHandler):
     """Reads a request, lets the double answer it, writes its JSON answer."""
 
-    server: _Server
+    server: DoubleServer
 
     def _serve(self, method: str) -> None:
         url = urlsplit(self.path)
@@ -625,14 +616,14 @@ class KfpApiDouble:
         self._failures: list[tuple[str, str, int]] = []
         self.errors: list[BaseException] = []  # the double's own failures, raised at exit
         self._lock = threading.RLock()
-        self._server: _Server | None = None
+        self._server: DoubleServer | None = None
         self._thread: threading.Thread | None = None
         self._routes = self._route_table()
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def __enter__(self) -> KfpApiDouble:
-        self._server = _Server(self)
+        self._server = DoubleServer(self, _Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(
             target=self._server.serve_forever, args=(0.05,), daemon=True

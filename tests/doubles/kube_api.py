@@ -23,7 +23,6 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ import yaml
 from jsonschema import Draft7Validator
 
 from components.core.manifests import CRD_FILE, inference_service_schema
-from tests.doubles.http import MethodHandler
+from tests.doubles.http import DoubleServer, MethodHandler
 
 __all__ = ["ApiError", "KubernetesApiDouble", "RecordedRequest"]
 
@@ -565,18 +564,10 @@ def _verb(method: str, route: _Route, query: dict[str, str]) -> str:
     return "watch" if query.get("watch", "").lower() in ("true", "t", "1") else "list"
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, double: KubernetesApiDouble) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.double = double
-
-
 class _Handler(MethodHandler):
     """Reads a request, lets the double answer it, and writes JSON (or a watch stream)."""
 
-    server: _Server
+    server: DoubleServer
 
     def _serve(self, method: str) -> None:
         double = self.server.double
@@ -647,13 +638,13 @@ class KubernetesApiDouble:
         self._conflicts = 0
         self._errors: list[BaseException] = []
         self._stop = threading.Event()
-        self._server: _Server | None = None
+        self._server: DoubleServer | None = None
         self._threads: list[threading.Thread] = []
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def __enter__(self) -> KubernetesApiDouble:
-        self._server = _Server(self)
+        self._server = DoubleServer(self, _Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._threads = [
             threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True),
