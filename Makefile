@@ -23,6 +23,16 @@ CONFIG ?= dev
 EXPERIMENT ?= conveyor
 CRON ?=
 DRY_RUN ?=
+# make submit-vertex / schedule-vertex / publish
+PROJECT ?=
+REGION ?=
+PIPELINE_ROOT ?=
+SERVICE_ACCOUNT ?=
+TEMPLATE ?=
+TIMEZONE ?= UTC
+REPLACE ?=
+REPO ?=
+TAG ?=
 # make test
 PYTEST_ARGS ?=
 # make bench
@@ -31,10 +41,10 @@ MLSERVER_VENV := .bench/mlserver-venv
 MLSERVER_INSTALLED := $(MLSERVER_VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run serve compile check submit schedule test lint format images push lint-images bench lock clean
+.PHONY: help install run serve compile check submit schedule submit-vertex schedule-vertex publish test lint format images push lint-images bench lock clean
 
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(INSTALLED): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +77,22 @@ submit: $(INSTALLED) ## Upload to Kubeflow and start a run [KFP_HOST= CONFIG=dev
 schedule: $(INSTALLED) ## Run on Kubeflow on a cron, in UTC [KFP_HOST= CRON="0 6 * * 1-5" CONFIG=dev DRY_RUN=1]
 	$(BIN)/conveyor schedule --target kubeflow --host '$(KFP_HOST)' --params configs/$(CONFIG).yaml \
 		--experiment '$(EXPERIMENT)' --cron '$(CRON)' \
+		$(if $(IMAGE_REGISTRY),--image-registry '$(IMAGE_REGISTRY)') $(if $(DRY_RUN),--dry-run)
+
+vertex_args = --project '$(PROJECT)' --region '$(REGION)' --pipeline-root '$(PIPELINE_ROOT)' \
+	--params configs/$(CONFIG).yaml $(if $(SERVICE_ACCOUNT),--service-account '$(SERVICE_ACCOUNT)') \
+	$(if $(TEMPLATE),--template '$(TEMPLATE)') $(if $(IMAGE_REGISTRY),--image-registry '$(IMAGE_REGISTRY)') \
+	$(if $(DRY_RUN),--dry-run)
+
+submit-vertex: $(INSTALLED) ## Submit to Vertex AI Pipelines [PROJECT= REGION= PIPELINE_ROOT=gs://… CONFIG=dev TEMPLATE= DRY_RUN=1]
+	$(BIN)/conveyor submit --target vertex $(vertex_args)
+
+schedule-vertex: $(INSTALLED) ## Run on Vertex AI on a cron [PROJECT= REGION= PIPELINE_ROOT= CRON= TIMEZONE=Europe/Paris REPLACE=1]
+	$(BIN)/conveyor schedule --target vertex $(vertex_args) --cron '$(CRON)' --timezone '$(TIMEZONE)' \
+		$(if $(REPLACE),--replace)
+
+publish: $(INSTALLED) ## Publish the Vertex template to Artifact Registry [REPO=https://REGION-kfp.pkg.dev/P/R TAG=v1 DRY_RUN=1]
+	$(BIN)/conveyor publish --target vertex --repo '$(REPO)' --tag '$(TAG)' \
 		$(if $(IMAGE_REGISTRY),--image-registry '$(IMAGE_REGISTRY)') $(if $(DRY_RUN),--dry-run)
 
 test: $(INSTALLED) lint-images ## Run lint, lint-images and the test suite [PYTEST_ARGS=...]

@@ -1,5 +1,7 @@
 """The ``conveyor`` command: ``run`` (a local run), ``compile`` (YAML for clusters),
-``rollout`` (a canary rollout from a CD system) and ``serve`` (a champion, locally)."""
+``rollout`` (a canary rollout from a CD system), ``serve`` (a champion, locally), ``check``
+(every pipeline and parameter file), and ``submit``, ``schedule`` and ``publish`` (delivery
+to Kubeflow and Vertex AI, in ``pipelines.delivery``)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Any, TextIO
 import yaml
 
 from components.core.errors import ConveyorError
+from pipelines.delivery import add_commands
 
 __all__ = ["main"]
 
@@ -69,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     build.set_defaults(handler=_compile)
     _add_rollout(commands)
     _add_serve(commands)
-    _add_delivery(commands)
+    add_commands(commands)
     check = commands.add_parser(
         "check", help="compile every pipeline for every target and check configs/*.yaml"
     )
@@ -116,76 +119,6 @@ def _add_rollout(commands: Any) -> None:
     rollout.add_argument("--report", type=Path, help="write the Markdown report here")
     rollout.add_argument("--dry-run", action="store_true", help="print the plan; touch nothing")
     rollout.set_defaults(handler=_rollout)
-
-
-def _add_delivery(commands: Any) -> None:
-    for name, text in (
-        ("submit", "upload the pipeline (or a new version) to Kubeflow and start a run"),
-        ("schedule", "upload the pipeline (or a new version) to Kubeflow and run it on a cron"),
-    ):
-        command = commands.add_parser(name, help=text)
-        command.add_argument("--target", required=True, choices=("kubeflow",))
-        command.add_argument("--host", required=True, help="the KFP API, such as http://…/pipeline")
-        command.add_argument("--experiment", default="conveyor")
-        command.add_argument("--namespace", default="", help="a Kubeflow profile namespace")
-        command.add_argument(
-            "--params", type=Path, help="a parameter file, such as configs/dev.yaml"
-        )
-        command.add_argument("--run-name", default="", help="default: pipeline name and time")
-        command.add_argument("--service-account", default="")
-        command.add_argument(
-            "--image-registry", default="", help="where the images are pulled from"
-        )
-        command.add_argument("--dry-run", action="store_true", help="print what would be sent")
-        if name == "schedule":
-            command.add_argument("--cron", required=True, help="standard 5-field cron, in UTC")
-            command.add_argument("--timezone", default="UTC")
-            command.add_argument("--max-concurrent", type=int, default=1)
-        command.set_defaults(handler=_deliver)
-
-
-def _deliver(args: argparse.Namespace) -> int:
-    import datetime
-    import tempfile
-
-    from pipelines import kubeflow
-    from pipelines.compile import compile_pipeline
-    from pipelines.cron import kubeflow_cron
-    from pipelines.parameters import load_parameters
-    from pipelines.targets import Target
-    from pipelines.training import PIPELINE_NAME, build_training_pipeline
-
-    target = Target(
-        "kubeflow", **({"image_registry": args.image_registry} if args.image_registry else {})
-    )
-    parameters = load_parameters(args.params) if args.params else {}
-    cron = kubeflow_cron(args.cron) if args.command == "schedule" else ""
-    with tempfile.TemporaryDirectory(prefix="conveyor-submit-") as scratch:
-        package = compile_pipeline(target, Path(scratch))
-        request = kubeflow.KubeflowRequest(
-            host=args.host,
-            pipeline_name=PIPELINE_NAME,
-            version_name=kubeflow.version_name(PIPELINE_NAME, package),
-            experiment=args.experiment,
-            namespace=args.namespace,
-            run_name=args.run_name
-            or f"{PIPELINE_NAME} {datetime.datetime.now():%Y-%m-%d %H:%M:%S}",
-            parameters=parameters,
-            service_account=args.service_account,
-            cron=cron,
-            timezone=getattr(args, "timezone", "UTC"),
-            max_concurrency=getattr(args, "max_concurrent", 1),
-        )
-        inputs = build_training_pipeline(target).component_spec.inputs
-        kubeflow.check_request(request, inputs, str(args.params or "(no --params file)"))
-        if args.dry_run:
-            print(request.to_json())
-            return 0
-        act = kubeflow.schedule if args.command == "schedule" else kubeflow.submit
-        identifier, link = act(request, package, kubeflow.connector(args.host, args.namespace))
-    kind = "recurring run" if args.command == "schedule" else "run"
-    print(f"{kind} {identifier} of {request.pipeline_name} version {request.version_name}: {link}")
-    return 0
 
 
 def _add_serve(commands: Any) -> None:

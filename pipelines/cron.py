@@ -1,13 +1,15 @@
-"""Standard 5-field cron, checked, and converted to the 6-field form (seconds first) that
-Kubeflow Pipelines' scheduler (robfig/cron) reads."""
+"""Standard 5-field cron, checked, and converted for each scheduler: the 6-field form
+(seconds first) that Kubeflow Pipelines' scheduler (robfig/cron) reads, and the 5 fields
+behind a ``TZ=`` time zone that Vertex AI schedules read."""
 
 from __future__ import annotations
 
 import re
+import zoneinfo
 
 from components.core.errors import ConveyorError
 
-__all__ = ["kubeflow_cron", "validate_cron"]
+__all__ = ["check_timezone", "kubeflow_cron", "validate_cron", "vertex_cron"]
 
 _MONTHS = ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"]
 _DAYS = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"]
@@ -28,6 +30,7 @@ _MACROS = {
     "@midnight": "0 0 * * *",
     "@hourly": "0 * * * *",
 }
+_RANGE_TO_SEVEN = re.compile(r"(\d)-7(?:/(\d+))?")
 _PART = re.compile(r"^(\*|[A-Z0-9]+(-[A-Z0-9]+)?)(/(\d+))?$")
 
 
@@ -50,8 +53,49 @@ def validate_cron(expression: str) -> list[str]:
 def kubeflow_cron(expression: str) -> str:
     """``0 6 * * 1-5`` as ``0 0 6 * * 1-5``: seconds first, Sunday as 0."""
     minute, hour, day, month, weekday = validate_cron(expression)
-    weekday = re.sub(r"(?<![0-9])7(?![0-9])", "0", weekday)
+    weekday = _sunday_as_zero(weekday)
     return " ".join(["0", minute, hour, day, month, weekday])
+
+
+def vertex_cron(expression: str, timezone: str) -> str:
+    """``0 6 * * mon-fri`` in Europe/Paris as ``TZ=Europe/Paris 0 6 * * 1-5``: names as
+    numbers and Sunday as 0, which every cron dialect reads alike."""
+    check_timezone(timezone)
+    fields = validate_cron(expression)
+    numeric = [
+        _numbers(value, names) for value, (_, _, _, names) in zip(fields, _FIELDS, strict=True)
+    ]
+    numeric[4] = _sunday_as_zero(numeric[4])
+    return f"TZ={timezone} {' '.join(numeric)}"
+
+
+def check_timezone(timezone: str) -> None:
+    """Raises ConveyorError unless ``timezone`` is an IANA time zone such as Europe/Paris."""
+    try:
+        zoneinfo.ZoneInfo(timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConveyorError(
+            f"--timezone {timezone!r} is not an IANA time zone, such as UTC or Europe/Paris"
+        ) from None
+
+
+def _sunday_as_zero(weekday: str) -> str:
+    """Day of week with Sunday as 0 only: ``7`` is ``0``, a range ``5-7`` is ``5-6,0``."""
+    parts = []
+    for part in weekday.split(","):
+        match = _RANGE_TO_SEVEN.fullmatch(part)
+        if part in ("7", "7-7"):
+            part = "0"
+        elif match:
+            start, step = int(match.group(1)), int(match.group(2) or 1)
+            part = f"{start}-6" + (f"/{step}" if match.group(2) else "")
+            part += ",0" if (7 - start) % step == 0 else ""
+        parts.append(part)
+    return ",".join(parts)
+
+
+def _numbers(value: str, names: dict[str, int]) -> str:
+    return re.sub(r"[A-Z]+", lambda match: str(names[match.group(0)]), value)
 
 
 def _checked_field(

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real MLflow server, KFP artifacts on tmp_path, and seeded tables."""
+"""Shared fixtures: a real MLflow server, the Google Cloud double, KFP artifacts on tmp_path,
+and seeded tables."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import pytest
 from kfp import dsl
 
 from components.core.data import Source, load_table
+from tests.doubles.google_cloud import GoogleCloudDouble
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -44,6 +46,18 @@ def wait_for_http(url: str, process: subprocess.Popen, timeout: float, log: Path
         except OSError:
             time.sleep(0.3)
     raise RuntimeError(f"{url} did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def google_cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[GoogleCloudDouble]:
+    """The Google Cloud double, with this process's environment pointed at it."""
+    with GoogleCloudDouble(tmp_path / "google-cloud") as double:
+        for name, value in double.environment().items():
+            monkeypatch.setenv(name, value)
+        # urlopen keeps the first opener it builds, with the proxies of that moment.
+        urllib.request.install_opener(None)
+        yield double
+    urllib.request.install_opener(None)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import pytest
 
 from components.core.errors import ConveyorError
 from pipelines.cli import main
-from pipelines.cron import kubeflow_cron
+from pipelines.cron import kubeflow_cron, vertex_cron
 from pipelines.parameters import load_parameters, parameter_problems
 from pipelines.targets import Target
 from pipelines.training import build_training_pipeline
@@ -26,10 +26,31 @@ INPUTS = build_training_pipeline(Target("kubeflow")).component_spec.inputs
         ("0 6 * * mon-fri", "0 0 6 * * MON-FRI"),
         ("0 0 1,15 jan,jul *", "0 0 0 1,15 JAN,JUL *"),
         ("@daily", "0 0 0 * * *"),
+        ("0 9 * * 5-7", "0 0 9 * * 5-6,0"),  # a range to Sunday-as-7 is not 5-0
     ],
 )
 def test_standard_cron_becomes_six_fields(standard: str, kubeflow: str) -> None:
     assert kubeflow_cron(standard) == kubeflow
+
+
+@pytest.mark.parametrize(
+    ("standard", "timezone", "vertex"),
+    [
+        ("0 6 * * mon-fri", "Europe/Paris", "TZ=Europe/Paris 0 6 * * 1-5"),
+        ("0 0 1,15 jan,jul 7", "UTC", "TZ=UTC 0 0 1,15 1,7 0"),
+        ("*/20 8-18 * * 1-7/2", "America/New_York", "TZ=America/New_York */20 8-18 * * 1-6/2,0"),
+        ("@weekly", "Asia/Kolkata", "TZ=Asia/Kolkata 0 0 * * 0"),
+    ],
+)
+def test_standard_cron_gets_a_time_zone_and_numbers_for_vertex(
+    standard: str, timezone: str, vertex: str
+) -> None:
+    assert vertex_cron(standard, timezone) == vertex
+
+
+def test_a_time_zone_vertex_cannot_read_is_one_line() -> None:
+    with pytest.raises(ConveyorError, match=r"^--timezone 'CET\+1' is not an IANA time zone"):
+        vertex_cron("0 6 * * *", "CET+1")
 
 
 @pytest.mark.parametrize(

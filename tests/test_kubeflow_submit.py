@@ -150,3 +150,16 @@ def test_an_unreachable_host_is_one_line(capsys) -> None:
     assert code == 2
     assert err.startswith("conveyor submit: the KFP API at http://127.0.0.1:9 is unreachable")
     assert len(err.strip().splitlines()) == 1
+
+
+def test_settings_deploy_would_refuse_stop_the_submission(
+    kfp_api: KfpApiDouble, capsys, tmp_path: Path
+) -> None:
+    params = tmp_path / "memory.yaml"
+    params.write_text("model_store_uri: gs://b/m\nserving_memory: 2 GB\n")
+    code, _, err = conveyor(
+        capsys, "submit", "--target", "kubeflow", "--host", kfp_api.url, "--params", str(params)
+    )
+    assert code == 2 and err.startswith(f"conveyor submit: {params}: ")
+    assert "limits.memory: '2 GB' is not a Kubernetes quantity" in err
+    assert kfp_api.requests == []

@@ -1,11 +1,14 @@
-"""What the loopback doubles share: the server, and a handler dispatching every method."""
+"""What the loopback doubles share: the server, a handler dispatching every method, and
+multipart form bodies read the way a server reads them."""
 
 from __future__ import annotations
 
+import email.policy
+from email.parser import BytesParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-__all__ = ["DoubleServer", "MethodHandler"]
+__all__ = ["DoubleServer", "MethodHandler", "multipart_parts"]
 
 
 class DoubleServer(ThreadingHTTPServer):
@@ -45,3 +48,18 @@ class MethodHandler(BaseHTTPRequestHandler):
 
     def _serve(self, method: str) -> None:
         raise NotImplementedError
+
+
+def multipart_parts(header: str, body: bytes) -> dict[str, tuple[str, bytes]]:
+    """The parts of a ``multipart/form-data`` body by field name: (filename, data)."""
+    message = BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + header.encode() + b"\r\n\r\n" + body
+    )
+    if not message.is_multipart():
+        return {}
+    parts: dict[str, tuple[str, bytes]] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if isinstance(name, str):
+            parts[name] = (part.get_filename() or "", part.get_payload(decode=True) or b"")
+    return parts

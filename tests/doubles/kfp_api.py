@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import email.policy
 import io
 import json
 import re
@@ -32,13 +31,12 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.parser import BytesParser
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import yaml
 
-from tests.doubles.http import DoubleServer, MethodHandler
+from tests.doubles.http import DoubleServer, MethodHandler, multipart_parts
 
 __all__ = ["ApiError", "CronError", "KfpApiDouble", "RecordedRequest", "parse_cron"]
 
@@ -555,7 +553,7 @@ class _Handler(MethodHandler):
         content_type = header.split(";")[0].strip().lower()
         parsed, files, bad_json = None, {}, False
         if content_type == "multipart/form-data":
-            files = _multipart(header, body)
+            files = multipart_parts(header, body)
         elif body and "json" in content_type:
             try:
                 parsed = json.loads(body)
@@ -575,20 +573,6 @@ class _Handler(MethodHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
-
-
-def _multipart(header: str, body: bytes) -> dict[str, tuple[str, bytes]]:
-    message = BytesParser(policy=email.policy.HTTP).parsebytes(
-        b"Content-Type: " + header.encode() + b"\r\n\r\n" + body
-    )
-    if not message.is_multipart():
-        return {}
-    parts: dict[str, tuple[str, bytes]] = {}
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        if isinstance(name, str):
-            parts[name] = (part.get_filename() or "", part.get_payload(decode=True) or b"")
-    return parts
 
 
 # -- the double --------------------------------------------------------------------------------

@@ -1,0 +1,294 @@
+"""``conveyor submit``, ``schedule`` and ``publish``: the training pipeline delivered to a
+Kubeflow cluster or to Vertex AI.
+
+Each command checks every setting before it sends anything, prints what it did with the
+id and link of what it made, and with ``--dry-run`` prints as JSON exactly what it would
+send, contacting nothing (no credentials are read either).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from components.core.errors import ConveyorError
+
+__all__ = ["add_commands"]
+
+_KUBEFLOW_ONLY = ("host", "experiment", "namespace")
+_VERTEX_ONLY = ("project", "region", "pipeline_root", "label", "template")
+_VERTEX_SCHEDULE_ONLY = ("replace", "schedule_name")
+
+
+def add_commands(commands: Any) -> None:
+    """Adds submit, schedule and publish to the ``conveyor`` sub-command parsers."""
+    for name, text in (
+        ("submit", "upload the pipeline to Kubeflow and start a run, or submit it to Vertex AI"),
+        ("schedule", "run the pipeline on a cron, on Kubeflow or on Vertex AI"),
+    ):
+        command = commands.add_parser(name, help=text, description=text)
+        command.add_argument("--target", required=True, choices=("kubeflow", "vertex"))
+        command.add_argument("--params", type=Path, help="parameter file, such as configs/dev.yaml")
+        command.add_argument("--run-name", default="", help="default: the pipeline's name")
+        command.add_argument("--service-account", default="", help="what the run runs as")
+        command.add_argument("--image-registry", default="", help="where images are pulled from")
+        command.add_argument("--dry-run", action="store_true", help="print what would be sent")
+        kubeflow = command.add_argument_group("--target kubeflow")
+        kubeflow.add_argument("--host", default="", help="the KFP API, such as http://…/pipeline")
+        kubeflow.add_argument("--experiment", default="", help="default: conveyor")
+        kubeflow.add_argument("--namespace", default="", help="a Kubeflow profile namespace")
+        vertex = command.add_argument_group("--target vertex")
+        vertex.add_argument("--project", default="", help="Google Cloud project id")
+        vertex.add_argument("--region", default="", help="such as europe-west4")
+        vertex.add_argument("--pipeline-root", default="", help="gs://BUCKET/PATH for artifacts")
+        vertex.add_argument(
+            "--label", action="append", default=[], metavar="KEY=VALUE", help="a job label"
+        )
+        vertex.add_argument(
+            "--template",
+            default="",
+            help="a published template, https://REGION-kfp.pkg.dev/P/R/PIPELINE/TAG, "
+            "instead of this checkout's pipeline",
+        )
+        if name == "schedule":
+            command.add_argument("--cron", required=True, help="standard 5-field cron")
+            command.add_argument("--timezone", default="UTC", help="Vertex: IANA time zone")
+            command.add_argument("--max-concurrent", type=int, default=1)
+            vertex.add_argument(
+                "--schedule-name", default="", help="default: pipeline and --params name"
+            )
+            vertex.add_argument(
+                "--replace", action="store_true", help="pause, then delete, the schedule of "
+                "the same name once the new one exists",
+            )  # fmt: skip
+        command.set_defaults(handler=_deliver)
+    publish = commands.add_parser(
+        "publish", help="publish the pipeline as a template to Artifact Registry"
+    )
+    publish.add_argument("--target", required=True, choices=("vertex",))
+    publish.add_argument("--repo", required=True, help="https://REGION-kfp.pkg.dev/P/R")
+    publish.add_argument("--tag", required=True, help="such as v1.2.0")
+    publish.add_argument("--image-registry", default="", help="where images are pulled from")
+    publish.add_argument("--dry-run", action="store_true", help="print what would be sent")
+    publish.set_defaults(handler=_publish)
+
+
+def _deliver(args: argparse.Namespace) -> int:
+    _check_options(args)
+    if args.target == "kubeflow":
+        return _deliver_kubeflow(args)
+    return _deliver_vertex(args)
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Each target's options are refused with the other, and its required ones asked for."""
+    other = _VERTEX_ONLY + _VERTEX_SCHEDULE_ONLY if args.target == "kubeflow" else _KUBEFLOW_ONLY
+    for option in other:
+        if getattr(args, option, None):
+            raise ConveyorError(
+                f"--{option.replace('_', '-')} does not apply to --target {args.target}"
+            )
+    required = ("host",) if args.target == "kubeflow" else ("project", "region", "pipeline_root")
+    for option in required:
+        if not getattr(args, option):
+            raise ConveyorError(
+                f"--{option.replace('_', '-')} is required with --target {args.target}"
+            )
+
+
+def _parameters(args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.parameters import load_parameters
+
+    return load_parameters(args.params) if args.params else {}
+
+
+def _where(args: argparse.Namespace) -> str:
+    return str(args.params or "(no --params file)")
+
+
+def _target(name: str, image_registry: str) -> Any:
+    from pipelines.targets import Target
+
+    return Target(name, **({"image_registry": image_registry} if image_registry else {}))
+
+
+def _pipeline(target: Any) -> Any:
+    from pipelines.training import build_training_pipeline
+
+    return build_training_pipeline(target)
+
+
+def _check_deployable(parameters: dict[str, Any], pipeline: Any, where: str) -> None:
+    """The serving and rollout settings deploy would refuse, named before the run starts."""
+    from pipelines.local import check_deployable
+
+    try:
+        check_deployable(parameters, pipeline)
+    except ConveyorError as error:
+        raise ConveyorError(f"{where}: {error}") from None
+
+
+def _deliver_kubeflow(args: argparse.Namespace) -> int:
+    from pipelines import kubeflow
+    from pipelines.compile import compile_pipeline
+    from pipelines.cron import kubeflow_cron
+    from pipelines.training import PIPELINE_NAME
+
+    target = _target("kubeflow", args.image_registry)
+    cron = kubeflow_cron(args.cron) if args.command == "schedule" else ""
+    with tempfile.TemporaryDirectory(prefix="conveyor-submit-") as scratch:
+        package = compile_pipeline(target, Path(scratch))
+        request = kubeflow.KubeflowRequest(
+            host=args.host,
+            pipeline_name=PIPELINE_NAME,
+            version_name=kubeflow.version_name(PIPELINE_NAME, package),
+            experiment=args.experiment or "conveyor",
+            namespace=args.namespace,
+            run_name=args.run_name
+            or f"{PIPELINE_NAME} {datetime.datetime.now():%Y-%m-%d %H:%M:%S}",
+            parameters=_parameters(args),
+            service_account=args.service_account,
+            cron=cron,
+            timezone=getattr(args, "timezone", "UTC"),
+            max_concurrency=getattr(args, "max_concurrent", 1),
+        )
+        pipeline = _pipeline(target)
+        kubeflow.check_request(request, pipeline.component_spec.inputs, _where(args))
+        _check_deployable(request.parameters, pipeline, _where(args))
+        if args.dry_run:
+            print(request.to_json())
+            return 0
+        act = kubeflow.schedule if args.command == "schedule" else kubeflow.submit
+        identifier, link = act(request, package, kubeflow.connector(args.host, args.namespace))
+    kind = "recurring run" if args.command == "schedule" else "run"
+    print(f"{kind} {identifier} of {request.pipeline_name} version {request.version_name}: {link}")
+    return 0
+
+
+def _deliver_vertex(args: argparse.Namespace) -> int:
+    from pipelines import gcloud, templates, vertex
+    from pipelines.compile import compile_pipeline
+
+    published = templates.TemplateRef.parse(args.template) if args.template else None
+    target = _target("vertex", args.image_registry)
+    with tempfile.TemporaryDirectory(prefix="conveyor-submit-") as scratch:
+        local = None if published else compile_pipeline(target, Path(scratch))
+        request = _vertex_request(args, published.url if published else _local_label(local))
+        pipeline = _pipeline(target)
+        # A published template's own signature is read once it is downloaded.
+        signature = pipeline.component_spec.inputs if local or args.dry_run else None
+        vertex.check_request(request, signature, _where(args))
+        if local:
+            _check_deployable(request.parameters, pipeline, _where(args))
+        if args.dry_run:
+            print(request.to_json())
+            return 0
+        auth = gcloud.credentials()
+        template_path = str(local)
+        if published:
+            request, template_path = _pinned(args, published, auth, Path(scratch))
+        vertex.preflight(request, auth)
+        if args.command == "schedule":
+            return _print_schedule(request, *vertex.schedule(request, template_path, auth))
+        job_id, link = vertex.submit(request, template_path, auth)
+    print(f"pipeline job {job_id} ({request.display_name}) of {request.template}: {link}")
+    return 0
+
+
+def _pinned(args: argparse.Namespace, published: Any, auth: Any, scratch: Path) -> tuple[Any, str]:
+    """The request for a published template resolved to its version, checked against that
+    version's own signature; and the URL aiplatform reads it from."""
+    from pipelines import templates, vertex
+
+    pinned = templates.resolve(published, auth)
+    downloaded = templates.download(pinned, auth, scratch)
+    request = _vertex_request(args, pinned.url)
+    vertex.check_request(request, _template_signature(downloaded), _where(args))
+    return request, pinned.url
+
+
+def _vertex_request(args: argparse.Namespace, template: str) -> Any:
+    from pipelines.cron import vertex_cron
+    from pipelines.training import PIPELINE_NAME
+    from pipelines.vertex import VertexRequest
+
+    schedule = args.command == "schedule"
+    default_name = f"{PIPELINE_NAME}-{args.params.stem}" if schedule and args.params else ""
+    return VertexRequest(
+        project=args.project,
+        region=args.region,
+        pipeline_root=args.pipeline_root,
+        template=template,
+        display_name=(getattr(args, "schedule_name", "") or default_name or PIPELINE_NAME)
+        if schedule
+        else (args.run_name or PIPELINE_NAME),
+        parameters=_parameters(args),
+        service_account=args.service_account,
+        labels=_labels(args.label),
+        cron=vertex_cron(args.cron, args.timezone) if schedule else "",
+        max_concurrent=getattr(args, "max_concurrent", 1),
+        replace=getattr(args, "replace", False),
+    )
+
+
+def _local_label(package: Path | None) -> str:
+    """How the dry run and the output name this checkout's compiled pipeline."""
+    import hashlib
+
+    if package is None:
+        return ""
+    return f"{package.name} (sha256:{hashlib.sha256(package.read_bytes()).hexdigest()[:12]}...)"
+
+
+def _labels(pairs: list[str]) -> dict[str, str]:
+    labels = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConveyorError(f"--label {pair!r}: expected KEY=VALUE")
+        labels[key] = value
+    return labels
+
+
+def _template_signature(path: Path) -> dict[str, Any]:
+    from kfp import components
+
+    return components.load_component_from_file(str(path)).component_spec.inputs or {}
+
+
+def _print_schedule(request: Any, schedule_id: str, link: str, replaced: list[str]) -> int:
+    print(
+        f"schedule {schedule_id} ({request.display_name}, {request.cron}) of "
+        f"{request.template}: {link}"
+    )
+    for old in replaced:
+        print(f"replaced schedule {old}: paused, then deleted")
+    return 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    import json
+
+    from pipelines import gcloud, templates
+    from pipelines.compile import compile_pipeline
+    from pipelines.training import PIPELINE_NAME
+
+    repository = templates.Repository.parse(args.repo)
+    templates.check_tag(args.tag)
+    with tempfile.TemporaryDirectory(prefix="conveyor-publish-") as scratch:
+        package = compile_pipeline(_target("vertex", args.image_registry), Path(scratch))
+        if args.dry_run:
+            sent = {"repository": repository.url, "package": PIPELINE_NAME, "tag": args.tag}
+            print(json.dumps(sent | {"file": _local_label(package)}, indent=2))
+            return 0
+        published = templates.publish(
+            repository, PIPELINE_NAME, args.tag, package, gcloud.credentials()
+        )
+    done = "published" if published.uploaded else "already published"
+    print(f"{done}: {published.template.url} (tag {published.tag})")
+    tagged = f"{published.template.repository.url}/{published.template.package}/{published.tag}"
+    print(f"schedule it with: conveyor schedule --target vertex --template {tagged} …")
+    return 0
