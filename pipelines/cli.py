@@ -209,11 +209,12 @@ def _rollout(args: argparse.Namespace) -> int:
         validate_inference_service,
     )
     from components.core.rollout import deploy_model, describe_plan, rollout_settings
+    from pipelines.parameters import option_pairs
 
     plan, policy = rollout_settings(
         args.steps, args.interval, args.ready_timeout, args.deadline, args.failure_budget,
         args.prometheus, args.min_success_rate, args.max_latency_p99, args.min_requests,
-        args.on_no_data, args.window, _parse_queries(args.query),
+        args.on_no_data, args.window, option_pairs(args.query, "--query", "NAME=PROMQL"),
     )  # fmt: skip
     spec = ServingSpec(
         model_name=args.name,
@@ -241,16 +242,6 @@ def _rollout(args: argparse.Namespace) -> int:
         print(f"conveyor rollout: {result.decision}: {result.reason}", file=sys.stderr)
         return 1
     return 0
-
-
-def _parse_queries(pairs: list[str]) -> dict[str, str]:
-    queries = {}
-    for pair in pairs:
-        name, sep, query = pair.partition("=")
-        if not sep or not query:
-            raise ConveyorError(f"--query {pair!r}: expected NAME=PROMQL")
-        queries[name] = query
-    return queries
 
 
 def _serve(args: argparse.Namespace) -> int:

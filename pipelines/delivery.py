@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -177,13 +178,15 @@ def _deliver_vertex(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="conveyor-submit-") as scratch:
         local = None if published else compile_pipeline(target, Path(scratch))
         request = _vertex_request(args, published.url if published else _local_label(local))
-        pipeline = _pipeline(target)
-        # A published template's own signature is read once it is downloaded.
-        signature = pipeline.component_spec.inputs if local or args.dry_run else None
-        vertex.check_request(request, signature, _where(args))
-        if local:
+        # A published template is checked against its own signature once it is downloaded.
+        pipeline = None if published else _pipeline(target)
+        vertex.check_request(request, pipeline and pipeline.component_spec.inputs, _where(args))
+        if pipeline:
             _check_deployable(request.parameters, pipeline, _where(args))
         if args.dry_run:
+            if published:
+                print(f"conveyor {args.command}: a dry run does not read {published.url}, so "
+                      "the parameters were not checked against it", file=sys.stderr)  # fmt: skip
             print(request.to_json())
             return 0
         auth = gcloud.credentials()
@@ -204,14 +207,16 @@ def _pinned(args: argparse.Namespace, published: Any, auth: Any, scratch: Path) 
     from pipelines import templates, vertex
 
     pinned = templates.resolve(published, auth)
-    downloaded = templates.download(pinned, auth, scratch)
+    template = _load_template(templates.download(pinned, auth, scratch))
     request = _vertex_request(args, pinned.url)
-    vertex.check_request(request, _template_signature(downloaded), _where(args))
+    vertex.check_request(request, template.component_spec.inputs or {}, _where(args))
+    _check_deployable(request.parameters, template, _where(args))
     return request, pinned.url
 
 
 def _vertex_request(args: argparse.Namespace, template: str) -> Any:
     from pipelines.cron import vertex_cron
+    from pipelines.parameters import option_pairs
     from pipelines.training import PIPELINE_NAME
     from pipelines.vertex import VertexRequest
 
@@ -227,7 +232,7 @@ def _vertex_request(args: argparse.Namespace, template: str) -> Any:
         else (args.run_name or PIPELINE_NAME),
         parameters=_parameters(args),
         service_account=args.service_account,
-        labels=_labels(args.label),
+        labels=option_pairs(args.label, "--label", "KEY=VALUE", empty_values=True),
         cron=vertex_cron(args.cron, args.timezone) if schedule else "",
         max_concurrent=getattr(args, "max_concurrent", 1),
         replace=getattr(args, "replace", False),
@@ -243,30 +248,31 @@ def _local_label(package: Path | None) -> str:
     return f"{package.name} (sha256:{hashlib.sha256(package.read_bytes()).hexdigest()[:12]}...)"
 
 
-def _labels(pairs: list[str]) -> dict[str, str]:
-    labels = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConveyorError(f"--label {pair!r}: expected KEY=VALUE")
-        labels[key] = value
-    return labels
-
-
-def _template_signature(path: Path) -> dict[str, Any]:
+def _load_template(path: Path) -> Any:
+    """A downloaded template as a component: its signature is ``component_spec.inputs``."""
     from kfp import components
 
-    return components.load_component_from_file(str(path)).component_spec.inputs or {}
+    try:
+        return components.load_component_from_file(str(path))
+    except Exception as error:  # kfp raises bare errors of several kinds for a bad file
+        raise ConveyorError(f"{path.name}: not a KFP pipeline template ({error})") from None
 
 
-def _print_schedule(request: Any, schedule_id: str, link: str, replaced: list[str]) -> int:
+def _print_schedule(
+    request: Any, schedule_id: str, link: str, replaced: list[tuple[str, str]]
+) -> int:
+    """The new schedule, then each it replaced; exit 1 when one of those is left paused."""
     print(
         f"schedule {schedule_id} ({request.display_name}, {request.cron}) of "
         f"{request.template}: {link}"
     )
-    for old in replaced:
-        print(f"replaced schedule {old}: paused, then deleted")
-    return 0
+    for old, error in replaced:
+        if error:
+            print(f"conveyor schedule: replaced schedule {old} is paused but not deleted "
+                  f"({error}): delete it by hand", file=sys.stderr)  # fmt: skip
+        else:
+            print(f"replaced schedule {old}: paused, then deleted")
+    return 1 if any(error for _, error in replaced) else 0
 
 
 def _publish(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ up front: a missing or refused credential stops a command before any request is 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ from components.core.errors import ConveyorError, first_line
 __all__ = ["CLOUD_PLATFORM", "call", "credentials"]
 
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
+_REQUEST_PREFIX = re.compile(r"^[A-Z]+ https?://\S+: ")
 _LOGIN = (
     "run 'gcloud auth application-default login', or set GOOGLE_APPLICATION_CREDENTIALS to "
     "a service account key file"
@@ -45,6 +47,8 @@ def credentials() -> Any:
 def call(what: str, service: str, request: Callable[[], Any]) -> Any:
     """Runs ``request``; a refusal, a missing permission or no answer becomes one line that
     names ``service`` and ``what`` was being done."""
+    import urllib.error
+
     import requests
     from google.api_core.exceptions import GoogleAPICallError, RetryError
     from google.auth.exceptions import RefreshError, TransportError
@@ -56,10 +60,14 @@ def call(what: str, service: str, request: Callable[[], Any]) -> Any:
             f"Google Cloud refused the credentials ({_reason(error)}): {_LOGIN}"
         ) from None
     except GoogleAPICallError as error:
-        raise _refused(what, service, int(error.code or 0), error.message) from None
+        # Over REST the message starts with the request: "POST https://…: <the service's>".
+        message = _REQUEST_PREFIX.sub("", error.message or "")
+        raise _refused(what, service, int(error.code or 0), message) from None
     except requests.HTTPError as error:
         response = error.response
         raise _refused(what, service, response.status_code, _message(response)) from None
+    except urllib.error.HTTPError as error:  # aiplatform reads templates over HTTPS with urllib
+        raise _refused(what, service, error.code, str(error.reason)) from None
     except (TransportError, RetryError, requests.ConnectionError, OSError) as error:
         raise ConveyorError(f"{service} is unreachable ({what}): {_cause(error)}") from None
 

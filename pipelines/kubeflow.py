@@ -19,7 +19,7 @@ from typing import Any
 
 from components.core.errors import ConveyorError, first_line
 from components.images import VERSION
-from pipelines.parameters import parameter_problems
+from pipelines.parameters import parameter_problems, raise_first
 
 __all__ = [
     "TOKEN_ENV",
@@ -70,9 +70,7 @@ def check_request(request: KubeflowRequest, inputs: dict[str, Any], where: str) 
             f"--timezone {request.timezone!r}: Kubeflow's scheduler runs cron in UTC; "
             "write the schedule in UTC (--timezone UTC)"
         )
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise ConveyorError(problems[0] + more)
+    raise_first(problems)
 
 
 def submit(request: KubeflowRequest, package: Path, connect: Callable[[], Any]) -> tuple[str, str]:

@@ -21,6 +21,10 @@ from typing import Any, TextIO
 
 __all__ = ["RunSummary", "StepProgress", "check_deployable", "run_training_locally"]
 
+_SERVING_PARAMETERS = (
+    "model_name", "namespace", "serving_runtime", "serving_cpu", "serving_memory",
+    "service_account",
+)  # fmt: skip
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STARTED = re.compile(r"Executing task '([^']+)'")
 _FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
@@ -132,7 +136,10 @@ def run_training_locally(arguments: dict[str, Any], runs_dir: Path, terminal: Te
 
 def check_deployable(arguments: dict[str, Any], pipeline: Any) -> None:
     """Renders the InferenceService and the rollout plan the run would end with, so bad
-    serving settings fail before anything is trained or registered, not in deploy."""
+    serving settings fail before anything is trained or registered, not in deploy.
+
+    A pipeline (or published template) without all of deploy's settings as parameters, such
+    as an older release, has nothing here to check."""
     from components.core.manifests import (
         ServingSpec,
         render_inference_service,
@@ -141,8 +148,12 @@ def check_deployable(arguments: dict[str, Any], pipeline: Any) -> None:
     from components.core.rollout import rollout_settings
     from pipelines.training import ROLLOUT_PARAMETERS
 
+    inputs = pipeline.component_spec.inputs or {}
+    if not set(_SERVING_PARAMETERS + ROLLOUT_PARAMETERS) <= set(inputs):
+        return
+
     def value(name: str) -> Any:
-        return arguments.get(name, pipeline.component_spec.inputs[name].default)
+        return arguments.get(name, inputs[name].default)
 
     plan, _ = rollout_settings(*(value(name) for name in ROLLOUT_PARAMETERS))
     spec = ServingSpec(

@@ -13,7 +13,7 @@ import yaml
 
 from components.core.errors import ConveyorError
 
-__all__ = ["load_parameters", "parameter_problems"]
+__all__ = ["load_parameters", "option_pairs", "parameter_problems", "raise_first"]
 
 # KFP parameter types -> the Python values a YAML file may give for them.
 _ACCEPTED: dict[str, tuple[type, ...]] = {
@@ -70,3 +70,24 @@ def parameter_problems(values: dict[str, Any], inputs: dict[str, Any], where: st
                 f"{where}: {name!r} must be {_TYPE_WORDS.get(spec.type, spec.type)}, not {value!r}"
             )
     return problems
+
+
+def option_pairs(
+    pairs: list[str], option: str, form: str, *, empty_values: bool = False
+) -> dict[str, str]:
+    """A repeated ``NAME=VALUE`` command-line option as a mapping; one line naming the
+    option and the ``form`` expected for a pair that is not one."""
+    parsed = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name or not (value or empty_values):
+            raise ConveyorError(f"{option} {pair!r}: expected {form}")
+        parsed[name] = value
+    return parsed
+
+
+def raise_first(problems: list[str]) -> None:
+    """Raises ConveyorError with the first problem, and how many more there are."""
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ConveyorError(problems[0] + more)

@@ -95,21 +95,40 @@ def check_tag(tag: str, option: str = "--tag") -> None:
 def publish(
     repository: Repository, package_name: str, tag: str, package: Path, auth: Any
 ) -> Published:
-    """Uploads ``package`` tagged ``tag``, unless the tag already names this very file."""
+    """Uploads ``package`` and tags it ``tag``, unless the tag already names this very file.
+
+    The upload carries no tag, because an upload with a tag moves it; the tag is created
+    afterwards, which the registry refuses when it exists, so a publish racing another
+    cannot move a tag either. An upload left untagged by that refusal is deleted again."""
     client = _client(repository, auth)
     version = f"sha256:{hashlib.sha256(package.read_bytes()).hexdigest()}"
     tagged = _tagged_version(client, package_name, tag)
     if tagged == version:
         return Published(TemplateRef(repository, package_name, version), tag, uploaded=False)
     if tagged:
-        raise ConveyorError(
-            f"tag {tag} of {package_name} in {repository.url} already names {tagged}, not this "
-            "build: schedules find versions by their tags, so publish under a new tag"
-        )
+        raise _tag_taken(repository, package_name, tag, tagged)
+    existed = _has_version(client, package_name, version)
     name, uploaded = call(
-        "upload the template", _SERVICE, lambda: client.upload_pipeline(str(package), tags=[tag])
+        "upload the template", _SERVICE, lambda: client.upload_pipeline(str(package))
     )
+    try:
+        call(f"tag {uploaded} as {tag}", _SERVICE, lambda: client.create_tag(name, uploaded, tag))
+    except ConveyorError:
+        if uploaded == version and not existed:
+            call(
+                f"delete the untagged {uploaded}",
+                _SERVICE,
+                lambda: client.delete_version(name, uploaded),
+            )
+        raise
     return Published(TemplateRef(repository, name, uploaded), tag, uploaded=True)
+
+
+def _tag_taken(repository: Repository, package: str, tag: str, version: str) -> ConveyorError:
+    return ConveyorError(
+        f"tag {tag} of {package} in {repository.url} already names {version}, not this build: "
+        "schedules find versions by their tags, so publish under a new tag"
+    )
 
 
 def resolve(template: TemplateRef, auth: Any) -> TemplateRef:
@@ -156,15 +175,31 @@ def _tagged_version(client: Any, package: str, tag: str) -> str:
     return str(found.get("version", "")).rsplit("/", 1)[-1]
 
 
+def _has_version(client: Any, package: str, version: str) -> bool:
+    try:
+        call(
+            f"read version {version} of {package}",
+            _SERVICE,
+            lambda: _or_missing(lambda: client.get_version(package, version)),
+        )
+    except _Missing:
+        return False
+    return True
+
+
 class _Missing(Exception):
-    """A 404 for a tag: it does not exist yet."""
+    """A 404: the tag (or version, or package) does not exist yet."""
 
 
 def _get_tag(client: Any, package: str, tag: str) -> dict[str, Any]:
+    return _or_missing(lambda: client.get_tag(package, tag))
+
+
+def _or_missing(request: Any) -> Any:
     import requests
 
     try:
-        return client.get_tag(package, tag)
+        return request()
     except requests.HTTPError as error:
         if error.response is not None and error.response.status_code == 404:
             raise _Missing from None

@@ -19,15 +19,16 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from components.core.errors import ConveyorError
+import yaml
+
+from components.core.errors import ConveyorError, first_line
 from pipelines.gcloud import call
-from pipelines.parameters import parameter_problems
+from pipelines.parameters import parameter_problems, raise_first
 
 __all__ = ["VertexRequest", "check_request", "preflight", "schedule", "submit"]
 
 _SERVICE = "Vertex AI"
 _PROJECT = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
-_REGION = re.compile(r"[a-z]+-[a-z]+[0-9]+")
 _BUCKET = re.compile(r"gs://([a-z0-9][a-z0-9._-]{1,220}[a-z0-9])(/.*)?")
 _SERVICE_ACCOUNT = re.compile(r"[a-z0-9-]{6,30}@[a-z0-9.-]+\.gserviceaccount\.com")
 _LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
@@ -65,11 +66,8 @@ class VertexRequest:
 def check_request(request: VertexRequest, inputs: dict[str, Any] | None, where: str) -> None:
     """Raises ConveyorError naming the first problem (and how many more) before any call;
     ``inputs`` is the template's signature (None: checked once the template is read)."""
-    problems = parameter_problems(request.parameters, inputs, where) if inputs else []
-    problems += _settings_problems(request)
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise ConveyorError(problems[0] + more)
+    problems = parameter_problems(request.parameters, inputs, where) if inputs is not None else []
+    raise_first(problems + _settings_problems(request))
 
 
 def _settings_problems(request: VertexRequest) -> list[str]:
@@ -79,8 +77,11 @@ def _settings_problems(request: VertexRequest) -> list[str]:
             f"--project {request.project!r} is not a project id (6-30 lowercase letters, "
             "digits and hyphens, starting with a letter)"
         )
-    if not _REGION.fullmatch(request.region):
-        problems.append(f"--region {request.region!r} is not a region, such as europe-west4")
+    if not _vertex_region(request.region):
+        problems.append(
+            f"--region {request.region!r} is not a Vertex AI region, such as europe-west4 or "
+            "us-central1"
+        )
     if not _BUCKET.fullmatch(request.pipeline_root):
         problems.append(
             f"--pipeline-root {request.pipeline_root!r}: expected gs://BUCKET/PATH, where "
@@ -97,11 +98,23 @@ def _settings_problems(request: VertexRequest) -> list[str]:
                 f"--label {key}={value}: keys and values are lowercase letters, digits, '_' "
                 "and '-', at most 63 characters, and keys start with a letter"
             )
-    if not 1 <= len(request.display_name) <= 128:
-        problems.append(f"the name {request.display_name!r} must be 1 to 128 characters")
+    if not 1 <= len(request.display_name) <= 128 or re.search(r'["\\]', request.display_name):
+        problems.append(
+            f"the name {request.display_name!r} must be 1 to 128 characters, without quotes "
+            "or backslashes"
+        )
     if request.max_concurrent < 1:
         problems.append(f"--max-concurrent {request.max_concurrent} must be 1 or more")
     return problems
+
+
+def _vertex_region(region: str) -> bool:
+    from google.cloud.aiplatform import utils
+
+    try:
+        return utils.validate_region(region)
+    except ValueError:
+        return False
 
 
 def preflight(request: VertexRequest, auth: Any) -> None:
@@ -142,11 +155,12 @@ def submit(request: VertexRequest, template_path: str, auth: Any) -> tuple[str, 
     return job.job_id, link
 
 
-def schedule(request: VertexRequest, template_path: str, auth: Any) -> tuple[str, str, list[str]]:
-    """Creates the schedule (replacing those of its name with ``replace``); returns its id,
-    console link and the ids it replaced."""
-    from google.cloud import aiplatform
-
+def schedule(
+    request: VertexRequest, template_path: str, auth: Any
+) -> tuple[str, str, list[tuple[str, str]]]:
+    """Creates the schedule, replacing those of its name with ``replace``; returns its id,
+    console link, and for each schedule it replaced its id and why it could not be deleted
+    ("" once deleted; one that could not be stays paused)."""
     job = _pipeline_job(request, template_path, auth)
     previous = _live_schedules(request, auth)
     if previous and not request.replace:
@@ -155,11 +169,25 @@ def schedule(request: VertexRequest, template_path: str, auth: Any) -> tuple[str
             f"({', '.join(_id(found) for found in previous)}): pass --replace to pause and "
             "delete it in favour of this one, or choose another --schedule-name"
         )
-    paused = [found for found in previous if _active(found)]
-    for found in paused:
-        call(f"pause schedule {_id(found)}", _SERVICE, found.pause)
-    created = aiplatform.PipelineJobSchedule(pipeline_job=job, display_name=request.display_name)
+    created = _create_pausing(request, job, previous)
+    schedule_id = _id(created)
+    link = f"{_CONSOLE}/{request.region}/pipelines/schedules/{schedule_id}"
+    return schedule_id, f"{link}?project={request.project}", list(map(_delete_replaced, previous))
+
+
+def _create_pausing(request: VertexRequest, job: Any, previous: list[Any]) -> Any:
+    """Pauses the active ones of ``previous``, then creates the schedule; if either fails,
+    what was paused is resumed, so the old schedule carries on."""
+    from google.cloud import aiplatform
+
+    paused: list[Any] = []
     try:
+        for found in filter(_active, previous):
+            call(f"pause schedule {_id(found)}", _SERVICE, found.pause)
+            paused.append(found)
+        created = aiplatform.PipelineJobSchedule(
+            pipeline_job=job, display_name=request.display_name
+        )
         call(
             "create the schedule",
             _SERVICE,
@@ -169,17 +197,31 @@ def schedule(request: VertexRequest, template_path: str, auth: Any) -> tuple[str
                 service_account=request.service_account or None,
             ),
         )
-    except ConveyorError:
-        for found in paused:  # the old schedule carries on
-            call(f"resume schedule {_id(found)}", _SERVICE, found.resume)
+    except ConveyorError as error:
+        stuck = _resume(paused)
+        if stuck:
+            raise ConveyorError(f"{error}; and {stuck}") from None
         raise
-    for found in previous:
+    return created
+
+
+def _resume(paused: list[Any]) -> str:
+    """Resumes each of ``paused``; says which could not be, or "" when all were."""
+    stuck = []
+    for found in paused:
+        try:
+            call(f"resume schedule {_id(found)}", _SERVICE, found.resume)
+        except ConveyorError as error:
+            stuck.append(f"schedule {_id(found)} stays paused ({error})")
+    return "; ".join(stuck)
+
+
+def _delete_replaced(found: Any) -> tuple[str, str]:
+    try:
         call(f"delete schedule {_id(found)}", _SERVICE, found.delete)
-    schedule_id = _id(created)
-    link = (
-        f"{_CONSOLE}/{request.region}/pipelines/schedules/{schedule_id}?project={request.project}"
-    )
-    return schedule_id, link, [_id(found) for found in previous]
+    except ConveyorError as error:
+        return _id(found), str(error)
+    return _id(found), ""
 
 
 def _pipeline_job(request: VertexRequest, template_path: str, auth: Any) -> Any:
@@ -192,20 +234,23 @@ def _pipeline_job(request: VertexRequest, template_path: str, auth: Any) -> Any:
         credentials=auth,
         api_transport="rest",
     )
-    return call(
-        f"read the template {template_path}",
-        _SERVICE,
-        lambda: aiplatform.PipelineJob(
-            display_name=request.display_name,
-            template_path=template_path,
-            pipeline_root=request.pipeline_root,
-            parameter_values=request.parameters,
-            labels=request.labels or None,
-            project=request.project,
-            location=request.region,
-            credentials=auth,
-        ),
-    )
+    try:
+        return call(
+            f"read the template {template_path}",
+            _SERVICE,
+            lambda: aiplatform.PipelineJob(
+                display_name=request.display_name,
+                template_path=template_path,
+                pipeline_root=request.pipeline_root,
+                parameter_values=request.parameters,
+                labels=request.labels or None,
+                project=request.project,
+                location=request.region,
+                credentials=auth,
+            ),
+        )
+    except (ValueError, yaml.YAMLError) as error:  # aiplatform's own checks of the template
+        raise ConveyorError(f"the template {template_path}: {first_line(error)}") from None
 
 
 def _quiet_aiplatform() -> None:

@@ -50,14 +50,21 @@ def wait_for_http(url: str, process: subprocess.Popen, timeout: float, log: Path
 
 @pytest.fixture
 def google_cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[GoogleCloudDouble]:
-    """The Google Cloud double, with this process's environment pointed at it."""
+    """The Google Cloud double, with this process's environment pointed at it.
+
+    Process-wide state the clients keep is reset on both sides: urlopen's opener (it keeps
+    the proxies of the moment it was built) and aiplatform.init's project and credentials.
+    gRPC reads its root certificates once per process, which is why the double's CA is one
+    for the whole test run."""
+    from google.cloud.aiplatform import initializer
+
     with GoogleCloudDouble(tmp_path / "google-cloud") as double:
         for name, value in double.environment().items():
             monkeypatch.setenv(name, value)
-        # urlopen keeps the first opener it builds, with the proxies of that moment.
         urllib.request.install_opener(None)
         yield double
     urllib.request.install_opener(None)
+    initializer.global_config.__init__()
 
 
 @pytest.fixture(scope="session")

@@ -97,7 +97,9 @@ def test_vertex_schedules_check_cron_and_move_between_states(
     assert session.post(f"{url}:pause").status_code == 400  # already paused
     assert google_cloud.vertex.schedules[name]["state"] == "PAUSED"
     operation = session.delete(url).json()
-    assert operation["done"] is True and name not in google_cloud.vertex.schedules
+    assert operation["done"] is False and name not in google_cloud.vertex.schedules
+    polled = session.get(f"https://europe-west4-aiplatform.googleapis.com/ui/{operation['name']}")
+    assert polled.json()["done"] is True
 
 
 def test_requests_need_an_issued_token_and_the_right_region(

@@ -4,6 +4,7 @@ to the Google Cloud double through its HTTPS proxy."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -50,12 +51,14 @@ def test_submit_creates_a_job_from_this_checkouts_vertex_yaml(
     assert code == 0, err
     (job,) = google_cloud.vertex.pipeline_jobs.values()
     job_id = job["name"].rsplit("/", 1)[1]
+    compiled = compile_pipeline(Target("vertex"), tmp_path / "build")
+    digest = hashlib.sha256(compiled.read_bytes()).hexdigest()[:12]
     assert out.strip() == (
-        f"pipeline job {job_id} (nightly) of training.vertex.yaml "
-        f"(sha256:{out.split('sha256:')[1].split('...')[0]}...): https://console.cloud.google.com/"
-        f"vertex-ai/locations/europe-west4/pipelines/runs/{job_id}?project=example-ml"
+        f"pipeline job {job_id} (nightly) of training.vertex.yaml (sha256:{digest}...): "
+        f"https://console.cloud.google.com/vertex-ai/locations/europe-west4/pipelines/runs/"
+        f"{job_id}?project=example-ml"
     )
-    assert job["pipelineSpec"] == compiled_vertex_yaml(tmp_path)
+    assert job["pipelineSpec"] == yaml.safe_load(compiled.read_text())
     assert job["displayName"] == "nightly" and job["labels"] == {"team": "fraud"}
     assert job["serviceAccount"] == "trainer@example-ml.iam.gserviceaccount.com"
     runtime = job["runtimeConfig"]
@@ -179,11 +182,12 @@ def test_scheduling_a_tag_pins_the_schedule_to_its_version(
     assert f"of {REPO}/conveyor-training/{version}:" in out
 
 
+@pytest.mark.parametrize("signature", [{"text": {"parameterType": "STRING"}}, {}])
 def test_parameters_are_checked_against_the_published_templates_own_signature(
-    google_cloud: GoogleCloudDouble, capsys, tmp_path: Path
+    google_cloud: GoogleCloudDouble, capsys, tmp_path: Path, signature: dict
 ) -> None:
-    older = compiled_vertex_yaml(tmp_path)  # an older release that took one parameter
-    older["root"]["inputDefinitions"] = {"parameters": {"text": {"parameterType": "STRING"}}}
+    older = compiled_vertex_yaml(tmp_path)  # an older release with other parameters, or none
+    older["root"]["inputDefinitions"] = {"parameters": signature}
     content = yaml.safe_dump(older).encode()
     google_cloud.registry.packages[("europe-west4", "pipelines", "conveyor-training")] = {
         "versions": {"sha256:" + "0" * 64: content},
@@ -224,6 +228,8 @@ def test_dry_run_prints_what_would_be_sent_without_credentials_or_requests(
          "--timezone 'Mars/Olympus' is not an IANA time zone"),
         (("schedule", *COMMON, "--cron", "0 6 * *"), "cron '0 6 * *' has 4 fields"),
         (("submit", *COMMON, "--project", "Example_ML"), "--project 'Example_ML' is not a project id"),
+        (("submit", *COMMON, "--region", "europe-west99"), "--region 'europe-west99' is not a Vertex AI region"),
+        (("schedule", *COMMON, "--cron", "@daily", "--schedule-name", 'a"b'), "the name 'a\"b' must be 1 to 128 characters, without quotes"),
         (("submit", *COMMON, "--pipeline-root", "s3://bucket/x"), "--pipeline-root 's3://bucket/x': expected gs://BUCKET/PATH"),
         (("submit", *COMMON, "--label", "Team=Fraud"), "--label Team=Fraud: keys and values are lowercase"),
         (("submit", *COMMON, "--service-account", "me@example.com"), "--service-account 'me@example.com' is not a service account email"),
@@ -263,6 +269,13 @@ def test_missing_refused_and_denied_credentials_are_each_one_line(
     assert code == 2 and err.startswith(
         "conveyor submit: permission denied (403): cannot create the pipeline job"
     )
+    google_cloud.deny(
+        "POST", VERTEX, "/v1/projects/example-ml/locations/europe-west4/schedules", status=401
+    )
+    code, _, err = conveyor(capsys, "schedule", *COMMON, "--cron", "@daily")
+    assert code == 2 and err.startswith(
+        "conveyor schedule: Vertex AI refused the credentials (401) when trying to create the schedule"
+    )
     google_cloud.deny("GET", "artifactregistry.googleapis.com", status=401)
     code, _, err = conveyor(capsys, "publish", "--target", "vertex", "--repo", REPO, "--tag", "v1")
     assert code == 2 and err.startswith(
@@ -274,7 +287,8 @@ def test_missing_refused_and_denied_credentials_are_each_one_line(
     assert err.startswith(
         "conveyor submit: Google Cloud refused the credentials (Token has been expired or revoked.)"
     )
-    assert google_cloud.vertex.pipeline_jobs == {} and google_cloud.registry.packages == {}
+    assert google_cloud.vertex.pipeline_jobs == {} and google_cloud.vertex.schedules == {}
+    assert google_cloud.registry.packages == {}
 
 
 def test_a_missing_pipeline_root_bucket_is_refused_before_the_job(
@@ -305,3 +319,83 @@ def test_settings_deploy_would_refuse_stop_the_submission(
     assert code == 2
     assert err.strip() == f"conveyor submit: {params}: canary steps [50, 10] must increase"
     assert google_cloud.requests == []
+
+
+def two_schedules_of_one_name(google_cloud: GoogleCloudDouble, capsys) -> list[str]:
+    """Two active schedules named conveyor-training-dev (made by hand, as Conveyor refuses)."""
+    assert conveyor(capsys, "schedule", *COMMON, "--cron", "0 6 * * *")[0] == 0
+    ((first, schedule),) = google_cloud.vertex.schedules.items()
+    second = first.rsplit("/", 1)[0] + "/999"
+    google_cloud.vertex.schedules[second] = dict(schedule, name=second)
+    return [first, second]
+
+
+def test_a_pause_failing_part_way_resumes_what_it_paused(
+    google_cloud: GoogleCloudDouble, capsys
+) -> None:
+    first, second = two_schedules_of_one_name(google_cloud, capsys)
+    google_cloud.deny("POST", VERTEX, f"/v1/{second}:pause")
+    code, _, err = conveyor(capsys, "schedule", *COMMON, "--cron", "30 6 * * *", "--replace")
+    assert code == 2 and err.startswith(
+        "conveyor schedule: permission denied (403): cannot pause schedule 999"
+    )
+    states = {name: s["state"] for name, s in google_cloud.vertex.schedules.items()}
+    assert states == {first: "ACTIVE", second: "ACTIVE"}
+    assert f"POST /v1/{first}:resume" in paths(google_cloud, VERTEX)
+
+
+def test_a_resume_that_fails_too_is_named_with_the_first_failure(
+    google_cloud: GoogleCloudDouble, capsys
+) -> None:
+    assert conveyor(capsys, "schedule", *COMMON, "--cron", "0 6 * * *")[0] == 0
+    (old,) = google_cloud.vertex.schedules
+    google_cloud.deny("POST", VERTEX, "/v1/projects/example-ml/locations/europe-west4/schedules")
+    google_cloud.deny("POST", VERTEX, f"/v1/{old}:resume")
+    code, _, err = conveyor(capsys, "schedule", *COMMON, "--cron", "30 6 * * *", "--replace")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    old_id = old.rsplit("/", 1)[1]
+    assert "cannot create the schedule" in err
+    assert f"; and schedule {old_id} stays paused (permission denied (403): cannot resume" in err
+
+
+def test_a_replaced_schedule_that_cannot_be_deleted_is_reported_paused(
+    google_cloud: GoogleCloudDouble, capsys
+) -> None:
+    assert conveyor(capsys, "schedule", *COMMON, "--cron", "0 6 * * *")[0] == 0
+    (old,) = google_cloud.vertex.schedules
+    google_cloud.deny("DELETE", VERTEX, f"/v1/{old}")
+    code, out, err = conveyor(capsys, "schedule", *COMMON, "--cron", "30 6 * * *", "--replace")
+    assert code == 1
+    (new,) = set(google_cloud.vertex.schedules) - {old}
+    assert out.startswith(f"schedule {new.rsplit('/', 1)[1]} (conveyor-training-dev")
+    assert f"replaced schedule {old.rsplit('/', 1)[1]} is paused but not deleted" in err
+    assert google_cloud.vertex.schedules[old]["state"] == "PAUSED"
+    assert google_cloud.vertex.schedules[new]["state"] == "ACTIVE"
+
+
+def test_a_published_template_is_held_to_deploys_settings_too(
+    google_cloud: GoogleCloudDouble, capsys, tmp_path: Path
+) -> None:
+    assert conveyor(capsys, "publish", "--target", "vertex", "--repo", REPO, "--tag", "v1")[0] == 0
+    params = tmp_path / "steps.yaml"
+    params.write_text("model_store_uri: gs://b/m\ncanary_steps: '50,10'\n")
+    template = ("--template", f"{REPO}/conveyor-training/v1")
+    code, _, err = conveyor(capsys, "submit", *COMMON, *template, "--params", str(params))
+    assert code == 2
+    assert err.strip() == f"conveyor submit: {params}: canary steps [50, 10] must increase"
+    assert google_cloud.vertex.pipeline_jobs == {}
+    before = len(google_cloud.requests)
+    code, out, err = conveyor(capsys, "submit", *COMMON, *template, "--dry-run")
+    assert code == 0 and json.loads(out)["template"] == f"{REPO}/conveyor-training/v1"
+    assert "a dry run does not read" in err and len(google_cloud.requests) == before
+
+
+def test_an_upload_that_cannot_be_tagged_is_removed_again(
+    google_cloud: GoogleCloudDouble, capsys
+) -> None:
+    tags = "/v1/projects/example-ml/locations/europe-west4/repositories/pipelines/packages"
+    google_cloud.deny("POST", "artifactregistry.googleapis.com", tags)
+    code, _, err = conveyor(capsys, "publish", "--target", "vertex", "--repo", REPO, "--tag", "v1")
+    assert code == 2 and "permission denied (403): cannot tag sha256:" in err
+    package = google_cloud.registry.packages[("europe-west4", "pipelines", "conveyor-training")]
+    assert package == {"versions": {}, "tags": {}}

@@ -6,7 +6,9 @@ optional comma-separated ``tags``) and answers ``package/sha256:<digest>`` as te
 package named by the template's ``pipelineInfo.name`` and the version by the sha256 of the
 file; uploading an existing tag moves it. ``GET /PROJECT/REPO/PACKAGE/TAG-OR-VERSION``
 downloads the template. On ``artifactregistry.googleapis.com`` (v1): a package's tags and
-versions, each as a resource. Unknown repositories answer 404, other projects 403.
+versions, each as a resource; ``POST …/tags?tagId=`` creates a tag (409 when it exists) and
+``DELETE …/versions/V`` deletes an untagged version (a finished operation; 400 while a tag
+names it). Unknown repositories answer 404, other projects 403.
 """
 
 from __future__ import annotations
@@ -103,23 +105,35 @@ class ArtifactRegistryDouble:
 
     def _api(self, request: CloudRequest) -> dict[str, Any]:
         match = _API.fullmatch(request.path)
-        if not match or request.method != "GET":
+        if not match:
             raise not_implemented(request)
         project, location, repository, name, kind, ident = match.groups()
         package = self._package(location, project, repository, name)
         prefix = (
             f"projects/{project}/locations/{location}/repositories/{repository}/packages/{name}"
         )
+        if kind == "tags" and request.method == "POST" and not ident:
+            return self._create_tag(package, prefix, request)
+        if kind == "versions" and request.method == "DELETE" and ident:
+            return self._delete_version(package, prefix, ident)
+        if request.method != "GET":
+            raise not_implemented(request)
         if kind == "tags":
-            tags = {ident: package["tags"].get(ident)} if ident else package["tags"]
-            if ident and tags[ident] is None:
-                raise CloudError(404, f"Tag {ident} not found")
-            found = [
-                {"name": f"{prefix}/tags/{tag}", "version": f"{prefix}/versions/{version}"}
-                for tag, version in tags.items()
-            ]
-            return found[0] if ident else {"tags": found}
-        versions = [ident] if ident else list(package["versions"])
+            return self._tags(package, prefix, ident)
+        return self._versions(package, prefix, ident)
+
+    @staticmethod
+    def _tag(prefix: str, tag: str, version: str) -> dict[str, str]:
+        return {"name": f"{prefix}/tags/{tag}", "version": f"{prefix}/versions/{version}"}
+
+    def _tags(self, package: dict[str, Any], prefix: str, ident: str | None) -> dict[str, Any]:
+        if ident and ident not in package["tags"]:
+            raise CloudError(404, f"Tag {ident} not found")
+        tags = {ident: package["tags"][ident]} if ident else package["tags"]
+        found = [self._tag(prefix, tag, version) for tag, version in tags.items()]
+        return found[0] if ident else {"tags": found}
+
+    def _versions(self, package: dict[str, Any], prefix: str, ident: str | None) -> dict[str, Any]:
         if ident and ident not in package["versions"]:
             raise CloudError(404, f"Version {ident} not found")
         found = [
@@ -127,11 +141,37 @@ class ArtifactRegistryDouble:
                 "name": f"{prefix}/versions/{version}",
                 "createTime": self.created[version],
                 "relatedTags": [
-                    {"name": f"{prefix}/tags/{tag}", "version": f"{prefix}/versions/{version}"}
+                    self._tag(prefix, tag, tagged)
                     for tag, tagged in package["tags"].items()
                     if tagged == version
                 ],
             }
-            for version in versions
+            for version in ([ident] if ident else package["versions"])
         ]
         return found[0] if ident else {"versions": found}
+
+    def _create_tag(
+        self, package: dict[str, Any], prefix: str, request: CloudRequest
+    ) -> dict[str, Any]:
+        tag = request.query.get("tagId", "")
+        version = str((request.json or {}).get("version", "")).rsplit("/", 1)[-1]
+        if not tag or tag.startswith("sha256:"):
+            raise CloudError(400, f"Invalid tag id {tag!r}.")
+        if version not in package["versions"]:
+            raise CloudError(404, f"Version {version} not found")
+        if tag in package["tags"]:
+            raise CloudError(409, f"Tag {tag} already exists.")
+        package["tags"][tag] = version
+        return self._tag(prefix, tag, version)
+
+    @staticmethod
+    def _delete_version(package: dict[str, Any], prefix: str, version: str) -> dict[str, Any]:
+        if version not in package["versions"]:
+            raise CloudError(404, f"Version {version} not found")
+        if version in package["tags"].values():
+            raise CloudError(400, f"Version {version} is tagged; delete its tags first.")
+        del package["versions"][version]
+        return {
+            "name": f"{prefix.split('/packages/')[0]}/operations/delete-{version[7:19]}",
+            "done": True,
+        }

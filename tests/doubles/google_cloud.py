@@ -25,11 +25,13 @@ read every request. Nothing leaves the machine: a host no service owns answers 5
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import json
 import re
 import secrets
+import shutil
 import socket
 import ssl
 import tempfile
@@ -86,7 +88,6 @@ class GoogleCloudDouble:
         self._denied: list[tuple[str, str, int]] = []
         self._lock = threading.RLock()
         self._server: DoubleServer | None = None
-        self._thread: threading.Thread | None = None
         self._tls: ssl.SSLContext | None = None
         self._grpc: Any = None
         self.grpc_port = 0
@@ -99,20 +100,13 @@ class GoogleCloudDouble:
         self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self._tls.load_cert_chain(_CERTIFICATES / "server.pem", _CERTIFICATES / "server.key")
         self._grpc, self.grpc_port = self._resource_manager()
-        self._server = DoubleServer(self, _ProxyHandler)
-        self.proxy_url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), daemon=True
-        )
-        self._thread.start()
+        self._server = DoubleServer(self, _ProxyHandler).start()
+        self.proxy_url = self._server.url
         return self
 
     def __exit__(self, exc_type: object, *_: object) -> None:
         if self._server:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread:
-            self._thread.join(timeout=5)
+            self._server.stop()
         if self._grpc:
             self._grpc.stop(grace=None)
         if self.errors and exc_type is None:
@@ -339,7 +333,15 @@ class _ProxyHandler(MethodHandler):
         elif content_type == "application/x-www-form-urlencoded":
             form = dict(parse_qsl(body.decode()))
         elif body and "json" in content_type:
-            parsed = json.loads(body)
+            try:
+                parsed = json.loads(body)
+            except ValueError:
+                self._send(
+                    400,
+                    json.dumps(CloudError(400, "Invalid JSON payload.").body()).encode(),
+                    "application/json",
+                )
+                return
         request = CloudRequest(
             method=method,
             host=self.tunnel_host,
@@ -415,3 +417,4 @@ def _write_certificates(workdir: Path) -> Path:
 
 # One CA for the whole test process: gRPC reads GRPC_DEFAULT_SSL_ROOTS_FILE_PATH only once.
 _CERTIFICATES = _write_certificates(Path(tempfile.mkdtemp(prefix="google-cloud-double-")))
+atexit.register(shutil.rmtree, _CERTIFICATES, ignore_errors=True)

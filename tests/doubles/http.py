@@ -4,6 +4,7 @@ multipart form bodies read the way a server reads them."""
 from __future__ import annotations
 
 import email.policy
+import threading
 from email.parser import BytesParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -19,6 +20,18 @@ class DoubleServer(ThreadingHTTPServer):
     def __init__(self, double: Any, handler: type[BaseHTTPRequestHandler]) -> None:
         super().__init__(("127.0.0.1", 0), handler)
         self.double = double
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        self._thread = threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True)
+
+    def start(self) -> DoubleServer:
+        """Serves from a background thread."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+        self._thread.join(timeout=5)
 
 
 class MethodHandler(BaseHTTPRequestHandler):

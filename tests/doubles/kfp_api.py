@@ -601,26 +601,18 @@ class KfpApiDouble:
         self.errors: list[BaseException] = []  # the double's own failures, raised at exit
         self._lock = threading.RLock()
         self._server: DoubleServer | None = None
-        self._thread: threading.Thread | None = None
         self._routes = self._route_table()
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def __enter__(self) -> KfpApiDouble:
-        self._server = DoubleServer(self, _Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), daemon=True
-        )
-        self._thread.start()
+        self._server = DoubleServer(self, _Handler).start()
+        self.url = self._server.url
         return self
 
     def __exit__(self, exc_type: object, *_: object) -> None:
         if self._server:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread:
-            self._thread.join(timeout=5)
+            self._server.stop()
         if self.errors and exc_type is None:
             raise self.errors[0]
 

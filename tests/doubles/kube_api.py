@@ -644,12 +644,9 @@ class KubernetesApiDouble:
     # -- lifecycle -------------------------------------------------------------------------
 
     def __enter__(self) -> KubernetesApiDouble:
-        self._server = DoubleServer(self, _Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._threads = [
-            threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True),
-            threading.Thread(target=self._control_loop, daemon=True),
-        ]
+        self._server = DoubleServer(self, _Handler).start()
+        self.url = self._server.url
+        self._threads = [threading.Thread(target=self._control_loop, daemon=True)]
         for thread in self._threads:
             thread.start()
         return self
@@ -660,8 +657,7 @@ class KubernetesApiDouble:
             self._store.closed = True
             self._store.lock.notify_all()
         if self._server:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.stop()
         for thread in self._threads:
             thread.join(timeout=5)
         if self._errors and exc_type is None:

@@ -9,8 +9,9 @@ directory, parameter values that match the root inputs by name and type, labels 
 Google's rules, and a service account that is an email address; a schedule has a display
 name, a positive ``maxConcurrentRunCount`` and a 5-field cron, optionally prefixed
 ``TZ=`` or ``CRON_TZ=`` and an IANA time zone. Resource names carry the project number, as
-the service writes them. Pause, resume and delete (a finished long-running operation) move
-a schedule's state; list filters by ``display_name`` and ``state`` and pages.
+the service writes them. Pause, resume and delete move a schedule's state; delete answers
+with a long-running operation that is still running, and finished when it is next read;
+list filters by ``display_name`` and ``state`` and pages.
 """
 
 from __future__ import annotations
@@ -61,10 +62,13 @@ class VertexAiDouble:
         self.project, self.project_number = project, project_number
         self.pipeline_jobs: dict[str, dict[str, Any]] = {}  # by resource name
         self.schedules: dict[str, dict[str, Any]] = {}
+        self.operations: dict[str, dict[str, Any]] = {}
         self._ids = itertools.count(1000)
 
     def answer(self, request: CloudRequest) -> Answer:
-        match = re.fullmatch(r"/v1/projects/([^/]+)/locations/([^/]+)/(.*)", request.path)
+        # The REST transport's operations client reads operations under /ui/, as the service
+        # also serves them.
+        match = re.fullmatch(r"/(?:v1|ui)/projects/([^/]+)/locations/([^/]+)/(.*)", request.path)
         if not match:
             raise not_implemented(request)
         project, location, rest = match.groups()
@@ -102,6 +106,12 @@ class VertexAiDouble:
             return schedule if method == "GET" else self._delete_schedule(name)
         if kind == "schedules" and method == "POST" and action in ("pause", "resume"):
             return self._switch(self._get(self.schedules, name, "Schedule"), action)
+        if kind == "operations" and method == "GET" and not action:
+            operation = self._get(self.operations, name, "Operation")
+            operation.update(
+                done=True, response={"@type": "type.googleapis.com/google.protobuf.Empty"}
+            )
+            return operation
         raise not_implemented(request)
 
     @staticmethod
@@ -243,11 +253,9 @@ class VertexAiDouble:
     def _delete_schedule(self, name: str) -> dict[str, Any]:
         del self.schedules[name]
         parent = name.rsplit("/schedules/", 1)[0]
-        return {
-            "name": f"{parent}/operations/{next(self._ids)}",
-            "done": True,
-            "response": {"@type": "type.googleapis.com/google.protobuf.Empty"},
-        }
+        operation = {"name": f"{parent}/operations/{next(self._ids)}", "done": False}
+        self.operations[operation["name"]] = operation
+        return dict(operation)
 
 
 def _camel(name: str) -> str:
