@@ -177,7 +177,7 @@ def _deliver_vertex(args: argparse.Namespace) -> int:
     target = _target("vertex", args.image_registry)
     with tempfile.TemporaryDirectory(prefix="conveyor-submit-") as scratch:
         local = None if published else compile_pipeline(target, Path(scratch))
-        request = _vertex_request(args, published.url if published else _local_label(local))
+        request = _vertex_request(args, _local_label(local) if local else published.url)
         # A published template is checked against its own signature once it is downloaded.
         pipeline = None if published else _pipeline(target)
         vertex.check_request(request, pipeline and pipeline.component_spec.inputs, _where(args))
@@ -221,15 +221,12 @@ def _vertex_request(args: argparse.Namespace, template: str) -> Any:
     from pipelines.vertex import VertexRequest
 
     schedule = args.command == "schedule"
-    default_name = f"{PIPELINE_NAME}-{args.params.stem}" if schedule and args.params else ""
     return VertexRequest(
         project=args.project,
         region=args.region,
         pipeline_root=args.pipeline_root,
         template=template,
-        display_name=(getattr(args, "schedule_name", "") or default_name or PIPELINE_NAME)
-        if schedule
-        else (args.run_name or PIPELINE_NAME),
+        display_name=_schedule_name(args) if schedule else (args.run_name or PIPELINE_NAME),
         parameters=_parameters(args),
         service_account=args.service_account,
         labels=option_pairs(args.label, "--label", "KEY=VALUE", empty_values=True),
@@ -239,12 +236,20 @@ def _vertex_request(args: argparse.Namespace, template: str) -> Any:
     )
 
 
-def _local_label(package: Path | None) -> str:
+def _schedule_name(args: argparse.Namespace) -> str:
+    """``--schedule-name``, else one per environment (``conveyor-training-dev``), so that
+    ``--replace`` for dev never touches prod's schedule."""
+    from pipelines.training import PIPELINE_NAME
+
+    if args.schedule_name:
+        return args.schedule_name
+    return f"{PIPELINE_NAME}-{args.params.stem}" if args.params else PIPELINE_NAME
+
+
+def _local_label(package: Path) -> str:
     """How the dry run and the output name this checkout's compiled pipeline."""
     import hashlib
 
-    if package is None:
-        return ""
     return f"{package.name} (sha256:{hashlib.sha256(package.read_bytes()).hexdigest()[:12]}...)"
 
 

@@ -168,7 +168,9 @@ def _tagged_version(client: Any, package: str, tag: str) -> str:
     """The ``sha256:`` version ``tag`` names, or "" when there is no such tag (or package)."""
     try:
         found = call(
-            f"read tag {tag} of {package}", _SERVICE, lambda: _get_tag(client, package, tag)
+            f"read tag {tag} of {package}",
+            _SERVICE,
+            lambda: _or_missing(lambda: client.get_tag(package, tag)),
         )
     except _Missing:
         return ""
@@ -189,10 +191,6 @@ def _has_version(client: Any, package: str, version: str) -> bool:
 
 class _Missing(Exception):
     """A 404: the tag (or version, or package) does not exist yet."""
-
-
-def _get_tag(client: Any, package: str, tag: str) -> dict[str, Any]:
-    return _or_missing(lambda: client.get_tag(package, tag))
 
 
 def _or_missing(request: Any) -> Any:

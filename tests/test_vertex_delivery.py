@@ -291,6 +291,19 @@ def test_missing_refused_and_denied_credentials_are_each_one_line(
     assert google_cloud.registry.packages == {}
 
 
+def test_a_pipeline_root_bucket_of_another_project_is_refused_before_the_job(
+    google_cloud: GoogleCloudDouble, capsys
+) -> None:
+    google_cloud.buckets["squatted-bucket"] = "999999999999"
+    code, _, err = conveyor(capsys, "submit", *COMMON, "--pipeline-root", "gs://squatted-bucket/x")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert (
+        "bucket squatted-bucket belongs to another project (number 999999999999), not "
+        "example-ml (123456789012)"
+    ) in err
+    assert google_cloud.sent(VERTEX) == []
+
+
 def test_a_missing_pipeline_root_bucket_is_refused_before_the_job(
     google_cloud: GoogleCloudDouble, capsys
 ) -> None:

@@ -65,7 +65,8 @@ class GoogleCloudDouble:
         workdir: Where the credentials file is written.
         project: The project id the services know.
         project_number: What Vertex AI writes into resource names in place of the id.
-        buckets: Cloud Storage buckets that exist.
+        buckets: Cloud Storage buckets that exist, owned by the project. ``self.buckets`` maps
+            each bucket to its owner's project number; add one owned by someone else there.
     """
 
     def __init__(
@@ -78,7 +79,7 @@ class GoogleCloudDouble:
     ) -> None:
         self.workdir = workdir
         self.project, self.project_number = project, project_number
-        self.buckets = set(buckets)
+        self.buckets = dict.fromkeys(buckets, project_number)
         self.vertex = VertexAiDouble(project, project_number)
         self.registry = ArtifactRegistryDouble(project)
         self.requests: list[CloudRequest] = []
@@ -227,7 +228,7 @@ class GoogleCloudDouble:
             "id": name,
             "name": name,
             "location": "EU",
-            "projectNumber": self.project_number,
+            "projectNumber": self.buckets[name],
         }
         return 200, body, "application/json"
 
