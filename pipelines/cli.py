@@ -72,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     build.set_defaults(handler=_compile)
     _add_rollout(commands)
     _add_serve(commands)
+    _add_drift(commands)
     add_commands(commands)
     check = commands.add_parser(
         "check", help="compile every pipeline for every target and check configs/*.yaml"
@@ -119,6 +120,57 @@ def _add_rollout(commands: Any) -> None:
     rollout.add_argument("--report", type=Path, help="write the Markdown report here")
     rollout.add_argument("--dry-run", action="store_true", help="print the plan; touch nothing")
     rollout.set_defaults(handler=_rollout)
+
+
+def _add_drift(commands: Any) -> None:
+    drift = commands.add_parser(
+        "drift",
+        help="compare a current table with a reference; exit 0 without drift, 3 with drift",
+    )
+    drift.add_argument("--reference", required=True, help="CSV or Parquet path or URI")
+    drift.add_argument("--current", required=True, help="CSV or Parquet path or URI")
+    drift.add_argument("--segment", default="", help="also judge columns within each value")
+    drift.add_argument("--exclude", action="append", default=[], metavar="COLUMN")
+    drift.add_argument(
+        "--threshold", action="append", default=[], metavar="TEST=VALUE",
+        help="psi, ks, chisquare or jensenshannon (defaults 0.1, 0.05, 0.05, 0.1)",
+    )  # fmt: skip
+    drift.add_argument("--numeric-test", default="psi", help="decides numeric columns")
+    drift.add_argument(
+        "--categorical-test", default="jensenshannon", help="decides categorical columns"
+    )
+    drift.add_argument("--drift-share", type=float, default=0.5)
+    drift.add_argument("--report", type=Path, help="write Evidently's HTML report here")
+    drift.add_argument("--sample-rows", type=int, default=50_000, help="rows the report renders")
+    drift.set_defaults(handler=_drift)
+
+
+def _drift(args: argparse.Namespace) -> int:
+    from components.core.drift import (
+        DriftOutputs,
+        DriftSettings,
+        describe,
+        detect_drift,
+        table_lines,
+    )
+    from pipelines.parameters import option_pairs
+
+    thresholds = {}
+    for test, value in option_pairs(args.threshold, "--threshold", "TEST=NUMBER").items():
+        try:
+            thresholds[test] = float(value)
+        except ValueError:
+            raise ConveyorError(f"--threshold {test}={value}: not a number") from None
+    settings = DriftSettings(thresholds, args.numeric_test, args.categorical_test, args.drift_share)
+    outputs = DriftOutputs(html=args.report, sample_rows=args.sample_rows)
+    report = detect_drift(
+        args.reference, args.current, settings, args.segment or None, tuple(args.exclude), outputs
+    )
+    print("\n".join(table_lines(report)))
+    print(describe(report))
+    if args.report:
+        print(f"Report: {args.report}")
+    return 3 if report.dataset_drifted else 0
 
 
 def _add_serve(commands: Any) -> None:

@@ -7,6 +7,7 @@ from kfp import compiler
 from kfp.dsl.base_component import BaseComponent
 
 from components.deploy import deploy
+from components.drift import drift
 from components.evaluate import evaluate
 from components.ingest import ingest
 from components.register import register
@@ -24,6 +25,7 @@ COMPONENTS: dict[str, BaseComponent] = {
     "evaluate": evaluate,
     "register": register,
     "deploy": deploy,
+    "drift": drift,
 }
 
 

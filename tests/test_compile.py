@@ -67,7 +67,8 @@ def gpu_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_compile_writes_both_targets_and_every_component(cpu_build: Path) -> None:
     written = sorted(str(p.relative_to(cpu_build)) for p in cpu_build.rglob("*.yaml"))
     assert written == sorted(
-        ["training.kubeflow.yaml", "training.vertex.yaml", *(f"components/{s}.yaml" for s in STEPS)]
+        ["training.kubeflow.yaml", "training.vertex.yaml"]
+        + [f"components/{s}.yaml" for s in (*STEPS, "drift")]
     )
 
 
