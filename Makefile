@@ -33,15 +33,21 @@ TIMEZONE ?= UTC
 REPLACE ?=
 REPO ?=
 TAG ?=
+# make drift
+REFERENCE ?=
+CURRENT ?=
+SEGMENT ?=
+REPORT ?= build/drift.html
 # make test
 PYTEST_ARGS ?=
 # make bench
 BENCH_ARGS ?=
+DRIFT_BENCH_ARGS ?=
 MLSERVER_VENV := .bench/mlserver-venv
 MLSERVER_INSTALLED := $(MLSERVER_VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run serve compile check submit schedule submit-vertex schedule-vertex publish test lint format images push lint-images bench lock clean
+.PHONY: help install run serve compile check submit schedule submit-vertex schedule-vertex publish drift test lint format images push lint-images bench bench-serving bench-drift lock clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -95,6 +101,10 @@ publish: $(INSTALLED) ## Publish the Vertex template to Artifact Registry [REPO=
 	$(BIN)/conveyor publish --target vertex --repo '$(REPO)' --tag '$(TAG)' \
 		$(if $(IMAGE_REGISTRY),--image-registry '$(IMAGE_REGISTRY)') $(if $(DRY_RUN),--dry-run)
 
+drift: $(INSTALLED) ## Compare CURRENT with REFERENCE for drift; exit 3 on drift [REFERENCE= CURRENT= SEGMENT= REPORT=build/drift.html]
+	$(BIN)/conveyor drift --reference '$(REFERENCE)' --current '$(CURRENT)' --report '$(REPORT)' \
+		$(if $(SEGMENT),--segment '$(SEGMENT)')
+
 test: $(INSTALLED) lint-images ## Run lint, lint-images and the test suite [PYTEST_ARGS=...]
 	$(BIN)/ruff check components pipelines tests bench
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -134,12 +144,17 @@ $(MLSERVER_INSTALLED): bench/mlserver-requirements.txt
 	$(MLSERVER_VENV)/bin/python -m pip install --quiet -r bench/mlserver-requirements.txt
 	@touch $@
 
-bench: $(INSTALLED) $(MLSERVER_INSTALLED) ## Serving throughput and latency vs MLServer, side by side [BENCH_ARGS=...]
+bench: bench-serving bench-drift ## Both benchmarks: serving vs MLServer, drift vs Evidently
+
+bench-serving: $(INSTALLED) $(MLSERVER_INSTALLED) ## Serving throughput and latency vs MLServer, side by side [BENCH_ARGS=...]
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 		&& { apt-get install -y -qq wrk >/dev/null 2>&1 \
 			|| { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }; }; } \
 		|| echo "bench: could not install wrk; the Python load generator stands in"
 	$(BIN)/python -m bench.serving $(BENCH_ARGS)
+
+bench-drift: $(INSTALLED) ## Drift on 1,000,000 x 30 rows vs Evidently's DataDriftPreset, same verdicts [DRIFT_BENCH_ARGS=--rows N]
+	$(BIN)/python -m bench.drift $(DRIFT_BENCH_ARGS)
 
 lock: ## Re-pin every dependency into constraints.txt from a fresh resolve
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv

@@ -19,7 +19,9 @@ and one that drifted within any segment has drifted.
 
 from __future__ import annotations
 
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -38,7 +40,7 @@ __all__ = [
     "DriftReport",
     "DriftSettings",
     "TESTS",
-    "column_kind",
+    "drift_kind",
     "compare_tables",
     "describe",
     "detect_drift",
@@ -54,6 +56,7 @@ DEFAULT_THRESHOLDS = {"psi": 0.1, "ks": 0.05, "chisquare": 0.05, "jensenshannon"
 _P_VALUES = {"ks", "chisquare"}
 _FEW_VALUES = 20  # numeric columns with this many distinct reference values bin by value
 _CODES = 10  # integer columns with this many distinct reference values are categories
+_EXACT_KS = 10_000  # samples up to this size get the exact KS p-value
 
 
 @dataclass(frozen=True)
@@ -167,9 +170,12 @@ def compare_tables(
     ``segment`` too, which is what rows are grouped by)."""
     settings = settings or DriftSettings()
     columns = _shared_columns(reference, current, exclude + ((segment,) if segment else ()))
-    results = [_column_drift(reference[c], current[c], c, settings) for c in columns]
+    pairs = [(reference[c], current[c], c, None) for c in columns]
     if segment:
-        results += _segment_drift(reference, current, columns, segment, settings)
+        pairs += _segment_pairs(reference, current, columns, segment)
+    # NumPy's sorts and histograms release the GIL: columns are tested side by side.
+    with ThreadPoolExecutor(max_workers=min(len(pairs), os.cpu_count() or 1)) as pool:
+        results = list(pool.map(lambda pair: _column_drift(*pair, settings), pairs))
     return DriftReport(results, settings)
 
 
@@ -197,33 +203,26 @@ def _shared_columns(
     return columns
 
 
-def _segment_drift(
-    reference: pd.DataFrame,
-    current: pd.DataFrame,
-    columns: list[str],
-    segment: str,
-    settings: DriftSettings,
-) -> list[ColumnDrift]:
-    results = []
+def _segment_pairs(
+    reference: pd.DataFrame, current: pd.DataFrame, columns: list[str], segment: str
+) -> list[tuple[pd.Series, pd.Series, str, str]]:
+    """(reference values, current values, column, segment value) for each segment value
+    both tables have (one the reference never saw has nothing to be compared with)."""
     reference_groups = dict(tuple(reference.groupby(segment, sort=True, observed=True)))
+    pairs = []
     for value, current_rows in current.groupby(segment, sort=True, observed=True):
         reference_rows = reference_groups.get(value)
-        if reference_rows is None:  # a segment the reference never saw: nothing to compare
-            continue
-        for column in columns:
-            result = _column_drift(
-                reference_rows[column], current_rows[column], column, settings, str(value)
-            )
-            results.append(result)
-    return results
+        if reference_rows is not None:
+            pairs += [(reference_rows[c], current_rows[c], c, str(value)) for c in columns]
+    return pairs
 
 
 def _column_drift(
     reference: pd.Series,
     current: pd.Series,
     column: str,
+    segment: str | None,
     settings: DriftSettings,
-    segment: str | None = None,
 ) -> ColumnDrift:
     reference, current = reference.dropna(), current.dropna()
     if reference.empty or current.empty:
@@ -231,7 +230,7 @@ def _column_drift(
             f"column {column!r}{f' in segment {segment!r}' if segment else ''}: no values "
             f"to compare in the {'reference' if reference.empty else 'current'} table"
         )
-    numeric = column_kind(reference) == "numeric"
+    numeric = drift_kind(reference) == "numeric"
     if numeric and not pd.api.types.is_numeric_dtype(current):
         raise ConveyorError(
             f"column {column!r}: numeric in the reference, {current.dtype} in the current table"
@@ -261,8 +260,10 @@ def _column_drift(
     )
 
 
-def column_kind(values: pd.Series) -> Literal["numeric", "categorical"]:
-    """Numbers are numeric, except integer codes with at most 10 distinct values."""
+def drift_kind(values: pd.Series) -> Literal["numeric", "categorical"]:
+    """Numbers are numeric, except integer codes with at most 10 distinct values (a rating,
+    a day of week), which drift as categories do. Unlike the schema's ``column_kind``,
+    booleans are categories here: their drift is a change of shares."""
     if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
         return "categorical"
     if pd.api.types.is_integer_dtype(values) and values.nunique() <= _CODES:
@@ -271,7 +272,9 @@ def column_kind(values: pd.Series) -> Literal["numeric", "categorical"]:
 
 
 def _numeric_scores(reference: np.ndarray, current: np.ndarray) -> dict[str, float]:
-    if len(np.unique(reference)) <= _FEW_VALUES:
+    reference, current = np.sort(reference), np.sort(current)
+    distinct = np.count_nonzero(np.diff(reference)) + 1
+    if distinct <= _FEW_VALUES:
         keys = np.union1d(reference, current)
         reference_counts = _counts(reference, keys)
         current_counts = _counts(current, keys)
@@ -279,14 +282,39 @@ def _numeric_scores(reference: np.ndarray, current: np.ndarray) -> dict[str, flo
         edges = np.histogram_bin_edges(np.concatenate([reference, current]), bins="sturges")
         reference_counts = np.histogram(reference, edges)[0]
         current_counts = np.histogram(current, edges)[0]
-    with warnings.catch_warnings():  # scipy says when it falls back to the asymptotic p-value
-        warnings.simplefilter("ignore", RuntimeWarning)
-        ks = stats.ks_2samp(reference, current)
     return {
         "psi": _psi(reference_counts, current_counts),
-        "ks": float(ks.pvalue),
+        "ks": _ks_p_value(reference, current),
         "jensenshannon": _jensen_shannon(reference_counts, current_counts),
     }
+
+
+def _ks_p_value(reference: np.ndarray, current: np.ndarray) -> float:
+    """The two-sided Kolmogorov–Smirnov p-value of two sorted samples: scipy's exact one for
+    samples of up to 10,000 values; else, as scipy would, the Kolmogorov distribution at the
+    samples' effective size, whose Smirnov limit is used where the p-value is far too small
+    for any threshold (the exact tail is slow to compute and no more useful there)."""
+    if max(len(reference), len(current)) <= _EXACT_KS:
+        with warnings.catch_warnings():  # scipy says when it falls back to the asymptotic one
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return float(stats.ks_2samp(reference, current).pvalue)
+    distance = _ks_distance(reference, current)
+    m, n = float(len(reference)), float(len(current))
+    effective = np.round(m * n / (m + n))
+    limit = float(stats.kstwobign.sf(distance * np.sqrt(effective)))
+    if limit < 1e-12:
+        return limit
+    return float(np.clip(stats.kstwo.sf(distance, effective), 0.0, 1.0))
+
+
+def _ks_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """The largest gap between the empirical distribution functions of sorted ``a`` and
+    ``b``: both are steps, so it is reached at a data point, taken at its last copy."""
+    last_a = np.flatnonzero(np.append(a[1:] != a[:-1], True))
+    last_b = np.flatnonzero(np.append(b[1:] != b[:-1], True))
+    at_a = (last_a + 1) / len(a) - np.searchsorted(b, a[last_a], side="right") / len(b)
+    at_b = np.searchsorted(a, b[last_b], side="right") / len(a) - (last_b + 1) / len(b)
+    return float(max(np.abs(at_a).max(), np.abs(at_b).max()))
 
 
 def _categorical_scores(reference: pd.Series, current: pd.Series) -> dict[str, float]:
@@ -480,7 +508,7 @@ def render_report(
         cat_threshold=settings.threshold(settings.categorical_test),
         drift_share=settings.drift_share,
     )
-    kinds = {name: column_kind(reference[name].dropna()) for name in reference.columns}
+    kinds = {name: drift_kind(reference[name].dropna()) for name in reference.columns}
     definition = DataDefinition(
         numerical_columns=[name for name, kind in kinds.items() if kind == "numeric"],
         categorical_columns=[name for name, kind in kinds.items() if kind == "categorical"],
