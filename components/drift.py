@@ -23,14 +23,16 @@ def drift(
     categorical_test: str = "jensenshannon",
     drift_share: float = 0.5,
     report_sample_rows: int = 50000,
+    min_segment_rows: int = 100,
 ) -> bool:
     """Tests every column for drift and decides whether the dataset has drifted.
 
     Numeric columns get PSI and Kolmogorov–Smirnov, categorical ones chi-squared and
     Jensen–Shannon, computed on every row; with ``segment_column``, every column is also
-    judged within each segment value. Fails the step, with one line, when the tables
-    cannot be compared (different columns, a numeric column holding text or infinities,
-    an unreadable file).
+    judged within each segment value (of at least ``min_segment_rows`` rows in both
+    tables). Times and identifier-like text are not tested; the report lists them. Fails
+    the step, with one line, when the tables cannot be compared (different columns, a
+    numeric column holding text or infinities, an unreadable file).
 
     Args:
         reference: The reference table (CSV or Parquet), such as the champion's training data.
@@ -49,24 +51,27 @@ def drift(
         categorical_test: The test deciding categorical columns (jensenshannon, chisquare, psi).
         drift_share: The share of drifted columns at which the dataset has drifted.
         report_sample_rows: Evidently renders its report on at most this many rows per table.
+        min_segment_rows: Segments with fewer rows in either table are not tested.
 
     Returns:
         Whether the dataset has drifted.
     """
     from pathlib import Path
 
-    from components.core.drift import DriftOutputs, DriftSettings, detect_drift
+    from components.core.drift import DriftSettings
+    from components.core.drift_report import DriftOutputs, detect_drift
     from components.core.errors import step_errors
 
     with step_errors("drift"):
         settings = DriftSettings(
             thresholds={**thresholds}, numeric_test=numeric_test,
             categorical_test=categorical_test, drift_share=drift_share,
+            min_segment_rows=min_segment_rows,
         )  # fmt: skip
         outputs = DriftOutputs(
             Path(html_report.path), Path(report.path), Path(summary.path), report_sample_rows
         )
-        result = detect_drift(
+        result, _ = detect_drift(
             reference.path, current.path, settings, segment_column or None,
             tuple(exclude_columns), outputs,
         )  # fmt: skip

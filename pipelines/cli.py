@@ -142,17 +142,15 @@ def _add_drift(commands: Any) -> None:
     drift.add_argument("--drift-share", type=float, default=0.5)
     drift.add_argument("--report", type=Path, help="write Evidently's HTML report here")
     drift.add_argument("--sample-rows", type=int, default=50_000, help="rows the report renders")
+    drift.add_argument(
+        "--min-segment-rows", type=int, default=100, help="smaller segments are not tested"
+    )
     drift.set_defaults(handler=_drift)
 
 
 def _drift(args: argparse.Namespace) -> int:
-    from components.core.drift import (
-        DriftOutputs,
-        DriftSettings,
-        describe,
-        detect_drift,
-        table_lines,
-    )
+    from components.core.drift import DriftSettings
+    from components.core.drift_report import DriftOutputs, describe, detect_drift, table_lines
     from pipelines.parameters import option_pairs
 
     thresholds = {}
@@ -161,15 +159,19 @@ def _drift(args: argparse.Namespace) -> int:
             thresholds[test] = float(value)
         except ValueError:
             raise ConveyorError(f"--threshold {test}={value}: not a number") from None
-    settings = DriftSettings(thresholds, args.numeric_test, args.categorical_test, args.drift_share)
+    settings = DriftSettings(
+        thresholds, args.numeric_test, args.categorical_test, args.drift_share,
+        args.min_segment_rows,
+    )  # fmt: skip
     outputs = DriftOutputs(html=args.report, sample_rows=args.sample_rows)
-    report = detect_drift(
-        args.reference, args.current, settings, args.segment or None, tuple(args.exclude), outputs
+    segment = args.segment or None
+    report, note = detect_drift(
+        args.reference, args.current, settings, segment, tuple(args.exclude), outputs
     )
     print("\n".join(table_lines(report)))
     print(describe(report))
     if args.report:
-        print(f"Report: {args.report}")
+        print(f"Report: {args.report}{f' ({note})' if note else ''}")
     return 3 if report.dataset_drifted else 0
 
 
