@@ -252,17 +252,19 @@ def _kinds(reference: pd.DataFrame, columns: list[str]) -> tuple[dict[str, Kind]
         ):
             skipped.append(f"{name}: a time, not tested for drift")
             continue
-        kind = drift_kind(values.dropna())
-        distinct = values.nunique()
-        if (
-            kind == "categorical"
-            and distinct > _FEW_VALUES
-            and distinct > _IDENTIFIER_SHARE * values.count()
-        ):
-            skipped.append(f"{name}: mostly distinct text ({distinct:,} values), an identifier")
+        kind = drift_kind(values)
+        if kind == "categorical" and _identifier_like(values):
+            skipped.append(
+                f"{name}: mostly distinct text ({values.nunique():,} values), an identifier"
+            )
             continue
         kinds[name] = kind
     return kinds, skipped
+
+
+def _identifier_like(values: pd.Series) -> bool:
+    distinct = values.nunique()
+    return distinct > _FEW_VALUES and distinct > _IDENTIFIER_SHARE * values.count()
 
 
 def _segment_pairs(
