@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,39 +167,25 @@ def _client(repository: Repository, auth: Any) -> Any:
 
 def _tagged_version(client: Any, package: str, tag: str) -> str:
     """The ``sha256:`` version ``tag`` names, or "" when there is no such tag (or package)."""
-    try:
-        found = call(
-            f"read tag {tag} of {package}",
-            _SERVICE,
-            lambda: _or_missing(lambda: client.get_tag(package, tag)),
-        )
-    except _Missing:
-        return ""
-    return str(found.get("version", "")).rsplit("/", 1)[-1]
+    found = _unless_missing(f"read tag {tag} of {package}", lambda: client.get_tag(package, tag))
+    return str(found.get("version", "")).rsplit("/", 1)[-1] if found else ""
 
 
 def _has_version(client: Any, package: str, version: str) -> bool:
-    try:
-        call(
-            f"read version {version} of {package}",
-            _SERVICE,
-            lambda: _or_missing(lambda: client.get_version(package, version)),
-        )
-    except _Missing:
-        return False
-    return True
+    read = f"read version {version} of {package}"
+    return _unless_missing(read, lambda: client.get_version(package, version)) is not None
 
 
-class _Missing(Exception):
-    """A 404: the tag (or version, or package) does not exist yet."""
-
-
-def _or_missing(request: Any) -> Any:
+def _unless_missing(what: str, request: Callable[[], Any]) -> Any:
+    """``request``'s answer, or None for a 404 (what it asked for does not exist yet)."""
     import requests
 
-    try:
-        return request()
-    except requests.HTTPError as error:
-        if error.response is not None and error.response.status_code == 404:
-            raise _Missing from None
-        raise
+    def answer() -> Any:
+        try:
+            return request()
+        except requests.HTTPError as error:
+            if error.response is not None and error.response.status_code == 404:
+                return None
+            raise
+
+    return call(what, _SERVICE, answer)
