@@ -1,7 +1,7 @@
 """Train: fit a scikit-learn classifier and write a KServe-loadable model directory."""
 
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Model, Output
+from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
 from components.images import BASE_IMAGE
 
@@ -20,6 +20,7 @@ def train(
     mlflow_tracking_uri: str = "",
     pipeline_run_id: str = "",
     positive_class: str = "",
+    schema: Input[Artifact] = None,
 ):
     """Fits imputation, scaling, one-hot encoding and the estimator; logs the run to MLflow.
 
@@ -37,6 +38,9 @@ def train(
         mlflow_tracking_uri: MLflow tracking server; empty uses ``$MLFLOW_TRACKING_URI``.
         pipeline_run_id: The KFP run, recorded as a tag on the MLflow run.
         positive_class: The binary positive class of the training metrics (see evaluate).
+        schema: The schema validate checked the splits against. The MLflow run records it
+            and the training split under ``reference/``, which monitoring compares
+            inference inputs with; without it, one is inferred from the split.
     """
     from pathlib import Path
 
@@ -56,6 +60,7 @@ def train(
             experiment=model_name,
             tags={"pipeline_run_id": pipeline_run_id, "data_hash": data_hash},
             positive_class=positive_class,
+            schema_path=Path(schema.path) if schema is not None else None,
         )
     model.metadata.update(
         {

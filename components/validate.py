@@ -1,4 +1,4 @@
-"""Validate: infer a schema from the training split and check the evaluation split against it."""
+"""Validate: check both splits against the schema, inferred from the training split or given."""
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Output
@@ -15,30 +15,41 @@ def validate(
     target_column: str,
     schema: Output[Artifact],
     report: Output[Markdown],
+    schema_uri: str = "",
 ):
-    """Infers types, ranges, categories and null rates, then checks both splits.
+    """Checks types, ranges, categories, null rates, keys, row counts, duplicate rows and
+    per-segment rules on both splits.
 
-    Fails the step, one line per violated rule naming the split, column and rule,
-    when the training split has an entirely empty column or the evaluation split
-    breaks the schema (missing column, wrong type, unseen category, too many
-    nulls). Values beyond the training range are reported as warnings. The schema
-    and the report are written in either case.
+    The schema is ``schema_uri``'s (written by ``conveyor validate --write-schema``,
+    edited and committed), else inferred from the training split. Fails the step, one
+    line per violated rule naming the split, column, rule, what was seen and what was
+    expected, with example rows, when a rule of severity ``error`` is broken: a missing
+    column, a wrong type, an unseen category, too many nulls, an entirely empty or
+    infinite training column. Rules of severity ``warning`` (by default: values beyond
+    the training range, duplicate rows) are reported only. The schema and the report
+    are written in either case.
 
     Args:
         train: The training split (Parquet) from ingest.
         test: The evaluation split (Parquet) from ingest.
-        target_column: The label column.
-        schema: Output JSON schema inferred from the training split.
+        target_column: The label column; it must match the schema's target.
+        schema: Output JSON schema the splits were checked against; train records it
+            with the training split as the reference monitoring compares inputs with.
         report: Output Markdown report: the verdict, every violation, the schema.
+        schema_uri: A schema file (path or URI); empty infers one from the training split.
     """
     from pathlib import Path
 
     from components.core.errors import step_errors
-    from components.core.schema import validate_splits
+    from components.core.schema import load_schema
+    from components.core.validation import validate_splits
 
     with step_errors("validate"):
+        given = load_schema(schema_uri) if schema_uri else None
         result = validate_splits(
-            Path(train.path), Path(test.path), target_column, Path(schema.path), Path(report.path)
-        )
+            Path(train.path), Path(test.path), target_column, Path(schema.path),
+            Path(report.path), given,
+        )  # fmt: skip
     schema.metadata["columns"] = len(result.schema.columns)
+    schema.metadata["source"] = schema_uri or "inferred from the training split"
     report.metadata["warnings"] = len(result.warnings)

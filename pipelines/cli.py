@@ -1,7 +1,8 @@
 """The ``conveyor`` command: ``run`` (a local run), ``compile`` (YAML for clusters),
 ``rollout`` (a canary rollout from a CD system), ``serve`` (a champion, locally), ``check``
-(every pipeline and parameter file), and ``submit``, ``schedule`` and ``publish`` (delivery
-to Kubeflow and Vertex AI, in ``pipelines.delivery``)."""
+(every pipeline and parameter file), ``validate`` and ``drift`` (data quality, in
+``pipelines.quality``), and ``submit``, ``schedule`` and ``publish`` (delivery to Kubeflow
+and Vertex AI, in ``pipelines.delivery``)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any, TextIO
 import yaml
 
 from components.core.errors import ConveyorError
-from pipelines.delivery import add_commands
+from pipelines import delivery, quality
 
 __all__ = ["main"]
 
@@ -42,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dvc-repo", default="", help="git repository whose DVC tracks --data")
     run.add_argument("--rev", default="", help="git revision of --dvc-repo to read")
     run.add_argument(
+        "--schema", type=Path, help="schema file both splits must meet (conveyor validate)"
+    )
+    run.add_argument(
         "--estimator", help="logistic_regression, random_forest or hist_gradient_boosting"
     )
     run.add_argument(
@@ -53,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where local runs live")
     run.set_defaults(handler=_run)
+    _add_monitor(commands)
 
     build = commands.add_parser(
         "compile", help="compile the pipeline (kubeflow, vertex) and components"
@@ -72,8 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     build.set_defaults(handler=_compile)
     _add_rollout(commands)
     _add_serve(commands)
-    _add_drift(commands)
-    add_commands(commands)
+    quality.add_commands(commands)
+    delivery.add_commands(commands)
     check = commands.add_parser(
         "check", help="compile every pipeline for every target and check configs/*.yaml"
     )
@@ -122,59 +127,6 @@ def _add_rollout(commands: Any) -> None:
     rollout.set_defaults(handler=_rollout)
 
 
-def _add_drift(commands: Any) -> None:
-    drift = commands.add_parser(
-        "drift",
-        help="compare a current table with a reference; exit 0 without drift, 3 with drift",
-    )
-    drift.add_argument("--reference", required=True, help="CSV or Parquet path or URI")
-    drift.add_argument("--current", required=True, help="CSV or Parquet path or URI")
-    drift.add_argument("--segment", default="", help="also judge columns within each value")
-    drift.add_argument("--exclude", action="append", default=[], metavar="COLUMN")
-    drift.add_argument(
-        "--threshold", action="append", default=[], metavar="TEST=VALUE",
-        help="psi, ks, chisquare or jensenshannon (defaults 0.1, 0.05, 0.05, 0.1)",
-    )  # fmt: skip
-    drift.add_argument("--numeric-test", default="psi", help="decides numeric columns")
-    drift.add_argument(
-        "--categorical-test", default="jensenshannon", help="decides categorical columns"
-    )
-    drift.add_argument("--drift-share", type=float, default=0.5)
-    drift.add_argument("--report", type=Path, help="write Evidently's HTML report here")
-    drift.add_argument("--sample-rows", type=int, default=50_000, help="rows the report renders")
-    drift.add_argument(
-        "--min-segment-rows", type=int, default=100, help="smaller segments are not tested"
-    )
-    drift.set_defaults(handler=_drift)
-
-
-def _drift(args: argparse.Namespace) -> int:
-    from components.core.drift import DriftSettings
-    from components.core.drift_report import DriftOutputs, describe, detect_drift, table_lines
-    from pipelines.parameters import option_pairs
-
-    thresholds = {}
-    for test, value in option_pairs(args.threshold, "--threshold", "TEST=NUMBER").items():
-        try:
-            thresholds[test] = float(value)
-        except ValueError:
-            raise ConveyorError(f"--threshold {test}={value}: not a number") from None
-    settings = DriftSettings(
-        thresholds, args.numeric_test, args.categorical_test, args.drift_share,
-        args.min_segment_rows,
-    )  # fmt: skip
-    outputs = DriftOutputs(html=args.report, sample_rows=args.sample_rows)
-    segment = args.segment or None
-    report, note = detect_drift(
-        args.reference, args.current, settings, segment, tuple(args.exclude), outputs
-    )
-    print("\n".join(table_lines(report)))
-    print(describe(report))
-    if args.report:
-        print(f"Report: {args.report}{f' ({note})' if note else ''}")
-    return 3 if report.dataset_drifted else 0
-
-
 def _add_serve(commands: Any) -> None:
     serve = commands.add_parser("serve", help="serve a model's champion on this machine")
     serve.add_argument("--model", help="registered model (default: the last local run's)")
@@ -189,6 +141,56 @@ def _run(args: argparse.Namespace) -> int:
     summary = run_training_locally(_run_arguments(args), args.runs_dir, sys.stdout)
     _print_summary(summary, args.runs_dir / summary.run_id / "summary.json", sys.stdout)
     return 0 if summary.status == "succeeded" else 1
+
+
+def _add_monitor(commands: Any) -> None:
+    monitor = commands.add_parser(
+        "monitor",
+        help="run the monitoring pipeline locally: inputs vs the champion's training data, "
+        "retraining on drift; exit 0 without drift, 3 with drift",
+    )
+    monitor.add_argument("--inputs", required=True, help="recent inference inputs: CSV/Parquet")
+    monitor.add_argument("--model", required=True, help="the registered model to monitor")
+    monitor.add_argument("--data", help="the training table a retraining reads")
+    monitor.add_argument("--target", help="its label column (required with --data)")
+    monitor.add_argument("--segment", default="", help="also judge drift within each value")
+    monitor.add_argument(
+        "--no-retrain", action="store_true", help="report drift without starting training"
+    )
+    monitor.add_argument(
+        "--param", action="append", default=[], metavar="NAME=VALUE",
+        help="any other monitoring pipeline parameter, read as YAML",
+    )  # fmt: skip
+    monitor.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs live")
+    monitor.set_defaults(handler=_monitor)
+
+
+def _monitor(args: argparse.Namespace) -> int:
+    from pipelines.local import run_monitoring_locally
+    from pipelines.quality import DATA_FAILED
+
+    if args.data and not args.target:
+        raise ConveyorError("--target is required with --data: name the label column")
+    arguments: dict[str, Any] = {
+        "inputs_uri": _local_path(args.inputs),
+        "model_name": args.model,
+        "segment_column": args.segment,
+        "retrain": not args.no_retrain,
+    }
+    if args.data:
+        arguments.update(data_uri=_local_path(args.data), target_column=args.target)
+    arguments.update(_parse_params(args.param))
+    summary = run_monitoring_locally(arguments, args.runs_dir, sys.stdout)
+    print(("Failed: " if summary.failed_step else "") + summary.reason)
+    print(f"Artifacts: {summary.artifacts}")
+    if summary.failed_step:
+        return 1
+    return DATA_FAILED if summary.drifted else 0
+
+
+def _local_path(uri: str) -> str:
+    """A path that exists here, made absolute (kfp.local runs steps elsewhere); URIs as given."""
+    return str(Path(uri).resolve()) if Path(uri).exists() else uri
 
 
 def _run_arguments(args: argparse.Namespace) -> dict[str, Any]:
@@ -211,6 +213,8 @@ def _run_arguments(args: argparse.Namespace) -> dict[str, Any]:
     arguments["model_name"] = args.model or default_name
     if args.estimator:
         arguments["estimator"] = args.estimator
+    if args.schema:
+        arguments["schema_uri"] = str(args.schema.resolve())
     arguments.update(_parse_params(args.param))
     return arguments
 

@@ -1,22 +1,36 @@
-"""Compiling the pipeline for each target, and each component on its own, to YAML."""
+"""Compiling each pipeline for each target, and each component on its own, to YAML."""
 
 import copy
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from kfp import compiler
 from kfp.dsl.base_component import BaseComponent
+from kfp.dsl.graph_component import GraphComponent
 
+from components.champion_reference import champion_reference
 from components.deploy import deploy
 from components.drift import drift
 from components.evaluate import evaluate
 from components.ingest import ingest
+from components.ingest_inputs import ingest_inputs
 from components.register import register
 from components.train import train
 from components.validate import validate
+from components.validate_inputs import validate_inputs
+from pipelines.monitoring import MONITORING_PIPELINE_NAME, build_monitoring_pipeline
 from pipelines.targets import Target
-from pipelines.training import build_training_pipeline
+from pipelines.training import PIPELINE_NAME, build_training_pipeline
 
-__all__ = ["COMPONENTS", "compile_all", "compile_components", "compile_pipeline"]
+__all__ = [
+    "COMPONENTS",
+    "PIPELINES",
+    "Pipeline",
+    "compile_all",
+    "compile_components",
+    "compile_pipeline",
+]
 
 COMPONENTS: dict[str, BaseComponent] = {
     "ingest": ingest,
@@ -26,14 +40,31 @@ COMPONENTS: dict[str, BaseComponent] = {
     "register": register,
     "deploy": deploy,
     "drift": drift,
+    "champion_reference": champion_reference,
+    "ingest_inputs": ingest_inputs,
+    "validate_inputs": validate_inputs,
 }
 
 
-def compile_pipeline(target: Target, output_dir: Path) -> Path:
-    """Writes ``training.<target>.yaml``; only the kubeflow file has a ``platforms`` document."""
-    path = output_dir / f"training.{target.name}.yaml"
+@dataclass(frozen=True)
+class Pipeline:
+    """One of Conveyor's pipelines: its name on a cluster and how to build it for a target."""
+
+    name: str
+    build: Callable[[Target], GraphComponent]
+
+
+PIPELINES = {
+    "training": Pipeline(PIPELINE_NAME, build_training_pipeline),
+    "monitoring": Pipeline(MONITORING_PIPELINE_NAME, build_monitoring_pipeline),
+}
+
+
+def compile_pipeline(target: Target, output_dir: Path, pipeline: str = "training") -> Path:
+    """Writes ``<pipeline>.<target>.yaml``; only kubeflow files have a ``platforms`` document."""
+    path = output_dir / f"{pipeline}.{target.name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_training_pipeline(target), str(path))
+    compiler.Compiler().compile(PIPELINES[pipeline].build(target), str(path))
     return path
 
 
@@ -49,9 +80,11 @@ def compile_components(target: Target, output_dir: Path) -> list[Path]:
 
 
 def compile_all(output_dir: Path, **target_options: object) -> list[Path]:
-    """Both pipeline targets, then the components (with the kubeflow target's images)."""
+    """Every pipeline for both targets, then the components (with the kubeflow target's images)."""
     targets = [Target(name, **target_options) for name in ("kubeflow", "vertex")]
-    pipelines = [compile_pipeline(target, output_dir) for target in targets]
+    pipelines = [
+        compile_pipeline(target, output_dir, name) for name in PIPELINES for target in targets
+    ]
     return pipelines + compile_components(targets[0], output_dir / "components")
 
 

@@ -32,6 +32,7 @@ def add_commands(commands: Any) -> None:
     ):
         command = commands.add_parser(name, help=text, description=text)
         command.add_argument("--target", required=True, choices=("kubeflow", "vertex"))
+        _add_pipeline_option(command)
         command.add_argument("--params", type=Path, help="parameter file, such as configs/dev.yaml")
         command.add_argument("--run-name", default="", help="default: the pipeline's name")
         command.add_argument("--service-account", default="", help="what the run runs as")
@@ -70,11 +71,19 @@ def add_commands(commands: Any) -> None:
         "publish", help="publish the pipeline as a template to Artifact Registry"
     )
     publish.add_argument("--target", required=True, choices=("vertex",))
+    _add_pipeline_option(publish)
     publish.add_argument("--repo", required=True, help="https://REGION-kfp.pkg.dev/P/R")
     publish.add_argument("--tag", required=True, help="such as v1.2.0")
     publish.add_argument("--image-registry", default="", help="where images are pulled from")
     publish.add_argument("--dry-run", action="store_true", help="print what would be sent")
     publish.set_defaults(handler=_publish)
+
+
+def _add_pipeline_option(command: Any) -> None:
+    command.add_argument(
+        "--pipeline", default="training", choices=("training", "monitoring"),
+        help="which pipeline (default: training)",
+    )  # fmt: skip
 
 
 def _deliver(args: argparse.Namespace) -> int:
@@ -116,10 +125,16 @@ def _target(name: str, image_registry: str) -> Any:
     return Target(name, **({"image_registry": image_registry} if image_registry else {}))
 
 
-def _pipeline(target: Any) -> Any:
-    from pipelines.training import build_training_pipeline
+def _pipeline(target: Any, args: argparse.Namespace) -> Any:
+    from pipelines.compile import PIPELINES
 
-    return build_training_pipeline(target)
+    return PIPELINES[args.pipeline].build(target)
+
+
+def _pipeline_name(args: argparse.Namespace) -> str:
+    from pipelines.compile import PIPELINES
+
+    return PIPELINES[args.pipeline].name
 
 
 def _check_deployable(parameters: dict[str, Any], pipeline: Any, where: str) -> None:
@@ -136,27 +151,26 @@ def _deliver_kubeflow(args: argparse.Namespace) -> int:
     from pipelines import kubeflow
     from pipelines.compile import compile_pipeline
     from pipelines.cron import kubeflow_cron
-    from pipelines.training import PIPELINE_NAME
 
+    name = _pipeline_name(args)
     target = _target("kubeflow", args.image_registry)
     cron = kubeflow_cron(args.cron) if args.command == "schedule" else ""
     with tempfile.TemporaryDirectory(prefix="conveyor-submit-") as scratch:
-        package = compile_pipeline(target, Path(scratch))
+        package = compile_pipeline(target, Path(scratch), args.pipeline)
         request = kubeflow.KubeflowRequest(
             host=args.host,
-            pipeline_name=PIPELINE_NAME,
-            version_name=kubeflow.version_name(PIPELINE_NAME, package),
+            pipeline_name=name,
+            version_name=kubeflow.version_name(name, package),
             experiment=args.experiment or "conveyor",
             namespace=args.namespace,
-            run_name=args.run_name
-            or f"{PIPELINE_NAME} {datetime.datetime.now():%Y-%m-%d %H:%M:%S}",
+            run_name=args.run_name or f"{name} {datetime.datetime.now():%Y-%m-%d %H:%M:%S}",
             parameters=_parameters(args),
             service_account=args.service_account,
             cron=cron,
             timezone=getattr(args, "timezone", "UTC"),
             max_concurrency=getattr(args, "max_concurrent", 1),
         )
-        pipeline = _pipeline(target)
+        pipeline = _pipeline(target, args)
         kubeflow.check_request(request, pipeline.component_spec.inputs, _where(args))
         _check_deployable(request.parameters, pipeline, _where(args))
         if args.dry_run:
@@ -176,10 +190,10 @@ def _deliver_vertex(args: argparse.Namespace) -> int:
     published = templates.TemplateRef.parse(args.template) if args.template else None
     target = _target("vertex", args.image_registry)
     with tempfile.TemporaryDirectory(prefix="conveyor-submit-") as scratch:
-        local = None if published else compile_pipeline(target, Path(scratch))
+        local = None if published else compile_pipeline(target, Path(scratch), args.pipeline)
         request = _vertex_request(args, _local_label(local) if local else published.url)
         # A published template is checked against its own signature once it is downloaded.
-        pipeline = None if published else _pipeline(target)
+        pipeline = None if published else _pipeline(target, args)
         vertex.check_request(request, pipeline and pipeline.component_spec.inputs, _where(args))
         if pipeline:
             _check_deployable(request.parameters, pipeline, _where(args))
@@ -217,7 +231,6 @@ def _pinned(args: argparse.Namespace, published: Any, auth: Any, scratch: Path) 
 def _vertex_request(args: argparse.Namespace, template: str) -> Any:
     from pipelines.cron import vertex_cron
     from pipelines.parameters import option_pairs
-    from pipelines.training import PIPELINE_NAME
     from pipelines.vertex import VertexRequest
 
     schedule = args.command == "schedule"
@@ -226,7 +239,7 @@ def _vertex_request(args: argparse.Namespace, template: str) -> Any:
         region=args.region,
         pipeline_root=args.pipeline_root,
         template=template,
-        display_name=_schedule_name(args) if schedule else (args.run_name or PIPELINE_NAME),
+        display_name=_schedule_name(args) if schedule else (args.run_name or _pipeline_name(args)),
         parameters=_parameters(args),
         service_account=args.service_account,
         labels=option_pairs(args.label, "--label", "KEY=VALUE", empty_values=True),
@@ -237,13 +250,12 @@ def _vertex_request(args: argparse.Namespace, template: str) -> Any:
 
 
 def _schedule_name(args: argparse.Namespace) -> str:
-    """``--schedule-name``, else one per environment (``conveyor-training-dev``), so that
-    ``--replace`` for dev never touches prod's schedule."""
-    from pipelines.training import PIPELINE_NAME
-
+    """``--schedule-name``, else one per pipeline and environment (``conveyor-training-dev``),
+    so that ``--replace`` for dev never touches prod's schedule."""
     if args.schedule_name:
         return args.schedule_name
-    return f"{PIPELINE_NAME}-{args.params.stem}" if args.params else PIPELINE_NAME
+    name = _pipeline_name(args)
+    return f"{name}-{args.params.stem}" if args.params else name
 
 
 def _local_label(package: Path) -> str:
@@ -285,19 +297,18 @@ def _publish(args: argparse.Namespace) -> int:
 
     from pipelines import gcloud, templates
     from pipelines.compile import compile_pipeline
-    from pipelines.training import PIPELINE_NAME
 
+    name = _pipeline_name(args)
     repository = templates.Repository.parse(args.repo)
     templates.check_tag(args.tag)
     with tempfile.TemporaryDirectory(prefix="conveyor-publish-") as scratch:
-        package = compile_pipeline(_target("vertex", args.image_registry), Path(scratch))
+        target = _target("vertex", args.image_registry)
+        package = compile_pipeline(target, Path(scratch), args.pipeline)
         if args.dry_run:
-            sent = {"repository": repository.url, "package": PIPELINE_NAME, "tag": args.tag}
+            sent = {"repository": repository.url, "package": name, "tag": args.tag}
             print(json.dumps(sent | {"file": _local_label(package)}, indent=2))
             return 0
-        published = templates.publish(
-            repository, PIPELINE_NAME, args.tag, package, gcloud.credentials()
-        )
+        published = templates.publish(repository, name, args.tag, package, gcloud.credentials())
     done = "published" if published.uploaded else "already published"
     print(f"{done}: {published.template.url} (tag {published.tag})")
     tagged = f"{published.template.repository.url}/{published.template.package}/{published.tag}"

@@ -19,7 +19,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["RunSummary", "StepProgress", "check_deployable", "run_training_locally"]
+__all__ = [
+    "MonitoringSummary",
+    "RunSummary",
+    "StepProgress",
+    "check_deployable",
+    "run_monitoring_locally",
+    "run_training_locally",
+]
 
 _SERVING_PARAMETERS = (
     "model_name", "namespace", "serving_runtime", "serving_cpu", "serving_memory",
@@ -46,6 +53,24 @@ class RunSummary:
     artifacts: str
     storage_uri: str | None = None
     deployment: str | None = None
+    failed_step: str | None = None
+    steps: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+@dataclass
+class MonitoringSummary:
+    """What a local monitoring run's ``summary.json`` holds."""
+
+    run_id: str
+    status: str
+    reason: str
+    drifted: bool | None
+    drifted_columns: list[str]
+    retrained: bool
+    artifacts: str
     failed_step: str | None = None
     steps: dict[str, str] = field(default_factory=dict)
 
@@ -83,7 +108,7 @@ class StepProgress:
         if started := _STARTED.search(line):
             self._current, self._started = started.group(1), time.monotonic()
             self.step_output[self._current] = []
-            self._terminal.write(f"  {self._current:<10}")
+            self._terminal.write(f"  {self._current:<19}")
             self._terminal.flush()
         elif finished := _FINISHED.search(line):
             step, status = finished.groups()
@@ -107,13 +132,70 @@ class StepProgress:
 
 def run_training_locally(arguments: dict[str, Any], runs_dir: Path, terminal: TextIO) -> RunSummary:
     """Runs the training pipeline through kfp.local and writes the run's ``summary.json``."""
-    from kfp import local
-
     from pipelines.targets import Target
     from pipelines.training import DEFAULT_MODEL_NAME, build_training_pipeline
 
     pipeline = build_training_pipeline(Target("kubeflow"))
     check_deployable(arguments, pipeline)
+    run_id, run_dir, progress, failed_step = _run_locally(pipeline, arguments, runs_dir, terminal)
+    model_name = arguments.get("model_name", DEFAULT_MODEL_NAME)
+    summary = _summarise(run_id, run_dir, model_name, progress, failed_step)
+    (run_dir / "summary.json").write_text(summary.to_json())
+    return summary
+
+
+def run_monitoring_locally(
+    arguments: dict[str, Any], runs_dir: Path, terminal: TextIO
+) -> MonitoringSummary:
+    """Runs the monitoring pipeline through kfp.local against the champion of earlier local
+    runs (same ``runs_dir``), and writes the run's ``summary.json``."""
+    from pipelines.monitoring import build_monitoring_pipeline
+    from pipelines.targets import Target
+
+    pipeline = build_monitoring_pipeline(Target("kubeflow"))
+    run_id, run_dir, progress, failed_step = _run_locally(pipeline, arguments, runs_dir, terminal)
+    outputs = _outputs_dir(run_dir)
+    drift = _read_json(outputs / "drift" / "summary") if outputs else None
+    retrained = progress.outcomes.get("train") == "success"
+    if failed_step:
+        reason = progress.failure_line(failed_step)
+    elif not drift["dataset_drifted"]:
+        reason = f"{drift['verdict']}; nothing to retrain"
+    else:
+        reason = f"{drift['verdict']}; {_retraining(outputs, progress)}"
+    summary = MonitoringSummary(
+        run_id=run_id,
+        status="failed" if failed_step else "succeeded",
+        reason=reason,
+        drifted=drift["dataset_drifted"] if drift else None,
+        drifted_columns=list(drift["drifted_columns"]) if drift else [],
+        retrained=retrained,
+        artifacts=str(outputs or run_dir),
+        failed_step=failed_step,
+        steps=dict(progress.outcomes),
+    )
+    (run_dir / "summary.json").write_text(summary.to_json())
+    return summary
+
+
+def _retraining(outputs: Path, progress: StepProgress) -> str:
+    """What the nested training pipeline did, in a clause."""
+    if "ingest" not in progress.outcomes:
+        return "retraining is off"
+    verdict = _read_json(outputs / "evaluate" / "evaluation")
+    if verdict is None:
+        return "the training pipeline failed"
+    registered = _parameters(outputs / "register").get("model_version")
+    done = f"registered as version {registered}" if registered else "not registered"
+    return f"retrained: {verdict['reason']}; {done}"
+
+
+def _run_locally(
+    pipeline: Any, arguments: dict[str, Any], runs_dir: Path, terminal: TextIO
+) -> tuple[str, Path, StepProgress, str | None]:
+    """A new run folder under ``runs_dir``, kfp.local pointed at it, and the run itself."""
+    from kfp import local
+
     runs_dir = runs_dir.resolve()
     run_id = f"{datetime.datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
     run_dir = runs_dir / run_id
@@ -128,10 +210,7 @@ def run_training_locally(arguments: dict[str, Any], runs_dir: Path, terminal: Te
     with (run_dir / "pipeline.log").open("w") as log:
         progress = StepProgress(log, terminal)
         failed_step = _run(pipeline, arguments, progress)
-    model_name = arguments.get("model_name", DEFAULT_MODEL_NAME)
-    summary = _summarise(run_id, run_dir, model_name, progress, failed_step)
-    (run_dir / "summary.json").write_text(summary.to_json())
-    return summary
+    return run_id, run_dir, progress, failed_step
 
 
 def check_deployable(arguments: dict[str, Any], pipeline: Any) -> None:

@@ -56,6 +56,10 @@ class Resources:
 STEP_RESOURCES = {
     "ingest": Resources("1", "2", "2Gi", "4Gi"),
     "validate": Resources("1", "2", "2Gi", "4Gi"),
+    "champion_reference": Resources("500m", "1", "2Gi", "4Gi"),
+    "ingest_inputs": Resources("1", "2", "2Gi", "4Gi"),
+    "validate_inputs": Resources("1", "2", "2Gi", "4Gi"),
+    "drift": Resources("2", "4", "4Gi", "8Gi"),
     "train": Resources("2", "4", "4Gi", "8Gi"),
     "evaluate": Resources("1", "2", "2Gi", "4Gi"),
     "register": Resources("500m", "1", "1Gi", "2Gi"),

@@ -13,7 +13,13 @@ from components.train import train
 from components.validate import validate
 from pipelines.targets import MLFLOW_SECRET, MLFLOW_SECRET_KEYS, STEP_RESOURCES, Target
 
-__all__ = ["DEFAULT_MODEL_NAME", "PIPELINE_NAME", "ROLLOUT_PARAMETERS", "build_training_pipeline"]
+__all__ = [
+    "DEFAULT_MODEL_NAME",
+    "PIPELINE_NAME",
+    "ROLLOUT_PARAMETERS",
+    "build_training_pipeline",
+    "configure_step",
+]
 
 PIPELINE_NAME = "conveyor-training"
 DEFAULT_MODEL_NAME = "breast-cancer"
@@ -23,9 +29,18 @@ ROLLOUT_PARAMETERS = (
     "failure_budget", "prometheus_url", "min_success_rate", "max_latency_p99_s",
     "min_canary_requests", "on_no_data", "analysis_window", "analysis_queries",
 )  # fmt: skip
-# Steps whose result depends on the registry or changes it must never come from KFP's cache.
-_UNCACHED_STEPS = {"evaluate", "register", "deploy"}
-_MLFLOW_STEPS = {"train", "evaluate", "register"}
+# Steps that read what changes under the same name (a table refreshed in place, the registry)
+# or that change the registry must never come from KFP's cache: a scheduled run with the
+# same parameters would otherwise reuse last week's data.
+_UNCACHED_STEPS = {
+    "ingest",
+    "ingest_inputs",
+    "champion_reference",
+    "evaluate",
+    "register",
+    "deploy",
+}
+_MLFLOW_STEPS = {"train", "evaluate", "register", "champion_reference"}
 
 
 def build_training_pipeline(target: Target) -> GraphComponent:
@@ -39,6 +54,7 @@ def build_training_pipeline(target: Target) -> GraphComponent:
         model_name: str = DEFAULT_MODEL_NAME,
         dvc_repo: str = "",
         data_revision: str = "",
+        schema_uri: str = "",
         test_size: float = 0.2,
         seed: int = 42,
         estimator: str = "logistic_regression",
@@ -78,6 +94,8 @@ def build_training_pipeline(target: Target) -> GraphComponent:
             model_name: Registered model name (MLflow) and InferenceService name.
             dvc_repo: Git repository whose DVC tracks data_uri; empty when not DVC.
             data_revision: Git revision of dvc_repo to read; empty for HEAD.
+            schema_uri: Schema file the splits must meet (conveyor validate --write-schema);
+                empty infers one from the training split.
             test_size: Share of rows held out for evaluation.
             seed: Seed of the split and the estimator.
             estimator: logistic_regression, random_forest or hist_gradient_boosting.
@@ -109,7 +127,7 @@ def build_training_pipeline(target: Target) -> GraphComponent:
             analysis_queries: PromQL templates replacing the defaults (requests,
                 success_rate, latency_p99), with $namespace, $revision and $window.
         """
-        ingested = _configure(
+        ingested = configure_step(
             ingest(
                 data_uri=data_uri,
                 target_column=target_column,
@@ -121,16 +139,17 @@ def build_training_pipeline(target: Target) -> GraphComponent:
             "ingest",
             target,
         )
-        validated = _configure(
+        validated = configure_step(
             validate(
                 train=ingested.outputs["train"],
                 test=ingested.outputs["test"],
                 target_column=target_column,
+                schema_uri=schema_uri,
             ),
             "validate",
             target,
         )
-        trained = _configure(
+        trained = configure_step(
             train(
                 train=ingested.outputs["train"],
                 target_column=target_column,
@@ -141,11 +160,12 @@ def build_training_pipeline(target: Target) -> GraphComponent:
                 mlflow_tracking_uri=mlflow_tracking_uri,
                 pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                 positive_class=positive_class,
-            ).after(validated),
+                schema=validated.outputs["schema"],
+            ),
             "train",
             target,
         )
-        evaluated = _configure(
+        evaluated = configure_step(
             evaluate(
                 model=trained.outputs["model"],
                 test=ingested.outputs["test"],
@@ -164,7 +184,7 @@ def build_training_pipeline(target: Target) -> GraphComponent:
         )
         # A single bool output: kfp.local cannot resolve a named output in a condition.
         with dsl.If(evaluated.outputs["Output"] == True, name="blessed"):  # noqa: E712
-            registered = _configure(
+            registered = configure_step(
                 register(
                     model=trained.outputs["model"],
                     evaluation=evaluated.outputs["evaluation"],
@@ -176,7 +196,7 @@ def build_training_pipeline(target: Target) -> GraphComponent:
                 "register",
                 target,
             )
-            _configure(
+            configure_step(
                 deploy(
                     model_name=model_name,
                     model_version=registered.outputs["model_version"],
@@ -208,7 +228,7 @@ def build_training_pipeline(target: Target) -> GraphComponent:
     return training
 
 
-def _configure(task: PipelineTask, step: str, target: Target) -> PipelineTask:
+def configure_step(task: PipelineTask, step: str, target: Target) -> PipelineTask:
     """Image, resources, caching, and (Kubeflow only) platform settings of one step."""
     resources = STEP_RESOURCES[step]
     task.set_container_image(target.step_image(step))

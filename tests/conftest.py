@@ -121,6 +121,23 @@ def multiclass_table(rows: int = 360, seed: int = 7) -> pd.DataFrame:
     return table
 
 
+def transactions(rows: int, seed: int, shift: float = 0.0, vip_share: float = 0.05) -> pd.DataFrame:
+    """Card transactions: a skewed amount, a steady age, a 1-5 rating code, a segment."""
+    rng = np.random.default_rng(seed)
+    segment = rng.choice(["retail", "business", "vip"], rows, p=[0.95 - vip_share, 0.05, vip_share])
+    return pd.DataFrame(
+        {
+            "amount": rng.lognormal(3.0 + shift, 1.0, rows),
+            "age": rng.normal(40, 10, rows),
+            "rating": rng.integers(1, 6, rows),
+            "segment": segment,
+            "channel": rng.choice(
+                ["web", "pos", "atm"], rows, p=[0.5 + shift / 2, 0.4 - shift / 2, 0.1]
+            ),
+        }
+    )
+
+
 @pytest.fixture
 def species() -> pd.DataFrame:
     return multiclass_table()

@@ -14,6 +14,7 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 
 from components.images import VERSION
 from pipelines.cli import main
+from pipelines.compile import COMPONENTS
 from pipelines.targets import STEP_RESOURCES
 
 STEPS = ("ingest", "validate", "train", "evaluate", "register", "deploy")
@@ -67,8 +68,8 @@ def gpu_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_compile_writes_both_targets_and_every_component(cpu_build: Path) -> None:
     written = sorted(str(p.relative_to(cpu_build)) for p in cpu_build.rglob("*.yaml"))
     assert written == sorted(
-        ["training.kubeflow.yaml", "training.vertex.yaml"]
-        + [f"components/{s}.yaml" for s in (*STEPS, "drift")]
+        [f"{p}.{t}.yaml" for p in ("training", "monitoring") for t in ("kubeflow", "vertex")]
+        + [f"components/{s}.yaml" for s in COMPONENTS]
     )
 
 

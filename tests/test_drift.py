@@ -16,7 +16,7 @@ from components.core.drift import DriftSettings, compare_tables
 from components.core.errors import ConveyorError
 from components.drift import drift
 from pipelines.cli import main
-from tests.conftest import artifact
+from tests.conftest import artifact, transactions
 
 # Evidently's own rules: KS drifts at or below its threshold, chi-squared below it.
 EVIDENTLY_DRIFTS = {
@@ -25,23 +25,6 @@ EVIDENTLY_DRIFTS = {
     "ks": lambda value, limit: value <= limit,
     "chisquare": lambda value, limit: value < limit,
 }
-
-
-def transactions(rows: int, seed: int, shift: float = 0.0, vip_share: float = 0.05) -> pd.DataFrame:
-    """Card transactions: a skewed amount, a steady age, a 1-5 rating code, a segment."""
-    rng = np.random.default_rng(seed)
-    segment = rng.choice(["retail", "business", "vip"], rows, p=[0.95 - vip_share, 0.05, vip_share])
-    return pd.DataFrame(
-        {
-            "amount": rng.lognormal(3.0 + shift, 1.0, rows),
-            "age": rng.normal(40, 10, rows),
-            "rating": rng.integers(1, 6, rows),
-            "segment": segment,
-            "channel": rng.choice(
-                ["web", "pos", "atm"], rows, p=[0.5 + shift / 2, 0.4 - shift / 2, 0.1]
-            ),
-        }
-    )
 
 
 def evidently_scores(reference, current, numeric: str, categorical: str, thresholds) -> dict:

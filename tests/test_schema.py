@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from components.core.errors import ConveyorError
-from components.core.schema import Schema, check_table, infer_schema, validate_splits
+from components.core.schema import Schema, infer_schema
+from components.core.validation import check_table, validate_splits
 
 
 @pytest.fixture
@@ -91,7 +92,9 @@ def test_validate_writes_schema_and_report_and_fails_one_line_per_rule(
         validate_splits(*paths, "species", tmp_path / "schema.json", tmp_path / "report.md")
     lines = str(raised.value).splitlines()
     assert lines[0] == "2 rule(s) violated:"
-    assert lines[1] == "training split: column 'empty' [not_all_null]: every value is empty"
+    assert lines[1] == (
+        "training split: column 'empty' [not_all_null]: every value is empty; expected some values"
+    )
     assert lines[2].startswith("evaluation split: column 'color' [allowed_categories]")
     report = (tmp_path / "report.md").read_text()
     assert "**Failed**: 2 rule(s) violated." in report and "'purple'" in report
@@ -115,8 +118,10 @@ def test_infinity_is_an_error_in_either_split(tmp_path: Path, species: pd.DataFr
     with pytest.raises(ConveyorError) as raised:
         validate_splits(*_splits(tmp_path, train, test), "species", tmp_path / "s", tmp_path / "r")
     assert str(raised.value).splitlines()[1:] == [
-        "training split: column 'size' [finite]: 1 infinite value(s), such as inf",
-        "evaluation split: column 'weight' [finite]: 1 infinite value(s), such as -inf",
+        "training split: column 'size' [finite]: 1 infinite value(s), such as inf; "
+        "expected finite numbers (e.g. row 0)",
+        "evaluation split: column 'weight' [finite]: 1 infinite value(s), such as -inf; "
+        "expected finite numbers (e.g. row 0)",
     ]
     assert json.loads((tmp_path / "s").read_text())  # no Infinity in the schema's JSON
 

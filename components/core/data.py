@@ -15,6 +15,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from pandas.api import types as ptypes
 
 from components.core.errors import ConveyorError, first_line, plain
@@ -25,11 +26,14 @@ __all__ = [
     "DEFAULT_TARGET",
     "IngestResult",
     "Source",
+    "as_arrow",
     "check_target",
     "content_hash",
     "dataset_name",
     "ingest_table",
+    "load_arrow_table",
     "load_table",
+    "save_table",
     "split_table",
 ]
 
@@ -116,11 +120,45 @@ def load_table(source: Source) -> pd.DataFrame:
         with _opened(source) as file:
             table = _parse(file, source.uri, where)
     table = _numpy_dtypes(table)
-    if table.shape[1] == 0:
-        raise ConveyorError(f"{where}: the table has no columns")
-    if table.shape[0] == 0:
-        raise ConveyorError(f"{where}: the table has no rows (only a header)")
+    _check_shape(table.shape, where)
     return table
+
+
+def save_table(source: Source, path: Path) -> dict[str, Any]:
+    """Reads ``source`` and writes it to ``path`` as Parquet; returns the Dataset metadata."""
+    table = load_table(source)
+    write_atomically(path, lambda partial: table.to_parquet(partial, index=False))
+    return {
+        "source": source.uri,
+        "revision": source.resolved_revision(),
+        "rows": len(table),
+        "columns": int(table.shape[1]),
+        "content_hash": content_hash(table),
+    }
+
+
+def load_arrow_table(source: Source) -> pa.Table:
+    """As ``load_table``, but Parquet goes straight to Arrow with its text dictionary-encoded,
+    skipping the copy into Python strings that pandas makes; CSV is read by pandas."""
+    where = source.describe()
+    if source.uri.startswith(BUILTIN_SCHEME):
+        return as_arrow(load_table(source))
+    with _opened(source) as file:
+        if not _is_parquet(file, source.uri):
+            table = as_arrow(_numpy_dtypes(_parse(file, source.uri, where)))
+        else:
+            table = _read_parquet_arrow(file, where)
+    _check_shape(table.shape, where)
+    return table
+
+
+def as_arrow(table: pd.DataFrame | pa.Table) -> pa.Table:
+    """An Arrow table of the same columns; a column mixing numbers and text becomes text,
+    which the rules then report, rather than failing the conversion."""
+    if isinstance(table, pa.Table):
+        return table
+    arrays = [_arrow_column(table.iloc[:, index]) for index in range(table.shape[1])]
+    return pa.Table.from_arrays(arrays, names=[str(name) for name in table.columns])
 
 
 def dataset_name(source: Source) -> str:
@@ -230,22 +268,50 @@ def _opened(source: Source) -> Iterator[BinaryIO]:
         raise ConveyorError(f"{where}: {message}") from None
 
 
-def _parse(file: BinaryIO, name: str, where: str) -> pd.DataFrame:
+def _check_shape(shape: tuple[int, int], where: str) -> None:
+    if shape[1] == 0:
+        raise ConveyorError(f"{where}: the table has no columns")
+    if shape[0] == 0:
+        raise ConveyorError(f"{where}: the table has no rows (only a header)")
+
+
+def _is_parquet(file: BinaryIO, name: str) -> bool:
     head = file.read(len(_PARQUET_MAGIC))
     file.seek(0)
-    if head == _PARQUET_MAGIC or name.lower().endswith((".parquet", ".pq")):
+    return head == _PARQUET_MAGIC or name.lower().endswith((".parquet", ".pq"))
+
+
+def _parse(file: BinaryIO, name: str, where: str) -> pd.DataFrame:
+    if _is_parquet(file, name):
         return _read_parquet(file, where)
     separator = "\t" if re.search(r"\.tsv(\.\w+)?$", name, flags=re.I) else ","
     return _read_csv(file, separator, where)
 
 
 def _read_parquet(file: BinaryIO, where: str) -> pd.DataFrame:
-    import pyarrow as pa
-
     try:
         return pd.read_parquet(file)
     except (pa.ArrowException, OSError, ValueError) as error:
         raise ConveyorError(f"{where}: not a readable Parquet file ({first_line(error)})") from None
+
+
+def _read_parquet_arrow(file: BinaryIO, where: str) -> pa.Table:
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(file)
+        file.seek(0)
+        text = [f.name for f in schema if pa.types.is_string(f.type)]
+        return pq.read_table(file, read_dictionary=text or None)
+    except (pa.ArrowException, OSError, ValueError) as error:
+        raise ConveyorError(f"{where}: not a readable Parquet file ({first_line(error)})") from None
+
+
+def _arrow_column(series: pd.Series) -> pa.Array:
+    try:
+        return pa.array(series, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array(series.map(str).where(series.notna(), None), type=pa.string())
 
 
 def _read_csv(file: BinaryIO, separator: str, where: str) -> pd.DataFrame:

@@ -224,17 +224,19 @@ def _shared_columns(
         duplicated = sorted(set(table.columns[table.columns.duplicated()]))
         if duplicated:
             raise ConveyorError(f"{name} table: duplicated column name(s) {duplicated}")
-    only_reference = sorted(set(reference.columns) - set(current.columns))
-    only_current = sorted(set(current.columns) - set(reference.columns))
+    # An excluded column (the label, which inference inputs lack) may be on one side only.
+    only_reference = sorted(set(reference.columns) - set(current.columns) - set(exclude))
+    only_current = sorted(set(current.columns) - set(reference.columns) - set(exclude))
     if only_reference or only_current:
         raise ConveyorError(
             "reference and current tables have different columns: "
             f"only in reference {only_reference}, only in current {only_current}"
         )
-    for role, names in (("segment", (segment,) if segment else ()), ("excluded", exclude)):
-        for name in names:
-            if name not in reference.columns:
-                raise ConveyorError(f"{role} column {name!r} is not in the tables")
+    if segment and segment not in reference.columns:
+        raise ConveyorError(f"segment column {segment!r} is not in the tables")
+    for name in exclude:
+        if name not in reference.columns and name not in current.columns:
+            raise ConveyorError(f"excluded column {name!r} is not in the tables")
     columns = [name for name in reference.columns if name != segment and name not in exclude]
     if not columns:
         raise ConveyorError("the tables have no columns to compare")

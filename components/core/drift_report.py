@@ -51,7 +51,8 @@ def detect_drift(
     if outputs.markdown:
         write_text_atomically(outputs.markdown, markdown(report, note))
     if outputs.summary:
-        write_text_atomically(outputs.summary, json.dumps(report.to_dict(), indent=2))
+        summary = {"verdict": describe(report), **report.to_dict()}
+        write_text_atomically(outputs.summary, json.dumps(summary, indent=2))
     return report, note
 
 

@@ -8,6 +8,7 @@ model's sha256, so copying again is a no-op).
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from mlflow.exceptions import MlflowException
 
 from components.core import tracking
 from components.core.errors import ConveyorError, first_line
+from components.core.files import write_atomically
 from components.core.training import (
     MODEL_CARD,
     ModelCard,
@@ -33,6 +35,7 @@ __all__ = [
     "Champion",
     "Registration",
     "champion_model_dir",
+    "download_reference",
     "find_champion",
     "load_champion",
     "publish_model_dir",
@@ -120,6 +123,40 @@ def champion_model_dir(tracking_uri: str, name: str) -> Path:
             f"{champion.tags.get('storage_uri')!r}, not a local model directory"
         )
     return directory
+
+
+def download_reference(
+    tracking_uri: str, name: str, reference_path: Path, schema_path: Path
+) -> Champion:
+    """The champion's training inputs (its training split without the label) and schema,
+    as its training run recorded them; returns the champion."""
+    import pandas as pd
+
+    client = tracking.connect(tracking_uri)
+    champion = find_champion(client, name)
+    if champion is None:
+        raise ConveyorError(
+            f"model {name!r} has no champion in {client.tracking_uri}: no training data to "
+            "compare with; run the training pipeline first"
+        )
+    recorded = {
+        Path(entry.path).name
+        for entry in client.list_artifacts(champion.run_id, tracking.REFERENCE_DIR)
+    }
+    if not {tracking.REFERENCE_TABLE, tracking.REFERENCE_SCHEMA} <= recorded:
+        raise ConveyorError(
+            f"{name} version {champion.version} (MLflow run {champion.run_id}) has no "
+            f"{tracking.REFERENCE_DIR}/ with its training split and schema: it was trained "
+            "before Conveyor recorded them; retrain it"
+        )
+    with tempfile.TemporaryDirectory(prefix="reference-") as scratch:
+        local = Path(client.download_artifacts(champion.run_id, tracking.REFERENCE_DIR, scratch))
+        table, schema = local / tracking.REFERENCE_TABLE, local / tracking.REFERENCE_SCHEMA
+        target = json.loads(schema.read_text())["target"]
+        inputs = pd.read_parquet(table).drop(columns=[target], errors="ignore")
+        write_atomically(reference_path, lambda path: inputs.to_parquet(path, index=False))
+        write_atomically(schema_path, lambda path: shutil.copyfile(schema, path))
+    return champion
 
 
 def load_champion(client: MlflowClient, champion: Champion) -> TrainedModel:

@@ -1,53 +1,80 @@
-"""A table schema inferred from the training split, and the rules that check a table against it.
+"""A table schema: what each column holds, and the rules a table must meet, as an editable file.
 
-Each rule is a function ``(ColumnSchema, Series) -> Violation | None`` listed in ``RULES``;
-deeper rules (and drift) join that list without touching the rest.
+``infer_schema`` reads it off a table (the training split, or any file through
+``conveyor validate --write-schema``); a person may then edit the JSON and commit it:
+tighten a range, add a key column, bound the row count, turn a rule off or down to a
+warning. ``components.core.validation`` checks tables against it.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from pandas.api import types as ptypes
 
+from components.core.columns import ColumnView, column_views
+from components.core.data import as_arrow
 from components.core.errors import ConveyorError, plain
-from components.core.files import write_text_atomically
 
 __all__ = [
+    "RULE_SEVERITY",
     "ColumnSchema",
-    "RULES",
     "Schema",
-    "ValidationResult",
-    "Violation",
-    "check_table",
-    "check_training_table",
+    "SegmentColumn",
+    "Segments",
     "column_kind",
     "infer_schema",
-    "render_report",
-    "validate_splits",
+    "load_schema",
 ]
 
 Kind = Literal["numeric", "categorical"]
-Severity = Literal["error", "warning"]
-# Share of the training range by which evaluation values may stray beyond it.
+Severity = Literal["error", "warning", "off"]
+# What breaking each rule means unless the schema says otherwise: an error fails the step,
+# a warning is reported only, "off" skips the rule.
+RULE_SEVERITY: dict[str, Severity] = {
+    "presence": "error",
+    "type": "error",
+    "finite": "error",
+    "allowed_categories": "error",
+    "null_rate": "error",
+    "range": "warning",  # fresh data strays past the training range now and then
+    "not_all_null": "error",
+    "row_count": "error",
+    "unique_key": "error",
+    "duplicate_rows": "warning",
+}
+# Share of the training range by which new values may stray beyond it.
 DEFAULT_RANGE_TOLERANCE = 0.25
-# Points of null rate an evaluation column may have above its training rate.
+# Points of null rate a column may have above the rate it was inferred with.
 DEFAULT_NULL_RATE_TOLERANCE = 0.10
-_EXAMPLES = 3
-# A text column whose values are numbers but for at most this share is a numeric column
-# with stray missing-value markers ("?", "n/a", "-").
-_MOSTLY_NUMBERS_TEXT_SHARE = 0.1
+# Segments with fewer rows than this are neither described nor checked: too noisy.
+DEFAULT_SEGMENT_MIN_ROWS = 30
+MAX_SEGMENTS = 100
 
 
 @dataclass(frozen=True)
 class ColumnSchema:
-    """What the training split says one column holds."""
+    """What one column holds.
+
+    Attributes:
+        name: The column name.
+        kind: ``numeric`` (numbers, booleans) or ``categorical`` (anything else).
+        dtype: The pandas dtype it was inferred from.
+        null_rate: The share of empty values it was inferred from.
+        max_null_rate: The highest share of empty values a table may have.
+        min: The smallest value it was inferred from (numeric).
+        max: The largest value it was inferred from (numeric).
+        allowed_min: The smallest value a table may hold (numeric).
+        allowed_max: The largest value a table may hold (numeric).
+        categories: The values a table may hold (categorical).
+        severity: Rule -> severity for this column, over the schema's.
+    """
 
     name: str
     kind: Kind
@@ -59,79 +86,95 @@ class ColumnSchema:
     allowed_min: float | None = None
     allowed_max: float | None = None
     categories: list[str] | None = None
+    severity: dict[str, Severity] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SegmentColumn:
+    """What one column holds within one segment (rules ``null_rate`` and ``range``)."""
+
+    null_rate: float
+    max_null_rate: float
+    allowed_min: float | None = None
+    allowed_max: float | None = None
+
+
+@dataclass(frozen=True)
+class Segments:
+    """Per-segment rules: each column checked within each value of ``column``.
+
+    Attributes:
+        column: The segment column (a customer type, a region).
+        min_rows: Segments with fewer rows in the checked table are not checked.
+        values: Segment value -> column -> what it holds there.
+    """
+
+    column: str
+    min_rows: int = DEFAULT_SEGMENT_MIN_ROWS
+    values: dict[str, dict[str, SegmentColumn]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Schema:
-    """The columns of a table, in order, and which one is the target."""
+    """The columns of a table, in order, and the rules on the table as a whole.
+
+    Attributes:
+        target: The label column; empty when the table has none.
+        columns: Each column's schema.
+        min_rows: The fewest rows a table may have.
+        max_rows: The most rows a table may have; None for no bound.
+        keys: Columns whose values together must be unique in each row; empty for none.
+        segments: Per-segment rules; None for none.
+        severity: Rule -> severity, over ``RULE_SEVERITY``.
+    """
 
     target: str
     columns: list[ColumnSchema] = field(default_factory=list)
+    min_rows: int = 1
+    max_rows: int | None = None
+    keys: list[str] = field(default_factory=list)
+    segments: Segments | None = None
+    severity: dict[str, Severity] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
+        return json.dumps(asdict(self), indent=2) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> Schema:
-        data = json.loads(text)
-        return cls(data["target"], [ColumnSchema(**column) for column in data["columns"]])
+    def from_json(cls, text: str, where: str = "schema") -> Schema:
+        """Parses the file, naming the field and where it is on any mistake."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ConveyorError(f"{where}: not JSON ({error})") from None
+        return _schema_from_dict(data, where)
 
     def features(self) -> list[ColumnSchema]:
         return [column for column in self.columns if column.name != self.target]
 
+    def column(self, name: str) -> ColumnSchema | None:
+        return next((column for column in self.columns if column.name == name), None)
 
-@dataclass(frozen=True)
-class Violation:
-    """One rule one column broke, with what was seen and what was expected.
-
-    An ``error`` fails the step; a ``warning`` is reported only.
-    """
-
-    column: str
-    rule: str
-    detail: str
-    severity: Severity = "error"
-    split: str = "evaluation"
-
-    def __str__(self) -> str:
-        return f"{self.split} split: column {self.column!r} [{self.rule}]: {self.detail}"
+    def severity_of(self, rule: str, column: str = "") -> Severity:
+        """A column's own setting, else the schema's, else ``RULE_SEVERITY``."""
+        described = self.column(column) if column else None
+        if described is not None and rule in described.severity:
+            return described.severity[rule]
+        return self.severity.get(rule, RULE_SEVERITY[rule])
 
 
-@dataclass(frozen=True)
-class ValidationResult:
-    schema: Schema
-    violations: list[Violation]
+def load_schema(uri: str | Path) -> Schema:
+    """Reads a schema file (a path or any fsspec URI); raises ConveyorError naming the file
+    and the field."""
+    import fsspec
 
-    @property
-    def errors(self) -> list[Violation]:
-        return [v for v in self.violations if v.severity == "error"]
-
-    @property
-    def warnings(self) -> list[Violation]:
-        return [v for v in self.violations if v.severity == "warning"]
-
-
-def validate_splits(
-    train_path: Path, test_path: Path, target: str, schema_path: Path, report_path: Path
-) -> ValidationResult:
-    """Infers the schema from the training split and checks both splits against it.
-
-    The schema and the report are written either way; on any error this raises
-    ConveyorError with one line per violated rule. Warnings are reported only.
-    """
-    train_split, test_split = pd.read_parquet(train_path), pd.read_parquet(test_path)
-    inferred = infer_schema(train_split, target)
-    result = ValidationResult(
-        inferred,
-        check_training_table(train_split, inferred) + check_table(test_split, inferred),
-    )
-    rows = {"training": len(train_split), "evaluation": len(test_split)}
-    write_text_atomically(schema_path, inferred.to_json())
-    write_text_atomically(report_path, render_report(result, rows))
-    if result.errors:
-        lines = "\n".join(map(str, result.errors))
-        raise ConveyorError(f"{len(result.errors)} rule(s) violated:\n{lines}")
-    return result
+    try:
+        with fsspec.open(str(uri), "rt", encoding="utf-8") as file:
+            text = file.read()
+    except FileNotFoundError:
+        raise ConveyorError(f"{uri}: schema file not found") from None
+    except (OSError, UnicodeDecodeError, ImportError) as error:
+        raise ConveyorError(f"{uri}: cannot read the schema ({error})") from None
+    return Schema.from_json(text, str(uri))
 
 
 def column_kind(series: pd.Series) -> Kind:
@@ -140,199 +183,159 @@ def column_kind(series: pd.Series) -> Kind:
 
 
 def infer_schema(
-    table: pd.DataFrame,
-    target: str,
+    table: pd.DataFrame | pa.Table,
+    target: str = "",
+    *,
+    segment: str = "",
+    keys: tuple[str, ...] = (),
     range_tolerance: float = DEFAULT_RANGE_TOLERANCE,
     null_rate_tolerance: float = DEFAULT_NULL_RATE_TOLERANCE,
+    where: str = "table",
 ) -> Schema:
-    """Infers types, ranges, allowed categories and null-rate ceilings from a table."""
-    columns = [
-        _infer_column(name, table[name], range_tolerance, null_rate_tolerance)
-        for name in table.columns
-    ]
-    return Schema(target=target, columns=columns)
+    """Infers types, ranges, allowed categories and null-rate ceilings from a table, and
+    with ``segment`` the same within each of its values."""
+    views = column_views(as_arrow(table), where)
+    for role, name in [("target", target), ("segment", segment)] + [("key", k) for k in keys]:
+        if name and name not in views:
+            raise ConveyorError(f"{where}: {role} column {name!r} is not in the table")
+    columns = [_infer_column(view, range_tolerance, null_rate_tolerance) for view in views.values()]
+    segments = _infer_segments(views, segment, range_tolerance, null_rate_tolerance, where)
+    return Schema(target, columns, keys=list(keys), segments=segments)
 
 
-def check_training_table(table: pd.DataFrame, schema: Schema) -> list[Violation]:
-    """Rules the training split itself must meet: no empty column, no infinity, no numbers
-    mixed with text such as ``?`` (which would make a numeric column categorical)."""
-    violations = [
-        Violation(column.name, "not_all_null", "every value is empty")
-        for column in schema.columns
-        if column.null_rate == 1.0
-    ]
-    for column in schema.columns:
-        for rule in (_finite_rule, _numbers_as_text_rule):
-            if (violation := rule(column, table[column.name])) is not None:
-                violations.append(violation)
-    return [replace(v, split="training") for v in violations]
-
-
-def check_table(table: pd.DataFrame, schema: Schema) -> list[Violation]:
-    """Checks a table against a schema; returns every violation found."""
-    violations = []
-    for column in schema.columns:
-        if column.name not in table.columns:
-            violations.append(Violation(column.name, "presence", "column is missing"))
-            continue
-        series = table[column.name]
-        violations.extend(v for rule in RULES if (v := rule(column, series)) is not None)
-    return violations
-
-
-def render_report(result: ValidationResult, rows: dict[str, int]) -> str:
-    """A Markdown page: the verdict, each violated rule, then the schema."""
-    schema = result.schema
-    verdict = (
-        f"**Failed**: {len(result.errors)} rule(s) violated."
-        if result.errors
-        else f"**Passed**: all {len(schema.columns)} columns meet every rule that fails a run."
+def _infer_column(view: ColumnView, range_tolerance: float, null_tolerance: float) -> ColumnSchema:
+    null_rate = float(1.0 - view.valid.mean()) if len(view.valid) else 0.0
+    kind: Kind = "numeric" if view.is_numeric else "categorical"
+    common = ColumnSchema(
+        view.name, kind, view.dtype, null_rate, min(1.0, null_rate + null_tolerance)
     )
-    lines = ["# Data validation", "", verdict, ""]
-    lines += [f"Rows: {', '.join(f'{name} {count}' for name, count in rows.items())}.", ""]
-    for title, found in (("Errors", result.errors), ("Warnings", result.warnings)):
-        if found:
-            lines += [f"## {title}", ""] + [f"- {violation}" for violation in found] + [""]
-    lines += ["## Schema (from the training split)", ""]
-    lines += ["| column | kind | allowed | null rate (max) |", "| --- | --- | --- | --- |"]
-    for column in schema.columns:
-        role = " (target)" if column.name == schema.target else ""
-        lines.append(
-            f"| `{column.name}`{role} | {column.kind} | {_allowed(column)} | "
-            f"{column.null_rate:.1%} ({column.max_null_rate:.1%}) |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def _infer_column(
-    name: str, series: pd.Series, range_tolerance: float, null_rate_tolerance: float
-) -> ColumnSchema:
-    null_rate = float(series.isna().mean())
-    kind = column_kind(series)
-    common = dict(
-        name=name,
-        kind=kind,
-        dtype=str(series.dtype),
-        null_rate=null_rate,
-        max_null_rate=min(1.0, null_rate + null_rate_tolerance),
-    )
-    values = series.dropna()
-    if values.empty:
-        return ColumnSchema(**common)
-    if kind == "categorical":
-        return ColumnSchema(**common, categories=sorted(values.astype(str).unique().tolist()))
-    values = values[np.isfinite(values)]  # infinities fail the finite rule instead
-    if values.empty:
-        return ColumnSchema(**common)
-    low, high = float(values.min()), float(values.max())
+    if not view.is_numeric:
+        counts = view.label_counts()
+        return replace(common, categories=sorted(str(v) for v in view.labels[counts > 0]))
+    low, high = _finite_bounds(view.numbers)
+    if low is None:
+        return common
     margin = (high - low) * range_tolerance
-    return ColumnSchema(
-        **common, min=low, max=high, allowed_min=low - margin, allowed_max=high + margin
-    )
+    return replace(common, min=low, max=high, allowed_min=low - margin, allowed_max=high + margin)
 
 
-def _type_rule(column: ColumnSchema, series: pd.Series) -> Violation | None:
-    if column.kind != "numeric" or ptypes.is_numeric_dtype(series) or series.isna().all():
+def _finite_bounds(numbers: np.ndarray) -> tuple[float | None, float | None]:
+    finite = numbers[np.isfinite(numbers)]  # infinities break the finite rule instead
+    if finite.size == 0:
+        return None, None
+    return float(finite.min()), float(finite.max())
+
+
+def _infer_segments(
+    views: dict[str, ColumnView],
+    segment: str,
+    range_tolerance: float,
+    null_tolerance: float,
+    where: str,
+) -> Segments | None:
+    if not segment:
         return None
-    coerced = pd.to_numeric(series, errors="coerce")
-    bad = series[coerced.isna() & series.notna()]
-    return Violation(
-        column.name,
-        "type",
-        f"expected numbers, found {series.dtype} values such as {_examples(bad)}",
-    )
+    by_segment = views[segment]
+    counts = by_segment.label_counts()
+    if len(by_segment.labels) > MAX_SEGMENTS:
+        raise ConveyorError(
+            f"{where}: segment column {segment!r} has {len(by_segment.labels)} values, "
+            f"more than {MAX_SEGMENTS}; segment by a coarser column"
+        )
+    values = {}
+    for code, label in enumerate(by_segment.labels):
+        if counts[code] < DEFAULT_SEGMENT_MIN_ROWS:
+            continue
+        rows = by_segment.codes == code
+        values[str(label)] = {
+            name: _segment_column(view, rows, range_tolerance, null_tolerance)
+            for name, view in views.items()
+            if name != segment
+        }
+    return Segments(segment, DEFAULT_SEGMENT_MIN_ROWS, values)
 
 
-def _range_rule(column: ColumnSchema, series: pd.Series) -> Violation | None:
-    if column.allowed_min is None or not ptypes.is_numeric_dtype(series):
-        return None
-    values = series.dropna()
-    outside = values[(values < column.allowed_min) | (values > column.allowed_max)]
-    if outside.empty:
-        return None
-    # Fresh data strays past the training range now and then: worth a look, not a failed run.
-    return Violation(
-        column.name,
-        "range",
-        f"{len(outside)} value(s) outside [{column.allowed_min:.6g}, {column.allowed_max:.6g}] "
-        f"(training saw [{column.min:.6g}, {column.max:.6g}]), such as {_examples(outside)}",
-        severity="warning",
-    )
+def _segment_column(
+    view: ColumnView, rows: np.ndarray, range_tolerance: float, null_tolerance: float
+) -> SegmentColumn:
+    null_rate = float(1.0 - view.valid[rows].mean())
+    ceiling = min(1.0, null_rate + null_tolerance)
+    low, high = _finite_bounds(view.numbers[rows]) if view.is_numeric else (None, None)
+    if low is None:
+        return SegmentColumn(null_rate, ceiling)
+    margin = (high - low) * range_tolerance
+    return SegmentColumn(null_rate, ceiling, low - margin, high + margin)
 
 
-def _categories_rule(column: ColumnSchema, series: pd.Series) -> Violation | None:
-    if column.categories is None:
-        return None
-    seen = series.dropna().astype(str)
-    unseen = sorted(set(seen.unique()) - set(column.categories))
-    if not unseen:
-        return None
-    return Violation(
-        column.name,
-        "allowed_categories",
-        f"{len(unseen)} categor{'y' if len(unseen) == 1 else 'ies'} never seen in training: "
-        f"{_examples(pd.Series(unseen))} (in {int(seen.isin(unseen).sum())} rows)",
-    )
+def _schema_from_dict(data: Any, where: str) -> Schema:
+    body = _fields(Schema, data, where)
+    body["columns"] = [
+        _column_from_dict(column, f"{where}: columns[{index}]")
+        for index, column in enumerate(_typed(body.get("columns", []), list, f"{where}: columns"))
+    ]
+    if body.get("segments") is not None:
+        body["segments"] = _segments_from_dict(body["segments"], f"{where}: segments")
+    _check_severity(body.get("severity", {}), f"{where}: severity")
+    schema = Schema(**body)
+    names = [column.name for column in schema.columns]
+    for role, name in [("target", schema.target)] + [("key", key) for key in schema.keys]:
+        if name and name not in names:
+            raise ConveyorError(f"{where}: {role} column {name!r} is not among the columns")
+    if schema.max_rows is not None and schema.max_rows < schema.min_rows:
+        raise ConveyorError(f"{where}: max_rows {schema.max_rows} is below min_rows")
+    return schema
 
 
-def _finite_rule(column: ColumnSchema, series: pd.Series) -> Violation | None:
-    if column.kind != "numeric" or not ptypes.is_float_dtype(series):
-        return None
-    infinite = series[np.isinf(series)]
-    if infinite.empty:
-        return None
-    return Violation(
-        column.name, "finite", f"{len(infinite)} infinite value(s), such as {_examples(infinite)}"
-    )
+def _column_from_dict(data: Any, where: str) -> ColumnSchema:
+    body = _fields(ColumnSchema, data, where)
+    where = f"{where} ({body.get('name')!r})"
+    if body.get("kind") not in get_args(Kind):
+        raise ConveyorError(f"{where}: kind {body.get('kind')!r}, expected numeric or categorical")
+    _check_severity(body.get("severity", {}), f"{where}: severity")
+    for bound in ("min", "max", "allowed_min", "allowed_max", "null_rate", "max_null_rate"):
+        value = body.get(bound)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ConveyorError(f"{where}: {bound} is {value!r}, expected a number")
+    return ColumnSchema(**body)
 
 
-def _numbers_as_text_rule(column: ColumnSchema, series: pd.Series) -> Violation | None:
-    if column.kind != "categorical":
-        return None
-    values = series.dropna().astype(str)
-    text = values[pd.to_numeric(values, errors="coerce").isna()]
-    if values.empty or text.empty or len(text) > _MOSTLY_NUMBERS_TEXT_SHARE * len(values):
-        return None
-    return Violation(
-        column.name,
-        "type",
-        f"numbers mixed with text in {len(text)} row(s), such as "
-        f"{_examples(text.drop_duplicates())}; leave missing values empty or clean the column",
-    )
+def _segments_from_dict(data: Any, where: str) -> Segments:
+    body = _fields(Segments, data, where)
+    values = _typed(body.get("values", {}), dict, f"{where}: values")
+    body["values"] = {
+        str(value): {
+            name: SegmentColumn(**_fields(SegmentColumn, stats, f"{where}: {value}: {name}"))
+            for name, stats in _typed(columns, dict, f"{where}: {value}").items()
+        }
+        for value, columns in values.items()
+    }
+    return Segments(**body)
 
 
-def _null_rate_rule(column: ColumnSchema, series: pd.Series) -> Violation | None:
-    rate = float(series.isna().mean())
-    if rate <= column.max_null_rate:
-        return None
-    return Violation(
-        column.name,
-        "null_rate",
-        f"{rate:.1%} empty, above the ceiling of {column.max_null_rate:.1%} "
-        f"(training: {column.null_rate:.1%})",
-    )
+def _fields(cls: type, data: Any, where: str) -> dict[str, Any]:
+    """``data`` as keyword arguments of ``cls``: unknown and missing fields are named."""
+    data = _typed(data, dict, where)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConveyorError(f"{where}: unknown field(s) {unknown}; known: {sorted(known)}")
+    required = [f.name for f in fields(cls) if f.default is f.default_factory is MISSING]
+    missing = [name for name in required if name not in data]
+    if missing:
+        raise ConveyorError(f"{where}: missing field(s) {missing}")
+    return dict(data)
 
 
-RULES: tuple[Callable[[ColumnSchema, pd.Series], Violation | None], ...] = (
-    _type_rule,
-    _range_rule,
-    _categories_rule,
-    _null_rate_rule,
-    _finite_rule,
-)
+def _typed(value: Any, kind: type, where: str) -> Any:
+    if not isinstance(value, kind):
+        expected = "a list" if kind is list else "an object"
+        raise ConveyorError(f"{where}: expected {expected}, found {plain(value)!r}")
+    return value
 
 
-def _allowed(column: ColumnSchema) -> str:
-    if column.categories is not None:
-        shown = ", ".join(column.categories[:5])
-        more = f", ... ({len(column.categories)})" if len(column.categories) > 5 else ""
-        return f"{{{shown}{more}}}"
-    if column.allowed_min is not None:
-        return f"[{column.allowed_min:.4g}, {column.allowed_max:.4g}]"
-    return "n/a"
-
-
-def _examples(values: pd.Series) -> str:
-    sample = values.head(_EXAMPLES).tolist()
-    shown = ", ".join(repr(plain(v)) for v in sample)
-    return shown + (", ..." if len(values) > _EXAMPLES else "")
+def _check_severity(settings: Any, where: str) -> None:
+    for rule, level in _typed(settings, dict, where).items():
+        if rule not in RULE_SEVERITY:
+            raise ConveyorError(f"{where}: unknown rule {rule!r}; rules: {sorted(RULE_SEVERITY)}")
+        if level not in get_args(Severity):
+            raise ConveyorError(f"{where}: {rule} is {level!r}, expected error, warning or off")

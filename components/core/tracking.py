@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,21 @@ from mlflow.exceptions import MlflowException
 
 from components.core.errors import ConveyorError, first_line
 
-__all__ = ["connect", "ensure_experiment", "log_metrics", "start_training_run"]
+__all__ = [
+    "REFERENCE_DIR",
+    "REFERENCE_SCHEMA",
+    "REFERENCE_TABLE",
+    "connect",
+    "ensure_experiment",
+    "log_metrics",
+    "log_reference",
+    "start_training_run",
+]
+
+# Where a training run keeps what it learned from, for monitoring to compare inputs with.
+REFERENCE_DIR = "reference"
+REFERENCE_TABLE = "train.parquet"
+REFERENCE_SCHEMA = "schema.json"
 
 
 def connect(tracking_uri: str) -> MlflowClient:
@@ -62,6 +78,14 @@ def start_training_run(
     )
     client.log_artifacts(run_id, str(model_dir), "model")
     return run_id
+
+
+def log_reference(client: MlflowClient, run_id: str, train_path: Path, schema_json: str) -> None:
+    """Logs the training split and its schema as the run's ``reference/`` artifacts."""
+    with tempfile.TemporaryDirectory(prefix="conveyor-reference-") as scratch:
+        shutil.copyfile(train_path, Path(scratch) / REFERENCE_TABLE)
+        (Path(scratch) / REFERENCE_SCHEMA).write_text(schema_json, encoding="utf-8")
+        client.log_artifacts(run_id, scratch, REFERENCE_DIR)
 
 
 def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], prefix: str) -> None:

@@ -30,7 +30,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from components.core import tracking
 from components.core.errors import ConveyorError, first_line, plain
 from components.core.metrics import score
-from components.core.schema import column_kind
+from components.core.schema import column_kind, infer_schema
 
 __all__ = [
     "ESTIMATORS",
@@ -115,8 +115,10 @@ def train_model(
     experiment: str,
     tags: dict[str, str],
     positive_class: str = "",
+    schema_path: Path | None = None,
 ) -> TrainResult:
-    """Fits the classifier, writes the model directory and logs it all to one MLflow run."""
+    """Fits the classifier, writes the model directory and logs it all to one MLflow run,
+    with the training split and its schema as the reference monitoring compares with."""
     client = tracking.connect(tracking_uri)  # before the work: a bad URI fails fast
     train_split = pd.read_parquet(train_path)
     model = fit_classifier(train_split, target, estimator, hyperparameters, seed)
@@ -124,6 +126,12 @@ def train_model(
     card = save_model_dir(model, model_dir)
     params = {"estimator": estimator, "seed": seed, "target": target, **card.hyperparameters}
     run_id = tracking.start_training_run(client, experiment, params, tags, model_dir)
+    schema = (
+        schema_path.read_text(encoding="utf-8")
+        if schema_path is not None
+        else infer_schema(train_split, target).to_json()
+    )
+    tracking.log_reference(client, run_id, train_path, schema)
     tracking.log_metrics(client, run_id, metrics, prefix="train_")
     client.set_terminated(run_id)  # evaluate still logs to it: MLflow allows that
     return TrainResult(card, run_id, metrics)

@@ -1,0 +1,542 @@
+"""Checking a table against a schema: column rules, table rules, and rules per segment.
+
+Each column rule is a function ``(ColumnSchema, ColumnView) -> Violation | None`` in
+``COLUMN_RULES``; table rules (row count, unique keys, duplicate rows) see every column.
+A violation names the column, the rule, what was observed and what was expected, and up to
+three example rows (0-based positions in the table). Its severity comes from the schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from components.core.columns import ColumnView, column_views, row_hashes
+from components.core.data import Source, as_arrow, load_arrow_table
+from components.core.errors import ConveyorError, plain
+from components.core.files import write_text_atomically
+from components.core.schema import (
+    ColumnSchema,
+    Schema,
+    SegmentColumn,
+    Severity,
+    infer_schema,
+    load_schema,
+)
+
+__all__ = [
+    "COLUMN_RULES",
+    "ValidationResult",
+    "Violation",
+    "check_table",
+    "check_training_table",
+    "render_report",
+    "validate_file",
+    "validate_splits",
+    "write_schema",
+]
+
+_EXAMPLES = 3
+# A text column whose values are numbers but for at most this share is a numeric column
+# with stray missing-value markers ("?", "n/a", "-").
+_MOSTLY_NUMBERS_TEXT_SHARE = 0.1
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One rule a column (or the table, when ``column`` is empty) broke.
+
+    Attributes:
+        column: The column; empty for a rule on the whole table.
+        rule: The rule's name, as in the schema's ``severity``.
+        observed: What the table holds.
+        expected: What the schema asks for.
+        severity: ``error`` fails the step; ``warning`` is reported only.
+        rows: Up to three rows (0-based positions) that break the rule.
+        segment: The segment value the rule was checked within; empty for the whole table.
+        split: Which table: ``training``, ``evaluation``, or empty for a single table.
+    """
+
+    column: str
+    rule: str
+    observed: str
+    expected: str
+    severity: Severity = "error"
+    rows: tuple[int, ...] = ()
+    segment: str = ""
+    split: str = ""
+
+    @property
+    def detail(self) -> str:
+        text = f"{self.observed}; expected {self.expected}"
+        if not self.rows:
+            return text
+        return (
+            f"{text} (e.g. row{'s' if len(self.rows) > 1 else ''} {', '.join(map(str, self.rows))})"
+        )
+
+    def __str__(self) -> str:
+        where = f"{self.split} split: " if self.split else ""
+        subject = f"column {self.column!r}" if self.column else "table"
+        within = f" in segment {self.segment!r}" if self.segment else ""
+        return f"{where}{subject}{within} [{self.rule}]: {self.detail}"
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    schema: Schema
+    violations: list[Violation]
+
+    @property
+    def errors(self) -> list[Violation]:
+        return [v for v in self.violations if v.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Violation]:
+        return [v for v in self.violations if v.severity == "warning"]
+
+    def raise_errors(self) -> None:
+        """ConveyorError with one line per error; nothing when there is none."""
+        if self.errors:
+            lines = "\n".join(map(str, self.errors))
+            raise ConveyorError(f"{len(self.errors)} rule(s) violated:\n{lines}")
+
+
+def validate_splits(
+    train_path: Path,
+    test_path: Path,
+    target: str,
+    schema_path: Path,
+    report_path: Path,
+    schema: Schema | None = None,
+) -> ValidationResult:
+    """Checks both splits against ``schema``, or one inferred from the training split.
+
+    The schema and the report are written either way; on any error this raises
+    ConveyorError with one line per violated rule. Warnings are reported only.
+    """
+    train_split = load_arrow_table(Source(str(train_path)))
+    test_split = load_arrow_table(Source(str(test_path)))
+    if schema is None:
+        schema = infer_schema(train_split, target, where="training split")
+    elif schema.target != target:
+        raise ConveyorError(f"the schema's target is {schema.target!r}, the run's {target!r}")
+    violations = check_training_table(train_split, schema) + check_table(
+        test_split, schema, split="evaluation"
+    )
+    result = ValidationResult(schema, violations)
+    rows = {"training": train_split.num_rows, "evaluation": test_split.num_rows}
+    write_text_atomically(schema_path, schema.to_json())
+    write_text_atomically(report_path, render_report(result, rows))
+    result.raise_errors()
+    return result
+
+
+def validate_file(
+    data: str, schema_path: Path, inputs_only: bool = False, report_path: Path | None = None
+) -> ValidationResult:
+    """Checks a table (any path or URI ``load_table`` reads) against a schema file.
+
+    With ``inputs_only`` the table holds a model's inputs (a payload log): the target
+    column is not expected. Returns the result; errors are the caller's to act on.
+    """
+    schema = load_schema(schema_path)
+    table = load_arrow_table(Source(data))
+    result = ValidationResult(schema, check_table(table, schema, inputs_only=inputs_only))
+    if report_path is not None:
+        write_text_atomically(report_path, render_report(result, {"checked": table.num_rows}))
+    return result
+
+
+def write_schema(
+    data: str,
+    schema_path: Path,
+    target: str = "",
+    segment: str = "",
+    keys: tuple[str, ...] = (),
+    report_path: Path | None = None,
+) -> ValidationResult:
+    """Infers a schema from a table and writes it, to be edited and committed.
+
+    Nothing is written when the table breaks a rule a schema cannot be inferred around (an
+    empty column, infinities, numbers mixed with text, a key that is not unique).
+    """
+    table = load_arrow_table(Source(data))
+    schema = infer_schema(table, target, segment=segment, keys=keys, where=data)
+    violations = check_training_table(table, schema, split="") + check_table(table, schema)
+    result = ValidationResult(schema, violations)
+    if report_path is not None:
+        write_text_atomically(report_path, render_report(result, {"read": table.num_rows}))
+    if not result.errors:
+        write_text_atomically(schema_path, schema.to_json())
+    return result
+
+
+def check_table(
+    table: pd.DataFrame | pa.Table,
+    schema: Schema,
+    *,
+    inputs_only: bool = False,
+    split: str = "",
+    where: str = "table",
+) -> list[Violation]:
+    """Every violation of ``schema`` in ``table``: columns, segments, then the table."""
+    arrow = as_arrow(table)
+    views = column_views(arrow, where)
+    violations = []
+    for column in schema.columns:
+        if inputs_only and column.name == schema.target:
+            continue
+        view = views.get(column.name)
+        if view is None:
+            violations.append(Violation(column.name, "presence", "column is missing", "present"))
+            continue
+        violations.extend(_column_violations(schema, column, view))
+    violations += _segment_violations(schema, views, violations)
+    violations += _table_violations(schema, views, arrow.num_rows)
+    return _with_severity(schema, violations, split)
+
+
+def check_training_table(
+    table: pd.DataFrame | pa.Table, schema: Schema, split: str = "training"
+) -> list[Violation]:
+    """Rules the table a model learns from must meet besides the schema: no empty column, no
+    infinity, no numbers mixed with text such as ``?`` (which make a column categorical)."""
+    views = column_views(as_arrow(table), "training split")
+    violations = []
+    for column in schema.columns:
+        view = views.get(column.name)
+        if view is None:
+            continue
+        if not view.valid.any():
+            violations.append(
+                Violation(column.name, "not_all_null", "every value is empty", "some values")
+            )
+        for rule in (_finite_rule, _numbers_as_text_rule):
+            if (violation := rule(column, view)) is not None:
+                violations.append(violation)
+    return _with_severity(schema, violations, split)
+
+
+def _with_severity(schema: Schema, violations: list[Violation], split: str) -> list[Violation]:
+    graded = [
+        replace(v, severity=schema.severity_of(v.rule, v.column), split=split) for v in violations
+    ]
+    return [v for v in graded if v.severity != "off"]
+
+
+def _column_violations(schema: Schema, column: ColumnSchema, view: ColumnView) -> list[Violation]:
+    found = []
+    for name, rule in COLUMN_RULES.items():
+        if schema.severity_of(name, column.name) == "off":
+            continue
+        if (violation := rule(column, view)) is not None:
+            found.append(violation)
+    return found
+
+
+def _type_rule(column: ColumnSchema, view: ColumnView) -> Violation | None:
+    if column.kind != "numeric" or view.is_numeric or not view.valid.any():
+        return None
+    parsed = pd.to_numeric(pd.Series(view.labels), errors="coerce").isna().to_numpy()
+    bad_labels = parsed if parsed.any() else np.ones(len(view.labels), dtype=bool)
+    bad = _rows(view, bad_labels)
+    return Violation(
+        column.name,
+        "type",
+        f"{view.dtype} values such as {_shown(view.labels[bad_labels])}",
+        "numbers",
+        rows=_first(bad),
+    )
+
+
+def _range_rule(column: ColumnSchema, view: ColumnView) -> Violation | None:
+    if column.allowed_min is None or not view.is_numeric:
+        return None
+    outside = _outside(view.numbers, column.allowed_min, column.allowed_max)
+    if not outside.any():
+        return None
+    return Violation(
+        column.name,
+        "range",
+        f"{int(outside.sum())} value(s) outside the range, such as {_shown(view.numbers[outside])}",
+        f"[{column.allowed_min:.6g}, {column.allowed_max:.6g}] "
+        f"(training saw [{column.min:.6g}, {column.max:.6g}])",
+        rows=_first(outside),
+    )
+
+
+def _categories_rule(column: ColumnSchema, view: ColumnView) -> Violation | None:
+    if column.categories is None:
+        return None
+    labels = np.asarray([str(label) for label in view.labels], dtype=object)
+    unseen = ~np.isin(labels, np.asarray(column.categories, dtype=object))
+    counts = view.label_counts()
+    unseen &= counts > 0
+    if not unseen.any():
+        return None
+    names = sorted(labels[unseen])
+    return Violation(
+        column.name,
+        "allowed_categories",
+        f"{len(names)} categor{'y' if len(names) == 1 else 'ies'} never seen in training, "
+        f"{_shown(np.asarray(names))}, in {_count(int(counts[unseen].sum()), 'row')}",
+        f"one of {len(column.categories)} categories",
+        rows=_first(_rows(view, unseen)),
+    )
+
+
+def _finite_rule(column: ColumnSchema, view: ColumnView) -> Violation | None:
+    if column.kind != "numeric" or not view.is_numeric:
+        return None
+    infinite = np.isinf(view.numbers)
+    if not infinite.any():
+        return None
+    return Violation(
+        column.name,
+        "finite",
+        f"{int(infinite.sum())} infinite value(s), such as {_shown(view.numbers[infinite])}",
+        "finite numbers",
+        rows=_first(infinite),
+    )
+
+
+def _numbers_as_text_rule(column: ColumnSchema, view: ColumnView) -> Violation | None:
+    if column.kind != "categorical" or view.is_numeric:
+        return None
+    text = pd.to_numeric(pd.Series(view.labels), errors="coerce").isna().to_numpy()
+    counts = view.label_counts()
+    in_rows, total = int(counts[text].sum()), int(counts.sum())
+    if total == 0 or in_rows == 0 or in_rows > _MOSTLY_NUMBERS_TEXT_SHARE * total:
+        return None
+    return Violation(
+        column.name,
+        "type",
+        f"numbers mixed with text in {in_rows} row(s), such as {_shown(view.labels[text])}",
+        "numbers only; leave missing values empty or clean the column",
+        rows=_first(_rows(view, text)),
+    )
+
+
+def _null_rate_rule(column: ColumnSchema, view: ColumnView) -> Violation | None:
+    missing = ~view.valid
+    rate = float(missing.mean()) if len(missing) else 0.0
+    if rate <= column.max_null_rate:
+        return None
+    return Violation(
+        column.name,
+        "null_rate",
+        f"{rate:.1%} empty",
+        f"at most {column.max_null_rate:.1%} (training: {column.null_rate:.1%})",
+        rows=_first(missing),
+    )
+
+
+COLUMN_RULES: dict[str, Callable[[ColumnSchema, ColumnView], Violation | None]] = {
+    "type": _type_rule,
+    "range": _range_rule,
+    "allowed_categories": _categories_rule,
+    "null_rate": _null_rate_rule,
+    "finite": _finite_rule,
+}
+
+
+def _segment_violations(
+    schema: Schema, views: dict[str, ColumnView], found: list[Violation]
+) -> list[Violation]:
+    """``null_rate`` and ``range`` within each segment the schema describes and the table
+    holds enough rows of; a column already breaking a rule overall is not repeated."""
+    segments = schema.segments
+    if segments is None or segments.column not in views:
+        return []
+    by_segment = views[segments.column]
+    labels = [str(label) for label in by_segment.labels]
+    counts = by_segment.label_counts()
+    # An unseen segment value is the categories rule's to report; a small segment is noise.
+    checked = {
+        code: segments.values[label]
+        for code, label in enumerate(labels)
+        if label in segments.values and counts[code] >= segments.min_rows
+    }
+    broken = {(v.column, v.rule) for v in found}
+    violations = []
+    for name, view in views.items():
+        stats = {code: columns[name] for code, columns in checked.items() if name in columns}
+        if not stats:
+            continue
+        if (name, "null_rate") not in broken:
+            violations += _segment_null_rates(view, by_segment, labels, counts, stats)
+        if (name, "range") not in broken and view.is_numeric:
+            violations += _segment_ranges(view, by_segment, labels, stats)
+    return violations
+
+
+def _segment_null_rates(
+    view: ColumnView,
+    by_segment: ColumnView,
+    labels: list[str],
+    counts: np.ndarray,
+    stats: dict[int, SegmentColumn],
+) -> list[Violation]:
+    codes = by_segment.codes
+    missing = ~view.valid & (codes >= 0)
+    empty = np.bincount(codes[missing], minlength=len(labels))
+    violations = []
+    for code, described in stats.items():
+        rate = empty[code] / counts[code]
+        if rate > described.max_null_rate:
+            violations.append(Violation(
+                view.name, "null_rate", f"{rate:.1%} empty",
+                f"at most {described.max_null_rate:.1%} (training: {described.null_rate:.1%})",
+                rows=_first(missing & (codes == code)), segment=labels[code],
+            ))  # fmt: skip
+    return violations
+
+
+def _segment_ranges(
+    view: ColumnView, by_segment: ColumnView, labels: list[str], stats: dict[int, SegmentColumn]
+) -> list[Violation]:
+    # Each row's bounds are its segment's, gathered by code; code -1 reads the open last entry.
+    low, high = np.full(len(labels) + 1, -np.inf), np.full(len(labels) + 1, np.inf)
+    for code, described in stats.items():
+        if described.allowed_min is not None:
+            low[code], high[code] = described.allowed_min, described.allowed_max
+    codes = by_segment.codes
+    with np.errstate(invalid="ignore"):
+        outside = np.isfinite(view.numbers) & (
+            (view.numbers < low[codes]) | (view.numbers > high[codes])
+        )
+    per_segment = np.bincount(codes[outside], minlength=len(labels))
+    violations = []
+    for code in np.flatnonzero(per_segment):
+        here = outside & (codes == code)
+        violations.append(Violation(
+            view.name, "range",
+            f"{int(per_segment[code])} value(s) outside the segment's range, such as "
+            f"{_shown(view.numbers[here])}",
+            f"[{low[code]:.6g}, {high[code]:.6g}]",
+            rows=_first(here), segment=labels[code],
+        ))  # fmt: skip
+    return violations
+
+
+def _table_violations(schema: Schema, views: dict[str, ColumnView], rows: int) -> list[Violation]:
+    violations = []
+    if rows < schema.min_rows or (schema.max_rows is not None and rows > schema.max_rows):
+        bound = f"at least {schema.min_rows}" + (
+            f" and at most {schema.max_rows}" if schema.max_rows is not None else ""
+        )
+        violations.append(Violation("", "row_count", f"{rows} rows", f"{bound} rows"))
+    keys = [views[name] for name in schema.keys if name in views]
+    if keys and len(keys) == len(schema.keys) and schema.severity_of("unique_key") != "off":
+        repeated = _repeated_rows(keys, rows)
+        if repeated.any():
+            violations.append(Violation(
+                "+".join(schema.keys), "unique_key",
+                f"{int(repeated.sum())} rows share their key with another row", "unique keys",
+                rows=_first(repeated),
+            ))  # fmt: skip
+    if schema.severity_of("duplicate_rows") != "off" and views:
+        repeated = _repeated_rows(list(views.values()), rows)
+        if repeated.any():
+            violations.append(Violation(
+                "", "duplicate_rows",
+                f"{int(repeated.sum())} rows are exact copies of another row", "distinct rows",
+                rows=_first(repeated),
+            ))  # fmt: skip
+    return violations
+
+
+def _repeated_rows(views: list[ColumnView], rows: int) -> np.ndarray:
+    """True for each row equal to another one over ``views``: hashed, then the rows whose
+    hashes collide compared value by value, so a hash collision cannot report a copy."""
+    hashes = row_hashes(views, rows)
+    _, inverse, counts = np.unique(hashes, return_inverse=True, return_counts=True)
+    candidates = np.flatnonzero(counts[inverse] > 1)
+    if candidates.size == 0:
+        return np.zeros(rows, dtype=bool)
+    values = pd.DataFrame({index: _values(view, candidates) for index, view in enumerate(views)})
+    repeated = np.zeros(rows, dtype=bool)
+    repeated[candidates[values.duplicated(keep=False).to_numpy()]] = True
+    return repeated
+
+
+def _values(view: ColumnView, rows: np.ndarray) -> np.ndarray:
+    return view.numbers[rows] if view.is_numeric else view.codes[rows]
+
+
+def _outside(numbers: np.ndarray, low: float, high: float) -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(numbers) & ((numbers < low) | (numbers > high))
+
+
+def _rows(view: ColumnView, labels: np.ndarray) -> np.ndarray:
+    """Rows holding any of the labels flagged True."""
+    flagged = np.append(labels, False)  # code -1 (missing) reads the appended False
+    return flagged[view.codes]
+
+
+def _first(mask: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(row) for row in np.flatnonzero(mask)[:_EXAMPLES])
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def _shown(values: np.ndarray) -> str:
+    shown = ", ".join(repr(plain(value)) for value in values[:_EXAMPLES])
+    return shown + (", ..." if len(values) > _EXAMPLES else "")
+
+
+def render_report(result: ValidationResult, rows: dict[str, int]) -> str:
+    """A Markdown page: the verdict, each violation with example rows, then the schema."""
+    schema = result.schema
+    verdict = (
+        f"**Failed**: {len(result.errors)} rule(s) violated."
+        if result.errors
+        else f"**Passed**: all {len(schema.columns)} columns meet every rule that fails a run."
+    )
+    lines = ["# Data validation", "", verdict, ""]
+    lines += [f"Rows: {', '.join(f'{name} {count}' for name, count in rows.items())}.", ""]
+    for title, found in (("Errors", result.errors), ("Warnings", result.warnings)):
+        if found:
+            lines += [f"## {title}", "", *_violation_table(found), ""]
+    lines += ["## Schema", ""]
+    lines += ["| column | kind | allowed | null rate (max) |", "| --- | --- | --- | --- |"]
+    for column in schema.columns:
+        role = " (target)" if column.name == schema.target else ""
+        lines.append(
+            f"| `{column.name}`{role} | {column.kind} | {_allowed(column)} | "
+            f"{column.null_rate:.1%} ({column.max_null_rate:.1%}) |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _violation_table(violations: list[Violation]) -> list[str]:
+    lines = [
+        "| split | column | segment | rule | observed | expected | example rows |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for v in violations:
+        cells = [
+            v.split or "-", f"`{v.column}`" if v.column else "(table)", v.segment or "-",
+            v.rule, v.observed, v.expected, ", ".join(map(str, v.rows)) or "-",
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return lines
+
+
+def _allowed(column: ColumnSchema) -> str:
+    if column.categories is not None:
+        shown = ", ".join(column.categories[:5])
+        more = f", ... ({len(column.categories)})" if len(column.categories) > 5 else ""
+        return f"{{{shown}{more}}}"
+    if column.allowed_min is not None:
+        return f"[{column.allowed_min:.4g}, {column.allowed_max:.4g}]"
+    return "n/a"
