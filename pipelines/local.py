@@ -124,7 +124,9 @@ class StepProgress:
     def failure_line(self, step: str) -> str:
         """The step's own message (``step: ...`` and what follows), else its last line."""
         output = self.step_output.get(step, [])
-        starts = [i for i, line in enumerate(output) if line.startswith(f"{step}: ")]
+        # kfp.local names a task champion-reference; the step says champion_reference: ...
+        prefixes = (f"{step}: ", f"{step.replace('-', '_')}: ")
+        starts = [i for i, line in enumerate(output) if line.startswith(prefixes)]
         if starts:
             return "\n".join(output[starts[-1] :])
         return output[-1] if output else f"{step} failed (see the log)"

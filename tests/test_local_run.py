@@ -52,8 +52,8 @@ def test_default_run_then_champion_challenger(
     validate_inference_service(manifest)
     assert manifest["spec"]["predictor"]["model"]["storageUri"] == first["storage_uri"]
     assert (Path(first["storage_uri"]) / "model.joblib").is_file()
-    assert (
-        "InferenceService (validated against KServe's CRD)" in printed and re.search(r"ingest +ok", printed)
+    assert "InferenceService (validated against KServe's CRD)" in printed and re.search(
+        r"ingest +ok", printed
     )
     assert first["deployment"] == "skipped" and "Deployed: not rolled out" in printed
 

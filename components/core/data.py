@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import io
 import math
@@ -301,10 +302,24 @@ def _read_parquet_arrow(file: BinaryIO, where: str) -> pa.Table:
     try:
         schema = pq.read_schema(file)
         file.seek(0)
+        _check_unique_names(schema.names, where)
         text = [f.name for f in schema if pa.types.is_string(f.type)]
         return pq.read_table(file, read_dictionary=text or None)
     except (pa.ArrowException, OSError, ValueError) as error:
         raise ConveyorError(f"{where}: not a readable Parquet file ({first_line(error)})") from None
+
+
+def _csv_header(file: BinaryIO, separator: str) -> list[str]:
+    """The header's names as written: pandas renames a repeated ``age`` to ``age.1``."""
+    line = file.readline().decode("utf-8")
+    file.seek(0)
+    return next(csv.reader([line], delimiter=separator), [])
+
+
+def _check_unique_names(names: list[str], where: str) -> None:
+    duplicated = sorted({name for name in names if names.count(name) > 1})
+    if duplicated:
+        raise ConveyorError(f"{where}: duplicated column name(s) {duplicated}")
 
 
 def _arrow_column(series: pd.Series) -> pa.Array:
@@ -316,6 +331,7 @@ def _arrow_column(series: pd.Series) -> pa.Array:
 
 def _read_csv(file: BinaryIO, separator: str, where: str) -> pd.DataFrame:
     try:
+        _check_unique_names(_csv_header(file, separator), where)
         return pd.read_csv(file, sep=separator, encoding="utf-8")
     except UnicodeDecodeError as error:
         raise ConveyorError(

@@ -189,12 +189,16 @@ def check_table(
     arrow = as_arrow(table)
     views = column_views(arrow, where)
     violations = []
+    unknown = [name for name in views if schema.column(name) is None]
+    missing = "column is missing" + (
+        f" (not in the schema: {_shown(np.asarray(unknown))})" if unknown else ""
+    )
     for column in schema.columns:
         if inputs_only and column.name == schema.target:
             continue
         view = views.get(column.name)
         if view is None:
-            violations.append(Violation(column.name, "presence", "column is missing", "present"))
+            violations.append(Violation(column.name, "presence", missing, "present"))
             continue
         violations.extend(_column_violations(schema, column, view))
     violations += _segment_violations(schema, views, violations)

@@ -1,0 +1,218 @@
+"""The monitoring pipeline: compiled for both targets and parsed back into PipelineSpec, and
+run through kfp.local against a champion trained by ``conveyor run``, with a real MLflow
+server holding the champion's recorded training split and schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2
+from mlflow import MlflowClient
+
+from components.core.registry import download_reference, find_champion
+from components.core.schema import load_schema
+from pipelines.cli import main
+from pipelines.compile import compile_pipeline
+from pipelines.targets import Target
+from tests.conftest import multiclass_table
+
+
+def compiled(tmp_path: Path, target: str) -> list[dict]:
+    return list(
+        yaml.safe_load_all(compile_pipeline(Target(target), tmp_path, "monitoring").read_text())
+    )
+
+
+@pytest.mark.parametrize("target", ["kubeflow", "vertex"])
+def test_monitoring_compiles_with_retraining_nested_under_the_drift_verdict(
+    tmp_path: Path, target: str
+) -> None:
+    documents = compiled(tmp_path, target)
+    assert len(documents) == (2 if target == "kubeflow" else 1)  # Vertex loads one document
+    spec = json_format.ParseDict(documents[0], pipeline_spec_pb2.PipelineSpec())
+    tasks = spec.root.dag.tasks
+    assert {task.task_info.name for task in tasks.values()} == {
+        "champion-reference", "ingest-inputs", "validate-inputs", "drift", "drifted",
+    }  # fmt: skip
+    assert set(tasks["drift"].dependent_tasks) == {
+        "champion-reference",
+        "ingest-inputs",
+        "validate-inputs",
+    }  # drift waits for validation even though it reads no output of it
+    drifted = next(task for task in tasks.values() if task.task_info.name == "drifted")
+    assert drifted.trigger_policy.condition == (
+        "inputs.parameter_values['pipelinechannel--drift-Output'] == true"
+    )
+    (retrain,) = spec.components[drifted.component_ref.name].dag.tasks.values()
+    assert retrain.trigger_policy.condition == (
+        "inputs.parameter_values['pipelinechannel--retrain'] == true"
+    )
+    (training,) = spec.components[retrain.component_ref.name].dag.tasks.values()
+    nested = spec.components[training.component_ref.name].dag.tasks
+    assert {"ingest", "validate", "train", "evaluate"} <= set(nested)
+    for step in ("champion-reference", "ingest-inputs"):  # both read what changes in place
+        assert not tasks[step].caching_options.enable_cache
+    parameters = spec.root.input_definitions.parameters
+    assert not parameters["inputs_uri"].is_optional
+    assert parameters["retrain"].default_value.bool_value is True
+    if target == "kubeflow":
+        platform = json_format.ParseDict(documents[1], pipeline_spec_pb2.PlatformSpec())
+        executors = json_format.MessageToDict(platform.platforms["kubernetes"].deployment_spec)
+        secret = executors["executors"]["exec-champion-reference"]["secretAsEnv"][0]
+        assert secret["secretName"] == "conveyor-mlflow" and secret["optional"] is True
+
+
+def test_monitoring_can_be_scheduled_like_the_training_pipeline(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    params = tmp_path / "prod.yaml"
+    params.write_text("inputs_uri: gs://logs/payloads/latest.parquet\nmodel_store_uri: gs://m\n")
+    schedule = [
+        "schedule", "--target", "vertex", "--pipeline", "monitoring", "--cron", "0 6 * * *",
+        "--timezone", "Europe/Berlin", "--project", "ml-project", "--region", "europe-west4",
+        "--pipeline-root", "gs://bucket/root", "--dry-run",
+    ]  # fmt: skip
+    assert main(schedule) == 2
+    assert "'inputs_uri' is required" in capsys.readouterr().err
+    assert main([*schedule, "--params", str(params)]) == 0
+    sent = json.loads(capsys.readouterr().out)
+    assert sent["display_name"] == "conveyor-monitoring-prod"
+    assert sent["parameters"]["inputs_uri"] == "gs://logs/payloads/latest.parquet"
+    assert sent["cron"] == "TZ=Europe/Berlin 0 6 * * *"
+    assert sent["template"].startswith("monitoring.vertex.yaml (sha256:")
+
+
+@pytest.fixture(scope="module")
+def champion(
+    tmp_path_factory: pytest.TempPathFactory, mlflow_server: str
+) -> tuple[Path, str, Path]:
+    """A champion trained by ``conveyor run`` on a species table, in the MLflow server."""
+    root = tmp_path_factory.mktemp("monitoring")
+    multiclass_table(600, seed=3).to_csv(root / "train.csv", index=False)
+    name = "monitored-species"
+    code = main([
+        "run", "--data", str(root / "train.csv"), "--target", "species", "--model", name,
+        "--runs-dir", str(root / "runs"), "--param", f"mlflow_tracking_uri={mlflow_server}",
+    ])  # fmt: skip
+    assert code == 0
+    return root, name, root / "train.csv"
+
+
+def monitor(
+    capsys: pytest.CaptureFixture, champion, server: str, inputs: pd.DataFrame, *options: str
+) -> tuple[int, dict, str]:
+    root, name, train = champion
+    inputs.to_csv(root / "inputs.csv", index=False)
+    capsys.readouterr()
+    code = main([
+        "monitor", "--inputs", str(root / "inputs.csv"), "--model", name,
+        "--data", str(train), "--target", "species", "--runs-dir", str(root / "runs"),
+        "--param", f"mlflow_tracking_uri={server}", *options,
+    ])  # fmt: skip
+    printed = capsys.readouterr().out
+    artifacts = Path(printed.strip().splitlines()[-1].removeprefix("Artifacts: "))
+    summary = json.loads((artifacts.parent.parent / "summary.json").read_text())
+    return code, summary, printed
+
+
+def training_runs(server: str, name: str) -> int:
+    client = MlflowClient(server)
+    experiment = client.get_experiment_by_name(name)
+    return len(client.search_runs([experiment.experiment_id]))
+
+
+@pytest.mark.slow
+def test_the_champion_s_training_split_and_schema_are_found_through_the_registry(
+    tmp_path: Path, champion, mlflow_server: str
+) -> None:
+    _, name, _ = champion
+    reference, schema = tmp_path / "reference.parquet", tmp_path / "schema.json"
+    found = download_reference(mlflow_server, name, reference, schema)
+    assert found.version == find_champion(MlflowClient(mlflow_server), name).version
+    inputs = pd.read_parquet(reference)
+    assert list(inputs.columns) == ["size", "weight", "color"]  # the label is dropped
+    assert 400 < len(inputs) < 600 and load_schema(schema).target == "species"
+
+
+@pytest.mark.slow
+def test_inputs_like_the_training_data_do_not_start_training(
+    capsys: pytest.CaptureFixture, champion, mlflow_server: str
+) -> None:
+    before = training_runs(mlflow_server, champion[1])
+    inputs = multiclass_table(400, seed=4).drop(columns=["species"])
+    code, summary, printed = monitor(capsys, champion, mlflow_server, inputs)
+    assert code == 0, printed
+    assert summary["drifted"] is False and not summary["retrained"]
+    assert summary["reason"].startswith("No dataset drift: 0 of 3 columns drifted")
+    assert "train" not in summary["steps"] and training_runs(mlflow_server, champion[1]) == before
+
+
+@pytest.mark.slow
+def test_drifted_inputs_start_the_training_pipeline_and_say_why(
+    capsys: pytest.CaptureFixture, champion, mlflow_server: str
+) -> None:
+    before = training_runs(mlflow_server, champion[1])
+    inputs = multiclass_table(400, seed=5).drop(columns=["species"])
+    inputs["size"] += 6
+    inputs["weight"] -= 15
+    code, summary, printed = monitor(capsys, champion, mlflow_server, inputs)
+    assert code == 3, printed
+    assert summary["drifted"] and summary["drifted_columns"] == ["size", "weight"]
+    assert summary["retrained"] and summary["steps"]["evaluate"] == "success"
+    assert summary["reason"].startswith("Drift: 2 of 3 columns drifted (67%")
+    assert "retrained: " in summary["reason"]
+    assert training_runs(mlflow_server, champion[1]) == before + 1
+    report = (Path(summary["artifacts"]) / "drift" / "report").read_text()
+    assert "size" in report and "weight" in report
+
+    code, summary, printed = monitor(capsys, champion, mlflow_server, inputs, "--no-retrain")
+    assert code == 3 and not summary["retrained"], printed
+    assert summary["reason"].endswith("; retraining is off")
+    assert training_runs(mlflow_server, champion[1]) == before + 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (lambda t: t.assign(weight=t["weight"].where(t.index > 200)), "'weight' [null_rate]"),
+        (lambda t: t.assign(color=np.where(t.index % 7 == 0, "purple", t["color"])),
+         "'purple'"),
+    ],
+)  # fmt: skip
+def test_a_broken_feed_fails_validation_and_starts_nothing(
+    capsys: pytest.CaptureFixture, champion, mlflow_server: str, change, named: str
+) -> None:
+    _, name, _ = champion
+    before = training_runs(mlflow_server, name)
+    version = find_champion(MlflowClient(mlflow_server), name).version
+    inputs = change(multiclass_table(400, seed=6).drop(columns=["species"]))
+    code, summary, printed = monitor(capsys, champion, mlflow_server, inputs)
+    assert code == 1, printed
+    assert summary["failed_step"] == "validate-inputs" and named in summary["reason"]
+    assert "drift" not in summary["steps"] and not summary["retrained"]
+    assert training_runs(mlflow_server, name) == before
+    assert find_champion(MlflowClient(mlflow_server), name).version == version
+
+
+@pytest.mark.slow
+def test_a_model_without_a_champion_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture, mlflow_server: str, model_name: str
+) -> None:
+    multiclass_table(100).drop(columns=["species"]).to_csv(tmp_path / "in.csv", index=False)
+    code = main([
+        "monitor", "--inputs", str(tmp_path / "in.csv"), "--model", model_name,
+        "--runs-dir", str(tmp_path / "runs"), "--param", f"mlflow_tracking_uri={mlflow_server}",
+    ])  # fmt: skip
+    assert code == 1
+    failure = capsys.readouterr().out.strip().splitlines()[-2]
+    assert failure == (
+        f"Failed: champion_reference: model {model_name!r} has no champion in {mlflow_server}: "
+        "no training data to compare with; run the training pipeline first"
+    )
