@@ -38,16 +38,21 @@ REFERENCE ?=
 CURRENT ?=
 SEGMENT ?=
 REPORT ?= build/drift.html
+# make validate, make monitor
+SCHEMA ?= schema.json
+WRITE ?=
+INPUTS ?=
 # make test
 PYTEST_ARGS ?=
 # make bench
 BENCH_ARGS ?=
 DRIFT_BENCH_ARGS ?=
+VALIDATION_BENCH_ARGS ?=
 MLSERVER_VENV := .bench/mlserver-venv
 MLSERVER_INSTALLED := $(MLSERVER_VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run serve compile check submit schedule submit-vertex schedule-vertex publish drift test lint format images push lint-images bench bench-serving bench-drift lock clean
+.PHONY: help install run serve compile check submit schedule submit-vertex schedule-vertex publish drift test lint format images push lint-images bench bench-serving bench-drift bench-validation validate monitor lock clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -66,7 +71,7 @@ run: $(INSTALLED) ## Run the training pipeline locally [DATA=path/uri TARGET=col
 serve: $(INSTALLED) ## Serve a model's champion from local runs on this machine [MODEL=name PORT=8080]
 	$(BIN)/conveyor serve $(if $(MODEL),--model '$(MODEL)') --port $(PORT)
 
-compile: $(INSTALLED) ## Write build/training.{kubeflow,vertex}.yaml and build/components/ [GPUS= GPU_TYPE= IMAGE_REGISTRY=]
+compile: $(INSTALLED) ## Write build/{training,monitoring}.{kubeflow,vertex}.yaml and build/components/ [GPUS= GPU_TYPE= IMAGE_REGISTRY=]
 	$(BIN)/conveyor compile --output-dir build --gpus $(GPUS) \
 		$(if $(GPU_TYPE),--gpu-type '$(GPU_TYPE)') \
 		$(if $(GPU_NODE_SELECTOR),--gpu-node-selector '$(GPU_NODE_SELECTOR)') \
@@ -104,6 +109,14 @@ publish: $(INSTALLED) ## Publish the Vertex template to Artifact Registry [REPO=
 drift: $(INSTALLED) ## Compare CURRENT with REFERENCE for drift; exit 3 on drift [REFERENCE= CURRENT= SEGMENT= REPORT=build/drift.html]
 	$(BIN)/conveyor drift --reference '$(REFERENCE)' --current '$(CURRENT)' --report '$(REPORT)' \
 		$(if $(SEGMENT),--segment '$(SEGMENT)')
+
+validate: $(INSTALLED) ## Check DATA against SCHEMA; exit 3 when a rule fails [DATA= SCHEMA=schema.json WRITE=1 TARGET= SEGMENT=]
+	$(BIN)/conveyor validate --data '$(DATA)' --schema '$(SCHEMA)' \
+		$(if $(WRITE),--write-schema $(if $(TARGET),--target '$(TARGET)') $(if $(SEGMENT),--segment '$(SEGMENT)'))
+
+monitor: $(INSTALLED) ## Run the monitoring pipeline locally: INPUTS vs MODEL's champion, retraining on DATA when drifted [INPUTS= MODEL= DATA= TARGET=]
+	$(BIN)/conveyor monitor --inputs '$(INPUTS)' --model '$(MODEL)' \
+		$(if $(DATA),--data '$(DATA)') $(if $(TARGET),--target '$(TARGET)')
 
 test: $(INSTALLED) lint-images ## Run lint, lint-images and the test suite [PYTEST_ARGS=...]
 	$(BIN)/ruff check components pipelines tests bench
@@ -144,7 +157,7 @@ $(MLSERVER_INSTALLED): bench/mlserver-requirements.txt
 	$(MLSERVER_VENV)/bin/python -m pip install --quiet -r bench/mlserver-requirements.txt
 	@touch $@
 
-bench: bench-serving bench-drift ## Both benchmarks: serving vs MLServer, drift vs Evidently
+bench: bench-serving bench-drift bench-validation ## Every benchmark: serving vs MLServer, drift vs Evidently, validation vs a pandas read
 
 bench-serving: $(INSTALLED) $(MLSERVER_INSTALLED) ## Serving throughput and latency vs MLServer, side by side [BENCH_ARGS=...]
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
@@ -155,6 +168,9 @@ bench-serving: $(INSTALLED) $(MLSERVER_INSTALLED) ## Serving throughput and late
 
 bench-drift: $(INSTALLED) ## Drift on 1,000,000 x 30 rows vs Evidently's DataDriftPreset, same verdicts [DRIFT_BENCH_ARGS=--rows N]
 	$(BIN)/python -m bench.drift $(DRIFT_BENCH_ARGS)
+
+bench-validation: $(INSTALLED) ## Validation of 1,000,000 x 30 rows of Parquet vs a plain pandas read of the file [VALIDATION_BENCH_ARGS=--rows N]
+	$(BIN)/python -m bench.validation $(VALIDATION_BENCH_ARGS)
 
 lock: ## Re-pin every dependency into constraints.txt from a fresh resolve
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv

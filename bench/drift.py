@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench.children import ROOT, peak_mib, run_child
+
 OUT = ROOT / "build" / "bench"
 ENGINES = ("conveyor", "evidently")
 THRESHOLDS = {"psi": 0.1, "jensenshannon": 0.1}
@@ -51,19 +50,19 @@ def tables(rows: int, seed: int = 7) -> tuple[pd.DataFrame, pd.DataFrame]:
 def _run_engine(engine: str, reference_path: Path, current_path: Path, repeats: int) -> dict:
     """In this process: load, then time ``repeats`` comparisons; the verdicts and timings."""
     reference, current = pd.read_parquet(reference_path), pd.read_parquet(current_path)
-    loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    loaded = peak_mib()
     compare = _conveyor if engine == "conveyor" else _evidently
     seconds, verdicts = [], {}
     for _ in range(repeats):
         start = time.perf_counter()
         verdicts = compare(reference, current)
         seconds.append(time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak_mib()
     return {
         "engine": engine,
         "seconds": statistics.median(seconds),
         "runs": seconds,
-        "peak_mib_above_tables": (peak - loaded) / 1024,
+        "peak_mib_above_tables": peak - loaded,
         "verdicts": verdicts,
     }
 
@@ -112,12 +111,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _child(engine: str, args: argparse.Namespace) -> dict:
-    command = [
-        sys.executable, "-m", "bench.drift", "--engine", engine,
-        "--rows", str(args.rows), "--repeats", str(args.repeats),
-    ]  # fmt: skip
-    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
-    return json.loads(finished.stdout.strip().splitlines()[-1])
+    return run_child(
+        "bench.drift", "--engine", engine, "--rows", str(args.rows), "--repeats", str(args.repeats)
+    )
 
 
 def _report(results: dict[str, dict], rows: int) -> int:

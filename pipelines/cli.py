@@ -348,34 +348,45 @@ _DEPLOYMENTS = {
 def _check(args: argparse.Namespace) -> int:
     import tempfile
 
-    from pipelines.compile import compile_all
-    from pipelines.local import check_deployable
-    from pipelines.parameters import load_parameters, parameter_problems
+    from pipelines.compile import PIPELINES, compile_all
     from pipelines.targets import Target
-    from pipelines.training import build_training_pipeline
 
     with tempfile.TemporaryDirectory(prefix="conveyor-check-") as scratch:
         compiled = compile_all(Path(scratch))
         print(f"compiled: {', '.join(path.name for path in compiled)}")
-    pipeline = build_training_pipeline(Target("kubeflow"))
-    inputs = pipeline.component_spec.inputs
-    files = sorted(args.configs.glob("*.yaml"))
-    if not files:
+    # configs/*.yaml are the training pipeline's; configs/monitoring/*.yaml the monitoring one's.
+    files = {
+        "training": sorted(args.configs.glob("*.yaml")),
+        "monitoring": sorted((args.configs / "monitoring").glob("*.yaml")),
+    }
+    if not files["training"]:
         raise ConveyorError(f"{args.configs}: no parameter files (*.yaml) to check")
     problems = []
-    for path in files:
-        values = load_parameters(path)
-        found = parameter_problems(values, inputs, str(path))
-        if not found:  # well-typed: now the settings deploy would refuse
-            try:
-                check_deployable(values, pipeline)
-            except ConveyorError as error:
-                found = [f"{path}: {error}"]
-        print(f"{path}: {'ok' if not found else f'{len(found)} problem(s)'}")
-        problems += found
+    for name, paths in files.items():
+        pipeline = PIPELINES[name].build(Target("kubeflow"))
+        for path in paths:
+            found = _config_problems(path, pipeline)
+            print(f"{path}: {'ok' if not found else f'{len(found)} problem(s)'}")
+            problems += found
     for problem in problems:
         print(problem, file=sys.stderr)
     return 1 if problems else 0
+
+
+def _config_problems(path: Path, pipeline: Any) -> list[str]:
+    """Unknown or mistyped parameters, then the settings deploy would refuse."""
+    from pipelines.local import check_deployable
+    from pipelines.parameters import load_parameters, parameter_problems
+
+    values = load_parameters(path)
+    found = parameter_problems(values, pipeline.component_spec.inputs, str(path))
+    if found:
+        return found
+    try:
+        check_deployable(values, pipeline)
+    except ConveyorError as error:
+        return [f"{path}: {error}"]
+    return []
 
 
 def _print_summary(summary: Any, summary_path: Path, out: TextIO) -> None:

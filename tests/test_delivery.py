@@ -106,6 +106,7 @@ def test_check_passes_the_shipped_configs(capsys: pytest.CaptureFixture) -> None
     printed = capsys.readouterr().out
     assert "training.kubeflow.yaml, training.vertex.yaml" in printed
     assert "configs/dev.yaml: ok" in printed and "configs/prod.yaml: ok" in printed
+    assert "configs/monitoring/prod.yaml: ok" in printed
 
 
 def test_check_names_every_problem_and_fails(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -88,6 +88,21 @@ def test_monitoring_can_be_scheduled_like_the_training_pipeline(
     assert sent["template"].startswith("monitoring.vertex.yaml (sha256:")
 
 
+def test_check_reads_monitoring_configs_against_the_monitoring_pipeline(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    (tmp_path / "monitoring").mkdir()
+    (tmp_path / "dev.yaml").write_text("model_store_uri: /tmp/models\n")
+    (tmp_path / "monitoring" / "dev.yaml").write_text(
+        "inputs_uri: /tmp/in.csv\nmodel_store_uri: /tmp/m\ndrift_share: high\nestimater: x\n"
+    )
+    assert main(["check", "--configs", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert f"{tmp_path / 'dev.yaml'}: ok" in captured.out
+    assert f"{tmp_path / 'monitoring' / 'dev.yaml'}: 2 problem(s)" in captured.out
+    assert "drift_share" in captured.err and "estimater" in captured.err
+
+
 @pytest.fixture(scope="module")
 def champion(
     tmp_path_factory: pytest.TempPathFactory, mlflow_server: str

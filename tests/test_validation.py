@@ -131,6 +131,22 @@ def test_a_null_spike_within_one_segment_is_caught_where_the_whole_table_is_not(
     assert str(spike).startswith("column 'amount' in segment 'business' [null_rate]: ")
 
 
+def test_a_value_usual_overall_but_not_in_its_segment_is_out_of_the_segment_range() -> None:
+    reference = transactions(3000, seed=1)
+    vip = reference["segment"] == "vip"
+    reference.loc[vip, "amount"] += 5000  # vip amounts live far above everyone else's
+    schema = infer_schema(reference, segment="segment")
+    table = transactions(3000, seed=2)
+    table.loc[table["segment"] == "vip", "amount"] += 5000
+    retail = table.index[table["segment"] == "retail"][:2]
+    table.loc[retail, "amount"] = 5050.0  # a vip-sized amount on a retail row
+    violations = found(table, schema)
+    assert ("amount", "range", "") not in violations
+    outside = violations[("amount", "range", "retail")]
+    assert outside.rows == tuple(retail) and outside.observed.startswith("2 value(s) outside")
+    assert outside.severity == "warning"
+
+
 def test_a_segment_too_small_in_the_checked_table_is_not_judged(
     reference: pd.DataFrame, schema: Schema
 ) -> None:

@@ -70,6 +70,7 @@ class ColumnView:
     def codes(self) -> np.ndarray:
         return self._encoded[1]
 
+    @cached_property
     def label_counts(self) -> np.ndarray:
         """How many rows hold each of ``labels``."""
         codes = self.codes

@@ -210,7 +210,7 @@ def _infer_column(view: ColumnView, range_tolerance: float, null_tolerance: floa
         view.name, kind, view.dtype, null_rate, min(1.0, null_rate + null_tolerance)
     )
     if not view.is_numeric:
-        counts = view.label_counts()
+        counts = view.label_counts
         return replace(common, categories=sorted(str(v) for v in view.labels[counts > 0]))
     low, high = _finite_bounds(view.numbers)
     if low is None:
@@ -236,7 +236,7 @@ def _infer_segments(
     if not segment:
         return None
     by_segment = views[segment]
-    counts = by_segment.label_counts()
+    counts = by_segment.label_counts
     if len(by_segment.labels) > MAX_SEGMENTS:
         raise ConveyorError(
             f"{where}: segment column {segment!r} has {len(by_segment.labels)} values, "

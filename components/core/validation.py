@@ -280,7 +280,7 @@ def _categories_rule(column: ColumnSchema, view: ColumnView) -> Violation | None
         return None
     labels = np.asarray([str(label) for label in view.labels], dtype=object)
     unseen = ~np.isin(labels, np.asarray(column.categories, dtype=object))
-    counts = view.label_counts()
+    counts = view.label_counts
     unseen &= counts > 0
     if not unseen.any():
         return None
@@ -314,7 +314,7 @@ def _numbers_as_text_rule(column: ColumnSchema, view: ColumnView) -> Violation |
     if column.kind != "categorical" or view.is_numeric:
         return None
     text = pd.to_numeric(pd.Series(view.labels), errors="coerce").isna().to_numpy()
-    counts = view.label_counts()
+    counts = view.label_counts
     in_rows, total = int(counts[text].sum()), int(counts.sum())
     if total == 0 or in_rows == 0 or in_rows > _MOSTLY_NUMBERS_TEXT_SHARE * total:
         return None
@@ -360,7 +360,7 @@ def _segment_violations(
         return []
     by_segment = views[segments.column]
     labels = [str(label) for label in by_segment.labels]
-    counts = by_segment.label_counts()
+    counts = by_segment.label_counts
     # An unseen segment value is the categories rule's to report; a small segment is noise.
     checked = {
         code: segments.values[label]
@@ -405,26 +405,26 @@ def _segment_null_rates(
 def _segment_ranges(
     view: ColumnView, by_segment: ColumnView, labels: list[str], stats: dict[int, SegmentColumn]
 ) -> list[Violation]:
-    # Each row's bounds are its segment's, gathered by code; code -1 reads the open last entry.
     low, high = np.full(len(labels) + 1, -np.inf), np.full(len(labels) + 1, np.inf)
     for code, described in stats.items():
         if described.allowed_min is not None:
             low[code], high[code] = described.allowed_min, described.allowed_max
-    codes = by_segment.codes
-    with np.errstate(invalid="ignore"):
-        outside = np.isfinite(view.numbers) & (
-            (view.numbers < low[codes]) | (view.numbers > high[codes])
-        )
-    per_segment = np.bincount(codes[outside], minlength=len(labels))
+    # A value inside every segment's range is inside its own: only the rest are looked up.
+    band = (low[:-1].max(), high[:-1].min())
+    candidates = np.flatnonzero(_outside(view.numbers, *band))
+    codes = by_segment.codes[candidates]  # code -1 (no segment) reads the open last entry
+    values = view.numbers[candidates]
+    beyond = (values < low[codes]) | (values > high[codes])
+    rows, codes, values = candidates[beyond], codes[beyond], values[beyond]
     violations = []
-    for code in np.flatnonzero(per_segment):
-        here = outside & (codes == code)
+    for code in np.unique(codes[codes >= 0]):
+        here = codes == code
         violations.append(Violation(
             view.name, "range",
-            f"{int(per_segment[code])} value(s) outside the segment's range, such as "
-            f"{_shown(view.numbers[here])}",
+            f"{int(here.sum())} value(s) outside the segment's range, such as "
+            f"{_shown(values[here])}",
             f"[{low[code]:.6g}, {high[code]:.6g}]",
-            rows=_first(here), segment=labels[code],
+            rows=tuple(int(row) for row in rows[here][:_EXAMPLES]), segment=labels[code],
         ))  # fmt: skip
     return violations
 
@@ -459,9 +459,8 @@ def _table_violations(schema: Schema, views: dict[str, ColumnView], rows: int) -
 def _repeated_rows(views: list[ColumnView], rows: int) -> np.ndarray:
     """True for each row equal to another one over ``views``: hashed, then the rows whose
     hashes collide compared value by value, so a hash collision cannot report a copy."""
-    hashes = row_hashes(views, rows)
-    _, inverse, counts = np.unique(hashes, return_inverse=True, return_counts=True)
-    candidates = np.flatnonzero(counts[inverse] > 1)
+    hashes = pd.Series(row_hashes(views, rows))
+    candidates = np.flatnonzero(hashes.duplicated(keep=False).to_numpy())
     if candidates.size == 0:
         return np.zeros(rows, dtype=bool)
     values = pd.DataFrame({index: _values(view, candidates) for index, view in enumerate(views)})
