@@ -43,7 +43,8 @@ def drift(
         html_report: Output Evidently data drift report with the same tests and thresholds.
         summary: Output JSON: the verdict and every score, per column and segment.
         segment_column: Also judge each column within each value of this column.
-        exclude_columns: Columns not tested (identifiers, the label, timestamps).
+        exclude_columns: Columns not tested (identifiers, the label, timestamps); an
+            excluded column may be in one table only.
         thresholds: Test -> threshold, replacing the defaults (psi 0.1, ks 0.05,
             chisquare 0.05, jensenshannon 0.1). A p-value below its threshold, or a
             distance at or above it, is drift.

@@ -269,3 +269,14 @@ def test_tables_that_cannot_be_compared_fail_the_command_and_write_nothing(
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("conveyor drift: reference and current tables have")
     assert not (tmp_path / "r.html").exists()
+
+
+def test_an_excluded_column_may_be_in_the_reference_only() -> None:
+    reference = transactions(500, seed=5).assign(label=1)  # training data has the label
+    current = transactions(500, seed=6)  # inference inputs do not
+    report = compare_tables(reference, current, exclude=("label",))
+    assert "label" not in {result.column for result in report.columns}
+    with pytest.raises(ConveyorError, match=r"only in reference \['label'\]"):
+        compare_tables(reference, current)
+    with pytest.raises(ConveyorError, match="excluded column 'labels' is not in the tables"):
+        compare_tables(reference, current, exclude=("label", "labels"))

@@ -165,6 +165,29 @@ def test_bad_input_fails_its_step_and_leaves_nothing_behind(
     assert not list(runs.rglob("deploy/manifest"))
 
 
+def test_a_committed_schema_stops_a_run_on_a_null_spike(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    multiclass_table(300).to_csv(tmp_path / "last-month.csv", index=False)
+    schema = tmp_path / "schema.json"
+    assert main([
+        "validate", "--data", str(tmp_path / "last-month.csv"), "--schema", str(schema),
+        "--write-schema", "--target", "species",
+    ]) == 0  # fmt: skip
+    spiked = multiclass_table(300, seed=8)
+    spiked.loc[:120, "weight"] = np.nan  # an upstream join lost two fifths of the weights
+    spiked.to_csv(tmp_path / "input.csv", index=False)
+    runs = tmp_path / "runs"
+    code, summary, _ = conveyor_run(
+        capsys, runs, "--data", str(tmp_path / "input.csv"), "--target", "species",
+        "--schema", str(schema),
+    )  # fmt: skip
+    assert code == 1 and summary["failed_step"] == "validate"
+    assert "training split: column 'weight' [null_rate]: " in summary["reason"]
+    assert registered_versions(runs, "input") == [] and not (runs / "models").exists()
+    assert summary["steps"]["train"] == "skipped"
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

@@ -303,7 +303,9 @@ def _read_parquet_arrow(file: BinaryIO, where: str) -> pa.Table:
         schema = pq.read_schema(file)
         file.seek(0)
         _check_unique_names(schema.names, where)
-        text = [f.name for f in schema if pa.types.is_string(f.type)]
+        text = [
+            f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+        ]
         return pq.read_table(file, read_dictionary=text or None)
     except (pa.ArrowException, OSError, ValueError) as error:
         raise ConveyorError(f"{where}: not a readable Parquet file ({first_line(error)})") from None

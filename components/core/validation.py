@@ -115,7 +115,8 @@ def validate_splits(
     report_path: Path,
     schema: Schema | None = None,
 ) -> ValidationResult:
-    """Checks both splits against ``schema``, or one inferred from the training split.
+    """Checks both splits against ``schema``, or one inferred from the training split, and
+    the training split against the rules a table to learn from must meet.
 
     The schema and the report are written either way; on any error this raises
     ConveyorError with one line per violated rule. Warnings are reported only.
@@ -126,8 +127,10 @@ def validate_splits(
         schema = infer_schema(train_split, target, where="training split")
     elif schema.target != target:
         raise ConveyorError(f"the schema's target is {schema.target!r}, the run's {target!r}")
-    violations = check_training_table(train_split, schema) + check_table(
-        test_split, schema, split="evaluation"
+    violations = (
+        check_training_table(train_split, schema)
+        + check_table(train_split, schema, split="training")
+        + check_table(test_split, schema, split="evaluation")
     )
     result = ValidationResult(schema, violations)
     rows = {"training": train_split.num_rows, "evaluation": test_split.num_rows}
@@ -209,8 +212,8 @@ def check_table(
 def check_training_table(
     table: pd.DataFrame | pa.Table, schema: Schema, split: str = "training"
 ) -> list[Violation]:
-    """Rules the table a model learns from must meet besides the schema: no empty column, no
-    infinity, no numbers mixed with text such as ``?`` (which make a column categorical)."""
+    """Rules the table a model learns from must meet besides the schema: no empty column and
+    no numbers mixed with text such as ``?`` (which make a column categorical)."""
     views = column_views(as_arrow(table), "training split")
     violations = []
     for column in schema.columns:
@@ -221,9 +224,8 @@ def check_training_table(
             violations.append(
                 Violation(column.name, "not_all_null", "every value is empty", "some values")
             )
-        for rule in (_finite_rule, _numbers_as_text_rule):
-            if (violation := rule(column, view)) is not None:
-                violations.append(violation)
+        if (violation := _numbers_as_text_rule(column, view)) is not None:
+            violations.append(violation)
     return _with_severity(schema, violations, split)
 
 
