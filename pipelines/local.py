@@ -161,6 +161,8 @@ def run_monitoring_locally(
     retrained = progress.outcomes.get("train") == "success"
     if failed_step:
         reason = progress.failure_line(failed_step)
+    elif drift is None:  # every step succeeded, yet the drift step left no summary
+        reason = f"the run left no drift summary under {outputs or run_dir}"
     elif not drift["dataset_drifted"]:
         reason = f"{drift['verdict']}; nothing to retrain"
     else:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from kfp.dsl import Artifact, Dataset, Markdown
 
@@ -108,6 +109,63 @@ def test_repeated_keys_and_duplicate_rows_name_their_rows(
     assert (copies.severity, copies.rows) == ("warning", (19, 20))
 
 
+def test_integer_keys_past_2_53_are_compared_exactly(tmp_path: Path) -> None:
+    ids = pa.array(2**60 + np.arange(1000, dtype=np.int64))  # neighbours share a float64
+    table = pa.table({"id": ids, "amount": pa.array(np.arange(1000.0))})
+    schema = infer_schema(table, keys=("id",))
+    assert check_table(table, schema) == []
+    copied = pa.table({"id": pa.concat_arrays([ids, ids[7:8]]), "amount": np.arange(1001.0)})
+    (key,) = [v for v in check_table(copied, schema) if v.rule == "unique_key"]
+    assert (key.observed, key.rows) == ("2 rows share their key with another row", (7, 1000))
+
+
+def test_empty_keys_are_reported_apart_from_repeated_ones(
+    reference: pd.DataFrame, schema: Schema
+) -> None:
+    table = reference.assign(id=reference["id"].astype(float))
+    table.loc[[5, 6], "id"] = np.nan  # two empty keys: incomplete, not copies of each other
+    table.loc[9, "id"] = 8
+    keys = [v for v in check_table(table, schema) if v.rule == "unique_key"]
+    assert [(v.observed, v.rows) for v in keys] == [
+        ("2 rows have an empty key", (5, 6)),
+        ("2 rows share their key with another row", (8, 9)),
+    ]
+
+
+def test_a_key_column_sets_its_own_unique_key_severity(
+    reference: pd.DataFrame, schema: Schema
+) -> None:
+    table = reference.assign(id=0)
+    for level in ("warning", "off"):
+        columns = [
+            replace(c, severity={"unique_key": level}) if c.name == "id" else c
+            for c in schema.columns
+        ]
+        keys = [v for v in check_table(table, replace(schema, columns=columns)) if v.column == "id"]
+        assert [v.severity for v in keys if v.rule == "unique_key"] == (
+            ["warning"] if level == "warning" else []
+        )
+
+
+def test_a_column_of_ids_gets_no_list_of_categories(reference: pd.DataFrame) -> None:
+    orders = reference.assign(order=[f"o-{n}" for n in range(len(reference))])
+    schema = infer_schema(orders)
+    assert schema.column("order").categories is None
+    assert schema.column("segment").categories == sorted(reference["segment"].unique())
+    fresh = orders.assign(order=[f"o-{n}" for n in range(5000, 5000 + len(orders))])
+    assert [v for v in check_table(fresh, schema) if v.column == "order"] == []
+
+
+def test_a_parquet_file_with_its_pandas_index_reads_without_it(
+    tmp_path: Path, reference: pd.DataFrame, schema: Schema
+) -> None:
+    sample = reference.iloc[::2]  # an index no longer 0..n-1: pandas writes it as a column
+    sample.to_parquet(tmp_path / "sample.parquet")
+    arrow = load_arrow_table(Source(str(tmp_path / "sample.parquet")))
+    assert arrow.column_names == list(reference.columns)
+    assert [v for v in check_table(arrow, schema) if v.rule == "presence"] == []
+
+
 def test_rows_equal_in_all_but_one_column_are_not_copies(reference: pd.DataFrame) -> None:
     missing_age = reference.iloc[[0]].assign(age=np.nan)
     table = pd.concat(
@@ -191,13 +249,37 @@ def test_the_schema_file_round_trips_and_edits_are_checked(tmp_path: Path, schem
         ),
         "unknown rule 'ranges'": lambda d: d["columns"][1].update(severity={"ranges": "off"}),
         "key column 'order_id' is not among the columns": lambda d: d.update(keys=["order_id"]),
-        "columns[0] ('amount'): kind 'number', expected numeric or categorical": lambda d: d[
-            "columns"
-        ][0].update(kind="number"),
-        "columns[1] ('age'): allowed_max is '90', expected a number": lambda d: d["columns"][
-            1
-        ].update(allowed_max="90"),
+        "columns[0] ('amount'): kind: expected numeric or categorical, found 'number'": (
+            lambda d: d["columns"][0].update(kind="number")
+        ),
+        "columns[1] ('age'): allowed_max: expected a number, found '90'": (
+            lambda d: d["columns"][1].update(allowed_max="90")
+        ),
+        "columns[1] ('age'): max_null_rate: expected a number, found None": (
+            lambda d: d["columns"][1].update(max_null_rate=None)
+        ),
+        "columns[1] ('age'): null_rate: expected a share from 0 to 1, found 5": (
+            lambda d: d["columns"][1].update(null_rate=5)
+        ),
+        "columns[2] ('rating'): categories: expected a list of text, found [1, 2]": (
+            lambda d: d["columns"][2].update(categories=[1, 2])
+        ),
+        "keys: expected a list of text, found 'id'": lambda d: d.update(keys="id"),
+        "min_rows: expected a whole number, 0 or more, found True": (
+            lambda d: d.update(min_rows=True)
+        ),
         "max_rows 10 is below min_rows": lambda d: d.update(min_rows=100, max_rows=10),
+        "segments: min_rows: expected a whole number, 0 or more, found -1": (
+            lambda d: d["segments"].update(min_rows=-1)
+        ),
+        "segments: business: column(s) ['tenure'] are not among the columns": (
+            lambda d: d["segments"]["values"]["business"].update(
+                tenure=d["segments"]["values"]["business"]["age"]
+            )
+        ),
+        "segments: business: amount: allowed_min: expected a number, found 'low'": (
+            lambda d: d["segments"]["values"]["business"]["amount"].update(allowed_min="low")
+        ),
     }
     for message, edit in edits.items():
         data = json.loads(schema.to_json())
@@ -211,6 +293,25 @@ def test_the_schema_file_round_trips_and_edits_are_checked(tmp_path: Path, schem
         load_schema(path)
     with pytest.raises(ConveyorError, match="schema file not found"):
         load_schema(tmp_path / "absent.json")
+    with pytest.raises(ConveyorError, match="nosuch://schema.json: cannot read the schema"):
+        load_schema("nosuch://schema.json")
+
+
+def test_a_range_bound_left_empty_is_open(reference: pd.DataFrame, schema: Schema) -> None:
+    amount = schema.column("amount")
+    edited = replace(
+        schema,
+        columns=[
+            replace(c, allowed_max=None, min=None) if c is amount else c for c in schema.columns
+        ],
+    )
+    table = reference.copy()
+    table.loc[[3, 4], "amount"] = [amount.allowed_max * 10, amount.allowed_min - 1]
+    outside = found(table, edited)[("amount", "range", "")]
+    assert outside.rows == (4,) and outside.observed.startswith("1 value(s) outside")
+    assert outside.expected == (
+        f"[{amount.allowed_min:.6g}, inf] (training saw [n/a, {amount.max:.6g}])"
+    )
 
 
 def test_conveyor_validate_writes_a_schema_a_person_edits_then_checks_with_it(

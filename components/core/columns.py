@@ -2,8 +2,10 @@
 
 Text is dictionary-encoded, so rules about categories look at each distinct value once and
 count rows through the codes; numbers (and booleans) are float64 with NaN for a missing
-value. Parquet read with ``components.core.data.load_arrow_table`` arrives dictionary-encoded
-already, which is what keeps validation close to the cost of reading the file.
+value, for the rules that measure; integers keep their exact values for the rules that
+compare rows (an id past 2**53 is not rounded into another). Parquet read with
+``components.core.data.load_arrow_table`` arrives dictionary-encoded already, which is what
+keeps validation close to the cost of reading the file.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ class ColumnView:
 
     Attributes:
         name: The column name.
-        dtype: The pandas dtype the column would have (``float64``, ``object``...).
+        dtype: The pandas dtype the column would have (``float64``, ``object``...). An
+            integer column with a missing value is ``int64`` when read from Parquet but
+            ``float64`` when read from CSV, as pandas reads each.
         array: The column itself.
         numbers: float64 values, NaN where missing; None for text.
         text_labels: A text column's distinct values (``labels`` is the way to read them:
@@ -48,6 +52,10 @@ class ColumnView:
     @property
     def is_numeric(self) -> bool:
         return self.numbers is not None
+
+    @property
+    def is_integer(self) -> bool:
+        return pa.types.is_integer(self.array.type)
 
     @cached_property
     def valid(self) -> np.ndarray:
@@ -78,12 +86,21 @@ class ColumnView:
 
     def hashes(self) -> np.ndarray:
         """A uint64 hash of each row's value; equal values hash alike, missing ones too."""
-        if self.numbers is not None:
-            hashed = pd.util.hash_array(self.numbers)
-            hashed[np.isnan(self.numbers)] = _NULL_HASH
-            return hashed
-        by_label = np.append(pd.util.hash_array(self.labels.astype(object)), _NULL_HASH)
-        return by_label[self.codes]  # code -1 picks the appended missing-value hash
+        if self.numbers is None:
+            by_label = np.append(pd.util.hash_array(self.labels.astype(object)), _NULL_HASH)
+            return by_label[self.codes]  # code -1 picks the appended missing-value hash
+        hashed = pd.util.hash_array(_integers(self.array) if self.is_integer else self.numbers)
+        hashed[~self.valid] = _NULL_HASH
+        return hashed
+
+    def exact(self, rows: np.ndarray) -> list[np.ndarray]:
+        """Arrays equal at two of ``rows`` exactly where the column's values are."""
+        if self.numbers is None:
+            return [self.codes[rows]]
+        if not self.is_integer:
+            return [self.numbers[rows]]
+        taken = self.array.take(pa.array(rows))
+        return [_integers(taken), ~self.valid[rows]]
 
 
 def column_views(table: pa.Table, where: str) -> dict[str, ColumnView]:
@@ -113,12 +130,18 @@ def _view(name: str, chunked: pa.ChunkedArray) -> ColumnView:
             return ColumnView(name, dtype, array, text_labels=labels, text_codes=codes)
         array, kind = array.dictionary_decode(), kind.value_type
     if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
-        numbers = pc.cast(array, pa.float64()).to_numpy(zero_copy_only=False)
+        # Unsafe: integers past 2**53 round to the nearest float rather than fail.
+        numbers = pc.cast(array, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
         return ColumnView(name, _pandas_dtype(kind), array, numbers=np.asarray(numbers))
     if pa.types.is_null(kind):
         return ColumnView(name, "object", array, numbers=np.full(len(array), np.nan))
     labels, codes = _encode(array if _is_text(kind) else pc.cast(array, pa.string()))
     return ColumnView(name, _pandas_dtype(kind), array, text_labels=labels, text_codes=codes)
+
+
+def _integers(array: pa.Array) -> np.ndarray:
+    """An integer array's exact values, missing ones as 0 (tell them apart by ``valid``)."""
+    return pc.fill_null(array, 0).to_numpy(zero_copy_only=False)
 
 
 def _encode(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:

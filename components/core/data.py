@@ -306,9 +306,18 @@ def _read_parquet_arrow(file: BinaryIO, where: str) -> pa.Table:
         text = [
             f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
         ]
-        return pq.read_table(file, read_dictionary=text or None)
+        index = _pandas_index_columns(schema)
+        columns = [name for name in schema.names if name not in index] if index else None
+        return pq.read_table(file, columns=columns, read_dictionary=text or None)
     except (pa.ArrowException, OSError, ValueError) as error:
         raise ConveyorError(f"{where}: not a readable Parquet file ({first_line(error)})") from None
+
+
+def _pandas_index_columns(schema: pa.Schema) -> set[str]:
+    """The columns holding a pandas index, which pandas reads back as the index, not as
+    columns (a range index is stored as metadata only)."""
+    described = (schema.pandas_metadata or {}).get("index_columns", [])
+    return {name for name in described if isinstance(name, str)}
 
 
 def _csv_header(file: BinaryIO, separator: str) -> list[str]:

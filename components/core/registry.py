@@ -22,6 +22,7 @@ from mlflow.exceptions import MlflowException
 from components.core import tracking
 from components.core.errors import ConveyorError, first_line
 from components.core.files import write_atomically
+from components.core.schema import Schema
 from components.core.training import (
     MODEL_CARD,
     ModelCard,
@@ -152,7 +153,7 @@ def download_reference(
     with tempfile.TemporaryDirectory(prefix="reference-") as scratch:
         local = Path(client.download_artifacts(champion.run_id, tracking.REFERENCE_DIR, scratch))
         table, schema = local / tracking.REFERENCE_TABLE, local / tracking.REFERENCE_SCHEMA
-        target = json.loads(schema.read_text())["target"]
+        target = Schema.from_json(schema.read_text(), f"{name} reference schema").target
         inputs = pd.read_parquet(table).drop(columns=[target], errors="ignore")
         write_atomically(reference_path, lambda path: inputs.to_parquet(path, index=False))
         write_atomically(schema_path, lambda path: shutil.copyfile(schema, path))

@@ -9,6 +9,7 @@ warning. ``components.core.validation`` checks tables against it.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -20,7 +21,7 @@ from pandas.api import types as ptypes
 
 from components.core.columns import ColumnView, column_views
 from components.core.data import as_arrow
-from components.core.errors import ConveyorError, plain
+from components.core.errors import ConveyorError, first_line, plain
 
 __all__ = [
     "RULE_SEVERITY",
@@ -56,6 +57,10 @@ DEFAULT_NULL_RATE_TOLERANCE = 0.10
 # Segments with fewer rows than this are neither described nor checked: too noisy.
 DEFAULT_SEGMENT_MIN_ROWS = 30
 MAX_SEGMENTS = 100
+# A text column with more distinct values than this, or than half its rows (ids, timestamps,
+# free text), gets no list of allowed categories: every new row would break it.
+MAX_CATEGORIES = 1000
+_IDENTIFIER_MIN_ROWS = 100
 
 
 @dataclass(frozen=True)
@@ -72,7 +77,8 @@ class ColumnSchema:
         max: The largest value it was inferred from (numeric).
         allowed_min: The smallest value a table may hold (numeric).
         allowed_max: The largest value a table may hold (numeric).
-        categories: The values a table may hold (categorical).
+        categories: The values a table may hold (categorical); None for any value, as
+            inferred for a column of ids or free text.
         severity: Rule -> severity for this column, over the schema's.
     """
 
@@ -172,8 +178,8 @@ def load_schema(uri: str | Path) -> Schema:
             text = file.read()
     except FileNotFoundError:
         raise ConveyorError(f"{uri}: schema file not found") from None
-    except (OSError, UnicodeDecodeError, ImportError) as error:
-        raise ConveyorError(f"{uri}: cannot read the schema ({error})") from None
+    except (OSError, UnicodeDecodeError, ImportError, ValueError) as error:
+        raise ConveyorError(f"{uri}: cannot read the schema ({first_line(error)})") from None
     return Schema.from_json(text, str(uri))
 
 
@@ -210,13 +216,21 @@ def _infer_column(view: ColumnView, range_tolerance: float, null_tolerance: floa
         view.name, kind, view.dtype, null_rate, min(1.0, null_rate + null_tolerance)
     )
     if not view.is_numeric:
-        counts = view.label_counts
-        return replace(common, categories=sorted(str(v) for v in view.labels[counts > 0]))
+        return replace(common, categories=_categories(view))
     low, high = _finite_bounds(view.numbers)
     if low is None:
         return common
     margin = (high - low) * range_tolerance
     return replace(common, min=low, max=high, allowed_min=low - margin, allowed_max=high + margin)
+
+
+def _categories(view: ColumnView) -> list[str] | None:
+    """The values seen, or None when there are too many to be categories."""
+    seen = view.labels[view.label_counts > 0]
+    rows = int(view.valid.sum())
+    if len(seen) > MAX_CATEGORIES or (rows >= _IDENTIFIER_MIN_ROWS and len(seen) > rows / 2):
+        return None
+    return sorted(str(value) for value in seen)
 
 
 def _finite_bounds(numbers: np.ndarray) -> tuple[float | None, float | None]:
@@ -275,27 +289,21 @@ def _schema_from_dict(data: Any, where: str) -> Schema:
     ]
     if body.get("segments") is not None:
         body["segments"] = _segments_from_dict(body["segments"], f"{where}: segments")
-    _check_severity(body.get("severity", {}), f"{where}: severity")
     schema = Schema(**body)
     names = [column.name for column in schema.columns]
     for role, name in [("target", schema.target)] + [("key", key) for key in schema.keys]:
         if name and name not in names:
             raise ConveyorError(f"{where}: {role} column {name!r} is not among the columns")
+    if schema.segments is not None:
+        _check_segment_columns(schema.segments, names, f"{where}: segments")
     if schema.max_rows is not None and schema.max_rows < schema.min_rows:
         raise ConveyorError(f"{where}: max_rows {schema.max_rows} is below min_rows")
     return schema
 
 
 def _column_from_dict(data: Any, where: str) -> ColumnSchema:
-    body = _fields(ColumnSchema, data, where)
-    where = f"{where} ({body.get('name')!r})"
-    if body.get("kind") not in get_args(Kind):
-        raise ConveyorError(f"{where}: kind {body.get('kind')!r}, expected numeric or categorical")
-    _check_severity(body.get("severity", {}), f"{where}: severity")
-    for bound in ("min", "max", "allowed_min", "allowed_max", "null_rate", "max_null_rate"):
-        value = body.get(bound)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-            raise ConveyorError(f"{where}: {bound} is {value!r}, expected a number")
+    name = data.get("name") if isinstance(data, dict) else None
+    body = _fields(ColumnSchema, data, f"{where} ({name!r})" if name else where)
     return ColumnSchema(**body)
 
 
@@ -312,8 +320,18 @@ def _segments_from_dict(data: Any, where: str) -> Segments:
     return Segments(**body)
 
 
+def _check_segment_columns(segments: Segments, names: list[str], where: str) -> None:
+    if segments.column not in names:
+        raise ConveyorError(f"{where}: column {segments.column!r} is not among the columns")
+    for value, columns in segments.values.items():
+        unknown = sorted(set(columns) - set(names))
+        if unknown:
+            raise ConveyorError(f"{where}: {value}: column(s) {unknown} are not among the columns")
+
+
 def _fields(cls: type, data: Any, where: str) -> dict[str, Any]:
-    """``data`` as keyword arguments of ``cls``: unknown and missing fields are named."""
+    """``data`` as keyword arguments of ``cls``: unknown, missing and mistyped fields are
+    named."""
     data = _typed(data, dict, where)
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known)
@@ -323,6 +341,8 @@ def _fields(cls: type, data: Any, where: str) -> dict[str, Any]:
     missing = [name for name in required if name not in data]
     if missing:
         raise ConveyorError(f"{where}: missing field(s) {missing}")
+    for name, value in data.items():
+        _FIELD_CHECKS[name](value, f"{where}: {name}")
     return dict(data)
 
 
@@ -333,9 +353,76 @@ def _typed(value: Any, kind: type, where: str) -> Any:
     return value
 
 
-def _check_severity(settings: Any, where: str) -> None:
+def _mistyped(value: Any, where: str, expected: str) -> ConveyorError:
+    return ConveyorError(f"{where}: expected {expected}, found {plain(value)!r}")
+
+
+def _text(value: Any, where: str) -> None:
+    if not isinstance(value, str):
+        raise _mistyped(value, where, "text")
+
+
+def _number(value: Any, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _mistyped(value, where, "a number")
+
+
+def _share(value: Any, where: str) -> None:
+    _number(value, where)
+    if not 0 <= value <= 1:
+        raise _mistyped(value, where, "a share from 0 to 1")
+
+
+def _count(value: Any, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _mistyped(value, where, "a whole number, 0 or more")
+
+
+def _names(value: Any, where: str) -> None:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise _mistyped(value, where, "a list of text")
+
+
+def _kind(value: Any, where: str) -> None:
+    if value not in get_args(Kind):
+        raise _mistyped(value, where, "numeric or categorical")
+
+
+def _optional(check: Callable[[Any, str], None]) -> Callable[[Any, str], None]:
+    return lambda value, where: None if value is None else check(value, where)
+
+
+def _any(value: Any, where: str) -> None:
+    """Checked where it is parsed (lists of columns, segments)."""
+
+
+def _severity(settings: Any, where: str) -> None:
     for rule, level in _typed(settings, dict, where).items():
         if rule not in RULE_SEVERITY:
             raise ConveyorError(f"{where}: unknown rule {rule!r}; rules: {sorted(RULE_SEVERITY)}")
         if level not in get_args(Severity):
             raise ConveyorError(f"{where}: {rule} is {level!r}, expected error, warning or off")
+
+
+# How each field of the schema file is checked, by name (a name means one thing throughout).
+_FIELD_CHECKS: dict[str, Callable[[Any, str], None]] = {
+    "target": _text,
+    "name": _text,
+    "dtype": _text,
+    "column": _text,
+    "kind": _kind,
+    "columns": _any,
+    "values": _any,
+    "segments": _any,
+    "min_rows": _count,
+    "max_rows": _optional(_count),
+    "keys": _names,
+    "categories": _optional(_names),
+    "null_rate": _share,
+    "max_null_rate": _share,
+    "min": _optional(_number),
+    "max": _optional(_number),
+    "allowed_min": _optional(_number),
+    "allowed_max": _optional(_number),
+    "severity": _severity,
+}

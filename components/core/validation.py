@@ -262,19 +262,29 @@ def _type_rule(column: ColumnSchema, view: ColumnView) -> Violation | None:
 
 
 def _range_rule(column: ColumnSchema, view: ColumnView) -> Violation | None:
-    if column.allowed_min is None or not view.is_numeric:
+    if not view.is_numeric or column.allowed_min is column.allowed_max is None:
         return None
-    outside = _outside(view.numbers, column.allowed_min, column.allowed_max)
+    low, high = _bounds(column.allowed_min, column.allowed_max)
+    outside = _outside(view.numbers, low, high)
     if not outside.any():
         return None
     return Violation(
         column.name,
         "range",
         f"{int(outside.sum())} value(s) outside the range, such as {_shown(view.numbers[outside])}",
-        f"[{column.allowed_min:.6g}, {column.allowed_max:.6g}] "
-        f"(training saw [{column.min:.6g}, {column.max:.6g}])",
+        f"[{_bound(low)}, {_bound(high)}] "
+        f"(training saw [{_bound(column.min)}, {_bound(column.max)}])",
         rows=_first(outside),
     )
+
+
+def _bounds(low: float | None, high: float | None) -> tuple[float, float]:
+    """An allowed range; a bound left empty is open."""
+    return (-np.inf if low is None else low), (np.inf if high is None else high)
+
+
+def _bound(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.6g}"
 
 
 def _categories_rule(column: ColumnSchema, view: ColumnView) -> Violation | None:
@@ -409,8 +419,7 @@ def _segment_ranges(
 ) -> list[Violation]:
     low, high = np.full(len(labels) + 1, -np.inf), np.full(len(labels) + 1, np.inf)
     for code, described in stats.items():
-        if described.allowed_min is not None:
-            low[code], high[code] = described.allowed_min, described.allowed_max
+        low[code], high[code] = _bounds(described.allowed_min, described.allowed_max)
     # A value inside every segment's range is inside its own: only the rest are looked up.
     band = (low[:-1].max(), high[:-1].min())
     candidates = np.flatnonzero(_outside(view.numbers, *band))
@@ -438,15 +447,10 @@ def _table_violations(schema: Schema, views: dict[str, ColumnView], rows: int) -
             f" and at most {schema.max_rows}" if schema.max_rows is not None else ""
         )
         violations.append(Violation("", "row_count", f"{rows} rows", f"{bound} rows"))
-    keys = [views[name] for name in schema.keys if name in views]
-    if keys and len(keys) == len(schema.keys) and schema.severity_of("unique_key") != "off":
-        repeated = _repeated_rows(keys, rows)
-        if repeated.any():
-            violations.append(Violation(
-                "+".join(schema.keys), "unique_key",
-                f"{int(repeated.sum())} rows share their key with another row", "unique keys",
-                rows=_first(repeated),
-            ))  # fmt: skip
+    key_name = "+".join(schema.keys)
+    keyed = bool(schema.keys) and all(name in views for name in schema.keys)
+    if keyed and schema.severity_of("unique_key", key_name) != "off":
+        violations += _key_violations(key_name, [views[name] for name in schema.keys], rows)
     if schema.severity_of("duplicate_rows") != "off" and views:
         repeated = _repeated_rows(list(views.values()), rows)
         if repeated.any():
@@ -458,6 +462,21 @@ def _table_violations(schema: Schema, views: dict[str, ColumnView], rows: int) -
     return violations
 
 
+def _key_violations(key_name: str, keys: list[ColumnView], rows: int) -> list[Violation]:
+    """Rows with an empty key, and rows sharing a (complete) key with another row."""
+    empty = ~np.logical_and.reduce([view.valid for view in keys])
+    repeated = _repeated_rows(keys, rows) & ~empty
+    found = [
+        (empty, f"{int(empty.sum())} rows have an empty key"),
+        (repeated, f"{int(repeated.sum())} rows share their key with another row"),
+    ]
+    return [
+        Violation(key_name, "unique_key", observed, "unique, complete keys", rows=_first(mask))
+        for mask, observed in found
+        if mask.any()
+    ]
+
+
 def _repeated_rows(views: list[ColumnView], rows: int) -> np.ndarray:
     """True for each row equal to another one over ``views``: hashed, then the rows whose
     hashes collide compared value by value, so a hash collision cannot report a copy."""
@@ -465,14 +484,11 @@ def _repeated_rows(views: list[ColumnView], rows: int) -> np.ndarray:
     candidates = np.flatnonzero(hashes.duplicated(keep=False).to_numpy())
     if candidates.size == 0:
         return np.zeros(rows, dtype=bool)
-    values = pd.DataFrame({index: _values(view, candidates) for index, view in enumerate(views)})
+    exact = [array for view in views for array in view.exact(candidates)]
+    values = pd.DataFrame(dict(enumerate(exact)))
     repeated = np.zeros(rows, dtype=bool)
     repeated[candidates[values.duplicated(keep=False).to_numpy()]] = True
     return repeated
-
-
-def _values(view: ColumnView, rows: np.ndarray) -> np.ndarray:
-    return view.numbers[rows] if view.is_numeric else view.codes[rows]
 
 
 def _outside(numbers: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -542,6 +558,6 @@ def _allowed(column: ColumnSchema) -> str:
         shown = ", ".join(column.categories[:5])
         more = f", ... ({len(column.categories)})" if len(column.categories) > 5 else ""
         return f"{{{shown}{more}}}"
-    if column.allowed_min is not None:
-        return f"[{column.allowed_min:.4g}, {column.allowed_max:.4g}]"
-    return "n/a"
+    if column.allowed_min is column.allowed_max is None:
+        return "n/a"
+    return f"[{_bound(column.allowed_min)}, {_bound(column.allowed_max)}]"
