@@ -44,6 +44,7 @@ WRITE ?=
 INPUTS ?=
 # make test
 PYTEST_ARGS ?=
+TEST_WORKERS ?= auto
 # make bench
 BENCH_ARGS ?=
 DRIFT_BENCH_ARGS ?=
@@ -118,9 +119,10 @@ monitor: $(INSTALLED) ## Run the monitoring pipeline locally: INPUTS vs MODEL's 
 	$(BIN)/conveyor monitor --inputs '$(INPUTS)' --model '$(MODEL)' \
 		$(if $(DATA),--data '$(DATA)') $(if $(TARGET),--target '$(TARGET)')
 
-test: $(INSTALLED) lint-images ## Run lint, lint-images and the test suite [PYTEST_ARGS=...]
+# A test file runs whole in one worker, so its servers (MLflow, Prometheus) start once.
+test: $(INSTALLED) lint-images ## Run lint, lint-images and the test suite [PYTEST_ARGS=... TEST_WORKERS=auto]
 	$(BIN)/ruff check components pipelines tests bench
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(INSTALLED) ## Check style with ruff
 	$(BIN)/ruff check components pipelines tests bench

@@ -26,6 +26,12 @@ from tests.doubles.google_cloud import GoogleCloudDouble
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
+# No usage reports from what the tests start (MLflow's server and clients, DVC, kfp.local
+# steps inherit this): they would only wait on a network CI does not have.
+os.environ.update(
+    {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "DVC_NO_ANALYTICS": "1"}
+)
+
 
 def free_port() -> int:
     with socket.socket() as probe:

@@ -25,7 +25,9 @@ from sklearn.preprocessing import FunctionTransformer
 from components.core.training import TrainedModel, load_model_dir, save_model_dir
 from tests.conftest import free_port, wait_for_http
 
-SLOW_SECONDS = 0.3
+# Past the 0.5 s histogram bucket, so a slow canary's p99 is above 0.5 s however busy the
+# machine; healthy requests stay far below it.
+SLOW_SECONDS = 0.6
 
 
 def _fail(table: pd.DataFrame) -> pd.DataFrame:
