@@ -22,6 +22,7 @@ def deploy(
     serving_cpu: str = "1",
     serving_memory: str = "2Gi",
     service_account: str = "",
+    payload_log_uri: str = "",
     rollout: bool = True,
     canary_steps: str = "10,50",
     canary_interval_s: float = 60.0,
@@ -55,6 +56,9 @@ def deploy(
         serving_cpu: CPU request and limit of the predictor.
         serving_memory: Memory request and limit of the predictor.
         service_account: Service account the predictor pulls the model with.
+        payload_log_uri: Folder or URI under which the predictor logs the inputs it answers
+            (in ``<InferenceService name>/<day>/``), for the monitoring pipeline; empty
+            logs nothing.
         rollout: False renders and validates the manifest only (local runs without a cluster).
         canary_steps: Canary traffic percentages, comma-separated and increasing (1-99).
         canary_interval_s: Seconds the canary serves at each step before analysis.
@@ -97,6 +101,7 @@ def deploy(
             cpu=serving_cpu,
             memory=serving_memory,
             service_account=service_account,
+            payload_log_uri=payload_log_uri,
         )
         rendered = deploy_manifest(spec, Path(manifest.path))
         manifest.metadata.update(

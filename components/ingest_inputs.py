@@ -12,6 +12,7 @@ __all__ = ["ingest_inputs"]
 def ingest_inputs(
     inputs_uri: str,
     inputs: Output[Dataset],
+    inputs_days: int = 0,
     dvc_repo: str = "",
     data_revision: str = "",
 ):
@@ -19,9 +20,12 @@ def ingest_inputs(
 
     Args:
         inputs_uri: The table: a local path or an fsspec URI (``gs://``, ``s3://``), CSV
-            or Parquet, such as the day's payload log; with ``dvc_repo``, a path in it.
+            or Parquet, or a folder of them such as the serving runtime's payload log;
+            with ``dvc_repo``, a path in it.
         inputs: Output Parquet dataset. Metadata: ``rows``, ``columns``,
-            ``content_hash``, ``source``, ``revision``.
+            ``content_hash``, ``source`` (the folders read), ``revision``.
+        inputs_days: With a payload log, read only its day folders of the last this many
+            days, today (UTC) included, as a scheduled run wants; 0 reads all of it.
         dvc_repo: A git repository (path or URL) whose DVC tracks ``inputs_uri``.
         data_revision: The git revision of ``dvc_repo`` to read; empty for HEAD.
     """
@@ -29,7 +33,10 @@ def ingest_inputs(
 
     from components.core.data import Source, save_table
     from components.core.errors import step_errors
+    from components.core.payload_log import recent_days
 
     with step_errors("ingest_inputs"):
-        metadata = save_table(Source(inputs_uri, dvc_repo, data_revision), Path(inputs.path))
+        uris = recent_days(inputs_uri, inputs_days) if inputs_days else [inputs_uri]
+        sources = [Source(uri, dvc_repo, data_revision) for uri in uris]
+        metadata = save_table(sources, Path(inputs.path))
     inputs.metadata.update(metadata)

@@ -149,7 +149,14 @@ def _add_monitor(commands: Any) -> None:
         help="run the monitoring pipeline locally: inputs vs the champion's training data, "
         "retraining on drift; exit 0 without drift, 3 with drift",
     )
-    monitor.add_argument("--inputs", required=True, help="recent inference inputs: CSV/Parquet")
+    monitor.add_argument(
+        "--inputs", required=True,
+        help="recent inference inputs: CSV/Parquet, or a folder of them (a payload log)",
+    )  # fmt: skip
+    monitor.add_argument(
+        "--days", type=int, default=0,
+        help="of a payload log, read only the last DAYS days (today, UTC, included)",
+    )  # fmt: skip
     monitor.add_argument("--model", required=True, help="the registered model to monitor")
     monitor.add_argument("--data", help="the training table a retraining reads")
     monitor.add_argument("--target", help="its label column (required with --data)")
@@ -173,6 +180,7 @@ def _monitor(args: argparse.Namespace) -> int:
         raise ConveyorError("--target is required with --data: name the label column")
     arguments: dict[str, Any] = {
         "inputs_uri": _local_path(args.inputs),
+        "inputs_days": args.days,
         "model_name": args.model,
         "segment_column": args.segment,
         "retrain": not args.no_retrain,
@@ -181,9 +189,10 @@ def _monitor(args: argparse.Namespace) -> int:
         arguments.update(data_uri=_local_path(args.data), target_column=args.target)
     arguments.update(_parse_params(args.param))
     summary = run_monitoring_locally(arguments, args.runs_dir, sys.stdout)
-    print(("Failed: " if summary.failed_step else "") + summary.reason)
+    failed = summary.status == "failed"
+    print(("Failed: " if failed else "") + summary.reason)
     print(f"Artifacts: {summary.artifacts}")
-    if summary.failed_step:
+    if failed:
         return 1
     return DATA_FAILED if summary.drifted else 0
 

@@ -169,7 +169,7 @@ def run_monitoring_locally(
         reason = f"{drift['verdict']}; {_retraining(outputs, progress)}"
     summary = MonitoringSummary(
         run_id=run_id,
-        status="failed" if failed_step else "succeeded",
+        status="failed" if failed_step or drift is None else "succeeded",
         reason=reason,
         drifted=drift["dataset_drifted"] if drift else None,
         drifted_columns=list(drift["drifted_columns"]) if drift else [],

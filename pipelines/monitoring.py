@@ -34,6 +34,7 @@ def build_monitoring_pipeline(target: Target) -> GraphComponent:
     def monitoring(
         inputs_uri: str,
         model_store_uri: str,
+        inputs_days: int = 0,
         model_name: str = DEFAULT_MODEL_NAME,
         mlflow_tracking_uri: str = "",
         segment_column: str = "",
@@ -52,12 +53,16 @@ def build_monitoring_pipeline(target: Target) -> GraphComponent:
         rollout: bool = True,
         prometheus_url: str = "",
         canary_steps: str = "10,50",
+        payload_log_uri: str = "",
     ):
         """Checks recent inference inputs for drift; retrains when they have drifted.
 
         Args:
-            inputs_uri: Recent inference inputs: CSV or Parquet path or URI (a payload log).
+            inputs_uri: Recent inference inputs: CSV or Parquet path or URI, or a folder of
+                them such as the serving runtime's payload log of this model.
             model_store_uri: Folder, gs:// or s3:// URI that KServe pulls models from.
+            inputs_days: With a payload log, read only its last this many days (today, UTC,
+                included); 0 reads all of inputs_uri.
             model_name: The registered model whose champion's training data is the reference.
             mlflow_tracking_uri: MLflow tracking server; empty uses $MLFLOW_TRACKING_URI.
             segment_column: Also judge drift within each value of this column.
@@ -76,13 +81,17 @@ def build_monitoring_pipeline(target: Target) -> GraphComponent:
             rollout: False renders and validates the InferenceService without a cluster.
             prometheus_url: Prometheus for the canary analysis; empty skips analysis.
             canary_steps: Canary traffic percentages, comma-separated and increasing.
+            payload_log_uri: Where a retrained model's predictor logs its inputs, as the
+                training pipeline's; keep it as deployed, or the new model logs nothing.
         """
         reference = configure_step(
             champion_reference(model_name=model_name, mlflow_tracking_uri=mlflow_tracking_uri),
             "champion_reference",
             target,
         )
-        recent = configure_step(ingest_inputs(inputs_uri=inputs_uri), "ingest_inputs", target)
+        recent = configure_step(
+            ingest_inputs(inputs_uri=inputs_uri, inputs_days=inputs_days), "ingest_inputs", target
+        )
         checked = configure_step(
             validate_inputs(inputs=recent.outputs["inputs"], schema=reference.outputs["schema"]),
             "validate_inputs",
@@ -120,6 +129,7 @@ def build_monitoring_pipeline(target: Target) -> GraphComponent:
                 rollout=rollout,
                 prometheus_url=prometheus_url,
                 canary_steps=canary_steps,
+                payload_log_uri=payload_log_uri,
             )
 
     return monitoring

@@ -71,6 +71,7 @@ def build_training_pipeline(target: Target) -> GraphComponent:
         serving_cpu: str = "1",
         serving_memory: str = "2Gi",
         service_account: str = "",
+        payload_log_uri: str = "",
         rollout: bool = True,
         canary_steps: str = "10,50",
         canary_interval_s: float = 60.0,
@@ -112,6 +113,8 @@ def build_training_pipeline(target: Target) -> GraphComponent:
             serving_cpu: CPU request and limit of the predictor.
             serving_memory: Memory request and limit of the predictor.
             service_account: Service account the predictor pulls the model with.
+            payload_log_uri: Folder or URI the predictor logs answered inputs under, for the
+                monitoring pipeline; empty logs nothing.
             rollout: False renders and validates the InferenceService without a cluster.
             canary_steps: Canary traffic percentages, comma-separated and increasing.
             canary_interval_s: Seconds the canary serves at each step before analysis.
@@ -207,6 +210,7 @@ def build_training_pipeline(target: Target) -> GraphComponent:
                     serving_cpu=serving_cpu,
                     serving_memory=serving_memory,
                     service_account=service_account,
+                    payload_log_uri=payload_log_uri,
                     rollout=rollout,
                     canary_steps=canary_steps,
                     canary_interval_s=canary_interval_s,

@@ -210,12 +210,15 @@ def predictor(model_dir: Path, name: str, revision: str, log: Path) -> Iterator[
 
 
 @contextlib.contextmanager
-def predictors(models: dict[str, Path], name: str, logs: Path) -> Iterator[dict[str, str]]:
-    """One predictor process per ``revision -> model directory``, started side by side."""
+def predictors(
+    models: dict[str, Path], name: str, logs: Path, *options: str
+) -> Iterator[dict[str, str]]:
+    """One predictor process per ``revision -> model directory``, started side by side with
+    ``options`` (``--payload_log DIR``...); each is stopped with SIGTERM, as Kubernetes does."""
     started: dict[str, tuple[subprocess.Popen, str, Path]] = {}
     try:
         for revision, model_dir in models.items():
-            started[revision] = _start_predictor(model_dir, name, revision, logs)
+            started[revision] = _start_predictor(model_dir, name, revision, logs, options)
         for process, url, log in started.values():
             wait_for_http(f"{url}/v2/models/{name}/ready", process, timeout=90, log=log)
         yield {revision: url for revision, (_, url, _) in started.items()}
@@ -227,13 +230,13 @@ def predictors(models: dict[str, Path], name: str, logs: Path) -> Iterator[dict[
 
 
 def _start_predictor(
-    model_dir: Path, name: str, revision: str, logs: Path
+    model_dir: Path, name: str, revision: str, logs: Path, options: tuple[str, ...] = ()
 ) -> tuple[subprocess.Popen, str, Path]:
     port = free_port()
     command = [
         sys.executable, "-m", "components.core.serving", "--model_name", name,
         "--model_dir", str(model_dir), "--http_port", str(port), "--grpc_port", str(free_port()),
-        "--enable_grpc", "False", "--enable_latency_logging", "False",
+        "--enable_grpc", "False", "--enable_latency_logging", "False", *options,
     ]  # fmt: skip
     environment = {**os.environ, "K_REVISION": revision, "PYTHONPATH": str(ROOT)}
     log = logs / f"{revision}.log"

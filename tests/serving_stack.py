@@ -98,7 +98,11 @@ def _wait_for_scrapes(url: str, targets: int, timeout: float = 30) -> None:
 
 
 class SplitLoad:
-    """Requests at a steady pace, each sent to a revision drawn by the current traffic split."""
+    """Requests at a steady pace, each sent to a revision drawn by the current traffic split.
+
+    Several senders share the pace, so a slow revision holding one of them up does not
+    starve the others of requests (a router does not wait for one answer to send the next).
+    """
 
     def __init__(
         self,
@@ -107,23 +111,29 @@ class SplitLoad:
         model: str,
         body: dict,
         rate: float = 40.0,
+        senders: int = 4,
     ) -> None:
         self.split, self.urls, self.model, self.body = split, urls, model, body
-        self.interval = 1 / rate
+        self.interval = senders / rate
         self.sent: dict[str, int] = {}
+        self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._threads = [
+            threading.Thread(target=self._run, args=(seed,), daemon=True) for seed in range(senders)
+        ]
 
     def __enter__(self) -> SplitLoad:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join(timeout=30)
+        for thread in self._threads:
+            thread.join(timeout=30)
 
-    def _run(self) -> None:
-        chooser = random.Random(0)
+    def _run(self, seed: int) -> None:
+        chooser = random.Random(seed)
         with httpx.Client(timeout=10) as client:
             while not self._stop.wait(self.interval):
                 weights = {r: p for r, p in self.split().items() if p and r in self.urls}
@@ -133,4 +143,5 @@ class SplitLoad:
                 url = f"{self.urls[revision]}/v1/models/{self.model}:predict"
                 with contextlib.suppress(httpx.HTTPError):
                     client.post(url, json=self.body)
-                self.sent[revision] = self.sent.get(revision, 0) + 1
+                with self._lock:
+                    self.sent[revision] = self.sent.get(revision, 0) + 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -20,7 +21,7 @@ from components.core.schema import load_schema
 from pipelines.cli import main
 from pipelines.compile import compile_pipeline
 from pipelines.targets import Target
-from tests.conftest import multiclass_table
+from tests.conftest import multiclass_table, predictors
 
 
 def compiled(tmp_path: Path, target: str) -> list[dict]:
@@ -120,13 +121,20 @@ def champion(
 
 
 def monitor(
-    capsys: pytest.CaptureFixture, champion, server: str, inputs: pd.DataFrame, *options: str
+    capsys: pytest.CaptureFixture,
+    champion,
+    server: str,
+    inputs: pd.DataFrame | Path,
+    *options: str,
 ) -> tuple[int, dict, str]:
+    """``conveyor monitor`` on a table, or on a folder of tables such as a payload log."""
     root, name, train = champion
-    inputs.to_csv(root / "inputs.csv", index=False)
+    if isinstance(inputs, pd.DataFrame):
+        inputs.to_csv(root / "inputs.csv", index=False)
+        inputs = root / "inputs.csv"
     capsys.readouterr()
     code = main([
-        "monitor", "--inputs", str(root / "inputs.csv"), "--model", name,
+        "monitor", "--inputs", str(inputs), "--model", name,
         "--data", str(train), "--target", "species", "--runs-dir", str(root / "runs"),
         "--param", f"mlflow_tracking_uri={server}", *options,
     ])  # fmt: skip
@@ -190,6 +198,33 @@ def test_drifted_inputs_start_the_training_pipeline_and_say_why(
     assert code == 3 and not summary["retrained"], printed
     assert summary["reason"].endswith("; retraining is off")
     assert training_runs(mlflow_server, champion[1]) == before + 1
+
+
+@pytest.mark.slow
+def test_the_payload_log_a_predictor_wrote_is_what_monitoring_reads(
+    tmp_path: Path, capsys: pytest.CaptureFixture, champion, mlflow_server: str
+) -> None:
+    _, name, _ = champion
+    model_dir = Path(find_champion(MlflowClient(mlflow_server), name).tags["storage_uri"])
+    inputs = multiclass_table(300, seed=9).drop(columns=["species"]).dropna()
+    inputs["size"] += 6
+    inputs["weight"] -= 15
+    log = tmp_path / "payloads"
+    with predictors(
+        {"monitored-00001": model_dir}, name, tmp_path, "--payload_log", str(log)
+    ) as urls:
+        for batch in np.array_split(inputs, 6):
+            answer = httpx.post(
+                f"{urls['monitored-00001']}/v1/models/{name}:predict",
+                json={"instances": batch.to_dict("records")},
+            )
+            assert answer.status_code == 200, answer.text
+    # Two days: the run may start just past midnight (UTC) of the day the rows were written.
+    code, summary, printed = monitor(
+        capsys, champion, mlflow_server, log, "--no-retrain", "--days", "2"
+    )
+    assert code == 3, printed
+    assert summary["drifted_columns"] == ["size", "weight"] and not summary["retrained"]
 
 
 @pytest.mark.slow

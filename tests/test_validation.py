@@ -132,19 +132,27 @@ def test_empty_keys_are_reported_apart_from_repeated_ones(
     ]
 
 
-def test_a_key_column_sets_its_own_unique_key_severity(
-    reference: pd.DataFrame, schema: Schema
+@pytest.mark.parametrize(
+    ("keys", "schema_level", "column_level", "reported"),
+    [
+        (("id",), "off", "warning", ["warning"]),  # the column's own setting wins
+        (("id",), "error", "off", []),
+        (("segment", "id"), "error", "warning", ["warning"]),  # a key column's, for the key
+        (("segment", "id"), "off", "error", ["error"]),
+    ],
+)
+def test_a_key_column_sets_its_key_s_unique_key_severity(
+    reference: pd.DataFrame, keys: tuple, schema_level: str, column_level: str, reported: list
 ) -> None:
+    schema = infer_schema(reference, keys=keys)
+    columns = [
+        replace(c, severity={"unique_key": column_level}) if c.name == "id" else c
+        for c in schema.columns
+    ]
+    edited = replace(schema, columns=columns, severity={"unique_key": schema_level})
     table = reference.assign(id=0)
-    for level in ("warning", "off"):
-        columns = [
-            replace(c, severity={"unique_key": level}) if c.name == "id" else c
-            for c in schema.columns
-        ]
-        keys = [v for v in check_table(table, replace(schema, columns=columns)) if v.column == "id"]
-        assert [v.severity for v in keys if v.rule == "unique_key"] == (
-            ["warning"] if level == "warning" else []
-        )
+    found = [v.severity for v in check_table(table, edited) if v.rule == "unique_key"]
+    assert found == reported
 
 
 def test_a_column_of_ids_gets_no_list_of_categories(reference: pd.DataFrame) -> None:
@@ -159,7 +167,7 @@ def test_a_column_of_ids_gets_no_list_of_categories(reference: pd.DataFrame) -> 
 def test_a_parquet_file_with_its_pandas_index_reads_without_it(
     tmp_path: Path, reference: pd.DataFrame, schema: Schema
 ) -> None:
-    sample = reference.iloc[::2]  # an index no longer 0..n-1: pandas writes it as a column
+    sample = reference.sample(frac=0.5, random_state=0)  # shuffled: pandas writes its index
     sample.to_parquet(tmp_path / "sample.parquet")
     arrow = load_arrow_table(Source(str(tmp_path / "sample.parquet")))
     assert arrow.column_names == list(reference.columns)
@@ -269,6 +277,15 @@ def test_the_schema_file_round_trips_and_edits_are_checked(tmp_path: Path, schem
             lambda d: d.update(min_rows=True)
         ),
         "max_rows 10 is below min_rows": lambda d: d.update(min_rows=100, max_rows=10),
+        "column(s) ['age'] described more than once": (
+            lambda d: d["columns"].append(dict(d["columns"][1]))
+        ),
+        "columns[1] ('age'): allowed_min 90 is above allowed_max 10": (
+            lambda d: d["columns"][1].update(allowed_min=90, allowed_max=10)
+        ),
+        "columns[1] ('age'): allowed_max: expected a number, found nan": (
+            lambda d: d["columns"][1].update(allowed_max=float("nan"))
+        ),
         "segments: min_rows: expected a whole number, 0 or more, found -1": (
             lambda d: d["segments"].update(min_rows=-1)
         ),

@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from pandas.api import types as ptypes
 
 from components.core.errors import ConveyorError, first_line, plain
@@ -34,6 +35,7 @@ __all__ = [
     "ingest_table",
     "load_arrow_table",
     "load_table",
+    "load_tables",
     "save_table",
     "split_table",
 ]
@@ -45,6 +47,7 @@ DEFAULT_TARGET = "diagnosis"
 MAX_NUMERIC_CLASSES = 50
 
 _PARQUET_MAGIC = b"PAR1"
+_TABLE_FILE = re.compile(r"\.(csv|tsv|parquet|pq)(\.gz|\.bz2|\.zip|\.xz)?$", re.I)
 _EXTRAS = {"gs": "gcs", "gcs": "gcs", "s3": "s3", "s3a": "s3"}
 
 
@@ -113,25 +116,37 @@ def ingest_table(
 
 
 def load_table(source: Source) -> pd.DataFrame:
-    """Reads a CSV or Parquet table; raises ConveyorError naming the source on any problem."""
+    """Reads a CSV or Parquet table, or a folder of them with the same columns (such as a
+    payload log); raises ConveyorError naming the source on any problem."""
     where = source.describe()
     if source.uri.startswith(BUILTIN_SCHEME):
         table = _builtin_table(source.uri.removeprefix(BUILTIN_SCHEME))
+    elif (files := _folder_files(source)) is None:
+        table = _read_file(source, where)
     else:
-        with _opened(source) as file:
-            table = _parse(file, source.uri, where)
+        table = _concatenated([_read_file(Source(file), file) for file in files], files)
     table = _numpy_dtypes(table)
     _check_shape(table.shape, where)
     return table
 
 
-def save_table(source: Source, path: Path) -> dict[str, Any]:
-    """Reads ``source`` and writes it to ``path`` as Parquet; returns the Dataset metadata."""
-    table = load_table(source)
+def load_tables(sources: list[Source]) -> pd.DataFrame:
+    """Several tables (or folders of them) with the same columns, as one."""
+    if len(sources) == 1:
+        return load_table(sources[0])
+    parts = [load_table(source) for source in sources]
+    return _numpy_dtypes(_concatenated(parts, [source.describe() for source in sources]))
+
+
+def save_table(source: Source | list[Source], path: Path) -> dict[str, Any]:
+    """Reads ``source`` (or several, as one table) and writes it to ``path`` as Parquet;
+    returns the Dataset metadata."""
+    sources = source if isinstance(source, list) else [source]
+    table = load_tables(sources)
     write_atomically(path, lambda partial: table.to_parquet(partial, index=False))
     return {
-        "source": source.uri,
-        "revision": source.resolved_revision(),
+        "source": ", ".join(source.uri for source in sources),
+        "revision": sources[0].resolved_revision(),
         "rows": len(table),
         "columns": int(table.shape[1]),
         "content_hash": content_hash(table),
@@ -144,13 +159,91 @@ def load_arrow_table(source: Source) -> pa.Table:
     where = source.describe()
     if source.uri.startswith(BUILTIN_SCHEME):
         return as_arrow(load_table(source))
-    with _opened(source) as file:
-        if not _is_parquet(file, source.uri):
-            table = as_arrow(_numpy_dtypes(_parse(file, source.uri, where)))
-        else:
-            table = _read_parquet_arrow(file, where)
+    if (files := _folder_files(source)) is None:
+        table = _read_arrow_file(source, where)
+    else:
+        parts = [_encoded_text(_read_arrow_file(Source(file), file)) for file in files]
+        _check_same_columns([part.column_names for part in parts], files)
+        try:
+            table = pa.concat_tables(parts, promote_options="permissive")
+        except pa.ArrowTypeError:  # numbers in one file, text in another: as pandas reads it
+            return as_arrow(load_table(source))
     _check_shape(table.shape, where)
     return table
+
+
+def _encoded_text(table: pa.Table) -> pa.Table:
+    """Text columns dictionary-encoded, as Parquet's are read, so tables from CSV and from
+    Parquet files concatenate."""
+    for index, field in enumerate(table.schema):
+        if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
+            encoded = pc.dictionary_encode(table.column(index))
+            table = table.set_column(index, field.name, encoded)
+    return table
+
+
+def _read_file(source: Source, where: str) -> pd.DataFrame:
+    with _opened(source) as file:
+        return _parse(file, source.uri, where)
+
+
+def _read_arrow_file(source: Source, where: str) -> pa.Table:
+    with _opened(source) as file:
+        if not _is_parquet(file, source.uri):
+            return as_arrow(_numpy_dtypes(_parse(file, source.uri, where)))
+        return _read_parquet_arrow(file, where)
+
+
+def _folder_files(source: Source) -> list[str] | None:
+    """The table files in a folder ``source`` and below it, in name order; None when it is
+    not a folder. Hidden files (a writer's partial ones) and ``_SUCCESS`` markers are not
+    tables."""
+    if source.dvc_repo:
+        return None
+    import fsspec
+
+    try:
+        fs, root = fsspec.core.url_to_fs(source.uri)
+        if not fs.isdir(root):
+            return None
+        found = sorted(fs.find(root))
+    except ImportError as error:
+        raise ConveyorError(f"{source.uri}: {_missing_extra(source.uri, error)}") from None
+    except ValueError as error:  # an unknown protocol, a malformed URI
+        raise ConveyorError(f"{source.uri}: cannot be read ({first_line(error)})") from None
+    from fsspec.implementations.local import LocalFileSystem
+
+    local = isinstance(fs, LocalFileSystem)
+    files = [
+        path if local else fs.unstrip_protocol(path)
+        for path in found
+        if _is_table_file(path.removeprefix(root.rstrip("/")))
+    ]
+    if not files:
+        raise ConveyorError(f"{source.uri}: a folder with no CSV or Parquet files in it")
+    return files
+
+
+def _is_table_file(relative: str) -> bool:
+    """A CSV or Parquet file, not hidden nor ``_``-prefixed, in no such folder either."""
+    parts = relative.strip("/").split("/")
+    return not any(part.startswith((".", "_")) for part in parts) and bool(
+        _TABLE_FILE.search(parts[-1])
+    )
+
+
+def _concatenated(parts: list[pd.DataFrame], names: list[str]) -> pd.DataFrame:
+    _check_same_columns([list(part.columns) for part in parts], names)
+    return pd.concat(parts, ignore_index=True)
+
+
+def _check_same_columns(columns: list[list[str]], files: list[str]) -> None:
+    for names, file in zip(columns[1:], files[1:], strict=True):
+        if names != columns[0]:
+            raise ConveyorError(
+                f"{file}: columns {_preview(names)} differ from those of {files[0]} "
+                f"({_preview(columns[0])}); a folder's tables must share their columns"
+            )
 
 
 def as_arrow(table: pd.DataFrame | pa.Table) -> pa.Table:
@@ -165,7 +258,7 @@ def as_arrow(table: pd.DataFrame | pa.Table) -> pa.Table:
 def dataset_name(source: Source) -> str:
     """A model name derived from the data: the file's stem, lower-case, with hyphens."""
     stem = source.uri.removeprefix(BUILTIN_SCHEME).rstrip("/").rsplit("/", 1)[-1]
-    stem = re.sub(r"\.(csv|tsv|parquet|pq)(\.gz|\.bz2|\.zip|\.xz)?$", "", stem, flags=re.I)
+    stem = _TABLE_FILE.sub("", stem)
     return re.sub(r"[^a-z0-9]+", "-", stem.lower()).strip("-") or "model"
 
 

@@ -13,6 +13,7 @@ import yaml
 
 from components.core.errors import ConveyorError
 from components.core.files import write_text_atomically
+from components.core.payload_log import PAYLOAD_LOG_ENV
 
 __all__ = [
     "CRD_FILE",
@@ -47,6 +48,8 @@ class ServingSpec:
         cpu: CPU request and limit (a Kubernetes quantity).
         memory: Memory request and limit (a Kubernetes quantity).
         service_account: Service account the predictor pulls the model with; empty for the default.
+        payload_log_uri: Folder or URI under which the predictor logs the inputs it answers,
+            in a folder named for the InferenceService; empty logs nothing.
     """
 
     model_name: str
@@ -58,6 +61,13 @@ class ServingSpec:
     cpu: str = "1"
     memory: str = "2Gi"
     service_account: str = ""
+    payload_log_uri: str = ""
+
+    def payload_log(self) -> str:
+        """Where this service's predictor writes its payload log; empty for none."""
+        if not self.payload_log_uri:
+            return ""
+        return f"{self.payload_log_uri.rstrip('/')}/{inference_service_name(self.model_name)}"
 
 
 def deploy_manifest(spec: ServingSpec, manifest_path: Path) -> dict[str, Any]:
@@ -86,6 +96,8 @@ def render_inference_service(spec: ServingSpec) -> dict[str, Any]:
     }
     if spec.runtime:
         model["runtime"] = spec.runtime
+    if spec.payload_log_uri:
+        model["env"] = [{"name": PAYLOAD_LOG_ENV, "value": spec.payload_log()}]
     predictor: dict[str, Any] = {
         "canaryTrafficPercent": spec.canary_traffic_percent,
         "model": model,

@@ -9,6 +9,7 @@ warning. ``components.core.validation`` checks tables against it.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -161,10 +162,14 @@ class Schema:
         return next((column for column in self.columns if column.name == name), None)
 
     def severity_of(self, rule: str, column: str = "") -> Severity:
-        """A column's own setting, else the schema's, else ``RULE_SEVERITY``."""
-        described = self.column(column) if column else None
-        if described is not None and rule in described.severity:
-            return described.severity[rule]
+        """A column's own setting, else the schema's, else ``RULE_SEVERITY``. The key's
+        ``unique_key`` (``column`` is the key's columns joined by ``+``) takes the setting
+        of its first column that has one."""
+        names = self.keys if rule == "unique_key" and column == "+".join(self.keys) else [column]
+        for name in names:
+            described = self.column(name) if name else None
+            if described is not None and rule in described.severity:
+                return described.severity[rule]
         return self.severity.get(rule, RULE_SEVERITY[rule])
 
 
@@ -291,6 +296,9 @@ def _schema_from_dict(data: Any, where: str) -> Schema:
         body["segments"] = _segments_from_dict(body["segments"], f"{where}: segments")
     schema = Schema(**body)
     names = [column.name for column in schema.columns]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ConveyorError(f"{where}: column(s) {repeated} described more than once")
     for role, name in [("target", schema.target)] + [("key", key) for key in schema.keys]:
         if name and name not in names:
             raise ConveyorError(f"{where}: {role} column {name!r} is not among the columns")
@@ -303,8 +311,15 @@ def _schema_from_dict(data: Any, where: str) -> Schema:
 
 def _column_from_dict(data: Any, where: str) -> ColumnSchema:
     name = data.get("name") if isinstance(data, dict) else None
-    body = _fields(ColumnSchema, data, f"{where} ({name!r})" if name else where)
-    return ColumnSchema(**body)
+    where = f"{where} ({name!r})" if name else where
+    column = ColumnSchema(**_fields(ColumnSchema, data, where))
+    _check_bounds(column.allowed_min, column.allowed_max, where)
+    return column
+
+
+def _check_bounds(low: float | None, high: float | None, where: str) -> None:
+    if low is not None and high is not None and low > high:
+        raise ConveyorError(f"{where}: allowed_min {low} is above allowed_max {high}")
 
 
 def _segments_from_dict(data: Any, where: str) -> Segments:
@@ -312,12 +327,18 @@ def _segments_from_dict(data: Any, where: str) -> Segments:
     values = _typed(body.get("values", {}), dict, f"{where}: values")
     body["values"] = {
         str(value): {
-            name: SegmentColumn(**_fields(SegmentColumn, stats, f"{where}: {value}: {name}"))
+            name: _segment_column_from_dict(stats, f"{where}: {value}: {name}")
             for name, stats in _typed(columns, dict, f"{where}: {value}").items()
         }
         for value, columns in values.items()
     }
     return Segments(**body)
+
+
+def _segment_column_from_dict(data: Any, where: str) -> SegmentColumn:
+    column = SegmentColumn(**_fields(SegmentColumn, data, where))
+    _check_bounds(column.allowed_min, column.allowed_max, where)
+    return column
 
 
 def _check_segment_columns(segments: Segments, names: list[str], where: str) -> None:
@@ -363,7 +384,8 @@ def _text(value: Any, where: str) -> None:
 
 
 def _number(value: Any, where: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    # JSON as Python reads it admits NaN and Infinity, which would turn a bound off.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise _mistyped(value, where, "a number")
 
 

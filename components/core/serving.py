@@ -4,7 +4,9 @@ Run it as ``python -m components.core.serving --model_name NAME --model_dir DIR`
 (KServe's own flags, such as ``--http_port`` and ``--workers``, work too). It
 refuses to start when ``model.joblib`` is not the file the model card's sha256
 names, answers KServe's V1 and V2 (Open Inference) REST protocols, and exports
-per-revision request counts and latencies on ``/metrics`` for the canary analysis.
+per-revision request counts and latencies on ``/metrics`` for the canary analysis. With
+``--payload_log URI`` (or ``CONVEYOR_PAYLOAD_LOG``) it writes the inputs it answered there,
+for the monitoring pipeline (``components.core.payload_log``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from components.core.inference import (
     table_from_columns,
     table_from_instances,
 )
+from components.core.payload_log import PAYLOAD_LOG_ENV, PayloadLog
 from components.core.training import Feature, TrainedModel, load_model_dir
 
 __all__ = [
@@ -96,10 +99,11 @@ class RequestMetrics:
 class ConveyorModel(Model):
     """A KServe model answering V1 and V2 requests from a Conveyor model directory."""
 
-    def __init__(self, name: str, model_dir: Path) -> None:
+    def __init__(self, name: str, model_dir: Path, payload_log: PayloadLog | None = None) -> None:
         super().__init__(name)
         self.model_dir = model_dir
         self.model: TrainedModel | None = None
+        self.payload_log = payload_log
 
     def load(self) -> bool:
         self.model = load_model_dir(self.model_dir)
@@ -112,11 +116,16 @@ class ConveyorModel(Model):
         try:
             if isinstance(payload, InferRequest):
                 table = table_from_columns(_v2_columns(payload, features), features)
-                return _v2_response(payload, self.name, predict_table(self.model, table))
-            table = table_from_instances(_v1_instances(payload), features)
+            else:
+                table = table_from_instances(_v1_instances(payload), features)
         except ConveyorError as error:
             raise InvalidInput(str(error)) from None
-        return _v1_response(predict_table(self.model, table))
+        predictions = predict_table(self.model, table)
+        if self.payload_log is not None:  # only inputs the model answered
+            self.payload_log.append(table)
+        if isinstance(payload, InferRequest):
+            return _v2_response(payload, self.name, predictions)
+        return _v1_response(predictions)
 
 
 def revision_label(environment: Mapping[str, str]) -> str:
@@ -194,18 +203,24 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--model_dir", type=Path, required=True, help="The model directory register published."
     )
+    parser.add_argument(
+        "--payload_log",
+        default=os.environ.get(PAYLOAD_LOG_ENV, ""),
+        help=f"Folder or URI to write answered inputs to (default: ${PAYLOAD_LOG_ENV}).",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Loads the model (checking its sha256) and serves it until terminated."""
     arguments = _arguments(sys.argv[1:] if argv is None else argv)
-    model = ConveyorModel(arguments.model_name, arguments.model_dir)
+    revision = revision_label(os.environ)
+    payload_log = PayloadLog(arguments.payload_log, revision) if arguments.payload_log else None
+    model = ConveyorModel(arguments.model_name, arguments.model_dir, payload_log)
     try:
         model.load()
     except (ConveyorError, OSError) as error:
         raise SystemExit(f"serving: {error}") from None
-    revision = revision_label(os.environ)
     # Series that exist from the start, at 0, so the first requests count in increase().
     REQUESTS.labels(arguments.model_name, revision, "200")
     REQUEST_SECONDS.labels(arguments.model_name, revision)
