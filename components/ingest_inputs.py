@@ -23,7 +23,8 @@ def ingest_inputs(
             or Parquet, or a folder of them such as the serving runtime's payload log;
             with ``dvc_repo``, a path in it.
         inputs: Output Parquet dataset. Metadata: ``rows``, ``columns``,
-            ``content_hash``, ``source`` (the folders read), ``revision``.
+            ``content_hash``, ``source``, ``revision``; with ``inputs_days``, ``days``
+            and ``files`` (how many were read).
         inputs_days: With a payload log, read only its day folders of the last this many
             days, today (UTC) included, as a scheduled run wants; 0 reads all of it.
         dvc_repo: A git repository (path or URL) whose DVC tracks ``inputs_uri``.
@@ -39,4 +40,6 @@ def ingest_inputs(
         uris = recent_days(inputs_uri, inputs_days) if inputs_days else [inputs_uri]
         sources = [Source(uri, dvc_repo, data_revision) for uri in uris]
         metadata = save_table(sources, Path(inputs.path))
+    if inputs_days:  # the files are many: name the log and its days instead
+        metadata.update(source=inputs_uri, days=inputs_days, files=len(uris))
     inputs.metadata.update(metadata)

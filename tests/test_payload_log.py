@@ -4,6 +4,7 @@ tables reads back as one table; the InferenceService passes the log's place to t
 from __future__ import annotations
 
 import datetime as dt
+import pickle
 import time
 from pathlib import Path
 
@@ -138,18 +139,66 @@ def test_a_scheduled_run_reads_the_last_days_of_the_log(tmp_path: Path) -> None:
         (log / day).mkdir(parents=True)
         pd.DataFrame({"amount": np.arange(rows, dtype=float)}).to_parquet(log / day / "r.parquet")
     (log / "notes").mkdir()  # not a day: never read
-    today = dt.date(2026, 12, 2)
-    assert recent_days(str(log), 2, today) == [str(log / "2026-12-01"), str(log / "2026-12-02")]
-    assert recent_days(str(log), 1, today) == [str(log / "2026-12-02")]
+    (log / "2026-12-03").mkdir()  # a write that never finished: nothing to read, not an error
+    (log / "2026-12-03" / ".r.parquet.partial").write_bytes(b"half")
+    today = dt.date(2026, 12, 3)
+    assert recent_days(str(log), 3, today) == [
+        str(log / "2026-12-01" / "r.parquet"),
+        str(log / "2026-12-02" / "r.parquet"),
+    ]
     with pytest.raises(ConveyorError) as raised:
         recent_days(str(log), 3, dt.date(2026, 12, 10))
     assert str(raised.value) == (
-        f"{log}: no payload log from 2026-12-08 to 2026-12-10 (newest day there: 2026-12-02)"
+        f"{log}: no payload log from 2026-12-08 to 2026-12-10 (newest day there: 2026-12-03)"
     )
     with pytest.raises(ConveyorError, match="inputs_days must be 1 or more, not 0"):
         recent_days(str(log), 0, today)
     with pytest.raises(ConveyorError, match="no payload log here"):
         recent_days(str(tmp_path / "absent"), 1, today)
+
+
+def test_a_partitioned_dataset_is_refused_not_read_without_its_partition_column(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "region=eu").mkdir()
+    pd.DataFrame({"amount": [1.0]}).to_parquet(tmp_path / "region=eu" / "part.parquet")
+    with pytest.raises(ConveyorError, match=r"a partitioned dataset \(folder 'region=eu'\)"):
+        load_table(Source(str(tmp_path)))
+
+
+def test_a_failed_write_keeps_its_rows_for_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = multiclass_table(seed=5).drop(columns="species").head(4)
+    log = PayloadLog("memory://payloads-retry/model", "r1")
+    moves, real_move = [], log.fs.mv
+
+    def flaky_move(source: str, destination: str, **options: object) -> None:
+        moves.append(destination)
+        if len(moves) == 1:
+            raise OSError("storage unavailable")
+        real_move(source, destination, **options)
+
+    monkeypatch.setattr(log.fs, "mv", flaky_move)
+    log.append(rows.iloc[:2])
+    with pytest.raises(OSError, match="storage unavailable"):
+        log.flush()
+    log.append(rows.iloc[2:])
+    written = log.flush()
+    assert len(moves) == 2 and written.endswith(".parquet")
+    assert log.fs.find("/payloads-retry") == [written]  # no partial file left behind
+    with log.fs.open(written, "rb") as file:
+        pd.testing.assert_frame_equal(pd.read_parquet(file), rows.reset_index(drop=True))
+
+
+def test_each_spawned_worker_gets_a_log_of_its_own(tmp_path: Path) -> None:
+    log = PayloadLog(str(tmp_path / "log"), "r1", max_rows=10)
+    log.append(multiclass_table(seed=1).drop(columns="species").head(3))
+    copy = pickle.loads(pickle.dumps(log))
+    assert (copy.uri, copy.revision, copy.max_rows) == (log.uri, "r1", 10)
+    assert copy.flush() is None  # the parent's buffered rows stay the parent's
+    log.close()
+    late = multiclass_table(seed=1).drop(columns="species").head(2)
+    log.append(late)  # a request finishing after close is written at once
+    assert sum(len(pd.read_parquet(f)) for f in table_files(tmp_path / "log")) == 5
 
 
 def test_the_ingest_inputs_component_reads_today_s_log(tmp_path: Path) -> None:
@@ -163,5 +212,5 @@ def test_the_ingest_inputs_component_reads_today_s_log(tmp_path: Path) -> None:
     ingest_inputs.python_func(inputs_uri=str(tmp_path / "log"), inputs=inputs, inputs_days=2)
     read = pd.read_parquet(inputs.path)
     pd.testing.assert_frame_equal(read, rows.reset_index(drop=True), check_dtype=False)
-    assert inputs.metadata["rows"] == 12
-    assert inputs.metadata["source"].startswith(str(tmp_path / "log" / "20"))
+    assert inputs.metadata["rows"] == 12 and inputs.metadata["files"] == 2
+    assert inputs.metadata["source"] == str(tmp_path / "log")

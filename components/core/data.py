@@ -32,10 +32,12 @@ __all__ = [
     "check_target",
     "content_hash",
     "dataset_name",
+    "folder_tables",
     "ingest_table",
     "load_arrow_table",
     "load_table",
     "load_tables",
+    "read_parquet",
     "save_table",
     "split_table",
 ]
@@ -138,6 +140,12 @@ def load_tables(sources: list[Source]) -> pd.DataFrame:
     return _numpy_dtypes(_concatenated(parts, [source.describe() for source in sources]))
 
 
+def read_parquet(path: Path | str) -> pd.DataFrame:
+    """A local Parquet file a step wrote (a split, a reference): by path, as ``_native``
+    explains (pandas alone would open it as a Python file)."""
+    return pd.read_parquet(pa.OSFile(str(path)))
+
+
 def save_table(source: Source | list[Source], path: Path) -> dict[str, Any]:
     """Reads ``source`` (or several, as one table) and writes it to ``path`` as Parquet;
     returns the Dataset metadata."""
@@ -195,38 +203,45 @@ def _read_arrow_file(source: Source, where: str) -> pa.Table:
 
 
 def _folder_files(source: Source) -> list[str] | None:
-    """The table files in a folder ``source`` and below it, in name order; None when it is
-    not a folder. Hidden files (a writer's partial ones) and ``_SUCCESS`` markers are not
-    tables."""
+    """``folder_tables`` of a source that is a folder, which must hold one; None otherwise."""
     if source.dvc_repo:
         return None
-    import fsspec
-
-    try:
-        fs, root = fsspec.core.url_to_fs(source.uri)
-        if not fs.isdir(root):
-            return None
-        found = sorted(fs.find(root))
-    except ImportError as error:
-        raise ConveyorError(f"{source.uri}: {_missing_extra(source.uri, error)}") from None
-    except ValueError as error:  # an unknown protocol, a malformed URI
-        raise ConveyorError(f"{source.uri}: cannot be read ({first_line(error)})") from None
-    from fsspec.implementations.local import LocalFileSystem
-
-    local = isinstance(fs, LocalFileSystem)
-    files = [
-        path if local else fs.unstrip_protocol(path)
-        for path in found
-        if _is_table_file(path.removeprefix(root.rstrip("/")))
-    ]
-    if not files:
+    files = folder_tables(source.uri)
+    if files == []:
         raise ConveyorError(f"{source.uri}: a folder with no CSV or Parquet files in it")
     return files
 
 
-def _is_table_file(relative: str) -> bool:
+def folder_tables(uri: str) -> list[str] | None:
+    """The CSV and Parquet files in folder ``uri`` and below it, in name order; None when
+    ``uri`` is not a folder. Hidden and ``_``-prefixed files and folders (a writer's
+    partial files, ``_SUCCESS`` markers) are skipped; a partitioned dataset is refused."""
+    import fsspec
+    from fsspec.implementations.local import LocalFileSystem
+
+    try:
+        fs, root = fsspec.core.url_to_fs(uri)
+        if not fs.isdir(root):
+            return None
+        found = sorted(fs.find(root))
+    except ImportError as error:
+        raise ConveyorError(f"{uri}: {_missing_extra(uri, error)}") from None
+    except ValueError as error:  # an unknown protocol, a malformed URI
+        raise ConveyorError(f"{uri}: cannot be read ({first_line(error)})") from None
+    relative = {path: path.removeprefix(root.rstrip("/")).strip("/").split("/") for path in found}
+    tables = [path for path, parts in relative.items() if _is_table_file(parts)]
+    partitions = sorted({part for path in tables for part in relative[path][:-1] if "=" in part})
+    if partitions:
+        raise ConveyorError(
+            f"{uri}: a partitioned dataset (folder {partitions[0]!r}), whose partition "
+            "columns are in folder names; give a folder of whole tables"
+        )
+    local = isinstance(fs, LocalFileSystem)
+    return [path if local else fs.unstrip_protocol(path) for path in tables]
+
+
+def _is_table_file(parts: list[str]) -> bool:
     """A CSV or Parquet file, not hidden nor ``_``-prefixed, in no such folder either."""
-    parts = relative.strip("/").split("/")
     return not any(part.startswith((".", "_")) for part in parts) and bool(
         _TABLE_FILE.search(parts[-1])
     )
@@ -382,9 +397,23 @@ def _parse(file: BinaryIO, name: str, where: str) -> pd.DataFrame:
     return _read_csv(file, separator, where)
 
 
+def _native(file: BinaryIO) -> pa.NativeFile:
+    """The file as Arrow reads it in its own threads: by path when local, else its bytes.
+
+    Arrow's threads reading a Python file object can abort the process as it exits
+    (std::terminate; apache/arrow#34314), after a step has done its work: here a script
+    reading Parquet through a Python file, then exiting, aborted 1 run in 6.
+    """
+    from fsspec.implementations.local import LocalFileOpener
+
+    if isinstance(file, LocalFileOpener):
+        return pa.OSFile(file.path)
+    return pa.BufferReader(file.read())
+
+
 def _read_parquet(file: BinaryIO, where: str) -> pd.DataFrame:
     try:
-        return pd.read_parquet(file)
+        return pd.read_parquet(_native(file))
     except (pa.ArrowException, OSError, ValueError) as error:
         raise ConveyorError(f"{where}: not a readable Parquet file ({first_line(error)})") from None
 
@@ -393,6 +422,7 @@ def _read_parquet_arrow(file: BinaryIO, where: str) -> pa.Table:
     import pyarrow.parquet as pq
 
     try:
+        file = _native(file)
         schema = pq.read_schema(file)
         file.seek(0)
         _check_unique_names(schema.names, where)

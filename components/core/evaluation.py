@@ -16,6 +16,7 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from components.core import registry, tracking
+from components.core.data import read_parquet
 from components.core.errors import ConveyorError, first_line
 from components.core.files import write_text_atomically
 from components.core.metrics import METRIC_DIRECTIONS, Scores, score
@@ -122,7 +123,7 @@ def evaluate_model(
     policy.validate()
     client = tracking.connect(tracking_uri)
     model = load_model_dir(model_dir)
-    test_split = pd.read_parquet(test_path)
+    test_split = read_parquet(test_path)
     scores = score(model.pipeline, test_split, target, positive_class)
     champion = registry.find_champion(client, model_name)
     champion_score = None

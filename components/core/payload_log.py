@@ -3,7 +3,10 @@
 Each answered request's rows (the table the model predicted on, in training column order)
 are buffered and written, from a background thread so no request waits on storage, to
 ``<uri>/<YYYY-MM-DD>/<revision>-<HHMMSS>-<id>.parquet`` when ``max_rows`` have gathered or
-``max_seconds`` have passed, and once more when the process exits. A day's folder (or the
+``max_seconds`` have passed, and once more when the server stops (or the process exits).
+With ``--workers`` above 1, each worker keeps its own log, and a worker's last rows (under
+``max_rows``, from the last ``max_seconds``) are lost when it stops: uvicorn ends a worker
+by re-raising SIGTERM after its shutdown, past any cleanup. A day's folder (or the
 whole log) is what the monitoring pipeline's ``inputs_uri`` reads. The files hold feature
 columns only, so they compare with the training data column for column.
 """
@@ -57,17 +60,26 @@ class PayloadLog:
         self._writer: threading.Thread | None = None
         self._writer_pid = 0
 
+    def __reduce__(self) -> tuple:
+        # A server starting workers by spawning pickles the model: each worker gets its own
+        # log (and writer thread), with nothing buffered.
+        return (PayloadLog, (self.uri, self.revision, self.max_rows, self.max_seconds))
+
     def append(self, table: pd.DataFrame) -> None:
-        """Buffers ``table``'s rows; the writer thread stores them."""
+        """Buffers ``table``'s rows; the writer thread stores them (after ``close``, a
+        request still in flight is written at once)."""
         with self._lock:
-            self._start_writer()
             self._pending.append(table)
             self._rows += len(table)
-            if self._rows >= self.max_rows:
-                self._due.set()
+            if not self._closed.is_set():
+                self._start_writer()
+                if self._rows >= self.max_rows:
+                    self._due.set()
+                return
+        self.flush()
 
     def close(self) -> None:
-        """Writes what is buffered and stops the writer; later appends are dropped."""
+        """Writes what is buffered and stops the writer (the server's ``stop``, and at exit)."""
         if self._closed.is_set():
             return
         self._closed.set()
@@ -77,22 +89,36 @@ class PayloadLog:
         self.flush()
 
     def flush(self) -> str | None:
-        """Writes the buffered rows as one file now; returns its path, None when empty."""
+        """Writes the buffered rows as one file now; returns its path, None when empty. On
+        failure the rows go back to the buffer, for the next write to try again."""
         with self._lock:
             pending, self._pending, self._rows = self._pending, [], 0
         if not pending:
             return None
+        try:
+            return self._write(pd.concat(pending, ignore_index=True))
+        except Exception:
+            with self._lock:
+                self._pending[:0] = pending
+                self._rows += sum(len(table) for table in pending)
+            raise
+
+    def _write(self, table: pd.DataFrame) -> str:
         now = dt.datetime.now(dt.UTC)
-        name = f"{self.revision}-{now:%H%M%S}-{uuid.uuid4().hex[:8]}.parquet"
+        # Microseconds first after the revision: a folder's files sort in the order written.
+        name = f"{self.revision}-{now:%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
         folder = f"{self.root}/{now:%Y-%m-%d}"
         self.fs.makedirs(folder, exist_ok=True)
-        table = pd.concat(pending, ignore_index=True)
         # Written under a hidden name, then renamed: readers skip hidden files, so none
         # sees a half-written one (object stores make the file appear whole anyway).
         partial = f"{folder}/.{name}.partial"
-        with self.fs.open(partial, "wb") as file:
-            table.to_parquet(file, index=False)
-        self.fs.mv(partial, f"{folder}/{name}")
+        try:
+            with self.fs.open(partial, "wb") as file:
+                table.to_parquet(file, index=False)
+            self.fs.mv(partial, f"{folder}/{name}")
+        finally:
+            if self.fs.exists(partial):
+                self.fs.rm(partial)
         return f"{folder}/{name}"
 
     def _start_writer(self) -> None:
@@ -114,14 +140,16 @@ class PayloadLog:
             try:
                 self.flush()
             except Exception as error:  # a storage hiccup must not stop serving
-                _log.error("payload log: rows lost, could not write to %s: %s", self.uri, error)
+                _log.error("payload log: could not write to %s, will retry: %s", self.uri, error)
 
 
 def recent_days(uri: str, days: int, today: dt.date | None = None) -> list[str]:
-    """A payload log's day folders from the last ``days`` days, today (UTC) included,
-    oldest first; ConveyorError naming the newest day there is when none is that recent."""
+    """The table files of a payload log's day folders from the last ``days`` days, today
+    (UTC) included, oldest first; ConveyorError naming the newest day there is when none
+    of them holds a table."""
     import fsspec
-    from fsspec.implementations.local import LocalFileSystem
+
+    from components.core.data import folder_tables
 
     if days < 1:
         raise ConveyorError(f"inputs_days must be 1 or more, not {days}")
@@ -130,17 +158,16 @@ def recent_days(uri: str, days: int, today: dt.date | None = None) -> list[str]:
     fs, root = fsspec.core.url_to_fs(uri.rstrip("/"))
     if not fs.isdir(root):
         raise ConveyorError(f"{uri}: no payload log here (expected a folder of day folders)")
-    found = sorted(
-        path
-        for path in fs.ls(root, detail=False)
-        if _DAY.fullmatch(path.rstrip("/").rsplit("/", 1)[-1])
+    names = sorted(
+        name
+        for name in (path.rstrip("/").rsplit("/", 1)[-1] for path in fs.ls(root, detail=False))
+        if _DAY.fullmatch(name)
     )
-    recent = [
-        path for path in found if first.isoformat() <= path.rsplit("/", 1)[-1] <= today.isoformat()
-    ]
-    if not recent:
-        newest = found[-1].rsplit("/", 1)[-1] if found else "none"
+    recent = [name for name in names if first.isoformat() <= name <= today.isoformat()]
+    files = [file for name in recent for file in folder_tables(f"{uri.rstrip('/')}/{name}") or []]
+    if not files:
+        newest = names[-1] if names else "none"
         raise ConveyorError(
             f"{uri}: no payload log from {first} to {today} (newest day there: {newest})"
         )
-    return recent if isinstance(fs, LocalFileSystem) else [fs.unstrip_protocol(p) for p in recent]
+    return files

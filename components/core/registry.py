@@ -20,6 +20,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from components.core import tracking
+from components.core.data import read_parquet
 from components.core.errors import ConveyorError, first_line
 from components.core.files import write_atomically
 from components.core.schema import Schema
@@ -131,8 +132,6 @@ def download_reference(
 ) -> Champion:
     """The champion's training inputs (its training split without the label) and schema,
     as its training run recorded them; returns the champion."""
-    import pandas as pd
-
     client = tracking.connect(tracking_uri)
     champion = find_champion(client, name)
     if champion is None:
@@ -154,7 +153,7 @@ def download_reference(
         local = Path(client.download_artifacts(champion.run_id, tracking.REFERENCE_DIR, scratch))
         table, schema = local / tracking.REFERENCE_TABLE, local / tracking.REFERENCE_SCHEMA
         target = Schema.from_json(schema.read_text(), f"{name} reference schema").target
-        inputs = pd.read_parquet(table).drop(columns=[target], errors="ignore")
+        inputs = read_parquet(table).drop(columns=[target], errors="ignore")
         write_atomically(reference_path, lambda path: inputs.to_parquet(path, index=False))
         write_atomically(schema_path, lambda path: shutil.copyfile(schema, path))
     return champion

@@ -110,6 +110,13 @@ class ConveyorModel(Model):
         self.ready = True
         return self.ready
 
+    def stop(self) -> None:
+        """On SIGTERM, while the process can still reach its storage: the payload log's
+        last rows are written."""
+        if self.payload_log is not None:
+            self.payload_log.close()
+        super().stop()
+
     def predict(self, payload: Any, headers: Any = None, response_headers: Any = None) -> Any:
         assert self.model is not None, "load() runs before the server starts"
         features = self.model.card.features
@@ -215,7 +222,10 @@ def main(argv: list[str] | None = None) -> None:
     """Loads the model (checking its sha256) and serves it until terminated."""
     arguments = _arguments(sys.argv[1:] if argv is None else argv)
     revision = revision_label(os.environ)
-    payload_log = PayloadLog(arguments.payload_log, revision) if arguments.payload_log else None
+    try:
+        payload_log = PayloadLog(arguments.payload_log, revision) if arguments.payload_log else None
+    except (ImportError, ValueError) as error:  # a filesystem not installed, or no such
+        raise SystemExit(f"serving: --payload_log {arguments.payload_log}: {error}") from None
     model = ConveyorModel(arguments.model_name, arguments.model_dir, payload_log)
     try:
         model.load()

@@ -28,6 +28,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from components.core import tracking
+from components.core.data import read_parquet
 from components.core.errors import ConveyorError, first_line, plain
 from components.core.metrics import score
 from components.core.schema import column_kind, infer_schema
@@ -120,7 +121,7 @@ def train_model(
     """Fits the classifier, writes the model directory and logs it all to one MLflow run,
     with the training split and its schema as the reference monitoring compares with."""
     client = tracking.connect(tracking_uri)  # before the work: a bad URI fails fast
-    train_split = pd.read_parquet(train_path)
+    train_split = read_parquet(train_path)
     model = fit_classifier(train_split, target, estimator, hyperparameters, seed)
     metrics = score(model.pipeline, train_split, target, positive_class).metrics
     card = save_model_dir(model, model_dir)
