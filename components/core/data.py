@@ -207,7 +207,7 @@ def _folder_files(source: Source) -> list[str] | None:
     if source.dvc_repo:
         return None
     files = folder_tables(source.uri)
-    if files == []:
+    if files is not None and not files:
         raise ConveyorError(f"{source.uri}: a folder with no CSV or Parquet files in it")
     return files
 

@@ -311,15 +311,16 @@ def _schema_from_dict(data: Any, where: str) -> Schema:
 
 def _column_from_dict(data: Any, where: str) -> ColumnSchema:
     name = data.get("name") if isinstance(data, dict) else None
-    where = f"{where} ({name!r})" if name else where
-    column = ColumnSchema(**_fields(ColumnSchema, data, where))
-    _check_bounds(column.allowed_min, column.allowed_max, where)
-    return column
+    return _bounded(ColumnSchema, data, f"{where} ({name!r})" if name else where)
 
 
-def _check_bounds(low: float | None, high: float | None, where: str) -> None:
+def _bounded(cls: type, data: Any, where: str) -> Any:
+    """A ``ColumnSchema`` or ``SegmentColumn`` whose allowed range is not inverted."""
+    item = cls(**_fields(cls, data, where))
+    low, high = item.allowed_min, item.allowed_max
     if low is not None and high is not None and low > high:
         raise ConveyorError(f"{where}: allowed_min {low} is above allowed_max {high}")
+    return item
 
 
 def _segments_from_dict(data: Any, where: str) -> Segments:
@@ -327,18 +328,12 @@ def _segments_from_dict(data: Any, where: str) -> Segments:
     values = _typed(body.get("values", {}), dict, f"{where}: values")
     body["values"] = {
         str(value): {
-            name: _segment_column_from_dict(stats, f"{where}: {value}: {name}")
+            name: _bounded(SegmentColumn, stats, f"{where}: {value}: {name}")
             for name, stats in _typed(columns, dict, f"{where}: {value}").items()
         }
         for value, columns in values.items()
     }
     return Segments(**body)
-
-
-def _segment_column_from_dict(data: Any, where: str) -> SegmentColumn:
-    column = SegmentColumn(**_fields(SegmentColumn, data, where))
-    _check_bounds(column.allowed_min, column.allowed_max, where)
-    return column
 
 
 def _check_segment_columns(segments: Segments, names: list[str], where: str) -> None:

@@ -120,8 +120,9 @@ class ConveyorModel(Model):
     def predict(self, payload: Any, headers: Any = None, response_headers: Any = None) -> Any:
         assert self.model is not None, "load() runs before the server starts"
         features = self.model.card.features
+        v2 = isinstance(payload, InferRequest)
         try:
-            if isinstance(payload, InferRequest):
+            if v2:
                 table = table_from_columns(_v2_columns(payload, features), features)
             else:
                 table = table_from_instances(_v1_instances(payload), features)
@@ -130,9 +131,7 @@ class ConveyorModel(Model):
         predictions = predict_table(self.model, table)
         if self.payload_log is not None:  # only inputs the model answered
             self.payload_log.append(table)
-        if isinstance(payload, InferRequest):
-            return _v2_response(payload, self.name, predictions)
-        return _v1_response(predictions)
+        return _v2_response(payload, self.name, predictions) if v2 else _v1_response(predictions)
 
 
 def revision_label(environment: Mapping[str, str]) -> str:
