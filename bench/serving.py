@@ -4,8 +4,9 @@ Run it as ``make bench`` or ``python -m bench.serving [--duration S] [--connecti
 One seeded model directory is served by both servers at once, each with one worker:
 Conveyor's KServe predictor (``components.core.serving``) from the project's venv, and
 MLServer with ``mlserver_sklearn.SKLearnModel`` from its own venv (``make bench`` builds
-it from ``bench/mlserver-requirements.txt``). Both get the same V2 request body, byte for
-byte, and must return the same probabilities before anything is timed. The load comes
+it from ``bench/mlserver-requirements.txt``). Both get the same V2 inputs, byte for byte
+(the bodies differ only in the outputs they name), and must return the same probabilities
+before anything is timed. The load comes
 from ``wrk`` (one thread, fixed connections) or, without it, a small asyncio generator;
 runs alternate between the servers and the medians are reported, printed as a table and
 written to ``build/bench/serving.json``.
@@ -157,9 +158,10 @@ def run(arguments: argparse.Namespace) -> None:
 
     model_dir = work / "model"
     _write_model(model_dir, arguments.seed)
-    body = _request_body(arguments.rows, arguments.seed)
-    body_path = work / "request.json"
-    body_path.write_bytes(body)
+    bodies = _request_bodies(arguments.rows, arguments.seed)
+    body_paths = {name: work / f"request-{name}.json" for name in SERVERS}
+    for name, path in body_paths.items():
+        path.write_bytes(bodies[name])
 
     ports = _free_ports(5)
     servers = {
@@ -170,8 +172,9 @@ def run(arguments: argparse.Namespace) -> None:
         "model": f"logistic_regression on {len(COLUMNS)} numeric columns (seed {arguments.seed})",
         "request": (
             f"V2 infer, {arguments.rows} row(s), one FP64 input per column, "
-            f'content_type "pd", outputs [predict_proba]; {len(body)} bytes, '
-            "the same body for both"
+            f'content_type "pd", the same inputs for both; MLServer asked for outputs '
+            f"[predict_proba] ({len(bodies['mlserver'])} bytes), Conveyor for none: it "
+            f"answers labels and probabilities ({len(bodies['conveyor'])} bytes)"
         ),
         "conveyor": (
             "components.core.serving (KServe ModelServer), --workers 1, "
@@ -199,16 +202,20 @@ def run(arguments: argparse.Namespace) -> None:
             server.start()
         for server in servers.values():
             server.wait_ready()
-        agreement = _check_agreement(servers, body, arguments.rows)
+        agreement = _check_agreement(servers, bodies, arguments.rows)
         print(f"agreement: both return the same labels; max |probability difference| {agreement:g}")
         for name in SERVERS:
-            _measure(load, servers[name], body_path, body, arguments.connections, arguments.warmup)
+            _measure(
+                load, servers[name], body_paths[name], bodies[name], arguments.connections,
+                arguments.warmup,
+            )  # fmt: skip
         for round_number in range(1, arguments.rounds + 1):
             for name in SERVERS:
                 server = servers[name]
                 result = _measure(
-                    load, server, body_path, body, arguments.connections, arguments.duration
-                )
+                    load, server, body_paths[name], bodies[name], arguments.connections,
+                    arguments.duration,
+                )  # fmt: skip
                 server.check_running()
                 runs.append({"round": round_number, "server": name, **asdict(result)})
                 print(
@@ -291,20 +298,24 @@ def _write_model(directory: Path, seed: int, rows: int = 2000) -> None:
     save_model_dir(fit_classifier(table, "label", "logistic_regression", {}, seed), directory)
 
 
-def _request_body(rows: int, seed: int) -> bytes:
-    """One FP64 input per column: Conveyor builds its table from them, MLServer a DataFrame."""
+def _request_bodies(rows: int, seed: int) -> dict[str, bytes]:
+    """One FP64 input per column: Conveyor builds its table from them, MLServer a DataFrame.
+
+    MLServer computes only the outputs asked for; Conveyor answers labels and probabilities
+    from one predict_proba (and refuses an output name it does not know, such as MLServer's
+    ``predict_proba``), so MLServer is asked for that same pass and Conveyor for nothing.
+    """
     values = np.random.default_rng(seed + 1).normal(size=(rows, len(COLUMNS))).round(6)
-    body = {
+    body: dict[str, Any] = {
         "parameters": {"content_type": "pd"},
         "inputs": [
             {"name": name, "shape": [rows], "datatype": "FP64", "data": values[:, index].tolist()}
             for index, name in enumerate(COLUMNS)
         ],
-        # MLServer computes only the outputs asked for; Conveyor always answers both labels
-        # and probabilities from one predict_proba, so this asks MLServer for that same pass.
-        "outputs": [{"name": "predict_proba"}],
     }
-    return json.dumps(body, separators=(",", ":")).encode()
+    conveyor = json.dumps(body, separators=(",", ":")).encode()
+    body["outputs"] = [{"name": "predict_proba"}]
+    return {"conveyor": conveyor, "mlserver": json.dumps(body, separators=(",", ":")).encode()}
 
 
 def _free_ports(count: int) -> list[int]:
@@ -368,10 +379,10 @@ def _post(url: str, body: bytes) -> dict[str, Any]:
         raise BenchError(f"{url} answered {error.code}: {error.read()[:500]!r}") from None
 
 
-def _check_agreement(servers: dict[str, Server], body: bytes, rows: int) -> float:
+def _check_agreement(servers: dict[str, Server], bodies: dict[str, bytes], rows: int) -> float:
     """The largest probability difference; raises unless labels and probabilities agree."""
-    conveyor = _outputs(_post(servers["conveyor"].url("/infer"), body))
-    mlserver = _outputs(_post(servers["mlserver"].url("/infer"), body))
+    conveyor = _outputs(_post(servers["conveyor"].url("/infer"), bodies["conveyor"]))
+    mlserver = _outputs(_post(servers["mlserver"].url("/infer"), bodies["mlserver"]))
     ours = np.asarray(conveyor["probabilities"]["data"], dtype=float).reshape(rows, -1)
     theirs = np.asarray(mlserver["predict_proba"]["data"], dtype=float).reshape(rows, -1)
     classes = json.loads(conveyor["probabilities"]["parameters"]["classes"])

@@ -26,16 +26,10 @@ def deploy(
     rollout: bool = True,
     canary_steps: str = "10,50",
     canary_interval_s: float = 60.0,
-    prometheus_url: str = "",
-    min_success_rate: float = 0.99,
-    max_latency_p99_s: float = 0.5,
-    min_canary_requests: int = 20,
-    on_no_data: str = "fail",
-    failure_budget: int = 0,
     ready_timeout_s: float = 600.0,
     rollout_deadline_s: float = 3600.0,
-    analysis_window: str = "1m",
-    analysis_queries: dict = {},  # noqa: B006 - KFP reads defaults from the signature
+    prometheus_url: str = "",
+    canary_policy: dict = {},  # noqa: B006 - KFP reads defaults from the signature
 ) -> str:
     """Renders the InferenceService and rolls it out as a canary: promoted or rolled back.
 
@@ -61,42 +55,38 @@ def deploy(
             logs nothing.
         rollout: False renders and validates the manifest only (local runs without a cluster).
         canary_steps: Canary traffic percentages, comma-separated and increasing (1-99).
-        canary_interval_s: Seconds the canary serves at each step before analysis.
-        prometheus_url: Prometheus to analyse the canary with; empty skips analysis.
-        min_success_rate: Lowest share of non-5xx canary responses that passes.
-        max_latency_p99_s: Highest canary p99 latency (seconds) that passes.
-        min_canary_requests: Fewest canary requests in the window for the analysis to count.
-        on_no_data: Too few requests: ``fail``, ``wait`` another interval, or ``pass``.
-        failure_budget: Failed analyses tolerated before rolling back.
+        canary_interval_s: Seconds between looks at the canary; the first is warm-up.
         ready_timeout_s: Seconds a new revision may take to become ready.
         rollout_deadline_s: Seconds the whole rollout may take before it is rolled back.
-        analysis_window: PromQL range of each measurement, such as ``1m``.
-        analysis_queries: PromQL templates replacing the defaults, by name (``requests``,
-            ``success_rate``, ``latency_p99``), with ``$namespace``, ``$revision``, ``$window``.
+        prometheus_url: Prometheus the canary is judged from; required unless
+            ``canary_policy`` says ``analysis: none``.
+        canary_policy: How the canary is judged (``components.core.canary_policy``): metrics
+            merged by name onto the defaults (5xx, 4xx, latency, predicted class, score),
+            error rates, limits; empty uses the defaults.
 
     Returns:
-        The decision: ``created``, ``promoted`` or ``skipped`` (``rollout`` false). A rolled
-        back or failed rollout fails the step, with the reason as its last log line.
+        The decision: ``created``, ``promoted``, ``promoted_without_analysis`` (``analysis:
+        none``) or ``skipped`` (``rollout`` false). A rolled back or failed rollout fails
+        the step, with the reason as its last log line.
     """
     from pathlib import Path
 
     from components.core.errors import step_errors
     from components.core.files import write_text_atomically
     from components.core.manifests import ServingSpec, deploy_manifest
-    from components.core.rollout import deploy_model, rollout_settings
+    from components.core.rollout import RolloutSettings, deploy_model
 
     with step_errors("deploy"):
-        plan, policy = rollout_settings(
-            canary_steps, canary_interval_s, ready_timeout_s, rollout_deadline_s, failure_budget,
-            prometheus_url, min_success_rate, max_latency_p99_s, min_canary_requests, on_no_data,
-            analysis_window, analysis_queries,
+        settings = RolloutSettings.from_parameters(
+            canary_steps, canary_interval_s, ready_timeout_s, rollout_deadline_s, prometheus_url,
+            canary_policy,
         )  # fmt: skip
         spec = ServingSpec(
             model_name=model_name,
             model_version=model_version,
             storage_uri=storage_uri,
             namespace=namespace,
-            canary_traffic_percent=plan.steps[0],
+            canary_traffic_percent=settings.plan.steps[0],
             runtime=serving_runtime,
             cpu=serving_cpu,
             memory=serving_memory,
@@ -118,7 +108,7 @@ def deploy(
                 "`rollout` is false: the manifest was rendered and validated only.\n",
             )
             return "skipped"
-        result = deploy_model(spec, plan, policy, run_id, Path(report.path))
+        result = deploy_model(spec, settings, run_id, Path(report.path))
         for key, value in result.metrics().items():
             rollout_metrics.log_metric(key, value)
         report.metadata.update(
@@ -127,7 +117,10 @@ def deploy(
                 "url": result.url,
                 "stable_revision": result.stable_revision,
                 "canary_revision": result.canary_revision,
+                "analysis": settings.policy.analysis,
             }
         )
         result.check()  # a rolled-back or failed rollout fails the step, with its reason
+    if result.decision == "promoted" and not settings.policy.analysed:
+        return "promoted_without_analysis"
     return result.decision

@@ -1,8 +1,9 @@
 """The ``conveyor`` command: ``run`` (a local run), ``compile`` (YAML for clusters),
-``rollout`` (a canary rollout from a CD system), ``serve`` (a champion, locally), ``check``
-(every pipeline and parameter file), ``validate`` and ``drift`` (data quality, in
-``pipelines.quality``), and ``submit``, ``schedule`` and ``publish`` (delivery to Kubeflow
-and Vertex AI, in ``pipelines.delivery``)."""
+``serve`` (a model, locally), ``check`` (every pipeline and parameter file), ``rollout``
+and ``judge`` (a canary rollout from a CD system, and a canary judged now, in
+``pipelines.canary``), ``validate`` and ``drift`` (data quality, in ``pipelines.quality``),
+and ``submit``, ``schedule`` and ``publish`` (delivery to Kubeflow and Vertex AI, in
+``pipelines.delivery``)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from typing import Any, TextIO
 
 import yaml
 
+from components.core.canary_policy import REMOVED_SETTINGS
 from components.core.errors import ConveyorError
-from pipelines import delivery, quality
+from pipelines import canary, delivery, quality
 
 __all__ = ["main"]
 
@@ -75,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
         "--image-registry", default="", help="where Conveyor's images are pulled from"
     )
     build.set_defaults(handler=_compile)
-    _add_rollout(commands)
+    canary.add_commands(commands)
     _add_serve(commands)
     quality.add_commands(commands)
     delivery.add_commands(commands)
@@ -87,50 +89,30 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_rollout(commands: Any) -> None:
-    rollout = commands.add_parser(
-        "rollout", help="roll a model out to a KServe InferenceService as a canary"
-    )
-    rollout.add_argument("--name", required=True, help="InferenceService (and model) name")
-    rollout.add_argument("--namespace", default="default")
-    rollout.add_argument("--model-uri", required=True, help="storageUri of the model directory")
-    rollout.add_argument("--model-version", default="", help="recorded as an annotation")
-    rollout.add_argument("--steps", default="10,50", help="canary percentages, increasing")
-    rollout.add_argument("--interval", type=float, default=60.0, help="seconds per step")
-    rollout.add_argument("--prometheus", default="", help="Prometheus URL for the analysis")
-    rollout.add_argument("--min-success-rate", type=float, default=0.99)
-    rollout.add_argument("--max-latency-p99", type=float, default=0.5, help="seconds")
-    rollout.add_argument("--min-requests", type=int, default=20)
-    rollout.add_argument("--on-no-data", default="fail", choices=("fail", "wait", "pass"))
-    rollout.add_argument("--failure-budget", type=int, default=0)
-    rollout.add_argument("--window", default="1m", help="PromQL range of each measurement")
-    rollout.add_argument(
-        "--query",
-        action="append",
-        default=[],
-        metavar="NAME=PROMQL",
-        help="replace a default query (requests, success_rate, latency_p99); "
-        "$namespace, $revision and $window are filled in",
-    )
-    rollout.add_argument("--ready-timeout", type=float, default=600.0, help="seconds")
-    rollout.add_argument("--deadline", type=float, default=3600.0, help="seconds")
-    rollout.add_argument("--runtime", default="", help="ServingRuntime name")
-    rollout.add_argument("--cpu", default="1")
-    rollout.add_argument("--memory", default="2Gi")
-    rollout.add_argument("--service-account", default="")
-    rollout.add_argument("--kubeconfig", default="", help="default: in-cluster, or ~/.kube")
-    rollout.add_argument(
-        "--run-id", default="", help="lock holder; reuse it to resume a crashed rollout"
-    )
-    rollout.add_argument("--report", type=Path, help="write the Markdown report here")
-    rollout.add_argument("--dry-run", action="store_true", help="print the plan; touch nothing")
-    rollout.set_defaults(handler=_rollout)
-
-
 def _add_serve(commands: Any) -> None:
-    serve = commands.add_parser("serve", help="serve a model's champion on this machine")
-    serve.add_argument("--model", help="registered model (default: the last local run's)")
+    serve = commands.add_parser(
+        "serve", help="serve a model on this machine: a local champion, or a model directory"
+    )
+    source = serve.add_mutually_exclusive_group()
+    source.add_argument(
+        "--model", help="registered model whose champion to serve (default: the last local run's)"
+    )
+    source.add_argument(
+        "--model-dir", type=Path, help="a model directory (what train writes, register publishes)"
+    )
+    serve.add_argument(
+        "--name", default="",
+        help="with --model-dir, the name to serve it under (default: the registered name its "
+        "model store folder records, <store>/<name>/<sha256[:16]>, else the folder's name)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--revision", default="local",
+        help="revision label of its metrics (what K_REVISION gives in a cluster), so a stable "
+        "and a canary can stand side by side",
+    )  # fmt: skip
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--workers", type=int, default=1, help="only 1: start more servers instead")
     serve.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where local runs live")
     serve.set_defaults(handler=_serve)
 
@@ -238,6 +220,8 @@ def _parse_params(pairs: list[str]) -> dict[str, Any]:
         name, sep, value = pair.partition("=")
         if not sep:
             raise ConveyorError(f"--param {pair!r}: expected NAME=VALUE")
+        if name in REMOVED_SETTINGS:
+            raise ConveyorError(f"--param {name!r}: was removed: {REMOVED_SETTINGS[name]}")
         if name not in known:
             raise ConveyorError(
                 f"--param {name!r}: no such pipeline parameter; known: {', '.join(known)}"
@@ -266,75 +250,65 @@ def _compile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rollout(args: argparse.Namespace) -> int:
-    import tempfile
-    import uuid
-
-    from components.core.manifests import (
-        ServingSpec,
-        render_inference_service,
-        validate_inference_service,
-    )
-    from components.core.rollout import deploy_model, describe_plan, rollout_settings
-    from pipelines.parameters import option_pairs
-
-    plan, policy = rollout_settings(
-        args.steps, args.interval, args.ready_timeout, args.deadline, args.failure_budget,
-        args.prometheus, args.min_success_rate, args.max_latency_p99, args.min_requests,
-        args.on_no_data, args.window, option_pairs(args.query, "--query", "NAME=PROMQL"),
-    )  # fmt: skip
-    spec = ServingSpec(
-        model_name=args.name,
-        model_version=args.model_version,
-        storage_uri=args.model_uri,
-        namespace=args.namespace,
-        canary_traffic_percent=plan.steps[0],
-        runtime=args.runtime,
-        cpu=args.cpu,
-        memory=args.memory,
-        service_account=args.service_account,
-    )
-    if args.dry_run:
-        manifest = render_inference_service(spec)
-        validate_inference_service(manifest)
-        print(describe_plan(manifest, plan, policy), end="")
-        return 0
-    run_id = args.run_id or f"cli-{uuid.uuid4().hex[:12]}"
-    report = args.report or Path(tempfile.mkdtemp(prefix="conveyor-rollout-")) / "report.md"
-    print(f"rollout {run_id}: report at {report}", flush=True)
-    progress = lambda line: print(line, flush=True)  # noqa: E731 - a CD log shows it live
-    result = deploy_model(spec, plan, policy, run_id, report, args.kubeconfig, progress)
-    print(report.read_text(), end="")
-    if not result.succeeded:
-        print(f"conveyor rollout: {result.decision}: {result.reason}", file=sys.stderr)
-        return 1
-    return 0
-
-
 def _serve(args: argparse.Namespace) -> int:
     import json
     import os
 
     from components.core.inference import example_instance
-    from components.core.registry import champion_model_dir
-    from components.core.training import MODEL_CARD, ModelCard
 
-    name = args.model or _last_run_model(args.runs_dir)
-    model_dir = champion_model_dir(f"sqlite:///{args.runs_dir.resolve() / 'mlflow.db'}", name)
-    card = ModelCard.from_json((model_dir / MODEL_CARD).read_text())
+    if args.workers != 1:
+        raise ConveyorError(
+            f"--workers {args.workers}: a server runs one worker; KServe's multi-process mode "
+            "re-imports the app without Conveyor's metrics middleware, so each worker would "
+            "count nothing. Start more servers (in a cluster, replicas) instead"
+        )
+    name, model_dir, card, what = _served_model(args)
     body = json.dumps({"instances": [example_instance(card.features)]})
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    url = f"http://{f'[{host}]' if ':' in host else host}:{args.port}"
     print(
-        f"Serving {name} (champion, {model_dir}) on port {args.port}. Try:\n"
+        f"Serving {name} ({what}, {model_dir}) as revision {args.revision} on "
+        f"{args.host}:{args.port}. Try:\n"
         f"  curl -s -H 'Content-Type: application/json' "
-        f"http://127.0.0.1:{args.port}/v1/models/{name}:predict -d '{body}'",
+        f"{url}/v1/models/{name}:predict -d '{body}'",
         flush=True,
     )
     command = [
         sys.executable, "-m", "components.core.serving", "--model_name", name,
-        "--model_dir", str(model_dir), "--http_port", str(args.port), "--enable_grpc", "False",
+        "--model_dir", str(model_dir), "--http_port", str(args.port), "--http_host", args.host,
     ]  # fmt: skip
-    os.execv(sys.executable, command)
+    os.execve(sys.executable, command, {**os.environ, "K_REVISION": args.revision})
     return 0  # not reached: the server replaces this process
+
+
+def _served_model(args: argparse.Namespace) -> tuple[str, Path, Any, str]:
+    """The name, directory and card of the model ``serve`` serves, and what it is."""
+    from components.core.registry import champion_model_dir
+    from components.core.training import MODEL_CARD, ModelCard
+
+    if args.model_dir is None:
+        if args.name:
+            raise ConveyorError("--name goes with --model-dir: a champion keeps its model's name")
+        name = args.model or _last_run_model(args.runs_dir)
+        model_dir = champion_model_dir(f"sqlite:///{args.runs_dir.resolve() / 'mlflow.db'}", name)
+        card = ModelCard.from_json((model_dir / MODEL_CARD).read_text())
+        return name, model_dir, card, "champion"
+    model_dir = args.model_dir.resolve()
+    try:
+        card = ModelCard.from_json((model_dir / MODEL_CARD).read_text())
+    except OSError:
+        raise ConveyorError(
+            f"--model-dir {args.model_dir}: no {MODEL_CARD}; expected a model directory written "
+            "by train or register"
+        ) from None
+    except (ValueError, TypeError, KeyError) as error:
+        raise ConveyorError(
+            f"--model-dir {args.model_dir}: {MODEL_CARD} is not a model card ({error})"
+        ) from None
+    # register publishes to <store>/<name>/<sha256[:16]>: the parent folder is the name.
+    published = bool(card.sha256) and model_dir.name == card.sha256[:16]
+    name = args.name or (model_dir.parent.name if published else model_dir.name)
+    return name, model_dir, card, "model directory"
 
 
 def _last_run_model(runs_dir: Path) -> str:
@@ -351,6 +325,8 @@ _DEPLOYMENTS = {
     "rolls out to the one in your kubeconfig)",
     "created": "Deployed: created the InferenceService (first deploy)",
     "promoted": "Deployed: the canary passed every step and was promoted to 100 %",
+    "promoted_without_analysis": "Deployed: promoted to 100 % WITHOUT ANALYSIS (canary_policy "
+    "says analysis: none): nothing about the canary was judged",
 }
 
 

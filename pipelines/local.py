@@ -30,7 +30,7 @@ __all__ = [
 
 _SERVING_PARAMETERS = (
     "model_name", "namespace", "serving_runtime", "serving_cpu", "serving_memory",
-    "service_account",
+    "service_account", "rollout",
 )  # fmt: skip
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STARTED = re.compile(r"Executing task '([^']+)'")
@@ -138,7 +138,7 @@ def run_training_locally(arguments: dict[str, Any], runs_dir: Path, terminal: Te
     from pipelines.training import DEFAULT_MODEL_NAME, build_training_pipeline
 
     pipeline = build_training_pipeline(Target("kubeflow"))
-    check_deployable(arguments, pipeline)
+    check_deployable({**local_defaults(runs_dir), **arguments}, pipeline)
     run_id, run_dir, progress, failed_step = _run_locally(pipeline, arguments, runs_dir, terminal)
     model_name = arguments.get("model_name", DEFAULT_MODEL_NAME)
     summary = _summarise(run_id, run_dir, model_name, progress, failed_step)
@@ -228,8 +228,7 @@ def check_deployable(arguments: dict[str, Any], pipeline: Any) -> None:
         render_inference_service,
         validate_inference_service,
     )
-    from components.core.rollout import rollout_settings
-    from pipelines.training import ROLLOUT_PARAMETERS
+    from components.core.rollout import ROLLOUT_PARAMETERS, RolloutSettings
 
     inputs = pipeline.component_spec.inputs or {}
     if not set(_SERVING_PARAMETERS + ROLLOUT_PARAMETERS) <= set(inputs):
@@ -238,19 +237,21 @@ def check_deployable(arguments: dict[str, Any], pipeline: Any) -> None:
     def value(name: str) -> Any:
         return arguments.get(name, inputs[name].default)
 
-    plan, _ = rollout_settings(*(value(name) for name in ROLLOUT_PARAMETERS))
+    settings = RolloutSettings.from_parameters(*(value(name) for name in ROLLOUT_PARAMETERS))
     spec = ServingSpec(
         model_name=value("model_name"),
         model_version="1",
         storage_uri="gs://placeholder/model",
         namespace=value("namespace"),
-        canary_traffic_percent=plan.steps[0],
+        canary_traffic_percent=settings.plan.steps[0],
         runtime=value("serving_runtime"),
         cpu=value("serving_cpu"),
         memory=value("serving_memory"),
         service_account=value("service_account"),
     )
     validate_inference_service(render_inference_service(spec))
+    if value("rollout"):
+        settings.prometheus()  # a rollout that would judge nothing is refused up front
 
 
 def local_defaults(runs_dir: Path) -> dict[str, Any]:

@@ -53,6 +53,7 @@ def build_monitoring_pipeline(target: Target) -> GraphComponent:
         rollout: bool = True,
         prometheus_url: str = "",
         canary_steps: str = "10,50",
+        canary_policy: dict = {},  # noqa: B006
         payload_log_uri: str = "",
     ):
         """Checks recent inference inputs for drift; retrains when they have drifted.
@@ -79,8 +80,10 @@ def build_monitoring_pipeline(target: Target) -> GraphComponent:
             estimator: The retraining's estimator.
             namespace: Kubernetes namespace of the InferenceService.
             rollout: False renders and validates the InferenceService without a cluster.
-            prometheus_url: Prometheus for the canary analysis; empty skips analysis.
+            prometheus_url: Prometheus the canary is judged from; required unless
+                canary_policy says analysis: none.
             canary_steps: Canary traffic percentages, comma-separated and increasing.
+            canary_policy: How the canary is judged, as the training pipeline's.
             payload_log_uri: Where a retrained model's predictor logs its inputs, as the
                 training pipeline's; keep it as deployed, or the new model logs nothing.
         """
@@ -129,6 +132,7 @@ def build_monitoring_pipeline(target: Target) -> GraphComponent:
                 rollout=rollout,
                 prometheus_url=prometheus_url,
                 canary_steps=canary_steps,
+                canary_policy=canary_policy,
                 payload_log_uri=payload_log_uri,
             )
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from components.core.canary_policy import REMOVED_SETTINGS
 from components.core.errors import ConveyorError
 
 __all__ = ["load_parameters", "option_pairs", "parameter_problems", "raise_first"]
@@ -52,11 +53,7 @@ def load_parameters(path: Path) -> dict[str, Any]:
 def parameter_problems(values: dict[str, Any], inputs: dict[str, Any], where: str) -> list[str]:
     """Every problem of ``values`` against a pipeline's inputs (``component_spec.inputs``),
     each a line starting with ``where``."""
-    problems = [
-        f"{where}: {name!r} is not a parameter of the pipeline"
-        for name in values
-        if name not in inputs
-    ]
+    problems = [_unknown(name, where) for name in values if name not in inputs]
     for name, spec in inputs.items():
         if name not in values:
             if not spec.optional:
@@ -70,6 +67,12 @@ def parameter_problems(values: dict[str, Any], inputs: dict[str, Any], where: st
                 f"{where}: {name!r} must be {_TYPE_WORDS.get(spec.type, spec.type)}, not {value!r}"
             )
     return problems
+
+
+def _unknown(name: str, where: str) -> str:
+    if name in REMOVED_SETTINGS:
+        return f"{where}: {name!r} was removed: {REMOVED_SETTINGS[name]}"
+    return f"{where}: {name!r} is not a parameter of the pipeline"
 
 
 def option_pairs(

@@ -16,19 +16,12 @@ from pipelines.targets import MLFLOW_SECRET, MLFLOW_SECRET_KEYS, STEP_RESOURCES,
 __all__ = [
     "DEFAULT_MODEL_NAME",
     "PIPELINE_NAME",
-    "ROLLOUT_PARAMETERS",
     "build_training_pipeline",
     "configure_step",
 ]
 
 PIPELINE_NAME = "conveyor-training"
 DEFAULT_MODEL_NAME = "breast-cancer"
-# The pipeline parameters that make up the rollout, in rollout_settings' order.
-ROLLOUT_PARAMETERS = (
-    "canary_steps", "canary_interval_s", "ready_timeout_s", "rollout_deadline_s",
-    "failure_budget", "prometheus_url", "min_success_rate", "max_latency_p99_s",
-    "min_canary_requests", "on_no_data", "analysis_window", "analysis_queries",
-)  # fmt: skip
 # Steps that read what changes under the same name (a table refreshed in place, the registry)
 # or that change the registry must never come from KFP's cache: a scheduled run with the
 # same parameters would otherwise reuse last week's data.
@@ -75,16 +68,10 @@ def build_training_pipeline(target: Target) -> GraphComponent:
         rollout: bool = True,
         canary_steps: str = "10,50",
         canary_interval_s: float = 60.0,
-        prometheus_url: str = "",
-        min_success_rate: float = 0.99,
-        max_latency_p99_s: float = 0.5,
-        min_canary_requests: int = 20,
-        on_no_data: str = "fail",
-        failure_budget: int = 0,
         ready_timeout_s: float = 600.0,
         rollout_deadline_s: float = 3600.0,
-        analysis_window: str = "1m",
-        analysis_queries: dict = {},  # noqa: B006
+        prometheus_url: str = "",
+        canary_policy: dict = {},  # noqa: B006
     ):
         """Trains a classifier, and registers and deploys it when it beats the champion.
 
@@ -117,18 +104,13 @@ def build_training_pipeline(target: Target) -> GraphComponent:
                 monitoring pipeline; empty logs nothing.
             rollout: False renders and validates the InferenceService without a cluster.
             canary_steps: Canary traffic percentages, comma-separated and increasing.
-            canary_interval_s: Seconds the canary serves at each step before analysis.
-            prometheus_url: Prometheus for the canary analysis; empty skips analysis.
-            min_success_rate: Lowest share of non-5xx canary responses that passes.
-            max_latency_p99_s: Highest canary p99 latency in seconds that passes.
-            min_canary_requests: Fewest canary requests per analysis for it to count.
-            on_no_data: Too few canary requests: fail, wait or pass.
-            failure_budget: Failed analyses tolerated before rolling back.
+            canary_interval_s: Seconds between looks at the canary; the first is warm-up.
             ready_timeout_s: Seconds a new revision may take to become ready.
             rollout_deadline_s: Seconds the whole rollout may take before rolling back.
-            analysis_window: PromQL range of each canary measurement, such as 1m.
-            analysis_queries: PromQL templates replacing the defaults (requests,
-                success_rate, latency_p99), with $namespace, $revision and $window.
+            prometheus_url: Prometheus the canary is judged from; required unless
+                canary_policy says analysis: none.
+            canary_policy: How the canary is judged (metrics, margins, error rates, limits),
+                merged onto the defaults; see the README's canary section.
         """
         ingested = configure_step(
             ingest(
@@ -214,16 +196,10 @@ def build_training_pipeline(target: Target) -> GraphComponent:
                     rollout=rollout,
                     canary_steps=canary_steps,
                     canary_interval_s=canary_interval_s,
-                    prometheus_url=prometheus_url,
-                    min_success_rate=min_success_rate,
-                    max_latency_p99_s=max_latency_p99_s,
-                    min_canary_requests=min_canary_requests,
-                    on_no_data=on_no_data,
-                    failure_budget=failure_budget,
                     ready_timeout_s=ready_timeout_s,
                     rollout_deadline_s=rollout_deadline_s,
-                    analysis_window=analysis_window,
-                    analysis_queries=analysis_queries,
+                    prometheus_url=prometheus_url,
+                    canary_policy=canary_policy,
                 ),
                 "deploy",
                 target,

@@ -235,8 +235,8 @@ def _start_predictor(
     port = free_port()
     command = [
         sys.executable, "-m", "components.core.serving", "--model_name", name,
-        "--model_dir", str(model_dir), "--http_port", str(port), "--grpc_port", str(free_port()),
-        "--enable_grpc", "False", "--enable_latency_logging", "False", *options,
+        "--model_dir", str(model_dir), "--http_port", str(port), "--http_host", "127.0.0.1",
+        "--enable_latency_logging", "False", *options,
     ]  # fmt: skip
     environment = {**os.environ, "K_REVISION": revision, "PYTHONPATH": str(ROOT)}
     log = logs / f"{revision}.log"

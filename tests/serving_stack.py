@@ -17,13 +17,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pandas as pd
 import yaml
+from sklearn.dummy import DummyClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
 from components.core.training import TrainedModel, load_model_dir, save_model_dir
-from tests.conftest import free_port, wait_for_http
+from tests.conftest import free_port, multiclass_table, save_species_model, wait_for_http
 
 # Past the 0.5 s histogram bucket, so a slow canary's p99 is above 0.5 s however busy the
 # machine; healthy requests stay far below it.
@@ -51,8 +53,58 @@ def faulty_model_dir(good: Path, fault: str, directory: Path) -> Path:
     return directory
 
 
+def constant_model_dir(good: Path, directory: Path) -> Path:
+    """A copy of a good model whose classifier always answers the most frequent class (with
+    that class's share as its probability): every response a 200, every prediction the same."""
+    model = load_model_dir(good)
+    table = multiclass_table()
+    features, target = table.drop(columns="species"), table["species"]
+    preprocessing = model.pipeline.steps[:-1]
+    pipeline = Pipeline([*preprocessing, ("constant", DummyClassifier(strategy="most_frequent"))])
+    save_model_dir(TrainedModel(pipeline.fit(features, target), model.card), directory)
+    return directory
+
+
+def new_column_model_dir(directory: Path) -> Path:
+    """A model trained with one more column (``region``) than clients send: each of their
+    requests is refused with a 400 naming it."""
+    table = multiclass_table()
+    table.insert(0, "region", np.where(table["size"] > 10, "north", "south"))
+    return save_species_model(directory, table)
+
+
+class PrometheusProcess:
+    """A real Prometheus process (``url``) that can be stopped and started again on the same
+    port and data folder, as an outage and its end."""
+
+    def __init__(self, config: Path, directory: Path) -> None:
+        self.config, self.directory = config, directory
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        log = self.directory / "prometheus.log"
+        command = [
+            "prometheus", f"--config.file={self.config}",
+            f"--storage.tsdb.path={self.directory / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+        ]  # fmt: skip
+        with log.open("a") as output:
+            self.process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+        wait_for_http(f"{self.url}/-/ready", self.process, timeout=60, log=log)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+            self.process = None
+
+
 @contextlib.contextmanager
-def prometheus(targets: dict[str, str], namespace: str, directory: Path) -> Iterator[str]:
+def prometheus(
+    targets: dict[str, str], namespace: str, directory: Path
+) -> Iterator[PrometheusProcess]:
     """A real Prometheus scraping each ``revision -> predictor URL`` every second."""
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
@@ -67,22 +119,13 @@ def prometheus(targets: dict[str, str], namespace: str, directory: Path) -> Iter
         ],
     }
     (directory / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    log = directory / "prometheus.log"
-    command = [
-        "prometheus", f"--config.file={directory / 'prometheus.yml'}",
-        f"--storage.tsdb.path={directory / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
-    ]  # fmt: skip
-    with log.open("w") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    server = PrometheusProcess(directory / "prometheus.yml", directory)
     try:
-        wait_for_http(f"{url}/-/ready", process, timeout=60, log=log)
-        _wait_for_scrapes(url, len(targets))
-        yield url
+        server.start()
+        _wait_for_scrapes(server.url, len(targets))
+        yield server
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        server.stop()
 
 
 def _wait_for_scrapes(url: str, targets: int, timeout: float = 30) -> None:

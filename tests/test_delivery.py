@@ -109,14 +109,40 @@ def test_check_passes_the_shipped_configs(capsys: pytest.CaptureFixture) -> None
     assert "configs/monitoring/prod.yaml: ok" in printed
 
 
+def test_a_removed_setting_given_on_the_command_line_says_what_replaced_it(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    assert main(["run", "--param", "min_canary_requests=50"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "conveyor run: --param 'min_canary_requests': was removed: the minimum sample size now "
+        "follows from canary_policy's margins and error rates"
+    )
+
+
 def test_check_names_every_problem_and_fails(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    (tmp_path / "good.yaml").write_text("model_store_uri: gs://b/models\n")
-    (tmp_path / "typo.yaml").write_text("model_store_uri: gs://b/m\nestimater: random_forest\n")
-    (tmp_path / "steps.yaml").write_text("model_store_uri: gs://b/m\ncanary_steps: '50,10'\n")
+    judged = "model_store_uri: gs://b/m\nprometheus_url: http://prometheus:9090\n"
+    (tmp_path / "good.yaml").write_text(judged)
+    (tmp_path / "typo.yaml").write_text(judged + "estimater: random_forest\n")
+    (tmp_path / "steps.yaml").write_text(judged + "canary_steps: '50,10'\n")
+    (tmp_path / "old.yaml").write_text(judged + "on_no_data: pass\n")
+    (tmp_path / "policy.yaml").write_text(judged + "canary_policy: {metrics: [{name: x}]}\n")
+    (tmp_path / "unjudged.yaml").write_text("model_store_uri: gs://b/m\n")
+    (tmp_path / "unanalysed.yaml").write_text(
+        "model_store_uri: gs://b/m\ncanary_policy: {analysis: none}\n"
+    )
     assert main(["check", "--configs", str(tmp_path)]) == 1
     captured = capsys.readouterr()
     assert f"{tmp_path / 'good.yaml'}: ok" in captured.out
+    assert f"{tmp_path / 'unanalysed.yaml'}: ok" in captured.out
     assert captured.err.splitlines() == [
+        f"{tmp_path / 'old.yaml'}: 'on_no_data' was removed: too few requests are now an "
+        "inconclusive result, which waits another interval up to canary_policy's "
+        "inconclusive_limit and then fails, never passes",
+        f"{tmp_path / 'policy.yaml'}: canary_policy.metrics[0] (x).kind, queries: a new metric "
+        "needs both",
         f"{tmp_path / 'steps.yaml'}: canary steps [50, 10] must increase",
         f"{tmp_path / 'typo.yaml'}: 'estimater' is not a parameter of the pipeline",
+        f"{tmp_path / 'unjudged.yaml'}: no Prometheus URL to judge the canary with "
+        "(prometheus_url, --prometheus): give one, or set analysis: none in the canary policy "
+        "to roll out unjudged",
     ]

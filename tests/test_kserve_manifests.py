@@ -22,6 +22,7 @@ from components.core.manifests import (
     render_inference_service,
     validate_inference_service,
 )
+from components.core.serving import _arguments, _check_options
 from components.images import VERSION, image
 from tests.conftest import ROOT, require_binary
 
@@ -110,7 +111,13 @@ def test_serving_runtime_runs_the_conveyor_predictor() -> None:
         "--model_name={{.Name}}",
         "--model_dir=/mnt/models",
         "--http_port=8080",
+        "--enable_grpc=false",  # REST only: the predictor refuses gRPC
     ]
+    assert [port["containerPort"] for port in container["ports"]] == [8080]  # no gRPC port
+    # The predictor accepts these arguments as they are: REST only, one worker.
+    arguments = _arguments([arg.replace("{{.Name}}", "my-model") for arg in container["args"]])
+    _check_options(arguments)
+    assert (arguments.enable_grpc, arguments.workers, arguments.http_port) == (False, 1, 8080)
     assert container["resources"]["requests"] and container["resources"]["limits"]
     # Standard mode's revision label (the Deployment) comes from the pod's name.
     assert container["env"] == [

@@ -75,8 +75,9 @@ def test_a_local_run_rolls_out_to_the_cluster_in_the_kubeconfig(
         monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
         monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
         code, summary, printed = conveyor_run(
-            capsys, tmp_path / "runs", "--param", "rollout=true", "--param", "namespace=ml-serving"
-        )
+            capsys, tmp_path / "runs", "--param", "rollout=true", "--param", "namespace=ml-serving",
+            "--param", "canary_policy={analysis: none}",
+        )  # fmt: skip
         assert code == 0, printed
         assert summary["deployment"] == "created"
         assert "Deployed: created the InferenceService (first deploy)" in printed

@@ -93,7 +93,7 @@ def test_check_reads_monitoring_configs_against_the_monitoring_pipeline(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     (tmp_path / "monitoring").mkdir()
-    (tmp_path / "dev.yaml").write_text("model_store_uri: /tmp/models\n")
+    (tmp_path / "dev.yaml").write_text("model_store_uri: /tmp/m\nprometheus_url: http://p:9090\n")
     (tmp_path / "monitoring" / "dev.yaml").write_text(
         "inputs_uri: /tmp/in.csv\nmodel_store_uri: /tmp/m\ndrift_share: high\nestimater: x\n"
     )

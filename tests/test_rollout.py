@@ -1,7 +1,8 @@
 """The canary rollout against the Kubernetes API + KServe controller double: the fault matrix.
 
 Every case ends by checking where the traffic is: on the stable model unless the canary
-was promoted. Analysis is off here (no Prometheus URL); test_canary_analysis.py runs it live.
+was promoted. Analysis is off here (``analysis: none``); test_canary_analysis.py runs it
+live, and test_canary_judge.py drives the looks with an injected clock.
 """
 
 from __future__ import annotations
@@ -16,17 +17,23 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
-from components.core.analysis import AnalysisPolicy
+from components.core.canary_policy import DEFAULT_POLICY, CanaryPolicy
 from components.core.errors import ConveyorError
 from components.core.kube import InferenceServices
-from components.core.manifests import ServingSpec, render_inference_service
+from components.core.manifests import (
+    ServingSpec,
+    render_inference_service,
+    validate_inference_service,
+)
 from components.core.rollout import (
     LOCK_ANNOTATION,
     SNAPSHOT_ANNOTATION,
     Rollout,
     RolloutFailed,
     RolloutPlan,
+    RolloutSettings,
     describe_plan,
     parse_steps,
     render_report,
@@ -40,6 +47,7 @@ NAME = "fraud"
 STABLE_URI = "gs://models/fraud/stable"
 CANARY_URI = "gs://models/fraud/canary"
 FAST = RolloutPlan(steps=(10, 50), interval_s=0.2, ready_timeout_s=5, deadline_s=30, poll_s=0.05)
+UNJUDGED = CanaryPolicy(analysis="none")
 
 
 @pytest.fixture
@@ -62,14 +70,12 @@ def rollout(
     cluster: KubernetesApiDouble,
     uri: str = CANARY_URI,
     run_id: str = "run-2",
-    policy: AnalysisPolicy = AnalysisPolicy(),  # noqa: B008 - frozen, so safe to share
+    policy: CanaryPolicy = UNJUDGED,
+    prometheus_url: str = "",
     **plan: float,
 ) -> Rollout:
-    settings = {**FAST.__dict__, **plan}
-    return Rollout(
-        services(cluster), manifest(uri), RolloutPlan(**settings), policy, run_id,
-        progress=lambda line: None,
-    )  # fmt: skip
+    settings = RolloutSettings(RolloutPlan(**{**FAST.__dict__, **plan}), policy, prometheus_url)
+    return Rollout(services(cluster), manifest(uri), settings, run_id, progress=lambda line: None)
 
 
 def deployed(cluster: KubernetesApiDouble) -> dict:
@@ -120,7 +126,8 @@ def test_a_healthy_canary_goes_through_each_step_and_is_promoted(
         "fraud-predictor-00001",
         "fraud-predictor-00002",
     )
-    assert [step.percent for step in result.steps] == [10, 50]
+    assert [look.percent for look in result.looks] == [10, 50]
+    assert [look.decision.reason for look in result.looks] == ["analysis: none"] * 2
     assert {"fraud-predictor-00002": 10, "fraud-predictor-00001": 90} in seen
     assert {"fraud-predictor-00002": 50, "fraud-predictor-00001": 50} in seen
     assert traffic(cluster) == {"fraud-predictor-00002": 100}
@@ -288,7 +295,7 @@ def standard_cluster() -> Iterator[KubernetesApiDouble]:
 
 # Standard mode canaries must prove they served: analysis against Prometheus is required.
 # The URL is never reached in these tests, which end before any analysis.
-ANALYSED = AnalysisPolicy(prometheus_url="http://127.0.0.1:9")
+ANALYSED = {"policy": DEFAULT_POLICY, "prometheus_url": "http://127.0.0.1:9"}
 
 
 def test_standard_mode_refuses_a_canary_nobody_would_analyse(
@@ -298,9 +305,10 @@ def test_standard_mode_refuses_a_canary_nobody_would_analyse(
     before = len(writes(standard_cluster))
     with pytest.raises(RolloutFailed) as refused:
         rollout(standard_cluster).run()
-    assert refused.value.result.reason.startswith(
+    assert refused.value.result.reason == (
         "fraud runs in Standard mode, where KServe 0.20 sets a spec.canary entry's replicas "
-        "from trafficPercent but routes no traffic by it yet"
+        "from trafficPercent but routes no traffic by it yet, so a canary must prove it "
+        "served requests: analysis: none is refused here"
     )
     assert len(writes(standard_cluster)) == before
 
@@ -313,7 +321,7 @@ def test_standard_mode_refuses_a_canary_of_the_model_already_served(
         Rollout(
             services(standard_cluster),
             render_inference_service(ServingSpec(NAME, "2", STABLE_URI, namespace=NAMESPACE, cpu="2")),
-            FAST, ANALYSED, "run-2", progress=lambda line: None,
+            RolloutSettings(FAST, **ANALYSED), "run-2", progress=lambda line: None,
         ).run()  # fmt: skip
     assert refused.value.result.reason.startswith(
         f"fraud already serves {STABLE_URI}: in Standard mode a canary needs a new model"
@@ -327,7 +335,7 @@ def test_standard_mode_on_a_crd_it_cannot_read_and_that_lacks_spec_canary() -> N
         deployed(cluster)
         cluster.deny("get", "customresourcedefinitions")  # as kserve/rbac.yaml grants no more
         with pytest.raises(RolloutFailed) as failed:
-            rollout(cluster, policy=ANALYSED).run()
+            rollout(cluster, **ANALYSED).run()
         assert "the API server dropped spec.canary" in failed.value.result.reason
         assert "no canary is possible in Standard mode" in failed.value.result.reason
         assert "canary" not in cluster.get(NAMESPACE, NAME)["spec"]
@@ -342,7 +350,7 @@ def test_standard_mode_rolls_back_a_canary_that_never_becomes_ready(
     deployed(standard_cluster)
     standard_cluster.revision_behaviour(CANARY_URI, never_ready=True)
     with pytest.raises(RolloutFailed) as failed:
-        rollout(standard_cluster, policy=ANALYSED, ready_timeout_s=1).run()
+        rollout(standard_cluster, **ANALYSED, ready_timeout_s=1).run()
     assert failed.value.result.decision == "rolled_back"
     assert failed.value.result.reason.startswith("timed out after 1 s waiting for canary c")
     service = standard_cluster.get(NAMESPACE, NAME)
@@ -409,10 +417,12 @@ def test_sigterm_mid_rollout_rolls_back(cluster: KubernetesApiDouble, tmp_path: 
 
 def _start_cli(cluster: KubernetesApiDouble, tmp_path: Path, *options: str) -> subprocess.Popen:
     kubeconfig = cluster.write_kubeconfig(tmp_path / "kubeconfig", namespace=NAMESPACE)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("analysis: none\n")
     command = [
         sys.executable, "-m", "pipelines.cli", "rollout", "--name", NAME, "--namespace", NAMESPACE,
         "--model-uri", CANARY_URI, "--kubeconfig", str(kubeconfig), "--ready-timeout", "10",
-        *options,
+        "--policy", str(policy), *options,
     ]  # fmt: skip
     return subprocess.Popen(
         command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -453,9 +463,12 @@ def test_steps_parse_from_text() -> None:
         parse_steps("ten")
 
 
-def test_dry_run_prints_the_manifest_and_plan_and_touches_nothing(
-    capsys: pytest.CaptureFixture,
+def test_dry_run_prints_a_yaml_stream_the_api_server_accepts(
+    cluster: KubernetesApiDouble, capsys: pytest.CaptureFixture
 ) -> None:
+    from kubernetes.client import ApiClient, CustomObjectsApi
+    from kubernetes.client.exceptions import ApiException
+
     code = main([
         "rollout", "--name", NAME, "--namespace", NAMESPACE, "--model-uri", CANARY_URI,
         "--steps", "5,20,60", "--prometheus", "http://prometheus:9090",
@@ -463,15 +476,41 @@ def test_dry_run_prints_the_manifest_and_plan_and_touches_nothing(
     ])  # fmt: skip
     printed = capsys.readouterr().out
     assert code == 0
-    assert "storageUri: gs://models/fraud/canary" in printed
-    assert "5 %, then 20 %, then 60 % of traffic" in printed
-    assert "analysis against http://prometheus:9090" in printed
-    assert 'revision="$revision"' in printed
+    documents = [document for document in yaml.safe_load_all(printed) if document is not None]
+    assert len(documents) == 1
+    (service,) = documents
+    validate_inference_service(service)  # KServe's CRD schema
+    assert service["spec"]["predictor"]["model"]["storageUri"] == CANARY_URI
+    plan = [line for line in printed.splitlines() if line.startswith("#")]
+    assert "send the new model 5 %, then 20 %, then 60 % of traffic" in plan[1]
+    assert "# judged from Prometheus at http://prometheus:9090:" in plan
+    assert any(
+        line.startswith("# - `server_errors` (proportion, lower, margin 0.01") for line in plan
+    )
+    api = CustomObjectsApi(ApiClient(cluster.configuration()))
+    arguments = ("serving.kserve.io", "v1beta1", NAMESPACE, "inferenceservices", service)
+    accepted = api.create_namespaced_custom_object(*arguments, dry_run="All")
+    assert accepted["metadata"]["name"] == NAME and "resourceVersion" not in accepted["metadata"]
+    assert cluster.get(NAMESPACE, NAME) is None  # validated, admitted, and not stored
+    with pytest.raises(ApiException) as refused:
+        api.create_namespaced_custom_object(*arguments, dry_run="Yes")
+    assert refused.value.status == 400
 
 
-def test_describe_plan_without_prometheus_says_no_analysis() -> None:
-    text = describe_plan(manifest(CANARY_URI), FAST, AnalysisPolicy())
-    assert "no Prometheus URL: steps advance without analysis" in text
+def test_describe_plan_with_analysis_none_says_nothing_is_judged() -> None:
+    text = describe_plan(manifest(CANARY_URI), RolloutSettings(FAST, UNJUDGED))
+    assert "# - **analysis: none**: the canary is NOT judged" in text
+
+
+def test_a_rollout_with_nothing_to_judge_by_is_refused_before_anything(
+    cluster: KubernetesApiDouble,
+) -> None:
+    deployed(cluster)
+    before = len(cluster.requests)
+    with pytest.raises(RolloutFailed) as refused:
+        rollout(cluster, policy=DEFAULT_POLICY).run()
+    assert refused.value.result.reason.startswith("no Prometheus URL to judge the canary with")
+    assert len(cluster.requests) == before  # not even read
 
 
 def test_cli_without_credentials_is_one_line(
@@ -479,7 +518,7 @@ def test_cli_without_credentials_is_one_line(
 ) -> None:
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     code = main([
-        "rollout", "--name", NAME, "--model-uri", CANARY_URI,
+        "rollout", "--name", NAME, "--model-uri", CANARY_URI, "--prometheus", "http://p:9090",
         "--kubeconfig", str(tmp_path / "missing"),
     ])  # fmt: skip
     error = capsys.readouterr().err.strip()
@@ -511,17 +550,19 @@ def deploy_step(tmp_path: Path, uri: str, version: str, **options):
 
     outputs = tmp_path / f"v{version}"
     report = artifact(Markdown, outputs, "report")
+    metrics = artifact(Metrics, outputs, "rollout_metrics")
     decision = None
     try:
         decision = deploy.python_func(
             model_name=NAME, model_version=version, storage_uri=uri, run_id=f"run-{version}",
             manifest=artifact(Artifact, outputs, "manifest"), report=report,
-            rollout_metrics=artifact(Metrics, outputs, "rollout_metrics"), namespace=NAMESPACE,
-            canary_interval_s=0.2, ready_timeout_s=5, **options,
+            rollout_metrics=metrics, namespace=NAMESPACE,
+            canary_interval_s=0.2, ready_timeout_s=5, canary_policy={"analysis": "none"},
+            **options,
         )  # fmt: skip
     finally:
         text = Path(report.path).read_text() if Path(report.path).exists() else ""
-    return decision, report, text
+    return decision, report, text, metrics
 
 
 def test_the_deploy_step_creates_then_promotes_and_reports(
@@ -530,13 +571,17 @@ def test_the_deploy_step_creates_then_promotes_and_reports(
     kubeconfig = cluster.write_kubeconfig(tmp_path / "kubeconfig", namespace=NAMESPACE)
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    decision, report, text = deploy_step(tmp_path, STABLE_URI, "1")
+    decision, report, text, _ = deploy_step(tmp_path, STABLE_URI, "1")
     assert decision == "created" and "**created**" in text
-    decision, report, text = deploy_step(tmp_path, CANARY_URI, "2", canary_steps="20,60")
-    assert decision == "promoted"
+    decision, report, text, metrics = deploy_step(tmp_path, CANARY_URI, "2", canary_steps="20,60")
+    assert decision == "promoted_without_analysis"
     assert report.metadata["canary_revision"] == "fraud-predictor-00002"
     assert report.metadata["stable_revision"] == "fraud-predictor-00001"
-    assert "| 20 % | skipped |" in text and "| 60 % | skipped |" in text
+    assert report.metadata["analysis"] == "none"
+    assert "promoted WITHOUT ANALYSIS" in text and "the canary is NOT judged" in text
+    looks = [line for line in text.splitlines() if line.endswith("| pass | analysis: none |")]
+    assert [line.split(" | ")[0] for line in looks] == ["| 20 %", "| 60 %"]
+    assert metrics.metadata == {"analysis_performed": 0.0}
     assert f"storageUri: {STABLE_URI}" in text  # the snapshot a rollback would re-apply
     assert traffic(cluster) == {"fraud-predictor-00002": 100}
 

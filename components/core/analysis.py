@@ -1,193 +1,530 @@
-"""Canary analysis: PromQL measurements of the canary and stable revisions, against thresholds.
+"""The canary judge: each metric of the policy, canary against stable, to one of four outcomes.
 
-Every query is a template the user may replace; ``$namespace``, ``$revision`` and
-``$window`` are filled in per revision. The defaults read the per-revision metrics
-Conveyor's serving runtime exports (see ``components.core.serving``).
+As Argo Rollouts has them, a metric ends ``pass``, ``fail``, ``inconclusive`` (no data, or
+too little for the test to tell at the policy's error rates) or ``error`` (its query
+failed). Statistical metrics are judged with always-valid confidence intervals
+(``components.core.sequential``) at a ``1 - alpha`` level, ``alpha`` being the policy's
+``false_promotion_rate`` split over every comparison (Bonferroni):
+
+- a comparison **fails** when the interval of canary minus stable lies beyond the margin
+  on the worse side, and **passes** when it lies within it and the canary has served the
+  policy's minimum sample; otherwise it is inconclusive;
+- an absolute guard (``max``, ``min``, the latency tail) fails only on evidence (the
+  canary's interval entirely beyond the bound) and never holds a canary back.
+
+So a canary worse than a margin is promoted, or one within every margin failed, with
+probability at most ``false_promotion_rate`` however often it is looked at; a canary equal
+to stable passes every metric, once it has served the minimum sample, with probability at
+least ``1 - false_rollback_rate``. Gauges are compared as they are, with no error rates.
+
+``judge`` is a pure function of measurements; ``AnalysisRun`` carries what a rollout's
+looks accumulate (inconclusive looks in a step, errors in a row).
 """
 
 from __future__ import annotations
 
 import math
-import re
-from dataclasses import dataclass, field
-from string import Template
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
-import httpx
-
-from components.core.errors import ConveyorError, first_line
+from components.core.canary_policy import CanaryPolicy, MetricSpec
+from components.core.errors import ConveyorError
+from components.core.markdown import table
+from components.core.prometheus import Prometheus, Sample, Series, Window, measure
+from components.core.sequential import Interval, difference_interval, proportion_interval
 
 __all__ = [
-    "DEFAULT_QUERIES",
-    "Analysis",
-    "AnalysisPolicy",
-    "Measurement",
-    "Verdict",
+    "OUTCOMES",
+    "AnalysisRun",
+    "Decision",
+    "Judgement",
+    "MetricResult",
+    "Outcome",
     "analyse",
-    "query_prometheus",
+    "histogram_quantile",
+    "judge",
+    "render_table",
 ]
 
-OnNoData = Literal["fail", "wait", "pass"]
-_DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
-_SELECTOR = 'namespace="$namespace",revision="$revision"'
-DEFAULT_QUERIES = {
-    "requests": f"sum(increase(conveyor_inference_requests_total{{{_SELECTOR}}}[$window]))",
-    # `or vector(0)`: a canary answering only 5xx has no non-5xx series at all.
-    "success_rate": (
-        f'(sum(rate(conveyor_inference_requests_total{{{_SELECTOR},code!~"5.."}}[$window]))'
-        f" or vector(0)) / sum(rate(conveyor_inference_requests_total{{{_SELECTOR}}}[$window]))"
-    ),
-    "latency_p99": (
-        "histogram_quantile(0.99, sum by (le) "
-        f"(rate(conveyor_inference_request_duration_seconds_bucket{{{_SELECTOR}}}[$window])))"
-    ),
-}
+Outcome = Literal["pass", "fail", "inconclusive", "error"]
+OUTCOMES: tuple[Outcome, ...] = ("fail", "error", "inconclusive", "pass")  # worst first
+_TAIL = 0.99  # the latency quantile compared
 
 
 @dataclass(frozen=True)
-class AnalysisPolicy:
-    """What a healthy canary looks like.
+class MetricResult:
+    """One metric's judgement at one look.
 
     Attributes:
-        prometheus_url: Prometheus' base URL; empty skips analysis (each step passes, and
-            the report says no analysis ran).
-        min_success_rate: Lowest share of non-5xx responses the canary may have.
-        max_latency_p99_s: Highest p99 latency (seconds) the canary may have.
-        min_requests: Fewest canary requests in the window for the numbers to count.
-        on_no_data: Below ``min_requests``: ``fail`` the analysis, ``wait`` another
-            interval, or ``pass`` it.
-        window: PromQL range of each measurement, such as ``1m``.
-        queries: PromQL templates by measurement name (``requests``, ``success_rate``,
-            ``latency_p99``), with ``$namespace``, ``$revision`` and ``$window``.
+        name: The metric.
+        outcome: pass, fail, inconclusive or error.
+        canary: The canary's value (a rate, a share, a largest change, a gauge), if measured.
+        stable: The stable revision's, if measured.
+        test: What was tested, with the effect and its interval.
+        reason: Why this outcome, in one line.
+        samples: Canary samples the test used.
+        needed: Canary samples the policy needs before the metric can pass.
+        extra: Further values measured (the latency tail's p99s), by name.
     """
 
-    prometheus_url: str = ""
-    min_success_rate: float = 0.99
-    max_latency_p99_s: float = 0.5
-    min_requests: int = 20
-    on_no_data: OnNoData = "fail"
-    window: str = "1m"
-    queries: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_QUERIES))
-
-    def __post_init__(self) -> None:
-        if self.on_no_data not in ("fail", "wait", "pass"):
-            raise ConveyorError(f"on_no_data must be fail, wait or pass, not {self.on_no_data!r}")
-        if not 0 <= self.min_success_rate <= 1:
-            raise ConveyorError(f"min_success_rate {self.min_success_rate} is not within 0-1")
-        if self.max_latency_p99_s <= 0 or self.min_requests < 0:
-            raise ConveyorError(
-                f"max_latency_p99_s must be positive and min_requests 0 or more, not "
-                f"{self.max_latency_p99_s} and {self.min_requests}"
-            )
-        if not _DURATION.match(self.window):
-            raise ConveyorError(f"window {self.window!r} is not a PromQL duration, such as 1m")
-        unknown = sorted(set(self.queries) - set(DEFAULT_QUERIES))
-        if unknown:
-            raise ConveyorError(
-                f"unknown analysis queries {unknown}; known: {', '.join(DEFAULT_QUERIES)}"
-            )
-        for name, query in self.queries.items():
-            try:
-                _fill(query, "namespace", "revision", "1m")
-            except (KeyError, ValueError) as error:
-                raise ConveyorError(
-                    f"analysis query {name!r}: {error} is not one of $namespace, $revision, "
-                    "$window (write $$ for a literal $)"
-                ) from None
+    name: str
+    outcome: Outcome
+    canary: float | None = None
+    stable: float | None = None
+    test: str = ""
+    reason: str = ""
+    samples: int = 0
+    needed: int = 0
+    extra: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
-class Measurement:
-    """One revision's numbers over the window (None where Prometheus had no data)."""
+class Judgement:
+    """Every metric's result at one look; the outcome is the worst of them."""
 
-    revision: str
-    requests: float | None
-    success_rate: float | None
-    latency_p99: float | None
+    results: tuple[MetricResult, ...]
 
+    @property
+    def outcome(self) -> Outcome:
+        found = {result.outcome for result in self.results}
+        return next((outcome for outcome in OUTCOMES if outcome in found), "pass")
 
-Verdict = Literal["pass", "fail", "no_data", "skipped"]
-
-
-@dataclass(frozen=True)
-class Analysis:
-    """The canary's verdict at one traffic step, with every value measured."""
-
-    verdict: Verdict
-    reason: str
-    canary: Measurement | None = None
-    stable: Measurement | None = None
+    @property
+    def reason(self) -> str:
+        worst = [r for r in self.results if r.outcome == self.outcome]
+        if self.outcome == "pass":
+            return f"every metric passed ({', '.join(r.name for r in self.results)})"
+        return "; ".join(f"{r.name}: {r.reason}" for r in worst)
 
 
-def analyse(policy: AnalysisPolicy, namespace: str, canary: str, stable: str) -> Analysis:
-    """Measures both revisions and judges the canary against the policy."""
-    if not policy.prometheus_url:
-        return Analysis("skipped", "no Prometheus URL was given, so no analysis ran")
-    canary_numbers = _measure(policy, namespace, canary)
-    stable_numbers = _measure(policy, namespace, stable)
-    return Analysis(*_judge(policy, canary_numbers), canary_numbers, stable_numbers)
-
-
-def query_prometheus(url: str, query: str) -> float | None:
-    """The single value of an instant query; None for an empty result or NaN."""
-    try:
-        response = httpx.get(f"{url.rstrip('/')}/api/v1/query", params={"query": query}, timeout=10)
-    except httpx.HTTPError as error:
-        raise ConveyorError(f"Prometheus at {url} is unreachable: {error}") from None
-    body = response.json() if response.headers.get("content-type", "").endswith("json") else {}
-    if response.status_code != 200 or body.get("status") != "success":
-        detail = body.get("error") or first_line(response.text)[:200] or response.reason_phrase
-        raise ConveyorError(f"Prometheus refused the query {query!r}: {detail}")
-    kind, samples = body["data"]["resultType"], body["data"]["result"]
-    if kind != "vector":
-        raise ConveyorError(f"the query {query!r} must give an instant vector, not a {kind}")
-    if len(samples) > 1:
-        raise ConveyorError(f"the query {query!r} must give one number, not {len(samples)} series")
-    value = float(samples[0]["value"][1]) if samples else math.nan
-    return None if math.isnan(value) else value
-
-
-def _measure(policy: AnalysisPolicy, namespace: str, revision: str) -> Measurement:
-    values = {
-        name: query_prometheus(
-            policy.prometheus_url,
-            _fill(policy.queries.get(name, default), namespace, revision, policy.window),
-        )
-        for name, default in DEFAULT_QUERIES.items()
-    }
-    return Measurement(revision, **values)
-
-
-def _fill(query: str, namespace: str, revision: str, window: str) -> str:
-    return Template(query).substitute(namespace=namespace, revision=revision, window=window)
-
-
-def _judge(policy: AnalysisPolicy, canary: Measurement) -> tuple[Verdict, str]:
-    if (canary.requests or 0) < policy.min_requests:
-        return "no_data", (
-            f"the canary served {canary.requests or 0:.3g} requests in {policy.window}, "
-            f"fewer than the {policy.min_requests} needed to judge it"
-        )
-    problems = []
-    if canary.success_rate is not None and canary.success_rate < policy.min_success_rate:
-        problems.append(
-            f"success rate {canary.success_rate:.2%} is below {policy.min_success_rate:.2%}"
-        )
-    if canary.latency_p99 is not None and canary.latency_p99 > policy.max_latency_p99_s:
-        problems.append(
-            f"p99 latency {canary.latency_p99:.3f} s is above {policy.max_latency_p99_s} s"
-        )
-    if problems:
-        return "fail", "canary " + " and ".join(problems)
-    return "pass", (
-        f"canary success rate {_percent(canary.success_rate)}, "
-        f"p99 latency {_seconds(canary.latency_p99)} over {canary.requests:.0f} requests"
+def analyse(
+    prometheus: Prometheus,
+    policy: CanaryPolicy,
+    namespace: str,
+    canary: str,
+    stable: str,
+    window: Window,
+) -> Judgement:
+    """Measures both revisions over the same window and judges the canary."""
+    if canary == stable:
+        raise ConveyorError(f"the canary and the stable revision are both {canary!r}")
+    return judge(
+        policy,
+        measure(prometheus, policy, namespace, canary, window),
+        measure(prometheus, policy, namespace, stable, window, stable=True),
     )
 
 
-def _percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2%}"
+def judge(
+    policy: CanaryPolicy, canary: Mapping[str, Sample], stable: Mapping[str, Sample]
+) -> Judgement:
+    """Each metric of ``policy``, canary against stable (a pure function)."""
+    needed = policy.minimum_samples()
+    return Judgement(
+        tuple(
+            _judge_metric(metric, canary[metric.name], stable[metric.name], policy, needed)
+            for metric in policy.metrics
+        )
+    )
 
 
-def _seconds(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f} s"
+def _judge_metric(
+    metric: MetricSpec,
+    canary: Sample,
+    stable: Sample,
+    policy: CanaryPolicy,
+    needed: Mapping[str, int],
+) -> MetricResult:
+    if canary.error or stable.error:
+        return MetricResult(metric.name, "error", reason=canary.error or stable.error)
+    if not canary.series:
+        return MetricResult(metric.name, "inconclusive", reason="warming up: not measured yet")
+    judged_by = _JUDGES[metric.kind]
+    needs = needed.get(metric.name, 0)
+    return judged_by(metric, canary.series, stable.series, policy.comparison_alpha, needs)
+
+
+# -- proportions --------------------------------------------------------------------------
+
+
+def _proportion(
+    metric: MetricSpec, canary: Mapping[str, Series], stable: Mapping[str, Series],
+    alpha: float, needed: int,
+) -> MetricResult:  # fmt: skip
+    counts_c, counts_s = _counts(canary), _counts(stable)
+    missing = _no_data(counts_c and counts_c[1], counts_s and counts_s[1])
+    if missing:
+        return MetricResult(metric.name, "inconclusive", reason=missing)
+    (events_c, total_c), (events_s, total_s) = counts_c, counts_s
+    return _compared(
+        metric,
+        difference_interval(events_c, total_c, events_s, total_s, alpha, metric.margin),
+        _guards(metric, events_c, total_c, alpha),
+        (events_c / total_c, events_s / total_s),
+        samples=total_c,
+        needed=needed,
+        what="rate",
+    )
+
+
+def _counts(series: Mapping[str, Series]) -> tuple[int, int] | None:
+    events, total = _number(series["events"]), _number(series["total"])
+    if events is None or total is None:
+        return None
+    # increase() extrapolates, and two queries are scraped apart: whole counts, consistent.
+    total = max(0, round(total))
+    return min(max(0, round(events)), total), total
+
+
+def _guards(metric: MetricSpec, events: int, total: int, alpha: float) -> list[str]:
+    """Absolute bounds the canary is beyond on evidence, each as a line."""
+    rate = proportion_interval(events, total, alpha, metric.margin or 0.5)
+    broken = []
+    if metric.max is not None and rate.low > metric.max:
+        broken.append(f"its rate {rate.estimate:.2%} is above the max {metric.max:.2%}")
+    if metric.min is not None and rate.high < metric.min:
+        broken.append(f"its rate {rate.estimate:.2%} is below the min {metric.min:.2%}")
+    return broken
+
+
+# -- latency ------------------------------------------------------------------------------
+
+
+def _latency(
+    metric: MetricSpec, canary: Mapping[str, Series], stable: Mapping[str, Series],
+    alpha: float, needed: int,
+) -> MetricResult:  # fmt: skip
+    buckets_c, buckets_s = _buckets(canary["buckets"]), _buckets(stable["buckets"])
+    missing = _no_data(buckets_c and buckets_c[-1][1], buckets_s and buckets_s[-1][1])
+    if missing:
+        return MetricResult(metric.name, "inconclusive", reason=missing)
+    p99_s, p99_c = histogram_quantile(_TAIL, buckets_s), histogram_quantile(_TAIL, buckets_c)
+    bound = _bound_at_or_above(p99_s, buckets_s)
+    total_c, total_s = round(buckets_c[-1][1]), round(buckets_s[-1][1])
+    slow_c, slow_s = _above(bound, buckets_c), _above(bound, buckets_s)
+    if slow_c is None:
+        return MetricResult(
+            metric.name, "inconclusive", reason=f"the canary has no bucket at {bound:g} s"
+        )
+    guard = _tail_guard(metric, p99_s, buckets_c, total_c, alpha)
+    result = _compared(
+        metric,
+        difference_interval(slow_c, total_c, slow_s, total_s, alpha, metric.margin),
+        [guard] if guard else [],
+        (slow_c / total_c, slow_s / total_s),
+        samples=total_c,
+        needed=needed,
+        what=f"share slower than {bound:g} s (the stable p99's bucket)",
+    )
+    return replace(result, extra={"canary_p99_s": p99_c, "stable_p99_s": p99_s})
+
+
+def _tail_guard(
+    metric: MetricSpec, p99_s: float, buckets: list[tuple[float, float]], total: int, alpha: float
+) -> str:
+    """Broken when the canary's p99 is above the limit on evidence: more than 1 % of its
+    requests slower than the first bucket at or above the limit."""
+    limit = metric.tail_ratio * p99_s + metric.tail_slack_s
+    bound = _bound_at_or_above(limit, buckets)
+    slow = _above(bound, buckets)
+    if slow is None or not limit <= bound < math.inf:  # no bucket to measure the limit by
+        return ""
+    share = proportion_interval(slow, total, alpha, metric.margin or 0.5)
+    if share.low <= 1 - _TAIL:
+        return ""
+    return (
+        f"its p99 is above {metric.tail_ratio:g} x the stable's {p99_s * 1000:.1f} ms + "
+        f"{metric.tail_slack_s * 1000:g} ms: {share.estimate:.2%} of its requests took over "
+        f"{bound:g} s"
+    )
+
+
+def _buckets(series: Series) -> list[tuple[float, float]]:
+    """Cumulative buckets sorted by bound, ``+Inf`` last; empty when it has none."""
+    buckets = sorted((float(bound), count) for bound, count in series.items())
+    if not buckets or not math.isinf(buckets[-1][0]) or any(math.isnan(c) for _, c in buckets):
+        return []
+    return buckets
+
+
+def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
+    """The ``q`` quantile of cumulative buckets as Prometheus' ``histogram_quantile`` gives
+    it: linear within the bucket, the highest finite bound when it falls in ``+Inf``."""
+    total = buckets[-1][1]
+    rank = q * total
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if math.isinf(bound):
+                return lower_bound
+            if count == lower_count:
+                return bound
+            within = (rank - lower_count) / (count - lower_count)
+            return lower_bound + (bound - lower_bound) * within
+        lower_bound, lower_count = bound, count
+    return lower_bound
+
+
+def _bound_at_or_above(value: float, buckets: list[tuple[float, float]]) -> float:
+    finite = [bound for bound, _ in buckets if math.isfinite(bound)]
+    return next((bound for bound in finite if bound >= value), finite[-1] if finite else math.inf)
+
+
+def _above(bound: float, buckets: list[tuple[float, float]]) -> int | None:
+    """Requests slower than ``bound``; None when the histogram has no such bucket."""
+    at = dict(buckets).get(bound)
+    return None if at is None else max(0, round(buckets[-1][1]) - round(at))
+
+
+# -- distributions ------------------------------------------------------------------------
+
+
+def _distribution(
+    metric: MetricSpec, canary: Mapping[str, Series], stable: Mapping[str, Series],
+    alpha: float, needed: int,
+) -> MetricResult:  # fmt: skip
+    shares_c = _categories(metric, canary["counts"])
+    shares_s = _categories(metric, stable["counts"])
+    missing = _no_data(shares_c and shares_c[1], shares_s and shares_s[1])
+    if missing:
+        return MetricResult(metric.name, "inconclusive", reason=missing)
+    (counts_c, total_c), (counts_s, total_s) = shares_c, shares_s
+    names = sorted(set(counts_c) | set(counts_s), key=_category_order)
+    # Every category's interval at once: Bonferroni over the categories.
+    per_category = alpha / max(1, len(names))
+    intervals = {
+        name: difference_interval(
+            counts_c.get(name, 0), total_c, counts_s.get(name, 0), total_s, per_category,
+            metric.margin,
+        )
+        for name in names
+    }  # fmt: skip
+    moved = max(names, key=lambda name: abs(intervals[name].estimate))
+    largest = Interval(
+        abs(intervals[moved].estimate),
+        max(i.distance_from_zero() for i in intervals.values()),
+        max(i.magnitude() for i in intervals.values()),
+    )
+    what = "distribution function" if metric.label == "le" else "share"
+    return _compared(
+        metric,
+        largest,
+        [],
+        (counts_c.get(moved, 0) / total_c, counts_s.get(moved, 0) / total_s),
+        samples=total_c,
+        needed=needed,
+        what=f"largest change of a {what} (at {metric.label} {moved})",
+        magnitude=True,
+    )
+
+
+def _categories(metric: MetricSpec, series: Series) -> tuple[dict[str, int], int] | None:
+    """Counts by category and the total; a histogram's ``le`` buckets are cumulative, so
+    their shares are the distribution function at each bound."""
+    if not series or any(math.isnan(value) for value in series.values()):
+        return None
+    counts = {name: max(0, round(value)) for name, value in series.items()}
+    if metric.label != "le":
+        return counts, sum(counts.values())
+    total = counts.pop("+Inf", None)
+    if total is None:
+        return None
+    return {name: min(count, total) for name, count in counts.items()}, total
+
+
+def _category_order(name: str) -> tuple[float, str]:
+    try:
+        return float(name), name
+    except ValueError:
+        return math.inf, name
+
+
+# -- gauges -------------------------------------------------------------------------------
+
+
+def _gauge(
+    metric: MetricSpec, canary: Mapping[str, Series], stable: Mapping[str, Series],
+    alpha: float, needed: int,
+) -> MetricResult:  # fmt: skip
+    value_c, value_s = _number(canary["value"]), _number(stable["value"])
+    if value_c is None or value_s is None:
+        whose = "the canary" if value_c is None else "the stable revision"
+        return MetricResult(metric.name, "inconclusive", reason=f"no value for {whose}")
+    broken = []
+    if metric.margin is not None:
+        change = _relative_change(value_c, value_s)
+        worse = {"lower": change, "higher": -change, "either": abs(change)}[metric.direction]
+        if worse > metric.margin:
+            broken.append(f"it differs from stable by {change:+.1%}, beyond {metric.margin:.1%}")
+    if metric.max is not None and value_c > metric.max:
+        broken.append(f"{value_c:g} is above the max {metric.max:g}")
+    if metric.min is not None and value_c < metric.min:
+        broken.append(f"{value_c:g} is below the min {metric.min:g}")
+    outcome: Outcome = "fail" if broken else "pass"
+    reason = "; ".join(broken) or f"{value_c:g} against stable's {value_s:g}"
+    return MetricResult(metric.name, outcome, value_c, value_s, "gauge, as measured", reason)
+
+
+def _relative_change(canary: float, stable: float) -> float:
+    if stable == 0:
+        return 0.0 if canary == 0 else math.copysign(math.inf, canary)
+    return (canary - stable) / abs(stable)
+
+
+_JUDGES = {
+    "proportion": _proportion,
+    "latency": _latency,
+    "distribution": _distribution,
+    "gauge": _gauge,
+}
+
+
+# -- shared -------------------------------------------------------------------------------
+
+
+def _compared(
+    metric: MetricSpec,
+    interval: Interval,
+    broken_guards: list[str],
+    values: tuple[float, float],
+    samples: int,
+    needed: int,
+    what: str,
+    magnitude: bool = False,
+) -> MetricResult:
+    """The outcome of canary minus stable (with ``magnitude``, of a size of change: the
+    distributions') against the margin, and of the guards."""
+    margin = metric.margin or 0.0
+    if magnitude:
+        worse, within = interval.low > margin, interval.high <= margin
+    else:
+        worse, within = _against_margin(interval, margin, metric.direction)
+    test = (
+        f"{what}: {_points(interval.estimate)} [{_points(interval.low)}, "
+        f"{_points(interval.high)}] against a margin of {_points(margin)}"
+    )
+    result = MetricResult(metric.name, "pass", *values, test=test, samples=samples, needed=needed)
+    if worse or broken_guards:
+        beyond = [f"worse than stable beyond the margin ({test})"] if worse else []
+        return replace(result, outcome="fail", reason="; ".join(beyond + broken_guards))
+    if samples < needed:
+        return replace(
+            result,
+            outcome="inconclusive",
+            reason=f"{samples} canary samples of the {needed} the policy needs ({test})",
+        )
+    if not within:
+        return replace(
+            result, outcome="inconclusive", reason=f"not yet told apart from the margin ({test})"
+        )
+    return replace(result, reason=f"within the margin over {samples} canary samples")
+
+
+def _against_margin(interval: Interval, margin: float, direction: str) -> tuple[bool, bool]:
+    """(worse beyond the margin, within it), both on evidence, for canary minus stable."""
+    if direction == "lower":
+        return interval.low > margin, interval.high <= margin
+    if direction == "higher":
+        return interval.high < -margin, interval.low >= -margin
+    return (
+        interval.low > margin or interval.high < -margin,
+        interval.low >= -margin and interval.high <= margin,
+    )
+
+
+def _no_data(canary: object, stable: object) -> str:
+    if not canary:
+        return "nothing measured for the canary (an empty or NaN result, or a count of 0)"
+    if not stable:
+        return (
+            "nothing measured for the stable revision to compare with (an empty or NaN "
+            "result, or a count of 0)"
+        )
+    return ""
+
+
+def _number(series: Series) -> float | None:
+    value = series.get("")
+    return None if value is None or math.isnan(value) else value
+
+
+def _points(value: float) -> str:
+    return f"{value * 100:+.2f} pts"
+
+
+# -- a rollout's looks --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a look decides for its step: ``pass`` (advance), ``fail`` (roll back) or
+    ``wait`` (look again after another interval), and why."""
+
+    action: Literal["pass", "fail", "wait"]
+    reason: str
+
+
+@dataclass
+class AnalysisRun:
+    """Inconclusive looks in the current step and query errors in a row, per metric."""
+
+    policy: CanaryPolicy
+    inconclusive: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def next_step(self) -> None:
+        self.inconclusive = 0
+
+    def decide(self, judgement: Judgement, warming_up: bool = False) -> Decision:
+        """The step's decision after one look (a warm-up look's inconclusive results do not
+        count against the limit)."""
+        for result in judgement.results:
+            self.errors[result.name] = self.errors.get(result.name, 0) + 1 if (
+                result.outcome == "error"
+            ) else 0  # fmt: skip
+        outcome = judgement.outcome
+        if outcome == "fail":
+            return Decision("fail", judgement.reason)
+        limit = self.policy.consecutive_error_limit
+        over = [name for name, count in self.errors.items() if count > limit]
+        if over:
+            return Decision(
+                "fail", f"{', '.join(over)}: queries failed {limit + 1} times in a row; last: "
+                f"{judgement.reason}",
+            )  # fmt: skip
+        if outcome == "error":
+            return Decision("wait", f"retrying: {judgement.reason}")
+        if outcome == "inconclusive":
+            self.inconclusive += 0 if warming_up else 1
+            if self.inconclusive > self.policy.inconclusive_limit:
+                return Decision(
+                    "fail", f"still inconclusive after {self.inconclusive} looks (the limit is "
+                    f"{self.policy.inconclusive_limit}): {judgement.reason}",
+                )  # fmt: skip
+            return Decision("wait", judgement.reason)
+        return Decision("pass", judgement.reason)
+
+
+def render_table(judgement: Judgement) -> list[str]:
+    """The judgement as a Markdown table: one row per metric."""
+    header = ("metric", "outcome", "canary", "stable", "samples", "test", "reason")
+    return table(
+        header,
+        (
+            [
+                r.name,
+                f"**{r.outcome}**",
+                _value(r.canary),
+                _value(r.stable),
+                f"{r.samples} of {r.needed}" if r.needed else str(r.samples or "-"),
+                r.test or "-",
+                r.reason,
+            ]  # fmt: skip
+            for r in judgement.results
+        ),
+    )
+
+
+def _value(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"

@@ -22,7 +22,6 @@ import json
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from components.core.analysis import AnalysisPolicy
 from components.core.errors import ConveyorError, first_line
 from components.core.kube import InferenceServices
 
@@ -54,9 +53,7 @@ class Canary(Protocol):
 
     mode: str
 
-    def refusal(
-        self, service: Service, predictor: dict[str, Any], policy: AnalysisPolicy
-    ) -> str: ...
+    def refusal(self, service: Service, predictor: dict[str, Any], analysed: bool) -> str: ...
     def stable_revision(self, service: Service) -> str: ...
     def settled(self, service: Service) -> bool: ...
     def failure(self, service: Service, stable: str, known: dict[str, Any]) -> str: ...
@@ -74,7 +71,7 @@ class KnativeCanary:
     def __init__(self, services: InferenceServices, name: str) -> None:
         self.services, self.name = services, name
 
-    def refusal(self, service: Service, predictor: dict[str, Any], policy: AnalysisPolicy) -> str:
+    def refusal(self, service: Service, predictor: dict[str, Any], analysed: bool) -> str:
         return ""
 
     def stable_revision(self, service: Service) -> str:
@@ -172,13 +169,12 @@ class StandardCanary:
     def __init__(self, services: InferenceServices, name: str) -> None:
         self.services, self.name = services, name
 
-    def refusal(self, service: Service, predictor: dict[str, Any], policy: AnalysisPolicy) -> str:
-        if not policy.prometheus_url or policy.on_no_data != "fail":
+    def refusal(self, service: Service, predictor: dict[str, Any], analysed: bool) -> str:
+        if not analysed:
             return (
                 f"{self.name} runs in Standard mode, where KServe 0.20 sets a spec.canary "
                 "entry's replicas from trafficPercent but routes no traffic by it yet, so a "
-                "canary must prove it served requests: give a Prometheus URL and keep "
-                "on_no_data=fail"
+                "canary must prove it served requests: analysis: none is refused here"
             )
         current_uri = service["spec"]["predictor"].get("model", {}).get("storageUri")
         if predictor["model"]["storageUri"] == current_uri:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +13,14 @@ from sklearn.pipeline import Pipeline
 
 from components.core.errors import ConveyorError, plain
 
-__all__ = ["METRIC_DIRECTIONS", "Curves", "Scores", "positive_label", "score"]
+__all__ = [
+    "METRIC_DIRECTIONS",
+    "Curves",
+    "Scores",
+    "conventional_positive",
+    "positive_label",
+    "score",
+]
 
 # +1: higher is better; -1: lower is better.
 METRIC_DIRECTIONS = {
@@ -96,11 +104,18 @@ def positive_label(classes: np.ndarray, truth: np.ndarray, requested: str = "") 
             shown = ", ".join(repr(str(c)) for c in classes)
             raise ConveyorError(f"positive_class {requested!r} is not a class; classes: {shown}")
         return named[0]
-    conventional = [c for c in classes if str(c).lower() in _POSITIVE_NAMES]
-    if len(conventional) == 1:
-        return conventional[0]
+    conventional = conventional_positive(classes)
+    if conventional is not None:
+        return conventional
     counts = [(truth == c).sum() for c in classes]
     return classes[1] if counts[0] == counts[1] else classes[int(np.argmin(counts))]
+
+
+def conventional_positive(classes: Sequence[Any]) -> Any:
+    """The one class called 1, true, yes, y, positive or pos (case-insensitive); None unless
+    exactly one is."""
+    conventional = [c for c in classes if str(c).lower() in _POSITIVE_NAMES]
+    return conventional[0] if len(conventional) == 1 else None
 
 
 def _roc_curve(is_positive: np.ndarray, proba: np.ndarray) -> tuple[list[float], ...]:

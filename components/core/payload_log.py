@@ -4,11 +4,11 @@ Each answered request's rows (the table the model predicted on, in training colu
 are buffered and written, from a background thread so no request waits on storage, to
 ``<uri>/<YYYY-MM-DD>/<revision>-<HHMMSS>-<id>.parquet`` when ``max_rows`` have gathered or
 ``max_seconds`` have passed, and once more when the server stops (or the process exits).
-With ``--workers`` above 1, each worker keeps its own log, and a worker's last rows (under
-``max_rows``, from the last ``max_seconds``) are lost when it stops: uvicorn ends a worker
-by re-raising SIGTERM after its shutdown, past any cleanup. A day's folder (or the
-whole log) is what the monitoring pipeline's ``inputs_uri`` reads. The files hold feature
-columns only, so they compare with the training data column for column.
+The predictor runs one worker per process (``components.core.serving`` refuses
+``--workers`` above 1); were a server to start workers, each would keep a log of its own.
+A day's folder (or the whole log) is what the monitoring pipeline's ``inputs_uri`` reads.
+The files hold feature columns only, so they compare with the training data column for
+column.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """A progressive canary rollout of a KServe InferenceService.
 
-The new model goes out at the first of the plan's steps; after each step the canary is
-analysed (``components.core.analysis``); it is promoted when every step passes, and
-rolled back when one fails, when it never becomes ready, at the deadline, or on SIGTERM
-(how KFP cancels a run). How a canary moves depends on the service's deployment mode
+The new model goes out at the first of the plan's steps; at each step the canary is judged
+against the stable revision every interval (``components.core.analysis``), over all its
+traffic so far, until the step passes; it is promoted when every step passes, and rolled
+back when one fails, when it never becomes ready, at the deadline, or on SIGTERM (how KFP
+cancels a run). How a canary moves depends on the service's deployment mode
 (``components.core.canary``). A lock annotation keeps two runs off one service, and a
 snapshot annotation lets a re-run after a crash finish or roll back the half-done one.
 """
@@ -24,7 +25,7 @@ from typing import Any, Literal
 
 import yaml
 
-from components.core.analysis import DEFAULT_QUERIES, Analysis, AnalysisPolicy, analyse
+from components.core.analysis import AnalysisRun, Decision, Judgement, analyse, render_table
 from components.core.canary import (
     Canary,
     KnativeCanary,
@@ -34,6 +35,7 @@ from components.core.canary import (
     last_failure,
     serves,
 )
+from components.core.canary_policy import DEFAULT_POLICY, CanaryPolicy, describe_policy
 from components.core.errors import ConveyorError, first_line
 from components.core.files import write_text_atomically
 from components.core.kube import InferenceServices, api_client
@@ -42,25 +44,28 @@ from components.core.manifests import (
     render_inference_service,
     validate_inference_service,
 )
+from components.core.markdown import table
+from components.core.prometheus import Prometheus, Window
 
 __all__ = [
     "LOCK_ANNOTATION",
+    "ROLLOUT_PARAMETERS",
     "SNAPSHOT_ANNOTATION",
+    "Look",
     "Rollout",
     "RolloutFailed",
     "RolloutPlan",
     "RolloutResult",
-    "StepRecord",
+    "RolloutSettings",
     "deploy_model",
     "describe_plan",
     "parse_steps",
     "render_report",
-    "rollout_settings",
 ]
 
 LOCK_ANNOTATION = "conveyor/rollout-lock"
 SNAPSHOT_ANNOTATION = "conveyor/rollout-snapshot"
-Decision = Literal["created", "promoted", "rolled_back", "failed"]
+RolloutDecision = Literal["created", "promoted", "rolled_back", "failed"]
 
 
 @dataclass(frozen=True)
@@ -69,11 +74,9 @@ class RolloutPlan:
 
     Attributes:
         steps: Canary traffic percentages in order, each 1-99, increasing.
-        interval_s: Seconds the canary serves at each step before it is analysed.
+        interval_s: Seconds between looks at the canary; its first interval is warm-up.
         ready_timeout_s: Seconds a new revision (or a traffic change) may take to be ready.
         deadline_s: Seconds the whole rollout may take before it is rolled back.
-        failure_budget: Failed analyses tolerated (each re-analysed after another interval)
-            before the rollout is rolled back.
         poll_s: Seconds between reads of the InferenceService's status.
     """
 
@@ -81,7 +84,6 @@ class RolloutPlan:
     interval_s: float = 60.0
     ready_timeout_s: float = 600.0
     deadline_s: float = 3600.0
-    failure_budget: int = 0
     poll_s: float = 2.0
 
     def __post_init__(self) -> None:
@@ -93,42 +95,63 @@ class RolloutPlan:
         for name in ("interval_s", "ready_timeout_s", "deadline_s", "poll_s"):
             if getattr(self, name) <= 0:
                 raise ConveyorError(f"{name} must be positive, not {getattr(self, name)}")
-        if self.failure_budget < 0:
-            raise ConveyorError(f"failure_budget must be 0 or more, not {self.failure_budget}")
 
 
-def rollout_settings(
-    canary_steps: str,
-    interval_s: float,
-    ready_timeout_s: float,
-    deadline_s: float,
-    failure_budget: int,
-    prometheus_url: str,
-    min_success_rate: float,
-    max_latency_p99_s: float,
-    min_requests: int,
-    on_no_data: str,
-    window: str,
-    queries: dict[str, str],
-) -> tuple[RolloutPlan, AnalysisPolicy]:
-    """The plan and the analysis policy from flat settings (a step's or a command's)."""
-    plan = RolloutPlan(
-        steps=parse_steps(canary_steps),
-        interval_s=interval_s,
-        ready_timeout_s=ready_timeout_s,
-        deadline_s=deadline_s,
-        failure_budget=failure_budget,
-    )
-    policy = AnalysisPolicy(
-        prometheus_url=prometheus_url,
-        min_success_rate=min_success_rate,
-        max_latency_p99_s=max_latency_p99_s,
-        min_requests=min_requests,
-        on_no_data=on_no_data,  # type: ignore[arg-type] - AnalysisPolicy checks it
-        window=window,
-        queries={**DEFAULT_QUERIES, **queries},
-    )
-    return plan, policy
+# The pipeline parameters (and the deploy step's) that make up a rollout's settings.
+ROLLOUT_PARAMETERS = (
+    "canary_steps", "canary_interval_s", "ready_timeout_s", "rollout_deadline_s",
+    "prometheus_url", "canary_policy",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RolloutSettings:
+    """What a rollout needs besides the manifest: the plan, the policy, and where the
+    canary's metrics are read.
+
+    Attributes:
+        plan: How the canary advances.
+        policy: How it is judged.
+        prometheus_url: Prometheus' base URL; required unless the policy says
+            ``analysis: none``.
+    """
+
+    plan: RolloutPlan
+    policy: CanaryPolicy
+    prometheus_url: str = ""
+
+    @classmethod
+    def from_parameters(
+        cls,
+        canary_steps: str,
+        canary_interval_s: float,
+        ready_timeout_s: float,
+        rollout_deadline_s: float,
+        prometheus_url: str,
+        canary_policy: dict[str, Any],
+    ) -> RolloutSettings:
+        """The settings from a step's or a command's flat parameters (``ROLLOUT_PARAMETERS``)."""
+        plan = RolloutPlan(
+            steps=parse_steps(canary_steps),
+            interval_s=canary_interval_s,
+            ready_timeout_s=ready_timeout_s,
+            deadline_s=rollout_deadline_s,
+        )
+        return cls(plan, CanaryPolicy.from_dict(canary_policy), prometheus_url)
+
+    def prometheus(self, given: Prometheus | None = None) -> Prometheus | None:
+        """Where the canary is measured (``given``, else the URL's); None with ``analysis:
+        none``; refuses a rollout that would judge nothing."""
+        if not self.policy.analysed:
+            return None
+        if given is not None:
+            return given
+        if not self.prometheus_url:
+            raise ConveyorError(
+                "no Prometheus URL to judge the canary with (prometheus_url, --prometheus): "
+                "give one, or set analysis: none in the canary policy to roll out unjudged"
+            )
+        return Prometheus(self.prometheus_url)
 
 
 def parse_steps(text: str) -> tuple[int, ...]:
@@ -142,18 +165,21 @@ def parse_steps(text: str) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True)
-class StepRecord:
-    """One traffic step: its percentage and the analysis of the canary there."""
+class Look:
+    """One look at the canary: its step, how long it had served, what the judge found
+    (None with ``analysis: none``) and what the step decided."""
 
     percent: int
-    analysis: Analysis
+    elapsed_s: float
+    judgement: Judgement | None
+    decision: Decision
 
 
 @dataclass
 class RolloutResult:
     """What the rollout decided and everything it measured on the way."""
 
-    decision: Decision
+    decision: RolloutDecision
     reason: str
     name: str
     namespace: str
@@ -162,7 +188,8 @@ class RolloutResult:
     stable_revision: str = ""
     canary_revision: str = ""
     url: str = ""
-    steps: list[StepRecord] = field(default_factory=list)
+    policy: CanaryPolicy = DEFAULT_POLICY
+    looks: list[Look] = field(default_factory=list)
     snapshot: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -175,18 +202,16 @@ class RolloutResult:
             raise RolloutFailed(self)
 
     def metrics(self) -> dict[str, float]:
-        """Every measured value, ``step<percent>[_retry<n>]_<canary|stable>_<measure>``."""
-        values: dict[str, float] = {}
-        attempts: dict[int, int] = {}
-        for step in self.steps:
-            attempts[step.percent] = attempt = attempts.get(step.percent, 0) + 1
-            prefix = f"step{step.percent}" + (f"_retry{attempt - 1}" if attempt > 1 else "")
-            for role in ("canary", "stable"):
-                measured = getattr(step.analysis, role)
-                for key in ("requests", "success_rate", "latency_p99"):
-                    value = getattr(measured, key) if measured else None
-                    if value is not None:
-                        values[f"{prefix}_{role}_{key}"] = value
+        """``analysis_performed`` (0 with ``analysis: none``) and every value the judge
+        measured, ``step<percent>_look<n>_<metric>_<canary|stable|...>``."""
+        values = {"analysis_performed": float(self.policy.analysed)}
+        counts: dict[int, int] = {}
+        for look in self.looks:
+            counts[look.percent] = number = counts.get(look.percent, 0) + 1
+            for result in look.judgement.results if look.judgement else ():
+                prefix = f"step{look.percent}_look{number}_{result.name}"
+                measured = {"canary": result.canary, "stable": result.stable, **result.extra}
+                values |= {f"{prefix}_{k}": v for k, v in measured.items() if v is not None}
         return values
 
 
@@ -217,19 +242,25 @@ class Rollout:
         self,
         services: InferenceServices,
         manifest: dict[str, Any],
-        plan: RolloutPlan,
-        policy: AnalysisPolicy,
+        settings: RolloutSettings,
         run_id: str,
         progress: Callable[[str], None] = print,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        wall: Callable[[], float] = time.time,
+        prometheus: Prometheus | None = None,
     ) -> None:
-        self.services, self.plan, self.policy = services, plan, policy
-        self.manifest, self.run_id, self.progress = manifest, run_id, progress
-        self.clock, self.sleep = clock, sleep
+        self.services, self.plan, self.policy = services, settings.plan, settings.policy
+        self.settings, self.manifest, self.run_id = settings, manifest, run_id
+        self.progress = progress
+        self.clock, self.sleep, self.wall = clock, sleep, wall  # wall: Prometheus' time
         self.name = manifest["metadata"]["name"]
         model_uri = manifest["spec"]["predictor"]["model"]["storageUri"]
         self.result = RolloutResult("failed", "", self.name, services.namespace, model_uri)
+        self.result.policy = self.policy
+        self.judging = AnalysisRun(self.policy)
+        self.prometheus = prometheus  # by default, the settings' URL's
+        self._canary_started = 0.0  # wall time the canary first took traffic
         self._deadline = 0.0
         self._known_failure: dict[str, Any] = {}  # lastFailureInfo before this rollout
         self.canary: Canary = KnativeCanary(services, self.name)  # set from the service's mode
@@ -240,6 +271,7 @@ class Rollout:
         self._deadline = self.clock() + self.plan.deadline_s
         with _sigterm(_raise_cancelled):
             try:
+                self.prometheus = self.settings.prometheus(self.prometheus)
                 current = self._preflight()
             except _Cancelled:
                 self._fail("the run was cancelled (SIGTERM) before the rollout started")
@@ -280,7 +312,8 @@ class Rollout:
             return None
         if not is_ready(current):
             raise _Refused(f"{self.name} is not Ready ({_not_ready_reason(current)}); fix it first")
-        refusal = self.canary.refusal(current, self.manifest["spec"]["predictor"], self.policy)
+        predictor = self.manifest["spec"]["predictor"]
+        refusal = self.canary.refusal(current, predictor, self.prometheus is not None)
         if refusal:
             raise _Refused(refusal)
         self._known_failure = last_failure(current)
@@ -362,7 +395,6 @@ class Rollout:
     # -- canary steps -------------------------------------------------------------------
 
     def _advance(self) -> RolloutResult:
-        failures_left = self.plan.failure_budget
         for index, percent in enumerate(self.plan.steps):
             if index == 0:
                 self.progress(f"applying {self.result.model_uri} as a canary at {percent} %")
@@ -370,34 +402,45 @@ class Rollout:
                 stable = self.result.stable_revision
                 canary = self.canary.start(predictor, stable, percent, self._wait)
                 self.result.canary_revision = canary
+                self._canary_started = self.wall()
             else:
                 self.progress(f"canary {self.result.canary_revision} -> {percent} %")
                 self.canary.move(self.result.canary_revision, percent, self._wait)
-            failures_left = self._analyse_step(percent, failures_left)
+            self._analyse_step(percent)
         return self._promote()
 
-    def _analyse_step(self, percent: int, failures_left: int) -> int:
+    def _analyse_step(self, percent: int) -> None:
+        """Looks at the canary every interval until the step passes; raises _Abort when
+        it fails (a metric failed, or stayed inconclusive or in error past its limit)."""
+        self.judging.next_step()
         while True:
-            self.progress(f"canary at {percent} %: waiting {self.plan.interval_s:g} s to analyse")
+            self.progress(f"canary at {percent} %: looking again in {self.plan.interval_s:g} s")
             self._sleep_until_deadline(self.plan.interval_s)
-            analysis = analyse(
-                self.policy,
-                self.services.namespace,
-                self.result.canary_revision,
-                self.result.stable_revision,
-            )
-            self.result.steps.append(StepRecord(percent, analysis))
-            self.progress(f"analysis at {percent} %: {analysis.verdict}: {analysis.reason}")
-            verdict = analysis.verdict
-            if verdict == "no_data" and self.policy.on_no_data != "fail":
-                if self.policy.on_no_data == "pass":
-                    return failures_left
-                continue  # wait: another interval, until the deadline
-            if verdict in ("pass", "skipped"):
-                return failures_left
-            if failures_left == 0:
-                raise _Abort(f"analysis at {percent} %: {analysis.reason}")
-            failures_left -= 1
+            look = self._look(percent)
+            self.result.looks.append(look)
+            self.progress(f"look at {percent} %: {look.decision.action}: {look.decision.reason}")
+            if look.decision.action == "fail":
+                raise _Abort(f"analysis at {percent} %: {look.decision.reason}")
+            if look.decision.action == "pass":
+                return
+
+    def _look(self, percent: int) -> Look:
+        now = self.wall()
+        elapsed = now - self._canary_started
+        if self.prometheus is None:
+            return Look(percent, elapsed, None, Decision("pass", "analysis: none"))
+        # The first interval is warm-up: warm-up metrics count from its end.
+        warming_up = not self.result.looks
+        warm = 0.0 if warming_up else elapsed - self.plan.interval_s
+        judgement = analyse(
+            self.prometheus,
+            self.policy,
+            self.services.namespace,
+            self.result.canary_revision,
+            self.result.stable_revision,
+            Window(now, elapsed, warm),
+        )
+        return Look(percent, elapsed, judgement, self.judging.decide(judgement, warming_up))
 
     def _promote(self) -> RolloutResult:
         """100 % to the canary, with the model's annotations: only now is it the model served."""
@@ -411,12 +454,13 @@ class Rollout:
 
     def _promoted_reason(self) -> str:
         steps = ", ".join(f"{s} %" for s in self.plan.steps)
-        verdicts = {step.analysis.verdict for step in self.result.steps}
-        if verdicts == {"skipped"}:
-            return f"promoted after steps {steps} without analysis (no Prometheus URL)"
-        passed = [step for step in self.result.steps if step.analysis.verdict == "pass"]
-        last = passed[-1].analysis.reason if passed else "no step had enough requests to judge"
-        return f"every step passed ({steps}; on no data: {self.policy.on_no_data}); last: {last}"
+        if self.prometheus is None:
+            return (
+                f"promoted WITHOUT ANALYSIS after steps {steps} (canary_policy says analysis: "
+                "none): nothing about the canary was measured"
+            )
+        last = self.result.looks[-1].decision.reason if self.result.looks else "no look"
+        return f"every step passed ({steps}); last look: {last}"
 
     # -- rollback -----------------------------------------------------------------------
 
@@ -476,7 +520,7 @@ class Rollout:
             raise _Abort(f"the rollout passed its deadline of {self.plan.deadline_s:g} s")
         self.sleep(seconds)
 
-    def _record(self, status: dict[str, Any], decision: Decision, reason: str) -> None:
+    def _record(self, status: dict[str, Any], decision: RolloutDecision, reason: str) -> None:
         self.result.decision, self.result.reason = decision, reason
         self.result.url = status.get("status", {}).get("url", "")
         self.progress(f"{decision}: {reason}")
@@ -548,7 +592,8 @@ def _sigterm(handler: Any) -> Iterator[None]:
 
 
 def render_report(result: RolloutResult) -> str:
-    """The rollout as Markdown for the KFP UI: decision, why, revisions and every measure."""
+    """The rollout as Markdown for the KFP UI: the decision and why, how the canary was
+    judged, every look, and each step's last judgement metric by metric."""
     lines = [
         f"# Rollout of `{result.name}`: **{result.decision.replace('_', ' ')}**",
         "",
@@ -559,15 +604,27 @@ def render_report(result: RolloutResult) -> str:
         f"- stable revision: `{result.stable_revision or '-'}`",
         f"- canary revision: `{result.canary_revision or '-'}`",
         f"- URL: {result.url or '-'}",
+        "",
+        "## How the canary is judged",
+        "",
+        *describe_policy(result.policy),
     ]
-    if result.steps:
-        lines += [
-            "",
-            "| step | verdict | canary requests | canary success | canary p99 | "
-            "stable success | stable p99 | reason |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |",
-        ]
-        lines += [_step_row(step) for step in result.steps]
+    if result.looks:
+        looks = (
+            [
+                f"{look.percent} %",
+                f"{look.elapsed_s:.0f} s",
+                look.decision.action,
+                look.decision.reason,
+            ]
+            for look in result.looks
+        )
+        lines += ["", "## Looks", "", *table(("step", "after", "decision", "reason"), looks)]
+    for percent in dict.fromkeys(look.percent for look in result.looks):
+        last = [look for look in result.looks if look.percent == percent][-1]
+        if last.judgement:
+            lines += ["", f"## At {percent} %: the last look, metric by metric", ""]
+            lines += render_table(last.judgement)
     if result.snapshot:
         lines += [
             "",
@@ -580,33 +637,12 @@ def render_report(result: RolloutResult) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _step_row(step: StepRecord) -> str:
-    canary, stable = step.analysis.canary, step.analysis.stable
-
-    def show(measured: Any, key: str, fmt: str) -> str:
-        value = getattr(measured, key) if measured else None
-        return "-" if value is None else format(value, fmt)
-
-    cells = [
-        f"{step.percent} %",
-        step.analysis.verdict,
-        show(canary, "requests", ".0f"),
-        show(canary, "success_rate", ".2%"),
-        show(canary, "latency_p99", ".3f"),
-        show(stable, "success_rate", ".2%"),
-        show(stable, "latency_p99", ".3f"),
-        step.analysis.reason,
-    ]
-    return "| " + " | ".join(cells) + " |"
-
-
 # -- entry points -------------------------------------------------------------------------
 
 
 def deploy_model(
     spec: ServingSpec,
-    plan: RolloutPlan,
-    policy: AnalysisPolicy,
+    settings: RolloutSettings,
     run_id: str,
     report_path: Path,
     kubeconfig: str = "",
@@ -618,39 +654,31 @@ def deploy_model(
     validate_inference_service(manifest)
     services = InferenceServices(api_client(kubeconfig), spec.namespace)
     try:
-        result = Rollout(services, manifest, plan, policy, run_id, progress).run()
+        result = Rollout(services, manifest, settings, run_id, progress).run()
     except RolloutFailed as failed:
         result = failed.result
     write_text_atomically(report_path, render_report(result))
     return result
 
 
-def describe_plan(manifest: dict[str, Any], plan: RolloutPlan, policy: AnalysisPolicy) -> str:
-    """What a rollout of ``manifest`` would do, step by step, touching nothing."""
-    name = manifest["metadata"]["name"]
+def describe_plan(manifest: dict[str, Any], settings: RolloutSettings) -> str:
+    """What a rollout of ``manifest`` would do, touching nothing: a YAML stream of the
+    InferenceService, the plan in comments above it."""
+    plan, name = settings.plan, manifest["metadata"]["name"]
     steps = [f"{percent} %" for percent in plan.steps]
+    source = f"Prometheus at {settings.prometheus_url}" if settings.prometheus_url else "no URL"
     lines = [
-        "# InferenceService to apply",
-        yaml.safe_dump(manifest, sort_keys=False).rstrip(),
-        "# Plan",
-        f"- if {name} does not exist: create it and wait until it is Ready (decision: created)",
-        f"- else: lock it, snapshot its spec, and send the new model {', then '.join(steps)} "
-        f"of traffic, analysing the canary {plan.interval_s:g} s after each step",
-        "  - Knative mode: as canaryTrafficPercent; Standard mode: as a spec.canary entry "
+        f"if {name} does not exist: create it and wait until it is Ready (decision: created)",
+        f"else: lock it, snapshot its spec, and send the new model {', then '.join(steps)} of "
+        f"traffic, looking at the canary every {plan.interval_s:g} s (the first interval is "
+        "warm-up) until each step passes",
+        "  Knative mode: as canaryTrafficPercent; Standard mode: as a spec.canary entry "
         "(analysis required); ModelMesh, or Standard without spec.canary: refused",
-        "- promote when every step passes; otherwise roll back (Knative: 0 %, stable checked "
-        "at 100 %, the snapshot re-applied at 0 % until ready; Standard: the entry dropped)",
-        f"- deadline {plan.deadline_s:g} s; readiness timeout {plan.ready_timeout_s:g} s; "
-        f"failure budget {plan.failure_budget}",
+        "promote when every step passes; otherwise roll back (Knative: 0 %, stable checked at "
+        "100 %, the snapshot re-applied at 0 % until ready; Standard: the entry dropped)",
+        f"deadline {plan.deadline_s:g} s; readiness timeout {plan.ready_timeout_s:g} s",
+        f"judged from {source}:",
+        *describe_policy(settings.policy),
     ]
-    if policy.prometheus_url:
-        lines.append(
-            f"- analysis against {policy.prometheus_url}: success rate >= "
-            f"{policy.min_success_rate:.2%}, p99 <= {policy.max_latency_p99_s} s, "
-            f"at least {policy.min_requests} requests per {policy.window}, "
-            f"no data: {policy.on_no_data}"
-        )
-        lines += [f"  - {key}: {query}" for key, query in policy.queries.items()]
-    else:
-        lines.append("- no Prometheus URL: steps advance without analysis")
-    return "\n".join(lines) + "\n"
+    comments = "".join(f"# {line}\n" for line in lines)
+    return comments + "---\n" + yaml.safe_dump(manifest, sort_keys=False)

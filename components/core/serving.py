@@ -1,99 +1,107 @@
 """Conveyor's KServe predictor: serves a model directory written by the register step.
 
 Run it as ``python -m components.core.serving --model_name NAME --model_dir DIR``
-(KServe's own flags, such as ``--http_port`` and ``--workers``, work too). It
-refuses to start when ``model.joblib`` is not the file the model card's sha256
-names, answers KServe's V1 and V2 (Open Inference) REST protocols, and exports
-per-revision request counts and latencies on ``/metrics`` for the canary analysis. With
-``--payload_log URI`` (or ``CONVEYOR_PAYLOAD_LOG``) it writes the inputs it answered there,
-for the monitoring pipeline (``components.core.payload_log``).
+(KServe's own flags, such as ``--http_port``, work too). It refuses to start when
+``model.joblib`` is not the file the model card's sha256 names, and answers KServe's V1 and
+V2 (Open Inference) REST protocols, REST only and in one process: KServe's gRPC server and
+its multi-process mode (``--workers`` above 1) would bypass the metrics below, so
+``--enable_grpc true`` and ``--workers 2`` are refused (scale with replicas). It binds
+``--http_host`` (default 0.0.0.0; ``conveyor serve`` passes 127.0.0.1).
+
+A client's mistake is answered with a 4xx whose JSON ``error`` names it: 400 for a body that
+is not JSON or not the protocol's shape, missing or mistyped columns, a V2 input whose data
+its datatype or shape cannot hold, NaN or infinity in a numeric feature, no rows, an unknown
+output; 413 for a body over ``--max_request_bytes`` (``CONVEYOR_MAX_REQUEST_BYTES``, default
+4 MiB), checked from Content-Length and while a chunked body streams in. A 5xx means the
+server failed (500: the model raised). The connection stays usable after either.
+
+``/metrics`` exports, for the canary analysis (``components.core.serving_http`` keeps them),
+by ``revision`` (Knative's ``K_REVISION``, see ``revision_label``) and ``model`` (the served
+name; requests naming another model are counted under ``_unknown``, so a client cannot
+create series at will):
+
+- ``conveyor_inference_requests_total{model, revision, code}``: inference requests by HTTP
+  status code; the codes this server answers start at 0 for the served model.
+- ``conveyor_inference_request_duration_seconds{model, revision}``: their latency, buckets
+  from ``--latency_buckets`` (``CONVEYOR_LATENCY_BUCKETS``; comma-separated seconds).
+- ``conveyor_predictions_total{model, revision, class}``: answered (200) rows by predicted
+  class (its string form); every class of the model card starts at 0.
+- ``conveyor_prediction_score{model, revision}``: a histogram (buckets 0.05 ... 1.0) of one
+  score per answered row: for a binary model the positive class's probability, the positive
+  class being the one called 1, true, yes, y, positive or pos (case-insensitive), else the
+  second class in the card's order; for more classes, the top probability.
+
+With ``--payload_log URI`` (or ``CONVEYOR_PAYLOAD_LOG``) it writes the inputs it answered
+there, for the monitoring pipeline (``components.core.payload_log``).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
+import itertools
 import json
 import os
 import sys
-import time
 import uuid
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi.exceptions import FastAPIDeprecationWarning
+import orjson
+from fastapi import Request
+from fastapi.exceptions import FastAPIDeprecationWarning, RequestValidationError
+from fastapi.responses import JSONResponse
 from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer
+from kserve.constants.constants import (
+    FASTAPI_APP_IMPORT_STRING,
+    INFERENCE_CONTENT_LENGTH_HEADER,
+    PredictorProtocol,
+)
 from kserve.errors import InvalidInput
 from kserve.model_server import app
 from kserve.model_server import parser as kserve_parser
-from prometheus_client import Counter, Histogram
+from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.rest.server import RESTServer
+from kserve.protocol.rest.v2_datamodels import InferenceRequest
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
 
-from components.core.errors import ConveyorError
+from components.core.errors import ConveyorError, first_line
 from components.core.inference import (
     Predictions,
     predict_table,
-    table_from_columns,
     table_from_instances,
+    table_from_tensors,
 )
 from components.core.payload_log import PAYLOAD_LOG_ENV, PayloadLog
-from components.core.training import Feature, TrainedModel, load_model_dir
+from components.core.serving_http import (
+    DEFAULT_LATENCY_BUCKETS,
+    BodyLimit,
+    RequestMetrics,
+    ServingMetrics,
+    record_answered,
+)
+from components.core.training import TrainedModel, load_model_dir
 
 __all__ = [
-    "REQUESTS",
-    "REQUEST_SECONDS",
+    "DEFAULT_MAX_REQUEST_BYTES",
+    "LATENCY_BUCKETS_ENV",
+    "MAX_REQUEST_BYTES_ENV",
+    "ConveyorDataPlane",
     "ConveyorModel",
-    "RequestMetrics",
     "main",
+    "parse_latency_buckets",
     "revision_label",
 ]
 
-REQUESTS = Counter(
-    "conveyor_inference_requests",
-    "Inference requests by model, revision and HTTP status code.",
-    ["model", "revision", "code"],
-)
-REQUEST_SECONDS = Histogram(
-    "conveyor_inference_request_duration_seconds",
-    "Inference request latency by model and revision.",
-    ["model", "revision"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
-)
-_INFERENCE_SUFFIXES = (":predict", "/infer")
-
-
-class RequestMetrics:
-    """ASGI middleware counting inference requests by status code and timing them."""
-
-    def __init__(self, app: Any, model: str, revision: str) -> None:
-        self.app, self.model, self.revision = app, model, revision
-        self._seconds = REQUEST_SECONDS.labels(model, revision)
-        self._requests: dict[int, Any] = {}  # status code -> its counter, looked up once
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not scope["path"].endswith(_INFERENCE_SUFFIXES):
-            await self.app(scope, receive, send)
-            return
-        status = 500  # an exception escaping the app is answered with 500
-
-        async def record_status(message: dict) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        started = time.perf_counter()
-        try:
-            await self.app(scope, receive, record_status)
-        finally:
-            self._seconds.observe(time.perf_counter() - started)
-            counter = self._requests.get(status)
-            if counter is None:
-                counter = REQUESTS.labels(self.model, self.revision, str(status))
-                self._requests[status] = counter
-            counter.inc()
+MAX_REQUEST_BYTES_ENV = "CONVEYOR_MAX_REQUEST_BYTES"
+DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
+LATENCY_BUCKETS_ENV = "CONVEYOR_LATENCY_BUCKETS"
+OUTPUTS = ("predictions", "probabilities")
 
 
 class ConveyorModel(Model):
@@ -104,9 +112,11 @@ class ConveyorModel(Model):
         self.model_dir = model_dir
         self.model: TrainedModel | None = None
         self.payload_log = payload_log
+        self._label_type = "BYTES"
 
     def load(self) -> bool:
         self.model = load_model_dir(self.model_dir)
+        self._label_type = _v2_datatype(np.asarray(self.model.card.classes))
         self.ready = True
         return self.ready
 
@@ -117,21 +127,83 @@ class ConveyorModel(Model):
             self.payload_log.close()
         super().stop()
 
+    def get_input_types(self) -> list[dict[str, Any]]:
+        """V2 metadata: one input per feature column, any number of rows."""
+        assert self.model is not None, "load() runs before the server starts"
+        return [
+            {"name": f.name, "datatype": "FP64" if f.kind == "numeric" else "BYTES", "shape": [-1]}
+            for f in self.model.card.features
+        ]
+
+    def get_output_types(self) -> list[dict[str, Any]]:
+        """V2 metadata: a label per row, and each row's probability of each class."""
+        assert self.model is not None, "load() runs before the server starts"
+        classes = len(self.model.card.classes)
+        return [
+            {"name": "predictions", "datatype": self._label_type, "shape": [-1]},
+            {"name": "probabilities", "datatype": "FP64", "shape": [-1, classes]},
+        ]
+
     def predict(self, payload: Any, headers: Any = None, response_headers: Any = None) -> Any:
         assert self.model is not None, "load() runs before the server starts"
         features = self.model.card.features
         v2 = isinstance(payload, InferRequest)
         try:
             if v2:
-                table = table_from_columns(_v2_columns(payload, features), features)
+                outputs = _requested_outputs(payload)
+                table = table_from_tensors(payload.inputs, features)
             else:
                 table = table_from_instances(_v1_instances(payload), features)
         except ConveyorError as error:
             raise InvalidInput(str(error)) from None
         predictions = predict_table(self.model, table)
+        record_answered(predictions.probabilities)  # counted once answered with 200
         if self.payload_log is not None:  # only inputs the model answered
             self.payload_log.append(table)
-        return _v2_response(payload, self.name, predictions) if v2 else _v1_response(predictions)
+        if not v2:
+            return _v1_response(predictions)
+        return _v2_response(payload, self.name, predictions, outputs, self._label_type)
+
+
+class ConveyorDataPlane(DataPlane):
+    """KServe's data plane, whose request decoding calls any failure the client's mistake.
+
+    Decoding reads only the request (the body, the V2 binary extension's header): whatever
+    fails there, a KeyError or a reshape's ValueError included, is answered with 400 naming
+    it, not with KServe's 500. A V2 body without the binary extension's header is read as
+    JSON whatever its Content-Type (``curl -d`` sends a form's).
+    """
+
+    def decode(
+        self,
+        body: Any,
+        headers: Any,
+        protocol_version: str = PredictorProtocol.REST_V1.value,
+        model_name: str | None = None,
+    ) -> Any:
+        if (
+            isinstance(body, bytes)
+            and protocol_version == PredictorProtocol.REST_V2.value
+            and INFERENCE_CONTENT_LENGTH_HEADER not in (headers or {})
+        ):
+            body = _inference_request(body)
+        try:
+            return super().decode(body, headers, protocol_version, model_name)
+        except InvalidInput as error:
+            if isinstance(error.__context__, orjson.JSONDecodeError):  # "Unrecognized request"
+                raise InvalidInput(f"the request body is not JSON: {error.__context__}") from None
+            raise
+        except KeyError as error:
+            raise InvalidInput(f"the request has no {error} field") from None
+        except Exception as error:  # noqa: BLE001 - all of it is the request's reading
+            raise InvalidInput(f"the request cannot be read: {first_line(error)}") from None
+
+
+def _inference_request(body: bytes) -> InferenceRequest:
+    try:
+        return InferenceRequest.model_validate_json(body)
+    except ValidationError as error:
+        raise InvalidInput(_validation_message(error.errors())) from None
 
 
 def revision_label(environment: Mapping[str, str]) -> str:
@@ -144,7 +216,27 @@ def revision_label(environment: Mapping[str, str]) -> str:
     return parts[0] if len(parts) == 3 and all(parts) else "local"
 
 
+def parse_latency_buckets(text: str) -> tuple[float, ...]:
+    """Comma-separated seconds, increasing, as histogram bucket bounds."""
+    try:
+        bounds = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        bounds = ()
+    increasing = all(low < high for low, high in itertools.pairwise(bounds))
+    if not bounds or not increasing or bounds[0] <= 0 or not np.isfinite(bounds).all():
+        raise ConveyorError(
+            f"--latency_buckets {text!r} (or ${LATENCY_BUCKETS_ENV}): expected comma-separated "
+            "seconds, positive and increasing, such as 0.005,0.05,0.5,5"
+        )
+    return bounds
+
+
 def _v1_instances(payload: Any) -> Any:
+    if isinstance(payload, (bytes, str)):  # a Content-Type KServe does not read as JSON
+        try:
+            payload = orjson.loads(payload)
+        except orjson.JSONDecodeError as error:
+            raise ConveyorError(f"the request body is not JSON: {error}") from None
     if not isinstance(payload, dict) or "instances" not in payload:
         raise ConveyorError("a V1 request body is an object with an 'instances' list")
     return payload["instances"]
@@ -158,50 +250,124 @@ def _v1_response(predictions: Predictions) -> dict[str, Any]:
     }
 
 
-def _v2_columns(request: InferRequest, features: list[Feature]) -> dict[str, Any]:
-    """One input per column (named by column), or one 2-D input in training column order."""
-    inputs = {tensor.name: tensor for tensor in request.inputs}
-    names = [feature.name for feature in features]
-    if len(inputs) == 1 and next(iter(inputs)) not in names:
-        matrix = _as_array(next(iter(inputs.values())))
-        if matrix.ndim != 2 or matrix.shape[1] != len(names):
-            raise ConveyorError(
-                f"a single input must have shape [rows, {len(names)}], columns in training "
-                f"order ({', '.join(names)}); got {list(matrix.shape)}"
+def _requested_outputs(request: InferRequest) -> list[str]:
+    """The outputs a V2 request asks for (all when it names none)."""
+    names = [output.name for output in request.request_outputs or ()]
+    unknown = [name for name in names if name not in OUTPUTS]
+    if unknown:
+        raise ConveyorError(
+            f"unknown outputs: {', '.join(map(repr, unknown))}; this model answers "
+            f"{', '.join(OUTPUTS)}"
+        )
+    return [name for name in OUTPUTS if name in names] if names else list(OUTPUTS)
+
+
+def _v2_response(
+    request: InferRequest,
+    model_name: str,
+    predictions: Predictions,
+    outputs: list[str],
+    label_type: str,
+) -> InferResponse:
+    answered = []
+    if "predictions" in outputs:
+        labels = predictions.labels
+        answered.append(InferOutput("predictions", [len(labels)], label_type, labels))
+    if "probabilities" in outputs:
+        probabilities = predictions.probabilities
+        answered.append(
+            InferOutput(
+                "probabilities",
+                list(probabilities.shape),
+                "FP64",
+                probabilities.reshape(-1).tolist(),
+                parameters={"classes": json.dumps(predictions.classes)},
             )
-        return {name: matrix[:, index] for index, name in enumerate(names)}
-    return {name: _as_array(tensor).reshape(-1) for name, tensor in inputs.items()}
-
-
-def _as_array(tensor: Any) -> np.ndarray:
-    array = tensor.as_numpy()
-    if tensor.datatype == "BYTES":
-        array = np.vectorize(_text, otypes=[object])(array)
-    return array
-
-
-def _text(value: Any) -> Any:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _v2_response(request: InferRequest, model_name: str, predictions: Predictions) -> InferResponse:
-    labels = np.asarray(predictions.labels)
-    label_type = "BYTES" if labels.dtype.kind in "OUS" else _V2_TYPES.get(labels.dtype.kind, "FP64")
-    outputs = [
-        InferOutput("predictions", [len(labels)], label_type, labels.tolist()),
-        InferOutput(
-            "probabilities",
-            list(predictions.probabilities.shape),
-            "FP64",
-            predictions.probabilities.reshape(-1).tolist(),
-            parameters={"classes": json.dumps(predictions.classes)},
-        ),
-    ]
+        )
     # KServe's response model requires an id; a request without one gets a fresh one.
-    return InferResponse(request.id or uuid.uuid4().hex, model_name, outputs)
+    return InferResponse(request.id or uuid.uuid4().hex, model_name, answered)
+
+
+def _v2_datatype(labels: np.ndarray) -> str:
+    return "BYTES" if labels.dtype.kind in "OUS" else _V2_TYPES.get(labels.dtype.kind, "FP64")
 
 
 _V2_TYPES = {"i": "INT64", "u": "UINT64", "b": "BOOL", "f": "FP64"}
+
+
+async def _invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+    """FastAPI's refusal of a V2 body (not JSON, or not the protocol's shape), as a 400 with
+    an ``error`` like every other refusal, rather than its 422 with ``detail``."""
+    return JSONResponse(status_code=400, content={"error": _validation_message(error.errors())})
+
+
+def _validation_message(errors: Sequence[Mapping[str, Any]]) -> str:
+    """Pydantic's complaints about a V2 body, as one line naming each field. FastAPI checks
+    the body against InferenceRequest or bytes; the bytes branch says nothing useful."""
+    problems = []
+    for error in errors:
+        location = [str(part) for part in error.get("loc", ()) if part not in _NOT_FIELDS]
+        if error.get("type") == "json_invalid":
+            reason = error.get("ctx", {}).get("error", "")
+            where = f" at character {location[0]}" if location else ""  # FastAPI's parse
+            return f"the request body is not JSON: {reason}{where}"
+        if error.get("type") == "missing" and not location:
+            return "the request body is empty; expected a V2 inference request"
+        if error.get("loc", ())[-1:] != ("bytes",):
+            problems.append(f"{'.'.join(location) or 'body'}: {error.get('msg', 'invalid')}")
+    return f"the request body is not a V2 inference request: {'; '.join(problems)}"
+
+
+_NOT_FIELDS = ("body", "InferenceRequest", "bytes")
+
+
+async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
+    """Starlette's and FastAPI's own refusals (405, 404 for no route...) with an ``error``."""
+    return JSONResponse(
+        status_code=error.status_code, content={"error": str(error.detail)}, headers=error.headers
+    )
+
+
+class _RestServer(ModelServer):
+    """KServe's ModelServer, REST only, in this process, bound to ``host``.
+
+    KServe 0.21's RESTServer binds 0.0.0.0 with no way to say otherwise; this sets its
+    uvicorn configuration's host before it serves. Neither its gRPC server nor its
+    multi-process mode is ever started (see the module docstring).
+    """
+
+    def __init__(self, host: str, **options: Any) -> None:
+        super().__init__(workers=1, enable_grpc=False, **options)
+        self.host = host
+        self.dataplane = ConveyorDataPlane(model_registry=self.registered_models)
+
+    def start(self, models: list[Model]) -> None:  # type: ignore[override]
+        for model in models:
+            self.register_model(model)
+            model.enable_latency_logging = self.enable_latency_logging
+            model.start()
+        rest = RESTServer(
+            FASTAPI_APP_IMPORT_STRING,
+            self.dataplane,
+            self.model_repository_extension,
+            self.http_port,
+            access_log_format=self.access_log_format,
+            workers=1,
+            grace_period=self.grace_period,
+            event_loop=self.event_loop,
+            timeout_keep_alive=self.timeout_keep_alive,
+            ssl_certfile=self.ssl_certfile,
+            ssl_keyfile=self.ssl_keyfile,
+        )
+        rest.config.host = self.host
+        self.servers.append(rest.start())
+        self.setup_event_loop()
+        self.register_signal_handler()
+        asyncio.run(_serve_all(self.servers))
+
+
+async def _serve_all(servers: list[Any]) -> None:
+    await asyncio.gather(*servers)
 
 
 def _arguments(argv: list[str]) -> argparse.Namespace:
@@ -214,12 +380,51 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
         default=os.environ.get(PAYLOAD_LOG_ENV, ""),
         help=f"Folder or URI to write answered inputs to (default: ${PAYLOAD_LOG_ENV}).",
     )
-    return parser.parse_args(argv)
+    parser.add_argument("--http_host", default="0.0.0.0", help="The address to listen on.")
+    parser.add_argument(
+        "--max_request_bytes",
+        default=os.environ.get(MAX_REQUEST_BYTES_ENV, str(DEFAULT_MAX_REQUEST_BYTES)),
+        help=f"Larger request bodies get 413 (default: ${MAX_REQUEST_BYTES_ENV}, else 4 MiB).",
+    )
+    parser.add_argument(
+        "--latency_buckets",
+        default=os.environ.get(LATENCY_BUCKETS_ENV, ""),
+        help=f"Latency histogram bounds in seconds, comma-separated (${LATENCY_BUCKETS_ENV}).",
+    )
+    # KServe's --enable_grpc defaults to true: here it is false unless asked for (and refused).
+    return parser.parse_args(argv, namespace=argparse.Namespace(enable_grpc=False))
+
+
+def _check_options(arguments: argparse.Namespace) -> tuple[int, tuple[float, ...]]:
+    """The body cap and the latency buckets; raises on any option the predictor refuses."""
+    if arguments.enable_grpc:
+        raise ConveyorError(
+            "--enable_grpc true: the predictor serves REST only; KServe's gRPC server cannot "
+            "carry its per-revision metrics"
+        )
+    if arguments.workers != 1:
+        raise ConveyorError(
+            f"--workers {arguments.workers}: the predictor runs one worker; KServe's "
+            "multi-process mode re-imports the app without Conveyor's metrics middleware, so "
+            "each worker would count nothing. Scale with replicas instead"
+        )
+    text = str(arguments.max_request_bytes).strip()
+    if not text.isdigit() or int(text) <= 0:
+        raise ConveyorError(
+            f"--max_request_bytes {text!r} (or ${MAX_REQUEST_BYTES_ENV}): expected a positive "
+            "number of bytes"
+        )
+    buckets = arguments.latency_buckets
+    return int(text), parse_latency_buckets(buckets) if buckets else DEFAULT_LATENCY_BUCKETS
 
 
 def main(argv: list[str] | None = None) -> None:
     """Loads the model (checking its sha256) and serves it until terminated."""
     arguments = _arguments(sys.argv[1:] if argv is None else argv)
+    try:
+        max_request_bytes, latency_buckets = _check_options(arguments)
+    except ConveyorError as error:
+        raise SystemExit(f"serving: {error}") from None
     revision = revision_label(os.environ)
     try:
         payload_log = PayloadLog(arguments.payload_log, revision) if arguments.payload_log else None
@@ -230,21 +435,24 @@ def main(argv: list[str] | None = None) -> None:
         model.load()
     except (ConveyorError, OSError) as error:
         raise SystemExit(f"serving: {error}") from None
-    # Series that exist from the start, at 0, so the first requests count in increase().
-    REQUESTS.labels(arguments.model_name, revision, "200")
-    REQUEST_SECONDS.labels(arguments.model_name, revision)
-    app.add_middleware(RequestMetrics, model=arguments.model_name, revision=revision)
+    assert model.model is not None
+    metrics = ServingMetrics(
+        arguments.model_name, revision, model.model.card.classes, latency_buckets
+    )
+    app.add_middleware(BodyLimit, max_bytes=max_request_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics)  # outside BodyLimit: 413s are counted
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(HTTPException, _http_error)
     # KServe 0.21 warns about ORJSONResponse on every request; the warning is not ours to fix.
     warnings.filterwarnings("ignore", category=FastAPIDeprecationWarning)
     # Objects from imports and the model live as long as the process: a full collection
     # walking them stalls every request in flight (the p99), so they are frozen out of it.
     gc.collect()
     gc.freeze()
-    server = ModelServer(
+    server = _RestServer(
+        arguments.http_host,
         http_port=arguments.http_port,
         grpc_port=arguments.grpc_port,
-        workers=arguments.workers,
-        enable_grpc=arguments.enable_grpc,
         enable_latency_logging=arguments.enable_latency_logging,
     )
     server.start([model])

@@ -20,6 +20,7 @@ from components.core.columns import ColumnView, column_views, row_hashes
 from components.core.data import Source, as_arrow, load_arrow_table
 from components.core.errors import ConveyorError, plain
 from components.core.files import write_text_atomically
+from components.core.markdown import table
 from components.core.schema import (
     ColumnSchema,
     Schema,
@@ -540,17 +541,20 @@ def render_report(result: ValidationResult, rows: dict[str, int]) -> str:
 
 
 def _violation_table(violations: list[Violation]) -> list[str]:
-    lines = [
-        "| split | column | segment | rule | observed | expected | example rows |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for v in violations:
-        cells = [
-            v.split or "-", f"`{v.column}`" if v.column else "(table)", v.segment or "-",
-            v.rule, v.observed, v.expected, ", ".join(map(str, v.rows)) or "-",
+    header = ("split", "column", "segment", "rule", "observed", "expected", "example rows")
+    rows = (
+        [
+            v.split or "-",
+            f"`{v.column}`" if v.column else "(table)",
+            v.segment or "-",
+            v.rule,
+            v.observed,
+            v.expected,
+            ", ".join(map(str, v.rows)) or "-",
         ]  # fmt: skip
-        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
-    return lines
+        for v in violations
+    )
+    return table(header, rows)
 
 
 def _allowed(column: ColumnSchema) -> str:

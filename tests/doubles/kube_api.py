@@ -556,6 +556,18 @@ def _route(path: str) -> _Route:
     return _Route("isvc", match[1] or "", match[2] or "", bool(match[3]))
 
 
+def _dry_run(query: dict[str, str]) -> bool:
+    """``dryRun=All`` (the only value the API server knows: apimachinery's
+    ``ValidateDryRun`` in ``pkg/apis/meta/v1/validation/validation.go``) processes a write
+    without persisting it; anything else is a 400."""
+    value = query.get("dryRun")
+    if value is None:
+        return False
+    if value != "All":
+        raise ApiError(400, f'Invalid value: "{value}": supported values: "All"', kind="")
+    return True
+
+
 def _verb(method: str, route: _Route, query: dict[str, str]) -> str:
     if method != "GET":
         return _VERBS.get(method, method.lower())
@@ -584,7 +596,7 @@ class _Handler(MethodHandler):
             if _verb(method, route, query) == "watch":
                 self._stream(double._watch(route, query))
                 return
-            code, payload = double._answer(method, route, body, content_type)
+            code, payload = double._answer(method, route, body, content_type, query)
         except ApiError as error:
             code, payload = error.code, error.status()
         self._send_json(code, payload)
@@ -756,7 +768,7 @@ class KubernetesApiDouble:
                 raise _forbidden(verb, route)
 
     def _answer(
-        self, method: str, route: _Route, body: str, content_type: str
+        self, method: str, route: _Route, body: str, content_type: str, query: dict[str, str]
     ) -> tuple[int, dict[str, Any]]:
         if route.kind == "version":
             return 200, {"major": "1", "minor": "30", "gitVersion": "v1.30.0"}
@@ -764,16 +776,19 @@ class KubernetesApiDouble:
             raise ApiError(405, f"the server does not allow this method on {route.kind}")
         if route.kind == "crd":
             return 200, self._crd
+        dry_run = _dry_run(query)
         with self._store.lock:
-            return self._isvc(method, route, body, content_type)
+            return self._isvc(method, route, body, content_type, dry_run)
 
     def _isvc(
-        self, method: str, route: _Route, body: str, content_type: str
+        self, method: str, route: _Route, body: str, content_type: str, dry_run: bool
     ) -> tuple[int, dict[str, Any]]:
         if method == "GET" and not route.name:
             return 200, self._list(route.namespace)
         if method == "POST" and not route.name and route.namespace:
-            return 201, self._create(route.namespace, _json(body))
+            return 201, self._create(route.namespace, _json(body), dry_run=dry_run)
+        if dry_run:
+            raise ApiError(400, f"dryRun is not supported by this double for {method}")
         key = (route.namespace, route.name)
         if not route.namespace or not route.name:
             raise ApiError(405, f"{method} needs a namespaced object path")
@@ -803,7 +818,9 @@ class KubernetesApiDouble:
             "items": items,
         }
 
-    def _create(self, namespace: str, body: Any, seeded: bool = False) -> dict[str, Any]:
+    def _create(
+        self, namespace: str, body: Any, seeded: bool = False, dry_run: bool = False
+    ) -> dict[str, Any]:
         obj = copy.deepcopy(body) if isinstance(body, dict) else {}
         meta = obj.setdefault("metadata", {})
         meta.setdefault("namespace", namespace)
@@ -821,6 +838,8 @@ class KubernetesApiDouble:
         if (namespace, name) in self._store.objects:
             raise ApiError(409, f'{CRD_NAME} "{name}" already exists', name, "AlreadyExists")
         meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now(), generation=1)
+        if dry_run:  # validated and admitted like any create, and not stored
+            return obj
         if seeded:
             self._controller.seeded.add(meta["uid"])
         return self._store.save(obj, "ADDED")
