@@ -9,10 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from components.core.canary_policy import REMOVED_SETTINGS
 from components.core.errors import ConveyorError
+from components.core.files import read_yaml
 
 __all__ = ["load_parameters", "option_pairs", "parameter_problems", "raise_first"]
 
@@ -37,14 +36,7 @@ _TYPE_WORDS = {
 
 def load_parameters(path: Path) -> dict[str, Any]:
     """The mapping in a YAML parameter file; one line naming the file when it is not one."""
-    try:
-        loaded = yaml.safe_load(path.read_text()) or {}
-    except OSError as error:
-        raise ConveyorError(f"{path}: cannot read it ({error.strerror})") from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConveyorError(f"{path}: not valid YAML{where}") from None
+    loaded = read_yaml(path) or {}
     if not isinstance(loaded, dict):
         raise ConveyorError(f"{path}: expected a mapping of parameter names to values")
     return loaded

@@ -27,9 +27,8 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-import yaml
-
 from components.core.errors import ConveyorError
+from components.core.files import read_yaml
 from components.core.sequential import minimum_sample_size
 
 __all__ = [
@@ -354,15 +353,7 @@ DEFAULT_POLICY = CanaryPolicy()
 
 def load_policy(path: Path) -> CanaryPolicy:
     """A policy file (YAML); one line naming the file and the field for anything wrong."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise ConveyorError(f"{path}: cannot read it ({error.strerror})") from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConveyorError(f"{path}: not valid YAML{where}") from None
-    return CanaryPolicy.from_dict(data, str(path))
+    return CanaryPolicy.from_dict(read_yaml(path), str(path))
 
 
 def describe_policy(policy: CanaryPolicy) -> list[str]:

@@ -1,12 +1,17 @@
-"""Writing artifact files whole or not at all."""
+"""Writing artifact files whole or not at all, and reading the YAML files people write."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-__all__ = ["write_atomically", "write_text_atomically"]
+import yaml
+
+from components.core.errors import ConveyorError
+
+__all__ = ["read_yaml", "write_atomically", "write_text_atomically"]
 
 
 def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
@@ -25,3 +30,15 @@ def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
 
 def write_text_atomically(path: Path, text: str) -> None:
     write_atomically(path, lambda partial: partial.write_text(text, encoding="utf-8"))
+
+
+def read_yaml(path: Path) -> Any:
+    """What a YAML file holds; one line naming the file (and the line) when it cannot."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConveyorError(f"{path}: cannot read it ({error.strerror})") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConveyorError(f"{path}: not valid YAML{where}") from None
