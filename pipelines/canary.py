@@ -146,6 +146,7 @@ def _rollout(args: argparse.Namespace) -> int:
         service_account=args.service_account,
     )
     if args.dry_run:
+        settings.prometheus()  # what the rollout would refuse, the plan refuses too
         manifest = render_inference_service(spec)
         validate_inference_service(manifest)
         print(describe_plan(manifest, settings), end="")

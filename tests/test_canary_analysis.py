@@ -16,7 +16,7 @@ import yaml
 
 from components.core.analysis import histogram_quantile
 from components.core.canary import standard_canary_name
-from components.core.canary_policy import CanaryPolicy
+from components.core.canary_policy import DEFAULT_POLICY, CanaryPolicy
 from components.core.errors import ConveyorError
 from components.core.kube import InferenceServices
 from components.core.manifests import ServingSpec, render_inference_service
@@ -57,9 +57,9 @@ LIVE_POLICY = {
         {"name": "server_errors", "margin": 0.15, "baseline": 0.01, "max": 0.5},
         {"name": "client_errors", "margin": 0.15, "baseline": 0.01},
         # A loaded test machine: a few requests of either revision take tens of ms more.
-        {"name": "latency", "margin": 0.2, "baseline": 0.01, "tail_slack_s": 0.05},
-        {"name": "predicted_class", "margin": 0.35},
-        {"name": "score", "margin": 0.35},
+        {"name": "latency", "margin": 0.25, "tail_slack_s": 0.05},
+        {"name": "predicted_class", "margin": 0.45, "categories": 3},
+        {"name": "score", "margin": 0.45},
     ],
 }
 PLAN = RolloutPlan(steps=(20, 50), interval_s=4, ready_timeout_s=20, deadline_s=120, poll_s=0.05)
@@ -130,7 +130,7 @@ def loaded(stack: Stack) -> Stack:
     ]
     for load in loads:
         load.__enter__()
-    time.sleep(8)
+    time.sleep(12)
     for load in loads:
         load.__exit__()
     time.sleep(1.5)  # one more scrape after the last request
@@ -161,7 +161,9 @@ def test_judge_passes_an_identical_canary(loaded: Stack, tmp_path: Path) -> None
     result = judge_command(loaded, tmp_path, "healthy", LIVE_POLICY)
     assert result.returncode == 0, result.stdout + result.stderr
     table = rows(result.stdout)
-    assert set(table) == {"server_errors", "client_errors", "latency", "predicted_class", "score"}
+    assert set(table) == {
+        "server_errors", "client_errors", "latency", "predicted_class", "score", "restarts"
+    }  # fmt: skip
     assert all(cells[1] == "pass" for cells in table.values())
     assert table["server_errors"][2:4] == ["0", "0"]  # no 5xx, canary or stable
     assert result.stdout.splitlines()[-1].startswith("outcome: pass: every metric passed")
@@ -179,7 +181,8 @@ def test_judge_fails_a_canary_that_refuses_its_clients(loaded: Stack, tmp_path: 
 def test_judge_with_the_default_policy_wants_more_traffic(loaded: Stack, tmp_path: Path) -> None:
     result = judge_command(loaded, tmp_path, "healthy", None)
     assert result.returncode == 4, result.stdout + result.stderr
-    assert "canary samples of the 3645 the policy needs" in result.stdout
+    needed = DEFAULT_POLICY.minimum_samples()["server_errors"]
+    assert f"canary samples of the {needed} the policy needs" in result.stdout
     assert result.stdout.splitlines()[-1].startswith("outcome: inconclusive")
 
 
@@ -295,7 +298,7 @@ def test_a_bad_canary_is_rolled_back_on_the_metric_that_shows_it(
     with routed_load(cluster, stack, scenario, splits):
         result = roll_out(cluster, stack, scenario, f"gs://models/{scenario}/v2")
     assert result.decision == "rolled_back", result.reason
-    assert result.reason.startswith(f"analysis at 20 %: {metric}: worse than stable beyond")
+    assert result.reason.startswith(f"analysis at 20 %: {metric}: ")
     # Never more than its first step's share, the rollback's re-apply included.
     assert max(split.get(result.canary_revision, 0) for split in splits) == 20
     judged = {r.name: r for r in result.looks[-1].judgement.results}

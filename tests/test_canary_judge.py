@@ -64,20 +64,31 @@ def revision(
     slower_buckets: int = 0,
     classes: dict[str, float] | None = None,
     scores: list[float] | None = None,
+    rows_per_request: int = 1,
+    restarts: float = 0,
 ) -> dict[str, Sample]:
     """Every default metric's answer for one revision, at expected values (no noise)."""
     latency = [0.3, 0.4, 0.2, 0.07, 0.025, 0.004, 0.001, 0.0, 0.0]  # shares per bucket
     for _ in range(slower_buckets):  # each request a bucket up: each about twice as slow
         latency = [0.0, *latency[:-2], latency[-2] + latency[-1]]
     answered = requests * (1 - server_errors - client_errors)
+    rows = answered * rows_per_request
     classes = classes or {"benign": 0.63, "malignant": 0.37}
     scores = scores or [0.55, 0.08, 0.07, 0.30, 0.0]
     return {
         "server_errors": proportion(requests * server_errors, requests),
         "client_errors": proportion(requests * client_errors, requests),
         "latency": Sample({"buckets": histogram([requests * s for s in latency], LATENCY_BOUNDS)}),
-        "predicted_class": Sample({"counts": {k: answered * v for k, v in classes.items()}}),
-        "score": Sample({"counts": histogram([answered * s for s in scores], SCORE_BOUNDS)}),
+        "predicted_class": Sample(
+            {"counts": {k: rows * v for k, v in classes.items()}, "requests": {"": answered}}
+        ),
+        "score": Sample(
+            {
+                "counts": histogram([rows * s for s in scores], SCORE_BOUNDS),
+                "requests": {"": answered},
+            }
+        ),
+        "restarts": Sample({"value": {"": restarts}}),
     }
 
 
@@ -91,7 +102,14 @@ def results(judgement: Judgement) -> dict[str, MetricResult]:
 def test_an_empty_policy_is_the_default_one() -> None:
     assert CanaryPolicy.from_dict({}) == DEFAULT_POLICY == CanaryPolicy.from_dict(None)
     names = [metric.name for metric in DEFAULT_POLICY.metrics]
-    assert names == ["server_errors", "client_errors", "latency", "predicted_class", "score"]
+    assert names == [
+        "server_errors",
+        "client_errors",
+        "latency",
+        "predicted_class",
+        "score",
+        "restarts",
+    ]
 
 
 def test_metrics_merge_by_name_and_a_business_metric_needs_no_code() -> None:
@@ -117,12 +135,13 @@ def test_metrics_merge_by_name_and_a_business_metric_needs_no_code() -> None:
         }
     )
     metrics = {metric.name: metric for metric in policy.metrics}
-    assert list(metrics)[-1] == "approvals" and len(metrics) == 6
+    assert list(metrics)[-1] == "approvals" and len(metrics) == 7
     assert metrics["server_errors"].margin == 0.005
     assert metrics["server_errors"].max == 0.05  # the default's other fields stay
     assert metrics["server_errors"].queries == DEFAULT_POLICY.metrics[0].queries
-    # Six metrics, the latency one with its tail guard and server_errors with its max: 8.
-    assert policy.comparison_alpha == pytest.approx(0.01 / 8)
+    # Comparisons: five statistical metrics, and guards: server_errors' max, the latency
+    # tail, predicted_class's relative margin (the restarts gauge has no error rate): 9.
+    assert policy.comparison_alpha == pytest.approx(0.01 / 9)
     canary = revision() | {"approvals": proportion(1000, 5000)}
     stable = revision(requests=9000) | {"approvals": proportion(13500, 45000)}
     judged = results(judge(policy, canary, stable))
@@ -136,13 +155,13 @@ def test_metrics_merge_by_name_and_a_business_metric_needs_no_code() -> None:
         ({"on_no_data": "pass"}, "canary_policy.on_no_data: was removed: too few requests are now an inconclusive result"),
         ({"failure_budget": 2}, "canary_policy.failure_budget: was removed"),
         ({"false_promotion_rat": 0.1}, "canary_policy: unknown setting 'false_promotion_rat'; known: analysis, consecutive_error_limit"),
-        ({"false_promotion_rate": 0.7}, "canary_policy.false_promotion_rate: must be above 0 and below 0.5, not 0.7"),
+        ({"false_promotion_rate": 0.7}, "canary_policy.false_promotion_rate: must be at least 1e-06 and below 0.5, not 0.7"),
         ({"inconclusive_limit": True}, "canary_policy.inconclusive_limit: must be a number, not True"),
         ({"analysis": "skip"}, "canary_policy.analysis: must be one of prometheus, none, not 'skip'"),
         ({"metrics": {"name": "x"}}, "canary_policy.metrics: expected a list of metrics"),
         ({"metrics": [{"margin": 0.1}]}, "canary_policy.metrics[0]: expected a mapping with a name"),
         ({"metrics": [{"name": "latency", "margn": 0.1}]}, "canary_policy.metrics[0] (latency): unknown field 'margn'"),
-        ({"metrics": [{"name": "latency", "margin": 1.5}]}, "canary_policy.metrics[0] (latency).margin: must be above 0 and below 1, not 1.5"),
+        ({"metrics": [{"name": "latency", "margin": 1.5}]}, "canary_policy.metrics[0] (latency).margin: must be at least 0.0001 and below 1, not 1.5"),
         ({"metrics": [{"name": "latency", "margin": "big"}]}, "canary_policy.metrics[0] (latency).margin: must be a number, not 'big'"),
         ({"metrics": [{"name": "latency", "max": 0.5}]}, "canary_policy.metrics[0] (latency).max, min: only proportions and gauges have absolute bounds"),
         ({"metrics": [{"name": "x", "kind": "proportion", "queries": {"events": "up"}}]}, "canary_policy.metrics[0] (x).queries: a proportion metric needs total"),
@@ -154,6 +173,19 @@ def test_metrics_merge_by_name_and_a_business_metric_needs_no_code() -> None:
         ({"metrics": [{"name": "score", "stable_queries": {"counts": ""}}]}, "canary_policy.metrics[0] (score).stable_queries.counts: must be a PromQL template"),
         ({"metrics": [{"name": "score", "label": ""}]}, "canary_policy.metrics[0] (score).label: a distribution needs the label"),
         ({"metrics": [{"name": "latency", "tail_ratio": 0.9}]}, "canary_policy.metrics[0] (latency).tail_ratio, tail_slack_s: must be 1 or more"),
+        ({1: "a", "foo": "b"}, "canary_policy: unknown setting 1; known: analysis"),
+        ({"false_rollback_rate": 1e-320}, "canary_policy.false_rollback_rate: must be at least 1e-06"),
+        ({"metrics": [{"name": "latency", "margin": 1e-200}]}, "canary_policy.metrics[0] (latency).margin: must be at least 0.0001"),
+        ({"metrics": [{"name": "server_errors", "max": -1}]}, "canary_policy.metrics[0] (server_errors).max, min: a rate's bounds are 0-1, not -1"),
+        ({"metrics": [{"name": "server_errors", "min": 0.1, "max": 0.05}]}, "canary_policy.metrics[0] (server_errors).max, min: min 0.1 is above max 0.05"),
+        ({"metrics": [{"name": "server_errors", "max": float("nan")}]}, "canary_policy.metrics[0] (server_errors).max: must be a finite number, not nan"),
+        ({"metrics": [{"name": "latency", "tail_ratio": float("inf")}]}, "canary_policy.metrics[0] (latency).tail_ratio: must be a finite number"),
+        ({"metrics": [{"name": "x", "kind": "gauge", "max": 1, "queries": {"value": "up"}}, {"name": "x", "max": 2}]}, "canary_policy.metrics[1] (x): a second metric of that name"),
+        ({"metrics": [{"name": "latency", "kind": "gauge"}]}, "canary_policy.metrics[0] (latency).kind: the default 'latency' is a latency metric; give a gauge metric a name of its own"),
+        ({"metrics": [{"name": "score", "relative_margin": 0.5}]}, "canary_policy.metrics[0] (score).relative_margin: only a distribution of categories (not le)"),
+        ({"metrics": [{"name": "score", "categories": 0}]}, "canary_policy.metrics[0] (score).categories: must be 1 to 1000, not 0"),
+        ({"metrics": [{"name": "score", "queries": {1: "up"}}]}, "canary_policy.metrics[0] (score).queries: a distribution metric has no 1 query"),
+        ({"metrics": [{"name": "restarts", "enabled": False}, {"name": "latency", "enabled": False}, {"name": "score", "enabled": False}, {"name": "predicted_class", "enabled": False}, {"name": "server_errors", "enabled": False}, {"name": "client_errors", "enabled": False}]}, "canary_policy.metrics: none left to judge by"),
     ],
 )  # fmt: skip
 def test_every_policy_field_is_checked_with_one_line_naming_it(policy: dict, message: str) -> None:
@@ -260,7 +292,7 @@ def test_too_few_samples_is_inconclusive_and_says_how_many_are_needed() -> None:
     [
         ({"server_errors": 0.03}, "server_errors", "worse than stable beyond the margin (rate: +2.50 pts"),
         ({"client_errors": 0.5}, "client_errors", "worse than stable beyond the margin (rate: +49.00 pts"),
-        ({"slower_buckets": 2}, "latency", "worse than stable beyond the margin (share slower than 0.1 s (the stable p99's bucket)"),
+        ({"slower_buckets": 2}, "latency", "worse than stable beyond the margin (largest change of the share slower than a tail bound (at 0.025 s)"),
         ({"classes": {"benign": 1.0}}, "predicted_class", "worse than stable beyond the margin (largest change of a share (at class benign)"),
         ({"scores": [0.30, 0.07, 0.08, 0.55, 0.0]}, "score", "worse than stable beyond the margin (largest change of a distribution function (at le 0.5)"),
     ],
@@ -385,6 +417,53 @@ def test_a_canary_judged_against_itself_is_refused() -> None:
         analyse(Prometheus("http://127.0.0.1:9"), DEFAULT_POLICY, "ns", "a", "a", Window(0, 60, 0))
 
 
+def test_a_disabled_metric_is_not_judged_and_says_so() -> None:
+    policy = CanaryPolicy.from_dict({"metrics": [{"name": "score", "enabled": False}]})
+    canary = revision(scores=[0.30, 0.07, 0.08, 0.55, 0.0])  # a score that moved
+    judgement = judge(policy, canary, revision(requests=36000))
+    assert "score" not in results(judgement) and judgement.outcome == "pass"
+    assert "- `score`: not judged (enabled: false)" in describe_policy(policy)
+
+
+def test_distributions_count_requests_not_rows() -> None:
+    # A hundred rows a request, alike within a request: 4000 requests, not 400,000 rows.
+    judged = results(judge(DEFAULT_POLICY, revision(rows_per_request=100), revision(36000)))
+    assert judged["predicted_class"].samples == round(4000 * 0.985)
+    assert judged["score"].samples == round(4000 * 0.985)
+
+
+def test_a_rare_class_that_vanishes_fails_on_its_relative_margin() -> None:
+    stable = revision(requests=36000, classes={"legit": 0.99, "fraud": 0.01})
+    canary = revision(requests=20000, classes={"legit": 1.0})  # never flags fraud
+    result = results(judge(DEFAULT_POLICY, canary, stable))["predicted_class"]
+    assert result.outcome == "fail"
+    assert "the share of class fraud moved by -1.00% from stable's 1.00%, beyond 50% of it" in (
+        result.reason
+    )
+    same = revision(requests=20000, classes={"legit": 0.99, "fraud": 0.01})
+    assert results(judge(DEFAULT_POLICY, same, stable))["predicted_class"].outcome == "pass"
+
+
+def test_a_canary_that_restarted_fails_even_with_clean_counts() -> None:
+    result = results(judge(DEFAULT_POLICY, revision(restarts=1), revision(36000)))["restarts"]
+    assert (result.outcome, result.reason) == ("fail", "1 is above the max 0")
+    stable_unknown = revision(36000) | {"restarts": Sample({"value": {}})}
+    assert results(judge(DEFAULT_POLICY, revision(), stable_unknown))["restarts"].outcome == "pass"
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+def test_non_finite_answers_are_inconclusive(value: float) -> None:
+    canary = revision() | {
+        "server_errors": proportion(value, 4000),
+        "latency": Sample({"buckets": {"0.1": value, "+Inf": 4000.0}}),
+        "score": Sample({"counts": {"0.5": value, "+Inf": 10.0}, "requests": {"": 10.0}}),
+    }
+    judged = results(judge(DEFAULT_POLICY, canary, revision(36000)))
+    assert {judged[name].outcome for name in ("server_errors", "latency", "score")} == {
+        "inconclusive"
+    }
+
+
 def test_a_warm_up_metric_not_yet_measured_is_inconclusive() -> None:
     canary = revision() | {"latency": Sample()}
     assert results(judge(DEFAULT_POLICY, canary, revision(36000)))["latency"].reason == (
@@ -439,18 +518,18 @@ def test_a_fail_ends_the_step_at_once() -> None:
 class ScriptedPrometheus:
     """Answers each default query with ``revision()``'s numbers for the traffic its range
     covers (the canary at 100 requests a second, the stable at 900); records every query;
-    refuses them all until ``down_until``."""
+    refuses them all while ``down`` (from, until) says so."""
 
     url = "scripted"
 
     def __init__(self, clock: FakeClock, bad: dict | None = None) -> None:
         self.clock, self.bad = clock, bad or {}
         self.queries: list[tuple[str, float | None]] = []
-        self.down_until = 0.0
+        self.down = (0.0, 0.0)
 
     def query(self, query: str, at: float | None = None, label: str = "") -> Series:
         self.queries.append((query, at))
-        if self.clock.now < self.down_until:
+        if self.down[0] <= self.clock.now < self.down[1]:
             raise ConveyorError("Prometheus at scripted is unreachable: connection refused")
         seconds = float(re.search(r"\[(\d+)s\]", query).group(1))
         for name, per_second, bad in ((CANARY, 100, self.bad), (STABLE, 900, {})):
@@ -500,7 +579,8 @@ def scripted_rollout(
 
     prometheus = ScriptedPrometheus(clock, bad)
     assert rollout("gs://m/1").run().decision == "created"
-    prometheus.down_until = clock.now + outage_s
+    # Down from just after the queries are tried, before the canary takes traffic.
+    prometheus.down = (clock.now + 0.5, clock.now + outage_s)
     return rollout("gs://m/2"), prometheus, clock
 
 
@@ -515,16 +595,18 @@ def test_each_look_covers_all_canary_traffic_and_latency_leaves_out_the_warm_up(
     ]  # fmt: skip
     first, second = result.looks[0], result.looks[1]
     assert "latency: warming up: not measured yet" in first.decision.reason
-    looks = {}
+    looks: dict[float | None, list[str]] = {}
     for query, at in prometheus.queries:
         looks.setdefault(at, []).append(query)
-    ranges = [sorted({q.split("[")[1].split("]")[0] for q in qs}) for qs in looks.values()]
+    tried, *judged = looks.values()  # every query once for the stable, before the canary
+    assert all(STABLE in query for query in tried)
+    ranges = [sorted({q.split("[")[1].split("]")[0] for q in qs}) for qs in judged]
     elapsed = [round(look.elapsed_s) for look in result.looks]
     assert elapsed[0] >= 60
     # Both revisions over the same range at the same instant; latency's starts an interval later.
     assert ranges[0] == [f"{elapsed[0]}s"]
     assert ranges[1] == sorted([f"{elapsed[1]}s", f"{elapsed[1] - 60}s"])
-    assert all(len([q for q in qs if CANARY in q]) * 2 == len(qs) for qs in looks.values())
+    assert all(len([q for q in qs if CANARY in q]) * 2 == len(qs) for qs in judged)
     assert second.judgement and second.judgement.outcome == "pass"
     assert result.metrics()["step10_look2_server_errors_canary"] == pytest.approx(0.005)
 
@@ -557,6 +639,32 @@ def test_a_canary_answering_400s_is_rolled_back_at_its_first_look(
     result = failed.value.result
     assert result.decision == "rolled_back" and len(result.looks) == 1
     assert result.reason.startswith("analysis at 10 %: client_errors: worse than stable")
+
+
+def test_queries_that_fail_before_the_canary_starts_refuse_the_rollout(
+    cluster: KubernetesApiDouble,
+) -> None:
+    rollout, prometheus, _ = scripted_rollout(cluster)
+    prometheus.down = (0.0, math.inf)
+    with pytest.raises(RolloutFailed) as refused:
+        rollout.run()
+    result = refused.value.result
+    assert result.decision == "failed" and not result.canary_revision
+    assert result.reason == (
+        "the canary could not be judged: server_errors: Prometheus at scripted is unreachable: "
+        "connection refused"
+    )
+    assert cluster.revisions("ml", "fraud") == ["fraud-predictor-00001"]  # nothing moved
+
+
+def test_a_plan_that_cannot_finish_before_its_deadline_is_refused() -> None:
+    plan = RolloutPlan(steps=(10, 25, 50), interval_s=300, deadline_s=3600)
+    with pytest.raises(
+        ConveyorError,
+        match=r"^the plan may take 19 looks of 300 s \(5700 s\), past rollout_deadline_s 3600",
+    ):
+        RolloutSettings(plan, DEFAULT_POLICY, "http://p:9090")
+    RolloutSettings(plan, CanaryPolicy(analysis="none"))  # nothing to wait for
 
 
 def _buckets(samples: dict[str, Sample]) -> list[tuple[float, float]]:

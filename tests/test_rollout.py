@@ -75,7 +75,20 @@ def rollout(
     **plan: float,
 ) -> Rollout:
     settings = RolloutSettings(RolloutPlan(**{**FAST.__dict__, **plan}), policy, prometheus_url)
-    return Rollout(services(cluster), manifest(uri), settings, run_id, progress=lambda line: None)
+    return Rollout(
+        services(cluster), manifest(uri), settings, run_id, progress=lambda line: None,
+        prometheus=SilentPrometheus() if prometheus_url else None,
+    )  # fmt: skip
+
+
+class SilentPrometheus:
+    """A Prometheus that answers every query with no series: queries work, nothing is known.
+    (These tests end before any look; test_canary_analysis.py judges for real.)"""
+
+    url = "silent"
+
+    def query(self, query: str, at: float | None = None, label: str = "") -> dict:
+        return {}
 
 
 def deployed(cluster: KubernetesApiDouble) -> dict:
@@ -294,8 +307,7 @@ def standard_cluster() -> Iterator[KubernetesApiDouble]:
 
 
 # Standard mode canaries must prove they served: analysis against Prometheus is required.
-# The URL is never reached in these tests, which end before any analysis.
-ANALYSED = {"policy": DEFAULT_POLICY, "prometheus_url": "http://127.0.0.1:9"}
+ANALYSED = {"policy": DEFAULT_POLICY, "prometheus_url": "http://silent"}
 
 
 def test_standard_mode_refuses_a_canary_nobody_would_analyse(
@@ -322,6 +334,7 @@ def test_standard_mode_refuses_a_canary_of_the_model_already_served(
             services(standard_cluster),
             render_inference_service(ServingSpec(NAME, "2", STABLE_URI, namespace=NAMESPACE, cpu="2")),
             RolloutSettings(FAST, **ANALYSED), "run-2", progress=lambda line: None,
+            prometheus=SilentPrometheus(),
         ).run()  # fmt: skip
     assert refused.value.result.reason.startswith(
         f"fraud already serves {STABLE_URI}: in Standard mode a canary needs a new model"

@@ -24,7 +24,7 @@ looks accumulate (inconclusive looks in a step, errors in a row).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -32,7 +32,12 @@ from components.core.canary_policy import CanaryPolicy, MetricSpec
 from components.core.errors import ConveyorError
 from components.core.markdown import table
 from components.core.prometheus import Prometheus, Sample, Series, Window, measure
-from components.core.sequential import Interval, difference_interval, proportion_interval
+from components.core.sequential import (
+    Interval,
+    difference_interval,
+    proportion_interval,
+    rate_difference_interval,
+)
 
 __all__ = [
     "OUTCOMES",
@@ -119,30 +124,24 @@ def analyse(
 def judge(
     policy: CanaryPolicy, canary: Mapping[str, Sample], stable: Mapping[str, Sample]
 ) -> Judgement:
-    """Each metric of ``policy``, canary against stable (a pure function)."""
-    needed = policy.minimum_samples()
+    """Each judged metric of ``policy``, canary against stable (a pure function)."""
+    alpha, beta = policy.comparison_alpha, policy.comparison_beta
     return Judgement(
         tuple(
-            _judge_metric(metric, canary[metric.name], stable[metric.name], policy, needed)
-            for metric in policy.metrics
+            _judge_metric(metric, canary[metric.name], stable[metric.name], alpha, beta)
+            for metric in policy.judged
         )
     )
 
 
 def _judge_metric(
-    metric: MetricSpec,
-    canary: Sample,
-    stable: Sample,
-    policy: CanaryPolicy,
-    needed: Mapping[str, int],
+    metric: MetricSpec, canary: Sample, stable: Sample, alpha: float, beta: float
 ) -> MetricResult:
     if canary.error or stable.error:
         return MetricResult(metric.name, "error", reason=canary.error or stable.error)
     if not canary.series:
         return MetricResult(metric.name, "inconclusive", reason="warming up: not measured yet")
-    judged_by = _JUDGES[metric.kind]
-    needs = needed.get(metric.name, 0)
-    return judged_by(metric, canary.series, stable.series, policy.comparison_alpha, needs)
+    return _JUDGES[metric.kind](metric, canary.series, stable.series, alpha, beta)
 
 
 # -- proportions --------------------------------------------------------------------------
@@ -150,7 +149,7 @@ def _judge_metric(
 
 def _proportion(
     metric: MetricSpec, canary: Mapping[str, Series], stable: Mapping[str, Series],
-    alpha: float, needed: int,
+    alpha: float, beta: float,
 ) -> MetricResult:  # fmt: skip
     counts_c, counts_s = _counts(canary), _counts(stable)
     missing = _no_data(counts_c and counts_c[1], counts_s and counts_s[1])
@@ -163,7 +162,7 @@ def _proportion(
         _guards(metric, events_c, total_c, alpha),
         (events_c / total_c, events_s / total_s),
         samples=total_c,
-        needed=needed,
+        needed=metric.minimum_sample(alpha, beta),
         what="rate",
     )
 
@@ -193,31 +192,50 @@ def _guards(metric: MetricSpec, events: int, total: int, alpha: float) -> list[s
 
 def _latency(
     metric: MetricSpec, canary: Mapping[str, Series], stable: Mapping[str, Series],
-    alpha: float, needed: int,
+    alpha: float, beta: float,
 ) -> MetricResult:  # fmt: skip
+    """The share slower than each bucket bound of the stable's tail (from the bound at or
+    above its p90 to the one past its p99), canary against stable: a slowdown shows at
+    some bound however the bounds fall around the stable's p99."""
     buckets_c, buckets_s = _buckets(canary["buckets"]), _buckets(stable["buckets"])
     missing = _no_data(buckets_c and buckets_c[-1][1], buckets_s and buckets_s[-1][1])
     if missing:
         return MetricResult(metric.name, "inconclusive", reason=missing)
     p99_s, p99_c = histogram_quantile(_TAIL, buckets_s), histogram_quantile(_TAIL, buckets_c)
-    bound = _bound_at_or_above(p99_s, buckets_s)
     total_c, total_s = round(buckets_c[-1][1]), round(buckets_s[-1][1])
-    slow_c, slow_s = _above(bound, buckets_c), _above(bound, buckets_s)
-    if slow_c is None:
-        return MetricResult(
-            metric.name, "inconclusive", reason=f"the canary has no bucket at {bound:g} s"
-        )
+    slow = {
+        bound: (_above(bound, buckets_c), _above(bound, buckets_s))
+        for bound in _tail_bounds(buckets_s)
+        if _above(bound, buckets_c) is not None
+    }
+    if not slow:
+        return MetricResult(metric.name, "inconclusive", reason="the canary has other buckets")
+    per_bound = alpha / len(slow)
+    intervals = {
+        bound: difference_interval(c, total_c, s, total_s, per_bound, metric.margin)
+        for bound, (c, s) in slow.items()
+    }
+    moved = max(intervals, key=lambda bound: intervals[bound].estimate)
     guard = _tail_guard(metric, p99_s, buckets_c, total_c, alpha)
     result = _compared(
         metric,
-        difference_interval(slow_c, total_c, slow_s, total_s, alpha, metric.margin),
+        _largest(intervals.values(), magnitude=False),
         [guard] if guard else [],
-        (slow_c / total_c, slow_s / total_s),
+        (slow[moved][0] / total_c, slow[moved][1] / total_s),
         samples=total_c,
-        needed=needed,
-        what=f"share slower than {bound:g} s (the stable p99's bucket)",
+        needed=metric.minimum_sample(alpha, beta, len(slow)),
+        what=f"largest change of the share slower than a tail bound (at {moved:g} s)",
     )
     return replace(result, extra={"canary_p99_s": p99_c, "stable_p99_s": p99_s})
+
+
+def _tail_bounds(buckets: list[tuple[float, float]]) -> list[float]:
+    """The finite bounds from the one at or above the p90 to the one past the p99."""
+    finite = [bound for bound, _ in buckets if math.isfinite(bound)]
+    low = _bound_at_or_above(histogram_quantile(0.9, buckets), buckets)
+    high = _bound_at_or_above(histogram_quantile(_TAIL, buckets), buckets)
+    past = finite.index(high) + 1 if high in finite else len(finite)
+    return [bound for bound in finite[: past + 1] if bound >= low]
 
 
 def _tail_guard(
@@ -241,9 +259,12 @@ def _tail_guard(
 
 
 def _buckets(series: Series) -> list[tuple[float, float]]:
-    """Cumulative buckets sorted by bound, ``+Inf`` last; empty when it has none."""
+    """Cumulative buckets sorted by bound, ``+Inf`` last; empty when it has none, or a
+    count that is not a finite number."""
     buckets = sorted((float(bound), count) for bound, count in series.items())
-    if not buckets or not math.isinf(buckets[-1][0]) or any(math.isnan(c) for _, c in buckets):
+    if not buckets or not math.isinf(buckets[-1][0]):
+        return []
+    if not all(math.isfinite(count) for _, count in buckets):
         return []
     return buckets
 
@@ -282,55 +303,73 @@ def _above(bound: float, buckets: list[tuple[float, float]]) -> int | None:
 
 def _distribution(
     metric: MetricSpec, canary: Mapping[str, Series], stable: Mapping[str, Series],
-    alpha: float, needed: int,
+    alpha: float, beta: float,
 ) -> MetricResult:  # fmt: skip
-    shares_c = _categories(metric, canary["counts"])
-    shares_s = _categories(metric, stable["counts"])
-    missing = _no_data(shares_c and shares_c[1], shares_s and shares_s[1])
+    """The largest change of any category's share, every category at once. The sample is
+    the request, not the row: rows of one request (a batch from one client) are alike, and
+    a share's variance over requests is at most p(1 - p) per request."""
+    shares_c = _categories(metric, canary["counts"], _number(canary["requests"]))
+    shares_s = _categories(metric, stable["counts"], _number(stable["requests"]))
+    missing = _no_data(shares_c and shares_c.requests, shares_s and shares_s.requests)
     if missing:
         return MetricResult(metric.name, "inconclusive", reason=missing)
-    (counts_c, total_c), (counts_s, total_s) = shares_c, shares_s
-    names = sorted(set(counts_c) | set(counts_s), key=_category_order)
-    # Every category's interval at once: Bonferroni over the categories.
+    names = sorted(set(shares_c.shares) | set(shares_s.shares), key=_category_order)
     per_category = alpha / max(1, len(names))
     intervals = {
-        name: difference_interval(
-            counts_c.get(name, 0), total_c, counts_s.get(name, 0), total_s, per_category,
-            metric.margin,
+        name: rate_difference_interval(
+            shares_c.shares.get(name, 0.0), shares_c.requests,
+            shares_s.shares.get(name, 0.0), shares_s.requests, per_category, metric.margin,
         )
         for name in names
     }  # fmt: skip
     moved = max(names, key=lambda name: abs(intervals[name].estimate))
-    largest = Interval(
-        abs(intervals[moved].estimate),
-        max(i.distance_from_zero() for i in intervals.values()),
-        max(i.magnitude() for i in intervals.values()),
-    )
     what = "distribution function" if metric.label == "le" else "share"
     return _compared(
         metric,
-        largest,
-        [],
-        (counts_c.get(moved, 0) / total_c, counts_s.get(moved, 0) / total_s),
-        samples=total_c,
-        needed=needed,
+        _largest(intervals.values(), magnitude=True),
+        _relative_guard(metric, intervals, shares_s.shares),
+        (shares_c.shares.get(moved, 0.0), shares_s.shares.get(moved, 0.0)),
+        samples=shares_c.requests,
+        needed=metric.minimum_sample(alpha, beta, len(names)),
         what=f"largest change of a {what} (at {metric.label} {moved})",
         magnitude=True,
     )
 
 
-def _categories(metric: MetricSpec, series: Series) -> tuple[dict[str, int], int] | None:
-    """Counts by category and the total; a histogram's ``le`` buckets are cumulative, so
-    their shares are the distribution function at each bound."""
-    if not series or any(math.isnan(value) for value in series.values()):
+@dataclass(frozen=True)
+class _Shares:
+    """Each category's share of the rows (a histogram's: the distribution function at each
+    bound), and the requests they came from."""
+
+    shares: dict[str, float]
+    requests: int
+
+
+def _categories(metric: MetricSpec, series: Series, requests: float | None) -> _Shares | None:
+    values = list(series.values())
+    if not series or requests is None or not all(math.isfinite(v) for v in values):
         return None
-    counts = {name: max(0, round(value)) for name, value in series.items()}
-    if metric.label != "le":
-        return counts, sum(counts.values())
-    total = counts.pop("+Inf", None)
-    if total is None:
+    counts = {name: max(0.0, value) for name, value in series.items()}
+    total = counts.pop("+Inf", None) if metric.label == "le" else sum(counts.values())
+    if not total:
         return None
-    return {name: min(count, total) for name, count in counts.items()}, total
+    shares = {name: min(1.0, count / total) for name, count in counts.items()}
+    return _Shares(shares, min(max(0, round(requests)), round(total)))
+
+
+def _relative_guard(
+    metric: MetricSpec, intervals: Mapping[str, Interval], stable: Mapping[str, float]
+) -> list[str]:
+    """Categories whose share moved, on evidence, by more than ``relative_margin`` of the
+    stable's share of them."""
+    if metric.relative_margin is None:
+        return []
+    return [
+        f"the share of {metric.label} {name} moved by {interval.estimate:+.2%} from stable's "
+        f"{stable.get(name, 0.0):.2%}, beyond {metric.relative_margin:.0%} of it"
+        for name, interval in intervals.items()
+        if interval.distance_from_zero() > metric.relative_margin * stable.get(name, 0.0)
+    ]
 
 
 def _category_order(name: str) -> tuple[float, str]:
@@ -345,14 +384,15 @@ def _category_order(name: str) -> tuple[float, str]:
 
 def _gauge(
     metric: MetricSpec, canary: Mapping[str, Series], stable: Mapping[str, Series],
-    alpha: float, needed: int,
+    alpha: float, beta: float,
 ) -> MetricResult:  # fmt: skip
     value_c, value_s = _number(canary["value"]), _number(stable["value"])
-    if value_c is None or value_s is None:
+    # Only a margin compares with the stable revision; bounds need the canary alone.
+    if value_c is None or (value_s is None and metric.margin is not None):
         whose = "the canary" if value_c is None else "the stable revision"
         return MetricResult(metric.name, "inconclusive", reason=f"no value for {whose}")
     broken = []
-    if metric.margin is not None:
+    if metric.margin is not None and value_s is not None:
         change = _relative_change(value_c, value_s)
         worse = {"lower": change, "higher": -change, "either": abs(change)}[metric.direction]
         if worse > metric.margin:
@@ -362,7 +402,8 @@ def _gauge(
     if metric.min is not None and value_c < metric.min:
         broken.append(f"{value_c:g} is below the min {metric.min:g}")
     outcome: Outcome = "fail" if broken else "pass"
-    reason = "; ".join(broken) or f"{value_c:g} against stable's {value_s:g}"
+    against = "" if value_s is None else f" against stable's {value_s:g}"
+    reason = "; ".join(broken) or f"{value_c:g}{against}"
     return MetricResult(metric.name, outcome, value_c, value_s, "gauge, as measured", reason)
 
 
@@ -421,6 +462,23 @@ def _compared(
     return replace(result, reason=f"within the margin over {samples} canary samples")
 
 
+def _largest(intervals: Iterable[Interval], magnitude: bool) -> Interval:
+    """Several comparisons as one: beyond the margin when any is, within when all are.
+    With ``magnitude``, of the size of each change (either direction is worse)."""
+    intervals = list(intervals)
+    if magnitude:
+        return Interval(
+            max(abs(i.estimate) for i in intervals),
+            max(i.distance_from_zero() for i in intervals),
+            max(i.magnitude() for i in intervals),
+        )
+    return Interval(
+        max(i.estimate for i in intervals),
+        max(i.low for i in intervals),
+        max(i.high for i in intervals),
+    )
+
+
 def _against_margin(interval: Interval, margin: float, direction: str) -> tuple[bool, bool]:
     """(worse beyond the margin, within it), both on evidence, for canary minus stable."""
     if direction == "lower":
@@ -445,8 +503,9 @@ def _no_data(canary: object, stable: object) -> str:
 
 
 def _number(series: Series) -> float | None:
+    """A single number; None when there is none, or it is NaN or infinite."""
     value = series.get("")
-    return None if value is None or math.isnan(value) else value
+    return None if value is None or not math.isfinite(value) else value
 
 
 def _points(value: float) -> str:

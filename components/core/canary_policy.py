@@ -47,12 +47,15 @@ __all__ = [
 KINDS = {
     "proportion": ("events", "total"),
     "latency": ("buckets",),
-    "distribution": ("counts",),
+    "distribution": ("counts", "requests"),
     "gauge": ("value",),
 }
 _STATISTICAL = ("proportion", "latency", "distribution")
 _DIRECTIONS = ("lower", "higher", "either")
 _VARIABLES = ("namespace", "revision", "range")
+_SMALLEST_MARGIN = 1e-4
+_SMALLEST_RATE = 1e-6
+_MAX_CATEGORIES = 1000
 _SELECTOR = 'namespace="$namespace",revision="$revision"'
 _REQUESTS = "conveyor_inference_requests_total"
 
@@ -108,18 +111,24 @@ class MetricSpec:
         direction: Which change is worse: ``lower`` (a higher canary value is worse, as
             errors), ``higher`` (a lower one is), ``either``. Distributions: always either.
         margin: How much worse than stable the canary may be: rate points for proportions
-            and latency (the share slower than the stable's p99 bucket), the largest
-            change of a share for distributions, a relative change for gauges.
-        baseline: The rate expected of the stable revision; sets the minimum sample size
-            (0.5, the most variable, for distributions).
+            and latency (the share slower than each bucket bound of the stable's tail),
+            the largest change of a share for distributions, a relative change for gauges.
+        baseline: The largest rate expected of the stable revision; sets the minimum
+            sample size (0.5, the most variable, for distributions).
         max: Absolute guard: the canary fails when its rate (gauge: value) is above this.
         min: Absolute guard: the canary fails when its rate (gauge: value) is below this.
         label: Distributions: the label whose values are the categories (``le``: a
             histogram's buckets, compared as a distribution function).
+        relative_margin: Distributions by a label other than ``le``: a guard failing when
+            a category's share moves by more than this fraction of the stable's share (a
+            rare class that vanishes moves by little in points).
+        categories: How many categories (latency: tail bounds) are compared, for the
+            minimum sample; the judge uses the number it finds.
         tail_ratio: Latency: the canary's p99 must stay within ``tail_ratio`` x the
             stable's p99 + ``tail_slack_s``.
         tail_slack_s: See ``tail_ratio``.
         warmup: Left out during the canary's first interval (a cold revision is slower).
+        enabled: False leaves a metric, a default one included, unjudged.
     """
 
     name: str
@@ -132,35 +141,67 @@ class MetricSpec:
     max: float | None = None
     min: float | None = None
     label: str = ""
+    relative_margin: float | None = None
+    categories: int = 1
     tail_ratio: float = 1.2
     tail_slack_s: float = 0.01
     warmup: bool = False
+    enabled: bool = True
 
     def __post_init__(self) -> None:
         _check_choice("kind", self.kind, tuple(KINDS))
         _check_choice("direction", self.direction, _DIRECTIONS)
         self._check_queries()
-        if self.kind in _STATISTICAL:
-            if self.margin is None:
-                raise ConveyorError(f"margin: a {self.kind} metric needs one")
-            _check_share("margin", self.margin)
-            _check_share("baseline", self.baseline)
+        for name in ("margin", "baseline", "max", "min", "relative_margin", "tail_ratio",
+                     "tail_slack_s"):  # fmt: skip
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ConveyorError(f"{name}: must be a finite number, not {value}")
+        if self.statistical:
+            self._check_statistical()
         elif self.margin is None and self.max is None and self.min is None:
             raise ConveyorError("margin, max, min: a gauge needs one of them to be judged by")
         elif self.margin is not None and self.margin < 0:
             raise ConveyorError(f"margin: must be 0 or more, not {self.margin}")
-        if (self.max is not None or self.min is not None) and self.kind not in (
-            "proportion",
-            "gauge",
-        ):
-            raise ConveyorError("max, min: only proportions and gauges have absolute bounds")
-        if self.kind == "distribution" and not self.label:
-            raise ConveyorError("label: a distribution needs the label naming its categories")
+        self._check_bounds()
         if self.tail_ratio < 1 or self.tail_slack_s < 0:
             raise ConveyorError(
                 f"tail_ratio, tail_slack_s: must be 1 or more and 0 or more, not "
                 f"{self.tail_ratio} and {self.tail_slack_s}"
             )
+
+    def _check_statistical(self) -> None:
+        if self.margin is None:
+            raise ConveyorError(f"margin: a {self.kind} metric needs one")
+        if not _SMALLEST_MARGIN <= self.margin < 1:  # smaller: no traffic could tell
+            raise ConveyorError(
+                f"margin: must be at least {_SMALLEST_MARGIN} and below 1, not {self.margin}"
+            )
+        _check_share("baseline", self.baseline)
+        if not 1 <= self.categories <= _MAX_CATEGORIES:
+            raise ConveyorError(
+                f"categories: must be 1 to {_MAX_CATEGORIES}, not {self.categories}"
+            )
+        if self.kind == "distribution" and not self.label:
+            raise ConveyorError("label: a distribution needs the label naming its categories")
+        if self.relative_margin is not None and (
+            self.kind != "distribution" or self.label == "le" or self.relative_margin <= 0
+        ):
+            raise ConveyorError(
+                "relative_margin: only a distribution of categories (not le) has one, above 0"
+            )
+
+    def _check_bounds(self) -> None:
+        if self.max is None and self.min is None:
+            return
+        if self.kind not in ("proportion", "gauge"):
+            raise ConveyorError("max, min: only proportions and gauges have absolute bounds")
+        if self.kind == "proportion" and any(
+            bound is not None and not 0 <= bound <= 1 for bound in (self.max, self.min)
+        ):
+            raise ConveyorError(f"max, min: a rate's bounds are 0-1, not {self.max}, {self.min}")
+        if self.max is not None and self.min is not None and self.min > self.max:
+            raise ConveyorError(f"max, min: min {self.min} is above max {self.max}")
 
     @property
     def statistical(self) -> bool:
@@ -171,8 +212,28 @@ class MetricSpec:
         """The statistical comparisons this metric makes (its test and its guards)."""
         if not self.statistical:
             return 0
-        guards = (self.max is not None) + (self.min is not None) + (self.kind == "latency")
+        guards = (
+            (self.max is not None)
+            + (self.min is not None)
+            + (self.kind == "latency")
+            + (self.relative_margin is not None)
+        )
         return 1 + guards
+
+    @property
+    def two_sided(self) -> bool:
+        """Whether passing needs the change bounded on both sides."""
+        return self.kind == "distribution" or self.direction == "either"
+
+    def minimum_sample(self, alpha: float, beta: float, categories: int | None = None) -> int:
+        """Canary samples (requests) at which a canary equal to stable passes this metric
+        with probability ``1 - beta``, its test at ``alpha``, ``categories`` compared at
+        once (Bonferroni over them, and over both sides for a two-sided test)."""
+        count = categories or self.categories
+        sides = 2 if self.two_sided else 1
+        return minimum_sample_size(
+            self.baseline, self.margin or 0.0, alpha / count, beta / (sides * count)
+        )
 
     def query(self, role: str, stable: bool) -> str:
         return (self.stable_queries if stable else {}).get(role) or self.queries[role]
@@ -180,10 +241,11 @@ class MetricSpec:
     def _check_queries(self) -> None:
         wanted = KINDS[self.kind]
         for label, given in (("queries", self.queries), ("stable_queries", self.stable_queries)):
-            unknown = sorted(set(given) - set(wanted))
+            unknown = sorted(set(given) - set(wanted), key=str)
             if unknown:
                 raise ConveyorError(
-                    f"{label}: a {self.kind} metric has no {', '.join(unknown)} query; it has "
+                    f"{label}: a {self.kind} metric has no {', '.join(map(str, unknown))} query; "
+                    f"it has "
                     f"{', '.join(wanted)}"
                 )
             for role, query in given.items():
@@ -196,16 +258,22 @@ class MetricSpec:
 
 
 def _requests(codes: str = "") -> str:
-    selector = _SELECTOR + (f',code=~"{codes}"' if codes else "")
+    """Inference requests whose code matches ``codes`` (a label matcher list), or all."""
+    selector = _SELECTOR + (f",{codes}" if codes else "")
     return f"sum(increase({_REQUESTS}{{{selector}}}[$range]))"
+
+
+def _or_zero(query: str) -> str:
+    """0 where no series matches: a revision that answered no 5xx may have no such series."""
+    return f"({query} or vector(0))"
 
 
 DEFAULT_METRICS = (
     MetricSpec(
         name="server_errors",
         kind="proportion",
-        # `or vector(0)`: a revision that answered no 5xx may have no such series at all.
-        queries={"events": f"({_requests('5..')} or vector(0))", "total": _requests()},
+        # 501 is KServe's answer to a client asking for a model version: not a failure.
+        queries={"events": _or_zero(_requests('code=~"5..",code!="501"')), "total": _requests()},
         direction="lower",
         margin=0.01,
         baseline=0.005,
@@ -214,7 +282,7 @@ DEFAULT_METRICS = (
     MetricSpec(
         name="client_errors",
         kind="proportion",
-        queries={"events": f"({_requests('4..')} or vector(0))", "total": _requests()},
+        queries={"events": _or_zero(_requests('code=~"4.."')), "total": _requests()},
         direction="lower",
         margin=0.02,
         baseline=0.01,
@@ -226,8 +294,9 @@ DEFAULT_METRICS = (
             "buckets": "sum by (le) (increase(conveyor_inference_request_duration_seconds_bucket"
             f"{{{_SELECTOR}}}[$range]))"
         },
-        margin=0.02,
-        baseline=0.01,
+        margin=0.05,
+        baseline=0.1,
+        categories=4,
         warmup=True,
     ),
     MetricSpec(
@@ -235,22 +304,37 @@ DEFAULT_METRICS = (
         kind="distribution",
         queries={
             "counts": f"sum by (class) (increase(conveyor_predictions_total{{{_SELECTOR}}}"
-            "[$range]))"
+            "[$range]))",
+            "requests": _requests('code="200"'),
         },
         direction="either",
         margin=0.1,
         label="class",
+        relative_margin=0.5,
+        categories=10,
     ),
     MetricSpec(
         name="score",
         kind="distribution",
         queries={
             "counts": "sum by (le) (increase(conveyor_prediction_score_bucket"
-            f"{{{_SELECTOR}}}[$range]))"
+            f"{{{_SELECTOR}}}[$range]))",
+            "requests": _requests('code="200"'),
         },
         direction="either",
         margin=0.1,
         label="le",
+        categories=20,
+    ),
+    MetricSpec(
+        name="restarts",
+        kind="gauge",
+        # A predictor that crashed (a poisonous input, out of memory) counted none of the
+        # requests it lost; its restart shows as a new start time on the same pod.
+        queries={
+            "value": f"sum(changes(conveyor_predictor_start_time_seconds{{{_SELECTOR}}}[$range]))"
+        },
+        max=0,
     ),
 )
 
@@ -284,15 +368,17 @@ class CanaryPolicy:
         _check_choice("analysis", self.analysis, ("prometheus", "none"))
         for name in ("false_promotion_rate", "false_rollback_rate"):
             value = getattr(self, name)
-            if not 0 < value < 0.5:
-                raise ConveyorError(f"{name}: must be above 0 and below 0.5, not {value}")
+            if not _SMALLEST_RATE <= value < 0.5:
+                raise ConveyorError(
+                    f"{name}: must be at least {_SMALLEST_RATE} and below 0.5, not {value}"
+                )
         for name in ("inconclusive_limit", "consecutive_error_limit"):
             if getattr(self, name) < 0:
                 raise ConveyorError(f"{name}: must be 0 or more, not {getattr(self, name)}")
         names = [metric.name for metric in self.metrics]
         if len(set(names)) != len(names):
             raise ConveyorError(f"metrics: names must differ: {names}")
-        if self.analysis == "prometheus" and not self.metrics:
+        if self.analysis == "prometheus" and not self.judged:
             raise ConveyorError("metrics: none left to judge by (analysis: none says so plainly)")
 
     @property
@@ -300,28 +386,25 @@ class CanaryPolicy:
         return self.analysis != "none"
 
     @property
+    def judged(self) -> tuple[MetricSpec, ...]:
+        """The metrics judged: the enabled ones."""
+        return tuple(metric for metric in self.metrics if metric.enabled)
+
+    @property
     def comparison_alpha(self) -> float:
         """Each comparison's share of ``false_promotion_rate`` (Bonferroni)."""
-        return self.false_promotion_rate / max(1, self._comparisons)
+        return self.false_promotion_rate / max(1, sum(m.comparisons for m in self.judged))
 
     @property
     def comparison_beta(self) -> float:
         """Each statistical metric's share of ``false_rollback_rate`` (Bonferroni)."""
-        return self.false_rollback_rate / max(1, sum(m.statistical for m in self.metrics))
+        return self.false_rollback_rate / max(1, sum(m.statistical for m in self.judged))
 
     def minimum_samples(self) -> dict[str, int]:
-        """Canary samples each statistical metric needs to pass a canary equal to stable."""
-        return {
-            metric.name: minimum_sample_size(
-                metric.baseline, metric.margin or 0.0, self.comparison_alpha, self.comparison_beta
-            )
-            for metric in self.metrics
-            if metric.statistical
-        }
-
-    @property
-    def _comparisons(self) -> int:
-        return sum(metric.comparisons for metric in self.metrics)
+        """Canary requests each statistical metric needs to pass a canary equal to stable,
+        at the number of categories it expects."""
+        alpha, beta = self.comparison_alpha, self.comparison_beta
+        return {m.name: m.minimum_sample(alpha, beta) for m in self.judged if m.statistical}
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "canary_policy") -> CanaryPolicy:
@@ -334,7 +417,7 @@ class CanaryPolicy:
         settings = dict(data)
         _refuse_removed(settings, source)
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(settings) - known)
+        unknown = sorted(set(settings) - known, key=str)
         if unknown:
             raise ConveyorError(
                 f"{source}: unknown setting {unknown[0]!r}; known: {', '.join(sorted(known))}"
@@ -376,13 +459,22 @@ def describe_policy(policy: CanaryPolicy) -> list[str]:
         "in a row fails",
     ]
     for metric in policy.metrics:
+        if not metric.enabled:
+            lines.append(f"- `{metric.name}`: not judged (enabled: false)")
+            continue
         margin = "" if metric.margin is None else f", margin {metric.margin:g}"
-        bounds = "".join(
-            f", {name} {value:g}"
-            for name, value in (("max", metric.max), ("min", metric.min))
-            if value is not None
+        limits = (
+            ("max", metric.max),
+            ("min", metric.min),
+            ("relative margin", metric.relative_margin),
         )
-        sample = f", minimum canary sample {needed[metric.name]}" if metric.statistical else ""
+        bounds = "".join(f", {name} {value:g}" for name, value in limits if value is not None)
+        sample = (
+            f", minimum canary sample {needed[metric.name]} requests"
+            + (f" at {metric.categories} categories" if metric.categories > 1 else "")
+            if metric.statistical
+            else ", no error rates"
+        )
         lines.append(
             f"- `{metric.name}` ({metric.kind}, {metric.direction}{margin}{bounds}{sample})"
         )
@@ -416,10 +508,14 @@ _METRIC_TYPES: dict[str, tuple[type, ...]] = {
     "max": (int, float),
     "min": (int, float),
     "label": (str,),
+    "relative_margin": (int, float),
+    "categories": (int,),
     "tail_ratio": (int, float),
     "tail_slack_s": (int, float),
     "warmup": (bool,),
+    "enabled": (bool,),
 }
+_OPTIONAL_NUMBERS = ("margin", "max", "min", "relative_margin")
 
 
 def _merged_metrics(entries: Any, source: str) -> tuple[MetricSpec, ...]:
@@ -427,18 +523,22 @@ def _merged_metrics(entries: Any, source: str) -> tuple[MetricSpec, ...]:
     if not isinstance(entries, list):
         raise ConveyorError(f"{source}.metrics: expected a list of metrics, not {entries!r}")
     merged = {metric.name: metric for metric in DEFAULT_METRICS}
+    given: set[str] = set()
     for index, entry in enumerate(entries):
         where = f"{source}.metrics[{index}]"
         if not isinstance(entry, Mapping) or not isinstance(entry.get("name"), str):
             raise ConveyorError(f"{where}: expected a mapping with a name, not {entry!r}")
         where = f"{where} ({entry['name']})"
-        unknown = sorted(set(entry) - set(_METRIC_TYPES))
+        if entry["name"] in given:
+            raise ConveyorError(f"{where}: a second metric of that name; names must differ")
+        given.add(entry["name"])
+        unknown = sorted(set(entry) - set(_METRIC_TYPES), key=str)
         if unknown:
             raise ConveyorError(
                 f"{where}: unknown field {unknown[0]!r}; known: {', '.join(_METRIC_TYPES)}"
             )
         for name, value in entry.items():
-            if value is not None or name not in ("margin", "max", "min"):
+            if value is not None or name not in _OPTIONAL_NUMBERS:
                 _check_type(f"{where}.{name}", value, _METRIC_TYPES[name])
         merged[entry["name"]] = _metric(merged.get(entry["name"]), dict(entry), where)
     return tuple(merged.values())
@@ -450,6 +550,11 @@ def _metric(default: MetricSpec | None, entry: dict[str, Any], where: str) -> Me
             if "kind" not in entry or "queries" not in entry:
                 raise ConveyorError("kind, queries: a new metric needs both")
             return MetricSpec(**entry)
+        if entry.get("kind", default.kind) != default.kind:
+            raise ConveyorError(
+                f"kind: the default {default.name!r} is a {default.kind} metric; give a "
+                f"{entry['kind']} metric a name of its own"
+            )
         # A default's queries are kept for the roles the entry does not give.
         if "queries" in entry:
             entry["queries"] = {**default.queries, **entry["queries"]}

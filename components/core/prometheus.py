@@ -92,7 +92,7 @@ def measure(
     """Every metric's queries for one revision over ``window``; a failed query is recorded
     in its metric's Sample, never raised."""
     samples = {}
-    for metric in policy.metrics:
+    for metric in policy.judged:
         seconds = window.seconds(metric)
         if seconds <= 0:
             samples[metric.name] = Sample()  # warming up: nothing to measure yet
@@ -122,9 +122,10 @@ def duration_seconds(text: str, where: str) -> float:
 
 
 def _grouping(metric: MetricSpec, role: str) -> str:
+    """The label a query's series are told apart by ("" for a single number)."""
     if metric.kind == "latency":
         return "le"
-    return metric.label if metric.kind == "distribution" else ""
+    return metric.label if role == "counts" else ""
 
 
 def _series(query: str, result: list[dict], label: str) -> Series:

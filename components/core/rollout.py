@@ -45,7 +45,7 @@ from components.core.manifests import (
     validate_inference_service,
 )
 from components.core.markdown import table
-from components.core.prometheus import Prometheus, Window
+from components.core.prometheus import Prometheus, Window, measure
 
 __all__ = [
     "LOCK_ANNOTATION",
@@ -119,6 +119,19 @@ class RolloutSettings:
     plan: RolloutPlan
     policy: CanaryPolicy
     prometheus_url: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.policy.analysed:
+            return
+        plan, limit = self.plan, self.policy.inconclusive_limit
+        looks = len(plan.steps) * (limit + 1) + 1  # each step to its limit, and the warm-up
+        if looks * plan.interval_s > plan.deadline_s:
+            raise ConveyorError(
+                f"the plan may take {looks} looks of {plan.interval_s:g} s "
+                f"({looks * plan.interval_s:g} s), past rollout_deadline_s "
+                f"{plan.deadline_s:g}: raise the deadline, or lower canary_policy's "
+                "inconclusive_limit"
+            )
 
     @classmethod
     def from_parameters(
@@ -318,7 +331,21 @@ class Rollout:
             raise _Refused(refusal)
         self._known_failure = last_failure(current)
         self.result.stable_revision = self.canary.stable_revision(current)
+        self._try_queries()
         return current
+
+    def _try_queries(self) -> None:
+        """Every query once, for the stable revision, before any traffic moves: a typo or
+        an unreachable Prometheus is found now, not after the canary has served."""
+        if self.prometheus is None:
+            return
+        interval = self.plan.interval_s
+        window = Window(self.wall(), interval, interval)
+        stable = self.result.stable_revision
+        samples = measure(self.prometheus, self.policy, self.services.namespace, stable, window)
+        failed = [f"{name}: {sample.error}" for name, sample in samples.items() if sample.error]
+        if failed:
+            raise _Refused(f"the canary could not be judged: {failed[0]}")
 
     def _create(self) -> None:
         body = copy.deepcopy(self.manifest)
@@ -517,7 +544,10 @@ class Rollout:
 
     def _sleep_until_deadline(self, seconds: float) -> None:
         if self.clock() + seconds > self._deadline:
-            raise _Abort(f"the rollout passed its deadline of {self.plan.deadline_s:g} s")
+            last = (
+                f"; last look: {self.result.looks[-1].decision.reason}" if self.result.looks else ""
+            )
+            raise _Abort(f"the rollout passed its deadline of {self.plan.deadline_s:g} s{last}")
         self.sleep(seconds)
 
     def _record(self, status: dict[str, Any], decision: RolloutDecision, reason: str) -> None:

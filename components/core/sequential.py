@@ -41,6 +41,7 @@ __all__ = [
     "minimum_sample_size",
     "proportion_interval",
     "radius",
+    "rate_difference_interval",
 ]
 
 
@@ -79,13 +80,22 @@ def proportion_interval(events: int, total: int, alpha: float, tau: float) -> In
 def difference_interval(
     events_a: int, total_a: int, events_b: int, total_b: int, alpha: float, tau: float
 ) -> Interval:
-    """The always-valid interval of rate a minus rate b."""
-    rate_a, variance_a = _smoothed(events_a, total_a)
-    rate_b, variance_b = _smoothed(events_b, total_b)
+    """The always-valid interval of rate a minus rate b, from counts."""
+    return rate_difference_interval(
+        _rate(events_a, total_a), total_a, _rate(events_b, total_b), total_b, alpha, tau
+    )
+
+
+def rate_difference_interval(
+    rate_a: float, samples_a: int, rate_b: float, samples_b: int, alpha: float, tau: float
+) -> Interval:
+    """The always-valid interval of rate a minus rate b, each observed over so many
+    independent samples (a rate of rows over the requests they came in)."""
+    smoothed_a, variance_a = _smoothed(rate_a * samples_a if samples_a else 0.0, samples_a)
+    smoothed_b, variance_b = _smoothed(rate_b * samples_b if samples_b else 0.0, samples_b)
     half = radius(variance_a + variance_b, tau, alpha)
-    raw = _rate(events_a, total_a) - _rate(events_b, total_b)
-    centre = rate_a - rate_b
-    return Interval(raw, max(-1.0, centre - half), min(1.0, centre + half))
+    centre = smoothed_a - smoothed_b
+    return Interval(rate_a - rate_b, max(-1.0, centre - half), min(1.0, centre + half))
 
 
 @functools.lru_cache(maxsize=256)  # a policy asks at every look, with the same numbers
@@ -115,7 +125,7 @@ def _rate(events: int, total: int) -> float:
     return events / total if total else math.nan
 
 
-def _smoothed(events: int, total: int) -> tuple[float, float]:
+def _smoothed(events: float, total: int) -> tuple[float, float]:
     """The Agresti-Caffo rate and the variance of its estimate."""
     rate = (events + 1) / (total + 2)
     return rate, rate * (1 - rate) / (total + 2)

@@ -30,6 +30,8 @@ create series at will):
   score per answered row: for a binary model the positive class's probability, the positive
   class being the one called 1, true, yes, y, positive or pos (case-insensitive), else the
   second class in the card's order; for more classes, the top probability.
+- ``conveyor_predictor_start_time_seconds{model, revision}``: when the process started; a
+  crash and restart on the same pod changes it, which the canary judge counts.
 
 With ``--payload_log URI`` (or ``CONVEYOR_PAYLOAD_LOG``) it writes the inputs it answered
 there, for the monitoring pipeline (``components.core.payload_log``).
@@ -62,6 +64,7 @@ from kserve.constants.constants import (
     PredictorProtocol,
 )
 from kserve.errors import InvalidInput
+from kserve.logging import logger
 from kserve.model_server import app
 from kserve.model_server import parser as kserve_parser
 from kserve.protocol.dataplane import DataPlane
@@ -346,7 +349,7 @@ class _RestServer(ModelServer):
             self.register_model(model)
             model.enable_latency_logging = self.enable_latency_logging
             model.start()
-        rest = RESTServer(
+        rest = _Rest(
             FASTAPI_APP_IMPORT_STRING,
             self.dataplane,
             self.model_repository_extension,
@@ -364,6 +367,21 @@ class _RestServer(ModelServer):
         self.setup_event_loop()
         self.register_signal_handler()
         asyncio.run(_serve_all(self.servers))
+
+
+class _Rest(RESTServer):
+    """KServe's REST server, with a client's mistake logged as one line at INFO: its own
+    handler logs each as an ERROR with a traceback, so a bad client would flood the log
+    and trip error-based alerts."""
+
+    def create_application(self) -> None:
+        super().create_application()  # registers KServe's handlers: ours replace one
+        app.add_exception_handler(InvalidInput, _refused)
+
+
+async def _refused(request: Request, error: InvalidInput) -> JSONResponse:
+    logger.info("refused %s %s: %s", request.method, request.url.path, first_line(error))
+    return JSONResponse(status_code=400, content={"error": str(error)})
 
 
 async def _serve_all(servers: list[Any]) -> None:

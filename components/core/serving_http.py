@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import orjson
 from kserve.logging import logger
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from components.core.metrics import conventional_positive
 
@@ -110,6 +110,13 @@ class ServingMetrics:
             buckets=SCORE_BUCKETS,
             registry=registry,
         )
+        started = Gauge(
+            "conveyor_predictor_start_time_seconds",
+            "When this predictor process started (Unix time): a crash and restart changes it.",
+            ["model", "revision"],
+            registry=registry,
+        )
+        started.labels(model, revision).set(time.time())
         self._classes = [predicted.labels(model, revision, str(c)) for c in classes]
         self._score = scores.labels(model, revision)
         self._score_column = score_column(classes)
