@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,9 +57,13 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    log = tmp_path_factory.mktemp("serving-log") / "predictor.log"
-    with predictor(model_dir, NAME, REVISION, log) as url:
+def server_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("serving-log")
+
+
+@pytest.fixture(scope="module")
+def server(model_dir: Path, server_logs: Path) -> Iterator[str]:
+    with predictor(model_dir, NAME, REVISION, server_logs / "predictor.log") as url:
         yield url
 
 
@@ -682,3 +687,22 @@ def test_requests_are_counted_under_the_revision_or_the_deployment(
     environment: dict, label: str
 ) -> None:
     assert revision_label(environment) == label
+
+
+def test_a_refused_request_is_one_info_line_not_an_error_with_a_traceback(
+    server: str, server_logs: Path
+) -> None:
+    log = server_logs / f"{REVISION}.log"
+    marker = "refused POST /v1/models/species:predict: mistyped columns: size (expected numbers)"
+    before = log.read_text()
+    response = v1(server, [{"size": "refusal-marker", "weight": 1.0, "color": "red"}])
+    assert response.status_code == 400
+    deadline = time.monotonic() + 10
+    while log.read_text().count(marker) == before.count(marker):
+        assert time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.05)
+    time.sleep(0.2)  # a traceback, if any, is written right after
+    added = log.read_text()[len(before) :]
+    (line,) = [line for line in added.splitlines() if marker in line]
+    assert " INFO " in line
+    assert "Traceback" not in added and " ERROR " not in added
