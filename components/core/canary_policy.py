@@ -7,10 +7,11 @@ name adds a metric. Each metric has a kind:
 
 - ``proportion``: ``events`` out of ``total`` requests (5xx, 4xx, a business rate);
 - ``latency``: a Prometheus histogram's buckets (``sum by (le)``); the share of requests
-  slower than the stable revision's p99 bucket is compared, and the canary's p99 is held
-  to ``tail_ratio`` x the stable's + ``tail_slack_s``;
-- ``distribution``: counts by a label (``class``, or a histogram's ``le``): the largest
-  change of any category's share (of any point of the distribution function, for ``le``);
+  slower than each bound of the stable revision's tail (p90 to past p99) is compared, and
+  the canary's p99 is held to ``tail_ratio`` x the stable's + ``tail_slack_s``;
+- ``distribution``: counts by a label (``class``, or a histogram's ``le``) and the
+  ``requests`` they came from: the largest change of any category's share (of any point of
+  the distribution function, for ``le``), a request being one sample;
 - ``gauge``: one number per revision, compared as it is (no statistics: no error rates).
 
 Queries are templates: ``$namespace``, ``$revision`` and ``$range`` (all traffic since the
