@@ -20,12 +20,15 @@ failures", The American Statistician 54(4), 2000): one event and one non-event a
 to each revision's counts, so a revision with no errors yet has a variance above zero.
 
 The minimum sample size is the smallest canary count ``n`` at which a canary *equal* to
-stable (both at the ``baseline`` rate ``p``) passes with probability ``1 - beta``:
+stable (both at the ``baseline`` rate ``p``) passes one comparison with probability
+``1 - beta``:
 
     z(1 - beta) * sqrt(V(n)) + r(V(n)) <= margin,   V(n) = 2 p (1 - p) / n
 
 (the stable revision is assumed to have served at least as many requests as the canary,
-which it has at every step up to 50 %).
+which it has at every step up to 50 %). A metric comparing K categories or bounds at once,
+on one side or both, asks it of each at ``alpha / K`` and ``beta / (sides * K)``
+(``MetricSpec.minimum_sample``).
 """
 
 from __future__ import annotations
