@@ -113,33 +113,25 @@ def _rollout(args: argparse.Namespace) -> int:
     import tempfile
     import uuid
 
+    from components.core.files import read_yaml
     from components.core.manifests import (
         ServingSpec,
         render_inference_service,
         validate_inference_service,
     )
-    from components.core.rollout import (
-        RolloutPlan,
-        RolloutSettings,
-        deploy_model,
-        describe_plan,
-        parse_steps,
-    )
+    from components.core.rollout import RolloutSettings, deploy_model, describe_plan
 
     _refuse_removed_flags(args)
-    plan = RolloutPlan(
-        steps=parse_steps(args.steps),
-        interval_s=args.interval,
-        ready_timeout_s=args.ready_timeout,
-        deadline_s=args.deadline,
-    )
-    settings = RolloutSettings(plan, _policy(args.policy), args.prometheus)
+    settings = RolloutSettings.from_parameters(
+        args.steps, args.interval, args.ready_timeout, args.deadline, args.prometheus,
+        read_yaml(args.policy) if args.policy else {}, str(args.policy or "--policy"),
+    )  # fmt: skip
     spec = ServingSpec(
         model_name=args.name,
         model_version=args.model_version,
         storage_uri=args.model_uri,
         namespace=args.namespace,
-        canary_traffic_percent=plan.steps[0],
+        canary_traffic_percent=settings.plan.steps[0],
         runtime=args.runtime,
         cpu=args.cpu,
         memory=args.memory,

@@ -507,7 +507,7 @@ def test_dry_run_prints_a_yaml_stream_the_api_server_accepts(
     assert cluster.get(NAMESPACE, NAME) is None  # validated, admitted, and not stored
     with pytest.raises(ApiException) as refused:
         api.create_namespaced_custom_object(*arguments, dry_run="Yes")
-    assert refused.value.status == 400
+    assert refused.value.status == 422
 
 
 def test_describe_plan_with_analysis_none_says_nothing_is_judged() -> None:

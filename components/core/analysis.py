@@ -9,8 +9,9 @@ failed). Statistical metrics are judged with always-valid confidence intervals
 - a comparison **fails** when the interval of canary minus stable lies beyond the margin
   on the worse side, and **passes** when it lies within it and the canary has served the
   policy's minimum sample; otherwise it is inconclusive;
-- an absolute guard (``max``, ``min``, the latency tail) fails only on evidence (the
-  canary's interval entirely beyond the bound) and never holds a canary back.
+- a guard (``max``, ``min``, the latency tail, a distribution's ``relative_margin``) fails
+  only on evidence (the canary's interval entirely beyond its bound) and never holds a
+  canary back.
 
 So a canary worse than a margin is promoted, or one within every margin failed, with
 probability at most ``false_promotion_rate`` however often it is looked at; a canary equal
@@ -203,11 +204,11 @@ def _latency(
         return MetricResult(metric.name, "inconclusive", reason=missing)
     p99_s, p99_c = histogram_quantile(_TAIL, buckets_s), histogram_quantile(_TAIL, buckets_c)
     total_c, total_s = round(buckets_c[-1][1]), round(buckets_s[-1][1])
-    slow = {
-        bound: (_above(bound, buckets_c), _above(bound, buckets_s))
-        for bound in _tail_bounds(buckets_s)
-        if _above(bound, buckets_c) is not None
-    }
+    slow = {}
+    for bound in _tail_bounds(buckets_s, p99_s):
+        slow_c = _above(bound, buckets_c)
+        if slow_c is not None:  # a bound the canary's histogram has too
+            slow[bound] = (slow_c, _above(bound, buckets_s))
     if not slow:
         return MetricResult(metric.name, "inconclusive", reason="the canary has other buckets")
     per_bound = alpha / len(slow)
@@ -229,11 +230,11 @@ def _latency(
     return replace(result, extra={"canary_p99_s": p99_c, "stable_p99_s": p99_s})
 
 
-def _tail_bounds(buckets: list[tuple[float, float]]) -> list[float]:
+def _tail_bounds(buckets: list[tuple[float, float]], p99: float) -> list[float]:
     """The finite bounds from the one at or above the p90 to the one past the p99."""
     finite = [bound for bound, _ in buckets if math.isfinite(bound)]
     low = _bound_at_or_above(histogram_quantile(0.9, buckets), buckets)
-    high = _bound_at_or_above(histogram_quantile(_TAIL, buckets), buckets)
+    high = _bound_at_or_above(p99, buckets)
     past = finite.index(high) + 1 if high in finite else len(finite)
     return [bound for bound in finite[: past + 1] if bound >= low]
 

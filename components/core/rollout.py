@@ -142,15 +142,18 @@ class RolloutSettings:
         rollout_deadline_s: float,
         prometheus_url: str,
         canary_policy: dict[str, Any],
+        policy_source: str = "canary_policy",
     ) -> RolloutSettings:
-        """The settings from a step's or a command's flat parameters (``ROLLOUT_PARAMETERS``)."""
+        """The settings from a step's or a command's flat parameters (``ROLLOUT_PARAMETERS``);
+        a mistake in the policy is named after ``policy_source`` (a parameter, a file)."""
         plan = RolloutPlan(
             steps=parse_steps(canary_steps),
             interval_s=canary_interval_s,
             ready_timeout_s=ready_timeout_s,
             deadline_s=rollout_deadline_s,
         )
-        return cls(plan, CanaryPolicy.from_dict(canary_policy), prometheus_url)
+        policy = CanaryPolicy.from_dict(canary_policy, policy_source)
+        return cls(plan, policy, prometheus_url)
 
     def prometheus(self, given: Prometheus | None = None) -> Prometheus | None:
         """Where the canary is measured (``given``, else the URL's); None with ``analysis:

@@ -557,14 +557,23 @@ def _route(path: str) -> _Route:
 
 
 def _dry_run(query: dict[str, str]) -> bool:
-    """``dryRun=All`` (the only value the API server knows: apimachinery's
-    ``ValidateDryRun`` in ``pkg/apis/meta/v1/validation/validation.go``) processes a write
-    without persisting it; anything else is a 400."""
+    """``dryRun=All`` processes a write without persisting it. It is the only value the API
+    server knows (apimachinery's ``ValidateDryRun``, ``allowedDryRunValues``, in
+    ``pkg/apis/meta/v1/validation/validation.go``); any other is refused before the body is
+    read, as the create handler turns ``ValidateCreateOptions`` errors into
+    ``errors.NewInvalid`` (422) for kind CreateOptions (apiserver's
+    ``pkg/endpoints/handlers/create.go``)."""
     value = query.get("dryRun")
     if value is None:
         return False
     if value != "All":
-        raise ApiError(400, f'Invalid value: "{value}": supported values: "All"', kind="")
+        raise ApiError(
+            422,
+            f'CreateOptions.meta.k8s.io "" is invalid: dryRun: Unsupported value: '
+            f'["{value}"]: supported values: "All"',
+            group="meta.k8s.io",
+            kind="CreateOptions",
+        )
     return True
 
 
