@@ -175,11 +175,11 @@ def _judge(args: argparse.Namespace) -> int:
         raise ConveyorError(f"--warmup {args.warmup} must be shorter than --since {args.since}")
     prometheus = Prometheus(args.prometheus)
     window = Window(time.time(), since, since - warmup)
+    judgement = analyse(prometheus, policy, args.namespace, args.canary, args.stable, window)
     print(
         f"judging {args.canary} against {args.stable} in {args.namespace} over the last "
         f"{args.since}, from {prometheus.url}"
     )
-    judgement = analyse(prometheus, policy, args.namespace, args.canary, args.stable, window)
     print(_judgement_text(judgement))
     print(f"outcome: {judgement.outcome}: {judgement.reason}")
     return JUDGE_EXIT_CODES[judgement.outcome]
