@@ -61,6 +61,7 @@ def train(
             tags={"pipeline_run_id": pipeline_run_id, "data_hash": data_hash},
             positive_class=positive_class,
             schema_path=Path(schema.path) if schema is not None else None,
+            model_name=model_name,
         )
     model.metadata.update(
         {

@@ -103,7 +103,8 @@ def _add_serve(commands: Any) -> None:
     serve.add_argument(
         "--name", default="",
         help="with --model-dir, the name to serve it under (default: the registered name its "
-        "model store folder records, <store>/<name>/<sha256[:16]>, else the folder's name)",
+        "model.json records; for older cards the model store folder's, "
+        "<store>/<name>/<sha256[:16]>, else the folder's name)",
     )  # fmt: skip
     serve.add_argument(
         "--revision", default="local",
@@ -305,9 +306,10 @@ def _served_model(args: argparse.Namespace) -> tuple[str, Path, Any, str]:
         raise ConveyorError(
             f"--model-dir {args.model_dir}: {MODEL_CARD} is not a model card ({error})"
         ) from None
-    # register publishes to <store>/<name>/<sha256[:16]>: the parent folder is the name.
+    # Cards written before they kept the name: register publishes to
+    # <store>/<name>/<sha256[:16]>, so the parent folder is the name.
     published = bool(card.sha256) and model_dir.name == card.sha256[:16]
-    name = args.name or (model_dir.parent.name if published else model_dir.name)
+    name = args.name or card.name or (model_dir.parent.name if published else model_dir.name)
     return name, model_dir, card, "model directory"
 
 

@@ -626,6 +626,28 @@ def test_conveyor_serve_stands_two_revisions_side_by_side_on_loopback(
             process.wait(timeout=30)
 
 
+@pytest.mark.parametrize(
+    ("card_name", "folder", "option", "served_as"),
+    [
+        ("fraud", "anything", [], "fraud"),  # what train records in model.json
+        ("fraud", "anything", ["--name", "other"], "other"),
+        ("", "legacy-store/churn/{sha}", [], "churn"),  # a card from before it kept the name
+        ("", "plain-folder", [], "plain-folder"),
+    ],
+)
+def test_a_model_directory_is_served_under_its_registered_name(
+    model_dir: Path, tmp_path: Path, card_name: str, folder: str, option: list, served_as: str
+) -> None:
+    from pipelines.cli import _parser, _served_model
+
+    card = json.loads((model_dir / "model.json").read_text())
+    target = tmp_path / folder.format(sha=card["sha256"][:16])
+    shutil.copytree(model_dir, target)
+    (target / "model.json").write_text(json.dumps({**card, "name": card_name}))
+    args = _parser().parse_args(["serve", "--model-dir", str(target), *option])
+    assert _served_model(args)[0] == served_as
+
+
 def test_conveyor_serve_refuses_more_workers_in_one_line(
     model_dir: Path, capsys: pytest.CaptureFixture
 ) -> None:

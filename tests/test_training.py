@@ -126,7 +126,9 @@ def test_train_model_logs_params_metrics_and_files_to_mlflow(
         mlflow_server,
         model_name,
         {"pipeline_run_id": "run-1"},
+        model_name=model_name,
     )
+    assert load_model_dir(tmp_path / "model").card.name == model_name  # what serve names it
     run = MlflowClient(mlflow_server).get_run(result.run_id)
     assert (
         run.data.params["n_estimators"] == "30" and run.data.params["estimator"] == "random_forest"

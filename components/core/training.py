@@ -81,6 +81,7 @@ class ModelCard:
     framework: str = "sklearn"
     model_file: str = MODEL_FILE
     versions: dict[str, str] = field(default_factory=dict)
+    name: str = ""  # the registered model's name (empty in cards written before it was kept)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, default=str)
@@ -117,12 +118,15 @@ def train_model(
     tags: dict[str, str],
     positive_class: str = "",
     schema_path: Path | None = None,
+    model_name: str = "",
 ) -> TrainResult:
-    """Fits the classifier, writes the model directory and logs it all to one MLflow run,
-    with the training split and its schema as the reference monitoring compares with."""
+    """Fits the classifier, writes the model directory (its card naming ``model_name``) and
+    logs it all to one MLflow run, with the training split and its schema as the reference
+    monitoring compares with."""
     client = tracking.connect(tracking_uri)  # before the work: a bad URI fails fast
     train_split = read_parquet(train_path)
     model = fit_classifier(train_split, target, estimator, hyperparameters, seed)
+    model.card.name = model_name
     metrics = score(model.pipeline, train_split, target, positive_class).metrics
     card = save_model_dir(model, model_dir)
     params = {"estimator": estimator, "seed": seed, "target": target, **card.hyperparameters}
