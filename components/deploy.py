@@ -1,4 +1,5 @@
-"""Deploy: a canary rollout of the registered model to a KServe InferenceService."""
+"""Deploy: a canary rollout of the registered model to a KServe InferenceService, and the
+MLflow ``champion`` alias moved to it when it serves."""
 
 from kfp import dsl
 from kfp.dsl import Artifact, Markdown, Metrics, Output
@@ -17,6 +18,8 @@ def deploy(
     manifest: Output[Artifact],
     report: Output[Markdown],
     rollout_metrics: Output[Metrics],
+    model_sha256: str = "",
+    mlflow_tracking_uri: str = "",
     namespace: str = "default",
     serving_runtime: str = "",
     serving_cpu: str = "1",
@@ -44,7 +47,14 @@ def deploy(
         run_id: The pipeline run, holder of the rollout lock.
         manifest: Output InferenceService YAML. Metadata: ``name``, ``namespace``, ``storage_uri``.
         report: Output Markdown: the decision, why, the revisions and every measurement.
+            Metadata: ``decision``, ``url``, ``stable_revision``, ``canary_revision``,
+            ``analysis``, ``champion`` (the champion's version after the rollout).
         rollout_metrics: Output Metrics: each measured value, ``step<percent>_<role>_<measure>``.
+        model_sha256: The registry's sha256 of the model file (register's ``model_sha256``);
+            the predictor refuses a file with any other hash. Empty checks the file
+            against its model card only.
+        mlflow_tracking_uri: MLflow tracking server holding ``model_version``; empty uses
+            ``$MLFLOW_TRACKING_URI``. Not contacted when ``rollout`` is false.
         namespace: Kubernetes namespace of the InferenceService.
         serving_runtime: A ServingRuntime name; empty lets KServe pick one for sklearn.
         serving_cpu: CPU request and limit of the predictor.
@@ -53,7 +63,8 @@ def deploy(
         payload_log_uri: Folder or URI under which the predictor logs the inputs it answers
             (in ``<InferenceService name>/<day>/``), for the monitoring pipeline; empty
             logs nothing.
-        rollout: False renders and validates the manifest only (local runs without a cluster).
+        rollout: False renders and validates the manifest only (local runs without a
+            cluster; register has made the version the champion already).
         canary_steps: Canary traffic percentages, comma-separated and increasing (1-99).
         canary_interval_s: Seconds between looks at the canary; the first is warm-up.
         ready_timeout_s: Seconds a new revision may take to become ready.
@@ -71,9 +82,10 @@ def deploy(
     """
     from pathlib import Path
 
-    from components.core.errors import step_errors
+    from components.core.errors import ConveyorError, first_line, step_errors
     from components.core.files import write_text_atomically
     from components.core.manifests import ServingSpec, deploy_manifest
+    from components.core.registry import check_rollout_allowed, record_rollout
     from components.core.rollout import RolloutSettings, deploy_model
 
     with step_errors("deploy"):
@@ -92,6 +104,7 @@ def deploy(
             memory=serving_memory,
             service_account=service_account,
             payload_log_uri=payload_log_uri,
+            model_sha256=model_sha256,
         )
         rendered = deploy_manifest(spec, Path(manifest.path))
         manifest.metadata.update(
@@ -108,7 +121,17 @@ def deploy(
                 "`rollout` is false: the manifest was rendered and validated only.\n",
             )
             return "skipped"
+        check_rollout_allowed(mlflow_tracking_uri, model_name, model_version, run_id)
         result = deploy_model(spec, settings, run_id, Path(report.path))
+        try:
+            champion = record_rollout(
+                mlflow_tracking_uri, model_name, model_version, result, run_id
+            )
+        except Exception as error:  # noqa: BLE001 - an MLflow outage too; the outcome first
+            raise ConveyorError(
+                f"{result.decision}: {result.reason or 'done'}; but the registry was not "
+                f"updated ({first_line(error)}): re-run the step to record it"
+            ) from None
         for key, value in result.metrics().items():
             rollout_metrics.log_metric(key, value)
         report.metadata.update(
@@ -118,6 +141,7 @@ def deploy(
                 "stable_revision": result.stable_revision,
                 "canary_revision": result.canary_revision,
                 "analysis": settings.policy.analysis,
+                "champion": champion,
             }
         )
         result.check()  # a rolled-back or failed rollout fails the step, with its reason

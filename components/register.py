@@ -1,4 +1,5 @@
-"""Register: publish a blessed model to the model store and make it the champion in MLflow."""
+"""Register: publish a blessed model to the model store and register it in MLflow, as the
+rollout's candidate or, without a rollout, as the champion."""
 
 from typing import NamedTuple
 
@@ -18,13 +19,18 @@ def register(
     model_store_uri: str,
     mlflow_tracking_uri: str = "",
     pipeline_run_id: str = "",
-) -> NamedTuple("Registration", [("model_version", str), ("storage_uri", str)]):
-    """Copies the model directory to the model store and registers it under the ``champion`` alias.
+    rollout: bool = True,
+) -> NamedTuple(
+    "Registration", [("model_version", str), ("storage_uri", str), ("model_sha256", str)]
+):
+    """Copies the model directory to the model store and registers it in MLflow.
 
-    Refuses a model its evaluation did not bless, and one judged against a champion
-    that another run has replaced since. Safe to repeat: the store copy is
-    content-addressed, and a version already registered from this training run is
-    reused rather than registered twice.
+    The ``champion`` alias names the model that serves: with ``rollout`` the version
+    becomes the ``candidate`` and deploy makes it the champion only if its rollout
+    promotes it; without, it becomes the champion here. Refuses a model its evaluation
+    did not bless, and one judged against a champion that another run has replaced
+    since. Safe to repeat: the store copy is content-addressed, and a version already
+    registered from this training run is reused rather than registered twice.
 
     Args:
         model: The trained model directory (its metadata names the MLflow run and data hash).
@@ -34,10 +40,14 @@ def register(
             the model lands in ``<model_store_uri>/<model_name>/<sha256 prefix>``.
         mlflow_tracking_uri: MLflow tracking server; empty uses ``$MLFLOW_TRACKING_URI``.
         pipeline_run_id: The KFP run, recorded as a version tag.
+        rollout: Whether deploy will roll the model out (pass the pipeline's ``rollout``):
+            True registers it as ``candidate``, False as ``champion`` (no cluster).
 
     Returns:
         model_version: The registered version number.
         storage_uri: Where the model directory was published.
+        model_sha256: The sha256 of the model file (the version's ``sha256`` tag), which
+            deploy pins in the predictor.
     """
     from collections import namedtuple
     from pathlib import Path
@@ -56,6 +66,7 @@ def register(
             model_store_uri=model_store_uri,
             pipeline_run_id=pipeline_run_id,
             data_hash=model.metadata.get("data_hash", ""),
+            rollout=rollout,
         )
-    outputs = namedtuple("Registration", ["model_version", "storage_uri"])
-    return outputs(registration.version, registration.storage_uri)
+    outputs = namedtuple("Registration", ["model_version", "storage_uri", "model_sha256"])
+    return outputs(registration.version, registration.storage_uri, registration.sha256)

@@ -2,8 +2,10 @@
 canary judged now, by the same code the rollout uses, contacting only Prometheus.
 
 ``rollout`` exits 0 when the model was created or promoted, 1 when it was rolled back and
-2 on bad input. ``judge`` exits 0 when the canary passes, 3 when it fails, 4 when the
-evidence is inconclusive, 1 when a query failed, 2 on bad input.
+2 on bad input. ``rollout --recover NAME`` only settles what a stopped run left (its canary
+rolled back): 0 when the service is settled, 1 when that failed. ``judge`` exits 0 when
+the canary passes, 3 when it fails, 4 when the evidence is inconclusive, 1 when a query
+failed, 2 on bad input.
 """
 
 from __future__ import annotations
@@ -42,9 +44,13 @@ def _add_rollout(commands: Any) -> None:
     rollout = commands.add_parser(
         "rollout", help="roll a model out to a KServe InferenceService as a canary"
     )
-    rollout.add_argument("--name", required=True, help="InferenceService (and model) name")
+    rollout.add_argument("--name", help="InferenceService (and model) name")
     rollout.add_argument("--namespace", default="default", help="(default: default)")
-    rollout.add_argument("--model-uri", required=True, help="storageUri of the model directory")
+    rollout.add_argument("--model-uri", help="storageUri of the model directory")
+    rollout.add_argument(
+        "--recover", metavar="NAME",
+        help="only roll back what a stopped or failed rollout of NAME left, then exit",
+    )  # fmt: skip
     rollout.add_argument("--model-version", default="", help="recorded as an annotation")
     rollout.add_argument("--steps", default="10,50", help="canary percentages, increasing")
     rollout.add_argument(
@@ -62,7 +68,7 @@ def _add_rollout(commands: Any) -> None:
     rollout.add_argument("--service-account", default="")
     rollout.add_argument("--kubeconfig", default="", help="default: in-cluster, or ~/.kube")
     rollout.add_argument(
-        "--run-id", default="", help="lock holder; reuse it to resume a crashed rollout"
+        "--run-id", default="", help="the run the rollout is recorded under (default: a new id)"
     )
     rollout.add_argument("--report", type=Path, help="write the Markdown report here")
     rollout.add_argument(
@@ -122,6 +128,10 @@ def _rollout(args: argparse.Namespace) -> int:
     from components.core.rollout import RolloutSettings, deploy_model, describe_plan
 
     _refuse_removed_flags(args)
+    if args.recover:
+        return _recover(args)
+    if not args.name or not args.model_uri:
+        raise ConveyorError("rollout needs --name and --model-uri (or --recover NAME)")
     settings = RolloutSettings.from_parameters(
         args.steps, args.interval, args.ready_timeout, args.deadline, args.prometheus,
         read_yaml(args.policy) if args.policy else {}, str(args.policy or "--policy"),
@@ -153,6 +163,28 @@ def _rollout(args: argparse.Namespace) -> int:
     if not result.succeeded:
         print(f"conveyor rollout: {result.decision}: {result.reason}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _recover(args: argparse.Namespace) -> int:
+    import uuid
+
+    from components.core.canary_policy import CanaryPolicy
+    from components.core.kube import InferenceServices, api_client
+    from components.core.rollout import Rollout, RolloutFailed, RolloutPlan, RolloutSettings
+
+    settings = RolloutSettings(
+        RolloutPlan(ready_timeout_s=args.ready_timeout), CanaryPolicy(analysis="none")
+    )
+    services = InferenceServices(api_client(args.kubeconfig), args.namespace)
+    run_id = args.run_id or f"cli-{uuid.uuid4().hex[:12]}"
+    progress = lambda line: print(line, flush=True)  # noqa: E731 - a CD log shows it live
+    try:
+        result = Rollout.recovery(services, args.recover, settings, run_id, progress).recover()
+    except RolloutFailed as failed:
+        print(f"conveyor rollout: {failed.result.reason}", file=sys.stderr)
+        return 1
+    print(f"{result.decision}: {result.reason}")
     return 0
 
 

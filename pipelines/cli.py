@@ -111,6 +111,11 @@ def _add_serve(commands: Any) -> None:
         help="revision label of its metrics (what K_REVISION gives in a cluster), so a stable "
         "and a canary can stand side by side",
     )  # fmt: skip
+    serve.add_argument(
+        "--sha256", default="",
+        help="the registry's sha256 of model.joblib: the server refuses any other file, "
+        "whatever model.json says (sets CONVEYOR_MODEL_SHA256; default: that variable)",
+    )  # fmt: skip
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--workers", type=int, default=1, help="only 1: start more servers instead")
@@ -256,7 +261,14 @@ def _serve(args: argparse.Namespace) -> int:
     import os
 
     from components.core.inference import example_instance
+    from components.core.training import MODEL_SHA256_ENV, is_sha256
 
+    pinned = args.sha256 or os.environ.get(MODEL_SHA256_ENV, "")
+    if pinned and not is_sha256(pinned):
+        raise ConveyorError(
+            f"--sha256 {pinned!r} (or ${MODEL_SHA256_ENV}): expected the registry's sha256 of "
+            "model.joblib, 64 lower-case hex digits"
+        )
     if args.workers != 1:
         raise ConveyorError(
             f"--workers {args.workers}: a server runs one worker; KServe's multi-process mode "
@@ -278,34 +290,38 @@ def _serve(args: argparse.Namespace) -> int:
         sys.executable, "-m", "components.core.serving", "--model_name", name,
         "--model_dir", str(model_dir), "--http_port", str(args.port), "--http_host", args.host,
     ]  # fmt: skip
-    os.execve(sys.executable, command, {**os.environ, "K_REVISION": args.revision})
+    environment = {**os.environ, "K_REVISION": args.revision}
+    if pinned:  # the server checks the file against it before unpickling anything
+        environment[MODEL_SHA256_ENV] = pinned
+    os.execve(sys.executable, command, environment)
     return 0  # not reached: the server replaces this process
+
+
+def _alias(deployment: str | None) -> str:
+    """The version's alias after the run: champion once it serves (or without a rollout,
+    where register makes it so), else still the candidate."""
+    serving = ("skipped", "created", "promoted", "promoted_without_analysis")
+    return "alias champion" if deployment in serving else "alias candidate: not deployed"
 
 
 def _served_model(args: argparse.Namespace) -> tuple[str, Path, Any, str]:
     """The name, directory and card of the model ``serve`` serves, and what it is."""
     from components.core.registry import champion_model_dir
-    from components.core.training import MODEL_CARD, ModelCard
+    from components.core.training import MODEL_CARD, read_model_card
 
     if args.model_dir is None:
         if args.name:
             raise ConveyorError("--name goes with --model-dir: a champion keeps its model's name")
         name = args.model or _last_run_model(args.runs_dir)
         model_dir = champion_model_dir(f"sqlite:///{args.runs_dir.resolve() / 'mlflow.db'}", name)
-        card = ModelCard.from_json((model_dir / MODEL_CARD).read_text())
-        return name, model_dir, card, "champion"
+        return name, model_dir, read_model_card(model_dir), "champion"
     model_dir = args.model_dir.resolve()
-    try:
-        card = ModelCard.from_json((model_dir / MODEL_CARD).read_text())
-    except OSError:
+    if not (model_dir / MODEL_CARD).is_file():
         raise ConveyorError(
             f"--model-dir {args.model_dir}: no {MODEL_CARD}; expected a model directory written "
             "by train or register"
-        ) from None
-    except (ValueError, TypeError, KeyError) as error:
-        raise ConveyorError(
-            f"--model-dir {args.model_dir}: {MODEL_CARD} is not a model card ({error})"
-        ) from None
+        )
+    card = read_model_card(model_dir)  # names the file and the key a bad card gets wrong
     # Cards written before they kept the name: register publishes to
     # <store>/<name>/<sha256[:16]>, so the parent folder is the name.
     published = bool(card.sha256) and model_dir.name == card.sha256[:16]
@@ -388,8 +404,8 @@ def _print_summary(summary: Any, summary_path: Path, out: TextIO) -> None:
         lines.append(f"{'Blessed' if summary.blessed else 'Not blessed'}: {summary.reason}")
     if summary.model_version is not None:
         lines.append(
-            f"Registered: {summary.model_name} version {summary.model_version} (alias champion), "
-            f"published to {summary.storage_uri}"
+            f"Registered: {summary.model_name} version {summary.model_version} "
+            f"({_alias(summary.deployment)}), published to {summary.storage_uri}"
         )
     else:
         lines.append(f"Registered: nothing ({summary.model_name} unchanged)")

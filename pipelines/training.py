@@ -33,7 +33,7 @@ _UNCACHED_STEPS = {
     "register",
     "deploy",
 }
-_MLFLOW_STEPS = {"train", "evaluate", "register", "champion_reference"}
+_MLFLOW_STEPS = {"train", "evaluate", "register", "deploy", "champion_reference"}
 
 
 def build_training_pipeline(target: Target) -> GraphComponent:
@@ -102,7 +102,9 @@ def build_training_pipeline(target: Target) -> GraphComponent:
             service_account: Service account the predictor pulls the model with.
             payload_log_uri: Folder or URI the predictor logs answered inputs under, for the
                 monitoring pipeline; empty logs nothing.
-            rollout: False renders and validates the InferenceService without a cluster.
+            rollout: False renders and validates the InferenceService without a cluster, and
+                register makes the blessed model the champion; True makes it the candidate,
+                and deploy makes it the champion only if the rollout promotes it.
             canary_steps: Canary traffic percentages, comma-separated and increasing.
             canary_interval_s: Seconds between looks at the canary; the first is warm-up.
             ready_timeout_s: Seconds a new revision may take to become ready.
@@ -177,6 +179,7 @@ def build_training_pipeline(target: Target) -> GraphComponent:
                     model_store_uri=model_store_uri,
                     mlflow_tracking_uri=mlflow_tracking_uri,
                     pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                    rollout=rollout,
                 ),
                 "register",
                 target,
@@ -186,7 +189,9 @@ def build_training_pipeline(target: Target) -> GraphComponent:
                     model_name=model_name,
                     model_version=registered.outputs["model_version"],
                     storage_uri=registered.outputs["storage_uri"],
+                    model_sha256=registered.outputs["model_sha256"],
                     run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                    mlflow_tracking_uri=mlflow_tracking_uri,
                     namespace=namespace,
                     serving_runtime=serving_runtime,
                     serving_cpu=serving_cpu,

@@ -56,8 +56,10 @@ LIVE_POLICY = {
     "metrics": [
         {"name": "server_errors", "margin": 0.15, "baseline": 0.01, "max": 0.5},
         {"name": "client_errors", "margin": 0.15, "baseline": 0.01},
-        # A loaded test machine: a few requests of either revision take tens of ms more.
-        {"name": "latency", "margin": 0.25, "tail_slack_s": 0.05},
+        # A loaded two-core machine: one predictor process can answer up to about 25 % more
+        # of its requests past a 15 ms bound than another serving the same model. Whether
+        # the latency check catches a slow canary is the simulation's to show, not these.
+        {"name": "latency", "margin": 0.4, "tail_slack_s": 0.05},
         {"name": "predicted_class", "margin": 0.45, "categories": 3},
         {"name": "score", "margin": 0.45},
     ],
@@ -369,6 +371,25 @@ def standard_split(cluster: KubernetesApiDouble, scenario: str) -> Callable[[], 
     return split
 
 
+def standard_deployed(cluster: KubernetesApiDouble, stack: Stack, scenario: str) -> None:
+    """A stable service annotated with its mode, as spec.canary needs (done once, by hand)."""
+    from kubernetes.client import ApiClient
+
+    from components.core.canary import MODE_ANNOTATION, is_ready
+
+    stable_deployed(cluster, stack, scenario)
+    annotation = {"metadata": {"annotations": {MODE_ANNOTATION: "Standard"}}}
+    services = InferenceServices(ApiClient(cluster.configuration()), NAMESPACE)
+    services.patch_fresh(scenario, lambda _: annotation)
+    deadline = time.monotonic() + 10
+    while not (
+        cluster.template_changes(NAMESPACE, scenario) == 2
+        and is_ready(cluster.get(NAMESPACE, scenario))
+    ):
+        assert time.monotonic() < deadline, "the annotated service never became ready"
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def standard_cluster() -> Iterator[KubernetesApiDouble]:
     with KubernetesApiDouble(default_mode="Standard", ready_after=0.2, tick=0.02) as double:
@@ -378,7 +399,7 @@ def standard_cluster() -> Iterator[KubernetesApiDouble]:
 def test_standard_mode_promotes_a_healthy_spec_canary(
     standard_cluster: KubernetesApiDouble, stack: Stack
 ) -> None:
-    stable_deployed(standard_cluster, stack, "steady")
+    standard_deployed(standard_cluster, stack, "steady")
     canary = standard_canary("steady", STANDARD["steady"])
     load = SplitLoad(standard_split(standard_cluster, "steady"), stack.urls, MODEL, BODY, rate=60)
     with load:
@@ -395,7 +416,7 @@ def test_standard_mode_promotes_a_healthy_spec_canary(
 def test_standard_mode_rolls_back_a_failing_spec_canary(
     standard_cluster: KubernetesApiDouble, stack: Stack
 ) -> None:
-    stable_deployed(standard_cluster, stack, "standard")
+    standard_deployed(standard_cluster, stack, "standard")
     canary = standard_canary("standard", STANDARD["standard"])
     load = SplitLoad(standard_split(standard_cluster, "standard"), stack.urls, MODEL, BODY, rate=60)
     with load:

@@ -100,7 +100,7 @@ def test_vertex_yaml_is_one_document_without_platform_settings(
 
 def test_kubeflow_yaml_takes_mlflow_credentials_from_an_optional_secret(cpu_build: Path) -> None:
     settings = kubernetes_settings(cpu_build / "training.kubeflow.yaml")
-    assert set(settings) == {"train", "evaluate", "register"}
+    assert set(settings) == {"train", "evaluate", "register", "deploy"}
     (secret,) = settings["train"].secret_as_env
     assert secret.secret_name == "conveyor-mlflow" and secret.optional
     assert {k.env_var for k in secret.key_to_env} == {
@@ -197,3 +197,18 @@ def test_pipeline_interface_gates_and_caching(cpu_build: Path) -> None:
     assert not spec.root.dag.tasks["evaluate"].caching_options.enable_cache
     assert spec.root.dag.tasks["train"].caching_options.enable_cache
     assert list(spec.root.dag.tasks["train"].dependent_tasks) == ["ingest", "validate"]
+
+
+def test_register_and_deploy_share_the_rollout_choice_and_the_model_hash(cpu_build: Path) -> None:
+    spec = pipeline_spec(cpu_build / "training.kubeflow.yaml")
+    (condition,) = [task for task in spec.root.dag.tasks.values() if task.trigger_policy.condition]
+    gated = spec.components[condition.component_ref.name].dag.tasks
+    register, deploy = gated["register"].inputs.parameters, gated["deploy"].inputs.parameters
+    # One pipeline parameter decides both: champion at register, or candidate until promoted.
+    assert register["rollout"].component_input_parameter == "pipelinechannel--rollout"
+    assert deploy["rollout"].component_input_parameter == "pipelinechannel--rollout"
+    sha256 = deploy["model_sha256"].task_output_parameter
+    assert (sha256.producer_task, sha256.output_parameter_key) == ("register", "model_sha256")
+    assert deploy["mlflow_tracking_uri"].component_input_parameter == (
+        "pipelinechannel--mlflow_tracking_uri"
+    )

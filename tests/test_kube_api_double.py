@@ -19,7 +19,7 @@ from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
 from components.core.manifests import ServingSpec, render_inference_service
-from tests.doubles.kube_api import KubernetesApiDouble
+from tests.doubles.kube_api import TOUCH_ANNOTATION, KubernetesApiDouble
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 NS, NAME = "ml-serving", "fraud"
@@ -289,7 +289,7 @@ def test_another_writer_makes_the_next_write_conflict(
     with pytest.raises(ApiException) as error:
         patch(api, {"metadata": {"annotations": {"mine": "1"}}}, version=version)
     assert error.value.status == 409
-    assert read(api)["metadata"]["annotations"]["other-writer/touch"]
+    assert read(api)["metadata"]["annotations"][TOUCH_ANNOTATION]
     assert (
         patch(api, {"metadata": {"annotations": {"mine": "1"}}})["metadata"]["annotations"]["mine"]
         == "1"
@@ -464,3 +464,130 @@ def test_the_crd_offers_spec_canary_only_when_told(has_canary: bool) -> None:
         crd = extensions.read_custom_resource_definition(f"{PLURAL}.{GROUP}")
     spec = crd.spec.versions[0].schema.open_apiv3_schema.properties["spec"]
     assert ("canary" in spec.properties) is has_canary
+
+
+# -- revision templates, as KServe builds them ---------------------------------------------
+
+
+def _settled(cluster: KubernetesApiDouble, api: client.CustomObjectsApi, count: int) -> None:
+    _until(lambda: len(cluster.revisions(NS, NAME)) == count and _ready(read(api)))
+
+
+def _ready(service: dict[str, Any]) -> bool:
+    conditions = service.get("status", {}).get("conditions", [])
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def _until(condition: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize(
+    ("metadata", "revisions"),
+    [({"annotations": {"team/owner": "fraud"}}, 2),
+     ({"labels": {"team": "fraud"}}, 2),
+     ({"annotations": {"autoscaling.knative.dev/min-scale": "2"}}, 1),
+     ({"annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"}}, 1),
+     ({"annotations": {"serving.knative.dev/rollout-duration": "60s"}}, 1),
+     ({"labels": {"networking.knative.dev/visibility": "cluster-local"}}, 1)],
+)  # fmt: skip
+def test_isvc_metadata_outside_kserves_lists_makes_a_revision(
+    cluster: KubernetesApiDouble, api: client.CustomObjectsApi, metadata: dict, revisions: int
+) -> None:
+    api.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, manifest())
+    _settled(cluster, api, 1)
+    patch(api, {"metadata": metadata})
+    time.sleep(0.2)  # ten controller ticks: time to make a revision it should not
+    _settled(cluster, api, revisions)
+
+
+def test_a_canary_traffic_change_makes_no_revision(
+    cluster: KubernetesApiDouble, api: client.CustomObjectsApi
+) -> None:
+    api.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, manifest())
+    _settled(cluster, api, 1)
+    patch(api, {"spec": {"predictor": {"canaryTrafficPercent": 30}}})
+    time.sleep(0.2)
+    assert len(cluster.revisions(NS, NAME)) == 1
+
+
+# -- Leases and ConfigMaps -----------------------------------------------------------------
+
+
+def _lease(name: str = "lock", **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": name}, "spec": spec}  # fmt: skip
+
+
+def test_a_lease_update_needs_the_resource_version_it_read(cluster: KubernetesApiDouble) -> None:
+    leases = client.CoordinationV1Api(client.ApiClient(cluster.configuration()))
+    created = leases.create_namespaced_lease(NS, _lease(holderIdentity="a"))
+    version = created.metadata.resource_version
+    unguarded = _lease(holderIdentity="b")
+    with pytest.raises(ApiException) as missing:  # AllowUnconditionalUpdate is false
+        leases.replace_namespaced_lease("lock", NS, unguarded)
+    assert missing.value.status == 422
+    guarded = {
+        **_lease(holderIdentity="b"),
+        "metadata": {"name": "lock", "resourceVersion": version},
+    }
+    leases.replace_namespaced_lease("lock", NS, guarded)
+    with pytest.raises(ApiException) as stale:
+        leases.replace_namespaced_lease("lock", NS, guarded)
+    assert stale.value.status == 409
+    assert cluster.lease(NS, "lock")["spec"]["holderIdentity"] == "b"
+
+
+@pytest.mark.parametrize(
+    ("spec", "problem"),
+    [({"renewTime": "2026-12-03T10:00:00Z"}, "spec.renewTime"),
+     ({"leaseDurationSeconds": 0}, "must be greater than 0"),
+     ({"leaseTransitions": -1}, "spec.leaseTransitions"),
+     ({"holder": "a"}, "spec.holder: Unsupported value")],
+)  # fmt: skip
+def test_a_lease_the_api_server_would_refuse_is_refused(
+    cluster: KubernetesApiDouble, spec: dict, problem: str
+) -> None:
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{cluster.url}/apis/coordination.k8s.io/v1/namespaces/{NS}/leases",
+        data=json.dumps(_lease(**spec)).encode(), method="POST",
+        headers={"Authorization": f"Bearer {cluster.token}", "Content-Type": "application/json"},
+    )  # fmt: skip
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request)
+    assert refused.value.code == 422
+    assert problem in json.loads(refused.value.read())["message"]
+
+
+def test_owned_config_maps_and_leases_go_with_their_owner(
+    cluster: KubernetesApiDouble, api: client.CustomObjectsApi
+) -> None:
+    owner = api.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, manifest())
+    reference = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "InferenceService",
+                 "name": NAME, "uid": owner["metadata"]["uid"]}  # fmt: skip
+    core = client.CoreV1Api(client.ApiClient(cluster.configuration()))
+    core.create_namespaced_config_map(NS, {
+        "metadata": {"name": "kept", "ownerReferences": [reference]}, "data": {"a": "1"},
+    })  # fmt: skip
+    core.create_namespaced_config_map(NS, {"metadata": {"name": "unowned"}, "data": {}})
+    leases = client.CoordinationV1Api(client.ApiClient(cluster.configuration()))
+    lease = _lease(holderIdentity="a")
+    lease["metadata"]["ownerReferences"] = [reference]
+    leases.create_namespaced_lease(NS, lease)
+    api.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, NAME)
+    assert cluster.config_map(NS, "kept") is None and cluster.lease(NS, "lock") is None
+    assert cluster.config_map(NS, "unowned") is not None
+
+
+def test_a_config_map_over_a_mebibyte_is_refused(cluster: KubernetesApiDouble) -> None:
+    core = client.CoreV1Api(client.ApiClient(cluster.configuration()))
+    with pytest.raises(ApiException) as refused:
+        core.create_namespaced_config_map(
+            NS, {"metadata": {"name": "big"}, "data": {"x": "y" * (1024 * 1024)}}
+        )
+    assert refused.value.status == 422

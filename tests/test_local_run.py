@@ -14,8 +14,9 @@ from mlflow import MlflowClient
 from sklearn.model_selection import train_test_split
 
 from components.core.manifests import validate_inference_service
+from components.core.training import MODEL_SHA256_ENV
 from pipelines.cli import main
-from tests.conftest import multiclass_table
+from tests.conftest import artifact, multiclass_table
 from tests.doubles.kube_api import KubernetesApiDouble
 
 pytestmark = pytest.mark.slow
@@ -37,6 +38,15 @@ def registered_versions(runs: Path, name: str) -> list:
     return client.search_model_versions(f"name = '{name}'")
 
 
+def registry(runs: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{runs / 'mlflow.db'}")
+
+
+def aliases(runs: Path, name: str) -> dict[str, str]:
+    model = registry(runs).get_registered_model(name)
+    return {alias: str(version) for alias, version in model.aliases.items()}
+
+
 def test_default_run_then_champion_challenger(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -56,6 +66,9 @@ def test_default_run_then_champion_challenger(
         r"ingest +ok", printed
     )
     assert first["deployment"] == "skipped" and "Deployed: not rolled out" in printed
+    # No cluster, no rollout: register made the blessed model the champion, as the next
+    # run's evaluation needs.
+    assert aliases(runs, "breast-cancer") == {"champion": "1"}
 
     code, second, printed = conveyor_run(capsys, runs)
     assert code == 0, printed
@@ -83,11 +96,121 @@ def test_a_local_run_rolls_out_to_the_cluster_in_the_kubeconfig(
         assert "Deployed: created the InferenceService (first deploy)" in printed
         service = cluster.get("ml-serving", "breast-cancer")
         assert service["spec"]["predictor"]["model"]["storageUri"] == summary["storage_uri"]
-        assert service["metadata"]["annotations"]["conveyor/model-version"] == "1"
+        assert service["spec"]["predictor"]["annotations"]["conveyor/model-version"] == "1"
         traffic = service["status"]["components"]["predictor"]["traffic"]
         assert [(e["revisionName"], e["percent"]) for e in traffic] == [
             ("breast-cancer-predictor-00001", 100)
         ]
+
+
+# A rollout the tests can wait for: no analysis, short looks; any blessed model is deployed.
+FAST_ROLLOUT = (
+    "--param", "rollout=true", "--param", "namespace=ml-serving",
+    "--param", "canary_policy={analysis: none}", "--param", "canary_interval_s=0.2",
+    "--param", "min_improvement=-1.0", "--param", "min_relative_improvement=-1.0",
+)  # fmt: skip
+
+
+def test_the_champion_is_the_model_that_serves(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Created, promoted, retried, rolled back: ``champion`` moves only when the model serves."""
+    runs = tmp_path / "runs"
+    with KubernetesApiDouble(ready_after=0.2, tick=0.02) as cluster:
+        kubeconfig = cluster.write_kubeconfig(tmp_path / "kubeconfig", namespace="ml-serving")
+        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+
+        code, first, printed = conveyor_run(capsys, runs, *FAST_ROLLOUT)
+        assert code == 0 and first["deployment"] == "created", printed
+        assert aliases(runs, "breast-cancer") == {"champion": "1"}
+        v1 = registry(runs).get_model_version("breast-cancer", "1")
+        assert v1.tags["rollout.decision"] == "created"
+        assert v1.tags["rollout.run"] == v1.tags["pipeline_run_id"]  # the same KFP run
+        assert predictor_env(cluster)[MODEL_SHA256_ENV] == v1.tags["sha256"]
+        assert len(revisions(cluster)) == 1
+
+        code, second, printed = conveyor_run(
+            capsys, runs, *FAST_ROLLOUT, "--param", "hyperparameters={C: 0.05}"
+        )
+        assert code == 0 and second["deployment"] == "promoted_without_analysis", printed
+        assert aliases(runs, "breast-cancer") == {"champion": "2"}
+        v2 = registry(runs).get_model_version("breast-cancer", "2")
+        assert predictor_env(cluster)[MODEL_SHA256_ENV] == v2.tags["sha256"] != v1.tags["sha256"]
+        promoted = revisions(cluster)
+        assert len(promoted) == 2 and serving(cluster) == {promoted[-1]: 100}
+
+        retried = retry_register_and_deploy(tmp_path, runs, second, v2.tags["pipeline_run_id"])
+        assert retried == ("2", "promoted_without_analysis")  # already serving: nothing to do
+        assert revisions(cluster) == promoted
+        assert aliases(runs, "breast-cancer") == {"champion": "2"}
+        assert len(registered_versions(runs, "breast-cancer")) == 2
+
+        # The first model again (as version 3), and this time its revision fails to load.
+        cluster.revision_behaviour(first["storage_uri"], fails=True)
+        code, third, printed = conveyor_run(capsys, runs, *FAST_ROLLOUT)
+        assert code == 1 and third["failed_step"] == "deploy", printed
+        assert third["model_version"] == 3 and "deploy: rolled_back: " in third["reason"]
+        assert aliases(runs, "breast-cancer") == {"champion": "2"}
+        v3 = registry(runs).get_model_version("breast-cancer", "3")
+        assert v3.tags["rollout.decision"] == "rolled_back"
+        assert v3.tags["rollout.reason"] in third["reason"]
+        service = cluster.get("ml-serving", "breast-cancer")
+        assert service["spec"]["predictor"]["model"]["storageUri"] == second["storage_uri"]
+        restored = revisions(cluster)
+        assert len(restored) == len(promoted) + 2  # the canary's, then the restored spec's
+        assert serving(cluster) == {restored[-1]: 100}
+
+
+def revisions(cluster: KubernetesApiDouble) -> list[str]:
+    return cluster.revisions("ml-serving", "breast-cancer")
+
+
+def serving(cluster: KubernetesApiDouble) -> dict[str, int]:
+    """Revision -> share of traffic, for the revisions that get any."""
+    status = cluster.get("ml-serving", "breast-cancer")["status"]
+    entries = status["components"]["predictor"]["traffic"]
+    return {entry["revisionName"]: entry["percent"] for entry in entries if entry["percent"]}
+
+
+def predictor_env(cluster: KubernetesApiDouble) -> dict[str, str]:
+    model = cluster.get("ml-serving", "breast-cancer")["spec"]["predictor"]["model"]
+    return {entry["name"]: entry["value"] for entry in model.get("env", [])}
+
+
+def retry_register_and_deploy(
+    tmp_path: Path, runs: Path, summary: dict, pipeline_run: str
+) -> tuple[str, str]:
+    """Register and deploy of a finished run, run again on its outputs as a KFP retry would."""
+    from kfp.dsl import Artifact, Markdown, Metrics, Model
+
+    from components.deploy import deploy
+    from components.register import register
+
+    outputs = Path(summary["artifacts"])
+    trained = json.loads((outputs / "train" / "executor_output.json").read_text())
+    model = artifact(
+        Model,
+        outputs / "train",
+        "model",
+        **trained["artifacts"]["model"]["artifacts"][0]["metadata"],
+    )
+    tracking_uri = f"sqlite:///{runs.resolve() / 'mlflow.db'}"
+    registered = register.python_func(
+        model=model, evaluation=artifact(Artifact, outputs / "evaluate", "evaluation"),
+        model_name="breast-cancer", model_store_uri=str(runs.resolve() / "models"),
+        mlflow_tracking_uri=tracking_uri, pipeline_run_id=pipeline_run, rollout=True,
+    )  # fmt: skip
+    retried = tmp_path / "retried"
+    decision = deploy.python_func(
+        model_name="breast-cancer", model_version=registered.model_version,
+        storage_uri=registered.storage_uri, model_sha256=registered.model_sha256,
+        run_id=pipeline_run, mlflow_tracking_uri=tracking_uri,
+        manifest=artifact(Artifact, retried, "manifest"), report=artifact(Markdown, retried, "report"),
+        rollout_metrics=artifact(Metrics, retried, "rollout_metrics"), namespace="ml-serving",
+        canary_interval_s=0.2, canary_policy={"analysis": "none"},
+    )  # fmt: skip
+    return registered.model_version, decision
 
 
 def test_users_own_multiclass_csv(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -28,7 +28,8 @@ def test_rendered_service_is_valid_and_carries_the_model() -> None:
     validate_inference_service(manifest)
     predictor = manifest["spec"]["predictor"]
     assert manifest["metadata"]["name"] == "fraud-detector-v2"
-    assert manifest["metadata"]["annotations"]["conveyor/model-version"] == "7"
+    assert predictor["annotations"]["conveyor/model-version"] == "7"
+    assert "annotations" not in manifest["metadata"]  # an ISVC annotation makes revisions
     assert predictor["canaryTrafficPercent"] == 10
     assert predictor["model"]["storageUri"] == "gs://models/fraud/ab12"
     assert predictor["model"]["modelFormat"] == {"name": "sklearn"}

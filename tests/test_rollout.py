@@ -1,7 +1,8 @@
 """The canary rollout against the Kubernetes API + KServe controller double: the fault matrix.
 
-Every case ends by checking where the traffic is: on the stable model unless the canary
-was promoted. Analysis is off here (``analysis: none``); test_canary_analysis.py runs it
+Every case ends by checking where the traffic is (on the stable model unless the canary
+was promoted) and how many revisions the rollout made: the double makes one for every
+change of the revision template, as KServe and Knative do. Analysis is off here (``analysis: none``); test_canary_analysis.py runs it
 live, and test_canary_judge.py drives the looks with an injected clock.
 """
 
@@ -19,17 +20,17 @@ from pathlib import Path
 import pytest
 import yaml
 
+from components.core.canary import StandardCanary, is_ready
 from components.core.canary_policy import DEFAULT_POLICY, CanaryPolicy
 from components.core.errors import ConveyorError
-from components.core.kube import InferenceServices
+from components.core.kube import InferenceServices, Objects
+from components.core.lease import LeaseRecord, RolloutLease, holder, lease_name, record_of
 from components.core.manifests import (
     ServingSpec,
     render_inference_service,
     validate_inference_service,
 )
 from components.core.rollout import (
-    LOCK_ANNOTATION,
-    SNAPSHOT_ANNOTATION,
     Rollout,
     RolloutFailed,
     RolloutPlan,
@@ -38,14 +39,16 @@ from components.core.rollout import (
     parse_steps,
     render_report,
 )
+from components.core.snapshot import Snapshot
 from pipelines.cli import main
 from tests.conftest import ROOT
-from tests.doubles.kube_api import KubernetesApiDouble
+from tests.doubles.kube_api import TOUCH_ANNOTATION, KubernetesApiDouble
 
 NAMESPACE = "ml-serving"
 NAME = "fraud"
 STABLE_URI = "gs://models/fraud/stable"
 CANARY_URI = "gs://models/fraud/canary"
+LEASE = lease_name(NAME)
 FAST = RolloutPlan(steps=(10, 50), interval_s=0.2, ready_timeout_s=5, deadline_s=30, poll_s=0.05)
 UNJUDGED = CanaryPolicy(analysis="none")
 
@@ -64,6 +67,22 @@ def services(cluster: KubernetesApiDouble) -> InferenceServices:
 
 def manifest(uri: str, version: str = "2") -> dict:
     return render_inference_service(ServingSpec(NAME, version, uri, namespace=NAMESPACE))
+
+
+def rendered_fields(uri: str) -> dict:
+    """The predictor fields a rollout of ``uri`` applies (the canary share aside)."""
+    predictor = manifest(uri)["spec"]["predictor"]
+    return {key: value for key, value in predictor.items() if key != "canaryTrafficPercent"}
+
+
+def waiter(cluster: KubernetesApiDouble):
+    """A canary's ``wait``: polls the service until ``done`` holds (10 s at most)."""
+
+    def wait(what: str, done) -> dict:
+        _wait_for(lambda: done(cluster.get(NAMESPACE, NAME)), timeout=10)
+        return cluster.get(NAMESPACE, NAME)
+
+    return wait
 
 
 def rollout(
@@ -103,18 +122,30 @@ def traffic(cluster: KubernetesApiDouble) -> dict[str, int]:
     return {e["revisionName"]: e["percent"] for e in entries if e["percent"]}
 
 
-def assert_stable_serves_everything(cluster: KubernetesApiDouble) -> None:
-    """The model that was stable serves 100 %, the spec points at it, and no lock is left."""
+def assert_stable_serves_everything(cluster: KubernetesApiDouble, revisions: int) -> None:
+    """The model that was stable serves 100 %, the spec points at it, the Lease is free,
+    and ``revisions`` revisions exist (a rollback: the canary's and the restored spec's)."""
     service = cluster.get(NAMESPACE, NAME)
     assert service["spec"]["predictor"]["model"]["storageUri"] == STABLE_URI
     assert list(traffic(cluster).values()) == [100]
     assert service["status"]["components"]["predictor"]["latestReadyRevision"] in traffic(cluster)
-    annotations = service["metadata"].get("annotations", {})
-    assert LOCK_ANNOTATION not in annotations and SNAPSHOT_ANNOTATION not in annotations
+    assert not holder(cluster.lease(NAMESPACE, LEASE) or {})
+    assert len(cluster.revisions(NAMESPACE, NAME)) == revisions
 
 
 def writes(cluster: KubernetesApiDouble) -> list:
     return [r for r in cluster.requests if r.method in ("POST", "PUT", "PATCH", "DELETE")]
+
+
+def service_writes(cluster: KubernetesApiDouble) -> list:
+    """Writes to the InferenceService itself (not its Lease or snapshot; no dry runs)."""
+    return [
+        r for r in writes(cluster) if "/inferenceservices" in r.path and "dryRun" not in r.query
+    ]
+
+
+def lease_record(cluster: KubernetesApiDouble) -> LeaseRecord | None:
+    return record_of(cluster.lease(NAMESPACE, LEASE) or {"metadata": {"name": LEASE}})
 
 
 # -- the happy paths ---------------------------------------------------------------------
@@ -124,6 +155,8 @@ def test_first_deploy_creates_the_service(cluster: KubernetesApiDouble) -> None:
     service = deployed(cluster)
     assert "canaryTrafficPercent" not in service["spec"]["predictor"]  # ignored on create
     assert traffic(cluster) == {f"{NAME}-predictor-00001": 100}
+    assert cluster.revisions(NAMESPACE, NAME) == [f"{NAME}-predictor-00001"]
+    assert cluster.lease(NAMESPACE, LEASE) is None  # a create needs no lock: 409 decides
 
 
 def test_a_healthy_canary_goes_through_each_step_and_is_promoted(
@@ -149,8 +182,11 @@ def test_a_healthy_canary_goes_through_each_step_and_is_promoted(
         service["status"]["components"]["predictor"]["latestRolledoutRevision"]
         == "fraud-predictor-00002"
     )
-    assert service["metadata"]["annotations"]["conveyor/model-version"] == "2"
-    assert LOCK_ANNOTATION not in service["metadata"]["annotations"]
+    assert service["spec"]["predictor"]["annotations"]["conveyor/model-version"] == "2"
+    # Exactly one new revision, the canary's: the one analysed is the one that serves.
+    assert cluster.revisions(NAMESPACE, NAME) == ["fraud-predictor-00001", "fraud-predictor-00002"]
+    assert lease_record(cluster) == LeaseRecord("run-2", "finished", result.reason)
+    assert not holder(cluster.lease(NAMESPACE, LEASE))
     assert "**promoted**" in render_report(result)
 
 
@@ -165,9 +201,55 @@ def _record_splits(cluster: KubernetesApiDouble, seen: list) -> None:
 def test_every_write_carries_the_resource_version(cluster: KubernetesApiDouble) -> None:
     deployed(cluster)
     rollout(cluster).run()
-    patches = [r for r in cluster.requests if r.method == "PATCH"]
+    patches = [r for r in service_writes(cluster) if r.method == "PATCH"]
     assert patches and all(r.content_type == "application/merge-patch+json" for r in patches)
     assert all(json.loads(r.body)["metadata"]["resourceVersion"] for r in patches)
+    lease_writes = [r for r in writes(cluster) if "/leases/" in r.path]
+    assert lease_writes and all(
+        json.loads(r.body)["metadata"]["resourceVersion"] for r in lease_writes
+    )
+
+
+def test_only_the_write_that_starts_the_canary_touches_the_service_metadata(
+    cluster: KubernetesApiDouble,
+) -> None:
+    """The lock and snapshot live elsewhere, and the model's annotations move with its spec:
+    what earlier releases kept on the service goes in the canary's own write (and revision)."""
+    deployed(cluster)
+    legacy = {"conveyor/model-version": "1", "conveyor/rollout-lock": "{}"}
+    services(cluster).patch_fresh(NAME, lambda _: {"metadata": {"annotations": legacy}})
+    _wait_for(lambda: len(traffic(cluster)) == 1 and "00002" in next(iter(traffic(cluster))))
+    rollout(cluster).run()
+    patches = [r for r in service_writes(cluster) if r.method == "PATCH"][1:]
+    with_metadata = [
+        json.loads(r.body) for r in patches
+        if set(json.loads(r.body).get("metadata", {})) - {"resourceVersion"}
+    ]  # fmt: skip
+    assert len(with_metadata) == 1
+    assert with_metadata[0]["spec"]["predictor"]["model"]["storageUri"] == CANARY_URI
+    assert with_metadata[0]["metadata"]["annotations"] == dict.fromkeys(legacy)
+    assert not set(legacy) & set(cluster.get(NAMESPACE, NAME)["metadata"].get("annotations", {}))
+    assert len(cluster.revisions(NAMESPACE, NAME)) == 3  # the annotated stable, the canary
+
+
+def test_the_snapshot_and_the_lease_belong_to_the_service(cluster: KubernetesApiDouble) -> None:
+    from kubernetes.client import ApiClient, CustomObjectsApi
+
+    deployed(cluster)
+    rollout(cluster).run()
+    service = cluster.get(NAMESPACE, NAME)
+    snapshot = cluster.config_map(NAMESPACE, LEASE)
+    assert snapshot["data"]["run"] == "run-2"
+    saved = Snapshot(**yaml.safe_load(snapshot["data"]["snapshot.yaml"]))
+    assert saved.predictor["model"]["storageUri"] == STABLE_URI
+    assert saved.stable_revision == "fraud-predictor-00001"
+    for owned in (snapshot, cluster.lease(NAMESPACE, LEASE)):
+        (owner,) = owned["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["uid"]) == ("InferenceService", service["metadata"]["uid"])
+    CustomObjectsApi(ApiClient(cluster.configuration())).delete_namespaced_custom_object(
+        "serving.kserve.io", "v1beta1", NAMESPACE, "inferenceservices", NAME
+    )
+    assert cluster.config_map(NAMESPACE, LEASE) is None and cluster.lease(NAMESPACE, LEASE) is None
 
 
 # -- the fault matrix --------------------------------------------------------------------
@@ -180,7 +262,8 @@ def test_a_canary_that_never_becomes_ready_is_rolled_back(cluster: KubernetesApi
         rollout(cluster, ready_timeout_s=1).run()
     assert failed.value.result.decision == "rolled_back"
     assert "timed out after 1 s waiting for a new revision at 10 %" in failed.value.result.reason
-    assert_stable_serves_everything(cluster)
+    assert_stable_serves_everything(cluster, revisions=3)
+    assert lease_record(cluster).state == "finished"
 
 
 def test_a_canary_that_fails_to_load_is_rolled_back_at_once(cluster: KubernetesApiDouble) -> None:
@@ -193,7 +276,7 @@ def test_a_canary_that_fails_to_load_is_rolled_back_at_once(cluster: KubernetesA
     result = failed.value.result
     assert result.decision == "rolled_back"
     assert result.reason.startswith("revision fraud-predictor-00002 failed to load")
-    assert_stable_serves_everything(cluster)
+    assert_stable_serves_everything(cluster, revisions=3)
 
 
 def run_in_thread(rollout_: Rollout) -> tuple[threading.Thread, dict]:
@@ -219,7 +302,8 @@ def test_conflicting_writes_mid_rollout_are_reread_and_retried(
     cluster.conflict_next_writes(times=2)  # the move to 50 % meets another writer, twice
     thread.join(timeout=30)
     assert outcome["result"].decision == "promoted"
-    assert cluster.get(NAMESPACE, NAME)["metadata"]["annotations"]["other-writer/touch"]
+    assert cluster.get(NAMESPACE, NAME)["metadata"]["annotations"][TOUCH_ANNOTATION]
+    assert len(cluster.revisions(NAMESPACE, NAME)) == 2  # KServe keeps kubectl's out
     conflicts = [
         r
         for r in cluster.requests
@@ -237,47 +321,232 @@ def test_transient_server_errors_mid_rollout_are_retried(cluster: KubernetesApiD
     thread.join(timeout=30)
     assert outcome["result"].decision == "promoted"
     assert traffic(cluster) == {"fraud-predictor-00002": 100}
+    assert len(cluster.revisions(NAMESPACE, NAME)) == 2
 
 
-def test_a_missing_permission_is_named_and_nothing_changes(cluster: KubernetesApiDouble) -> None:
+def test_a_stalled_answer_times_out_and_is_retried(cluster: KubernetesApiDouble) -> None:
+    from kubernetes.client import ApiClient
+
     deployed(cluster)
-    before = len(writes(cluster))
-    cluster.deny("patch")
+    patient = InferenceServices(
+        ApiClient(cluster.configuration()), NAMESPACE, backoff_s=0.05, timeout_s=(1.0, 0.5)
+    )
+    cluster.stall_next("GET", seconds=2.0)
+    before = len(cluster.requests)
+    started = time.monotonic()
+    assert patient.get(NAME)["metadata"]["name"] == NAME
+    assert time.monotonic() - started < 1.9  # the stalled answer was not waited for
+    # The stalled request and one retry: no retries of urllib3's own on top of the budget.
+    assert len(cluster.requests) - before == 2
+
+
+@pytest.mark.parametrize(
+    ("verb", "resource", "named"),
+    [("patch", "inferenceservices", "patch inferenceservices.serving.kserve.io"),
+     ("create", "leases", "create leases.coordination.k8s.io"),
+     ("create", "configmaps", "create configmaps")],
+)  # fmt: skip
+def test_a_missing_permission_is_named_and_nothing_changes(
+    cluster: KubernetesApiDouble, verb: str, resource: str, named: str
+) -> None:
+    deployed(cluster)
+    before = len(service_writes(cluster))
+    cluster.deny(verb, resource)
     with pytest.raises(ConveyorError) as failed:
         rollout(cluster).run()
     message = str(failed.value)
-    assert message.startswith(
-        "failed: permission denied: cannot patch inferenceservices.serving.kserve.io in namespace ml-serving"
-    )
+    assert message.startswith(f"failed: permission denied: cannot {named} in namespace ml-serving")
     assert "grant it with kserve/rbac.yaml" in message
-    assert len(writes(cluster)) == before + 1  # the refused patch, and nothing else
-    assert_stable_serves_everything(cluster)
+    assert len(service_writes(cluster)) == before  # refused before any write to the service
+    assert_stable_serves_everything(cluster, revisions=1)
 
 
 def test_a_second_concurrent_rollout_is_refused(cluster: KubernetesApiDouble) -> None:
     deployed(cluster)
     thread, outcome = run_in_thread(rollout(cluster, run_id="run-a", interval_s=1.0))
-    _wait_for(lambda: LOCK_ANNOTATION in cluster.get(NAMESPACE, NAME)["metadata"]["annotations"])
+    _wait_for(lambda: holder(cluster.lease(NAMESPACE, LEASE) or {}).startswith("run-a@"))
     with pytest.raises(RolloutFailed) as refused:
         rollout(cluster, "gs://models/fraud/other", run_id="run-b").run()
     thread.join(timeout=30)
     assert refused.value.result.decision == "failed"
     assert refused.value.result.reason.startswith(
-        "fraud is being rolled out by run run-a (lock held until"
+        "fraud is being rolled out by run run-a (process "
     )
     assert outcome["result"].decision == "promoted"  # the first one was not disturbed
     assert cluster.get(NAMESPACE, NAME)["spec"]["predictor"]["model"]["storageUri"] == CANARY_URI
+
+
+HAND_TUNED = {
+    "minReplicas": 2, "maxReplicas": 6, "scaleTarget": 70, "scaleMetric": "concurrency",
+    "nodeSelector": {"pool": "inference"},
+    "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
+    "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 50, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname"}}]}},
+    "annotations": {"other-tool/owner": "team-a"},
+}  # fmt: skip
+EXTRA_ENV = {"name": "OMP_NUM_THREADS", "value": "2"}
+
+
+def assert_hand_tuned(cluster: KubernetesApiDouble) -> None:
+    predictor = cluster.get(NAMESPACE, NAME)["spec"]["predictor"]
+    for key, value in HAND_TUNED.items():
+        if key == "annotations":
+            assert predictor[key]["other-tool/owner"] == "team-a"
+        else:
+            assert predictor[key] == value, key
+    assert EXTRA_ENV in predictor["model"]["env"]
+    assert predictor["model"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_a_hand_tuned_service_keeps_its_settings_through_promote_and_rollback(
+    cluster: KubernetesApiDouble,
+) -> None:
+    """Conveyor changes only the predictor fields it renders."""
+    deployed(cluster)
+    tuned = {**HAND_TUNED, "model": {"env": [EXTRA_ENV],
+             "resources": {"limits": {"nvidia.com/gpu": "1"}}}}  # fmt: skip
+    services(cluster).patch_fresh(NAME, lambda _: {"spec": {"predictor": tuned}})
+    _wait_for(lambda: traffic(cluster) == {"fraud-predictor-00002": 100})
+    assert rollout(cluster).run().decision == "promoted"
+    assert_hand_tuned(cluster)
+    assert cluster.get(NAMESPACE, NAME)["spec"]["predictor"]["model"]["storageUri"] == CANARY_URI
+    cluster.revision_behaviour("gs://models/fraud/bad", fails=True)
+    # Another tool scales the service while the canary is out: the rollback keeps that too.
+    scaled = {"spec": {"predictor": {"maxReplicas": 8}}}
+    failing = rollout(cluster, "gs://models/fraud/bad", run_id="run-3")
+    with pytest.raises(RolloutFailed):
+        _on_restore(failing, lambda: cluster_patch(cluster, scaled)).run()
+    tuned_after = {**HAND_TUNED, "maxReplicas": 8}
+    predictor = cluster.get(NAMESPACE, NAME)["spec"]["predictor"]
+    assert {key: predictor[key] for key in tuned_after if key != "annotations"} == {
+        key: value for key, value in tuned_after.items() if key != "annotations"
+    }
+    assert predictor["annotations"]["other-tool/owner"] == "team-a"
+    assert EXTRA_ENV in predictor["model"]["env"]
+    assert predictor["model"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert predictor["model"]["storageUri"] == CANARY_URI
+    assert predictor["annotations"]["conveyor/model-version"] == "2"
+    # 4: the bad canary, then the restored spec, serving; the other tool's write may make a
+    # revision of its own in between, unless the controller sees it only with the restore.
+    revisions = cluster.revisions(NAMESPACE, NAME)
+    assert len(revisions) in (5, 6)
+    assert traffic(cluster) == {revisions[-1]: 100}
+
+
+def cluster_patch(cluster: KubernetesApiDouble, patch: dict) -> None:
+    """A write by another tool, straight to the API."""
+    from kubernetes.client import ApiClient, CustomObjectsApi
+
+    CustomObjectsApi(ApiClient(cluster.configuration())).patch_namespaced_custom_object(
+        "serving.kserve.io", "v1beta1", NAMESPACE, "inferenceservices", NAME, patch
+    )
+
+
+def _on_restore(rollout_: Rollout, action) -> Rollout:
+    """``action`` runs as the rollback starts."""
+
+    def progress(line: str) -> None:
+        if line.startswith("restoring the spec"):
+            action()
+
+    rollout_.progress = progress
+    return rollout_
+
+
+def test_an_api_outage_longer_than_the_retry_budget_mid_rollback_is_outlasted(
+    cluster: KubernetesApiDouble,
+) -> None:
+    deployed(cluster)
+    cluster.outage(4.0)
+    with pytest.raises(ConveyorError, match="503"):  # more than one call's retries last
+        services(cluster).get(NAME)
+    cluster.heal()
+    stranded = rollout(cluster, interval_s=2.0, deadline_s=1.0, ready_timeout_s=10)
+    with pytest.raises(RolloutFailed) as failed:
+        _on_restore(stranded, lambda: cluster.outage(4.0)).run()
+    assert failed.value.result.decision == "rolled_back"
+    assert_stable_serves_everything(cluster, revisions=3)
+    assert lease_record(cluster).state == "finished"
+
+
+def test_a_rollback_that_cannot_finish_is_recorded_and_the_next_deploy_finishes_it(
+    cluster: KubernetesApiDouble,
+) -> None:
+    deployed(cluster)
+    stranded = rollout(cluster, interval_s=2.0, deadline_s=1.0, ready_timeout_s=1.5)
+    with pytest.raises(RolloutFailed) as failed:  # the service refuses writes past the timeout
+        _on_restore(stranded, lambda: cluster.fail_next("PATCH", 503, times=10_000)).run()
+    result = failed.value.result
+    assert result.decision == "failed"
+    assert len(result.reason.splitlines()) == 1
+    assert "the rollback failed too" in result.reason
+    assert "`conveyor rollout --recover fraud --namespace ml-serving`" in result.reason
+    assert traffic(cluster) == {"fraud-predictor-00002": 10, "fraud-predictor-00001": 90}
+    assert lease_record(cluster).state == "rollback_failed"
+    assert not holder(cluster.lease(NAMESPACE, LEASE))  # the next run need not wait
+    cluster.heal()
+    lines: list[str] = []
+    following = rollout(cluster, "gs://models/fraud/next", run_id="run-3")
+    following.progress = lines.append
+    assert following.run().decision == "promoted"
+    assert (
+        "found an unfinished rollout by run run-2 (rollback_failed): rolling it back first" in lines
+    )
+    # The canary, the restored stable spec, then the next model, promoted.
+    assert len(cluster.revisions(NAMESPACE, NAME)) == 4
+    assert traffic(cluster) == {"fraud-predictor-00004": 100}
+
+
+def test_a_canary_no_rollout_records_is_never_taken_for_the_stable_spec(
+    cluster: KubernetesApiDouble,
+) -> None:
+    """Its spec would be what a rollback restores at 100 %: refused before any change."""
+    deployed(cluster)
+    stray = {"model": {"storageUri": "gs://models/fraud/stray"}, "canaryTrafficPercent": 10}
+    cluster_patch(cluster, {"spec": {"predictor": stray}})  # by hand, or an older release
+    _wait_for(
+        lambda: traffic(cluster) == {"fraud-predictor-00002": 10, "fraud-predictor-00001": 90}
+    )
+    before = len(service_writes(cluster))
+    with pytest.raises(RolloutFailed) as refused:
+        rollout(cluster).run()
+    assert refused.value.result.reason == (
+        "fraud has a canary in flight that no Conveyor rollout records (fraud-predictor-00002 "
+        "10 %, fraud-predictor-00001 90 %): settle it first (100 % to one revision)"
+    )
+    assert len(service_writes(cluster)) == before
+    assert len(cluster.revisions(NAMESPACE, NAME)) == 2
+
+
+def test_a_lease_lost_mid_rollout_stops_without_touching_the_service(
+    cluster: KubernetesApiDouble,
+) -> None:
+    deployed(cluster)
+    thread, outcome = run_in_thread(rollout(cluster, interval_s=0.5))
+    _wait_for(lambda: traffic(cluster).get("fraud-predictor-00002") == 10)
+    before = len(service_writes(cluster))
+    cluster.take_lease(NAMESPACE, LEASE, "run-other")
+    thread.join(timeout=30)
+    result = outcome["result"]
+    assert result.decision == "failed"
+    assert f"run run-2 lost the rollout Lease {LEASE} to run run-other" in result.reason
+    assert result.reason.endswith("stopped without touching fraud again")
+    assert len(service_writes(cluster)) == before
+    assert traffic(cluster) == {"fraud-predictor-00002": 10, "fraud-predictor-00001": 90}
+    assert holder(cluster.lease(NAMESPACE, LEASE)) == "run-other"
+    assert len(cluster.revisions(NAMESPACE, NAME)) == 2
 
 
 def test_a_service_that_is_not_ready_is_left_alone(cluster: KubernetesApiDouble) -> None:
     cluster.revision_behaviour(STABLE_URI, never_ready=True)
     with pytest.raises(RolloutFailed):
         rollout(cluster, STABLE_URI, run_id="run-1", ready_timeout_s=0.5).run()
-    before = len(writes(cluster))
+    before = len(service_writes(cluster))
     with pytest.raises(RolloutFailed) as refused:
         rollout(cluster).run()
     assert refused.value.result.reason.startswith("fraud is not Ready (")
-    assert len(writes(cluster)) == before
+    assert len(service_writes(cluster)) == before
+    assert lease_record(cluster).reason.startswith("refused: fraud is not Ready")
 
 
 def test_standard_mode_without_spec_canary_fails_clearly() -> None:
@@ -285,7 +554,7 @@ def test_standard_mode_without_spec_canary_fails_clearly() -> None:
         default_mode="RawDeployment", crd_has_canary=False, ready_after=0.1
     ) as cluster:
         deployed(cluster)
-        before = len(writes(cluster))
+        before = len(service_writes(cluster))
         with pytest.raises(RolloutFailed) as failed:
             rollout(cluster).run()
         assert failed.value.result.decision == "failed"
@@ -294,7 +563,7 @@ def test_standard_mode_without_spec_canary_fails_clearly() -> None:
             "cluster's InferenceService CRD has no spec.canary (KServe < 0.20), so no canary is "
             "possible: use Knative (Serverless) mode or upgrade KServe"
         )
-        assert len(writes(cluster)) == before  # no canary reported, none attempted
+        assert len(service_writes(cluster)) == before  # no canary reported, none attempted
         assert (
             cluster.get(NAMESPACE, NAME)["spec"]["predictor"]["model"]["storageUri"] == STABLE_URI
         )
@@ -308,13 +577,39 @@ def standard_cluster() -> Iterator[KubernetesApiDouble]:
 
 # Standard mode canaries must prove they served: analysis against Prometheus is required.
 ANALYSED = {"policy": DEFAULT_POLICY, "prometheus_url": "http://silent"}
+MODE = "serving.kserve.io/deploymentMode"
+
+
+def deployed_standard(cluster: KubernetesApiDouble) -> dict:
+    """A stable Standard-mode service, annotated with its mode as spec.canary needs (which
+    rolls its Deployment once)."""
+    deployed(cluster)
+    services(cluster).patch_fresh(NAME, lambda _: {"metadata": {"annotations": {MODE: "Standard"}}})
+    _wait_for(lambda: cluster.template_changes(NAMESPACE, NAME) == 2)
+    _wait_for(lambda: is_ready(cluster.get(NAMESPACE, NAME)))
+    return cluster.get(NAMESPACE, NAME)
+
+
+def test_standard_mode_refuses_a_service_without_the_mode_annotation(
+    standard_cluster: KubernetesApiDouble,
+) -> None:
+    """Writing it would restart the stable Deployment as the canary starts."""
+    deployed(standard_cluster)
+    with pytest.raises(RolloutFailed) as refused:
+        rollout(standard_cluster, **ANALYSED).run()
+    assert refused.value.result.reason.startswith(
+        "fraud runs in Standard mode by the cluster's default, and KServe accepts spec.canary "
+        f"only where the service is annotated {MODE}: Standard"
+    )
+    assert f"kubectl annotate isvc fraud {MODE}=Standard" in refused.value.result.reason
+    assert standard_cluster.template_changes(NAMESPACE, NAME) == 1
 
 
 def test_standard_mode_refuses_a_canary_nobody_would_analyse(
     standard_cluster: KubernetesApiDouble,
 ) -> None:
-    deployed(standard_cluster)
-    before = len(writes(standard_cluster))
+    deployed_standard(standard_cluster)
+    before = len(service_writes(standard_cluster))
     with pytest.raises(RolloutFailed) as refused:
         rollout(standard_cluster).run()
     assert refused.value.result.reason == (
@@ -322,13 +617,13 @@ def test_standard_mode_refuses_a_canary_nobody_would_analyse(
         "from trafficPercent but routes no traffic by it yet, so a canary must prove it "
         "served requests: analysis: none is refused here"
     )
-    assert len(writes(standard_cluster)) == before
+    assert len(service_writes(standard_cluster)) == before
 
 
 def test_standard_mode_refuses_a_canary_of_the_model_already_served(
     standard_cluster: KubernetesApiDouble,
 ) -> None:
-    deployed(standard_cluster)
+    deployed_standard(standard_cluster)
     with pytest.raises(RolloutFailed) as refused:
         Rollout(
             services(standard_cluster),
@@ -345,8 +640,8 @@ def test_standard_mode_on_a_crd_it_cannot_read_and_that_lacks_spec_canary() -> N
     with KubernetesApiDouble(
         default_mode="Standard", crd_has_canary=False, ready_after=0.1, tick=0.02
     ) as cluster:
-        deployed(cluster)
-        cluster.deny("get", "customresourcedefinitions")  # as kserve/rbac.yaml grants no more
+        deployed_standard(cluster)
+        cluster.deny("get", "customresourcedefinitions")  # without kserve/rbac-crd-reader.yaml
         with pytest.raises(RolloutFailed) as failed:
             rollout(cluster, **ANALYSED).run()
         assert "the API server dropped spec.canary" in failed.value.result.reason
@@ -360,16 +655,61 @@ def test_standard_mode_on_a_crd_it_cannot_read_and_that_lacks_spec_canary() -> N
 def test_standard_mode_rolls_back_a_canary_that_never_becomes_ready(
     standard_cluster: KubernetesApiDouble,
 ) -> None:
-    deployed(standard_cluster)
+    deployed_standard(standard_cluster)
+    services(standard_cluster).patch_fresh(NAME, lambda _: {"spec": {"predictor": HAND_TUNED}})
+    _wait_for(lambda: standard_cluster.template_changes(NAMESPACE, NAME) == 3)
+    _wait_for(
+        lambda: (
+            standard_cluster.get(NAMESPACE, NAME)["status"]["conditions"][-1]["status"] == "True"
+        )
+    )
     standard_cluster.revision_behaviour(CANARY_URI, never_ready=True)
+    entries: list[dict] = []
+    failing = rollout(standard_cluster, **ANALYSED, ready_timeout_s=1)
+    _on_restore(
+        failing, lambda: entries.extend(standard_cluster.get(NAMESPACE, NAME)["spec"]["canary"])
+    )
     with pytest.raises(RolloutFailed) as failed:
-        rollout(standard_cluster, **ANALYSED, ready_timeout_s=1).run()
+        failing.run()
+    # The entry holds only what Conveyor renders (KServe merges it over the stable predictor,
+    # and its webhook refuses autoscaling fields there); other tools' annotations carry over.
+    (entry,) = entries
+    assert not set(HAND_TUNED) - {"annotations"} & set(entry["predictor"])
+    assert entry["predictor"]["annotations"]["other-tool/owner"] == "team-a"
+    assert entry["predictor"]["model"]["storageUri"] == CANARY_URI
     assert failed.value.result.decision == "rolled_back"
     assert failed.value.result.reason.startswith("timed out after 1 s waiting for canary c")
     service = standard_cluster.get(NAMESPACE, NAME)
     assert service["spec"]["predictor"]["model"]["storageUri"] == STABLE_URI
     assert "canary" not in service["spec"] and not service["status"].get("canaryStatuses")
-    assert LOCK_ANNOTATION not in service["metadata"]["annotations"]
+    assert not holder(standard_cluster.lease(NAMESPACE, LEASE))
+    assert service["spec"]["predictor"]["minReplicas"] == HAND_TUNED["minReplicas"]
+    # The stable Deployment, then rolled for the annotation and for the tuning; then the
+    # canary's Deployment only: the rollout itself restarted nothing.
+    assert standard_cluster.template_changes(NAMESPACE, NAME) == 4
+
+
+def test_a_standard_promotion_keeps_the_stable_predictors_tuning(
+    standard_cluster: KubernetesApiDouble,
+) -> None:
+    deployed_standard(standard_cluster)
+    services(standard_cluster).patch_fresh(NAME, lambda _: {"spec": {"predictor": HAND_TUNED}})
+    _wait_for(lambda: is_ready(standard_cluster.get(NAMESPACE, NAME)))
+    applied = rendered_fields(CANARY_URI)
+
+    canary, wait = StandardCanary(services(standard_cluster), NAME), waiter(standard_cluster)
+    deployment = canary.start(
+        applied, {}, canary.stable_revision(standard_cluster.get(NAMESPACE, NAME)), 10, wait
+    )
+    canary.promote(deployment, wait)
+    predictor = standard_cluster.get(NAMESPACE, NAME)["spec"]["predictor"]
+    assert {key: predictor[key] for key in HAND_TUNED if key != "annotations"} == {
+        key: value for key, value in HAND_TUNED.items() if key != "annotations"
+    }
+    assert predictor["annotations"]["other-tool/owner"] == "team-a"
+    assert predictor["annotations"]["conveyor/model-version"] == "2"
+    assert predictor["model"]["storageUri"] == CANARY_URI and "name" not in predictor["model"]
+    assert f"{NAME}-{predictor['name']}-predictor" == deployment  # its Deployment stays
 
 
 def test_modelmesh_mode_fails_clearly() -> None:
@@ -387,10 +727,14 @@ def test_a_rerun_after_a_crash_rolls_back_then_completes(
     deployed(cluster)
     crashed = _start_cli(cluster, tmp_path, "--run-id", "run-7", "--interval", "30")
     _wait_for(lambda: traffic(cluster).get("fraud-predictor-00002") == 10)
-    crashed.kill()  # SIGKILL: no handler runs, the lock and the 10 % split stay behind
+    crashed.kill()  # SIGKILL: no handler runs, the Lease and the 10 % split stay behind
     crashed.wait(timeout=30)
-    service = cluster.get(NAMESPACE, NAME)
-    assert json.loads(service["metadata"]["annotations"][LOCK_ANNOTATION])["run"] == "run-7"
+    assert holder(cluster.lease(NAMESPACE, LEASE)).startswith("run-7@")
+    assert lease_record(cluster).state == "rolling_out"
+    # A retry of the same run is another process: it waits for the Lease too.
+    with pytest.raises(RolloutFailed, match="is being rolled out by run run-7 \\(process"):
+        rollout(cluster, run_id="run-7").run()
+    cluster.expire_lease(NAMESPACE, LEASE)
     result = rollout(cluster, run_id="run-7").run()
     assert result.decision == "promoted"
     assert traffic(cluster) == {result.canary_revision: 100}
@@ -399,13 +743,64 @@ def test_a_rerun_after_a_crash_rolls_back_then_completes(
     assert len(cluster.revisions(NAMESPACE, NAME)) == 4
 
 
-def test_a_rerun_after_a_crash_past_promotion_only_unlocks(cluster: KubernetesApiDouble) -> None:
+def test_another_run_waits_for_a_crashed_runs_lease_then_rolls_it_back(
+    cluster: KubernetesApiDouble, tmp_path: Path
+) -> None:
+    deployed(cluster)
+    crashed = _start_cli(cluster, tmp_path, "--run-id", "run-7", "--interval", "30")
+    _wait_for(lambda: traffic(cluster).get("fraud-predictor-00002") == 10)
+    crashed.kill()
+    crashed.wait(timeout=30)
+    with pytest.raises(RolloutFailed, match="is being rolled out by run run-7"):
+        rollout(cluster, run_id="run-8").run()
+    assert traffic(cluster) == {"fraud-predictor-00002": 10, "fraud-predictor-00001": 90}
+    cluster.expire_lease(NAMESPACE, LEASE)  # run-7 stopped renewing it long ago
+    # run-8 takes the Lease, then dies before settling anything: run-7's record carries on.
+    from kubernetes.client import ApiClient
+
+    leases = Objects(ApiClient(cluster.configuration()), NAMESPACE, "lease")
+    dying = RolloutLease(leases, cluster.get(NAMESPACE, NAME), "run-8", duration_s=60)
+    assert dying.acquire() == LeaseRecord("run-7", "rolling_out")
+    assert holder(cluster.lease(NAMESPACE, LEASE)) == dying.identity
+    assert lease_record(cluster) == LeaseRecord("run-7", "rolling_out")
+    cluster.expire_lease(NAMESPACE, LEASE)
+    recovered = _recover_cli(cluster, tmp_path, "run-9")
+    assert recovered.returncode == 0, recovered.stdout
+    assert "rolled_back: recovered the rollout run run-7 left rolling_out" in recovered.stdout
+    assert_stable_serves_everything(cluster, revisions=3)
+    assert lease_record(cluster).run == "run-9"
+
+
+def _recover_cli(cluster: KubernetesApiDouble, tmp_path: Path, run_id: str):
+    kubeconfig = cluster.write_kubeconfig(tmp_path / "kubeconfig", namespace=NAMESPACE)
+    command = [
+        sys.executable, "-m", "pipelines.cli", "rollout", "--recover", NAME,
+        "--namespace", NAMESPACE, "--kubeconfig", str(kubeconfig), "--run-id", run_id,
+        "--ready-timeout", "10",
+    ]  # fmt: skip
+    return subprocess.run(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60
+    )
+
+
+def _set_lease(cluster: KubernetesApiDouble, run: str, state: str) -> None:
+    """The Lease as a run that stopped at ``state`` would have left it."""
+    from kubernetes.client import ApiClient
+
+    leases = Objects(ApiClient(cluster.configuration()), NAMESPACE, "lease")
+    lease = leases.get(LEASE)
+    lease["spec"]["holderIdentity"] = run
+    record = json.dumps({"run": run, "state": state, "reason": ""})
+    lease["metadata"]["annotations"]["conveyor/rollout"] = record
+    leases.replace(lease)
+    cluster.expire_lease(NAMESPACE, LEASE)
+
+
+def test_a_rerun_after_a_crash_past_promotion_keeps_it(cluster: KubernetesApiDouble) -> None:
     deployed(cluster)
     assert rollout(cluster).run().decision == "promoted"
-    lock = {"run": "run-2", "expires": time.time() + 600}
-    stale = {LOCK_ANNOTATION: json.dumps(lock), SNAPSHOT_ANNOTATION: json.dumps({"predictor": {}})}
-    # As if the process had died after the promotion, before it unlocked.
-    services(cluster).patch_fresh(NAME, lambda _: {"metadata": {"annotations": stale}})
+    _set_lease(cluster, "run-2", "promoting")  # died after the promotion, before releasing
+    before = len(service_writes(cluster))
     again = rollout(cluster).run()
     assert (again.decision, again.reason) == (
         "promoted",
@@ -413,7 +808,30 @@ def test_a_rerun_after_a_crash_past_promotion_only_unlocks(cluster: KubernetesAp
     )
     assert traffic(cluster) == {"fraud-predictor-00002": 100}  # the promoted canary stays
     assert cluster.revisions(NAMESPACE, NAME) == ["fraud-predictor-00001", "fraud-predictor-00002"]
-    assert LOCK_ANNOTATION not in cluster.get(NAMESPACE, NAME)["metadata"]["annotations"]
+    assert len(service_writes(cluster)) == before
+    assert not holder(cluster.lease(NAMESPACE, LEASE))
+
+
+def test_a_landed_promotion_stands_even_while_the_service_is_busy(
+    cluster: KubernetesApiDouble,
+) -> None:
+    """A run died after its promotion write, before releasing; another tool's change is
+    still rolling out: the promotion is not mistaken for an unfinished canary."""
+    deployed(cluster)
+    assert rollout(cluster).run().decision == "promoted"
+    _set_lease(cluster, "run-2", "promoting")
+    cluster.revision_behaviour(CANARY_URI, never_ready=True)  # affects new revisions only
+    cluster_patch(cluster, {"spec": {"predictor": {"minReplicas": 2}}})
+    _wait_for(lambda: len(cluster.revisions(NAMESPACE, NAME)) == 3)
+    lines: list[str] = []
+    busy = rollout(cluster, run_id="run-3")
+    busy.progress = lines.append
+    with pytest.raises(RolloutFailed, match="^failed: fraud is not Ready"):
+        busy.run()
+    assert "run run-2 had promoted its canary before it stopped: it stays" in lines
+    assert cluster.get(NAMESPACE, NAME)["spec"]["predictor"]["model"]["storageUri"] == CANARY_URI
+    assert traffic(cluster) == {"fraud-predictor-00002": 100}
+    assert len(cluster.revisions(NAMESPACE, NAME)) == 3
 
 
 def test_sigterm_mid_rollout_rolls_back(cluster: KubernetesApiDouble, tmp_path: Path) -> None:
@@ -425,7 +843,7 @@ def test_sigterm_mid_rollout_rolls_back(cluster: KubernetesApiDouble, tmp_path: 
     assert process.returncode == 1, output
     assert "rolling back fraud: the run was cancelled (SIGTERM)" in output
     assert "**rolled back**" in output
-    assert_stable_serves_everything(cluster)
+    assert_stable_serves_everything(cluster, revisions=3)
 
 
 def _start_cli(cluster: KubernetesApiDouble, tmp_path: Path, *options: str) -> subprocess.Popen:
@@ -454,7 +872,7 @@ def test_the_deadline_rolls_back(cluster: KubernetesApiDouble) -> None:
     with pytest.raises(RolloutFailed) as failed:
         rollout(cluster, interval_s=2.0, deadline_s=1.0).run()
     assert failed.value.result.reason == "the rollout passed its deadline of 1 s"
-    assert_stable_serves_everything(cluster)
+    assert_stable_serves_everything(cluster, revisions=3)
 
 
 # -- plan, report, and the command line ---------------------------------------------------
@@ -543,16 +961,34 @@ def test_cli_without_credentials_is_one_line(
 def test_repeating_a_finished_rollout_changes_nothing(cluster: KubernetesApiDouble) -> None:
     deployed(cluster)
     assert rollout(cluster).run().decision == "promoted"
-    before = len(writes(cluster))
+    before = len(service_writes(cluster))
     again = rollout(cluster, run_id="run-2-retry").run()
     assert (again.decision, again.reason) == (
         "promoted",
         "already serving this model at 100 %: nothing to do",
     )
-    assert len(writes(cluster)) == before
+    assert len(service_writes(cluster)) == before
+    assert len(cluster.revisions(NAMESPACE, NAME)) == 2
 
 
 # -- the deploy component, as KFP calls it ------------------------------------------------
+
+
+def registry(tmp_path: Path) -> str:
+    """An MLflow registry holding versions 1 and 2 of the model, as register leaves them
+    (version 2 judged against version 1)."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri, registry_uri=uri)
+    client.create_registered_model(NAME)
+    for judged in ("", "1"):
+        run = client.create_run("0")
+        client.create_model_version(
+            NAME, f"runs:/{run.info.run_id}/model", run.info.run_id,
+            tags={"judged_against": judged},
+        )  # fmt: skip
+    return uri
 
 
 def deploy_step(tmp_path: Path, uri: str, version: str, **options):
@@ -560,6 +996,10 @@ def deploy_step(tmp_path: Path, uri: str, version: str, **options):
 
     from components.deploy import deploy
     from tests.conftest import artifact
+
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    if not (tmp_path / "mlflow.db").exists():
+        tracking = registry(tmp_path)
 
     outputs = tmp_path / f"v{version}"
     report = artifact(Markdown, outputs, "report")
@@ -571,19 +1011,26 @@ def deploy_step(tmp_path: Path, uri: str, version: str, **options):
             manifest=artifact(Artifact, outputs, "manifest"), report=report,
             rollout_metrics=metrics, namespace=NAMESPACE,
             canary_interval_s=0.2, ready_timeout_s=5, canary_policy={"analysis": "none"},
-            **options,
+            mlflow_tracking_uri=tracking, **options,
         )  # fmt: skip
     finally:
         text = Path(report.path).read_text() if Path(report.path).exists() else ""
     return decision, report, text, metrics
 
 
-def test_the_deploy_step_creates_then_promotes_and_reports(
+def in_cluster(
     cluster: KubernetesApiDouble, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The deploy step's kubeconfig points at the double, as a pod's would at its cluster."""
     kubeconfig = cluster.write_kubeconfig(tmp_path / "kubeconfig", namespace=NAMESPACE)
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+
+
+def test_the_deploy_step_creates_then_promotes_and_reports(
+    cluster: KubernetesApiDouble, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    in_cluster(cluster, tmp_path, monkeypatch)
     decision, report, text, _ = deploy_step(tmp_path, STABLE_URI, "1")
     assert decision == "created" and "**created**" in text
     decision, report, text, metrics = deploy_step(tmp_path, CANARY_URI, "2", canary_steps="20,60")
@@ -602,9 +1049,7 @@ def test_the_deploy_step_creates_then_promotes_and_reports(
 def test_a_rolled_back_deploy_fails_the_step_with_its_reason_and_report(
     cluster: KubernetesApiDouble, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    kubeconfig = cluster.write_kubeconfig(tmp_path / "kubeconfig", namespace=NAMESPACE)
-    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    in_cluster(cluster, tmp_path, monkeypatch)
     deploy_step(tmp_path, STABLE_URI, "1")
     cluster.revision_behaviour(CANARY_URI, fails=True)
     with pytest.raises(SystemExit) as exit_info:
@@ -613,7 +1058,7 @@ def test_a_rolled_back_deploy_fails_the_step_with_its_reason_and_report(
         "deploy: rolled_back: revision fraud-predictor-00002 failed to load"
     )
     assert "**rolled back**" in (tmp_path / "v2" / "report").read_text()
-    assert_stable_serves_everything(cluster)
+    assert_stable_serves_everything(cluster, revisions=3)
 
 
 def test_restoring_after_a_promotion_hands_traffic_back_to_the_old_model(
@@ -624,16 +1069,33 @@ def test_restoring_after_a_promotion_hands_traffic_back_to_the_old_model(
     from components.core.canary import KnativeCanary
 
     stable = deployed(cluster)
-    snapshot = {
-        "predictor": stable["spec"]["predictor"],
-        "stable_revision": "fraud-predictor-00001",
-    }
+    applied = rendered_fields(CANARY_URI)
+    snapshot = Snapshot("run-2", "fraud-predictor-00001", stable["spec"]["predictor"], applied)
     assert rollout(cluster).run().decision == "promoted"
 
-    def wait(what: str, done) -> dict:
-        _wait_for(lambda: done(cluster.get(NAMESPACE, NAME)), timeout=10)
-        return cluster.get(NAMESPACE, NAME)
-
-    KnativeCanary(services(cluster), NAME).restore(snapshot, wait)
+    KnativeCanary(services(cluster), NAME).restore(snapshot, waiter(cluster))
     assert traffic(cluster) == {"fraud-predictor-00003": 100}
     assert cluster.get(NAMESPACE, NAME)["spec"]["predictor"]["model"]["storageUri"] == STABLE_URI
+
+
+def test_a_registry_outage_after_a_promotion_keeps_the_outcome_first(
+    cluster: KubernetesApiDouble, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service is promoted either way; the step says so, then that MLflow failed."""
+    from mlflow.exceptions import MlflowException
+
+    import components.core.registry
+
+    in_cluster(cluster, tmp_path, monkeypatch)
+    deploy_step(tmp_path, STABLE_URI, "1")
+
+    def unreachable(*args: object) -> str:
+        raise MlflowException("API request to the tracking server failed: connection refused")
+
+    monkeypatch.setattr(components.core.registry, "record_rollout", unreachable)
+    with pytest.raises(SystemExit) as exit_info:
+        deploy_step(tmp_path, CANARY_URI, "2")
+    message = str(exit_info.value)
+    assert message.startswith("deploy: promoted: promoted WITHOUT ANALYSIS")
+    assert "but the registry was not updated (API request to the tracking server failed" in message
+    assert traffic(cluster) == {"fraud-predictor-00002": 100}

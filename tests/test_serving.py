@@ -18,8 +18,10 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
+from components.core.canary import StandardCanary, standard_canary_name
 from components.core.errors import ConveyorError
 from components.core.inference import predict_table, table_from_columns, table_from_instances
+from components.core.manifests import MAX_NAME_LENGTH
 from components.core.serving import _arguments, _check_options, main, revision_label
 from components.core.serving_http import (
     ANSWERED_CODES,
@@ -353,6 +355,7 @@ def test_latency_buckets_are_the_defaults_or_the_configured_ones(
         (["--latency_buckets", "0.5,0.1"], "serving: --latency_buckets '0.5,0.1' (or $CONVEYOR"),
         (["--latency_buckets", "fast"], "serving: --latency_buckets 'fast' (or $CONVEYOR_LAT"),
         (["--max_request_bytes", "4MB"], "serving: --max_request_bytes '4MB' (or $CONVEYOR_MAX"),
+        (["--model_sha256", "AB12"], "serving: --model_sha256 'AB12' (or $CONVEYOR_MODEL_SHA256)"),
     ],
 )
 def test_options_the_predictor_cannot_honour_are_refused_in_one_line(
@@ -694,21 +697,56 @@ def test_tables_from_requests_keep_training_order_and_types(model_dir: Path) -> 
 
 
 @pytest.mark.parametrize(
-    ("environment", "label"),
+    ("k_revision", "app_label", "label"),
     [
-        ({"K_REVISION": "fraud-predictor-00002", "POD_NAME": "x-y-z"}, "fraud-predictor-00002"),
-        (
-            {"POD_NAME": "fraud-canary-1a2b3c4d-predictor-7d9f8c6b5-x2kqp"},
-            "fraud-canary-1a2b3c4d-predictor",
-        ),
-        ({"POD_NAME": "laptop"}, "local"),
-        ({}, "local"),
+        ("fraud-predictor-00002", "isvc.x-predictor", "fraud-predictor-00002"),  # Knative wins
+        ("", "isvc.fraud-c1a2b3c4-predictor\n", "fraud-c1a2b3c4-predictor"),
+        ("", "fraud", "local"),  # not KServe's Standard-mode label
+        ("", "isvc.", "local"),
+        ("", "", "local"),  # what the downward API writes for a pod without the label
+        ("", None, "local"),  # no label file: not in a pod
     ],
 )
 def test_requests_are_counted_under_the_revision_or_the_deployment(
-    environment: dict, label: str
+    tmp_path: Path, k_revision: str, app_label: str | None, label: str
 ) -> None:
+    environment = {"K_REVISION": k_revision} if k_revision else {}
+    if app_label is not None:
+        (tmp_path / "app").write_text(app_label)
+    environment["CONVEYOR_APP_LABEL_FILE"] = str(tmp_path / "app")
+    environment["POD_NAME"] = "fraud-predictor-7d9f8c6b5-x2kqp"  # no longer read
     assert revision_label(environment) == label
+
+
+# Service names of 1, 27 and 28 characters (the pod name parse broke past about 27), up to
+# the longest whose canary's label fits Kubernetes' 63 (StandardCanary refuses longer ones)
+# and the longest InferenceService name Conveyor renders (its stable Deployment's label).
+@pytest.mark.parametrize("length", [1, 27, 28, 39, MAX_NAME_LENGTH])
+def test_standard_mode_revision_is_the_deployment_the_analysis_queries(
+    tmp_path: Path, length: int
+) -> None:
+    service = ("fraud-" + "x" * MAX_NAME_LENGTH)[:length]
+    canary = StandardCanary(None, service)  # type: ignore[arg-type] - names only
+    predictor = {"model": {"modelFormat": {"name": "sklearn"}, "storageUri": "gs://m/2"}}
+    stable = {
+        "metadata": {"annotations": {"serving.kserve.io/deploymentMode": "Standard"}},
+        "spec": {"predictor": {"model": {"storageUri": "gs://m/1"}}},
+    }
+    names = [canary.stable_revision(stable)]  # <service>-predictor
+    if not canary.refusal(stable, predictor, analysed=True):
+        entry = standard_canary_name(predictor)  # <service>-<entry>-predictor
+        names.append(canary.stable_revision({"spec": {"predictor": {"name": entry}}}))
+    assert len(names) == (2 if len(service) <= 39 else 1)
+    label_file = tmp_path / "app"
+    for deployment in names:
+        label = f"isvc.{deployment}"  # what KServe puts on the Deployment's pods
+        assert len(label) <= 63
+        label_file.write_text(label)
+        # What Kubernetes names a pod of that Deployment: the ReplicaSet's name (the
+        # Deployment's and a hash) and '-', cut to 58 characters, then 5 random ones.
+        pod = f"{deployment}-7d9f8c6b5-"[:58] + "x2kqp"
+        environment = {"CONVEYOR_APP_LABEL_FILE": str(label_file), "POD_NAME": pod}
+        assert revision_label(environment) == deployment
 
 
 def test_a_refused_request_is_one_info_line_not_an_error_with_a_traceback(

@@ -17,6 +17,7 @@ from components.core.training import (
     ESTIMATORS,
     MODEL_CARD,
     MODEL_FILE,
+    MODEL_FORMAT_VERSION,
     fit_classifier,
     load_model_dir,
     save_model_dir,
@@ -59,6 +60,8 @@ def test_model_directory_round_trips_and_records_its_sha256(
     assert card.sha256 == sha256_file(tmp_path / "model" / MODEL_FILE)
     saved = json.loads((tmp_path / "model" / MODEL_CARD).read_text())
     assert saved["hyperparameters"] == {"C": 0.5}
+    assert saved["format_version"] == MODEL_FORMAT_VERSION == 1  # readers refuse newer ones
+    assert saved["sha256"] == card.sha256 and saved["model_file"] == MODEL_FILE
     assert {"python", "scikit-learn", "pandas", "conveyor"} <= set(saved["versions"])
     loaded = load_model_dir(tmp_path / "model")
     features = species.drop(columns="species")

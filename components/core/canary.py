@@ -12,6 +12,11 @@ predictor (same name, so no restart) and drops the entry; a rollback drops the e
 
 Each mode is a class with the same methods; the rollout (``components.core.rollout``)
 drives them and owns locking, analysis, deadlines and the report.
+
+Conveyor owns only the predictor fields it renders (``applied``): a canary is the current
+predictor with those laid over it (``overlay``), and a rollback puts back only those
+fields as the snapshot had them (``restored``), so replicas, autoscaling, tolerations,
+node selectors, affinity, other tools' annotations and extra env survive both.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any, Protocol
 
 from components.core.errors import ConveyorError, first_line
 from components.core.kube import InferenceServices
+from components.core.snapshot import Snapshot
 
 __all__ = [
     "MODE_ANNOTATION",
@@ -32,8 +38,11 @@ __all__ = [
     "StandardCanary",
     "deployment_mode",
     "last_failure",
+    "overlay",
     "predictor_status",
+    "promotion_landed",
     "replacing",
+    "restored",
     "serves",
     "standard_canary_name",
 ]
@@ -42,10 +51,13 @@ MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 # KServe 0.20 renamed Serverless to Knative and RawDeployment to Standard.
 _MODE_NAMES = {"Serverless": "Knative", "RawDeployment": "Standard"}
 _FAILED_TRANSITIONS = ("BlockedByFailedLoad", "InvalidSpec")
+# Environment variables Conveyor renders: replaced as a set, so one it stops rendering goes.
+OWNED_ENV_PREFIX = "CONVEYOR_"
 
 Service = dict[str, Any]
 Done = Callable[[Service], bool]
 Wait = Callable[[str, Done], Service]  # (what is awaited, when it is done) -> the service
+Annotations = dict[str, str | None]  # a merge patch of the service's annotations
 
 
 class Canary(Protocol):
@@ -57,10 +69,13 @@ class Canary(Protocol):
     def stable_revision(self, service: Service) -> str: ...
     def settled(self, service: Service) -> bool: ...
     def failure(self, service: Service, stable: str, known: dict[str, Any]) -> str: ...
-    def start(self, predictor: dict[str, Any], stable: str, percent: int, wait: Wait) -> str: ...
+    def start(
+        self, applied: dict[str, Any], annotations: Annotations, stable: str, percent: int,
+        wait: Wait,
+    ) -> str: ...  # fmt: skip
     def move(self, canary: str, percent: int, wait: Wait) -> None: ...
-    def promote(self, canary: str, annotations: dict[str, str], wait: Wait) -> Service: ...
-    def restore(self, snapshot: dict[str, Any], wait: Wait) -> None: ...
+    def promote(self, canary: str, wait: Wait) -> Service: ...
+    def restore(self, snapshot: Snapshot, wait: Wait) -> None: ...
 
 
 class KnativeCanary:
@@ -109,9 +124,18 @@ class KnativeCanary:
                 return f"revision {latest}: {kind} is False ({first_line(detail)})"
         return ""
 
-    def start(self, predictor: dict[str, Any], stable: str, percent: int, wait: Wait) -> str:
-        new = {**predictor, "canaryTrafficPercent": percent}
-        self.services.patch_fresh(self.name, lambda current: _predictor_patch(current, new))
+    def start(
+        self, applied: dict[str, Any], annotations: Annotations, stable: str, percent: int,
+        wait: Wait,
+    ) -> str:  # fmt: skip
+        """The new predictor, and the annotations naming its model, in one write: one revision."""
+
+        def build(current: Service) -> dict[str, Any]:
+            new = overlay(current["spec"]["predictor"], applied)
+            new["canaryTrafficPercent"] = percent
+            return _with_annotations(_predictor_patch(current, new), annotations)
+
+        self.services.patch_fresh(self.name, build)
         status = wait(f"a new revision at {percent} %", _new_canary_at(stable, percent))
         return predictor_status(status)["latestCreatedRevision"]
 
@@ -119,32 +143,38 @@ class KnativeCanary:
         self._set_percent(percent)
         wait(f"{percent} % on the canary", _canary_at(canary, percent))
 
-    def promote(self, canary: str, annotations: dict[str, str], wait: Wait) -> Service:
-        self.services.patch_fresh(
-            self.name,
-            lambda _: {
-                "spec": {"predictor": {"canaryTrafficPercent": 100}},
-                "metadata": {"annotations": dict(annotations)},
-            },
-        )
+    def promote(self, canary: str, wait: Wait) -> Service:
+        """100 % to the canary: a traffic change only, which makes no revision."""
+        self._set_percent(100)
         return wait("the canary to take 100 %", _rolled_out(canary))
 
-    def restore(self, snapshot: dict[str, Any], wait: Wait) -> None:
+    def restore(self, snapshot: Snapshot, wait: Wait) -> None:
         """0 % to the canary, the stable revision verified at 100 %, the previous spec
         re-applied at 0 % until ready (Knative's latest ready revision is still the
         canary until then), then moved to 100 %."""
-        stable = snapshot["stable_revision"]
+        stable = snapshot.stable_revision
         current = self.services.get(self.name) or {"spec": {"predictor": {}}}
         # Unless the canary was already rolled out (a failure after its promotion), where
         # 0 % would leave everything on it: the re-applied spec takes over from it instead.
         if self.stable_revision(current) == stable:
             self._set_percent(0)
             wait(f"100 % on the stable revision {stable}", lambda s: _traffic(s) == {stable: 100})
-        previous = {**copy.deepcopy(snapshot["predictor"]), "canaryTrafficPercent": 0}
-        # A changed spec makes a new revision: wait for that one, not the status before it.
-        unchanged = _without_percent(current["spec"]["predictor"]) == _without_percent(previous)
+
+        def previous(latest: Service) -> dict[str, Any]:
+            predictor = restored(latest["spec"]["predictor"], snapshot.predictor, snapshot.applied)
+            return {**predictor, "canaryTrafficPercent": 0}
+
+        # A changed template makes a new revision: wait for that one, not the status before it.
+        unchanged = _without_percent(current["spec"]["predictor"]) == _without_percent(
+            previous(current)
+        ) and _has_annotations(current, snapshot.annotations)
         before = predictor_status(current).get("latestCreatedRevision")
-        self.services.patch_fresh(self.name, lambda latest: _predictor_patch(latest, previous))
+        self.services.patch_fresh(
+            self.name,
+            lambda latest: _with_annotations(
+                _predictor_patch(latest, previous(latest)), snapshot.annotations
+            ),
+        )
         wait(
             "the previous spec's revision to be ready",
             lambda s: (
@@ -176,6 +206,15 @@ class StandardCanary:
                 "entry's replicas from trafficPercent but routes no traffic by it yet, so a "
                 "canary must prove it served requests: analysis: none is refused here"
             )
+        mode = service.get("metadata", {}).get("annotations", {}).get(MODE_ANNOTATION)
+        if mode not in ("Standard", "RawDeployment"):
+            return (
+                f"{self.name} runs in Standard mode by the cluster's default, and KServe accepts "
+                f"spec.canary only where the service is annotated {MODE_ANNOTATION}: Standard; "
+                "the rollout writes no annotation of its own (each one restarts the stable "
+                f"Deployment), so annotate it once: kubectl annotate isvc {self.name} "
+                f"{MODE_ANNOTATION}=Standard"
+            )
         current_uri = service["spec"]["predictor"].get("model", {}).get("storageUri")
         if predictor["model"]["storageUri"] == current_uri:
             return (
@@ -205,17 +244,22 @@ class StandardCanary:
     def failure(self, service: Service, stable: str, known: dict[str, Any]) -> str:
         return ""  # a canary Deployment only reports ready or not: its timeout tells
 
-    def start(self, predictor: dict[str, Any], stable: str, percent: int, wait: Wait) -> str:
-        entry = {"predictor": self._canary_predictor(predictor), "trafficPercent": percent}
-        canary = entry["predictor"]["name"]
-        patched = self.services.patch_fresh(
-            self.name,
-            # KServe accepts spec.canary only where the mode is annotated as Standard.
-            lambda _: {
-                "metadata": {"annotations": {MODE_ANNOTATION: "Standard"}},
-                "spec": {"canary": [entry]},
-            },
-        )
+    def start(
+        self, applied: dict[str, Any], annotations: Annotations, stable: str, percent: int,
+        wait: Wait,
+    ) -> str:  # fmt: skip
+        """A spec.canary entry holding only the fields Conveyor renders: KServe builds the
+        canary's Deployment from the stable predictor with the entry merged over it
+        (``buildCanaryPredictor``), so the stable's tuning carries over, and its webhook
+        refuses autoscaling fields in an entry."""
+        canary = self._canary_name(applied)
+
+        def build(current: Service) -> dict[str, Any]:
+            predictor = self._canary_predictor(current["spec"]["predictor"], applied)
+            patch = {"spec": {"canary": [{"predictor": predictor, "trafficPercent": percent}]}}
+            return _with_annotations(patch, annotations)
+
+        patched = self.services.patch_fresh(self.name, build)
         if not patched["spec"].get("canary"):  # an API server whose CRD lacks it drops it
             raise ConveyorError(
                 f"{self.name}: the API server dropped spec.canary, so its InferenceService CRD "
@@ -233,17 +277,15 @@ class StandardCanary:
         self.services.patch_fresh(self.name, moved)
         wait(f"{percent} % on the canary", _standard_canary_at(self._entry_name(canary), percent))
 
-    def promote(self, canary: str, annotations: dict[str, str], wait: Wait) -> Service:
+    def promote(self, canary: str, wait: Wait) -> Service:
         """The canary's predictor (its name too: its Deployment stays) becomes the predictor."""
 
         def promoted(current: Service) -> dict[str, Any]:
             (entry,) = current["spec"]["canary"]
-            predictor = copy.deepcopy(entry["predictor"])
-            predictor["model"].pop("name", None)  # KServe forbids it in spec.predictor
-            return {
-                "metadata": {"annotations": dict(annotations)},
-                "spec": {"predictor": _replacing(current, predictor), "canary": None},
-            }
+            fields = copy.deepcopy(entry["predictor"])
+            fields["model"].pop("name", None)  # KServe forbids it in spec.predictor
+            predictor = overlay(current["spec"]["predictor"], fields)
+            return {"spec": {"predictor": _replacing(current, predictor), "canary": None}}
 
         self.services.patch_fresh(self.name, promoted)
         name = self._entry_name(canary)
@@ -252,20 +294,26 @@ class StandardCanary:
             lambda s: self.settled(s) and s["spec"]["predictor"].get("name") == name,
         )
 
-    def restore(self, snapshot: dict[str, Any], wait: Wait) -> None:
-        """The canary entry dropped and the previous predictor spec re-applied."""
-        predictor = copy.deepcopy(snapshot["predictor"])
-        self.services.patch_fresh(
-            self.name,
-            lambda current: {"spec": {"predictor": _replacing(current, predictor), "canary": None}},
-        )
+    def restore(self, snapshot: Snapshot, wait: Wait) -> None:
+        """The canary entry dropped and the fields Conveyor owns put back as they were."""
+
+        def build(current: Service) -> dict[str, Any]:
+            now = current["spec"]["predictor"]
+            predictor = restored(now, snapshot.predictor, snapshot.applied)
+            patch = {"spec": {"predictor": replacing(now, predictor), "canary": None}}
+            return _with_annotations(patch, snapshot.annotations)
+
+        self.services.patch_fresh(self.name, build)
         wait("the canary to be removed", self.settled)
 
-    def _canary_predictor(self, predictor: dict[str, Any]) -> dict[str, Any]:
-        spec = _without_percent(predictor)
+    def _canary_predictor(self, current: dict[str, Any], applied: dict[str, Any]) -> dict[str, Any]:
+        """The rendered fields as they are to serve (merged into the current ones: KServe's
+        merge would replace a list such as env whole), and nothing else."""
+        merged = overlay(current, applied)
+        spec = {key: merged[key] for key in applied if key != "canaryTrafficPercent"}
         # The CRD wants a container name in a canary's model; KServe's own is kserve-container.
-        model = {"name": "kserve-container", **spec["model"]}
-        return {**spec, "model": model, "name": self._canary_name(predictor)}
+        model = {**spec["model"], "name": "kserve-container"}
+        return {**spec, "model": model, "name": self._canary_name(applied)}
 
     def _canary_name(self, predictor: dict[str, Any]) -> str:
         return standard_canary_name(predictor)
@@ -383,11 +431,90 @@ def _without_percent(predictor: dict[str, Any]) -> dict[str, Any]:
 
 
 def _contains(actual: Any, wanted: Any) -> bool:
+    """Whether ``actual`` has everything ``wanted`` has (a list: each wanted item, in any
+    order, such as env entries among other tools' own)."""
     if isinstance(wanted, dict):
         return isinstance(actual, dict) and all(
             key in actual and _contains(actual[key], value) for key, value in wanted.items()
         )
+    if isinstance(wanted, list) and isinstance(actual, list):
+        return all(any(_contains(item, want) for item in actual) for want in wanted)
     return actual == wanted
+
+
+def promotion_landed(service: Service, applied: dict[str, Any]) -> bool:
+    """Whether the write promoting a canary of ``applied`` reached the spec (in either mode:
+    the predictor holds it with no canary share and no canary entry left)."""
+    spec = service.get("spec", {})
+    predictor = spec.get("predictor", {})
+    return (
+        _contains(predictor, applied)
+        and predictor.get("canaryTrafficPercent", 100) == 100
+        and not spec.get("canary")
+    )
+
+
+def _has_annotations(service: Service, annotations: Annotations) -> bool:
+    present = service.get("metadata", {}).get("annotations") or {}
+    return all(present.get(key) == value for key, value in annotations.items())
+
+
+# -- the fields Conveyor owns ---------------------------------------------------------------
+
+
+def overlay(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``top`` laid over it: objects merge key by key, ``env`` lists by name
+    (Conveyor's own ``CONVEYOR_`` variables replaced as a set), anything else is replaced."""
+    result = copy.deepcopy(base)
+    for key, value in top.items():
+        if key == "env" and isinstance(value, list):
+            names = {entry["name"] for entry in value}
+            kept = [e for e in base.get(key) or [] if e["name"] not in names and not _owned(e)]
+            result[key] = kept + copy.deepcopy(value)
+        elif isinstance(value, dict) and isinstance(base.get(key), dict):
+            result[key] = overlay(base[key], value)
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
+
+
+def restored(
+    current: dict[str, Any], before: dict[str, Any], applied: dict[str, Any]
+) -> dict[str, Any]:
+    """``current`` with each field ``applied`` sets put back as ``before`` had it (dropped
+    where it had none); every other field stays as it is now."""
+    result = copy.deepcopy(current)
+    for key, value in applied.items():
+        if key == "env" and isinstance(value, list):
+            env = _restored_env(current.get(key) or [], before.get(key) or [], value)
+            result[key] = env
+            if not env:
+                result.pop(key)
+        elif all(isinstance(d.get(key), dict) for d in (current, before)) and isinstance(
+            value, dict
+        ):
+            result[key] = restored(current[key], before[key], value)
+        elif key in before:
+            result[key] = copy.deepcopy(before[key])
+        else:
+            result.pop(key, None)
+    return result
+
+
+def _restored_env(
+    current: list[dict[str, Any]], before: list[dict[str, Any]], applied: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Other tools' entries as they are now, then Conveyor's as they were before."""
+    names = {entry["name"] for entry in applied}
+
+    def ours(entry: dict[str, Any]) -> bool:
+        return entry["name"] in names or _owned(entry)
+
+    return [e for e in current if not ours(e)] + [copy.deepcopy(e) for e in before if ours(e)]
+
+
+def _owned(entry: dict[str, Any]) -> bool:
+    return str(entry.get("name", "")).startswith(OWNED_ENV_PREFIX)
 
 
 # -- building merge patches ---------------------------------------------------------------
@@ -395,6 +522,13 @@ def _contains(actual: Any, wanted: Any) -> bool:
 
 def _predictor_patch(current: Service, predictor: dict[str, Any]) -> dict[str, Any]:
     return {"spec": {"predictor": _replacing(current, predictor)}}
+
+
+def _with_annotations(patch: dict[str, Any], annotations: Annotations) -> dict[str, Any]:
+    """``patch`` also setting (None: removing) the service's ``annotations``."""
+    if annotations:
+        patch.setdefault("metadata", {})["annotations"] = dict(annotations)
+    return patch
 
 
 def _replacing(current: Service, predictor: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import yaml
 from components.core.errors import ConveyorError
 from components.core.files import write_text_atomically
 from components.core.payload_log import PAYLOAD_LOG_ENV
+from components.core.training import MODEL_SHA256_ENV, is_sha256
 
 __all__ = [
     "CRD_FILE",
@@ -50,6 +51,9 @@ class ServingSpec:
         service_account: Service account the predictor pulls the model with; empty for the default.
         payload_log_uri: Folder or URI under which the predictor logs the inputs it answers,
             in a folder named for the InferenceService; empty logs nothing.
+        model_sha256: The registry's sha256 of ``model.joblib`` (64 lower-case hex digits);
+            the predictor gets it as ``CONVEYOR_MODEL_SHA256`` and refuses to load any other
+            file, whatever the ``model.json`` beside it says. Empty pins nothing.
     """
 
     model_name: str
@@ -62,6 +66,14 @@ class ServingSpec:
     memory: str = "2Gi"
     service_account: str = ""
     payload_log_uri: str = ""
+    model_sha256: str = ""
+
+    def __post_init__(self) -> None:
+        if self.model_sha256 and not is_sha256(self.model_sha256):
+            raise ConveyorError(
+                f"ServingSpec.model_sha256 {self.model_sha256!r}: expected 64 lower-case hex "
+                "digits (the registry's sha256 of model.joblib)"
+            )
 
     def payload_log(self) -> str:
         """Where this service's predictor writes its payload log; empty for none."""
@@ -96,10 +108,17 @@ def render_inference_service(spec: ServingSpec) -> dict[str, Any]:
     }
     if spec.runtime:
         model["runtime"] = spec.runtime
-    if spec.payload_log_uri:
-        model["env"] = [{"name": PAYLOAD_LOG_ENV, "value": spec.payload_log()}]
+    env = _predictor_env(spec)
+    if env:
+        model["env"] = env
     predictor: dict[str, Any] = {
         "canaryTrafficPercent": spec.canary_traffic_percent,
+        # On the predictor, not the service: they change with the model's spec, in the same
+        # revision (Knative) or canary Deployment (Standard), and restart nothing else.
+        "annotations": {
+            f"{ANNOTATION_PREFIX}/model-name": spec.model_name,
+            f"{ANNOTATION_PREFIX}/model-version": str(spec.model_version),
+        },
         "model": model,
     }
     if spec.service_account:
@@ -112,13 +131,18 @@ def render_inference_service(spec: ServingSpec) -> dict[str, Any]:
             "name": name,
             "namespace": spec.namespace,
             "labels": {"app.kubernetes.io/name": name, "app.kubernetes.io/managed-by": "conveyor"},
-            "annotations": {
-                f"{ANNOTATION_PREFIX}/model-name": spec.model_name,
-                f"{ANNOTATION_PREFIX}/model-version": str(spec.model_version),
-            },
         },
         "spec": {"predictor": predictor},
     }
+
+
+def _predictor_env(spec: ServingSpec) -> list[dict[str, str]]:
+    env = []
+    if spec.payload_log_uri:
+        env.append({"name": PAYLOAD_LOG_ENV, "value": spec.payload_log()})
+    if spec.model_sha256:
+        env.append({"name": MODEL_SHA256_ENV, "value": spec.model_sha256})
+    return env
 
 
 def validate_inference_service(manifest: dict[str, Any]) -> None:

@@ -1,8 +1,14 @@
-"""The MLflow model registry: finding the champion, registering a version, moving the alias.
+"""The MLflow model registry: finding the champion, registering a version, moving the aliases.
 
 A version's ``source`` is the training run's ``model/`` artifacts; its ``storage_uri``
 tag is the copy in the model store that KServe pulls from (content-addressed by the
 model's sha256, so copying again is a no-op).
+
+The ``champion`` alias names the model that serves. A pipeline that rolls out registers
+its blessed version under ``candidate``; deploy moves ``champion`` to it only when the
+rollout creates the service or promotes the canary, and otherwise records the version as
+rejected (``rollout.*`` tags) and leaves ``champion`` where it was. Without a rollout
+(local runs) register makes the version ``champion`` at once.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -33,20 +40,33 @@ from components.core.training import (
 )
 
 __all__ = [
+    "CANDIDATE_ALIAS",
     "CHAMPION_ALIAS",
+    "ROLLOUT_TAGS",
     "Champion",
     "Registration",
+    "RolloutOutcome",
     "champion_model_dir",
+    "check_rollout_allowed",
     "download_reference",
     "find_champion",
     "load_champion",
     "publish_model_dir",
+    "record_rollout",
     "register_model",
     "register_version",
 ]
 
 CHAMPION_ALIAS = "champion"
+CANDIDATE_ALIAS = "candidate"
 PIPELINE_RUN_TAG = "pipeline_run_id"
+# The champion version evaluate compared the model with ("" for none), so deploy can tell
+# whether another run's rollout replaced it while this one waited.
+JUDGED_AGAINST_TAG = "judged_against"
+# What deploy's rollout of a version decided, why (one line), and in which pipeline run.
+ROLLOUT_TAGS = ("rollout.decision", "rollout.reason", "rollout.run")
+# How MLflow's stores (REST, SQL) answer for a version or alias that does not exist.
+_NOT_FOUND = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"})
 
 
 @dataclass(frozen=True)
@@ -66,7 +86,18 @@ class Registration:
     name: str
     version: str
     storage_uri: str
+    sha256: str
     reused: bool
+
+
+class RolloutOutcome(Protocol):
+    """What ``record_rollout`` needs of a rollout's result (``rollout.RolloutResult``)."""
+
+    decision: str
+    reason: str
+
+    @property
+    def succeeded(self) -> bool: ...
 
 
 def register_model(
@@ -78,8 +109,14 @@ def register_model(
     model_store_uri: str,
     pipeline_run_id: str,
     data_hash: str,
+    *,
+    rollout: bool = False,
 ) -> Registration:
-    """Publishes a blessed model to the model store and registers it as the champion, once."""
+    """Publishes a blessed model to the model store and registers it, once.
+
+    ``rollout`` True gives the version the ``candidate`` alias (deploy promotes it to
+    ``champion`` if its rollout does); False makes it the ``champion`` at once.
+    """
     verdict = json.loads(evaluation_path.read_text())
     if not verdict["blessed"]:
         raise ConveyorError(
@@ -97,19 +134,18 @@ def register_model(
         "data_hash": data_hash,
         PIPELINE_RUN_TAG: pipeline_run_id,
         "storage_uri": storage_uri,
+        JUDGED_AGAINST_TAG: compared_with or "",
         **{f"metric.{name}": f"{value:.6g}" for name, value in verdict["metrics"].items()},
     }
-    return register_version(client, model_name, run_id, tags)
+    alias = CANDIDATE_ALIAS if rollout else CHAMPION_ALIAS
+    return register_version(client, model_name, run_id, tags, alias)
 
 
 def find_champion(client: MlflowClient, name: str) -> Champion | None:
     """The version holding the ``champion`` alias, or None when there is none yet."""
-    try:
-        version = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
-    except MlflowException as error:
-        if error.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}:
-            return None
-        raise
+    version = _aliased_version(client, name, CHAMPION_ALIAS)
+    if version is None:
+        return None
     return Champion(name, str(version.version), version.run_id, dict(version.tags))
 
 
@@ -188,11 +224,14 @@ def publish_model_dir(model_dir: Path, store_uri: str, name: str, card: ModelCar
 
 
 def register_version(
-    client: MlflowClient, name: str, run_id: str, tags: dict[str, str]
+    client: MlflowClient, name: str, run_id: str, tags: dict[str, str], alias: str
 ) -> Registration:
-    """Registers the training run's model once and points ``champion`` at it.
+    """Registers the training run's model once and points ``alias`` at it.
 
-    A version already made from ``run_id`` (a retried or repeated step) is reused.
+    A version already made from ``run_id`` (a retried or repeated step) is reused. A
+    ``candidate`` another run left, rolling out or abandoned, is replaced: rollouts of one
+    service take turns (the rollout's lock), and deploy checks the champion again before
+    it rolls out.
     """
     version = _version_of_run(client, name, run_id)
     reused = version is not None
@@ -202,8 +241,58 @@ def register_version(
             name, source=f"runs:/{run_id}/model", run_id=run_id, tags=tags
         )
     number = str(version.version)
-    client.set_registered_model_alias(name, CHAMPION_ALIAS, number)
-    return Registration(name, number, version.tags.get("storage_uri", ""), reused=reused)
+    client.set_registered_model_alias(name, alias, number)
+    recorded = version.tags
+    return Registration(
+        name, number, recorded.get("storage_uri", ""), recorded.get("sha256", ""), reused
+    )
+
+
+def check_rollout_allowed(tracking_uri: str, name: str, version: str, run: str) -> None:
+    """Refuses, before any traffic moves, to roll out a version that is not registered, was
+    rolled back before, or was judged against a champion another run has replaced since
+    (another run's candidate promoted while this one waited); a version refused for the
+    last reason is recorded as a failed rollout.
+
+    The registry and the cluster share no transaction: a rollout that has promoted and
+    released its lock, but not yet moved ``champion``, is not seen here (a window of one
+    registry write).
+    """
+    client = tracking.connect(tracking_uri)
+    registered = _registered_version(client, name, version)
+    decision, reason, by = (registered.tags.get(tag, "") for tag in ROLLOUT_TAGS)
+    if decision == "rolled_back":  # a retried step must not send a rejected model out again
+        raise ConveyorError(
+            f"{name} version {version} was rolled back by run {by}: {reason}; "
+            "register another version to roll out"
+        )
+    judged = registered.tags.get(JUDGED_AGAINST_TAG)
+    if judged is None:  # registered before register recorded it: nothing to compare with
+        return
+    try:
+        _check_champion_unchanged(client, name, registered.run_id, judged or None)
+    except ConveyorError as refusal:
+        _tag_rollout(client, name, version, "failed", f"not rolled out: {refusal}", run)
+        _drop_candidate(client, name, version)
+        raise
+
+
+def record_rollout(
+    tracking_uri: str, name: str, version: str, outcome: RolloutOutcome, run: str
+) -> str:
+    """Records the rollout's decision on the version; returns the champion's version after it.
+
+    A version that now serves (the service created, the canary promoted, or already
+    serving it) becomes ``champion``, a no-op when it already is; any other decision
+    leaves ``champion`` where it was. Either way the version stops being the candidate.
+    """
+    client = tracking.connect(tracking_uri)
+    _tag_rollout(client, name, version, outcome.decision, outcome.reason, run)
+    if outcome.succeeded:
+        client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
+    _drop_candidate(client, name, version)
+    champion = find_champion(client, name)
+    return champion.version if champion else ""
 
 
 def _check_champion_unchanged(
@@ -218,6 +307,45 @@ def _check_champion_unchanged(
         f"the champion of {name!r} is now v{current.version}, but this model was judged "
         f"against {judged}; run the pipeline again to compare it with v{current.version}"
     )
+
+
+def _tag_rollout(
+    client: MlflowClient, name: str, version: str, decision: str, reason: str, run: str
+) -> None:
+    for key, value in zip(ROLLOUT_TAGS, (decision, reason, run), strict=True):
+        client.set_model_version_tag(name, version, key, value)
+
+
+def _drop_candidate(client: MlflowClient, name: str, version: str) -> None:
+    """Removes ``candidate`` from ``version`` only: it may already name a later run's model."""
+    if _holds_alias(client, name, CANDIDATE_ALIAS, version):
+        client.delete_registered_model_alias(name, CANDIDATE_ALIAS)
+
+
+def _holds_alias(client: MlflowClient, name: str, alias: str, version: str) -> bool:
+    found = _aliased_version(client, name, alias)
+    return found is not None and str(found.version) == version
+
+
+def _aliased_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as error:
+        if error.error_code in _NOT_FOUND:
+            return None
+        raise
+
+
+def _registered_version(client: MlflowClient, name: str, version: str) -> ModelVersion:
+    try:
+        return client.get_model_version(name, version)
+    except MlflowException as error:
+        if error.error_code not in _NOT_FOUND:
+            raise
+        raise ConveyorError(
+            f"{name} version {version!r} is not in the MLflow registry at "
+            f"{client.tracking_uri}: deploy rolls out registered versions only"
+        ) from None
 
 
 def _version_of_run(client: MlflowClient, name: str, run_id: str) -> ModelVersion | None:

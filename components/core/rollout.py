@@ -5,21 +5,27 @@ against the stable revision every interval (``components.core.analysis``), over 
 traffic so far, until the step passes; it is promoted when every step passes, and rolled
 back when one fails, when it never becomes ready, at the deadline, or on SIGTERM (how KFP
 cancels a run). How a canary moves depends on the service's deployment mode
-(``components.core.canary``). A lock annotation keeps two runs off one service, and a
-snapshot annotation lets a re-run after a crash finish or roll back the half-done one.
+(``components.core.canary``).
+
+Nothing of the rollout's own lives on the InferenceService, whose every annotation KServe
+copies into the Knative revision template (so each write there makes a revision): a Lease
+(``components.core.lease``) keeps two runs off one service and records how the last
+rollout ended, and a ConfigMap (``components.core.snapshot``) keeps the spec a rollback
+restores. The annotations naming the model change only in the write that starts the
+canary, so a promotion makes exactly one new revision (the canary's) and a rollback two
+(the canary's, then the restored spec's). A run that stopped half-way, or whose rollback
+could not finish, is settled by the next run (or ``conveyor rollout --recover``) first.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,12 +39,14 @@ from components.core.canary import (
     deployment_mode,
     is_ready,
     last_failure,
+    promotion_landed,
     serves,
 )
 from components.core.canary_policy import DEFAULT_POLICY, CanaryPolicy, describe_policy
 from components.core.errors import ConveyorError, first_line
 from components.core.files import write_text_atomically
-from components.core.kube import InferenceServices, api_client
+from components.core.kube import InferenceServices, Objects, Unavailable, api_client
+from components.core.lease import LeaseLost, LeaseRecord, RolloutLease, State, lease_name
 from components.core.manifests import (
     ServingSpec,
     render_inference_service,
@@ -46,11 +54,11 @@ from components.core.manifests import (
 )
 from components.core.markdown import table
 from components.core.prometheus import Prometheus, Window, measure
+from components.core.snapshot import Snapshot, load_snapshot, save_snapshot
 
 __all__ = [
-    "LOCK_ANNOTATION",
+    "LEGACY_ANNOTATIONS",
     "ROLLOUT_PARAMETERS",
-    "SNAPSHOT_ANNOTATION",
     "Look",
     "Rollout",
     "RolloutFailed",
@@ -63,9 +71,12 @@ __all__ = [
     "render_report",
 ]
 
-LOCK_ANNOTATION = "conveyor/rollout-lock"
-SNAPSHOT_ANNOTATION = "conveyor/rollout-snapshot"
-RolloutDecision = Literal["created", "promoted", "rolled_back", "failed"]
+# What earlier releases kept on the service; cleared in the write that starts a canary (a
+# rollback puts the model's back, never the lock's).
+LEGACY_LOCK_ANNOTATIONS = ("conveyor/rollout-lock", "conveyor/rollout-snapshot")
+LEGACY_ANNOTATIONS = ("conveyor/model-name", "conveyor/model-version", *LEGACY_LOCK_ANNOTATIONS)
+# "unchanged": a recovery (``Rollout.recover``) that found nothing left to do.
+RolloutDecision = Literal["created", "promoted", "rolled_back", "failed", "unchanged"]
 
 
 @dataclass(frozen=True)
@@ -269,17 +280,33 @@ class Rollout:
         self.services, self.plan, self.policy = services, settings.plan, settings.policy
         self.settings, self.manifest, self.run_id = settings, manifest, run_id
         self.progress = progress
-        self.clock, self.sleep, self.wall = clock, sleep, wall  # wall: Prometheus' time
+        self.clock, self.sleep, self.wall = clock, sleep, wall  # wall: Prometheus' and Leases'
         self.name = manifest["metadata"]["name"]
         model_uri = manifest["spec"]["predictor"]["model"]["storageUri"]
         self.result = RolloutResult("failed", "", self.name, services.namespace, model_uri)
         self.result.policy = self.policy
         self.judging = AnalysisRun(self.policy)
         self.prometheus = prometheus  # by default, the settings' URL's
+        self.leases = _sibling(services, "lease")
+        self.config_maps = _sibling(services, "config_map")
+        self.lease: RolloutLease | None = None  # held from the preflight on
+        self.snapshot: Snapshot | None = None
+        self._previous: LeaseRecord | None = None  # the Lease's record before this run
+        self._recovered = ""  # "rolled_back" when this run settled an earlier one
+        self._cleared: list[str] = []  # an earlier release's lock annotations, to remove
         self._canary_started = 0.0  # wall time the canary first took traffic
         self._deadline = 0.0
         self._known_failure: dict[str, Any] = {}  # lastFailureInfo before this rollout
         self.canary: Canary = KnativeCanary(services, self.name)  # set from the service's mode
+
+    @classmethod
+    def recovery(
+        cls, services: InferenceServices, name: str, settings: RolloutSettings, run_id: str,
+        progress: Callable[[str], None] = print,
+    ) -> Rollout:  # fmt: skip
+        """A rollout that only settles what an earlier run left unfinished (``recover``)."""
+        stub = {"metadata": {"name": name}, "spec": {"predictor": {"model": {"storageUri": ""}}}}
+        return cls(services, stub, settings, run_id, progress)
 
     def run(self) -> RolloutResult:
         """Creates or rolls out; returns the result when created or promoted, else raises
@@ -296,46 +323,149 @@ class Rollout:
             if current is None:
                 return self.result
             try:
-                self.services.patch_fresh(self.name, self._lock_patch)
-            except _Cancelled:
-                self._fail("the run was cancelled (SIGTERM) before the rollout started")
-            except (_Refused, ConveyorError) as error:  # the lock not taken: nothing to undo
-                self._fail(str(error))
-            try:
                 return self._advance()
             except _Cancelled:
                 reason = "the run was cancelled (SIGTERM)"
+            except LeaseLost as lost:  # another run holds the service now: hands off
+                self._fail(f"{lost}: stopped without touching {self.name} again")
             except Exception as error:  # noqa: BLE001 - whatever stops a canary sends it back
                 reason = _describe(error)
             self._roll_back(reason)
         raise RolloutFailed(self.result)
 
+    def recover(self) -> RolloutResult:
+        """Settles what an earlier run left unfinished (rolls its canary back, or notes that
+        it had promoted), and nothing else; raises RolloutFailed when that fails."""
+        self._deadline = self.clock() + 3 * self.plan.ready_timeout_s
+        try:
+            with _sigterm(signal.SIG_IGN):
+                current = self._take_lease()
+                if current is None:
+                    raise _Refused(f"there is no InferenceService {self.name} to recover")
+                try:
+                    self._settle(self._previous, current)
+                except BaseException as error:
+                    self._release_refused(error)
+                    raise
+                self.result.decision, self.result.reason = self._recovery_outcome()
+                self._release_quietly("finished", self.result.reason)
+        except (_Refused, _Abort, ConveyorError) as error:
+            self._fail(str(error))
+        return self.result
+
+    def _recovery_outcome(self) -> tuple[RolloutDecision, str]:
+        previous = self._previous
+        if previous is None or not previous.unfinished:
+            last = f" (run {previous.run}) finished" if previous else " left no record"
+            return "unchanged", f"nothing to recover: the last rollout{last}"
+        settled = f"recovered the rollout run {previous.run} left {previous.state}"
+        return ("rolled_back" if self._recovered else "unchanged"), settled
+
     # -- before any traffic moves ---------------------------------------------------------
 
     def _preflight(self) -> dict[str, Any] | None:
-        """The service, ready for a canary; None when created or already serving the model."""
-        current = self.services.get(self.name)
+        """The service, locked and ready for a canary, its spec saved; None when created or
+        already serving the model."""
+        current = self._take_lease()
         if current is None:
             self._create()
             return None
+        try:
+            current = self._settle(self._previous, current)
+            return self._ready_for_canary(current)
+        except BaseException as error:
+            self._release_refused(error)
+            raise
+
+    def _take_lease(self) -> dict[str, Any] | None:
+        """The service with this run holding its Lease; None when there is no service."""
+        current = self.services.get(self.name)
+        if current is None:
+            return None
         self.result.mode = deployment_mode(current)
         self.canary = self._canary_for(self.result.mode)
-        if LOCK_ANNOTATION in _annotations(current):
-            current = self._recover(current)
-        if serves(current, self.manifest["spec"]["predictor"], self.canary):
+        self.lease = RolloutLease(
+            self.leases, current, self.run_id, self._lease_duration_s(), self.wall
+        )
+        self._previous = self.lease.acquire()
+        self.services.before_write = self.lease.renew
+        return current
+
+    def _lease_duration_s(self) -> float:
+        """Longer than the longest wait between renewals: an interval (or a poll), a look's
+        queries and a call retried through an outage, twice over."""
+        return 2 * max(self.plan.interval_s, self.plan.poll_s) + 180
+
+    def _settle(self, previous: LeaseRecord | None, current: dict[str, Any]) -> dict[str, Any]:
+        """Finishes what a run that stopped left (its Lease's record unfinished): its
+        promotion stands if it had landed, else its canary is rolled back."""
+        self._recovered = ""
+        if previous is None or not previous.unfinished:
+            return current
+        run, state = previous.run, previous.state
+        snapshot = load_snapshot(self.config_maps, current, run)
+        if snapshot is None:
+            self.progress(f"run {run} stopped before it changed {self.name}: nothing to undo")
+            self.lease.adopt()
+            return current
+        if state == "promoting" and promotion_landed(current, snapshot.applied):
+            self.progress(f"run {run} had promoted its canary before it stopped: it stays")
+            self.lease.adopt()
+            return current
+        self.progress(f"found an unfinished rollout by run {run} ({state}): rolling it back first")
+        try:
+            self._restore(snapshot)
+        except LeaseLost:
+            raise
+        except (_Abort, ConveyorError) as error:
+            reason = f"the rollout run {run} left could not be rolled back: {error}"
+            self._release_quietly("rollback_failed", reason)
+            raise _Refused(f"{reason}; {self._recovery_hint()}") from None
+        self._recovered = "rolled_back"
+        self.lease.adopt()
+        return self.services.get(self.name) or current
+
+    def _ready_for_canary(self, current: dict[str, Any]) -> dict[str, Any] | None:
+        """The service when a canary can start (its spec saved first); None when it already
+        serves the model."""
+        applied = _without_percent(self.manifest["spec"]["predictor"])
+        if serves(current, applied, self.canary):
             self.result.stable_revision = self.canary.stable_revision(current)
             self._record(current, "promoted", "already serving this model at 100 %: nothing to do")
+            self._release_quietly("finished", self.result.reason)
             return None
         if not is_ready(current):
             raise _Refused(f"{self.name} is not Ready ({_not_ready_reason(current)}); fix it first")
-        predictor = self.manifest["spec"]["predictor"]
-        refusal = self.canary.refusal(current, predictor, self.prometheus is not None)
+        if not self.canary.settled(current):  # its spec is no stable one to roll back to
+            raise _Refused(
+                f"{self.name} has a canary in flight that no Conveyor rollout records "
+                f"({_split(current)}): settle it first (100 % to one revision)"
+            )
+        refusal = self.canary.refusal(current, applied, self.prometheus is not None)
         if refusal:
             raise _Refused(refusal)
         self._known_failure = last_failure(current)
         self.result.stable_revision = self.canary.stable_revision(current)
         self._try_queries()
+        self.services.check_write(self.name)  # a missing permission, before any change
+        self._save_snapshot(current, applied)
         return current
+
+    def _save_snapshot(self, current: dict[str, Any], applied: dict[str, Any]) -> None:
+        """The spec before the rollout, in the ConfigMap, before the first write to it."""
+        annotations = _annotations(current)
+        self._cleared = [key for key in LEGACY_LOCK_ANNOTATIONS if key in annotations]
+        kept = [key for key in self._owned_annotations() if key not in LEGACY_LOCK_ANNOTATIONS]
+        self.snapshot = Snapshot(
+            run=self.run_id,
+            stable_revision=self.result.stable_revision,
+            predictor=current["spec"]["predictor"],
+            applied=applied,
+            annotations={key: annotations[key] for key in kept if key in annotations},
+        )
+        self.result.snapshot = self.snapshot.as_dict()
+        self.lease.renew("rolling_out")
+        save_snapshot(self.config_maps, current, self.snapshot)
 
     def _try_queries(self) -> None:
         """Every query once, for the stable revision, before any traffic moves: a typo or
@@ -384,43 +514,20 @@ class Rollout:
             )
         return StandardCanary(self.services, self.name)
 
-    def _lock_patch(self, current: dict[str, Any]) -> dict[str, Any]:
-        """Lock and snapshot in one resourceVersion-checked write, so only one run wins."""
-        _refuse_foreign_lock(current, self.run_id, self.name)
-        annotations = _annotations(current)
-        self.result.snapshot = {
-            "predictor": current["spec"]["predictor"],
-            "stable_revision": self.result.stable_revision,
-            "annotations": {key: annotations.get(key) for key in self._model_annotations()},
-        }
-        # Outlives the longest rollout, its rollback included, so no one takes over early.
-        lease = self.plan.deadline_s + 3 * self.plan.ready_timeout_s
-        lock = {"run": self.run_id, "expires": time.time() + lease}
-        return _annotations_patch(
-            {
-                LOCK_ANNOTATION: json.dumps(lock),
-                SNAPSHOT_ANNOTATION: json.dumps(self.result.snapshot),
-            }
-        )
+    def _owned_annotations(self) -> list[str]:
+        """The service annotations a rollout sets (the manifest's) or clears (those earlier
+        releases wrote), always in the same write as the canary's spec."""
+        return list(dict.fromkeys([*self._rendered_annotations(), *LEGACY_ANNOTATIONS]))
 
-    def _recover(self, current: dict[str, Any]) -> dict[str, Any]:
-        """Finishes what a dead run (a crash, or an expired lease) left: its lock released
-        if its canary was already promoted, else its canary rolled back."""
-        _refuse_foreign_lock(current, self.run_id, self.name)
-        run = (_annotation_json(current, LOCK_ANNOTATION) or {}).get("run", "?")
-        if self.canary.settled(current):
-            self.progress(f"run {run} had promoted its canary before it stopped: unlocking")
-            return self._release_lock()
-        snapshot = _annotation_json(current, SNAPSHOT_ANNOTATION)
-        if not snapshot:
-            raise _Refused(
-                f"{self.name} has a rollout lock from run {run} but no snapshot to roll back "
-                f"to: check it, then remove the {LOCK_ANNOTATION} annotation"
-            )
-        self.progress(f"found an unfinished rollout by run {run}: rolling it back first")
-        with _sigterm(signal.SIG_IGN):
-            self._restore(snapshot)
-        return self.services.get(self.name) or current
+    def _rendered_annotations(self) -> dict[str, str]:
+        return self.manifest["metadata"].get("annotations", {})
+
+    def _canary_annotations(self) -> dict[str, str | None]:
+        """The annotation changes that go with the canary's spec: the manifest's, and those
+        earlier releases kept on the service removed."""
+        rendered = self._rendered_annotations()
+        removed = [*self.snapshot.annotations, *self._cleared]
+        return {**{key: rendered.get(key) for key in removed}, **rendered}
 
     # -- canary steps -------------------------------------------------------------------
 
@@ -428,9 +535,10 @@ class Rollout:
         for index, percent in enumerate(self.plan.steps):
             if index == 0:
                 self.progress(f"applying {self.result.model_uri} as a canary at {percent} %")
-                predictor = self.manifest["spec"]["predictor"]
-                stable = self.result.stable_revision
-                canary = self.canary.start(predictor, stable, percent, self._wait)
+                canary = self.canary.start(
+                    self.snapshot.applied, self._canary_annotations(),
+                    self.result.stable_revision, percent, self._wait,
+                )  # fmt: skip
                 self.result.canary_revision = canary
                 self._canary_started = self.wall()
             else:
@@ -455,6 +563,7 @@ class Rollout:
                 return
 
     def _look(self, percent: int) -> Look:
+        self.lease.heartbeat()  # a look's queries may take a while
         now = self.wall()
         elapsed = now - self._canary_started
         if self.prometheus is None:
@@ -473,13 +582,14 @@ class Rollout:
         return Look(percent, elapsed, judgement, self.judging.decide(judgement, warming_up))
 
     def _promote(self) -> RolloutResult:
-        """100 % to the canary, with the model's annotations: only now is it the model served."""
+        """100 % to the canary: a traffic change, so its revision is the one analysed."""
         canary = self.result.canary_revision
-        annotations = self.manifest["metadata"].get("annotations", {})
         self.progress(f"promoting {canary} to 100 %")
-        status = self.canary.promote(canary, annotations, self._wait)
-        self._release_lock()
-        self._record(status, "promoted", self._promoted_reason())
+        self.lease.state = "promoting"  # recorded by the renewal before the write
+        with self._patience():  # a good canary is not rolled back for an API blip
+            status = self.canary.promote(canary, self._wait)
+            self._record(status, "promoted", self._promoted_reason())
+            self._release_quietly("finished", self.result.reason)
         return self.result
 
     def _promoted_reason(self) -> str:
@@ -495,38 +605,76 @@ class Rollout:
     # -- rollback -----------------------------------------------------------------------
 
     def _roll_back(self, reason: str) -> None:
+        with _sigterm(signal.SIG_IGN):  # a second SIGTERM must not stop it half done
+            self._roll_back_now(reason)
+
+    def _roll_back_now(self, reason: str) -> None:
         self.progress(f"rolling back {self.name}: {reason}")
         try:
-            with _sigterm(signal.SIG_IGN):  # a second SIGTERM must not stop it half done
-                self._restore(self.result.snapshot)
+            self._restore(self.snapshot)
+        except LeaseLost as lost:
+            self.result.decision = "failed"
+            self.result.reason = f"{reason}; the rollback stopped: {lost}"
+            return
         except (_Abort, ConveyorError) as error:
             self.result.decision = "failed"
             self.result.reason = (
-                f"{reason}; the rollback failed too ({error}): the lock and snapshot stay on "
-                f"{self.name}, and a re-run with run id {self.run_id} finishes the rollback"
+                f"{reason}; the rollback failed too ({error}): {self.name} may still send "
+                f"traffic to the canary; {self._recovery_hint()}"
             )
+            self._release_quietly("rollback_failed", self.result.reason)
             return
         self.result.decision, self.result.reason = "rolled_back", reason
+        self._release_quietly("finished", f"rolled back: {reason}")
 
-    def _restore(self, snapshot: dict[str, Any]) -> None:
-        """The spec before the rollout back in place with all traffic, then the lock released."""
+    def _restore(self, snapshot: Snapshot) -> None:
+        """The fields the rollout changed put back as they were, with all traffic on them;
+        API outages are outlasted for as long as the readiness timeout."""
         self._deadline = max(self._deadline, self.clock() + 3 * self.plan.ready_timeout_s)
-        self.progress(
-            f"restoring the spec before the rollout (stable {snapshot['stable_revision']})"
+        self.lease.state = "rolling_back"
+        self.progress(f"restoring the spec before the rollout (stable {snapshot.stable_revision})")
+        with _sigterm(signal.SIG_IGN), self._patience():  # no stop half done
+            self.canary.restore(
+                snapshot, lambda what, done: self._wait(what, done, fail_fast=False)
+            )
+
+    @contextlib.contextmanager
+    def _patience(self) -> Iterator[None]:
+        """Every API call retried through outages as long as the readiness timeout."""
+        with contextlib.ExitStack() as stack:
+            for api in (self.services, self.leases, self.config_maps):
+                stack.enter_context(api.patience(self.plan.ready_timeout_s))
+            yield
+
+    def _recovery_hint(self) -> str:
+        return (
+            f"the Lease {lease_name(self.name)} records it, and the next deploy (or `conveyor "
+            f"rollout --recover {self.name} --namespace {self.services.namespace}`) rolls it "
+            "back first"
         )
-        self.canary.restore(snapshot, lambda what, done: self._wait(what, done, fail_fast=False))
-        self._release_lock(snapshot.get("annotations", {}))
 
-    # -- writes and waits ---------------------------------------------------------------
+    def _release_refused(self, error: BaseException) -> None:
+        """Releases the Lease after a refusal; what an earlier run left unsettled, or a
+        failed rollback, stays recorded for the next run."""
+        lease = self.lease
+        if lease is None or lease.state == "rollback_failed":
+            return
+        if lease.record_run != self.run_id:  # the earlier run's record, carried on
+            self._release_quietly(lease.state, lease.reason)
+        else:
+            self._release_quietly("finished", f"refused: {_describe(error)}")
 
-    def _release_lock(self, restored: dict[str, str | None] | None = None) -> dict[str, Any]:
-        """Drops the lock and snapshot, and puts back ``restored`` annotations (a rollback's)."""
-        annotations = {**(restored or {}), LOCK_ANNOTATION: None, SNAPSHOT_ANNOTATION: None}
-        return self.services.patch_fresh(self.name, lambda _: _annotations_patch(annotations))
+    def _release_quietly(self, state: State, reason: str) -> None:
+        """Releases the Lease; an outage or a lost Lease only delays the next run (the
+        Lease expires, and its record still says what was left)."""
+        if self.lease is None:
+            return
+        try:
+            self.lease.release(state, first_line(reason))
+        except ConveyorError as error:
+            self.progress(f"could not release the Lease {self.lease.name}: {error}")
 
-    def _model_annotations(self) -> list[str]:
-        """The annotations naming the model served, which move with a promotion."""
-        return list(self.manifest["metadata"].get("annotations", {}))
+    # -- waits ----------------------------------------------------------------------------
 
     def _wait(
         self, what: str, done: Callable[[dict[str, Any]], bool], fail_fast: bool = True
@@ -534,7 +682,10 @@ class Rollout:
         """Polls until ``done`` holds; with ``fail_fast``, stops when the new revision failed."""
         started = self.clock()
         while True:
-            current = self.services.get(self.name) or {}
+            try:
+                current = self.services.get(self.name) or {}
+            except Unavailable:  # an outage: not done yet, until the timeout says otherwise
+                current = {}
             stable = self.result.stable_revision
             failure = fail_fast and self.canary.failure(current, stable, self._known_failure)
             if failure:
@@ -551,6 +702,8 @@ class Rollout:
                 f"; last look: {self.result.looks[-1].decision.reason}" if self.result.looks else ""
             )
             raise _Abort(f"the rollout passed its deadline of {self.plan.deadline_s:g} s{last}")
+        if self.lease is not None:
+            self.lease.heartbeat()
         self.sleep(seconds)
 
     def _record(self, status: dict[str, Any], decision: RolloutDecision, reason: str) -> None:
@@ -563,16 +716,28 @@ class Rollout:
         raise RolloutFailed(self.result)
 
 
+def _sibling(services: InferenceServices, kind: str) -> Objects:
+    """Objects of ``kind`` reached as ``services`` reaches InferenceServices."""
+    return Objects(
+        services.client, services.namespace, kind, retry_s=services.retry_s,
+        backoff_s=services.backoff_s, timeout_s=services.timeout_s, sleep=services.sleep,
+        clock=services.clock,
+    )  # fmt: skip
+
+
 # -- reading an InferenceService ---------------------------------------------------------
 
 
 def _annotations(service: dict[str, Any]) -> dict[str, str]:
-    return service.get("metadata", {}).get("annotations", {})
+    return service.get("metadata", {}).get("annotations") or {}
 
 
-def _annotation_json(service: dict[str, Any], key: str) -> dict[str, Any] | None:
-    text = _annotations(service).get(key)
-    return json.loads(text) if text else None
+def _split(service: dict[str, Any]) -> str:
+    status = service.get("status", {})
+    entries = status.get("components", {}).get("predictor", {}).get("traffic") or []
+    split = ", ".join(f"{e['revisionName']} {e.get('percent', 0)} %" for e in entries)
+    canaries = [entry["name"] for entry in status.get("canaryStatuses") or []]
+    return split or f"spec.canary: {', '.join(canaries) or 'set'}"
 
 
 def _not_ready_reason(service: dict[str, Any]) -> str:
@@ -581,24 +746,16 @@ def _not_ready_reason(service: dict[str, Any]) -> str:
     return first_line(ready.get("message") or ready.get("reason") or "no Ready condition yet")
 
 
-def _refuse_foreign_lock(service: dict[str, Any], run_id: str, name: str) -> None:
-    lock = _annotation_json(service, LOCK_ANNOTATION)
-    if lock and lock["run"] != run_id and lock["expires"] > time.time():
-        until = datetime.fromtimestamp(lock["expires"], UTC).isoformat(timespec="seconds")
-        raise _Refused(
-            f"{name} is being rolled out by run {lock['run']} (lock held until {until}); "
-            "wait for it to finish"
-        )
+def _without_percent(predictor: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in predictor.items() if key != "canaryTrafficPercent"}
 
 
 def _describe(error: BaseException) -> str:
-    if isinstance(error, ConveyorError | _Abort):
+    if isinstance(error, ConveyorError | _Abort | _Refused):
         return str(error)
+    if isinstance(error, _Cancelled):
+        return "the run was cancelled (SIGTERM)"
     return f"{type(error).__name__}: {first_line(error)}"
-
-
-def _annotations_patch(annotations: dict[str, str | None]) -> dict[str, Any]:
-    return {"metadata": {"annotations": dict(annotations)}}
 
 
 # -- signals ------------------------------------------------------------------------------
@@ -702,13 +859,15 @@ def describe_plan(manifest: dict[str, Any], settings: RolloutSettings) -> str:
     source = f"Prometheus at {settings.prometheus_url}" if settings.prometheus_url else "no URL"
     lines = [
         f"if {name} does not exist: create it and wait until it is Ready (decision: created)",
-        f"else: lock it, snapshot its spec, and send the new model {', then '.join(steps)} of "
+        f"else: take its Lease {lease_name(name)}, save its spec in the ConfigMap of that "
+        f"name, and send the new model {', then '.join(steps)} of "
         f"traffic, looking at the canary every {plan.interval_s:g} s (the first interval is "
         "warm-up) until each step passes",
         "  Knative mode: as canaryTrafficPercent; Standard mode: as a spec.canary entry "
         "(analysis required); ModelMesh, or Standard without spec.canary: refused",
         "promote when every step passes; otherwise roll back (Knative: 0 %, stable checked at "
-        "100 %, the snapshot re-applied at 0 % until ready; Standard: the entry dropped)",
+        "100 %, the fields the rollout changed put back at 0 % until ready; Standard: the "
+        "entry dropped)",
         f"deadline {plan.deadline_s:g} s; readiness timeout {plan.ready_timeout_s:g} s",
         f"judged from {source}:",
         *describe_policy(settings.policy),

@@ -1,8 +1,12 @@
 """Conveyor's KServe predictor: serves a model directory written by the register step.
 
 Run it as ``python -m components.core.serving --model_name NAME --model_dir DIR``
-(KServe's own flags, such as ``--http_port``, work too). It refuses to start when
-``model.joblib`` is not the file the model card's sha256 names, and answers KServe's V1 and
+(KServe's own flags, such as ``--http_port``, work too). Before anything is unpickled it
+refuses, in one line and with a non-zero exit, a ``model.json`` of a newer format than it
+reads or with unknown or mistyped keys, a ``model_file`` outside the model directory, and
+a model file whose sha256 differs from the card's or from ``--model_sha256``
+(``CONVEYOR_MODEL_SHA256``: the registry's sha256, which deploy sets on the predictor, so a
+bucket whose model and card were both replaced is refused too). It answers KServe's V1 and
 V2 (Open Inference) REST protocols, REST only and in one process: KServe's gRPC server and
 its multi-process mode (``--workers`` above 1) would bypass the metrics below, so
 ``--enable_grpc true`` and ``--workers 2`` are refused (scale with replicas). It binds
@@ -16,9 +20,9 @@ output; 413 for a body over ``--max_request_bytes`` (``CONVEYOR_MAX_REQUEST_BYTE
 server failed (500: the model raised). The connection stays usable after either.
 
 ``/metrics`` exports, for the canary analysis (``components.core.serving_http`` keeps them),
-by ``revision`` (Knative's ``K_REVISION``, see ``revision_label``) and ``model`` (the served
-name; requests naming another model are counted under ``_unknown``, so a client cannot
-create series at will):
+by ``revision`` (Knative's ``K_REVISION``, or the Deployment's name in Standard mode: see
+``revision_label``) and ``model`` (the served name; requests naming another model are
+counted under ``_unknown``, so a client cannot create series at will):
 
 - ``conveyor_inference_requests_total{model, revision, code}``: inference requests by HTTP
   status code; the codes this server answers start at 0 for the served model.
@@ -88,9 +92,10 @@ from components.core.serving_http import (
     ServingMetrics,
     record_answered,
 )
-from components.core.training import TrainedModel, load_model_dir
+from components.core.training import MODEL_SHA256_ENV, TrainedModel, is_sha256, load_model_dir
 
 __all__ = [
+    "APP_LABEL_FILE_ENV",
     "DEFAULT_MAX_REQUEST_BYTES",
     "LATENCY_BUCKETS_ENV",
     "MAX_REQUEST_BYTES_ENV",
@@ -104,21 +109,34 @@ __all__ = [
 MAX_REQUEST_BYTES_ENV = "CONVEYOR_MAX_REQUEST_BYTES"
 DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
 LATENCY_BUCKETS_ENV = "CONVEYOR_LATENCY_BUCKETS"
+# The file holding the pod's ``app`` label, which the ServingRuntime's downward API volume
+# writes. A volume, not an env var: Knative refuses env fieldRefs unless a cluster enables
+# its kubernetes.podspec-fieldref feature, and the same runtime serves both modes.
+APP_LABEL_FILE_ENV = "CONVEYOR_APP_LABEL_FILE"
+# KServe's Standard-mode pod label is this prefix and the Deployment's name.
+STANDARD_APP_LABEL_PREFIX = "isvc."
 OUTPUTS = ("predictions", "probabilities")
 
 
 class ConveyorModel(Model):
     """A KServe model answering V1 and V2 requests from a Conveyor model directory."""
 
-    def __init__(self, name: str, model_dir: Path, payload_log: PayloadLog | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        model_dir: Path,
+        payload_log: PayloadLog | None = None,
+        pinned_sha256: str = "",
+    ) -> None:
         super().__init__(name)
         self.model_dir = model_dir
         self.model: TrainedModel | None = None
         self.payload_log = payload_log
+        self.pinned_sha256 = pinned_sha256
         self._label_type = "BYTES"
 
     def load(self) -> bool:
-        self.model = load_model_dir(self.model_dir)
+        self.model = load_model_dir(self.model_dir, self.pinned_sha256)
         self._label_type = _v2_datatype(np.asarray(self.model.card.classes))
         self.ready = True
         return self.ready
@@ -210,13 +228,33 @@ def _inference_request(body: bytes) -> InferenceRequest:
 
 
 def revision_label(environment: Mapping[str, str]) -> str:
-    """The revision requests are counted under: Knative's ``K_REVISION``; in Standard mode
-    the Deployment's name, from ``POD_NAME`` (``<deployment>-<replica set>-<pod>``, which
-    the ServingRuntime passes from the downward API); else ``local``."""
+    """The revision requests are counted under, as the canary analysis queries it.
+
+    Knative's ``K_REVISION`` where set. In Standard (RawDeployment) mode, the Deployment's
+    name: KServe labels the pods of each Deployment it creates ``app: isvc.<deployment>``
+    (``createRawDefaultDeployment`` in KServe's
+    ``pkg/controller/v1beta1/inferenceservice/reconcilers/deployment/deployment_reconciler.go``,
+    the prefix from ``GetRawServiceLabel`` in ``pkg/constants/constants.go``), and the
+    ServingRuntime's downward API volume writes that label to the file
+    ``CONVEYOR_APP_LABEL_FILE`` names. A label value is at most 63 characters, so this holds
+    for every name KServe can deploy, where the pod's name (which Kubernetes truncates for
+    long Deployment names) did not. Otherwise ``local``.
+    """
     if environment.get("K_REVISION"):
         return environment["K_REVISION"]
-    parts = environment.get("POD_NAME", "").rsplit("-", 2)
-    return parts[0] if len(parts) == 3 and all(parts) else "local"
+    label = _app_label(environment.get(APP_LABEL_FILE_ENV, ""))
+    deployment = label.removeprefix(STANDARD_APP_LABEL_PREFIX)
+    return deployment if label.startswith(STANDARD_APP_LABEL_PREFIX) and deployment else "local"
+
+
+def _app_label(path: str) -> str:
+    """The label the downward API wrote to ``path``; empty without one (not in a pod)."""
+    if not path:
+        return ""
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
 
 
 def parse_latency_buckets(text: str) -> tuple[float, ...]:
@@ -400,6 +438,12 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--http_host", default="0.0.0.0", help="The address to listen on.")
     parser.add_argument(
+        "--model_sha256",
+        default=os.environ.get(MODEL_SHA256_ENV, ""),
+        help="The registry's sha256 of the model file; any other file is refused, whatever "
+        f"model.json says (default: ${MODEL_SHA256_ENV}; empty checks model.json's only).",
+    )
+    parser.add_argument(
         "--max_request_bytes",
         default=os.environ.get(MAX_REQUEST_BYTES_ENV, str(DEFAULT_MAX_REQUEST_BYTES)),
         help=f"Larger request bodies get 413 (default: ${MAX_REQUEST_BYTES_ENV}, else 4 MiB).",
@@ -426,6 +470,11 @@ def _check_options(arguments: argparse.Namespace) -> tuple[int, tuple[float, ...
             "multi-process mode re-imports the app without Conveyor's metrics middleware, so "
             "each worker would count nothing. Scale with replicas instead"
         )
+    if arguments.model_sha256 and not is_sha256(arguments.model_sha256):
+        raise ConveyorError(
+            f"--model_sha256 {arguments.model_sha256!r} (or ${MODEL_SHA256_ENV}): expected the "
+            "registry's sha256 of the model file, 64 lower-case hex digits"
+        )
     text = str(arguments.max_request_bytes).strip()
     if not text.isdigit() or int(text) <= 0:
         raise ConveyorError(
@@ -437,7 +486,7 @@ def _check_options(arguments: argparse.Namespace) -> tuple[int, tuple[float, ...
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Loads the model (checking its sha256) and serves it until terminated."""
+    """Loads the model (checking its card and sha256 first) and serves it until terminated."""
     arguments = _arguments(sys.argv[1:] if argv is None else argv)
     try:
         max_request_bytes, latency_buckets = _check_options(arguments)
@@ -448,7 +497,9 @@ def main(argv: list[str] | None = None) -> None:
         payload_log = PayloadLog(arguments.payload_log, revision) if arguments.payload_log else None
     except (ImportError, ValueError) as error:  # a filesystem not installed, or no such
         raise SystemExit(f"serving: --payload_log {arguments.payload_log}: {error}") from None
-    model = ConveyorModel(arguments.model_name, arguments.model_dir, payload_log)
+    model = ConveyorModel(
+        arguments.model_name, arguments.model_dir, payload_log, arguments.model_sha256
+    )
     try:
         model.load()
     except (ConveyorError, OSError) as error:

@@ -2,8 +2,15 @@
 
 The directory holds ``model.joblib`` (what KServe's sklearn format loads; only
 scikit-learn classes are pickled, so no Conveyor code is needed to load it) and
-``model.json``, the model card: sha256 of ``model.joblib``, features, classes and
-the library versions the model was trained with.
+``model.json``, the model card: its ``format_version``, sha256 of ``model.joblib``,
+features, classes and the library versions the model was trained with.
+
+Loading unpickles ``model.joblib``, which runs whatever code the pickle names, so
+``load_model_dir`` checks everything it can first: the card must be of a format this code
+knows (a newer one is refused, as are unknown or mistyped keys), ``model_file`` must lie
+inside the directory, and the file's sha256 must equal the card's and, when the caller
+pins one (the model server does from ``CONVEYOR_MODEL_SHA256``), the registry's: whoever
+can write the model bucket can rewrite ``model.json`` too, but not the registry.
 """
 
 from __future__ import annotations
@@ -11,11 +18,12 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import metadata
 from numbers import Integral, Real
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Any, get_args
 
 import joblib
 import pandas as pd
@@ -31,18 +39,23 @@ from components.core import tracking
 from components.core.data import read_parquet
 from components.core.errors import ConveyorError, first_line, plain
 from components.core.metrics import score
-from components.core.schema import column_kind, infer_schema
+from components.core.schema import Kind, column_kind, infer_schema
 
 __all__ = [
     "ESTIMATORS",
     "MODEL_CARD",
     "MODEL_FILE",
+    "MODEL_FORMAT_VERSION",
+    "MODEL_SHA256_ENV",
+    "Feature",
     "ModelCard",
     "TrainResult",
     "TrainedModel",
     "fit_classifier",
+    "is_sha256",
     "load_model_dir",
     "mlflow_run_id",
+    "read_model_card",
     "save_model_dir",
     "sha256_file",
     "train_model",
@@ -50,6 +63,14 @@ __all__ = [
 
 MODEL_FILE = "model.joblib"
 MODEL_CARD = "model.json"
+# The registry's sha256 of the model file, set on the predictor by deploy: the model
+# directory's own card cannot vouch for a file whoever writes the bucket may also replace.
+MODEL_SHA256_ENV = "CONVEYOR_MODEL_SHA256"
+# The newest model.json format this code reads and the one it writes. A card without
+# format_version was written before the key existed: format 1. New keys (importances,
+# scores, ...) come with a new format, so an older server refuses what it cannot read.
+MODEL_FORMAT_VERSION = 1
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 # Estimator name -> (class, defaults Conveyor applies before the user's hyperparameters).
 ESTIMATORS: dict[str, tuple[type[BaseEstimator], dict[str, Any]]] = {
@@ -62,14 +83,47 @@ _LIBRARIES = ("scikit-learn", "pandas", "numpy", "joblib", "conveyor")
 
 @dataclass(frozen=True)
 class Feature:
+    """One input column of the model.
+
+    Attributes:
+        name: The column's name in the training table.
+        kind: ``numeric`` or ``categorical`` (how the preprocessor treats it).
+        dtype: The column's pandas dtype at training, as text.
+    """
+
     name: str
     kind: str
     dtype: str
 
+    def __post_init__(self) -> None:
+        for key in ("name", "kind", "dtype"):
+            if not isinstance(getattr(self, key), str):
+                raise ConveyorError(f"{key} {_shown(getattr(self, key))}: expected a string")
+        if self.kind not in FEATURE_KINDS:
+            raise ConveyorError(f"kind {self.kind!r}: expected one of {', '.join(FEATURE_KINDS)}")
 
-@dataclass
+
+FEATURE_KINDS: tuple[str, ...] = get_args(Kind)
+
+
+@dataclass(frozen=True)
 class ModelCard:
-    """What a model directory holds and how it was made (``model.json``)."""
+    """What a model directory holds and how it was made (``model.json``); checks itself.
+
+    Attributes:
+        estimator: The estimator's name (a key of ``ESTIMATORS``).
+        hyperparameters: The user's hyperparameters, as the estimator took them.
+        target: The label column.
+        classes: The classes the model predicts, in its order.
+        features: The input columns, in training order.
+        seed: The seed training used.
+        sha256: sha256 of the model file; empty until the directory is written.
+        framework: The model format KServe serves it as.
+        model_file: The pickled pipeline's file name, inside the model directory.
+        versions: Library versions at training (python, scikit-learn, ...).
+        name: The registered model's name (empty in cards written before it was kept).
+        format_version: The card's format; a reader refuses one newer than it knows.
+    """
 
     estimator: str
     hyperparameters: dict[str, Any]
@@ -81,16 +135,141 @@ class ModelCard:
     framework: str = "sklearn"
     model_file: str = MODEL_FILE
     versions: dict[str, str] = field(default_factory=dict)
-    name: str = ""  # the registered model's name (empty in cards written before it was kept)
+    name: str = ""
+    format_version: int = MODEL_FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        _check_format_version(self.format_version)
+        for key, (kinds, expected) in _CARD_TYPES.items():
+            value = getattr(self, key)
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                raise ConveyorError(f"key {key!r} holds {_shown(value)}: expected {expected}")
+        if not all(isinstance(feature, Feature) for feature in self.features):
+            raise ConveyorError("key 'features' holds something other than features")
+        if not all(isinstance(value, str) for value in self.versions.values()):
+            raise ConveyorError("key 'versions' holds a version that is not a string")
+        if self.sha256 and not is_sha256(self.sha256):
+            raise ConveyorError(
+                f"key 'sha256' holds {_shown(self.sha256)}: expected 64 lower-case hex digits"
+            )
+        _check_model_file(self.model_file)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, default=str)
 
     @classmethod
-    def from_json(cls, text: str) -> ModelCard:
-        data = json.loads(text)
-        data["features"] = [Feature(**feature) for feature in data["features"]]
-        return cls(**data)
+    def from_json(cls, text: str, where: str = MODEL_CARD) -> ModelCard:
+        """The card ``text`` holds; ConveyorError naming ``where`` and the key at fault."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ConveyorError(f"{where}: not JSON ({error})") from None
+        if not isinstance(data, dict):
+            raise ConveyorError(f"{where}: expected a JSON object (a model card)")
+        try:
+            return cls._from_dict(data)
+        except ConveyorError as error:
+            raise ConveyorError(f"{where}: {error}") from None
+
+    @classmethod
+    def _from_dict(cls, data: dict[str, Any]) -> ModelCard:
+        version = data.get("format_version", 1)  # cards from before the key: format 1
+        _check_format_version(version)
+        _check_keys(data, [f.name for f in fields(cls)], _REQUIRED_KEYS, "")
+        features = data["features"]
+        if not isinstance(features, list):
+            raise ConveyorError(f"key 'features' holds {_shown(features)}: expected a list")
+        return cls(**{**data, "format_version": version, "features": _features(features)})
+
+    def model_path(self, directory: Path) -> Path:
+        """The model file, refused unless it lies inside ``directory`` once symlinks are
+        followed (a card could otherwise have the server unpickle any file it can read)."""
+        path = directory / self.model_file
+        if not path.resolve().is_relative_to(directory.resolve()):
+            raise ConveyorError(
+                f"{directory / MODEL_CARD}: model_file {self.model_file!r} resolves to "
+                f"{path.resolve()}, outside the model directory; refusing to load it"
+            )
+        return path
+
+
+# The key a card's field is read from -> the JSON types it may hold and how to say so.
+_CARD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "estimator": ((str,), "a string"),
+    "hyperparameters": ((dict,), "an object"),
+    "target": ((str,), "a string"),
+    "classes": ((list,), "a list"),
+    "features": ((list,), "a list"),
+    "seed": ((int,), "an integer"),
+    "sha256": ((str,), "a string"),
+    "framework": ((str,), "a string"),
+    "model_file": ((str,), "a string"),
+    "versions": ((dict,), "an object"),
+    "name": ((str,), "a string"),
+    "format_version": ((int,), "an integer"),
+}
+_REQUIRED_KEYS = ("estimator", "hyperparameters", "target", "classes", "features", "seed")
+
+
+def _check_format_version(version: Any) -> None:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ConveyorError(
+            f"key 'format_version' holds {_shown(version)}: expected a positive integer"
+        )
+    if version > MODEL_FORMAT_VERSION:
+        raise ConveyorError(
+            f"server too old for model format {version}: this Conveyor reads model formats "
+            f"up to {MODEL_FORMAT_VERSION}; serve it with the release that trained it or later"
+        )
+
+
+def _check_keys(data: dict[str, Any], known: list[str], required: tuple[str, ...], at: str) -> None:
+    """Refuses an unknown key (a newer format would have said so) or a missing one."""
+    unknown = [key for key in data if key not in known]
+    if unknown:
+        raise ConveyorError(
+            f"unknown key {at + unknown[0]!r} in a format-{MODEL_FORMAT_VERSION} model card "
+            f"(known: {', '.join(known)})"
+        )
+    missing = [key for key in required if key not in data]
+    if missing:
+        raise ConveyorError(f"no key {at + missing[0]!r}; a model card written by train has it")
+
+
+def _features(entries: list[Any]) -> list[Feature]:
+    features = []
+    for index, entry in enumerate(entries):
+        at = f"features[{index}]."
+        if not isinstance(entry, dict):
+            raise ConveyorError(f"key {at[:-1]!r} holds {_shown(entry)}: expected an object")
+        keys = ("name", "kind", "dtype")
+        _check_keys(entry, list(keys), keys, at)
+        try:
+            features.append(Feature(**entry))
+        except ConveyorError as error:
+            raise ConveyorError(f"key {at[:-1]!r}: {error}") from None
+    return features
+
+
+def _check_model_file(name: str) -> None:
+    """A plain relative name: not absolute and no ``..``; ``model_path`` checks symlinks."""
+    path = PurePosixPath(name.replace("\\", "/"))  # a Windows separator is one too
+    if not path.parts or path.is_absolute() or ".." in path.parts:
+        raise ConveyorError(
+            f"key 'model_file' holds {_shown(name)}: expected a file name inside the model "
+            "directory (relative, without '..')"
+        )
+
+
+def _shown(value: Any) -> str:
+    """``value`` as a card's message shows it: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def is_sha256(text: object) -> bool:
+    """Whether ``text`` is a sha256 as Conveyor writes it: 64 lower-case hex digits."""
+    return isinstance(text, str) and _SHA256.fullmatch(text) is not None
 
 
 @dataclass(frozen=True)
@@ -126,7 +305,7 @@ def train_model(
     client = tracking.connect(tracking_uri)  # before the work: a bad URI fails fast
     train_split = read_parquet(train_path)
     model = fit_classifier(train_split, target, estimator, hyperparameters, seed)
-    model.card.name = model_name
+    model = TrainedModel(model.pipeline, replace(model.card, name=model_name))
     metrics = score(model.pipeline, train_split, target, positive_class).metrics
     card = save_model_dir(model, model_dir)
     params = {"estimator": estimator, "seed": seed, "target": target, **card.hyperparameters}
@@ -186,27 +365,67 @@ def fit_classifier(
 
 
 def save_model_dir(model: TrainedModel, directory: Path) -> ModelCard:
-    """Writes ``model.joblib`` and ``model.json`` (holding the joblib file's sha256)."""
+    """Writes ``model.joblib`` and ``model.json`` (holding the joblib file's sha256 and the
+    current ``format_version``); returns the card written."""
     directory.mkdir(parents=True, exist_ok=True)
     joblib.dump(model.pipeline, directory / MODEL_FILE)
-    model.card.sha256 = sha256_file(directory / MODEL_FILE)
-    (directory / MODEL_CARD).write_text(model.card.to_json())
-    return model.card
+    card = replace(
+        model.card,
+        sha256=sha256_file(directory / MODEL_FILE),
+        model_file=MODEL_FILE,
+        format_version=MODEL_FORMAT_VERSION,
+    )
+    (directory / MODEL_CARD).write_text(card.to_json())
+    return card
 
 
-def load_model_dir(directory: Path) -> TrainedModel:
-    """Loads a model directory, refusing a ``model.joblib`` whose sha256 differs from the card's."""
-    card = ModelCard.from_json((directory / MODEL_CARD).read_text())
-    actual = sha256_file(directory / card.model_file)
+def read_model_card(directory: Path) -> ModelCard:
+    """The card of a model directory; ConveyorError naming its file and what is wrong."""
+    path = directory / MODEL_CARD
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConveyorError(f"{path}: cannot read it ({error.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConveyorError(f"{path}: not UTF-8 text (a model card is JSON)") from None
+    return ModelCard.from_json(text, where=str(path))
+
+
+def load_model_dir(directory: Path, pinned_sha256: str = "") -> TrainedModel:
+    """Loads a model directory, checking everything before anything is unpickled.
+
+    Args:
+        directory: The model directory (``model.json`` and the file it names).
+        pinned_sha256: The registry's sha256 of the model file, which the file must have
+            whatever the card says; empty checks the card's sha256 only.
+
+    Raises:
+        ConveyorError: The card is unreadable, newer than this code or malformed; its
+            ``model_file`` lies outside ``directory``; or the file's sha256 differs from
+            the pinned one or the card's.
+    """
+    if pinned_sha256 and not is_sha256(pinned_sha256):
+        raise ConveyorError(
+            f"the pinned sha256 {_shown(pinned_sha256)} is not 64 lower-case hex digits"
+        )
+    card = read_model_card(directory)
+    path = card.model_path(directory)
+    actual = sha256_file(path)
+    if pinned_sha256 and actual != pinned_sha256:
+        raise ConveyorError(
+            f"{path}: sha256 {actual[:12]}... is not the registry's {pinned_sha256[:12]}... "
+            f"(${MODEL_SHA256_ENV}), whatever {MODEL_CARD} says; refusing to load it"
+        )
     if actual != card.sha256:
         raise ConveyorError(
-            f"{directory / card.model_file}: sha256 {actual[:12]}... does not match "
+            f"{path}: sha256 {actual[:12]}... does not match "
             f"{card.sha256[:12]}... recorded at training; refusing to load"
         )
-    return TrainedModel(joblib.load(directory / card.model_file), card)
+    return TrainedModel(joblib.load(path), card)
 
 
 def sha256_file(path: Path) -> str:
+    """The file's sha256 as 64 lower-case hex digits, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with path.open("rb") as file:
         for block in iter(lambda: file.read(1 << 20), b""):

@@ -3,11 +3,38 @@
 ``KubernetesApiDouble`` serves InferenceServices over HTTP the way the real API server
 does (bearer-token auth, resourceVersion concurrency, merge and JSON patches, watches,
 ``Status`` errors, strict validation against KServe's own CRD schema), so code using the
-``kubernetes`` client runs against it unchanged. A background thread plays the KServe
-controller: in Knative (formerly Serverless) mode each predictor change becomes a Knative revision that gets
-ready (or fails) after a delay, and ``canaryTrafficPercent`` splits traffic between it and
-the last rolled-out revision. Tests inject faults: RBAC denials, transient 5xx answers,
-and another writer racing each write.
+``kubernetes`` client runs against it unchanged. It also serves the two built-in kinds a
+rollout keeps its own state in, ``coordination.k8s.io/v1`` Leases and ``v1`` ConfigMaps,
+garbage-collected with the InferenceService that owns them.
+
+A background thread plays the KServe controller. In Knative (formerly Serverless) mode
+every change of the *revision template* becomes a new Knative revision that gets ready
+(or fails) after a delay, and ``canaryTrafficPercent`` splits traffic between the newest
+ready revision and the last rolled-out one. The template is what KServe builds it from
+(checked against KServe's source at v0.20.0 and master as of 2026-08, commit aaac4e294):
+
+- ``pkg/controller/v1beta1/inferenceservice/components/predictor.go``,
+  ``buildPredictorResources``: the InferenceService's annotations, filtered through
+  ``ServiceAnnotationDisallowedList``, become the component's annotations, and
+  ``buildObjectMeta`` joins the ISVC's labels with the predictor's (``utils.Union``);
+- ``pkg/constants/constants.go``: ``ServiceAnnotationDisallowedList`` is the Knative
+  min-scale and max-scale keys, ``internal.serving.kserve.io/storage-initializer-sourceuri``,
+  ``kubectl.kubernetes.io/last-applied-configuration`` and ``modelFormat``;
+  ``RevisionTemplateLabelDisallowedList`` is ``networking.knative.dev/visibility``;
+- ``pkg/controller/v1beta1/inferenceservice/reconcilers/knative/ksvc_reconciler.go``,
+  ``createKnativeService``: those annotations go into ``spec.template.metadata`` (only the
+  managed ksvc keys, ``serving.knative.dev/rollout-duration`` and OpenShift's passthrough
+  key, move to the Knative Service's own metadata), the labels minus the disallowed ones
+  too; Knative makes a revision for every template change.
+
+So any change of the predictor spec (``canaryTrafficPercent`` is routing, not template),
+or of an ISVC annotation or label outside those lists, makes a revision. In Standard mode
+the same template is the Deployment's pod template: a change rolls the Deployment (counted
+as a revision too), and each ``spec.canary`` entry is a Deployment of its own built from
+its predictor and the same annotations.
+
+Tests inject faults: RBAC denials, transient 5xx answers, a whole-API outage, a stalled
+answer, and another writer racing each write.
 """
 
 from __future__ import annotations
@@ -43,12 +70,46 @@ CRD_NAME = f"{PLURAL}.{GROUP}"
 MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 # KServe 0.20 renamed the modes; its webhook rewrites the old names to the new.
 _MODE_NAMES = {"Serverless": "Knative", "RawDeployment": "Standard"}
-TOUCH_ANNOTATION = "other-writer/touch"
+# Another writer's touch: kubectl's own annotation, which KServe keeps out of revisions.
+TOUCH_ANNOTATION = "kubectl.kubernetes.io/last-applied-configuration"
+SERVICE_ANNOTATION_DISALLOWED = (
+    "autoscaling.knative.dev/min-scale", "autoscaling.knative.dev/max-scale",
+    "internal.serving.kserve.io/storage-initializer-sourceuri",
+    "kubectl.kubernetes.io/last-applied-configuration", "modelFormat",
+)  # fmt: skip
+REVISION_TEMPLATE_LABEL_DISALLOWED = ("networking.knative.dev/visibility",)
+# KServe sets these on the Knative Service itself, outside the template.
+MANAGED_KSVC_ANNOTATIONS = (
+    "serving.knative.dev/rollout-duration", "serving.knative.openshift.io/enablePassthrough",
+)  # fmt: skip
 USER = "system:serviceaccount:{namespace}:pipeline-runner"
 _ISVC_PATH = re.compile(
     rf"^/apis/{re.escape(GROUP)}/{VERSION}(?:/namespaces/([^/]+))?/{PLURAL}(?:/([^/]+))?(/status)?$"
 )
 _CRD_PATH = f"/apis/{CRD_GROUP}/v1/{CRD_PLURAL}/{CRD_NAME}"
+_BUILTIN_PATH = re.compile(
+    r"^/(?:api/v1|apis/coordination\.k8s\.io/v1)/namespaces/([^/]+)/(configmaps|leases)(?:/([^/]+))?$"
+)
+# kind -> (API group, Kind, whether a PUT without resourceVersion is allowed, whether a PUT
+# of a missing object creates it): the registry strategies' AllowUnconditionalUpdate and
+# AllowCreateOnUpdate, pkg/registry/coordination/lease/strategy.go (false, true) and
+# pkg/registry/core/configmap/strategy.go (true, false) in kubernetes/kubernetes.
+_BUILTINS = {
+    "leases": ("coordination.k8s.io", "Lease", False, True),
+    "configmaps": ("", "ConfigMap", True, False),
+}
+_LEASE_SPEC = {
+    "holderIdentity": str, "leaseDurationSeconds": int, "acquireTime": str, "renewTime": str,
+    "leaseTransitions": int, "strategy": str, "preferredHolder": str,
+}  # fmt: skip
+# metav1.MicroTime's JSON form: RFC 3339 with exactly six fractional digits.
+_MICRO_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}(Z|[+-]\d\d:\d\d)$")
+_CONFIG_MAP_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+_DNS_1123_SUBDOMAIN = re.compile(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
+_MAX_CONFIG_MAP_BYTES = 1024 * 1024  # core.MaxSecretSize, which ValidateConfigMap applies
+_MAX_ANNOTATION_BYTES = 256 * 1024  # apimachinery's TotalAnnotationSizeLimitB
 _VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 _REASONS = {
     400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
@@ -314,6 +375,8 @@ class _Track:
     previous: str = ""
     failure: dict[str, Any] | None = None
     canaries: dict[str, _Revision] = field(default_factory=dict)  # Standard: by canary name
+    canary_templates: dict[str, Any] = field(default_factory=dict)
+    canary_rollouts: int = 0  # Standard: Deployments (re)built for spec.canary entries
 
 
 class _Controller:
@@ -352,7 +415,7 @@ class _Controller:
             "modelStatus": _model_status(track, latest),
         }
         if canaries and not serverless:
-            status["canaryStatuses"] = self._canary_statuses(track, canaries, now)
+            status["canaryStatuses"] = self._canary_statuses(track, obj, canaries, now)
             ready = all(entry["ready"] for entry in status["canaryStatuses"])
             status["conditions"].append(
                 {"type": "CanaryPredictorReady", "status": str(ready),
@@ -363,7 +426,7 @@ class _Controller:
         return status
 
     def _canary_statuses(
-        self, track: _Track, canaries: list[dict[str, Any]], now: float
+        self, track: _Track, obj: dict[str, Any], canaries: list[dict[str, Any]], now: float
     ) -> list[dict[str, Any]]:
         """Standard mode: each spec.canary entry is a Deployment that becomes available
         (or never does: a canary that fails to load just stays unready)."""
@@ -371,9 +434,14 @@ class _Controller:
         for entry in canaries:
             name = entry["predictor"]["name"]
             uri = entry["predictor"].get("model", {}).get("storageUri", "")
+            # KServe's buildCanaryPredictor: the stable predictor, the entry merged over it.
+            merged = merge_patch(obj["spec"]["predictor"], entry["predictor"])
+            template = revision_template(obj, merged)
             deployment = track.canaries.get(name)
-            if deployment is None or deployment.storage_uri != uri:
+            if deployment is None or track.canary_templates.get(name) != template:
                 deployment = track.canaries[name] = _Revision(name, uri, now)
+                track.canary_templates[name] = template
+                track.canary_rollouts += 1
             deployment.advance(
                 now, self.double.behaviours.get(uri, _Behaviour()), self.double.ready_after
             )
@@ -388,7 +456,8 @@ class _Controller:
     ) -> None:
         predictor = dict(obj.get("spec", {}).get("predictor", {}))
         predictor.pop("canaryTrafficPercent", None)
-        if predictor == track.predictor:
+        template = revision_template(obj, predictor)
+        if template == track.predictor:
             return
         number = len(track.revisions) + 1
         name = f"{obj['metadata']['name']}-predictor-{number:05d}" if serverless else str(number)
@@ -396,7 +465,7 @@ class _Controller:
         created = now - 1e9 if obj["metadata"]["uid"] in self.seeded else now
         self.seeded.discard(obj["metadata"]["uid"])
         track.revisions.append(_Revision(name, uri, created))
-        track.predictor = predictor
+        track.predictor = template
 
     def _note_failure(self, track: _Track, latest: _Revision) -> None:
         """KServe keeps lastFailureInfo after a failure, until another failure replaces it."""
@@ -444,6 +513,20 @@ class _Controller:
             raise AssertionError(f"the controller double wrote an invalid status: {problems}")
 
 
+def revision_template(obj: dict[str, Any], predictor: dict[str, Any]) -> dict[str, Any]:
+    """What a Knative revision (or a Standard Deployment's pod template) is built from:
+    the predictor, the ISVC's annotations and labels KServe passes on (see the module)."""
+    meta = obj.get("metadata", {})
+    hidden = (*SERVICE_ANNOTATION_DISALLOWED, *MANAGED_KSVC_ANNOTATIONS)
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k not in hidden}
+    labels = {
+        k: v
+        for k, v in (meta.get("labels") or {}).items()
+        if k not in REVISION_TEMPLATE_LABEL_DISALLOWED
+    }
+    return {"predictor": predictor, "annotations": annotations, "labels": labels}
+
+
 def _traffic(
     track: _Track, newest_ready: str, percent: int, obj: dict[str, Any]
 ) -> list[dict[str, Any]]:
@@ -460,7 +543,9 @@ def _traffic(
 
 
 def _canary_refusal(obj: dict[str, Any], old: dict[str, Any] | None = None) -> str:
-    """What KServe 0.20's webhook says against the predictor or a spec.canary list, or ""."""
+    """What KServe 0.20's webhook says against the predictor or a spec.canary list, or ""
+    (``pkg/apis/serving/v1beta1/inference_service_validation.go``, ``validateCanarySpecs``,
+    at v0.20.0: no autoscaling fields in an entry, its minReplicas at most the stable's)."""
     spec = obj.get("spec", {})
     if "name" in spec.get("predictor", {}).get("model", {}):
         return "the 'name' field is not allowed in standard predictor"
@@ -478,6 +563,17 @@ def _canary_refusal(obj: dict[str, Any], old: dict[str, Any] | None = None) -> s
         return "a canary predictor.name conflicts with the stable predictor name"
     if sum(entry["trafficPercent"] for entry in canaries) > 100:
         return "canary trafficPercent values must add up to 100 or less"
+    stable_min = spec["predictor"].get("minReplicas", 1)
+    for entry in canaries:
+        predictor, name = entry["predictor"], entry["predictor"]["name"]
+        for field_name in ("maxReplicas", "scaleTarget", "scaleMetric", "autoScaling"):
+            if predictor.get(field_name):
+                return f'canary "{name}" must not set {field_name} (canary uses fixed replicas)'
+        if predictor.get("minReplicas", 0) > stable_min:
+            return (
+                f'canary "{name}" minReplicas ({predictor["minReplicas"]}) must not exceed '
+                f"stable predictor minReplicas ({stable_min})"
+            )
     return ""
 
 
@@ -539,7 +635,7 @@ def _model_status(track: _Track, latest: _Revision) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class _Route:
-    kind: str  # "version", "crd" or "isvc"
+    kind: str  # "version", "crd", "isvc", or a built-in kind's plural ("leases", "configmaps")
     namespace: str = ""
     name: str = ""
     status: bool = False
@@ -550,6 +646,9 @@ def _route(path: str) -> _Route:
         return _Route("version")
     if path == _CRD_PATH:
         return _Route("crd", name=CRD_NAME)
+    builtin = _BUILTIN_PATH.match(path)
+    if builtin and (builtin[2] == "configmaps") == path.startswith("/api/v1/"):
+        return _Route(builtin[2], builtin[1], builtin[3] or "")
     match = _ISVC_PATH.match(path)
     if not match or (match[3] and not match[2]):
         raise ApiError(404, "the server could not find the requested resource", kind="")
@@ -585,6 +684,85 @@ def _verb(method: str, route: _Route, query: dict[str, str]) -> str:
     return "watch" if query.get("watch", "").lower() in ("true", "t", "1") else "list"
 
 
+def _resource(route: _Route) -> str:
+    group = _BUILTINS[route.kind][0]
+    return f"{route.kind}.{group}" if group else route.kind
+
+
+def _builtin_error(code: int, route: _Route, message: str, reason: str = "") -> ApiError:
+    group = _BUILTINS[route.kind][0]
+    return ApiError(code, message, route.name, reason, group=group, kind=route.kind)
+
+
+def _builtin_problems(kind: str, obj: dict[str, Any]) -> list[str]:
+    """What the API server's validation (pkg/apis/coordination/validation and
+    pkg/apis/core/validation, ValidateObjectMeta) says against a Lease or ConfigMap."""
+    meta = obj["metadata"]
+    problems = _meta_problems(meta)
+    if kind == "leases":
+        problems += _lease_problems(obj)
+    else:
+        problems += _config_map_problems(obj)
+    return problems
+
+
+def _meta_problems(meta: dict[str, Any]) -> list[str]:
+    name = meta.get("name", "")
+    problems = []
+    if not _DNS_1123_SUBDOMAIN.match(name) or len(name) > 253:
+        problems.append(f"metadata.name: Invalid value: {name!r}: a lowercase RFC 1123 subdomain")
+    annotations = meta.get("annotations") or {}
+    if any(not isinstance(v, str) for v in annotations.values()):
+        problems.append("metadata.annotations: Invalid value: values must be strings")
+    elif sum(len(k) + len(v) for k, v in annotations.items()) > _MAX_ANNOTATION_BYTES:
+        problems.append("metadata.annotations: Too long: must have at most 262144 bytes")
+    for index, owner in enumerate(meta.get("ownerReferences") or []):
+        for field_name in ("apiVersion", "kind", "name", "uid"):
+            if not owner.get(field_name):
+                problems.append(f"metadata.ownerReferences[{index}].{field_name}: Required value")
+    return problems
+
+
+def _lease_problems(obj: dict[str, Any]) -> list[str]:
+    spec = obj.get("spec") or {}
+    problems = [
+        f"spec.{key}: Unsupported value: field not declared in schema"
+        for key in spec
+        if key not in _LEASE_SPEC
+    ]
+    for key, kind in _LEASE_SPEC.items():
+        value = spec.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            problems.append(f"spec.{key}: Invalid value: {value!r}: not a {kind.__name__}")
+    for key in ("acquireTime", "renewTime"):
+        if isinstance(spec.get(key), str) and not _MICRO_TIME.match(spec[key]):
+            problems.append(f"spec.{key}: Invalid value: {spec[key]!r}: not a MicroTime")
+    if isinstance(spec.get("leaseDurationSeconds"), int) and spec["leaseDurationSeconds"] <= 0:
+        problems.append("spec.leaseDurationSeconds: Invalid value: must be greater than 0")
+    if isinstance(spec.get("leaseTransitions"), int) and spec["leaseTransitions"] < 0:
+        problems.append("spec.leaseTransitions: Invalid value: must be greater than or equal to 0")
+    return problems
+
+
+def _config_map_problems(obj: dict[str, Any]) -> list[str]:
+    known = {"apiVersion", "kind", "metadata", "data", "binaryData", "immutable"}
+    problems = [
+        f"{key}: Unsupported value: field not declared in schema" for key in obj if key not in known
+    ]
+    data = obj.get("data") or {}
+    for key, value in data.items():
+        if not _CONFIG_MAP_KEY.match(key) or len(key) > 253:
+            problems.append(
+                f"data[{key}]: Invalid value: {key!r}: a valid config key must consist of alphanumeric characters, '-', '_' or '.'"
+            )
+        if not isinstance(value, str):
+            problems.append(f"data[{key}]: Invalid value: not a string")
+    size = sum(len(k) + len(v) for k, v in data.items() if isinstance(v, str))
+    if size > _MAX_CONFIG_MAP_BYTES:
+        problems.append(f"[]: Too long: must have at most {_MAX_CONFIG_MAP_BYTES} bytes")
+    return problems
+
+
 class _Handler(MethodHandler):
     """Reads a request, lets the double answer it, and writes JSON (or a watch stream)."""
 
@@ -601,6 +779,7 @@ class _Handler(MethodHandler):
             if self.headers.get("Authorization") != f"Bearer {double.token}":
                 raise ApiError(401, "Unauthorized", kind="")
             route = _route(url.path)
+            double._stall(method)
             double._admit(method, route, query)
             if _verb(method, route, query) == "watch":
                 self._stream(double._watch(route, query))
@@ -656,6 +835,9 @@ class KubernetesApiDouble:
         self._controller = _Controller(self, schema["properties"]["status"])
         self._denied: set[tuple[str, str]] = set()
         self._failures: dict[str, list[int]] = {}
+        self._builtins: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self._outage_until, self._outage_status = 0.0, 503
+        self._stalls: dict[str, list[float]] = {}
         self._conflicts = 0
         self._errors: list[BaseException] = []
         self._stop = threading.Event()
@@ -691,6 +873,7 @@ class KubernetesApiDouble:
         from kubernetes import client
 
         configuration = client.Configuration(host=self.url)
+        configuration.retries = False  # as components.core.kube.api_client sets it
         configuration.api_key = {"authorization": self.token}
         configuration.api_key_prefix = {"authorization": "Bearer"}
         return configuration
@@ -738,7 +921,62 @@ class KubernetesApiDouble:
             track = self._controller.tracks.get(found["metadata"]["uid"]) if found else None
             return [revision.name for revision in track.revisions] if track else []
 
+    def lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A copy of the stored Lease, or None."""
+        with self._store.lock:
+            return copy.deepcopy(self._builtins.get(("leases", namespace, name)))
+
+    def config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A copy of the stored ConfigMap, or None."""
+        with self._store.lock:
+            return copy.deepcopy(self._builtins.get(("configmaps", namespace, name)))
+
+    def take_lease(self, namespace: str, name: str, holder: str) -> None:
+        """Another run takes the Lease, as its own update would (a new resourceVersion)."""
+        with self._store.lock:
+            lease = copy.deepcopy(self._builtins[("leases", namespace, name)])
+            stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            lease["spec"].update(holderIdentity=holder, renewTime=stamp, acquireTime=stamp)
+            self._save_builtin(_Route("leases", namespace, name), lease, lease)
+
+    def template_changes(self, namespace: str, name: str) -> int:
+        """Revisions (Knative) or Deployment rollouts (Standard, spec.canary entries included)."""
+        with self._store.lock:
+            found = self._store.objects.get((namespace, name))
+            track = self._controller.tracks.get(found["metadata"]["uid"]) if found else None
+            return len(track.revisions) + track.canary_rollouts if track else 0
+
     # -- fault injection -------------------------------------------------------------------
+
+    def heal(self) -> None:
+        """Ends every injected failure: queued answers, an outage, stalls."""
+        with self._store.lock:
+            self._failures.clear()
+            self._stalls.clear()
+            self._outage_until = 0.0
+
+    def expire_lease(self, namespace: str, name: str) -> None:
+        """The Lease's holder stopped renewing long ago (its process died)."""
+        with self._store.lock:
+            lease = copy.deepcopy(self._builtins[("leases", namespace, name)])
+            lease["spec"]["renewTime"] = "2000-01-01T00:00:00.000000Z"
+            self._save_builtin(_Route("leases", namespace, name), lease, lease)
+
+    def outage(self, seconds: float, status: int = 503) -> None:
+        """Every API request answers ``status`` for the next ``seconds``."""
+        with self._store.lock:
+            self._outage_until, self._outage_status = time.monotonic() + seconds, status
+
+    def stall_next(self, method: str, seconds: float, times: int = 1) -> None:
+        """The next ``times`` requests with ``method`` wait ``seconds`` before any answer."""
+        with self._store.lock:
+            self._stalls.setdefault(method.upper(), []).extend([seconds] * times)
+
+    def _stall(self, method: str) -> None:
+        with self._store.lock:
+            queued = self._stalls.get(method, [])
+            seconds = queued.pop(0) if queued else 0.0
+        time.sleep(seconds)
 
     def revision_behaviour(
         self, storage_uri: str, *, fails: bool = False, never_ready: bool = False,
@@ -768,11 +1006,14 @@ class KubernetesApiDouble:
         """Injected transient failures first, then RBAC."""
         verb = _verb(method, route, query)
         with self._store.lock:
+            if route.kind != "version" and time.monotonic() < self._outage_until:
+                code = self._outage_status
+                raise ApiError(code, _TRANSIENT.get(code, "Internal error occurred"), route.name)
             queued = self._failures.get(method, []) if route.kind == "isvc" else []
             if queued:
                 code = queued.pop(0)
                 raise ApiError(code, _TRANSIENT.get(code, "Internal error occurred"), route.name)
-            resource = {"isvc": PLURAL, "crd": CRD_PLURAL}.get(route.kind, "")
+            resource = {"isvc": PLURAL, "crd": CRD_PLURAL}.get(route.kind, route.kind)
             if (verb, resource) in self._denied:
                 raise _forbidden(verb, route)
 
@@ -787,6 +1028,8 @@ class KubernetesApiDouble:
             return 200, self._crd
         dry_run = _dry_run(query)
         with self._store.lock:
+            if route.kind in _BUILTINS:
+                return self._builtin(method, route, body, content_type, dry_run)
             return self._isvc(method, route, body, content_type, dry_run)
 
     def _isvc(
@@ -796,7 +1039,7 @@ class KubernetesApiDouble:
             return 200, self._list(route.namespace)
         if method == "POST" and not route.name and route.namespace:
             return 201, self._create(route.namespace, _json(body), dry_run=dry_run)
-        if dry_run:
+        if dry_run and method != "PATCH":
             raise ApiError(400, f"dryRun is not supported by this double for {method}")
         key = (route.namespace, route.name)
         if not route.namespace or not route.name:
@@ -809,10 +1052,11 @@ class KubernetesApiDouble:
         if method == "GET":
             return 200, copy.deepcopy(stored)
         if method == "DELETE":
+            self._collect_garbage(stored["metadata"]["uid"])
             return 200, self._store.save(copy.deepcopy(stored), "DELETED")
         if method == "PUT":
             return 200, self._replace(stored, _json(body))
-        return 200, self._patch(stored, body, content_type)
+        return 200, self._patch(stored, body, content_type, dry_run)
 
     def _list(self, namespace: str) -> dict[str, Any]:
         items = [
@@ -865,7 +1109,9 @@ class KubernetesApiDouble:
             raise _conflict(name)
         return self._update(stored, body)
 
-    def _patch(self, stored: dict[str, Any], body: str, content_type: str) -> dict[str, Any]:
+    def _patch(
+        self, stored: dict[str, Any], body: str, content_type: str, dry_run: bool = False
+    ) -> dict[str, Any]:
         name, patch = stored["metadata"]["name"], _json(body)
         if content_type == "application/merge-patch+json" and isinstance(patch, dict):
             merged = merge_patch(stored, patch)
@@ -882,10 +1128,13 @@ class KubernetesApiDouble:
         )
         if version and version != stored["metadata"]["resourceVersion"]:
             raise _conflict(name)
-        return self._update(stored, merged)
+        return self._update(stored, merged, dry_run)
 
-    def _update(self, stored: dict[str, Any], candidate: Any) -> dict[str, Any]:
-        """Writes a client's new version; status and server-set metadata stay the server's."""
+    def _update(
+        self, stored: dict[str, Any], candidate: Any, dry_run: bool = False
+    ) -> dict[str, Any]:
+        """Writes a client's new version; status and server-set metadata stay the server's.
+        A dry run is validated and admitted the same way, and not stored."""
         meta, name = stored["metadata"], stored["metadata"]["name"]
         if not isinstance(candidate, dict) or not isinstance(candidate.get("metadata"), dict):
             raise ApiError(400, "the object has no metadata", name)
@@ -899,8 +1148,8 @@ class KubernetesApiDouble:
         obj["metadata"].update({key: meta[key] for key in _SERVER_FIELDS if key in meta})
         if "status" in stored:
             obj["status"] = copy.deepcopy(stored["status"])
-        if obj == stored:
-            return copy.deepcopy(stored)  # a no-op write: no new resourceVersion, no event
+        if obj == stored or dry_run:
+            return copy.deepcopy(stored if obj == stored else obj)  # no new resourceVersion
         if obj.get("spec") != stored.get("spec"):
             obj["metadata"]["generation"] = meta["generation"] + 1
         return self._store.save(obj, "MODIFIED")
@@ -929,6 +1178,104 @@ class KubernetesApiDouble:
         annotations = touched["metadata"].setdefault("annotations", {})
         annotations[TOUCH_ANNOTATION] = str(self._store.version + 1)
         self._store.save(touched, "MODIFIED")
+
+    # -- Leases and ConfigMaps -------------------------------------------------------------
+
+    def _builtin(
+        self, method: str, route: _Route, body: str, content_type: str, dry_run: bool
+    ) -> tuple[int, dict[str, Any]]:
+        group, kind, unconditional, create_on_update = _BUILTINS[route.kind]
+        if dry_run:
+            raise ApiError(400, f"dryRun is not supported by this double for {route.kind}")
+        if method == "GET" and not route.name:
+            items = [
+                copy.deepcopy(obj)
+                for (plural, ns, _), obj in sorted(self._builtins.items())
+                if plural == route.kind and ns == route.namespace
+            ]
+            return 200, {"kind": f"{kind}List", "items": items,
+                         "metadata": {"resourceVersion": str(self._store.version)}}  # fmt: skip
+        if method == "POST" and not route.name:
+            return 201, self._create_builtin(route, _json(body))
+        key = (route.kind, route.namespace, route.name)
+        stored = self._builtins.get(key)
+        if method == "PUT" and stored is None and create_on_update:
+            return 201, self._create_builtin(route, _json(body), on_update=True)
+        if stored is None:
+            raise _builtin_error(404, route, f'{_resource(route)} "{route.name}" not found')
+        if method == "GET":
+            return 200, copy.deepcopy(stored)
+        if method == "DELETE":
+            del self._builtins[key]
+            return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success",
+                         "details": {"name": route.name, "kind": route.kind}}  # fmt: skip
+        if method == "PUT":
+            candidate = _json(body)
+        elif method == "PATCH" and content_type == "application/merge-patch+json":
+            candidate = merge_patch(stored, _json(body))
+        else:
+            raise ApiError(415, f"this double patches {route.kind} with merge patches only")
+        if not isinstance(candidate, dict) or not isinstance(candidate.get("metadata"), dict):
+            raise _builtin_error(400, route, "the object has no metadata")
+        version = candidate["metadata"].get("resourceVersion")
+        if not version and not unconditional and method == "PUT":
+            raise _builtin_error(
+                422, route, f'{kind}.{group or "core"} "{route.name}" is invalid: '
+                "metadata.resourceVersion: Invalid value: 0x0: must be specified for an update",
+            )  # fmt: skip
+        if version and version != stored["metadata"]["resourceVersion"]:
+            raise _builtin_error(
+                409, route, f'Operation cannot be fulfilled on {_resource(route)} "{route.name}": '
+                "the object has been modified; please apply your changes to the latest version "
+                "and try again", reason="Conflict",
+            )  # fmt: skip
+        return 200, self._save_builtin(route, candidate, stored)
+
+    def _create_builtin(self, route: _Route, body: Any, on_update: bool = False) -> dict[str, Any]:
+        obj = copy.deepcopy(body) if isinstance(body, dict) else {}
+        meta = obj.setdefault("metadata", {})
+        name = meta.get("name", "")
+        if on_update and name != route.name:
+            raise _builtin_error(400, route, "the name of the object does not match the URL")
+        if meta.get("resourceVersion") and not on_update:
+            raise _builtin_error(422, route, "metadata.resourceVersion: must be empty on create")
+        if (route.kind, route.namespace, name) in self._builtins:
+            raise _builtin_error(
+                409, route, f'{_resource(route)} "{name}" already exists', reason="AlreadyExists"
+            )
+        meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now())
+        return self._save_builtin(route, obj, None)
+
+    def _save_builtin(
+        self, route: _Route, obj: dict[str, Any], stored: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        group, kind, _, _ = _BUILTINS[route.kind]
+        obj = copy.deepcopy(obj)
+        meta = obj["metadata"]
+        meta.setdefault("namespace", route.namespace)
+        if meta["namespace"] != route.namespace:
+            raise _builtin_error(400, route, "the namespace of the object does not match the URL")
+        problems = _builtin_problems(route.kind, obj)
+        if problems:
+            name = meta.get("name", "")
+            raise _builtin_error(
+                422, route, f'{kind}.{group or "core"} "{name}" is invalid: {problems[0]}'
+            )
+        if stored is not None:
+            meta.update(uid=stored["metadata"]["uid"],
+                        creationTimestamp=stored["metadata"]["creationTimestamp"])  # fmt: skip
+        obj.update(apiVersion=f"{group}/v1" if group else "v1", kind=kind)
+        self._store.version += 1
+        meta["resourceVersion"] = str(self._store.version)
+        self._builtins[(route.kind, route.namespace, meta["name"])] = obj
+        return copy.deepcopy(obj)
+
+    def _collect_garbage(self, owner_uid: str) -> None:
+        """Deletes what the deleted object owned (the garbage collector, at once)."""
+        for key, obj in list(self._builtins.items()):
+            owners = obj["metadata"].get("ownerReferences") or []
+            if any(owner.get("uid") == owner_uid for owner in owners):
+                del self._builtins[key]
 
     # -- watch -----------------------------------------------------------------------------
 
@@ -1011,8 +1358,17 @@ def _forbidden(verb: str, route: _Route) -> ApiError:
             f'resource "{CRD_PLURAL}" in API group "{CRD_GROUP}" at the cluster scope',
             CRD_NAME, group=CRD_GROUP, kind=CRD_PLURAL,
         )  # fmt: skip
-    subject = f'{CRD_NAME} "{route.name}"' if route.name else CRD_NAME
     where = f'in the namespace "{route.namespace}"' if route.namespace else "at the cluster scope"
+    if route.kind in _BUILTINS:
+        group = _BUILTINS[route.kind][0]
+        subject = f'{_resource(route)} "{route.name}"' if route.name else _resource(route)
+        return ApiError(
+            403,
+            f'{subject} is forbidden: User "{user}" cannot {verb} resource "{route.kind}" in '
+            f'API group "{group}" {where}',
+            route.name, group=group, kind=route.kind,
+        )  # fmt: skip
+    subject = f'{CRD_NAME} "{route.name}"' if route.name else CRD_NAME
     return ApiError(
         403,
         f'{subject} is forbidden: User "{user}" cannot {verb} resource "{PLURAL}" in API group '
