@@ -52,6 +52,10 @@ def _add_rollout(commands: Any) -> None:
         help="only roll back what a stopped or failed rollout of NAME left, then exit",
     )  # fmt: skip
     rollout.add_argument("--model-version", default="", help="recorded as an annotation")
+    rollout.add_argument(
+        "--model-sha256", default="",
+        help="the registry's sha256 of model.joblib: the predictor refuses any other file",
+    )  # fmt: skip
     rollout.add_argument("--steps", default="10,50", help="canary percentages, increasing")
     rollout.add_argument(
         "--interval", type=float, default=60.0, help="seconds between looks (default 60)"
@@ -146,6 +150,7 @@ def _rollout(args: argparse.Namespace) -> int:
         cpu=args.cpu,
         memory=args.memory,
         service_account=args.service_account,
+        model_sha256=args.model_sha256,
     )
     if args.dry_run:
         settings.prometheus()  # what the rollout would refuse, the plan refuses too

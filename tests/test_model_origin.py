@@ -271,3 +271,16 @@ def test_the_card_is_frozen_checks_itself_and_round_trips(genuine: Path) -> None
 def test_a_malformed_pin_is_refused_by_the_loader(genuine: Path) -> None:
     with pytest.raises(ConveyorError, match="the pinned sha256 'ABC' is not 64 lower-case hex"):
         load_model_dir(genuine, "ABC")
+
+
+def test_a_card_whose_classes_are_not_the_models_is_refused(store: Path) -> None:
+    """The model file is pinned; a card rewritten beside it must not relabel its answers."""
+    classes = card_of(store)["classes"]
+    rewrite_card(store, classes=list(reversed(classes)))
+    pinned = card_of(store)["sha256"]  # the file itself is the genuine one
+    with pytest.raises(ConveyorError) as raised:
+        load_model_dir(store, pinned)
+    assert str(raised.value) == (
+        f"{store / MODEL_CARD}: classes {list(reversed(classes))} are not the model's "
+        f"{classes}; refusing to serve labels the model does not give"
+    )

@@ -158,10 +158,11 @@ def _register_candidate(
     )  # fmt: skip
 
 
-def _outcome(decision: str, reason: str) -> RolloutResult:
+def _outcome(decision: str, reason: str, canary_revision: str = "") -> RolloutResult:
     return RolloutResult(
-        decision=decision, reason=reason, name="svc", namespace="ml", model_uri="gs://m"
-    )
+        decision=decision, reason=reason, name="svc", namespace="ml", model_uri="gs://m",
+        canary_revision=canary_revision,
+    )  # fmt: skip
 
 
 def _aliases(server: str, name: str) -> dict[str, str]:
@@ -214,7 +215,9 @@ def test_a_rolled_back_version_is_rejected_and_the_champion_stays_until_one_is_p
     assert _register_candidate(tmp_path, mlflow_server, model_name, second, "b", "1").version == "2"
     assert _aliases(mlflow_server, model_name) == {CHAMPION_ALIAS: "1", CANDIDATE_ALIAS: "2"}
     check_rollout_allowed(mlflow_server, model_name, "2", "pipeline-b")
-    rolled_back = _outcome("rolled_back", "revision svc-predictor-00002 failed to load")
+    rolled_back = _outcome(
+        "rolled_back", "revision svc-predictor-00002 failed to load", "svc-predictor-00002"
+    )
     assert record_rollout(mlflow_server, model_name, "2", rolled_back, "pipeline-b") == "1"
     assert _aliases(mlflow_server, model_name) == {CHAMPION_ALIAS: "1"}
     assert _rollout_tags(mlflow_server, model_name, "2") == (

@@ -38,6 +38,7 @@ from components.core.rollout import (
     describe_plan,
     parse_steps,
     render_report,
+    rendered_fields,
 )
 from components.core.snapshot import Snapshot
 from pipelines.cli import main
@@ -69,10 +70,9 @@ def manifest(uri: str, version: str = "2") -> dict:
     return render_inference_service(ServingSpec(NAME, version, uri, namespace=NAMESPACE))
 
 
-def rendered_fields(uri: str) -> dict:
-    """The predictor fields a rollout of ``uri`` applies (the canary share aside)."""
-    predictor = manifest(uri)["spec"]["predictor"]
-    return {key: value for key, value in predictor.items() if key != "canaryTrafficPercent"}
+def applied(uri: str) -> dict:
+    """The predictor fields a rollout of ``uri`` applies."""
+    return rendered_fields(manifest(uri))
 
 
 def waiter(cluster: KubernetesApiDouble):
@@ -159,6 +159,25 @@ def test_first_deploy_creates_the_service(cluster: KubernetesApiDouble) -> None:
     assert cluster.lease(NAMESPACE, LEASE) is None  # a create needs no lock: 409 decides
 
 
+def test_a_create_whose_answer_was_lost_is_not_taken_for_another_runs(
+    cluster: KubernetesApiDouble,
+) -> None:
+    """The create lands after the client gave up on its answer; the retry meets a 409."""
+    from kubernetes.client import ApiClient
+
+    impatient = InferenceServices(
+        ApiClient(cluster.configuration()), NAMESPACE, backoff_s=0.05, timeout_s=(1.0, 0.5)
+    )
+    cluster.stall_next("POST", seconds=1.0, after_answering=True)
+    settings = RolloutSettings(FAST, UNJUDGED)
+    lines: list[str] = []
+    created = Rollout(impatient, manifest(STABLE_URI), settings, "run-1", lines.append).run()
+    assert created.decision == "created"
+    # The retry met a 409 (the first create had landed), and the model was this run's.
+    assert [r.method for r in cluster.requests if r.method == "POST"] == ["POST", "POST"]
+    assert cluster.revisions(NAMESPACE, NAME) == [f"{NAME}-predictor-00001"]
+
+
 def test_a_healthy_canary_goes_through_each_step_and_is_promoted(
     cluster: KubernetesApiDouble,
 ) -> None:
@@ -185,7 +204,8 @@ def test_a_healthy_canary_goes_through_each_step_and_is_promoted(
     assert service["spec"]["predictor"]["annotations"]["conveyor/model-version"] == "2"
     # Exactly one new revision, the canary's: the one analysed is the one that serves.
     assert cluster.revisions(NAMESPACE, NAME) == ["fraud-predictor-00001", "fraud-predictor-00002"]
-    assert lease_record(cluster) == LeaseRecord("run-2", "finished", result.reason)
+    record = lease_record(cluster)
+    assert (record.run, record.state, record.reason) == ("run-2", "finished", result.reason)
     assert not holder(cluster.lease(NAMESPACE, LEASE))
     assert "**promoted**" in render_report(result)
 
@@ -518,6 +538,53 @@ def test_a_canary_no_rollout_records_is_never_taken_for_the_stable_spec(
     assert len(cluster.revisions(NAMESPACE, NAME)) == 2
 
 
+def test_a_rollout_owns_only_the_variables_it_renders(cluster: KubernetesApiDouble) -> None:
+    """A pin from a pipeline deploy does not outlive it into an unpinned rollout (the new
+    model would be refused under the old hash), and an operator's own settings stay."""
+    deployed(cluster)
+    tuned = {"name": "CONVEYOR_LATENCY_BUCKETS", "value": "0.01,0.1,1"}
+    cluster_patch(cluster, {"spec": {"predictor": {"model": {"env": [tuned]}}}})
+    _wait_for(lambda: traffic(cluster) == {"fraud-predictor-00002": 100})
+    pinned = render_inference_service(
+        ServingSpec(NAME, "2", CANARY_URI, namespace=NAMESPACE, model_sha256="ab" * 32)
+    )
+    settings = RolloutSettings(FAST, UNJUDGED)
+    Rollout(services(cluster), pinned, settings, "run-2", progress=lambda _: None).run()
+    env = cluster.get(NAMESPACE, NAME)["spec"]["predictor"]["model"]["env"]
+    assert env == [tuned, {"name": "CONVEYOR_MODEL_SHA256", "value": "ab" * 32}]
+    assert rollout(cluster, "gs://models/fraud/next", run_id="run-3").run().decision == "promoted"
+    assert cluster.get(NAMESPACE, NAME)["spec"]["predictor"]["model"]["env"] == [tuned]
+
+
+def test_a_snapshot_changed_behind_the_rollouts_back_is_not_restored(
+    cluster: KubernetesApiDouble,
+) -> None:
+    """Whoever may write ConfigMaps cannot choose what the next run rolls back to."""
+    from kubernetes.client import ApiClient
+
+    deployed(cluster)
+    stranded = rollout(cluster, interval_s=2.0, deadline_s=1.0, ready_timeout_s=1.5)
+    with pytest.raises(RolloutFailed):
+        _on_restore(stranded, lambda: cluster.fail_next("PATCH", 503, times=10_000)).run()
+    cluster.heal()
+    config_maps = Objects(ApiClient(cluster.configuration()), NAMESPACE, "config_map")
+    forged = config_maps.get(LEASE)
+    forged["data"]["snapshot.yaml"] = forged["data"]["snapshot.yaml"].replace(
+        STABLE_URI, "gs://evil/model"
+    )
+    config_maps.replace(forged)
+    before = len(service_writes(cluster))
+    with pytest.raises(RolloutFailed) as refused:
+        rollout(cluster, "gs://models/fraud/next", run_id="run-3").run()
+    assert refused.value.result.reason.startswith(
+        f"the snapshot ConfigMap {LEASE} of run run-2 is not one Conveyor wrote (its sha256 "
+        "is not the one the run recorded in its Lease)"
+    )
+    assert len(service_writes(cluster)) == before
+    assert lease_record(cluster).state == "rollback_failed"  # still there for a person
+    assert traffic(cluster) == {"fraud-predictor-00002": 10, "fraud-predictor-00001": 90}
+
+
 def test_a_lease_lost_mid_rollout_stops_without_touching_the_service(
     cluster: KubernetesApiDouble,
 ) -> None:
@@ -695,11 +762,11 @@ def test_a_standard_promotion_keeps_the_stable_predictors_tuning(
     deployed_standard(standard_cluster)
     services(standard_cluster).patch_fresh(NAME, lambda _: {"spec": {"predictor": HAND_TUNED}})
     _wait_for(lambda: is_ready(standard_cluster.get(NAMESPACE, NAME)))
-    applied = rendered_fields(CANARY_URI)
+    fields = applied(CANARY_URI)
 
     canary, wait = StandardCanary(services(standard_cluster), NAME), waiter(standard_cluster)
     deployment = canary.start(
-        applied, {}, canary.stable_revision(standard_cluster.get(NAMESPACE, NAME)), 10, wait
+        fields, {}, canary.stable_revision(standard_cluster.get(NAMESPACE, NAME)), 10, wait
     )
     canary.promote(deployment, wait)
     predictor = standard_cluster.get(NAMESPACE, NAME)["spec"]["predictor"]
@@ -760,9 +827,9 @@ def test_another_run_waits_for_a_crashed_runs_lease_then_rolls_it_back(
 
     leases = Objects(ApiClient(cluster.configuration()), NAMESPACE, "lease")
     dying = RolloutLease(leases, cluster.get(NAMESPACE, NAME), "run-8", duration_s=60)
-    assert dying.acquire() == LeaseRecord("run-7", "rolling_out")
+    assert dying.acquire().state == "rolling_out"
     assert holder(cluster.lease(NAMESPACE, LEASE)) == dying.identity
-    assert lease_record(cluster) == LeaseRecord("run-7", "rolling_out")
+    assert (lease_record(cluster).run, lease_record(cluster).state) == ("run-7", "rolling_out")
     cluster.expire_lease(NAMESPACE, LEASE)
     recovered = _recover_cli(cluster, tmp_path, "run-9")
     assert recovered.returncode == 0, recovered.stdout
@@ -790,8 +857,9 @@ def _set_lease(cluster: KubernetesApiDouble, run: str, state: str) -> None:
     leases = Objects(ApiClient(cluster.configuration()), NAMESPACE, "lease")
     lease = leases.get(LEASE)
     lease["spec"]["holderIdentity"] = run
-    record = json.dumps({"run": run, "state": state, "reason": ""})
-    lease["metadata"]["annotations"]["conveyor/rollout"] = record
+    record = json.loads(lease["metadata"]["annotations"]["conveyor/rollout"])
+    record.update(run=run, state=state, reason="")  # its snapshot's sha256 as it was
+    lease["metadata"]["annotations"]["conveyor/rollout"] = json.dumps(record)
     leases.replace(lease)
     cluster.expire_lease(NAMESPACE, LEASE)
 
@@ -1069,8 +1137,8 @@ def test_restoring_after_a_promotion_hands_traffic_back_to_the_old_model(
     from components.core.canary import KnativeCanary
 
     stable = deployed(cluster)
-    applied = rendered_fields(CANARY_URI)
-    snapshot = Snapshot("run-2", "fraud-predictor-00001", stable["spec"]["predictor"], applied)
+    fields = applied(CANARY_URI)
+    snapshot = Snapshot("run-2", "fraud-predictor-00001", stable["spec"]["predictor"], fields)
     assert rollout(cluster).run().decision == "promoted"
 
     KnativeCanary(services(cluster), NAME).restore(snapshot, waiter(cluster))

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 from components.core.errors import ConveyorError, first_line
 from components.core.kube import InferenceServices
+from components.core.manifests import RENDERED_ENV
 from components.core.snapshot import Snapshot
 
 __all__ = [
@@ -51,8 +52,6 @@ MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 # KServe 0.20 renamed Serverless to Knative and RawDeployment to Standard.
 _MODE_NAMES = {"Serverless": "Knative", "RawDeployment": "Standard"}
 _FAILED_TRANSITIONS = ("BlockedByFailedLoad", "InvalidSpec")
-# Environment variables Conveyor renders: replaced as a set, so one it stops rendering goes.
-OWNED_ENV_PREFIX = "CONVEYOR_"
 
 Service = dict[str, Any]
 Done = Callable[[Service], bool]
@@ -334,6 +333,8 @@ def standard_canary_name(predictor: dict[str, Any]) -> str:
     """A Standard canary's predictor name: short, and derived from the predictor, so a re-run
     names (and reuses) the same Deployment and names stay within Kubernetes' 63 characters."""
     spec = _without_percent(predictor)
+    model = {key: value for key, value in spec.get("model", {}).items() if value != []}
+    spec = {**spec, "model": model}  # an empty env renders nothing: the same name
     return "c" + hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:7]
 
 
@@ -432,10 +433,11 @@ def _without_percent(predictor: dict[str, Any]) -> dict[str, Any]:
 
 def _contains(actual: Any, wanted: Any) -> bool:
     """Whether ``actual`` has everything ``wanted`` has (a list: each wanted item, in any
-    order, such as env entries among other tools' own)."""
+    order, such as env entries among other tools' own; an empty one: nothing)."""
     if isinstance(wanted, dict):
         return isinstance(actual, dict) and all(
-            key in actual and _contains(actual[key], value) for key, value in wanted.items()
+            value == [] or (key in actual and _contains(actual[key], value))
+            for key, value in wanted.items()
         )
     if isinstance(wanted, list) and isinstance(actual, list):
         return all(any(_contains(item, want) for item in actual) for want in wanted)
@@ -464,13 +466,16 @@ def _has_annotations(service: Service, annotations: Annotations) -> bool:
 
 def overlay(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     """``base`` with ``top`` laid over it: objects merge key by key, ``env`` lists by name
-    (Conveyor's own ``CONVEYOR_`` variables replaced as a set), anything else is replaced."""
+    (the variables Conveyor renders replaced as a set: ``top``'s, or none), anything else is
+    replaced."""
     result = copy.deepcopy(base)
     for key, value in top.items():
         if key == "env" and isinstance(value, list):
             names = {entry["name"] for entry in value}
             kept = [e for e in base.get(key) or [] if e["name"] not in names and not _owned(e)]
             result[key] = kept + copy.deepcopy(value)
+            if not result[key]:
+                result.pop(key)
         elif isinstance(value, dict) and isinstance(base.get(key), dict):
             result[key] = overlay(base[key], value)
         else:
@@ -514,7 +519,7 @@ def _restored_env(
 
 
 def _owned(entry: dict[str, Any]) -> bool:
-    return str(entry.get("name", "")).startswith(OWNED_ENV_PREFIX)
+    return entry.get("name") in RENDERED_ENV
 
 
 # -- building merge patches ---------------------------------------------------------------

@@ -26,6 +26,7 @@ __all__ = [
     "RESOURCE",
     "VERSION",
     "Conflict",
+    "Gone",
     "InferenceServices",
     "PermissionDenied",
     "Unavailable",
@@ -44,6 +45,10 @@ _MAX_BACKOFF_S = 10.0
 
 class Conflict(ConveyorError):
     """The object changed since it was read (409), or already exists on create."""
+
+
+class Gone(ConveyorError):
+    """The object was deleted (404 on a write)."""
 
 
 class PermissionDenied(ConveyorError):
@@ -358,7 +363,7 @@ class Objects(Namespaced):
             )
         )
         if found is None:
-            raise ConveyorError(f"{self.resource} {self.namespace}/{name} was deleted")
+            raise Gone(f"{self.resource} {self.namespace}/{name} was deleted")
         return found
 
     @staticmethod

@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from components.core.errors import ConveyorError
-from components.core.kube import Conflict, Objects, Unavailable
+from components.core.kube import Conflict, Gone, Objects, Unavailable
 
 __all__ = [
     "CLOCK_SKEW_S",
@@ -76,6 +76,7 @@ class LeaseRecord:
     run: str
     state: State
     reason: str = ""
+    snapshot: str = ""  # the sha256 of the run's snapshot, checked before it is restored
 
     @property
     def unfinished(self) -> bool:
@@ -126,6 +127,7 @@ class RolloutLease:
         self.state: State = "rolling_out"
         self.reason = ""
         self.record_run = run_id  # whose changes the record describes
+        self.snapshot = ""  # and the sha256 of their snapshot
         self._lease: dict[str, Any] | None = None
         self._renewed = 0.0
 
@@ -140,6 +142,7 @@ class RolloutLease:
         previous = self._record(current)
         if previous is not None and previous.unfinished:  # carried on until settled
             self.record_run, self.state, self.reason = previous.run, previous.state, previous.reason
+            self.snapshot = previous.snapshot
         self._take(current, self.leases.replace)
         return previous
 
@@ -167,6 +170,7 @@ class RolloutLease:
         """What an earlier run left is settled: from the next renewal on, the record
         describes this run's own rollout."""
         self.record_run, self.state, self.reason = self.run_id, "rolling_out", ""
+        self.snapshot = ""
 
     def release(self, state: State, reason: str) -> None:
         """Records how the rollout ended and lets the next run take the Lease at once."""
@@ -196,6 +200,10 @@ class RolloutLease:
                 return
             except Conflict:
                 self._lease = self._reread()
+            except Gone:
+                raise LeaseLost(
+                    f"the rollout Lease {self.name} was deleted under run {self.run_id}"
+                ) from None
         raise LeaseLost(f"the rollout Lease {self.name} kept changing under run {self.run_id}")
 
     def _ours_after_a_race(self) -> dict[str, Any]:
@@ -252,13 +260,16 @@ class RolloutLease:
         metadata = {
             "name": self.name,
             "namespace": self.leases.namespace,
-            "labels": {"app.kubernetes.io/managed-by": "conveyor"},
             "ownerReferences": [owner_reference(self.service)],
         }
         spec = dict(current["spec"]) if current else {}
         if current is not None:
             metadata = {**current["metadata"], **metadata}
-        record = LeaseRecord(self.record_run, self.state, self.reason)
+        metadata["labels"] = {
+            **(metadata.get("labels") or {}),
+            "app.kubernetes.io/managed-by": "conveyor",
+        }
+        record = LeaseRecord(self.record_run, self.state, self.reason, self.snapshot)
         metadata["annotations"] = {
             **(metadata.get("annotations") or {}),
             RECORD_ANNOTATION: json.dumps(asdict(record)),
@@ -302,7 +313,10 @@ def record_of(lease: dict[str, Any]) -> LeaseRecord | None:
         return None
     try:
         fields = json.loads(text)
-        return LeaseRecord(str(fields["run"]), str(fields["state"]), str(fields.get("reason", "")))
+        return LeaseRecord(
+            str(fields["run"]), str(fields["state"]), str(fields.get("reason", "")),
+            str(fields.get("snapshot", "")),
+        )  # fmt: skip
     except (ValueError, KeyError, TypeError):
         raise ConveyorError(
             f"the Lease {lease['metadata']['name']} has an unreadable {RECORD_ANNOTATION} "

@@ -18,6 +18,8 @@ from components.core.training import MODEL_SHA256_ENV, is_sha256
 
 __all__ = [
     "CRD_FILE",
+    "RENDERED_ANNOTATIONS",
+    "RENDERED_ENV",
     "ServingSpec",
     "deploy_manifest",
     "inference_service_name",
@@ -27,12 +29,16 @@ __all__ = [
 ]
 
 API_VERSION = "serving.kserve.io/v1beta1"
+# The predictor's environment variables and annotations Conveyor renders, and so owns: a
+# rollout replaces them as a set, and leaves every other one as it finds it.
+RENDERED_ENV = (PAYLOAD_LOG_ENV, MODEL_SHA256_ENV)
 CRD_FILE = "serving.kserve.io_inferenceservices.yaml"
 # KServe derives host names such as <name>-predictor-<namespace>; keep room for them in 63.
 MAX_NAME_LENGTH = 45
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 ANNOTATION_PREFIX = "conveyor"
+RENDERED_ANNOTATIONS = (f"{ANNOTATION_PREFIX}/model-name", f"{ANNOTATION_PREFIX}/model-version")
 
 
 @dataclass(frozen=True)
@@ -115,10 +121,9 @@ def render_inference_service(spec: ServingSpec) -> dict[str, Any]:
         "canaryTrafficPercent": spec.canary_traffic_percent,
         # On the predictor, not the service: they change with the model's spec, in the same
         # revision (Knative) or canary Deployment (Standard), and restart nothing else.
-        "annotations": {
-            f"{ANNOTATION_PREFIX}/model-name": spec.model_name,
-            f"{ANNOTATION_PREFIX}/model-version": str(spec.model_version),
-        },
+        "annotations": dict(
+            zip(RENDERED_ANNOTATIONS, (spec.model_name, str(spec.model_version)), strict=True)
+        ),
         "model": model,
     }
     if spec.service_account:

@@ -65,6 +65,9 @@ PIPELINE_RUN_TAG = "pipeline_run_id"
 JUDGED_AGAINST_TAG = "judged_against"
 # What deploy's rollout of a version decided, why (one line), and in which pipeline run.
 ROLLOUT_TAGS = ("rollout.decision", "rollout.reason", "rollout.run")
+# "true" once a canary of the version served and was sent back (rolled back, or its
+# rollback failed): a retried deploy step must not send it out again.
+REJECTED_TAG = "rollout.rejected"
 # How MLflow's stores (REST, SQL) answer for a version or alias that does not exist.
 _NOT_FOUND = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"})
 
@@ -95,6 +98,7 @@ class RolloutOutcome(Protocol):
 
     decision: str
     reason: str
+    canary_revision: str  # empty when no canary started
 
     @property
     def succeeded(self) -> bool: ...
@@ -261,10 +265,10 @@ def check_rollout_allowed(tracking_uri: str, name: str, version: str, run: str) 
     client = tracking.connect(tracking_uri)
     registered = _registered_version(client, name, version)
     decision, reason, by = (registered.tags.get(tag, "") for tag in ROLLOUT_TAGS)
-    if decision == "rolled_back":  # a retried step must not send a rejected model out again
+    if registered.tags.get(REJECTED_TAG) == "true":  # a retried step: not sent out again
         raise ConveyorError(
-            f"{name} version {version} was rolled back by run {by}: {reason}; "
-            "register another version to roll out"
+            f"{name} version {version} was {decision.replace('_', ' ')} by run {by}: "
+            f"{reason}; register another version to roll out"
         )
     judged = registered.tags.get(JUDGED_AGAINST_TAG)
     if judged is None:  # registered before register recorded it: nothing to compare with
@@ -288,6 +292,8 @@ def record_rollout(
     """
     client = tracking.connect(tracking_uri)
     _tag_rollout(client, name, version, outcome.decision, outcome.reason, run)
+    if not outcome.succeeded and outcome.canary_revision:
+        client.set_model_version_tag(name, version, REJECTED_TAG, "true")
     if outcome.succeeded:
         client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
     _drop_candidate(client, name, version)

@@ -45,7 +45,7 @@ from components.core.canary import (
 from components.core.canary_policy import DEFAULT_POLICY, CanaryPolicy, describe_policy
 from components.core.errors import ConveyorError, first_line
 from components.core.files import write_text_atomically
-from components.core.kube import InferenceServices, Objects, Unavailable, api_client
+from components.core.kube import Conflict, InferenceServices, Objects, Unavailable, api_client
 from components.core.lease import LeaseLost, LeaseRecord, RolloutLease, State, lease_name
 from components.core.manifests import (
     ServingSpec,
@@ -403,7 +403,7 @@ class Rollout:
         if previous is None or not previous.unfinished:
             return current
         run, state = previous.run, previous.state
-        snapshot = load_snapshot(self.config_maps, current, run)
+        snapshot = load_snapshot(self.config_maps, current, run, previous.snapshot)
         if snapshot is None:
             self.progress(f"run {run} stopped before it changed {self.name}: nothing to undo")
             self.lease.adopt()
@@ -417,8 +417,8 @@ class Rollout:
             self._restore(snapshot)
         except LeaseLost:
             raise
-        except (_Abort, ConveyorError) as error:
-            reason = f"the rollout run {run} left could not be rolled back: {error}"
+        except Exception as error:  # noqa: BLE001 - one line, and the record kept
+            reason = f"the rollout run {run} left could not be rolled back: {_describe(error)}"
             self._release_quietly("rollback_failed", reason)
             raise _Refused(f"{reason}; {self._recovery_hint()}") from None
         self._recovered = "rolled_back"
@@ -428,7 +428,7 @@ class Rollout:
     def _ready_for_canary(self, current: dict[str, Any]) -> dict[str, Any] | None:
         """The service when a canary can start (its spec saved first); None when it already
         serves the model."""
-        applied = _without_percent(self.manifest["spec"]["predictor"])
+        applied = rendered_fields(self.manifest)
         if serves(current, applied, self.canary):
             self.result.stable_revision = self.canary.stable_revision(current)
             self._record(current, "promoted", "already serving this model at 100 %: nothing to do")
@@ -464,6 +464,7 @@ class Rollout:
             annotations={key: annotations[key] for key in kept if key in annotations},
         )
         self.result.snapshot = self.snapshot.as_dict()
+        self.lease.snapshot = self.snapshot.digest()  # recorded before the ConfigMap is
         self.lease.renew("rolling_out")
         save_snapshot(self.config_maps, current, self.snapshot)
 
@@ -484,7 +485,13 @@ class Rollout:
         body = copy.deepcopy(self.manifest)
         body["spec"]["predictor"].pop("canaryTrafficPercent", None)  # ignored on create
         self.progress(f"creating InferenceService {self.name} in {self.services.namespace}")
-        self.services.create(body)
+        try:
+            self.services.create(body)
+        except Conflict:  # created since it was read: by this run, if the model is this one
+            if not _names_model(self.services.get(self.name) or {}, self.result.model_uri):
+                raise _Refused(
+                    f"{self.name} was created by another run at the same moment"
+                ) from None
         try:
             status = self._wait("the new InferenceService to be ready", is_ready)
         except _Abort as abort:
@@ -670,7 +677,7 @@ class Rollout:
         if self.lease is None:
             return
         try:
-            self.lease.release(state, first_line(reason))
+            self.lease.release(state, reason.strip().splitlines()[0] if reason.strip() else "")
         except ConveyorError as error:
             self.progress(f"could not release the Lease {self.lease.name}: {error}")
 
@@ -732,6 +739,11 @@ def _annotations(service: dict[str, Any]) -> dict[str, str]:
     return service.get("metadata", {}).get("annotations") or {}
 
 
+def _names_model(service: dict[str, Any], uri: str) -> bool:
+    """Whether the service's predictor names this model (an answer lost in transit)."""
+    return service.get("spec", {}).get("predictor", {}).get("model", {}).get("storageUri") == uri
+
+
 def _split(service: dict[str, Any]) -> str:
     status = service.get("status", {})
     entries = status.get("components", {}).get("predictor", {}).get("traffic") or []
@@ -746,8 +758,13 @@ def _not_ready_reason(service: dict[str, Any]) -> str:
     return first_line(ready.get("message") or ready.get("reason") or "no Ready condition yet")
 
 
-def _without_percent(predictor: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in predictor.items() if key != "canaryTrafficPercent"}
+def rendered_fields(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The predictor fields a manifest renders (the canary share aside), its ``env`` always
+    there (empty when it renders none), so variables Conveyor rendered before go with it."""
+    predictor = {
+        k: v for k, v in manifest["spec"]["predictor"].items() if k != "canaryTrafficPercent"
+    }
+    return {**predictor, "model": {"env": [], **predictor["model"]}}
 
 
 def _describe(error: BaseException) -> str:

@@ -5,12 +5,15 @@ The ConfigMap (named like the rollout's Lease) is written before the rollout's f
 write to the service and names its run; a later run restores from it only when the
 Lease's record names the same run, so a finished rollout's snapshot is never re-applied.
 Whoever may write ConfigMaps in the namespace could write one, so a snapshot is checked
-before it is trusted: owned by this very service (not an earlier one of the same name),
-well-formed, and touching only the predictor fields Conveyor renders.
+before it is trusted: its sha256 is the one the run recorded in its Lease (which the
+rollout's account, not every ConfigMap writer, may write), it is owned by this very
+service (not an earlier one of the same name), well-formed, and it touches only the
+predictor fields, environment variables and annotations Conveyor renders.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -19,6 +22,7 @@ import yaml
 from components.core.errors import ConveyorError
 from components.core.kube import Conflict, Objects
 from components.core.lease import lease_name, owner_reference
+from components.core.manifests import RENDERED_ANNOTATIONS, RENDERED_ENV
 
 __all__ = ["RENDERED_FIELDS", "SNAPSHOT_KEY", "Snapshot", "load_snapshot", "save_snapshot"]
 
@@ -57,6 +61,14 @@ class Snapshot:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def text(self) -> str:
+        """As the ConfigMap holds it."""
+        return yaml.safe_dump(self.as_dict(), sort_keys=True)
+
+    def digest(self) -> str:
+        """The sha256 of ``text()``, which the run records in its Lease."""
+        return hashlib.sha256(self.text().encode()).hexdigest()
+
 
 def _problem(snapshot: Snapshot) -> str:
     if not all(isinstance(v, str) for v in (snapshot.run, snapshot.stable_revision)):
@@ -73,6 +85,16 @@ def _problem(snapshot: Snapshot) -> str:
     if not isinstance(model, dict):
         return "applied.model must be a mapping"
     unknown |= {f"model.{key}" for key in set(model) - RENDERED_FIELDS["model"]}
+    env = model.get("env", [])
+    if not isinstance(env, list) or any(
+        not isinstance(entry, dict) or not isinstance(entry.get("name"), str) for entry in env
+    ):
+        return "applied.model.env must be a list of named variables"
+    unknown |= {f"env {entry['name']}" for entry in env if entry["name"] not in RENDERED_ENV}
+    if not isinstance(snapshot.applied.get("annotations", {}), dict):
+        return "applied.annotations must be a mapping"
+    touched = {*snapshot.applied.get("annotations", {}), *snapshot.annotations}
+    unknown |= {f"annotation {key}" for key in touched - set(RENDERED_ANNOTATIONS)}
     if unknown:
         return f"it changes fields Conveyor never renders: {', '.join(sorted(unknown))}"
     return ""
@@ -90,7 +112,7 @@ def save_snapshot(config_maps: Objects, service: dict[str, Any], snapshot: Snaps
             "labels": {"app.kubernetes.io/managed-by": "conveyor"},
             "ownerReferences": [owner_reference(service)],
         },
-        "data": {"run": snapshot.run, SNAPSHOT_KEY: yaml.safe_dump(snapshot.as_dict())},
+        "data": {"run": snapshot.run, SNAPSHOT_KEY: snapshot.text()},
     }
     current = config_maps.get(name)
     if current is None:
@@ -103,9 +125,11 @@ def save_snapshot(config_maps: Objects, service: dict[str, Any], snapshot: Snaps
     config_maps.replace(body)
 
 
-def load_snapshot(config_maps: Objects, service: dict[str, Any], run: str) -> Snapshot | None:
-    """The snapshot ``run`` took of ``service``, or None when there is none of that run's
-    (it stopped before its first write to the service)."""
+def load_snapshot(
+    config_maps: Objects, service: dict[str, Any], run: str, digest: str
+) -> Snapshot | None:
+    """The snapshot ``run`` took of ``service`` (its sha256 ``digest``), or None when there
+    is none of that run's (it stopped before its first write to the service)."""
     name = lease_name(service["metadata"]["name"])
     found = config_maps.get(name) or {"metadata": {}}
     owners = found["metadata"].get("ownerReferences") or []
@@ -113,9 +137,11 @@ def load_snapshot(config_maps: Objects, service: dict[str, Any], run: str) -> Sn
     if data.get("run") != run or [o.get("uid") for o in owners] != [service["metadata"]["uid"]]:
         return None
     try:
-        fields = yaml.safe_load(data[SNAPSHOT_KEY])
-        return Snapshot(**fields)
-    except (KeyError, TypeError, yaml.YAMLError, ConveyorError) as error:
+        text = data[SNAPSHOT_KEY]
+        if hashlib.sha256(text.encode()).hexdigest() != digest:
+            raise ConveyorError("its sha256 is not the one the run recorded in its Lease")
+        return Snapshot(**yaml.safe_load(text))
+    except (KeyError, TypeError, AttributeError, yaml.YAMLError, ConveyorError) as error:
         detail = f" ({error})" if isinstance(error, ConveyorError) else ""
         raise ConveyorError(
             f"the snapshot ConfigMap {name} of run {run} is not one Conveyor wrote{detail}: "

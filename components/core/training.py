@@ -16,6 +16,7 @@ can write the model bucket can rewrite ``model.json`` too, but not the registry.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import platform
 import re
@@ -410,7 +411,9 @@ def load_model_dir(directory: Path, pinned_sha256: str = "") -> TrainedModel:
         )
     card = read_model_card(directory)
     path = card.model_path(directory)
-    actual = sha256_file(path)
+    # Read once: the bytes hashed are the bytes unpickled, whatever replaces the file after.
+    data = path.resolve().read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
     if pinned_sha256 and actual != pinned_sha256:
         raise ConveyorError(
             f"{path}: sha256 {actual[:12]}... is not the registry's {pinned_sha256[:12]}... "
@@ -421,7 +424,20 @@ def load_model_dir(directory: Path, pinned_sha256: str = "") -> TrainedModel:
             f"{path}: sha256 {actual[:12]}... does not match "
             f"{card.sha256[:12]}... recorded at training; refusing to load"
         )
-    return TrainedModel(joblib.load(path), card)
+    model = joblib.load(io.BytesIO(data))
+    _check_classes(model, card, path)
+    return TrainedModel(model, card)
+
+
+def _check_classes(model: Any, card: ModelCard, path: Path) -> None:
+    """The card's classes are the model's (they name the answers' labels and probability
+    columns; a pinned model file says nothing about a card rewritten beside it)."""
+    classes = [plain(c) for c in getattr(model, "classes_", card.classes)]
+    if classes != card.classes:
+        raise ConveyorError(
+            f"{path.parent / MODEL_CARD}: classes {card.classes} are not the model's "
+            f"{classes}; refusing to serve labels the model does not give"
+        )
 
 
 def sha256_file(path: Path) -> str:

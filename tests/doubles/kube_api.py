@@ -28,7 +28,8 @@ ready revision and the last rolled-out one. The template is what KServe builds i
   too; Knative makes a revision for every template change.
 
 So any change of the predictor spec (``canaryTrafficPercent`` is routing, not template),
-or of an ISVC annotation or label outside those lists, makes a revision. In Standard mode
+or of an ISVC annotation or label outside those lists, makes a revision. (A cluster can
+add to both lists in its ``inferenceservice-config``; the double keeps KServe's defaults.) In Standard mode
 the same template is the Deployment's pod template: a change rolls the Deployment (counted
 as a revision too), and each ``spec.canary`` entry is a Deployment of its own built from
 its predictor and the same annotations.
@@ -779,15 +780,19 @@ class _Handler(MethodHandler):
             if self.headers.get("Authorization") != f"Bearer {double.token}":
                 raise ApiError(401, "Unauthorized", kind="")
             route = _route(url.path)
-            double._stall(method)
+            double._stall(method, answered=False)
             double._admit(method, route, query)
             if _verb(method, route, query) == "watch":
                 self._stream(double._watch(route, query))
                 return
             code, payload = double._answer(method, route, body, content_type, query)
+            double._stall(method, answered=True)
         except ApiError as error:
             code, payload = error.code, error.status()
-        self._send_json(code, payload)
+        try:
+            self._send_json(code, payload)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client gave up waiting for the answer
 
     def _send_json(self, code: int, payload: dict[str, Any]) -> None:
         data = json.dumps(payload).encode()
@@ -837,7 +842,7 @@ class KubernetesApiDouble:
         self._failures: dict[str, list[int]] = {}
         self._builtins: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._outage_until, self._outage_status = 0.0, 503
-        self._stalls: dict[str, list[float]] = {}
+        self._stalls: dict[tuple[str, bool], list[float]] = {}
         self._conflicts = 0
         self._errors: list[BaseException] = []
         self._stop = threading.Event()
@@ -967,14 +972,19 @@ class KubernetesApiDouble:
         with self._store.lock:
             self._outage_until, self._outage_status = time.monotonic() + seconds, status
 
-    def stall_next(self, method: str, seconds: float, times: int = 1) -> None:
-        """The next ``times`` requests with ``method`` wait ``seconds`` before any answer."""
+    def stall_next(
+        self, method: str, seconds: float, times: int = 1, after_answering: bool = False
+    ) -> None:
+        """The next ``times`` requests with ``method`` wait ``seconds`` before they are
+        handled, or (``after_answering``) after they were handled, before the answer is
+        sent: a write that lands though its client saw a timeout."""
         with self._store.lock:
-            self._stalls.setdefault(method.upper(), []).extend([seconds] * times)
+            queue = self._stalls.setdefault((method.upper(), after_answering), [])
+            queue.extend([seconds] * times)
 
-    def _stall(self, method: str) -> None:
+    def _stall(self, method: str, answered: bool) -> None:
         with self._store.lock:
-            queued = self._stalls.get(method, [])
+            queued = self._stalls.get((method, answered), [])
             seconds = queued.pop(0) if queued else 0.0
         time.sleep(seconds)
 
