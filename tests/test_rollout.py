@@ -756,6 +756,24 @@ def test_standard_mode_rolls_back_a_canary_that_never_becomes_ready(
     assert standard_cluster.template_changes(NAMESPACE, NAME) == 4
 
 
+def test_standard_mode_refuses_a_canary_that_would_keep_the_stables_pin(
+    standard_cluster: KubernetesApiDouble,
+) -> None:
+    """KServe merges a canary entry over the stable predictor: an unpinned entry would run
+    the new model under the old model's hash, and never load."""
+    deployed_standard(standard_cluster)
+    pin = {"name": "CONVEYOR_MODEL_SHA256", "value": "ab" * 32}
+    cluster_patch(standard_cluster, {"spec": {"predictor": {"model": {"env": [pin]}}}})
+    _wait_for(lambda: standard_cluster.template_changes(NAMESPACE, NAME) == 3)
+    _wait_for(lambda: is_ready(standard_cluster.get(NAMESPACE, NAME)))
+    with pytest.raises(RolloutFailed) as refused:
+        rollout(standard_cluster, **ANALYSED).run()
+    assert refused.value.result.reason.startswith(
+        "fraud serves with CONVEYOR_MODEL_SHA256, which a Standard canary cannot drop"
+    )
+    assert "canary" not in standard_cluster.get(NAMESPACE, NAME)["spec"]
+
+
 def test_a_standard_promotion_keeps_the_stable_predictors_tuning(
     standard_cluster: KubernetesApiDouble,
 ) -> None:

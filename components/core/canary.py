@@ -221,6 +221,14 @@ class StandardCanary:
                 "new model (KServe refuses a new predictor name without one); apply other "
                 "changes to spec.predictor directly"
             )
+        dropped = _owned_names(service["spec"]["predictor"]) - _owned_names(predictor)
+        if dropped:  # an empty env in a canary entry overrides nothing in KServe's merge
+            return (
+                f"{self.name} serves with {', '.join(sorted(dropped))}, which a Standard canary "
+                "cannot drop (KServe merges the entry over the stable predictor): render it "
+                "for the new model too (the pipeline's deploy, or conveyor rollout "
+                "--model-sha256)"
+            )
         label = f"isvc.{self._deployment(self._canary_name(predictor))}"
         if len(label) > 63:
             return (
@@ -516,6 +524,11 @@ def _restored_env(
         return entry["name"] in names or _owned(entry)
 
     return [e for e in current if not ours(e)] + [copy.deepcopy(e) for e in before if ours(e)]
+
+
+def _owned_names(predictor: dict[str, Any]) -> set[str]:
+    """The names of the variables Conveyor renders that ``predictor`` sets."""
+    return {e["name"] for e in predictor.get("model", {}).get("env") or [] if _owned(e)}
 
 
 def _owned(entry: dict[str, Any]) -> bool:
