@@ -221,6 +221,7 @@ def _record_splits(cluster: KubernetesApiDouble, seen: list) -> None:
 def test_every_write_carries_the_resource_version(cluster: KubernetesApiDouble) -> None:
     deployed(cluster)
     rollout(cluster).run()
+    assert len(cluster.revisions(NAMESPACE, NAME)) == 2  # promoted: the canary's, one
     patches = [r for r in service_writes(cluster) if r.method == "PATCH"]
     assert patches and all(r.content_type == "application/merge-patch+json" for r in patches)
     assert all(json.loads(r.body)["metadata"]["resourceVersion"] for r in patches)
@@ -257,6 +258,7 @@ def test_the_snapshot_and_the_lease_belong_to_the_service(cluster: KubernetesApi
 
     deployed(cluster)
     rollout(cluster).run()
+    assert len(cluster.revisions(NAMESPACE, NAME)) == 2
     service = cluster.get(NAMESPACE, NAME)
     snapshot = cluster.config_map(NAMESPACE, LEASE)
     assert snapshot["data"]["run"] == "run-2"
@@ -393,6 +395,8 @@ def test_a_second_concurrent_rollout_is_refused(cluster: KubernetesApiDouble) ->
         "fraud is being rolled out by run run-a (process "
     )
     assert outcome["result"].decision == "promoted"  # the first one was not disturbed
+    assert traffic(cluster) == {"fraud-predictor-00002": 100}
+    assert len(cluster.revisions(NAMESPACE, NAME)) == 2  # none for the refused one
     assert cluster.get(NAMESPACE, NAME)["spec"]["predictor"]["model"]["storageUri"] == CANARY_URI
 
 
@@ -554,6 +558,9 @@ def test_a_rollout_owns_only_the_variables_it_renders(cluster: KubernetesApiDoub
     assert env == [tuned, {"name": "CONVEYOR_MODEL_SHA256", "value": "ab" * 32}]
     assert rollout(cluster, "gs://models/fraud/next", run_id="run-3").run().decision == "promoted"
     assert cluster.get(NAMESPACE, NAME)["spec"]["predictor"]["model"]["env"] == [tuned]
+    # The tuned stable, the pinned canary, the next one: one revision each, the last serving.
+    assert traffic(cluster) == {"fraud-predictor-00004": 100}
+    assert len(cluster.revisions(NAMESPACE, NAME)) == 4
 
 
 def test_a_snapshot_changed_behind_the_rollouts_back_is_not_restored(
@@ -583,6 +590,7 @@ def test_a_snapshot_changed_behind_the_rollouts_back_is_not_restored(
     assert len(service_writes(cluster)) == before
     assert lease_record(cluster).state == "rollback_failed"  # still there for a person
     assert traffic(cluster) == {"fraud-predictor-00002": 10, "fraud-predictor-00001": 90}
+    assert len(cluster.revisions(NAMESPACE, NAME)) == 2  # left stranded, for a person
 
 
 def test_a_lease_lost_mid_rollout_stops_without_touching_the_service(
@@ -613,6 +621,7 @@ def test_a_service_that_is_not_ready_is_left_alone(cluster: KubernetesApiDouble)
         rollout(cluster).run()
     assert refused.value.result.reason.startswith("fraud is not Ready (")
     assert len(service_writes(cluster)) == before
+    assert len(cluster.revisions(NAMESPACE, NAME)) == 1
     assert lease_record(cluster).reason.startswith("refused: fraud is not Ready")
 
 
@@ -685,6 +694,8 @@ def test_standard_mode_refuses_a_canary_nobody_would_analyse(
         "served requests: analysis: none is refused here"
     )
     assert len(service_writes(standard_cluster)) == before
+    assert standard_cluster.template_changes(NAMESPACE, NAME) == 2  # created, annotated
+    assert "canary" not in standard_cluster.get(NAMESPACE, NAME)["spec"]
 
 
 def test_standard_mode_refuses_a_canary_of_the_model_already_served(
@@ -701,6 +712,8 @@ def test_standard_mode_refuses_a_canary_of_the_model_already_served(
     assert refused.value.result.reason.startswith(
         f"fraud already serves {STABLE_URI}: in Standard mode a canary needs a new model"
     )
+    assert standard_cluster.template_changes(NAMESPACE, NAME) == 2
+    assert "canary" not in standard_cluster.get(NAMESPACE, NAME)["spec"]
 
 
 def test_standard_mode_on_a_crd_it_cannot_read_and_that_lacks_spec_canary() -> None:
@@ -714,6 +727,7 @@ def test_standard_mode_on_a_crd_it_cannot_read_and_that_lacks_spec_canary() -> N
         assert "the API server dropped spec.canary" in failed.value.result.reason
         assert "no canary is possible in Standard mode" in failed.value.result.reason
         assert "canary" not in cluster.get(NAMESPACE, NAME)["spec"]
+        assert cluster.template_changes(NAMESPACE, NAME) == 2  # created, annotated
         assert (
             cluster.get(NAMESPACE, NAME)["spec"]["predictor"]["model"]["storageUri"] == STABLE_URI
         )
@@ -804,6 +818,7 @@ def test_modelmesh_mode_fails_clearly() -> None:
             RolloutFailed, match="ModelMesh mode, which has no canary traffic split"
         ):
             rollout(cluster).run()
+        assert len(cluster.revisions(NAMESPACE, NAME)) == 1
 
 
 def test_a_rerun_after_a_crash_rolls_back_then_completes(
@@ -1028,6 +1043,7 @@ def test_a_rollout_with_nothing_to_judge_by_is_refused_before_anything(
         rollout(cluster, policy=DEFAULT_POLICY).run()
     assert refused.value.result.reason.startswith("no Prometheus URL to judge the canary with")
     assert len(cluster.requests) == before  # not even read
+    assert_stable_serves_everything(cluster, revisions=1)
 
 
 def test_cli_without_credentials_is_one_line(
@@ -1130,6 +1146,7 @@ def test_the_deploy_step_creates_then_promotes_and_reports(
     assert metrics.metadata == {"analysis_performed": 0.0}
     assert f"storageUri: {STABLE_URI}" in text  # the snapshot a rollback would re-apply
     assert traffic(cluster) == {"fraud-predictor-00002": 100}
+    assert len(cluster.revisions(NAMESPACE, NAME)) == 2
 
 
 def test_a_rolled_back_deploy_fails_the_step_with_its_reason_and_report(
@@ -1161,6 +1178,7 @@ def test_restoring_after_a_promotion_hands_traffic_back_to_the_old_model(
 
     KnativeCanary(services(cluster), NAME).restore(snapshot, waiter(cluster))
     assert traffic(cluster) == {"fraud-predictor-00003": 100}
+    assert len(cluster.revisions(NAMESPACE, NAME)) == 3  # stable, canary, restored
     assert cluster.get(NAMESPACE, NAME)["spec"]["predictor"]["model"]["storageUri"] == STABLE_URI
 
 
@@ -1185,3 +1203,4 @@ def test_a_registry_outage_after_a_promotion_keeps_the_outcome_first(
     assert message.startswith("deploy: promoted: promoted WITHOUT ANALYSIS")
     assert "but the registry was not updated (API request to the tracking server failed" in message
     assert traffic(cluster) == {"fraud-predictor-00002": 100}
+    assert len(cluster.revisions(NAMESPACE, NAME)) == 2
