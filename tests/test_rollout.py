@@ -661,7 +661,20 @@ def deployed_standard(cluster: KubernetesApiDouble) -> dict:
     rolls its Deployment once)."""
     deployed(cluster)
     services(cluster).patch_fresh(NAME, lambda _: {"metadata": {"annotations": {MODE: "Standard"}}})
-    _wait_for(lambda: cluster.template_changes(NAMESPACE, NAME) == 2)
+    return rolled_out(cluster, template_changes=2)
+
+
+def tuned_standard(cluster: KubernetesApiDouble) -> dict:
+    """``deployed_standard`` with HAND_TUNED applied to its predictor (a third rollout)."""
+    deployed_standard(cluster)
+    services(cluster).patch_fresh(NAME, lambda _: {"spec": {"predictor": HAND_TUNED}})
+    return rolled_out(cluster, template_changes=3)
+
+
+def rolled_out(cluster: KubernetesApiDouble, template_changes: int) -> dict:
+    """The service once the controller has made its ``template_changes``-th revision (or
+    Deployment rollout) and the service is Ready again."""
+    _wait_for(lambda: cluster.template_changes(NAMESPACE, NAME) == template_changes)
     _wait_for(lambda: is_ready(cluster.get(NAMESPACE, NAME)))
     return cluster.get(NAMESPACE, NAME)
 
@@ -736,14 +749,7 @@ def test_standard_mode_on_a_crd_it_cannot_read_and_that_lacks_spec_canary() -> N
 def test_standard_mode_rolls_back_a_canary_that_never_becomes_ready(
     standard_cluster: KubernetesApiDouble,
 ) -> None:
-    deployed_standard(standard_cluster)
-    services(standard_cluster).patch_fresh(NAME, lambda _: {"spec": {"predictor": HAND_TUNED}})
-    _wait_for(lambda: standard_cluster.template_changes(NAMESPACE, NAME) == 3)
-    _wait_for(
-        lambda: (
-            standard_cluster.get(NAMESPACE, NAME)["status"]["conditions"][-1]["status"] == "True"
-        )
-    )
+    tuned_standard(standard_cluster)
     standard_cluster.revision_behaviour(CANARY_URI, never_ready=True)
     entries: list[dict] = []
     failing = rollout(standard_cluster, **ANALYSED, ready_timeout_s=1)
@@ -778,8 +784,7 @@ def test_standard_mode_refuses_a_canary_that_would_keep_the_stables_pin(
     deployed_standard(standard_cluster)
     pin = {"name": "CONVEYOR_MODEL_SHA256", "value": "ab" * 32}
     cluster_patch(standard_cluster, {"spec": {"predictor": {"model": {"env": [pin]}}}})
-    _wait_for(lambda: standard_cluster.template_changes(NAMESPACE, NAME) == 3)
-    _wait_for(lambda: is_ready(standard_cluster.get(NAMESPACE, NAME)))
+    rolled_out(standard_cluster, template_changes=3)
     with pytest.raises(RolloutFailed) as refused:
         rollout(standard_cluster, **ANALYSED).run()
     assert refused.value.result.reason.startswith(
@@ -791,9 +796,7 @@ def test_standard_mode_refuses_a_canary_that_would_keep_the_stables_pin(
 def test_a_standard_promotion_keeps_the_stable_predictors_tuning(
     standard_cluster: KubernetesApiDouble,
 ) -> None:
-    deployed_standard(standard_cluster)
-    services(standard_cluster).patch_fresh(NAME, lambda _: {"spec": {"predictor": HAND_TUNED}})
-    _wait_for(lambda: is_ready(standard_cluster.get(NAMESPACE, NAME)))
+    tuned_standard(standard_cluster)
     fields = applied(CANARY_URI)
 
     canary, wait = StandardCanary(services(standard_cluster), NAME), waiter(standard_cluster)

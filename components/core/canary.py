@@ -476,18 +476,23 @@ def overlay(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     """``base`` with ``top`` laid over it: objects merge key by key, ``env`` lists by name
     (the variables Conveyor renders replaced as a set: ``top``'s, or none), anything else is
     replaced."""
-    result = copy.deepcopy(base)
+    return copy.deepcopy(_overlay(base, top))
+
+
+def _overlay(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``overlay`` sharing the inputs' values (the caller copies the result once)."""
+    result = dict(base)
     for key, value in top.items():
         if key == "env" and isinstance(value, list):
             names = {entry["name"] for entry in value}
             kept = [e for e in base.get(key) or [] if e["name"] not in names and not _owned(e)]
-            result[key] = kept + copy.deepcopy(value)
+            result[key] = kept + value
             if not result[key]:
                 result.pop(key)
         elif isinstance(value, dict) and isinstance(base.get(key), dict):
-            result[key] = overlay(base[key], value)
+            result[key] = _overlay(base[key], value)
         else:
-            result[key] = copy.deepcopy(value)
+            result[key] = value
     return result
 
 
@@ -496,7 +501,14 @@ def restored(
 ) -> dict[str, Any]:
     """``current`` with each field ``applied`` sets put back as ``before`` had it (dropped
     where it had none); every other field stays as it is now."""
-    result = copy.deepcopy(current)
+    return copy.deepcopy(_restored(current, before, applied))
+
+
+def _restored(
+    current: dict[str, Any], before: dict[str, Any], applied: dict[str, Any]
+) -> dict[str, Any]:
+    """``restored`` sharing the inputs' values (the caller copies the result once)."""
+    result = dict(current)
     for key, value in applied.items():
         if key == "env" and isinstance(value, list):
             env = _restored_env(current.get(key) or [], before.get(key) or [], value)
@@ -506,9 +518,9 @@ def restored(
         elif all(isinstance(d.get(key), dict) for d in (current, before)) and isinstance(
             value, dict
         ):
-            result[key] = restored(current[key], before[key], value)
+            result[key] = _restored(current[key], before[key], value)
         elif key in before:
-            result[key] = copy.deepcopy(before[key])
+            result[key] = before[key]
         else:
             result.pop(key, None)
     return result
@@ -523,7 +535,7 @@ def _restored_env(
     def ours(entry: dict[str, Any]) -> bool:
         return entry["name"] in names or _owned(entry)
 
-    return [e for e in current if not ours(e)] + [copy.deepcopy(e) for e in before if ours(e)]
+    return [e for e in current if not ours(e)] + [e for e in before if ours(e)]
 
 
 def _owned_names(predictor: dict[str, Any]) -> set[str]:

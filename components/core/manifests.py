@@ -20,6 +20,7 @@ __all__ = [
     "CRD_FILE",
     "RENDERED_ANNOTATIONS",
     "RENDERED_ENV",
+    "RENDERED_FIELDS",
     "ServingSpec",
     "deploy_manifest",
     "inference_service_name",
@@ -32,6 +33,13 @@ API_VERSION = "serving.kserve.io/v1beta1"
 # The predictor's environment variables and annotations Conveyor renders, and so owns: a
 # rollout replaces them as a set, and leaves every other one as it finds it.
 RENDERED_ENV = (PAYLOAD_LOG_ENV, MODEL_SHA256_ENV)
+# The predictor fields ``render_inference_service`` writes (and, under ``model``, the keys):
+# all a rollback may put back.
+RENDERED_FIELDS = {
+    "annotations": None,
+    "serviceAccountName": None,
+    "model": {"modelFormat", "storageUri", "resources", "runtime", "env"},
+}
 CRD_FILE = "serving.kserve.io_inferenceservices.yaml"
 # KServe derives host names such as <name>-predictor-<namespace>; keep room for them in 63.
 MAX_NAME_LENGTH = 45

@@ -22,17 +22,11 @@ import yaml
 from components.core.errors import ConveyorError
 from components.core.kube import Conflict, Objects
 from components.core.lease import lease_name, owner_reference
-from components.core.manifests import RENDERED_ANNOTATIONS, RENDERED_ENV
+from components.core.manifests import RENDERED_ANNOTATIONS, RENDERED_ENV, RENDERED_FIELDS
 
-__all__ = ["RENDERED_FIELDS", "SNAPSHOT_KEY", "Snapshot", "load_snapshot", "save_snapshot"]
+__all__ = ["SNAPSHOT_KEY", "Snapshot", "load_snapshot", "save_snapshot"]
 
 SNAPSHOT_KEY = "snapshot.yaml"
-# The predictor fields components.core.manifests renders: all a rollback may put back.
-RENDERED_FIELDS = {
-    "annotations": None,
-    "serviceAccountName": None,
-    "model": {"modelFormat", "storageUri", "resources", "runtime", "env"},
-}
 
 
 @dataclass(frozen=True)

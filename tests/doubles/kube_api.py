@@ -938,11 +938,8 @@ class KubernetesApiDouble:
 
     def take_lease(self, namespace: str, name: str, holder: str) -> None:
         """Another run takes the Lease, as its own update would (a new resourceVersion)."""
-        with self._store.lock:
-            lease = copy.deepcopy(self._builtins[("leases", namespace, name)])
-            stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-            lease["spec"].update(holderIdentity=holder, renewTime=stamp, acquireTime=stamp)
-            self._save_builtin(_Route("leases", namespace, name), lease, lease)
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        self._edit_lease(namespace, name, holderIdentity=holder, renewTime=stamp, acquireTime=stamp)
 
     def template_changes(self, namespace: str, name: str) -> int:
         """Revisions (Knative) or Deployment rollouts (Standard, spec.canary entries included)."""
@@ -962,9 +959,13 @@ class KubernetesApiDouble:
 
     def expire_lease(self, namespace: str, name: str) -> None:
         """The Lease's holder stopped renewing long ago (its process died)."""
+        self._edit_lease(namespace, name, renewTime="2000-01-01T00:00:00.000000Z")
+
+    def _edit_lease(self, namespace: str, name: str, **spec: Any) -> None:
+        """The stored Lease with ``spec`` fields changed, at a new resourceVersion."""
         with self._store.lock:
             lease = copy.deepcopy(self._builtins[("leases", namespace, name)])
-            lease["spec"]["renewTime"] = "2000-01-01T00:00:00.000000Z"
+            lease["spec"].update(spec)
             self._save_builtin(_Route("leases", namespace, name), lease, lease)
 
     def outage(self, seconds: float, status: int = 503) -> None:
