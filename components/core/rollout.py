@@ -293,7 +293,7 @@ class Rollout:
         self.snapshot: Snapshot | None = None
         self._previous: LeaseRecord | None = None  # the Lease's record before this run
         self._recovered = ""  # "rolled_back" when this run settled an earlier one
-        self._cleared: list[str] = []  # an earlier release's lock annotations, to remove
+        self._legacy: list[str] = []  # earlier releases' annotations on the service
         self._canary_started = 0.0  # wall time the canary first took traffic
         self._deadline = 0.0
         self._known_failure: dict[str, Any] = {}  # lastFailureInfo before this rollout
@@ -453,15 +453,16 @@ class Rollout:
 
     def _save_snapshot(self, current: dict[str, Any], applied: dict[str, Any]) -> None:
         """The spec before the rollout, in the ConfigMap, before the first write to it."""
-        annotations = _annotations(current)
-        self._cleared = [key for key in LEGACY_LOCK_ANNOTATIONS if key in annotations]
-        kept = [key for key in self._owned_annotations() if key not in LEGACY_LOCK_ANNOTATIONS]
+        present = _annotations(current)
+        self._legacy = [key for key in LEGACY_ANNOTATIONS if key in present]
         self.snapshot = Snapshot(
             run=self.run_id,
             stable_revision=self.result.stable_revision,
             predictor=current["spec"]["predictor"],
             applied=applied,
-            annotations={key: annotations[key] for key in kept if key in annotations},
+            annotations={
+                key: present[key] for key in self._legacy if key not in LEGACY_LOCK_ANNOTATIONS
+            },
         )
         self.result.snapshot = self.snapshot.as_dict()
         self.lease.snapshot = self.snapshot.digest()  # recorded before the ConfigMap is
@@ -521,20 +522,10 @@ class Rollout:
             )
         return StandardCanary(self.services, self.name)
 
-    def _owned_annotations(self) -> list[str]:
-        """The service annotations a rollout sets (the manifest's) or clears (those earlier
-        releases wrote), always in the same write as the canary's spec."""
-        return list(dict.fromkeys([*self._rendered_annotations(), *LEGACY_ANNOTATIONS]))
-
-    def _rendered_annotations(self) -> dict[str, str]:
-        return self.manifest["metadata"].get("annotations", {})
-
-    def _canary_annotations(self) -> dict[str, str | None]:
-        """The annotation changes that go with the canary's spec: the manifest's, and those
-        earlier releases kept on the service removed."""
-        rendered = self._rendered_annotations()
-        removed = [*self.snapshot.annotations, *self._cleared]
-        return {**{key: rendered.get(key) for key in removed}, **rendered}
+    def _canary_annotations(self) -> dict[str, None]:
+        """The annotation changes that go with the canary's spec: those earlier releases
+        kept on the service, removed (the model's now sit on the predictor)."""
+        return dict.fromkeys(self._legacy)
 
     # -- canary steps -------------------------------------------------------------------
 
