@@ -42,6 +42,8 @@ REPORT ?= build/drift.html
 SCHEMA ?= schema.json
 WRITE ?=
 INPUTS ?=
+LABELS ?=
+PUSHGATEWAY ?=
 # make test
 PYTEST_ARGS ?=
 TEST_WORKERS ?= auto
@@ -49,11 +51,12 @@ TEST_WORKERS ?= auto
 BENCH_ARGS ?=
 DRIFT_BENCH_ARGS ?=
 VALIDATION_BENCH_ARGS ?=
+QUALITY_BENCH_ARGS ?=
 MLSERVER_VENV := .bench/mlserver-venv
 MLSERVER_INSTALLED := $(MLSERVER_VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run serve compile check submit schedule submit-vertex schedule-vertex publish drift test lint format images push lint-images bench bench-serving bench-drift bench-validation validate monitor lock clean
+.PHONY: help install run serve compile check submit schedule submit-vertex schedule-vertex publish drift test lint format images push lint-images bench bench-serving bench-drift bench-validation bench-quality validate monitor lock clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -115,9 +118,10 @@ validate: $(INSTALLED) ## Check DATA against SCHEMA; exit 3 when a rule fails [D
 	$(BIN)/conveyor validate --data '$(DATA)' --schema '$(SCHEMA)' \
 		$(if $(WRITE),--write-schema $(if $(TARGET),--target '$(TARGET)') $(if $(SEGMENT),--segment '$(SEGMENT)'))
 
-monitor: $(INSTALLED) ## Run the monitoring pipeline locally: INPUTS vs MODEL's champion, retraining on DATA when drifted [INPUTS= MODEL= DATA= TARGET=]
+monitor: $(INSTALLED) ## Run the monitoring pipeline locally: INPUTS (and LABELS) vs MODEL's champion, retraining on DATA on drift or degradation [INPUTS= MODEL= DATA= TARGET= LABELS= PUSHGATEWAY=]
 	$(BIN)/conveyor monitor --inputs '$(INPUTS)' --model '$(MODEL)' \
-		$(if $(DATA),--data '$(DATA)') $(if $(TARGET),--target '$(TARGET)')
+		$(if $(DATA),--data '$(DATA)') $(if $(TARGET),--target '$(TARGET)') \
+		$(if $(LABELS),--labels '$(LABELS)') $(if $(PUSHGATEWAY),--pushgateway '$(PUSHGATEWAY)')
 
 # A test file runs whole in one worker, so its servers (MLflow, Prometheus) start once.
 test: $(INSTALLED) lint-images ## Run lint, lint-images and the test suite [PYTEST_ARGS=... TEST_WORKERS=auto]
@@ -159,7 +163,7 @@ $(MLSERVER_INSTALLED): bench/mlserver-requirements.txt
 	$(MLSERVER_VENV)/bin/python -m pip install --quiet -r bench/mlserver-requirements.txt
 	@touch $@
 
-bench: bench-serving bench-drift bench-validation ## Every benchmark: serving vs MLServer, drift vs Evidently, validation vs a pandas read
+bench: bench-serving bench-drift bench-validation bench-quality ## Every benchmark: serving vs MLServer, drift vs Evidently, validation vs a pandas read, quality vs a pyarrow read
 
 bench-serving: $(INSTALLED) $(MLSERVER_INSTALLED) ## Serving throughput and latency vs MLServer, side by side [BENCH_ARGS=...]
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
@@ -173,6 +177,9 @@ bench-drift: $(INSTALLED) ## Drift on 1,000,000 x 30 rows vs Evidently's DataDri
 
 bench-validation: $(INSTALLED) ## Validation of 1,000,000 x 30 rows of Parquet vs a plain pandas read of the file [VALIDATION_BENCH_ARGS=--rows N]
 	$(BIN)/python -m bench.validation $(VALIDATION_BENCH_ARGS)
+
+bench-quality: $(INSTALLED) ## Labels joined to 10,000,000 logged predictions, every metric, vs a plain pyarrow read [QUALITY_BENCH_ARGS=--rows N]
+	$(BIN)/python -m bench.quality $(QUALITY_BENCH_ARGS)
 
 lock: ## Re-pin every dependency into constraints.txt from a fresh resolve
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv

@@ -9,7 +9,9 @@ it from ``bench/mlserver-requirements.txt``). Both get the same V2 inputs, byte 
 before anything is timed. The load comes
 from ``wrk`` (one thread, fixed connections) or, without it, a small asyncio generator;
 runs alternate between the servers and the medians are reported, printed as a table and
-written to ``build/bench/serving.json``.
+written to ``build/bench/serving.json``. Conveyor also runs a second time with its payload log
+on (``conveyor-log``, to a local folder), and the throughput ratio of the two is reported
+against the aim that the log costs at most 10 %.
 """
 
 from __future__ import annotations
@@ -43,7 +45,9 @@ MODEL_NAME = "bench"
 COLUMNS = [f"f{index:02d}" for index in range(20)]
 # Both servers unpickle the same model.joblib: these must be the same version in both venvs.
 SHARED_LIBRARIES = ("scikit-learn", "numpy", "pandas", "joblib")
-SERVERS = ("conveyor", "mlserver")
+SERVERS = ("conveyor", "conveyor-log", "mlserver")
+# The payload log may cost at most this share of the throughput.
+LOG_COST_AIM = 0.10
 READY_TIMEOUT_S = 180.0
 
 
@@ -159,13 +163,16 @@ def run(arguments: argparse.Namespace) -> None:
     model_dir = work / "model"
     _write_model(model_dir, arguments.seed)
     bodies = _request_bodies(arguments.rows, arguments.seed)
+    bodies["conveyor-log"] = bodies["conveyor"]
     body_paths = {name: work / f"request-{name}.json" for name in SERVERS}
     for name, path in body_paths.items():
         path.write_bytes(bodies[name])
 
-    ports = _free_ports(5)
+    ports = _free_ports(7)
+    shutil.rmtree(work / "payloads", ignore_errors=True)
     servers = {
         "conveyor": _conveyor(model_dir, ports[0], ports[1], work),
+        "conveyor-log": _conveyor(model_dir, ports[5], ports[6], work, work / "payloads"),
         "mlserver": _mlserver(mlserver_bin, work, ports[2], ports[3], ports[4]),
     }
     setup = {
@@ -181,6 +188,7 @@ def run(arguments: argparse.Namespace) -> None:
             "--enable_latency_logging False (drops the per-request latency line; KServe's "
             "timing middleware still logs two kserve.trace lines a request)"
         ),
+        "conveyor-log": "the same, with --payload_log to a local folder (inputs and answers)",
         "mlserver": (
             "mlserver_sklearn.SKLearnModel, parallel_workers 1 "
             "(one inference worker process behind the HTTP process)"
@@ -219,7 +227,7 @@ def run(arguments: argparse.Namespace) -> None:
                 server.check_running()
                 runs.append({"round": round_number, "server": name, **asdict(result)})
                 print(
-                    f"  round {round_number} {name:9} {result.requests_per_s:9.1f} req/s  "
+                    f"  round {round_number} {name:12} {result.requests_per_s:9.1f} req/s  "
                     f"p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  "
                     f"errors {result.errors}"
                 )
@@ -236,6 +244,12 @@ def run(arguments: argparse.Namespace) -> None:
     }
     aim_met = ratios["throughput"] >= 1.0 and ratios["p99"] <= 1.0
     _print_table(results, ratios, aim_met)
+    log_ratio = results["conveyor-log"].requests_per_s / conveyor.requests_per_s
+    log_aim_met = log_ratio >= 1.0 - LOG_COST_AIM
+    print(
+        f"payload log: throughput with it on is {log_ratio:.3f}x of without "
+        f"(aim: at least {1.0 - LOG_COST_AIM:.2f}x) -> {'met' if log_aim_met else 'NOT met'}"
+    )
     report = {
         "setup": setup,
         "versions": versions,
@@ -245,6 +259,9 @@ def run(arguments: argparse.Namespace) -> None:
         "ratios_conveyor_over_mlserver": ratios,
         "aim": "Conveyor's throughput at least MLServer's, at equal or lower p99",
         "aim_met": aim_met,
+        "payload_log_throughput_ratio": log_ratio,
+        "payload_log_aim": f"the payload log costs at most {LOG_COST_AIM:.0%} of throughput",
+        "payload_log_aim_met": log_aim_met,
     }
     output = work / "serving.json"
     output.write_text(json.dumps(report, indent=2) + "\n")
@@ -331,7 +348,9 @@ def _free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def _conveyor(model_dir: Path, http_port: int, grpc_port: int, work: Path) -> Server:
+def _conveyor(
+    model_dir: Path, http_port: int, grpc_port: int, work: Path, payload_log: Path | None = None
+) -> Server:
     command = [
         sys.executable, "-m", "components.core.serving",
         "--model_name", MODEL_NAME,
@@ -341,7 +360,10 @@ def _conveyor(model_dir: Path, http_port: int, grpc_port: int, work: Path) -> Se
         "--workers", "1",
         "--enable_latency_logging", "False",
     ]  # fmt: skip
-    return Server("conveyor", command, ROOT, http_port, work / "conveyor.log")
+    if payload_log is None:
+        return Server("conveyor", command, ROOT, http_port, work / "conveyor.log")
+    command += ["--payload_log", str(payload_log)]
+    return Server("conveyor-log", command, ROOT, http_port, work / "conveyor-log.log")
 
 
 def _mlserver(bin_dir: Path, work: Path, http: int, grpc: int, metrics: int) -> Server:
@@ -485,10 +507,10 @@ def _median(runs: list[dict[str, Any]]) -> Measurement:
 
 def _print_table(results: dict[str, Measurement], ratios: dict[str, float], aim_met: bool) -> None:
     print()
-    print(f"{'server':10} {'requests/s':>11} {'p50 ms':>9} {'p99 ms':>9} {'errors':>7}")
+    print(f"{'server':12} {'requests/s':>11} {'p50 ms':>9} {'p99 ms':>9} {'errors':>7}")
     for name, result in results.items():
         print(
-            f"{name:10} {result.requests_per_s:11.1f} {result.p50_ms:9.2f} "
+            f"{name:12} {result.requests_per_s:11.1f} {result.p50_ms:9.2f} "
             f"{result.p99_ms:9.2f} {result.errors:7d}"
         )
     print(

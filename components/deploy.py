@@ -26,6 +26,7 @@ def deploy(
     serving_memory: str = "2Gi",
     service_account: str = "",
     payload_log_uri: str = "",
+    payload_log_exclude: list = [],  # noqa: B006 - KFP reads defaults from the signature
     rollout: bool = True,
     canary_steps: str = "10,50",
     canary_interval_s: float = 60.0,
@@ -63,6 +64,8 @@ def deploy(
         payload_log_uri: Folder or URI under which the predictor logs the inputs it answers
             (in ``<InferenceService name>/<day>/``), for the monitoring pipeline; empty
             logs nothing.
+        payload_log_exclude: Input columns the predictor never writes to its payload log
+            (personal data, ...).
         rollout: False renders and validates the manifest only (local runs without a
             cluster; register has made the version the champion already).
         canary_steps: Canary traffic percentages, comma-separated and increasing (1-99).
@@ -105,6 +108,7 @@ def deploy(
             service_account=service_account,
             payload_log_uri=payload_log_uri,
             model_sha256=model_sha256,
+            payload_log_exclude=tuple(str(column) for column in payload_log_exclude),
         )
         rendered = deploy_manifest(spec, Path(manifest.path))
         manifest.metadata.update(

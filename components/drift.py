@@ -24,24 +24,37 @@ def drift(
     drift_share: float = 0.5,
     report_sample_rows: int = 50000,
     min_segment_rows: int = 100,
+    importance: Input[Artifact] = None,
+    rule: str = "importance",
+    importance_threshold: float = 0.1,
+    weighted_share: float = 0.3,
+    alpha: float = 0.01,
+    id_columns: list = [],  # noqa: B006
 ) -> bool:
     """Tests every column for drift and decides whether the dataset has drifted.
 
     Numeric columns get PSI and Kolmogorov–Smirnov, categorical ones chi-squared and
     Jensen–Shannon, computed on every row; with ``segment_column``, every column is also
     judged within each segment value (of at least ``min_segment_rows`` rows in both
-    tables). Times and identifier-like text are not tested; the report lists them. Fails
-    the step, with one line, when the tables cannot be compared (different columns, a
-    numeric column holding text or infinities, an unreadable file).
+    tables). A column drifts where its deciding score passes its threshold and its counts
+    differ beyond sampling noise at the false-alarm rate ``alpha`` shared by all the run's
+    column tests. By default the dataset drifts when a drifted column weighs at least
+    ``importance_threshold`` of the champion's importance, or the drifted columns together
+    ``weighted_share``. Times and identifier-like text are not tested; the report lists
+    them. Fails the step, with one line, when the tables cannot be compared (different
+    columns, a numeric column holding text or infinities, an unreadable file) or the
+    importance cannot be read.
 
     Args:
         reference: The reference table (CSV or Parquet), such as the champion's training data.
         current: The current table, such as recent inference inputs.
-        metrics: Output metrics: ``drifted_share``, ``drifted_columns``, and each column's
-            deciding score as ``<column>.<test>``.
-        report: Output Markdown: the verdict, every column's scores and verdict.
+        metrics: Output metrics: ``drifted_share``, ``weighted_drifted_share``,
+            ``drifted_columns``, and each column's deciding score as ``<column>.<test>``.
+        report: Output Markdown: the verdict and why, every column's importance, scores
+            and verdict.
         html_report: Output Evidently data drift report with the same tests and thresholds.
-        summary: Output JSON: the verdict and every score, per column and segment.
+        summary: Output JSON: the verdict, its reasons, each column's importance, and
+            every score and noise p-value, per column and segment.
         segment_column: Also judge each column within each value of this column.
         exclude_columns: Columns not tested (identifiers, the label, timestamps); an
             excluded column may be in one table only.
@@ -50,16 +63,28 @@ def drift(
             distance at or above it, is drift.
         numeric_test: The test deciding numeric columns (psi, ks or jensenshannon).
         categorical_test: The test deciding categorical columns (jensenshannon, chisquare, psi).
-        drift_share: The share of drifted columns at which the dataset has drifted.
+        drift_share: With rule ``share``: the share of drifted columns at which the
+            dataset has drifted.
         report_sample_rows: Evidently renders its report on at most this many rows per table.
         min_segment_rows: Segments with fewer rows in either table are not tested.
+        importance: Optional ``importance.json`` (champion_reference's ``importance``)
+            whose ``shares`` weigh each column; without it (or empty: a champion trained
+            before importance was recorded) every tested column weighs the same; a column
+            it does not name weighs 0.
+        rule: ``importance`` (the default) or ``share`` (Evidently's share of columns).
+        importance_threshold: A drifted column weighing at least this share of the tested
+            columns' importance drifts the dataset.
+        weighted_share: The dataset drifts when its drifted columns together weigh this.
+        alpha: The run's false-alarm rate for sampling noise, shared by all its column
+            tests (overall and per segment), in (0, 1).
+        id_columns: The model's id columns (never features): not tested, as excluded ones.
 
     Returns:
         Whether the dataset has drifted.
     """
     from pathlib import Path
 
-    from components.core.drift import DriftSettings
+    from components.core.drift import DriftSettings, load_importance
     from components.core.drift_report import DriftOutputs, detect_drift
     from components.core.errors import step_errors
 
@@ -68,17 +93,21 @@ def drift(
             thresholds={**thresholds}, numeric_test=numeric_test,
             categorical_test=categorical_test, drift_share=drift_share,
             min_segment_rows=min_segment_rows,
+            importance=load_importance(importance.path) if importance is not None else {},
+            importance_threshold=importance_threshold, weighted_share=weighted_share,
+            rule=rule, alpha=alpha,
         )  # fmt: skip
         outputs = DriftOutputs(
             Path(html_report.path), Path(report.path), Path(summary.path), report_sample_rows
         )
         result, _ = detect_drift(
             reference.path, current.path, settings, segment_column or None,
-            tuple(exclude_columns), outputs,
+            (*exclude_columns, *id_columns), outputs,
         )  # fmt: skip
     for column in result.overall:
         metrics.log_metric(f"{column.column}.{column.deciding_test}", column.score)
     metrics.log_metric("drifted_share", result.drifted_share)
+    metrics.log_metric("weighted_drifted_share", result.weighted_drifted_share)
     metrics.log_metric("drifted_columns", len(result.drifted_columns))
     summary.metadata["dataset_drifted"] = result.dataset_drifted
     return result.dataset_drifted

@@ -47,7 +47,8 @@ def evaluate(
         target_column: The label column.
         model_name: The registered model name the champion is looked up under.
         metrics: Output scalar metrics: accuracy, precision, recall, f1, roc_auc, log_loss
-            (binary, or macro one-vs-rest for multi-class).
+            (binary, or macro one-vs-rest for multi-class), and false_positive_rate (binary
+            targets only).
         classification_metrics: Output confusion matrix, and ROC curve for binary targets.
         report: Output Markdown: the verdict and why, metrics, champion comparison.
         evaluation: Output JSON with the metrics, ``blessed``, ``reason`` and the comparison.
@@ -57,8 +58,10 @@ def evaluate(
         min_improvement: The challenger must beat the champion by more than this (absolute).
         min_relative_improvement: ...and by at least this fraction of the champion's value.
         metric_floors: Metric -> bound every model must meet (a ceiling for log_loss).
-        positive_class: For a binary target, the class precision, recall, F1 and the ROC
-            curve are about; empty picks 1/true/yes if present, else the rarer class.
+        positive_class: For a binary target, the class precision, recall, F1, the
+            false-positive rate and the ROC curve are about; empty takes the one the model
+            card recorded at training (the class serving scores), and for a card without
+            one picks 1/true/yes if present, else the rarer class.
 
     Returns:
         Whether the model is blessed (register and deploy run only then).

@@ -11,6 +11,7 @@ __all__ = ["train"]
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def train(
     train: Input[Dataset],
+    test: Input[Dataset],
     target_column: str,
     model_name: str,
     model: Output[Model],
@@ -21,26 +22,40 @@ def train(
     pipeline_run_id: str = "",
     positive_class: str = "",
     schema: Input[Artifact] = None,
+    id_columns: list = [],  # noqa: B006 - KFP reads defaults from the signature
 ):
     """Fits imputation, scaling, one-hot encoding and the estimator; logs the run to MLflow.
 
     Args:
         train: The training split (Parquet).
+        test: The evaluation split (Parquet): the model's permutation importance and its
+            scores are measured on it and recorded (see ``model``) for monitoring.
         target_column: The label column.
         model_name: The registered model name; also the MLflow experiment name.
-        model: Output directory with ``model.joblib`` (KServe's sklearn format) and
-            ``model.json`` (sha256, features, classes, library versions). Metadata:
+        model: Output directory with ``model.joblib`` (KServe's sklearn format),
+            ``model.json`` (sha256, features, classes, library versions), and, outside the
+            card's sha256, ``importance.json`` (permutation importance of each input column
+            on ``test``) and ``scores.parquet`` (``test``'s inputs with the model's predicted
+            class, score and probabilities); the last two also go to the MLflow run's
+            ``reference/``. Metadata:
             ``sha256``, ``estimator``, ``mlflow_run_id`` (the run holding params, training
-            metrics and the model files), ``data_hash``, ``train_<metric>``.
+            metrics and the model files), ``data_hash``, ``train_<metric>``, and for a
+            binary target ``positive_class`` (the model card's).
         estimator: ``logistic_regression``, ``random_forest`` or ``hist_gradient_boosting``.
         hyperparameters: Keyword arguments for the estimator, checked against what it accepts.
         seed: Seed for the estimator's randomness.
         mlflow_tracking_uri: MLflow tracking server; empty uses ``$MLFLOW_TRACKING_URI``.
         pipeline_run_id: The KFP run, recorded as a tag on the MLflow run.
-        positive_class: The binary positive class of the training metrics (see evaluate).
+        positive_class: A binary target's positive class, recorded in the model card: what
+            serving's score is the probability of, and what evaluate and online quality
+            measure. Empty picks 1/true/yes if present, else the training split's rarer
+            class.
         schema: The schema validate checked the splits against. The MLflow run records it
             and the training split under ``reference/``, which monitoring compares
             inference inputs with; without it, one is inferred from the split.
+        id_columns: Columns that identify a row (an order id, ...): never features. The
+            model card lists them; the predictor accepts them in requests and writes them
+            to its payload log beside ``conveyor.id``, which takes the first one's value.
     """
     from pathlib import Path
 
@@ -62,6 +77,8 @@ def train(
             positive_class=positive_class,
             schema_path=Path(schema.path) if schema is not None else None,
             model_name=model_name,
+            test_path=Path(test.path),
+            id_columns=[str(column) for column in id_columns],
         )
     model.metadata.update(
         {
@@ -72,3 +89,5 @@ def train(
         }
     )
     model.metadata.update({f"train_{name}": value for name, value in result.metrics.items()})
+    if result.card.positive_class is not None:
+        model.metadata["positive_class"] = result.card.positive_class

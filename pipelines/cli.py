@@ -116,6 +116,26 @@ def _add_serve(commands: Any) -> None:
         help="the registry's sha256 of model.joblib: the server refuses any other file, "
         "whatever model.json says (sets CONVEYOR_MODEL_SHA256; default: that variable)",
     )  # fmt: skip
+    serve.add_argument(
+        "--payload-log", default="", metavar="URI",
+        help="folder or URI to log what the server answers to (inputs, ids, predictions, "
+        "scores), as payload_log_uri does in a cluster (default: $CONVEYOR_PAYLOAD_LOG)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--payload-log-exclude", action="append", default=None, metavar="COLUMN",
+        help="an input column never written to the payload log; repeatable "
+        "(default: $CONVEYOR_PAYLOAD_LOG_EXCLUDE, comma-separated)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--payload-log-max-buffer-rows", type=int, default=None, metavar="ROWS",
+        help="most rows the payload log holds while its storage is unreachable; past it rows "
+        "are dropped and counted (default: $CONVEYOR_PAYLOAD_LOG_MAX_BUFFER_ROWS, else 20000)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--id-column", action="append", default=[], metavar="COLUMN",
+        help="a column identifying a row (never a feature): accepted in requests and passed "
+        "to the payload log; repeatable, added to the model card's id_columns",
+    )  # fmt: skip
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--workers", type=int, default=1, help="only 1: start more servers instead")
@@ -134,8 +154,9 @@ def _run(args: argparse.Namespace) -> int:
 def _add_monitor(commands: Any) -> None:
     monitor = commands.add_parser(
         "monitor",
-        help="run the monitoring pipeline locally: inputs vs the champion's training data, "
-        "retraining on drift; exit 0 without drift, 3 with drift",
+        help="run the monitoring pipeline locally: feature drift, prediction drift and (with "
+        "--labels) online quality, retraining on drift or degradation; exit 0 when nothing "
+        "was found, 3 when something was",
     )
     monitor.add_argument(
         "--inputs", required=True,
@@ -150,7 +171,14 @@ def _add_monitor(commands: Any) -> None:
     monitor.add_argument("--target", help="its label column (required with --data)")
     monitor.add_argument("--segment", default="", help="also judge drift within each value")
     monitor.add_argument(
-        "--no-retrain", action="store_true", help="report drift without starting training"
+        "--labels", default="",
+        help="labels that have arrived (id, label[, time]): online quality is measured too",
+    )  # fmt: skip
+    monitor.add_argument(
+        "--pushgateway", default="", help="push the findings to this Prometheus Pushgateway"
+    )
+    monitor.add_argument(
+        "--no-retrain", action="store_true", help="report findings without starting training"
     )
     monitor.add_argument(
         "--param", action="append", default=[], metavar="NAME=VALUE",
@@ -172,6 +200,8 @@ def _monitor(args: argparse.Namespace) -> int:
         "model_name": args.model,
         "segment_column": args.segment,
         "retrain": not args.no_retrain,
+        "labels_uri": _local_path(args.labels) if args.labels else "",
+        "pushgateway_url": args.pushgateway,
     }
     if args.data:
         arguments.update(data_uri=_local_path(args.data), target_column=args.target)
@@ -182,7 +212,7 @@ def _monitor(args: argparse.Namespace) -> int:
     print(f"Artifacts: {summary.artifacts}")
     if failed:
         return 1
-    return DATA_FAILED if summary.drifted else 0
+    return DATA_FAILED if summary.found else 0
 
 
 def _local_path(uri: str) -> str:
@@ -275,6 +305,7 @@ def _serve(args: argparse.Namespace) -> int:
             "re-imports the app without Conveyor's metrics middleware, so each worker would "
             "count nothing. Start more servers (in a cluster, replicas) instead"
         )
+    log_options = _serve_log_options(args)
     name, model_dir, card, what = _served_model(args)
     body = json.dumps({"instances": [example_instance(card.features)]})
     host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
@@ -290,11 +321,31 @@ def _serve(args: argparse.Namespace) -> int:
         sys.executable, "-m", "components.core.serving", "--model_name", name,
         "--model_dir", str(model_dir), "--http_port", str(args.port), "--http_host", args.host,
     ]  # fmt: skip
+    command += log_options
     environment = {**os.environ, "K_REVISION": args.revision}
     if pinned:  # the server checks the file against it before unpickling anything
         environment[MODEL_SHA256_ENV] = pinned
     os.execve(sys.executable, command, environment)
     return 0  # not reached: the server replaces this process
+
+
+def _serve_log_options(args: argparse.Namespace) -> list[str]:
+    """The server's options for ``serve``'s payload log and id column flags."""
+    options = []
+    if args.payload_log:
+        options += ["--payload_log", args.payload_log]
+    for column in args.payload_log_exclude or []:
+        options += ["--payload_log_exclude", column]
+    if args.payload_log_max_buffer_rows is not None:
+        if args.payload_log_max_buffer_rows < 1:
+            raise ConveyorError(
+                f"--payload-log-max-buffer-rows {args.payload_log_max_buffer_rows}: expected "
+                "a positive number of rows"
+            )
+        options += ["--payload_log_max_buffer_rows", str(args.payload_log_max_buffer_rows)]
+    for column in args.id_column:
+        options += ["--id_column", column]
+    return options
 
 
 def _alias(deployment: str | None) -> str:

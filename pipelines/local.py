@@ -73,6 +73,14 @@ class MonitoringSummary:
     artifacts: str
     failed_step: str | None = None
     steps: dict[str, str] = field(default_factory=dict)
+    prediction_drifted: bool | None = None  # None: not measured (or the run failed first)
+    degraded: bool | None = None  # None: no labels (or the run failed first)
+    triggers: list[str] = field(default_factory=list)  # findings that call for retraining
+
+    @property
+    def found(self) -> bool:
+        """Whether the run found anything: feature or prediction drift, a degradation."""
+        return bool(self.drifted or self.prediction_drifted or self.degraded)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -157,34 +165,56 @@ def run_monitoring_locally(
     pipeline = build_monitoring_pipeline(Target("kubeflow"))
     run_id, run_dir, progress, failed_step = _run_locally(pipeline, arguments, runs_dir, terminal)
     outputs = _outputs_dir(run_dir)
-    drift = _read_json(outputs / "drift" / "summary") if outputs else None
-    retrained = progress.outcomes.get("train") == "success"
+    found = {  # kfp.local names each task's folder as the task: prediction-drift
+        step: _read_json(outputs / step / "summary") if outputs else None
+        for step in ("drift", "prediction-drift", "quality", "monitoring-verdict")
+    }
+    drift, verdict = found["drift"], found["monitoring-verdict"]
     if failed_step:
         reason = progress.failure_line(failed_step)
-    elif drift is None:  # every step succeeded, yet the drift step left no summary
-        reason = f"the run left no drift summary under {outputs or run_dir}"
-    elif not drift["dataset_drifted"]:
-        reason = f"{drift['verdict']}; nothing to retrain"
+    elif drift is None or verdict is None:  # every step succeeded, yet left no verdict
+        reason = f"the run left no drift or verdict summary under {outputs or run_dir}"
     else:
-        reason = f"{drift['verdict']}; {_retraining(outputs, progress)}"
+        reason = "; ".join([*_findings(found), _retraining(outputs, progress, verdict)])
     summary = MonitoringSummary(
         run_id=run_id,
-        status="failed" if failed_step or drift is None else "succeeded",
+        status="failed" if failed_step or verdict is None else "succeeded",
         reason=reason,
         drifted=drift["dataset_drifted"] if drift else None,
         drifted_columns=list(drift["drifted_columns"]) if drift else [],
-        retrained=retrained,
+        retrained=progress.outcomes.get("train") == "success",
         artifacts=str(outputs or run_dir),
         failed_step=failed_step,
         steps=dict(progress.outcomes),
+        prediction_drifted=_measured(found["prediction-drift"], "drifted"),
+        degraded=_measured(found["quality"], "degraded"),
+        triggers=list(verdict["triggers"]) if verdict else [],
     )
     (run_dir / "summary.json").write_text(summary.to_json())
     return summary
 
 
-def _retraining(outputs: Path, progress: StepProgress) -> str:
-    """What the nested training pipeline did, in a clause."""
-    if "ingest" not in progress.outcomes:
+def _findings(found: dict[str, dict[str, Any] | None]) -> list[str]:
+    """The drift verdict, then prediction drift and quality where they were measured."""
+    clauses = [found["drift"]["verdict"]]
+    for step, key in (("prediction-drift", "reason"), ("quality", "verdict")):
+        summary = found[step]
+        if summary and summary.get("measured", True):
+            clauses.append(summary[key])
+    return clauses
+
+
+def _measured(summary: dict[str, Any] | None, key: str) -> bool | None:
+    if not summary or not summary.get("measured", True):
+        return None
+    return bool(summary[key])
+
+
+def _retraining(outputs: Path, progress: StepProgress, verdict: dict[str, Any]) -> str:
+    """Whether the run retrained and what the nested training pipeline did, in a clause."""
+    if not verdict["triggers"]:
+        return "nothing to retrain"
+    if not verdict["retraining"]:
         return "retraining is off"
     verdict = _read_json(outputs / "evaluate" / "evaluation")
     if verdict is None:

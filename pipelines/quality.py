@@ -1,8 +1,10 @@
-"""``conveyor validate`` and ``conveyor drift``: a table checked against a schema, and a
-current table compared with a reference, from a shell or a CI job.
+"""``conveyor validate``, ``conveyor drift`` and ``conveyor quality``: a table checked against
+a schema, a current table compared with a reference, and labels joined to a model's logged
+predictions, from a shell or a CI job.
 
-Both exit 0 when the data is fine, 3 when it is not (a rule that fails the run is broken, or
-the dataset drifted), and 2 when they could not tell (an unreadable file, a bad option).
+Each exits 0 when the data is fine, 3 when it is not (a rule that fails the run is broken,
+the dataset drifted, an online metric degraded), and 2 when it could not tell (an
+unreadable file, a bad option, labels that match no logged prediction).
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ DATA_FAILED = 3
 
 
 def add_commands(commands: Any) -> None:
-    """Adds validate and drift to the ``conveyor`` sub-command parsers."""
+    """Adds validate, drift and quality to the ``conveyor`` sub-command parsers."""
     _add_validate(commands)
     _add_drift(commands)
+    _add_quality(commands)
 
 
 def _add_validate(commands: Any) -> None:
@@ -90,7 +93,24 @@ def _add_drift(commands: Any) -> None:
     drift.add_argument(
         "--categorical-test", default="jensenshannon", help="decides categorical columns"
     )
-    drift.add_argument("--drift-share", type=float, default=0.5)
+    drift.add_argument(
+        "--drift-share", type=float, default=0.5, help="with --rule share: the share that drifts"
+    )
+    drift.add_argument(
+        "--importance", type=Path, metavar="FILE",
+        help="importance.json (its shares) weighing each column; default: all weigh the same",
+    )  # fmt: skip
+    drift.add_argument(
+        "--rule", default="importance", choices=["importance", "share"],
+        help="importance (default): a column weighing --importance-threshold, or drifted "
+        "columns weighing --weighted-share together; share: --drift-share of the columns",
+    )  # fmt: skip
+    drift.add_argument("--importance-threshold", type=float, default=0.1)
+    drift.add_argument("--weighted-share", type=float, default=0.3)
+    drift.add_argument(
+        "--alpha", default="0.01",
+        help="false-alarm rate for sampling noise, shared by all column tests; off: none",
+    )  # fmt: skip
     drift.add_argument("--report", type=Path, help="write Evidently's HTML report here")
     drift.add_argument("--sample-rows", type=int, default=50_000, help="rows the report renders")
     drift.add_argument(
@@ -100,7 +120,7 @@ def _add_drift(commands: Any) -> None:
 
 
 def _drift(args: argparse.Namespace) -> int:
-    from components.core.drift import DriftSettings
+    from components.core.drift import DriftSettings, load_importance
     from components.core.drift_report import DriftOutputs, describe, detect_drift, table_lines
     from pipelines.parameters import option_pairs
 
@@ -113,6 +133,9 @@ def _drift(args: argparse.Namespace) -> int:
     settings = DriftSettings(
         thresholds, args.numeric_test, args.categorical_test, args.drift_share,
         args.min_segment_rows,
+        importance=load_importance(args.importance) if args.importance else {},
+        importance_threshold=args.importance_threshold, weighted_share=args.weighted_share,
+        rule=args.rule, alpha=_alpha(args.alpha),
     )  # fmt: skip
     outputs = DriftOutputs(html=args.report, sample_rows=args.sample_rows)
     segment = args.segment or None
@@ -124,3 +147,96 @@ def _drift(args: argparse.Namespace) -> int:
     if args.report:
         print(f"Report: {args.report}{f' ({note})' if note else ''}")
     return DATA_FAILED if report.dataset_drifted else 0
+
+
+def _alpha(value: str) -> float | None:
+    if value.strip().lower() == "off":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ConveyorError(f"--alpha {value}: expected a number in (0, 1) or off") from None
+
+
+def _add_quality(commands: Any) -> None:
+    quality = commands.add_parser(
+        "quality",
+        help="join labels to a model's logged predictions and judge its online metrics "
+        "against its offline evaluation; exit 0 when none degraded, 3 when one did",
+    )
+    quality.add_argument("--model", required=True, help="the registered model's name")
+    quality.add_argument(
+        "--log", required=True, help="the payload log: its folder of day folders, a folder or file"
+    )
+    quality.add_argument("--labels", required=True, help="CSV or Parquet path or URI")
+    quality.add_argument("--segment", default="", help="also judge within each value")
+    quality.add_argument(
+        "--days", type=int, default=7,
+        help="the last N days of the log; a label more than N days late is counted late (0: all)",
+    )  # fmt: skip
+    quality.add_argument("--id-column", default="id", help="the labels' id column")
+    quality.add_argument("--label-column", default="label", help="the labels' label column")
+    quality.add_argument(
+        "--margin", type=float, default=0.02,
+        help="how far past the offline value an interval must lie to degrade (absolute)",
+    )  # fmt: skip
+    quality.add_argument("--report", type=Path, help="write the Markdown report here")
+    quality.add_argument("--html", type=Path, help="write the HTML charts here")
+    offline = quality.add_mutually_exclusive_group()
+    offline.add_argument(
+        "--mlflow-tracking-uri", default="",
+        help="where the champion is (default: $MLFLOW_TRACKING_URI): its evaluation scores "
+        "give the offline metrics per segment; without them, its offline metrics, as exact",
+    )  # fmt: skip
+    offline.add_argument(
+        "--reference-scores", type=Path,
+        help="the champion's evaluation scores (train's scores.parquet, with its labels) instead",
+    )  # fmt: skip
+    offline.add_argument(
+        "--offline", type=Path,
+        help="offline metrics as a JSON file of metric -> value instead, taken as exact "
+        "(every segment judged against them)",
+    )  # fmt: skip
+    quality.set_defaults(handler=_quality)
+
+
+def _quality(args: argparse.Namespace) -> int:
+    from components.core.importance import LABEL_COLUMN, read_reference_scores
+    from components.core.quality import (
+        QualitySettings,
+        assess_quality,
+        champion_scores,
+        has_labels,
+        offline_metrics,
+        read_offline,
+    )
+    from components.core.quality_report import QualityOutputs, describe, table_lines, write_outputs
+
+    settings = QualitySettings(
+        id_column=args.id_column, label_column=args.label_column, segment=args.segment,
+        days=args.days, margin=args.margin,
+    )  # fmt: skip
+    scores, offline = None, {}
+    if args.offline:
+        offline = read_offline(args.offline)
+    elif args.reference_scores:
+        scores = read_reference_scores(args.reference_scores)
+        if scores is None:
+            raise ConveyorError(f"{args.reference_scores}: no such file, or an empty one")
+        if not has_labels(scores):
+            raise ConveyorError(
+                f"{args.reference_scores}: no {LABEL_COLUMN} column (evaluation scores recorded "
+                "before train kept the labels, or not a scores file); give --offline instead"
+            )
+    else:
+        scores = champion_scores(args.mlflow_tracking_uri, args.model)
+        if not has_labels(scores):
+            offline = offline_metrics(args.mlflow_tracking_uri, args.model)
+    report = assess_quality(args.log, args.labels, args.model, offline, settings, scores)
+    write_outputs(report, QualityOutputs(markdown=args.report, html=args.html))
+    print("\n".join(table_lines(report)))
+    print(describe(report))
+    for path in (args.report, args.html):
+        if path:
+            print(f"Report: {path}")
+    return DATA_FAILED if report.degraded else 0

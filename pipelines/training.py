@@ -32,8 +32,10 @@ _UNCACHED_STEPS = {
     "evaluate",
     "register",
     "deploy",
+    "quality",  # labels arrive under the same URI
+    "monitoring_verdict",  # pushes the run's findings
 }
-_MLFLOW_STEPS = {"train", "evaluate", "register", "deploy", "champion_reference"}
+_MLFLOW_STEPS = {"train", "evaluate", "register", "deploy", "champion_reference", "quality"}
 
 
 def build_training_pipeline(target: Target) -> GraphComponent:
@@ -59,12 +61,14 @@ def build_training_pipeline(target: Target) -> GraphComponent:
         min_relative_improvement: float = 0.0,
         metric_floors: dict = {"accuracy": 0.7, "roc_auc": 0.7},  # noqa: B006
         positive_class: str = "",
+        id_columns: list = [],  # noqa: B006
         namespace: str = "default",
         serving_runtime: str = "",
         serving_cpu: str = "1",
         serving_memory: str = "2Gi",
         service_account: str = "",
         payload_log_uri: str = "",
+        payload_log_exclude: list = [],  # noqa: B006
         rollout: bool = True,
         canary_steps: str = "10,50",
         canary_interval_s: float = 60.0,
@@ -95,6 +99,8 @@ def build_training_pipeline(target: Target) -> GraphComponent:
             min_relative_improvement: Relative gain over the champion the challenger must reach.
             metric_floors: Metric -> bound every model must meet (a ceiling for log_loss).
             positive_class: Binary positive class; empty picks 1/true/yes, else the rarer class.
+            id_columns: Columns identifying a row (an order id, ...): never features; the
+                predictor passes them to its payload log, where labels join on the first.
             namespace: Kubernetes namespace of the InferenceService.
             serving_runtime: ServingRuntime name; empty lets KServe choose.
             serving_cpu: CPU request and limit of the predictor.
@@ -102,6 +108,7 @@ def build_training_pipeline(target: Target) -> GraphComponent:
             service_account: Service account the predictor pulls the model with.
             payload_log_uri: Folder or URI the predictor logs answered inputs under, for the
                 monitoring pipeline; empty logs nothing.
+            payload_log_exclude: Input columns never written to the payload log.
             rollout: False renders and validates the InferenceService without a cluster, and
                 register makes the blessed model the champion; True makes it the candidate,
                 and deploy makes it the champion only if the rollout promotes it.
@@ -139,6 +146,7 @@ def build_training_pipeline(target: Target) -> GraphComponent:
         trained = configure_step(
             train(
                 train=ingested.outputs["train"],
+                test=ingested.outputs["test"],
                 target_column=target_column,
                 model_name=model_name,
                 estimator=estimator,
@@ -148,6 +156,7 @@ def build_training_pipeline(target: Target) -> GraphComponent:
                 pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                 positive_class=positive_class,
                 schema=validated.outputs["schema"],
+                id_columns=id_columns,
             ),
             "train",
             target,
@@ -198,6 +207,7 @@ def build_training_pipeline(target: Target) -> GraphComponent:
                     serving_memory=serving_memory,
                     service_account=service_account,
                     payload_log_uri=payload_log_uri,
+                    payload_log_exclude=payload_log_exclude,
                     rollout=rollout,
                     canary_steps=canary_steps,
                     canary_interval_s=canary_interval_s,

@@ -189,6 +189,27 @@ def require_binary(name: str) -> None:
     pytest.skip(f"{name} is not installed")
 
 
+@pytest.fixture
+def pushgateway(tmp_path: Path) -> Iterator[str]:
+    """A real Prometheus Pushgateway (the Debian package's binary), empty, with its URL."""
+    require_binary("prometheus-pushgateway")
+    port = free_port()
+    log = tmp_path / "pushgateway.log"
+    command = [
+        "prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{port}",
+        f"--persistence.file={tmp_path / 'pushgateway.data'}",
+    ]  # fmt: skip
+    with log.open("w") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/-/ready", process, timeout=60, log=log)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 def save_species_model(
     directory: Path, table: pd.DataFrame | None = None, **hyperparameters: float
 ) -> Path:

@@ -39,12 +39,15 @@ def test_the_six_components_take_a_model_from_csv_to_manifest(
 
     model = artifact(Model, tmp_path, "model")
     train.python_func(
-        train=train_set, target_column="species", model_name=model_name, model=model,
-        estimator="random_forest", hyperparameters={"n_estimators": 50}, seed=1,
+        train=train_set, test=test_set, target_column="species", model_name=model_name,
+        model=model, estimator="random_forest", hyperparameters={"n_estimators": 50}, seed=1,
         mlflow_tracking_uri=mlflow_server, pipeline_run_id="run-1",
     )  # fmt: skip
     assert model.metadata["data_hash"] == train_set.metadata["content_hash"]
     assert (Path(model.path) / "model.joblib").is_file()
+    importance = json.loads((Path(model.path) / "importance.json").read_text())
+    assert set(importance["importances"]) == {"size", "weight", "color"}  # measured on test
+    assert len(pd.read_parquet(Path(model.path) / "scores.parquet")) == 90
 
     metrics, curves = (
         artifact(Metrics, tmp_path, "metrics"),
@@ -108,8 +111,8 @@ def test_binary_evaluation_logs_a_roc_curve(
     )
     model = artifact(Model, tmp_path, "model")
     train.python_func(
-        train=train_set, target_column="diagnosis", model_name=model_name, model=model,
-        mlflow_tracking_uri=mlflow_server,
+        train=train_set, test=test_set, target_column="diagnosis", model_name=model_name,
+        model=model, mlflow_tracking_uri=mlflow_server,
     )  # fmt: skip
     curves = artifact(ClassificationMetrics, tmp_path, "curves")
     verdict = artifact(Artifact, tmp_path, "e")

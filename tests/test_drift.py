@@ -58,17 +58,24 @@ def evidently_scores(reference, current, numeric: str, categorical: str, thresho
 def test_verdicts_and_scores_match_evidently(numeric, categorical, thresholds, shift) -> None:
     reference = transactions(4000, seed=1)
     current = transactions(3000, seed=2, shift=shift, vip_share=0.05 + shift / 2)
-    settings = DriftSettings(thresholds, numeric, categorical)
-    ours = {r.column: r for r in compare_tables(reference, current, settings).overall}
     theirs = evidently_scores(reference, current, numeric, categorical, thresholds)
-    assert set(ours) == set(theirs)
-    for column, (score, drifted) in theirs.items():
-        assert ours[column].score == pytest.approx(score, rel=1e-6, abs=1e-12), column
-        assert ours[column].drifted is drifted, column
-    # The cases are not trivial: a shifted table drifts somewhere, an unshifted one nowhere
-    # (by the distances: a p-value falls below 0.05 by chance one time in twenty).
-    if shift or numeric != "ks":
-        assert any(result.drifted for result in ours.values()) is bool(shift)
+    # Without the noise test a column's verdict is Evidently's; with it (the default), a
+    # column drifts where Evidently's verdict is drift and the counts differ beyond noise.
+    for alpha in (None, 0.01):
+        settings = DriftSettings(thresholds, numeric, categorical, alpha=alpha)
+        ours = {r.column: r for r in compare_tables(reference, current, settings).overall}
+        assert set(ours) == set(theirs)
+        for column, (score, drifted) in theirs.items():
+            assert ours[column].score == pytest.approx(score, rel=1e-6, abs=1e-12), column
+            assert ours[column].passes_threshold is drifted, column
+            assert ours[column].drifted is (
+                drifted and (alpha is None or ours[column].beyond_noise)
+            )
+    # The cases are not trivial: a shifted table drifts somewhere, an unshifted one nowhere.
+    # Unshifted, rating's chi-squared p-value is 0.04: Evidently's false alarm, within noise.
+    assert any(result.drifted for result in ours.values()) is bool(shift)
+    if numeric == "ks" and not shift:
+        assert ours["rating"].passes_threshold and not ours["rating"].drifted
 
 
 def test_a_shift_within_one_segment_is_drift_even_when_the_table_hardly_moves() -> None:
@@ -82,8 +89,11 @@ def test_a_shift_within_one_segment_is_drift_even_when_the_table_hardly_moves() 
     assert not amount["retail"].drifted
     assert report.drifted_in("amount") == ["vip"]
     assert report.drifted_columns == ["amount"] and report.drifted_share == pytest.approx(0.25)
-    settings = DriftSettings(drift_share=0.25)
-    assert compare_tables(reference, current, settings, segment="segment").dataset_drifted
+    assert report.dataset_drifted  # amount weighs 25% of 4 equal columns, above 10%
+    # The share rule needs a quarter of the columns to drift at once.
+    for share, drifted in ((0.5, False), (0.25, True)):
+        settings = DriftSettings(drift_share=share, rule="share")
+        assert compare_tables(reference, current, settings, "segment").dataset_drifted is drifted
 
 
 @pytest.mark.parametrize(
@@ -129,12 +139,13 @@ def test_conveyor_drift_exits_3_on_drift_and_0_without(tmp_path: Path, capsys) -
     code = main([
         "drift", "--reference", reference, "--current", str(tmp_path / "shifted.csv"),
         "--report", str(report), "--sample-rows", "1000", "--threshold", "psi=0.12",
-        "--drift-share", "0.4",
+        "--rule", "share", "--drift-share", "0.4",
     ])  # fmt: skip
     assert code == 3
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-2].startswith("Drift: ") and "amount" in lines[-2]
-    assert lines[0].split()[:3] == ["column", "segment", "kind"]
+    assert "decided by the share rule" in lines[-2]
+    assert lines[0].split()[:4] == ["column", "segment", "importance", "kind"]
     html = report.read_text()  # Evidently's page, with the column's PSI panel and its counts
     assert (
         "<html" in html and "Drifted Columns" in html and 'PSI", "reference_distribution"' in html

@@ -129,3 +129,32 @@ def test_a_champion_that_cannot_score_the_data_is_compared_as_recorded(
     assert decision.champion.value == 0.5 and not decision.champion.scored_on_current_data
     assert "it cannot score this data" in decision.reason and "'legacy'" in decision.reason
     assert decision.blessed
+
+
+def test_the_false_positive_rate_is_a_ceiling_and_lower_is_better() -> None:
+    metrics = {**METRICS, "false_positive_rate": 0.08}
+    refused = decide(metrics, Policy(floors={"false_positive_rate": 0.05}), None)
+    assert refused.failed_floors == ["false_positive_rate 0.0800 is above the ceiling 0.05"]
+    policy = Policy(metric="false_positive_rate")
+    policy.validate()
+    assert decide(metrics, policy, champion(0.1)).reason.startswith("challenger wins")
+
+
+def test_a_multiclass_model_judged_on_the_false_positive_rate_is_refused_writing_nothing(
+    tmp_path: Path, species: pd.DataFrame, mlflow_server: str, model_name: str
+) -> None:
+    """A multi-class model has no false-positive rate: a policy naming it is refused in one
+    line, before any verdict is written (register would read one)."""
+    train, test = split_table(species, "species", 0.3, 0, "t")
+    test.to_parquet(tmp_path / "test")
+    trained = train_species_model(tmp_path, mlflow_server, model_name, train, "multi")
+    with pytest.raises(ConveyorError) as raised:
+        evaluate_model(
+            tmp_path / "multi" / "model", tmp_path / "test", "species", model_name,
+            mlflow_server, trained.run_id, Policy(floors={"false_positive_rate": 0.1}), "",
+            tmp_path / "multi" / "evaluation.json", tmp_path / "multi" / "report.md",
+        )  # fmt: skip
+    assert str(raised.value).startswith(
+        "the policy names 'false_positive_rate', which a model of 3 classes does not have"
+    )
+    assert not (tmp_path / "multi" / "evaluation.json").exists()

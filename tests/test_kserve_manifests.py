@@ -739,9 +739,11 @@ def test_reading_the_crd_is_a_separate_optional_grant_of_one_object() -> None:
 def test_prometheus_rule_names_the_runtime_metrics() -> None:
     rule = document("prometheus-rule.yaml", "PrometheusRule")
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
-    (group,) = rule["spec"]["groups"]
-    assert group["name"] == "conveyor-serving"
-    alerts = {entry["alert"]: entry for entry in group["rules"]}
+    assert [group["name"] for group in rule["spec"]["groups"]] == [
+        "conveyor-serving",
+        "conveyor-monitoring",
+    ]
+    alerts = {entry["alert"]: entry for entry in rule["spec"]["groups"][0]["rules"]}
     assert set(alerts) == {"ConveyorHighErrorRate", "ConveyorHighLatencyP99"}
     assert "conveyor_inference_requests_total" in alerts["ConveyorHighErrorRate"]["expr"]
     assert (
@@ -754,6 +756,27 @@ def test_prometheus_rule_names_the_runtime_metrics() -> None:
         assert entry["labels"]["severity"]
         for text in (entry["annotations"]["summary"], entry["annotations"]["description"]):
             assert "{{ $labels.model }}" in text and "{{ $labels.revision }}" in text
+
+
+def test_monitoring_alerts_read_what_monitoring_pushes() -> None:
+    """Per model, from the Pushgateway's job (the names the monitoring pipeline pushes)."""
+    groups = document("prometheus-rule.yaml", "PrometheusRule")["spec"]["groups"]
+    alerts = {entry["alert"]: entry for entry in groups[1]["rules"]}
+    metrics = {
+        "ConveyorFeatureDrift": "conveyor_drift_detected",
+        "ConveyorPredictionDrift": "conveyor_prediction_drift_detected",
+        "ConveyorQualityDegraded": "conveyor_quality_degraded",
+        "ConveyorMonitoringNotRun": "push_time_seconds",
+    }
+    assert set(alerts) == set(metrics)
+    for alert, metric in metrics.items():
+        entry = alerts[alert]
+        assert f'{metric}{{job="conveyor_monitoring"}}' in entry["expr"]
+        assert "by (model)" in entry["expr"]
+        assert "for" not in entry  # one run's verdict: no reason to wait for a second look
+        assert entry["labels"]["severity"]
+        for text in (entry["annotations"]["summary"], entry["annotations"]["description"]):
+            assert "{{ $labels.model }}" in text
 
 
 def promtool(
@@ -773,11 +796,13 @@ def test_prometheus_rule_groups_pass_promtool_check(tmp_path: Path) -> None:
     require_binary("promtool")
     checked = promtool(tmp_path, rule_groups(), "check", "rules", RULES_FILE)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 2 rules found" in checked.stdout
+    assert "SUCCESS: 6 rules found" in checked.stdout
 
 
 def test_alerts_fire_for_a_bad_revision_only(tmp_path: Path) -> None:
-    """promtool's unit tests: each alert fires for its bad revision and for no other."""
+    """promtool's unit tests: each serving alert fires for its bad revision and for no
+    other; each monitoring alert fires for its model while the last run found the problem, and
+    clears once a run no longer does."""
     require_binary("promtool")
     shutil.copy(RULE_TEST, tmp_path / RULE_TEST.name)
     tested = promtool(tmp_path, rule_groups(), "test", "rules", RULE_TEST.name)
@@ -789,6 +814,10 @@ def test_alerts_fire_for_a_bad_revision_only(tmp_path: Path) -> None:
     [
         ("ConveyorHighErrorRate", "> 0.05", "> 0.01"),  # the borderline revision would fire
         ("ConveyorHighLatencyP99", "> 0.5", "> 5"),  # the slow revision would stay silent
+        ("ConveyorFeatureDrift", "> 0", "> 1"),  # drift would never alert
+        ("ConveyorPredictionDrift", "> 0", ">= 0"),  # every model would alert
+        ("ConveyorQualityDegraded", "conveyor_monitoring", "other"),  # would read no pushed series
+        ("ConveyorMonitoringNotRun", "> 26 * 3600", "> 25 * 3600"),  # 26h would already fire
     ],
 )
 def test_rule_unit_tests_catch_a_wrong_threshold(
@@ -796,7 +825,7 @@ def test_rule_unit_tests_catch_a_wrong_threshold(
 ) -> None:
     require_binary("promtool")
     groups = copy.deepcopy(rule_groups())
-    (entry,) = [entry for entry in groups[0]["rules"] if entry["alert"] == alert]
+    (entry,) = [entry for group in groups for entry in group["rules"] if entry["alert"] == alert]
     assert old in entry["expr"]
     entry["expr"] = entry["expr"].replace(old, new)
     shutil.copy(RULE_TEST, tmp_path / RULE_TEST.name)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn import metrics as skm
 
 from components.core.data import split_table
 from components.core.errors import ConveyorError
-from components.core.metrics import positive_label, score
+from components.core.metrics import METRIC_DIRECTIONS, positive_label, score
 from components.core.training import fit_classifier
 
 
@@ -120,3 +121,24 @@ def test_chosen_positive_class_drives_precision(breast_cancer: pd.DataFrame) -> 
         benign["roc_auc"]
     )
     assert malignant["recall"] != benign["recall"]
+
+
+@pytest.mark.parametrize("positive_class", ["malignant", "benign"])
+def test_false_positive_rate_matches_scikit_learns_confusion_matrix(
+    breast_cancer: pd.DataFrame, positive_class: str
+) -> None:
+    model, test = _fitted(breast_cancer, "diagnosis")
+    scores = score(model, test, "diagnosis", positive_class)
+    truth = test["diagnosis"].to_numpy()
+    predicted = model.predict(test.drop(columns="diagnosis"))
+    negative = next(c for c in model.classes_ if c != positive_class)
+    matrix = skm.confusion_matrix(truth, predicted, labels=[negative, positive_class])
+    tn, fp, _, _ = matrix.ravel()
+    assert fp > 0  # the rate is not trivially 0
+    assert scores.metrics["false_positive_rate"] == pytest.approx(fp / (fp + tn))
+    assert METRIC_DIRECTIONS["false_positive_rate"] == -1
+
+
+def test_a_multiclass_target_has_no_false_positive_rate(species: pd.DataFrame) -> None:
+    model, test = _fitted(species, "species")
+    assert "false_positive_rate" not in score(model, test, "species").metrics

@@ -22,12 +22,14 @@ from components.core.training import (
     MODEL_FILE,
     MODEL_FORMAT_VERSION,
     ModelCard,
+    fit_classifier,
     load_model_dir,
     read_model_card,
+    save_model_dir,
     sha256_file,
 )
 from pipelines.cli import main as conveyor
-from tests.conftest import ROOT, free_port, save_species_model, wait_for_http
+from tests.conftest import ROOT, free_port, multiclass_table, save_species_model, wait_for_http
 
 NAME = "species"
 
@@ -256,14 +258,15 @@ def test_a_card_without_format_version_is_format_1(store: Path) -> None:
 
 def test_the_card_is_frozen_checks_itself_and_round_trips(genuine: Path) -> None:
     card = read_model_card(genuine)
-    assert card.format_version == MODEL_FORMAT_VERSION
+    assert card.format_version == 1  # the oldest format holding it: older servers read it
     assert ModelCard.from_json(card.to_json()) == card
     with pytest.raises(dataclasses.FrozenInstanceError):
         card.sha256 = "0" * 64  # type: ignore[misc]
     with pytest.raises(ConveyorError, match="key 'seed' holds 1.5: expected an integer"):
         dataclasses.replace(card, seed=1.5)
-    with pytest.raises(ConveyorError, match="server too old for model format 2"):
-        dataclasses.replace(card, format_version=2)
+    newer = MODEL_FORMAT_VERSION + 1
+    with pytest.raises(ConveyorError, match=f"server too old for model format {newer}"):
+        dataclasses.replace(card, format_version=newer)
     # Every field is type-checked: a field added without a check fails here.
     assert set(_CARD_TYPES) == {field.name for field in dataclasses.fields(ModelCard)}
 
@@ -284,3 +287,46 @@ def test_a_card_whose_classes_are_not_the_models_is_refused(store: Path) -> None
         f"{store / MODEL_CARD}: classes {list(reversed(classes))} are not the model's "
         f"{classes}; refusing to serve labels the model does not give"
     )
+
+
+def test_id_columns_are_never_features_and_need_format_2(tmp_path: Path) -> None:
+    table = multiclass_table().assign(order_id=lambda t: [f"o{i}" for i in range(len(t))])
+    model = fit_classifier(table, "species", "logistic_regression", {}, 0, ["order_id"])
+    assert "order_id" not in [feature.name for feature in model.card.features]
+    card = save_model_dir(model, tmp_path / "model")
+    saved = json.loads((tmp_path / "model" / MODEL_CARD).read_text())
+    assert saved["format_version"] == card.format_version == 2 == MODEL_FORMAT_VERSION
+    assert saved["id_columns"] == ["order_id"]
+    assert load_model_dir(tmp_path / "model").card.id_columns == ["order_id"]
+    saved["format_version"] = 1  # as a format-1 reader sees it: a key it does not know
+    (tmp_path / "model" / MODEL_CARD).write_text(json.dumps(saved))
+    with pytest.raises(ConveyorError, match="unknown key 'id_columns' in a format-1 model card"):
+        read_model_card(tmp_path / "model")
+    with pytest.raises(ConveyorError, match="key 'id_columns': 'size' is also a feature"):
+        dataclasses.replace(card, id_columns=["size"])
+    with pytest.raises(ConveyorError, match="'species' is the target column, not an id column"):
+        fit_classifier(table, "species", "logistic_regression", {}, 0, ["species"])
+
+
+def test_the_positive_class_needs_format_2_and_a_binary_model_s_class(tmp_path: Path) -> None:
+    table = multiclass_table()
+    table["species"] = table["species"].where(table["species"] == "setosa", "other")
+    model = fit_classifier(table, "species", "logistic_regression", {}, 0)
+    card = save_model_dir(model, tmp_path / "model")
+    assert card.classes == ["other", "setosa"] and card.positive_class == "setosa"  # the rarer
+    saved = json.loads((tmp_path / "model" / MODEL_CARD).read_text())
+    assert saved["format_version"] == 2 and saved["positive_class"] == "setosa"
+    saved["format_version"] = 1  # as a format-1 reader sees it: a key it does not know
+    (tmp_path / "model" / MODEL_CARD).write_text(json.dumps(saved))
+    with pytest.raises(ConveyorError, match="unknown key 'positive_class' in a format-1 model"):
+        read_model_card(tmp_path / "model")
+    del saved["positive_class"]  # a card written before the key: loads, old serving rule
+    (tmp_path / "model" / MODEL_CARD).write_text(json.dumps(saved))
+    assert load_model_dir(tmp_path / "model").card.positive_class is None
+    with pytest.raises(ConveyorError, match=r"'positive_class' holds 'dog': expected one of"):
+        dataclasses.replace(card, positive_class="dog")
+    with pytest.raises(ConveyorError, match="'positive_class' holds 1: expected a string or null"):
+        dataclasses.replace(card, positive_class=1)
+    three = fit_classifier(multiclass_table(), "species", "logistic_regression", {}, 0).card
+    with pytest.raises(ConveyorError, match="the model has 3 classes; only a binary model"):
+        dataclasses.replace(three, positive_class="setosa")

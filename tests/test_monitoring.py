@@ -31,7 +31,7 @@ def compiled(tmp_path: Path, target: str) -> list[dict]:
 
 
 @pytest.mark.parametrize("target", ["kubeflow", "vertex"])
-def test_monitoring_compiles_with_retraining_nested_under_the_drift_verdict(
+def test_monitoring_compiles_with_retraining_nested_under_the_verdict(
     tmp_path: Path, target: str
 ) -> None:
     documents = compiled(tmp_path, target)
@@ -39,29 +39,38 @@ def test_monitoring_compiles_with_retraining_nested_under_the_drift_verdict(
     spec = json_format.ParseDict(documents[0], pipeline_spec_pb2.PipelineSpec())
     tasks = spec.root.dag.tasks
     assert {task.task_info.name for task in tasks.values()} == {
-        "champion-reference", "ingest-inputs", "validate-inputs", "drift", "drifted",
+        "champion-reference", "ingest-inputs", "validate-inputs", "drift", "prediction-drift",
+        "quality", "monitoring-verdict", "retrain",
     }  # fmt: skip
-    assert set(tasks["drift"].dependent_tasks) == {
-        "champion-reference",
-        "ingest-inputs",
-        "validate-inputs",
-    }  # drift waits for validation even though it reads no output of it
-    drifted = next(task for task in tasks.values() if task.task_info.name == "drifted")
-    assert drifted.trigger_policy.condition == (
-        "inputs.parameter_values['pipelinechannel--drift-Output'] == true"
+    for finding in ("drift", "prediction-drift", "quality"):
+        # Each waits for validation even though it reads no output of it.
+        assert "validate-inputs" in tasks[finding].dependent_tasks
+    assert set(tasks["monitoring-verdict"].dependent_tasks) == {
+        "drift", "prediction-drift", "quality",
+    }  # fmt: skip
+    drift_inputs = tasks["drift"].inputs.artifacts
+    assert drift_inputs["importance"].task_output_artifact.producer_task == "champion-reference"
+    scores = tasks["prediction-drift"].inputs.artifacts["reference_scores"]
+    assert scores.task_output_artifact.output_artifact_key == "reference_scores"
+    quality_inputs = tasks["quality"].inputs.artifacts
+    assert quality_inputs["log"].task_output_artifact.producer_task == "ingest-inputs"
+    assert quality_inputs["reference_scores"].task_output_artifact.producer_task == (
+        "champion-reference"
     )
-    (retrain,) = spec.components[drifted.component_ref.name].dag.tasks.values()
+    retrain = next(task for task in tasks.values() if task.task_info.name == "retrain")
     assert retrain.trigger_policy.condition == (
-        "inputs.parameter_values['pipelinechannel--retrain'] == true"
+        "inputs.parameter_values['pipelinechannel--monitoring-verdict-Output'] == true"
     )
     (training,) = spec.components[retrain.component_ref.name].dag.tasks.values()
     nested = spec.components[training.component_ref.name].dag.tasks
     assert {"ingest", "validate", "train", "evaluate"} <= set(nested)
-    for step in ("champion-reference", "ingest-inputs"):  # both read what changes in place
-        assert not tasks[step].caching_options.enable_cache
+    for step in ("champion-reference", "ingest-inputs", "quality", "monitoring-verdict"):
+        assert not tasks[step].caching_options.enable_cache  # each reads or writes in place
     parameters = spec.root.input_definitions.parameters
     assert not parameters["inputs_uri"].is_optional
     assert parameters["retrain"].default_value.bool_value is True
+    assert parameters["labels_uri"].default_value.string_value == ""
+    assert parameters["drift_rule"].default_value.string_value == "importance"
     if target == "kubeflow":
         platform = json_format.ParseDict(documents[1], pipeline_spec_pb2.PlatformSpec())
         executors = json_format.MessageToDict(platform.platforms["kubernetes"].deployment_spec)
@@ -225,6 +234,59 @@ def test_the_payload_log_a_predictor_wrote_is_what_monitoring_reads(
     )
     assert code == 3, printed
     assert summary["drifted_columns"] == ["size", "weight"] and not summary["retrained"]
+
+
+@pytest.mark.slow
+def test_labels_that_arrived_are_judged_and_a_degradation_retrains_and_alerts(
+    tmp_path: Path, capsys: pytest.CaptureFixture, champion, mlflow_server: str, pushgateway: str
+) -> None:
+    """The real predictor logs ids and predictions; labels arrive for most rows, then the
+    pipeline joins them: right labels are no degradation; labels of a world that changed
+    (every third row another class) are, and the run says so, retrains (here: is told not
+    to) and pushes the finding to a real Pushgateway, where the next healthy run clears it."""
+    _, name, _ = champion
+    model_dir = Path(find_champion(MlflowClient(mlflow_server), name).tags["storage_uri"])
+    table = multiclass_table(600, seed=3).dropna().sample(300, random_state=2)
+    inputs, truth = table.drop(columns=["species"]), table["species"].to_numpy()
+    log = tmp_path / "payloads"
+    with predictors(
+        {"monitored-00001": model_dir}, name, tmp_path, "--payload_log", str(log)
+    ) as urls:
+        for batch, rows in enumerate(np.array_split(np.arange(len(inputs)), 6)):
+            answer = httpx.post(
+                f"{urls['monitored-00001']}/v1/models/{name}:predict",
+                json={"instances": inputs.iloc[rows].to_dict("records")},
+                headers={"X-Request-Id": f"batch-{batch}"},
+            )
+            assert answer.status_code == 200 and answer.headers["x-request-id"] == f"batch-{batch}"
+    ids = [f"batch-{b}/{i}" for b, rows in enumerate(np.array_split(truth, 6))
+           for i in range(len(rows))]  # fmt: skip
+    labels = pd.DataFrame({"id": ids, "label": truth}).iloc[:270]  # 30 still to come
+    labels.to_csv(tmp_path / "right.csv", index=False)
+    classes = np.unique(truth)
+    changed = labels.assign(label=[
+        classes[(list(classes).index(label) + 1) % 3] if i % 3 == 0 else label
+        for i, label in enumerate(labels["label"])
+    ])  # fmt: skip
+    changed.to_csv(tmp_path / "changed.csv", index=False)
+    options = ("--no-retrain", "--days", "2", "--pushgateway", pushgateway)
+
+    code, summary, printed = monitor(
+        capsys, champion, mlflow_server, log, "--labels", str(tmp_path / "changed.csv"), *options
+    )
+    assert code == 3 and summary["degraded"] is True, printed
+    assert summary["triggers"] == ["quality degradation"] and not summary["retrained"]
+    assert "270 of 300 logged predictions labelled (90.0%)" in summary["reason"]
+    assert summary["reason"].endswith("; retraining is off")
+    flags = httpx.get(f"{pushgateway}/api/v1/metrics", timeout=10).json()["data"][0]
+    assert flags["conveyor_quality_degraded"]["metrics"][0]["value"] == "1"
+
+    code, summary, printed = monitor(
+        capsys, champion, mlflow_server, log, "--labels", str(tmp_path / "right.csv"), *options
+    )
+    assert code == 0 and summary["degraded"] is False, printed
+    flags = httpx.get(f"{pushgateway}/api/v1/metrics", timeout=10).json()["data"][0]
+    assert flags["conveyor_quality_degraded"]["metrics"][0]["value"] == "0"
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ from components.core.canary import StandardCanary, standard_canary_name
 from components.core.errors import ConveyorError
 from components.core.inference import predict_table, table_from_columns, table_from_instances
 from components.core.manifests import MAX_NAME_LENGTH
+from components.core.payload_log import read_log
 from components.core.serving import _arguments, _check_options, main, revision_label
 from components.core.serving_http import (
     ANSWERED_CODES,
@@ -522,22 +523,47 @@ def test_answered_rows_are_counted_by_class_and_score(server: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("classes", "column"),
+    ("classes", "positive", "column"),
     [
-        (["no", "yes"], 1),
-        (["Yes", "no"], 0),
-        ([0, 1], 1),
-        ([True, False], 0),
-        (["POS", "neg"], 0),
-        (["ham", "spam"], 1),  # no conventional name: the second class
-        (["1", "true"], 1),  # two conventional names: the second class
-        (["a", "b", "c"], None),  # more classes: the top probability
+        # A card written before the positive class was kept: the conventional name...
+        (["no", "yes"], None, 1),
+        (["Yes", "no"], None, 0),
+        ([0, 1], None, 1),
+        ([True, False], None, 0),
+        (["POS", "neg"], None, 0),
+        (["ham", "spam"], None, 1),  # no conventional name: the second class
+        (["1", "true"], None, 1),  # two conventional names: the second class
+        (["a", "b", "c"], None, None),  # more classes: the top probability
+        # ...and the card's positive class, decided at training, whatever the names.
+        (["fraud", "legit"], "fraud", 0),
+        (["no", "yes"], "no", 0),
+        ([False, True], "False", 0),
+        ([0, 1], "1", 1),
     ],
 )
 def test_the_score_of_a_binary_model_is_its_positive_class_probability(
-    classes: list, column: int | None
+    classes: list, positive: str | None, column: int | None
 ) -> None:
-    assert score_column(classes) == column
+    assert score_column(classes, positive) == column
+
+
+def test_a_positive_class_the_model_lacks_is_refused() -> None:
+    with pytest.raises(ConveyorError, match=r"positive class 'spam' is not one of the model's"):
+        score_column(["fraud", "legit"], "spam")
+
+
+def test_the_score_histogram_observes_the_card_s_positive_class() -> None:
+    fraud = np.array([0.9, 0.2, 0.05])
+    probabilities = np.column_stack([fraud, 1 - fraud])  # classes fraud, legit
+    registry = CollectorRegistry()
+    metrics = ServingMetrics(
+        "fraud", "r1", ["fraud", "legit"], positive_class="fraud", registry=registry
+    )
+    metrics.observe(probabilities)
+    metrics.observe(probabilities[:1])
+    (scores,) = [m for m in registry.collect() if m.name == "conveyor_prediction_score"]
+    (total,) = [s.value for s in scores.samples if s.name == "conveyor_prediction_score_sum"]
+    assert total == pytest.approx(fraud.sum() + fraud[0])  # not legit's 1 - fraud
 
 
 def test_a_batch_is_observed_as_its_rows_one_by_one() -> None:
@@ -766,3 +792,58 @@ def test_a_refused_request_is_one_info_line_not_an_error_with_a_traceback(
     (line,) = [line for line in added.splitlines() if marker in line]
     assert " INFO " in line
     assert "Traceback" not in added and " ERROR " not in added
+
+
+def test_every_answer_carries_its_request_id(server: str) -> None:
+    row = ROWS.dropna().iloc[0].to_dict()
+    plain = httpx.post(f"{server}{V1_PATH}", json={"instances": [row]})
+    assert plain.status_code == 200 and len(plain.headers["x-request-id"]) == 32  # generated
+    given = httpx.post(
+        f"{server}{V1_PATH}", json={"instances": [row]}, headers={"X-Request-Id": "order-7"}
+    )
+    assert given.headers["x-request-id"] == "order-7"
+    inputs = [
+        {"name": name, "shape": [1], "datatype": "FP64" if name != "color" else "BYTES",
+         "data": [row[name]]}
+        for name in ("size", "weight", "color")
+    ]  # fmt: skip
+    v2 = httpx.post(f"{server}{V2_PATH}", json={"inputs": inputs}, headers={"X-Request-Id": "h-1"})
+    assert v2.json()["id"] == v2.headers["x-request-id"] == "h-1"
+    v2 = httpx.post(f"{server}{V2_PATH}", json={"id": "body-1", "inputs": inputs})
+    assert v2.json()["id"] == v2.headers["x-request-id"] == "body-1"
+    fresh = httpx.post(f"{server}{V2_PATH}", json={"inputs": inputs})
+    assert fresh.json()["id"] == fresh.headers["x-request-id"] and len(fresh.json()["id"]) == 32
+    # An id that cannot go back in a header, or is too long, costs the client nothing: it
+    # is answered, under a fresh id it is told.
+    for odd in ({"id": "x" * 300}, {"id": "café-42"}, {"id": "tab\there"}):
+        answered = httpx.post(f"{server}{V2_PATH}", json={**odd, "inputs": inputs})
+        assert answered.status_code == 200, answered.text
+        assert answered.json()["id"] == answered.headers["x-request-id"] != odd["id"]
+        assert len(answered.json()["id"]) == 32
+
+
+def test_conveyor_serve_turns_the_payload_log_on(model_dir: Path, tmp_path: Path) -> None:
+    port, log = free_port(), tmp_path / "payloads"
+    command = [
+        sys.executable, "-m", "pipelines.cli", "serve", "--model-dir", str(model_dir),
+        "--name", NAME, "--port", str(port), "--payload-log", str(log),
+        "--payload-log-exclude", "weight", "--id-column", "order_id",
+        "--payload-log-max-buffer-rows", "1000",
+    ]  # fmt: skip
+    output = tmp_path / "serve.log"
+    with output.open("w") as stream:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=stream, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for_http(f"{url}/v2/models/{NAME}/ready", process, 90, output)
+        row = {**ROWS.dropna().iloc[0].to_dict(), "order_id": "o-42"}
+        response = httpx.post(f"{url}{V1_PATH}", json={"instances": [row]})
+        assert response.status_code == 200, response.text
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    logged = read_log(str(log)).table.to_pylist()
+    assert [(r["conveyor.id"], r["order_id"], "weight" in r) for r in logged] == [
+        ("o-42", "o-42", False)
+    ]
+    assert logged[0]["conveyor.prediction"] == str(response.json()["predictions"][0])

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
@@ -24,6 +25,7 @@ from components.core.training import (
     sha256_file,
     train_model,
 )
+from tests.conftest import multiclass_table
 
 
 @pytest.mark.parametrize("estimator", sorted(ESTIMATORS))
@@ -60,7 +62,9 @@ def test_model_directory_round_trips_and_records_its_sha256(
     assert card.sha256 == sha256_file(tmp_path / "model" / MODEL_FILE)
     saved = json.loads((tmp_path / "model" / MODEL_CARD).read_text())
     assert saved["hyperparameters"] == {"C": 0.5}
-    assert saved["format_version"] == MODEL_FORMAT_VERSION == 1  # readers refuse newer ones
+    # Readers refuse newer formats: a card without id columns is written in format 1, which
+    # servers from before format 2 still load.
+    assert saved["format_version"] == 1 and MODEL_FORMAT_VERSION == 2
     assert saved["sha256"] == card.sha256 and saved["model_file"] == MODEL_FILE
     assert {"python", "scikit-learn", "pandas", "conveyor"} <= set(saved["versions"])
     loaded = load_model_dir(tmp_path / "model")
@@ -164,3 +168,56 @@ def test_whole_floats_stay_floats_where_floats_mean_a_share(species: pd.DataFram
     )
     assert model.card.hyperparameters == {"max_features": 1.0, "n_estimators": 5}
     assert isinstance(model.card.hyperparameters["max_features"], float)
+
+
+def fraud_or_legit(rows: int = 600, seed: int = 5) -> pd.DataFrame:
+    """A binary target named neither 1 nor yes, fraud the rarer class (about 20 %) and the
+    first in sorted order: the old "second class" rule and the rarer-class rule disagree."""
+    rng = np.random.default_rng(seed)
+    amount = rng.lognormal(3.5, 0.7, rows)
+    fraud = rng.uniform(size=rows) < 1 / (1 + np.exp(-3 * (np.log(amount) - 4.5)))
+    return pd.DataFrame(
+        {
+            "amount": amount,
+            "age": rng.normal(40, 10, rows),
+            "label": np.where(fraud, "fraud", "legit"),
+        }
+    )
+
+
+def test_the_card_records_the_positive_class_decided_at_training(tmp_path: Path) -> None:
+    table = fraud_or_legit()
+    assert 0.1 < (table["label"] == "fraud").mean() < 0.4
+    model = fit_classifier(table, "label", "logistic_regression", {}, seed=0)
+    assert model.card.classes == ["fraud", "legit"] and model.card.positive_class == "fraud"
+    named = fit_classifier(table, "label", "logistic_regression", {}, 0, positive_class="legit")
+    assert named.card.positive_class == "legit"
+    with pytest.raises(ConveyorError, match="positive_class 'spam' is not a class"):
+        fit_classifier(table, "label", "logistic_regression", {}, 0, positive_class="spam")
+    card = save_model_dir(model, tmp_path / "model")
+    saved = json.loads((tmp_path / "model" / MODEL_CARD).read_text())
+    # A key format 1 does not know: the card is format 2, which older servers refuse.
+    assert (
+        saved["positive_class"] == "fraud" and saved["format_version"] == 2 == card.format_version
+    )
+    assert load_model_dir(tmp_path / "model").card.positive_class == "fraud"
+    species = fit_classifier(multiclass_table(), "species", "logistic_regression", {}, seed=0)
+    assert species.card.positive_class is None  # more classes: none, and format 1 still
+
+
+def test_train_model_passes_its_positive_class_to_the_card_and_training_metrics(
+    tmp_path: Path, mlflow_server: str, model_name: str
+) -> None:
+    table = fraud_or_legit()
+    table.to_parquet(tmp_path / "train.parquet")
+    result = train_model(
+        tmp_path / "train.parquet", "label", "logistic_regression", {}, 0, tmp_path / "model",
+        mlflow_server, model_name, {}, positive_class="legit",
+    )  # fmt: skip
+    assert result.card.positive_class == "legit"
+    predicted = fit_classifier(table, "label", "logistic_regression", {}, 0).pipeline.predict(
+        table.drop(columns="label")
+    )
+    legit = table["label"].to_numpy() == "legit"
+    negatives_flagged = ((predicted == "legit") & ~legit).sum() / (~legit).sum()
+    assert result.metrics["false_positive_rate"] == pytest.approx(negatives_flagged)

@@ -55,10 +55,12 @@ def test_a_violation_names_column_rule_observed_expected_and_rows(
         "error",
         (4, 9, 30),
     )
-    assert violation.expected == "at most 10.0% (training: 0.0%)"
+    assert violation.expected == (
+        "at most 1.00% for 2000 rows (derived from training: 0.0% of 2000 rows)"
+    )
     assert str(violation) == (
-        "column 'age' [null_rate]: 20.2% empty; expected at most 10.0% (training: 0.0%) "
-        "(e.g. rows 4, 9, 30)"
+        "column 'age' [null_rate]: 20.2% empty; expected at most 1.00% for 2000 rows "
+        "(derived from training: 0.0% of 2000 rows) (e.g. rows 4, 9, 30)"
     )
 
 
@@ -184,17 +186,29 @@ def test_rows_equal_in_all_but_one_column_are_not_copies(reference: pd.DataFrame
     assert copies.observed == "2 rows are exact copies of another row"
 
 
-def test_a_null_spike_within_one_segment_is_caught_where_the_whole_table_is_not(
-    reference: pd.DataFrame, schema: Schema
-) -> None:
-    table = transactions(2000, seed=3).assign(id=np.arange(2000))
+def _with_gaps(table: pd.DataFrame, column: str, share: float, seed: int) -> pd.DataFrame:
+    """``table`` with ``column`` empty in a seeded ``share`` of its rows."""
+    empty = np.random.default_rng(seed).random(len(table)) < share
+    return table.assign(**{column: table[column].mask(empty)})
+
+
+def test_a_null_spike_within_one_segment_is_caught_where_the_whole_table_is_not() -> None:
+    reference = _with_gaps(transactions(2000, seed=1), "amount", 0.2, seed=11)
+    schema = infer_schema(reference, segment="segment")
+    table = _with_gaps(transactions(2000, seed=3), "amount", 0.2, seed=13)
     business = table.index[table["segment"] == "business"]
-    table.loc[business[: len(business) // 2], "amount"] = np.nan
+    table.loc[business[: len(business) * 6 // 10], "amount"] = np.nan  # 20% -> about 68%
     violations = found(table, schema)
-    assert ("amount", "null_rate", "") not in violations  # about 2.5% of all rows
+    assert ("amount", "null_rate", "") not in violations  # about 2.5 points more overall
     spike = violations[("amount", "null_rate", "business")]
     assert spike.severity == "error" and spike.rows[0] == business[0]
-    assert str(spike).startswith("column 'amount' in segment 'business' [null_rate]: ")
+    described = schema.segments.values["business"]["amount"]
+    assert str(spike).startswith(
+        "column 'amount' in segment 'business' [null_rate]: "
+    ) and spike.expected.endswith(
+        f"for {len(business)} rows (derived from training: "
+        f"{described.null_rate:.1%} of {described.rows} rows)"
+    )
 
 
 def test_a_value_usual_overall_but_not_in_its_segment_is_out_of_the_segment_range() -> None:

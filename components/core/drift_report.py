@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from components.core.drift import DRIFTS_WHEN, TESTS, DriftReport, DriftSettings, compare_tables
+from components.core.drift import (
+    DRIFTS_WHEN,
+    TESTS,
+    ColumnDrift,
+    DriftReport,
+    DriftSettings,
+    compare_tables,
+)
 from components.core.errors import ConveyorError, first_line
 from components.core.files import write_atomically, write_text_atomically
 
@@ -57,29 +64,41 @@ def detect_drift(
 
 
 def describe(report: DriftReport) -> str:
-    """The verdict in one sentence."""
-    drifted = report.drifted_columns
+    """The verdict in one sentence: how many columns drifted, each with its importance and
+    where, and which rule decided."""
+    drifted, importance = report.drifted_columns, report.importance
     verdict = "Drift" if report.dataset_drifted else "No dataset drift"
     listed = ", ".join(
-        name if where == ["all"] else f"{name} (in {', '.join(where)})"
-        for name, where in ((name, report.drifted_in(name)) for name in drifted)
+        f"{name} (importance {importance[name]:.0%}; "
+        f"{', '.join(report.place(where) for where in report.drifted_in(name))})"
+        for name in drifted
     )
     return (
         f"{verdict}: {len(drifted)} of {len(report.overall)} columns drifted "
-        f"({report.drifted_share:.0%}; the dataset drifts at "
-        f"{report.settings.drift_share:.0%}){': ' + listed if listed else ''}"
+        f"({report.drifted_share:.0%}){': ' + listed if listed else ''}; "
+        f"decided {report.rule_reason}"
     )
+
+
+def _verdict(result: ColumnDrift) -> str:
+    if result.drifted:
+        return "DRIFT"
+    return "noise" if result.passes_threshold else "ok"  # past its threshold, within noise
 
 
 def table_lines(report: DriftReport) -> list[str]:
-    """One aligned line per column, and per segment where a column drifted: kind, null
-    shares, every score, the deciding test and the verdict; then what was not tested."""
-    header = f"{'column':<22} {'segment':<12} {'kind':<11} {'nulls':>11} " + " ".join(
-        f"{test:>13}" for test in TESTS
+    """One aligned line per column, and per segment where a column drifted or passed its
+    threshold: importance, kind, null shares, every score, the deciding test, the noise
+    test's p-value and the verdict (``noise``: past the threshold, within sampling noise);
+    then why the verdict went as it did, and what was not tested."""
+    header = (
+        f"{'column':<22} {'segment':<12} {'importance':>10} {'kind':<11} {'nulls':>11} "
+        + " ".join(f"{test:>13}" for test in TESTS)
     )
-    lines = [header + "  decided by     verdict"]
+    lines = [header + "  decided by     noise p  verdict"]
+    importance = report.importance
     for result in report.columns:
-        if result.segment is not None and not result.drifted:
+        if result.segment is not None and not result.passes_threshold:
             continue
         scores = " ".join(
             f"{result.scores[test]:>13.4g}" if test in result.scores else f"{'-':>13}"
@@ -87,38 +106,50 @@ def table_lines(report: DriftReport) -> list[str]:
         )
         nulls = f"{result.reference_nulls:.0%}>{result.current_nulls:.0%}"
         lines.append(
-            f"{result.column:<22} {result.segment or '(all)':<12} {result.kind:<11} "
-            f"{nulls:>11} {scores}  {result.deciding_test:<14} "
-            f"{'DRIFT' if result.drifted else 'ok'}"
+            f"{result.column:<22} {result.segment or '(all)':<12} "
+            f"{importance[result.column]:>10.0%} {result.kind:<11} {nulls:>11} {scores}  "
+            f"{result.deciding_test:<14} {result.noise_p_value:>7.2g}  {_verdict(result)}"
         )
+    lines += [f"why: {line}" for line in report.column_reasons]
     return lines + [f"not tested: {line}" for line in report.skipped]
 
 
 def markdown(report: DriftReport, note: str = "") -> str:
     """A report a person reads in the KFP UI: the verdict, what drift means, a row per
     column (and per segment), and what was not tested."""
-    settings = report.settings
+    settings, importance = report.settings, report.importance
     rows = [
-        "| column | segment | kind | nulls (reference → current) | "
+        "| column | segment | importance | kind | nulls (reference → current) | "
         + " | ".join(TESTS)
-        + " | decided by | verdict |",
-        "|---|---|---|---|" + "---:|" * len(TESTS) + "---|---|",
+        + " | decided by | noise p | verdict |",
+        "|---|---|---:|---|---|" + "---:|" * len(TESTS) + "---|---:|---|",
     ]
+    verdicts = {"DRIFT": "**drift**", "noise": "within noise", "ok": "ok"}
     for result in report.columns:
         scores = " | ".join(
             f"{result.scores[test]:.4g}" if test in result.scores else "" for test in TESTS
         )
         rows.append(
-            f"| {result.column} | {result.segment or 'all'} | {result.kind} | "
+            f"| {result.column} | {result.segment or 'all'} | "
+            f"{importance[result.column]:.1%} | {result.kind} | "
             f"{result.reference_nulls:.1%} → {result.current_nulls:.1%} | {scores} | "
-            f"{result.deciding_test} | {'**drift**' if result.drifted else 'ok'} |"
+            f"{result.deciding_test} | {result.noise_p_value:.2g} | "
+            f"{verdicts[_verdict(result)]} |"
         )
     limits = ", ".join(f"{test} {DRIFTS_WHEN[test]} {settings.threshold(test)}" for test in TESTS)
+    noise = (
+        "and its counts differ beyond sampling noise (a two-sample test's p-value at or "
+        f"below {settings.alpha:g} over the run's {report.tests} tests)"
+        if settings.alpha is not None
+        else "(no noise test)"
+    )
     parts = [
         "# Data drift",
         f"**{describe(report)}.**",
-        f"Drift means {limits}; numeric columns are decided by {settings.numeric_test}, "
-        f"categorical ones by {settings.categorical_test}.",
+        "Why:\n\n" + "\n".join(f"- {line}" for line in report.column_reasons),
+        f"A column drifts when its deciding score passes its threshold ({limits}) {noise}; "
+        f"numeric columns are decided by {settings.numeric_test}, categorical ones by "
+        f"{settings.categorical_test}.",
         "\n".join(rows),
     ]
     if report.skipped:

@@ -45,7 +45,9 @@ class Policy:
         min_relative_improvement: ...and at least this gain as a fraction of the champion's
             value. To accept a small loss, make both negative.
         floors: Absolute bounds, metric -> value: a floor for metrics that are better
-            higher, a ceiling for those better lower (log_loss).
+            higher, a ceiling for those better lower (log_loss, false_positive_rate).
+            false_positive_rate exists for binary targets only: naming it for a multi-class
+            model is refused when the model is scored.
     """
 
     metric: str = "roc_auc"
@@ -118,13 +120,17 @@ def evaluate_model(
 ) -> EvaluationResult:
     """Scores the model, compares it with the champion, and writes the decision and its report.
 
-    The test metrics, the verdict and the report also go to the training's MLflow run.
+    An empty ``positive_class`` takes the model card's (decided at training: the class
+    serving scores, so offline and online metrics are of one class). The test metrics, the
+    verdict and the report also go to the training's MLflow run.
     """
     policy.validate()
     client = tracking.connect(tracking_uri)
     model = load_model_dir(model_dir)
     test_split = read_parquet(test_path)
+    positive_class = positive_class or model.card.positive_class or ""
     scores = score(model.pipeline, test_split, target, positive_class)
+    _check_policy_metrics(policy, scores, len(model.card.classes))
     champion = registry.find_champion(client, model_name)
     champion_score = None
     if champion is not None:
@@ -141,6 +147,17 @@ def evaluate_model(
     write_text_atomically(evaluation_path, result.to_json())
     write_text_atomically(report_path, report)
     return result
+
+
+def _check_policy_metrics(policy: Policy, scores: Scores, classes: int) -> None:
+    """Every metric the policy names was measured (false_positive_rate is binary only)."""
+    named = [policy.metric, *policy.floors]
+    missing = [name for name in named if name not in scores.metrics]
+    if missing:
+        raise ConveyorError(
+            f"the policy names {missing[0]!r}, which a model of {classes} classes does not "
+            f"have; choose among {', '.join(scores.metrics)}"
+        )
 
 
 def decide(metrics: dict[str, float], policy: Policy, champion: ChampionScore | None) -> Decision:

@@ -5,6 +5,11 @@ request is turned into a table with exactly those columns, so serving applies th
 same preprocessing the model was trained with; a request missing columns, sending
 text where numbers are expected, holding no rows or, in a V2 (Open Inference) input,
 data its datatype or shape cannot hold is refused with every such column or input named.
+
+The card's ``id_columns`` are never features: a request may send them (as V1 object keys or
+V2 inputs), their values are read apart from the table (``ids_from_instances``,
+``ids_from_tensors``) for the payload log, and a request without them is answered all the
+same.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ __all__ = [
     "Tensor",
     "array_from_tensor",
     "example_instance",
+    "ids_from_instances",
+    "ids_from_tensors",
     "predict_table",
     "table_from_columns",
     "table_from_instances",
@@ -84,13 +91,18 @@ def table_from_instances(instances: Any, features: Sequence[Feature]) -> pd.Data
     raise ConveyorError("each instance must be an object keyed by column name or a list of values")
 
 
-def table_from_tensors(tensors: Sequence[Tensor], features: Sequence[Feature]) -> pd.DataFrame:
+def table_from_tensors(
+    tensors: Sequence[Tensor], features: Sequence[Feature], id_columns: Sequence[str] = ()
+) -> pd.DataFrame:
     """V2 inputs as a table: one input per column, named by column (inputs naming no column
-    are ignored, as a V1 row's extra keys are), or one 2-D input in training column order."""
+    are ignored, as a V1 row's extra keys are), or one 2-D input in training column order
+    (beside which inputs named for ``id_columns`` may come)."""
     names = [feature.name for feature in features]
     repeated = sorted(name for name, count in Counter(t.name for t in tensors).items() if count > 1)
     if repeated:
         raise ConveyorError(f"inputs given more than once: {', '.join(map(repr, repeated))}")
+    if id_columns:
+        tensors = [tensor for tensor in tensors if tensor.name not in id_columns]
     if len(tensors) == 1 and tensors[0].name not in names:
         matrix = array_from_tensor(tensors[0])
         if matrix.ndim != 2 or matrix.shape[1] != len(names):
@@ -104,6 +116,51 @@ def table_from_tensors(tensors: Sequence[Tensor], features: Sequence[Feature]) -
     wanted = set(names)
     columns = {t.name: _column(t) for t in tensors if t.name in wanted}
     return table_from_columns(columns, features)
+
+
+def ids_from_instances(instances: list[Any], id_columns: Sequence[str]) -> dict[str, list[Any]]:
+    """Each id column's value in each V1 instance (None where one lacks it); empty for
+    instances given as lists, which hold features only."""
+    if not all(isinstance(row, Mapping) for row in instances):
+        return {}
+    ids = {name: [row.get(name) for row in instances] for name in id_columns}
+    for name, values in ids.items():
+        _check_ids(name, values)
+    return ids
+
+
+def ids_from_tensors(
+    tensors: Sequence[Tensor], id_columns: Sequence[str], rows: int
+) -> dict[str, list[Any]]:
+    """Each id column's values from the V2 inputs named for it, one per row (NaN, from a
+    null in a floating-point input, reads as None); columns without an input are left out."""
+    ids = {}
+    for tensor in tensors:
+        if tensor.name not in id_columns:
+            continue
+        values = array_from_tensor(tensor)
+        if values.ndim == 2 and values.shape[1] == 1:
+            values = values.reshape(-1)
+        if values.ndim != 1 or len(values) != rows:
+            raise ConveyorError(
+                f"input {tensor.name!r} (an id column): expected one value per row, {rows}; "
+                f"got shape {list(values.shape)}"
+            )
+        listed = values.tolist()
+        if values.dtype.kind == "f":
+            listed = [None if math.isnan(value) else value for value in listed]
+        _check_ids(tensor.name, listed)
+        ids[tensor.name] = listed
+    return ids
+
+
+def _check_ids(name: str, values: list[Any]) -> None:
+    for index, value in enumerate(values):
+        if value is not None and not isinstance(value, (str, int, float)):
+            raise ConveyorError(
+                f"id column {name!r} holds a JSON {_json_type(value)} in row {index}; "
+                "expected text or a number"
+            )
 
 
 def table_from_columns(columns: Mapping[str, Any], features: Sequence[Feature]) -> pd.DataFrame:

@@ -13,7 +13,7 @@ import yaml
 
 from components.core.errors import ConveyorError
 from components.core.files import write_text_atomically
-from components.core.payload_log import PAYLOAD_LOG_ENV
+from components.core.payload_log import PAYLOAD_LOG_ENV, PAYLOAD_LOG_EXCLUDE_ENV, parse_exclude
 from components.core.training import MODEL_SHA256_ENV, is_sha256
 
 __all__ = [
@@ -32,7 +32,7 @@ __all__ = [
 API_VERSION = "serving.kserve.io/v1beta1"
 # The predictor's environment variables and annotations Conveyor renders, and so owns: a
 # rollout replaces them as a set, and leaves every other one as it finds it.
-RENDERED_ENV = (PAYLOAD_LOG_ENV, MODEL_SHA256_ENV)
+RENDERED_ENV = (PAYLOAD_LOG_ENV, PAYLOAD_LOG_EXCLUDE_ENV, MODEL_SHA256_ENV)
 # The predictor fields ``render_inference_service`` writes (and, under ``model``, the keys):
 # all a rollback may put back.
 RENDERED_FIELDS = {
@@ -68,6 +68,8 @@ class ServingSpec:
         model_sha256: The registry's sha256 of ``model.joblib`` (64 lower-case hex digits);
             the predictor gets it as ``CONVEYOR_MODEL_SHA256`` and refuses to load any other
             file, whatever the ``model.json`` beside it says. Empty pins nothing.
+        payload_log_exclude: Input columns the predictor never writes to its payload log
+            (``CONVEYOR_PAYLOAD_LOG_EXCLUDE``, rendered with the log only).
     """
 
     model_name: str
@@ -81,8 +83,16 @@ class ServingSpec:
     service_account: str = ""
     payload_log_uri: str = ""
     model_sha256: str = ""
+    payload_log_exclude: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "payload_log_exclude", tuple(self.payload_log_exclude))
+        parse_exclude(",".join(self.payload_log_exclude))  # refuses the log's own columns
+        if any("," in name or not name.strip() for name in self.payload_log_exclude):
+            raise ConveyorError(
+                f"ServingSpec.payload_log_exclude {list(self.payload_log_exclude)}: expected "
+                "column names, without commas"
+            )
         if self.model_sha256 and not is_sha256(self.model_sha256):
             raise ConveyorError(
                 f"ServingSpec.model_sha256 {self.model_sha256!r}: expected 64 lower-case hex "
@@ -153,6 +163,9 @@ def _predictor_env(spec: ServingSpec) -> list[dict[str, str]]:
     env = []
     if spec.payload_log_uri:
         env.append({"name": PAYLOAD_LOG_ENV, "value": spec.payload_log()})
+        if spec.payload_log_exclude:
+            exclude = ",".join(spec.payload_log_exclude)
+            env.append({"name": PAYLOAD_LOG_EXCLUDE_ENV, "value": exclude})
     if spec.model_sha256:
         env.append({"name": MODEL_SHA256_ENV, "value": spec.model_sha256})
     return env

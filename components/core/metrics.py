@@ -30,6 +30,7 @@ METRIC_DIRECTIONS = {
     "f1": 1,
     "roc_auc": 1,
     "log_loss": -1,
+    "false_positive_rate": -1,  # binary targets only: a multi-class score has none
 }
 # Labels that name the positive class of a binary target, compared case-insensitively.
 _POSITIVE_NAMES = {"1", "true", "yes", "y", "positive", "pos"}
@@ -55,11 +56,12 @@ class Scores:
 
 
 def score(model: Pipeline, table: pd.DataFrame, target: str, positive_class: str = "") -> Scores:
-    """Accuracy, precision, recall, F1, ROC-AUC and log loss, and the curves.
+    """Accuracy, precision, recall, F1, ROC-AUC and log loss, and the curves; for a binary
+    target also the false-positive rate (FP / (FP + TN) of the positive class).
 
-    Multi-class precision, recall, F1 and ROC-AUC are macro averages (one-vs-rest).
-    ``positive_class`` picks the binary positive class by name; empty chooses it
-    (see ``positive_label``).
+    Multi-class precision, recall, F1 and ROC-AUC are macro averages (one-vs-rest); a
+    multi-class target has no false-positive rate. ``positive_class`` picks the binary
+    positive class by name; empty chooses it (see ``positive_label``).
     """
     proba = model.predict_proba(table.drop(columns=[target]))
     classes = model.classes_
@@ -88,6 +90,8 @@ def score(model: Pipeline, table: pd.DataFrame, target: str, positive_class: str
         "log_loss": skm.log_loss(truth, proba, labels=classes),
     }
     matrix = skm.confusion_matrix(truth, predicted, labels=classes)
+    if positive is not None:
+        metrics["false_positive_rate"] = _false_positive_rate(matrix, column)
     curves = Curves([str(c) for c in classes], matrix.tolist(), roc)
     return Scores({k: float(v) for k, v in metrics.items()}, curves, plain(positive))
 
@@ -116,6 +120,14 @@ def conventional_positive(classes: Sequence[Any]) -> Any:
     exactly one is."""
     conventional = [c for c in classes if str(c).lower() in _POSITIVE_NAMES]
     return conventional[0] if len(conventional) == 1 else None
+
+
+def _false_positive_rate(matrix: np.ndarray, positive: int) -> float:
+    """FP / (FP + TN) of a binary confusion matrix (rows: truth); 0 without negatives, as
+    scikit-learn's zero_division=0."""
+    negative = 1 - positive
+    false, true = matrix[negative, positive], matrix[negative, negative]
+    return float(false / (false + true)) if false + true else 0.0
 
 
 def _roc_curve(is_positive: np.ndarray, proba: np.ndarray) -> tuple[list[float], ...]:

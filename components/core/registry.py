@@ -168,10 +168,22 @@ def champion_model_dir(tracking_uri: str, name: str) -> Path:
 
 
 def download_reference(
-    tracking_uri: str, name: str, reference_path: Path, schema_path: Path
+    tracking_uri: str,
+    name: str,
+    reference_path: Path,
+    schema_path: Path,
+    importance_path: Path | None = None,
+    scores_path: Path | None = None,
 ) -> Champion:
     """The champion's training inputs (its training split without the label) and schema,
-    as its training run recorded them; returns the champion."""
+    as its training run recorded them; returns the champion.
+
+    With ``importance_path`` and ``scores_path``, also its feature importance and its scores
+    on the evaluation split (``components.core.importance``). A champion trained before
+    Conveyor recorded them gets an empty file at each (``read_importance`` and
+    ``read_reference_scores`` read None), not a failure: drift is then judged without
+    importance, and prediction drift is not measured.
+    """
     client = tracking.connect(tracking_uri)
     champion = find_champion(client, name)
     if champion is None:
@@ -196,7 +208,21 @@ def download_reference(
         inputs = read_parquet(table).drop(columns=[target], errors="ignore")
         write_atomically(reference_path, lambda path: inputs.to_parquet(path, index=False))
         write_atomically(schema_path, lambda path: shutil.copyfile(schema, path))
+        for file, destination in (
+            (tracking.REFERENCE_IMPORTANCE, importance_path),
+            (tracking.REFERENCE_SCORES, scores_path),
+        ):
+            if destination is not None:
+                _copy_recorded(local / file if file in recorded else None, destination)
     return champion
+
+
+def _copy_recorded(source: Path | None, destination: Path) -> None:
+    """Copies a file the training run recorded; an empty file where it recorded none."""
+    if source is None:
+        write_atomically(destination, lambda path: path.write_bytes(b""))
+    else:
+        write_atomically(destination, lambda path: shutil.copyfile(source, path))
 
 
 def load_champion(client: MlflowClient, champion: Champion) -> TrainedModel:

@@ -4,10 +4,40 @@
 ``conveyor validate --write-schema``); a person may then edit the JSON and commit it:
 tighten a range, add a key column, bound the row count, turn a rule off or down to a
 warning. ``components.core.validation`` checks tables against it.
+
+**Null-rate ceilings follow training.** A column's ``null_rate`` is the share ``x / n`` of
+empty values among the ``n`` ``rows`` it was inferred from (within a segment: among that
+segment's rows). A table checked later, ``e`` empty among its ``m`` rows, breaks the
+ceiling when Fisher's exact test, one-sided, rejects at a false-alarm rate of
+``NULL_RATE_FALSE_ALARM`` (0.1 %) per column (and per column within each segment): were
+the rows of both tables alike, the chance that ``e`` or more of the ``x + e`` empty values
+fall among the checked table's rows (hypergeometric: ``n + m`` rows, ``x + e`` empty,
+``m`` drawn) is at most 0.1 %. Conditioning on the empty values of both tables accounts
+for the training rate's own uncertainty (``n`` rows) and the checked table's binomial noise
+(``m`` rows) together: for rows drawn independently at any one rate the false-alarm rate
+is at most 0.1 % (exact, not asymptotic; discreteness makes it lower), and a random
+train/evaluation split is exactly the hypergeometric draw the test assumes. A table must
+also be ``NULL_RATE_MARGIN`` (1 point) emptier than training, so a huge payload log is not
+failed for a shift too small to be a broken feed. A column never empty in 855 training rows
+alarms at 5 empty values of 215 (ceiling 1.86 %); its ceiling for 20,000 rows is 1 %. A
+column 30 % empty in 1,000 rows tolerates 41.5 % in 200 rows, 34.8 % in 20,000. A table
+with ``k`` such checks has a false-alarm rate of at most ``k`` × 0.1 % (a column never
+empty in training cannot alarm while it stays full). Within segments the 0.1 % is shared
+by the segments a column is checked in (Bonferroni), so a column's segments together alarm
+at most as often as the column does. Small segments are checked with little power: a
+segment never empty in 30 rows alarms at 9 of 30 (checked alone).
+
+The written ``max_null_rate`` is the ceiling derived for a table the size of the training
+table (``rows``). While it is that derived value, validation re-derives the ceiling for
+each table's own size, so the smaller evaluation split and a large payload log are each
+held to the right bound; a person who edits it sets a flat ceiling, used as written for
+any table (as TFDV's ``min_fraction`` and Great Expectations' ``mostly`` are). Schemas
+written before ``rows`` was recorded keep their ceilings as written.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable
@@ -19,12 +49,15 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 from pandas.api import types as ptypes
+from scipy import stats
 
 from components.core.columns import ColumnView, column_views
 from components.core.data import as_arrow
 from components.core.errors import ConveyorError, first_line, plain
 
 __all__ = [
+    "NULL_RATE_FALSE_ALARM",
+    "NULL_RATE_MARGIN",
     "RULE_SEVERITY",
     "ColumnSchema",
     "Schema",
@@ -33,6 +66,7 @@ __all__ = [
     "column_kind",
     "infer_schema",
     "load_schema",
+    "null_rate_ceiling",
 ]
 
 Kind = Literal["numeric", "categorical"]
@@ -53,8 +87,12 @@ RULE_SEVERITY: dict[str, Severity] = {
 }
 # Share of the training range by which new values may stray beyond it.
 DEFAULT_RANGE_TOLERANCE = 0.25
-# Points of null rate a column may have above the rate it was inferred with.
-DEFAULT_NULL_RATE_TOLERANCE = 0.10
+# The chance that a column whose rows are like training's breaks its derived null-rate
+# ceiling (per column, and per column within each segment).
+NULL_RATE_FALSE_ALARM = 0.001
+# ... and only when it is also this many points above training's rate: in a payload log of
+# millions of rows, 30.0 % against 30.2 % is significant but no broken feed.
+NULL_RATE_MARGIN = 0.01
 # Segments with fewer rows than this are neither described nor checked: too noisy.
 DEFAULT_SEGMENT_MIN_ROWS = 30
 MAX_SEGMENTS = 100
@@ -64,8 +102,39 @@ MAX_CATEGORIES = 1000
 _IDENTIFIER_MIN_ROWS = 100
 
 
+class _NullRates:
+    """The null-rate ceiling of a column, overall (``ColumnSchema``) or within a segment
+    (``SegmentColumn``), both of which hold ``null_rate``, ``max_null_rate`` and ``rows``."""
+
+    null_rate: float
+    max_null_rate: float
+    rows: int | None
+
+    @property
+    def ceiling_derived(self) -> bool:
+        """Whether ``max_null_rate`` is the ceiling derived from ``null_rate`` and ``rows``
+        (so re-derived for each table's size) rather than a number a person wrote."""
+        if self.rows is None:
+            return False
+        return _is_derived(self.null_rate, self.max_null_rate, self.rows)
+
+    def max_null_rate_for(self, checked_rows: int, level: float = NULL_RATE_FALSE_ALARM) -> float:
+        """The ceiling a table of ``checked_rows`` rows is held to, at false-alarm ``level``."""
+        if not self.ceiling_derived:
+            return self.max_null_rate
+        return null_rate_ceiling(self.null_rate, self.rows, checked_rows, level)
+
+    def too_empty(
+        self, empty: int, checked_rows: int, level: float = NULL_RATE_FALSE_ALARM
+    ) -> bool:
+        """Whether ``empty`` empty values among ``checked_rows`` rows break the ceiling."""
+        if not self.ceiling_derived:
+            return checked_rows > 0 and empty / checked_rows > self.max_null_rate
+        return _alarms(_empty(self.null_rate, self.rows), self.rows, empty, checked_rows, level)
+
+
 @dataclass(frozen=True)
-class ColumnSchema:
+class ColumnSchema(_NullRates):
     """What one column holds.
 
     Attributes:
@@ -73,7 +142,11 @@ class ColumnSchema:
         kind: ``numeric`` (numbers, booleans) or ``categorical`` (anything else).
         dtype: The pandas dtype it was inferred from.
         null_rate: The share of empty values it was inferred from.
-        max_null_rate: The highest share of empty values a table may have.
+        max_null_rate: The highest share of empty values a table may have: as inferred,
+            the ceiling derived for a table of ``rows`` rows, re-derived for each table's
+            own size; edited, a flat ceiling for any table.
+        rows: The rows ``null_rate`` was measured on; None (schemas written before it was
+            recorded) uses ``max_null_rate`` as written.
         min: The smallest value it was inferred from (numeric).
         max: The largest value it was inferred from (numeric).
         allowed_min: The smallest value a table may hold (numeric).
@@ -88,6 +161,7 @@ class ColumnSchema:
     dtype: str
     null_rate: float
     max_null_rate: float
+    rows: int | None = None
     min: float | None = None
     max: float | None = None
     allowed_min: float | None = None
@@ -97,11 +171,21 @@ class ColumnSchema:
 
 
 @dataclass(frozen=True)
-class SegmentColumn:
-    """What one column holds within one segment (rules ``null_rate`` and ``range``)."""
+class SegmentColumn(_NullRates):
+    """What one column holds within one segment (rules ``null_rate`` and ``range``).
+
+    Attributes:
+        null_rate: The share of the segment's rows in which the column is empty.
+        max_null_rate: The highest share a table's segment may have, as ``ColumnSchema``'s.
+        rows: The segment's rows ``null_rate`` was measured on; None uses
+            ``max_null_rate`` as written.
+        allowed_min: The smallest value the segment may hold (numeric).
+        allowed_max: The largest value the segment may hold (numeric).
+    """
 
     null_rate: float
     max_null_rate: float
+    rows: int | None = None
     allowed_min: float | None = None
     allowed_max: float | None = None
 
@@ -200,7 +284,6 @@ def infer_schema(
     segment: str = "",
     keys: tuple[str, ...] = (),
     range_tolerance: float = DEFAULT_RANGE_TOLERANCE,
-    null_rate_tolerance: float = DEFAULT_NULL_RATE_TOLERANCE,
     where: str = "table",
 ) -> Schema:
     """Infers types, ranges, allowed categories and null-rate ceilings from a table, and
@@ -209,16 +292,83 @@ def infer_schema(
     for role, name in [("target", target), ("segment", segment)] + [("key", k) for k in keys]:
         if name and name not in views:
             raise ConveyorError(f"{where}: {role} column {name!r} is not in the table")
-    columns = [_infer_column(view, range_tolerance, null_rate_tolerance) for view in views.values()]
-    segments = _infer_segments(views, segment, range_tolerance, null_rate_tolerance, where)
+    columns = [_infer_column(view, range_tolerance) for view in views.values()]
+    segments = _infer_segments(views, segment, range_tolerance, where)
     return Schema(target, columns, keys=list(keys), segments=segments)
 
 
-def _infer_column(view: ColumnView, range_tolerance: float, null_tolerance: float) -> ColumnSchema:
-    null_rate = float(1.0 - view.valid.mean()) if len(view.valid) else 0.0
+def null_rate_ceiling(
+    null_rate: float, rows: int, checked_rows: int, level: float = NULL_RATE_FALSE_ALARM
+) -> float:
+    """The highest share of empty values a table of ``checked_rows`` rows may hold in a
+    column that was empty in ``null_rate`` of ``rows`` training rows (the module's
+    docstring says how it is derived); 1.0 when even an all-empty table would not alarm."""
+    if checked_rows <= 0:
+        return 1.0
+    return _ceiling_count(_empty(null_rate, rows), rows, checked_rows, level) / checked_rows
+
+
+def _empty(null_rate: float, rows: int) -> int:
+    return round(null_rate * rows)
+
+
+def _alarms(
+    empty: int, rows: int, found: int, checked_rows: int, level: float = NULL_RATE_FALSE_ALARM
+) -> bool:
+    """Whether ``found`` empty values among ``checked_rows`` rows are more than chance
+    allows after ``empty`` among ``rows`` training rows: Fisher's exact test, one-sided."""
+    # At or below training's rate the p-value is at least one half: no need to compute it.
+    if found * rows <= empty * checked_rows or _within_margin(empty, rows, found, checked_rows):
+        return False
+    chance = stats.hypergeom.sf(found - 1, rows + checked_rows, empty + found, checked_rows)
+    return bool(chance <= level)
+
+
+def _within_margin(empty: int, rows: int, found: int, checked_rows: int) -> bool:
+    return found / checked_rows <= empty / rows + NULL_RATE_MARGIN if rows else False
+
+
+@functools.lru_cache(maxsize=4096)
+def _ceiling_count(empty: int, rows: int, checked_rows: int, level: float) -> int:
+    """The most empty values among ``checked_rows`` rows that do not alarm: the test
+    alarms on every count from the first that alarms up (more empty values are never
+    less evidence), so a bisection finds it."""
+    if not _alarms(empty, rows, checked_rows, checked_rows, level):
+        return checked_rows
+    low, high = 0, checked_rows  # high alarms; the answer is the last count below the first
+    while low < high:
+        middle = (low + high) // 2
+        if _alarms(empty, rows, middle, checked_rows, level):
+            high = middle
+        else:
+            low = middle + 1
+    return high - 1
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_derived(null_rate: float, max_null_rate: float, rows: int) -> bool:
+    """Whether ``max_null_rate`` is the ceiling derived for a table of ``rows`` rows: a
+    count of rows that does not alarm while one more does (two tests, not a bisection)."""
+    count = round(max_null_rate * rows)
+    if rows == 0 or not math.isclose(max_null_rate, count / rows, rel_tol=1e-9, abs_tol=1e-12):
+        return rows == 0 and max_null_rate == 1.0
+    empty = _empty(null_rate, rows)
+    if _alarms(empty, rows, count, rows):
+        return False
+    return count == rows or _alarms(empty, rows, count + 1, rows)
+
+
+def _infer_column(view: ColumnView, range_tolerance: float) -> ColumnSchema:
+    rows = len(view.valid)
+    null_rate = float(np.count_nonzero(~view.valid) / rows) if rows else 0.0
     kind: Kind = "numeric" if view.is_numeric else "categorical"
     common = ColumnSchema(
-        view.name, kind, view.dtype, null_rate, min(1.0, null_rate + null_tolerance)
+        view.name,
+        kind,
+        view.dtype,
+        null_rate,
+        null_rate_ceiling(null_rate, rows, rows),
+        rows=rows,
     )
     if not view.is_numeric:
         return replace(common, categories=_categories(view))
@@ -249,7 +399,6 @@ def _infer_segments(
     views: dict[str, ColumnView],
     segment: str,
     range_tolerance: float,
-    null_tolerance: float,
     where: str,
 ) -> Segments | None:
     if not segment:
@@ -267,23 +416,22 @@ def _infer_segments(
             continue
         rows = by_segment.codes == code
         values[str(label)] = {
-            name: _segment_column(view, rows, range_tolerance, null_tolerance)
+            name: _segment_column(view, rows, range_tolerance)
             for name, view in views.items()
             if name != segment
         }
     return Segments(segment, DEFAULT_SEGMENT_MIN_ROWS, values)
 
 
-def _segment_column(
-    view: ColumnView, rows: np.ndarray, range_tolerance: float, null_tolerance: float
-) -> SegmentColumn:
-    null_rate = float(1.0 - view.valid[rows].mean())
-    ceiling = min(1.0, null_rate + null_tolerance)
+def _segment_column(view: ColumnView, rows: np.ndarray, range_tolerance: float) -> SegmentColumn:
+    count = int(np.count_nonzero(rows))
+    null_rate = float(np.count_nonzero(~view.valid[rows]) / count)
+    ceiling = SegmentColumn(null_rate, null_rate_ceiling(null_rate, count, count), count)
     low, high = _finite_bounds(view.numbers[rows]) if view.is_numeric else (None, None)
     if low is None:
-        return SegmentColumn(null_rate, ceiling)
+        return ceiling
     margin = (high - low) * range_tolerance
-    return SegmentColumn(null_rate, ceiling, low - margin, high + margin)
+    return replace(ceiling, allowed_min=low - margin, allowed_max=high + margin)
 
 
 def _schema_from_dict(data: Any, where: str) -> Schema:
@@ -437,6 +585,7 @@ _FIELD_CHECKS: dict[str, Callable[[Any, str], None]] = {
     "categories": _optional(_names),
     "null_rate": _share,
     "max_null_rate": _share,
+    "rows": _optional(_count),
     "min": _optional(_number),
     "max": _optional(_number),
     "allowed_min": _optional(_number),

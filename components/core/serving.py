@@ -31,14 +31,28 @@ counted under ``_unknown``, so a client cannot create series at will):
 - ``conveyor_predictions_total{model, revision, class}``: answered (200) rows by predicted
   class (its string form); every class of the model card starts at 0.
 - ``conveyor_prediction_score{model, revision}``: a histogram (buckets 0.05 ... 1.0) of one
-  score per answered row: for a binary model the positive class's probability, the positive
-  class being the one called 1, true, yes, y, positive or pos (case-insensitive), else the
-  second class in the card's order; for more classes, the top probability.
+  score per answered row: for a binary model the probability of the positive class its card
+  records (decided at training; for a card written before, the class called 1, true, yes,
+  y, positive or pos, case-insensitive, else the second class in the card's order); for more
+  classes, the top probability. ``payload_log.score_column`` decides it.
 - ``conveyor_predictor_start_time_seconds{model, revision}``: when the process started; a
   crash and restart on the same pod changes it, which the canary judge counts.
 
-With ``--payload_log URI`` (or ``CONVEYOR_PAYLOAD_LOG``) it writes the inputs it answered
-there, for the monitoring pipeline (``components.core.payload_log``).
+Every inference request has an id: the V2 request's ``id``, else its ``X-Request-Id``
+header, else a fresh one (printable ASCII, at most 256 characters, or 400). It is echoed in
+the V2 response's ``id`` and, for V1 and V2, an ``X-Request-Id`` response header, so a client
+can report the outcome later. The model card's ``id_columns`` (and ``--id_column``, repeatable)
+name columns that identify a row: never features, accepted in requests, passed to the log.
+
+With ``--payload_log URI`` (or ``CONVEYOR_PAYLOAD_LOG``) it writes what it answered there,
+inputs, ids, prediction and scores, for the monitoring pipeline
+(``components.core.payload_log``): ``--payload_log_exclude COL`` (repeatable, or
+``CONVEYOR_PAYLOAD_LOG_EXCLUDE``, comma-separated) names input columns never written, and
+``--payload_log_max_buffer_rows`` (``CONVEYOR_PAYLOAD_LOG_MAX_BUFFER_ROWS``, default 20,000)
+bounds the rows held while storage is unreachable; past it rows are dropped and counted in
+``conveyor_payload_log_dropped_rows_total{model, revision}`` (beside
+``conveyor_payload_log_written_rows_total``, ``conveyor_payload_log_write_failures_total``
+and ``conveyor_payload_log_buffered_rows``).
 """
 
 from __future__ import annotations
@@ -74,17 +88,28 @@ from kserve.model_server import parser as kserve_parser
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.rest.server import RESTServer
 from kserve.protocol.rest.v2_datamodels import InferenceRequest
+from prometheus_client import REGISTRY
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from components.core.errors import ConveyorError, first_line
 from components.core.inference import (
     Predictions,
+    ids_from_instances,
+    ids_from_tensors,
     predict_table,
     table_from_instances,
     table_from_tensors,
 )
-from components.core.payload_log import PAYLOAD_LOG_ENV, PayloadLog
+from components.core.payload_log import (
+    DEFAULT_MAX_BUFFER_ROWS,
+    PAYLOAD_LOG_ENV,
+    PAYLOAD_LOG_EXCLUDE_ENV,
+    PAYLOAD_LOG_MAX_BUFFER_ROWS_ENV,
+    LoggedModel,
+    PayloadLog,
+    parse_exclude,
+)
 from components.core.serving_http import (
     DEFAULT_LATENCY_BUCKETS,
     BodyLimit,
@@ -92,13 +117,21 @@ from components.core.serving_http import (
     ServingMetrics,
     record_answered,
 )
-from components.core.training import MODEL_SHA256_ENV, TrainedModel, is_sha256, load_model_dir
+from components.core.training import (
+    MODEL_SHA256_ENV,
+    Feature,
+    TrainedModel,
+    is_sha256,
+    load_model_dir,
+)
 
 __all__ = [
     "APP_LABEL_FILE_ENV",
     "DEFAULT_MAX_REQUEST_BYTES",
     "LATENCY_BUCKETS_ENV",
     "MAX_REQUEST_BYTES_ENV",
+    "MAX_REQUEST_ID_LENGTH",
+    "REQUEST_ID_HEADER",
     "ConveyorDataPlane",
     "ConveyorModel",
     "main",
@@ -116,6 +149,8 @@ APP_LABEL_FILE_ENV = "CONVEYOR_APP_LABEL_FILE"
 # KServe's Standard-mode pod label is this prefix and the Deployment's name.
 STANDARD_APP_LABEL_PREFIX = "isvc."
 OUTPUTS = ("predictions", "probabilities")
+REQUEST_ID_HEADER = "x-request-id"
+MAX_REQUEST_ID_LENGTH = 256
 
 
 class ConveyorModel(Model):
@@ -127,19 +162,39 @@ class ConveyorModel(Model):
         model_dir: Path,
         payload_log: PayloadLog | None = None,
         pinned_sha256: str = "",
+        id_columns: Sequence[str] = (),
     ) -> None:
-        super().__init__(name)
+        super().__init__(name, return_response_headers=True)
         self.model_dir = model_dir
         self.model: TrainedModel | None = None
         self.payload_log = payload_log
         self.pinned_sha256 = pinned_sha256
+        self.extra_id_columns = tuple(id_columns)
+        self.id_columns: tuple[str, ...] = ()
         self._label_type = "BYTES"
 
     def load(self) -> bool:
-        self.model = load_model_dir(self.model_dir, self.pinned_sha256)
-        self._label_type = _v2_datatype(np.asarray(self.model.card.classes))
+        model = load_model_dir(self.model_dir, self.pinned_sha256)
+        features = {feature.name for feature in model.card.features}
+        clash = [name for name in self.extra_id_columns if name in features]
+        if clash:
+            raise ConveyorError(
+                f"--id_column {clash[0]}: a feature of the model; an id column is never a feature"
+            )
+        self.id_columns = tuple(dict.fromkeys([*model.card.id_columns, *self.extra_id_columns]))
+        self.model = model
+        self._label_type = _v2_datatype(np.asarray(model.card.classes))
         self.ready = True
         return self.ready
+
+    def logged_model(self) -> LoggedModel:
+        """What the payload log records of this model."""
+        assert self.model is not None, "load() runs first"
+        card = self.model.card
+        return LoggedModel(
+            self.name, card.sha256, tuple(card.classes), self.id_columns, card.positive_class,
+            tuple((f.name, _logged_type(f)) for f in card.features),
+        )  # fmt: skip
 
     def stop(self) -> None:
         """On SIGTERM, while the process can still reach its storage: the payload log's
@@ -167,23 +222,36 @@ class ConveyorModel(Model):
 
     def predict(self, payload: Any, headers: Any = None, response_headers: Any = None) -> Any:
         assert self.model is not None, "load() runs before the server starts"
-        features = self.model.card.features
+        features, id_columns = self.model.card.features, self.id_columns
         v2 = isinstance(payload, InferRequest)
+        ids = None
         try:
+            request_id = _request_id(payload.id if v2 else None, headers)
             if v2:
                 outputs = _requested_outputs(payload)
-                table = table_from_tensors(payload.inputs, features)
+                table = table_from_tensors(payload.inputs, features, id_columns)
+                if id_columns:
+                    ids = ids_from_tensors(payload.inputs, id_columns, len(table))
             else:
-                table = table_from_instances(_v1_instances(payload), features)
+                instances = _v1_instances(payload)
+                table = table_from_instances(instances, features)
+                if id_columns:
+                    ids = ids_from_instances(instances, id_columns)
         except ConveyorError as error:
             raise InvalidInput(str(error)) from None
         predictions = predict_table(self.model, table)
         record_answered(predictions.probabilities)  # counted once answered with 200
-        if self.payload_log is not None:  # only inputs the model answered
-            self.payload_log.append(table)
-        if not v2:
-            return _v1_response(predictions)
-        return _v2_response(payload, self.name, predictions, outputs, self._label_type)
+        if v2:
+            response = _v2_response(request_id, self.name, predictions, outputs, self._label_type)
+        else:
+            response = _v1_response(predictions)
+        if response_headers is not None:
+            response_headers[REQUEST_ID_HEADER] = request_id
+        if self.payload_log is not None:  # only what the model answered
+            self.payload_log.append(
+                table, predictions.labels, predictions.probabilities, request_id, ids
+            )
+        return response
 
 
 class ConveyorDataPlane(DataPlane):
@@ -272,6 +340,26 @@ def parse_latency_buckets(text: str) -> tuple[float, ...]:
     return bounds
 
 
+def _request_id(given: str | None, headers: Mapping[str, str] | None) -> str:
+    """The V2 request's ``id``, else the ``X-Request-Id`` header, else a fresh one. One that
+    cannot go back in a header (not printable ASCII) or is over the limit is replaced by a
+    fresh one rather than refused: a client's odd id must not cost it its answer (the
+    response carries the id the log holds)."""
+    if not given:
+        given = (headers or {}).get(REQUEST_ID_HEADER, "")
+    if given and len(given) <= MAX_REQUEST_ID_LENGTH and given.isascii() and given.isprintable():
+        return given
+    return uuid.uuid4().hex
+
+
+def _logged_type(feature: Feature) -> str:
+    """How the payload log types a feature's column: booleans stay booleans, other numbers
+    are numbers, the rest text."""
+    if feature.kind != "numeric":
+        return "text"
+    return "bool" if feature.dtype == "bool" else "number"
+
+
 def _v1_instances(payload: Any) -> Any:
     if isinstance(payload, (bytes, str)):  # a Content-Type KServe does not read as JSON
         try:
@@ -304,7 +392,7 @@ def _requested_outputs(request: InferRequest) -> list[str]:
 
 
 def _v2_response(
-    request: InferRequest,
+    request_id: str,
     model_name: str,
     predictions: Predictions,
     outputs: list[str],
@@ -325,8 +413,7 @@ def _v2_response(
                 parameters={"classes": json.dumps(predictions.classes)},
             )
         )
-    # KServe's response model requires an id; a request without one gets a fresh one.
-    return InferResponse(request.id or uuid.uuid4().hex, model_name, answered)
+    return InferResponse(request_id, model_name, answered)
 
 
 def _v2_datatype(labels: np.ndarray) -> str:
@@ -436,6 +523,28 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
         default=os.environ.get(PAYLOAD_LOG_ENV, ""),
         help=f"Folder or URI to write answered inputs to (default: ${PAYLOAD_LOG_ENV}).",
     )
+    parser.add_argument(
+        "--payload_log_exclude",
+        action="append",
+        default=None,
+        metavar="COLUMN",
+        help="An input column never written to the payload log; repeatable (default: "
+        f"${PAYLOAD_LOG_EXCLUDE_ENV}, comma-separated).",
+    )
+    parser.add_argument(
+        "--payload_log_max_buffer_rows",
+        default=os.environ.get(PAYLOAD_LOG_MAX_BUFFER_ROWS_ENV, str(DEFAULT_MAX_BUFFER_ROWS)),
+        help="Most rows the payload log holds while storage is unreachable; past it rows are "
+        f"dropped and counted (default: ${PAYLOAD_LOG_MAX_BUFFER_ROWS_ENV}, else 20000).",
+    )
+    parser.add_argument(
+        "--id_column",
+        action="append",
+        default=[],
+        metavar="COLUMN",
+        help="A column identifying a row, passed to the payload log and never a feature; "
+        "repeatable, added to the model card's id_columns.",
+    )
     parser.add_argument("--http_host", default="0.0.0.0", help="The address to listen on.")
     parser.add_argument(
         "--model_sha256",
@@ -455,6 +564,21 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     )
     # KServe's --enable_grpc defaults to true: here it is false unless asked for (and refused).
     return parser.parse_args(argv, namespace=argparse.Namespace(enable_grpc=False))
+
+
+def _log_options(arguments: argparse.Namespace) -> tuple[list[str], int]:
+    """The payload log's never-logged columns and buffer bound; raises on a bad one."""
+    if arguments.payload_log_exclude is None:
+        exclude = parse_exclude(os.environ.get(PAYLOAD_LOG_EXCLUDE_ENV, ""))
+    else:
+        exclude = parse_exclude(",".join(arguments.payload_log_exclude))
+    text = str(arguments.payload_log_max_buffer_rows).strip()
+    if not text.isdigit() or int(text) <= 0:
+        raise ConveyorError(
+            f"--payload_log_max_buffer_rows {text!r} (or ${PAYLOAD_LOG_MAX_BUFFER_ROWS_ENV}): "
+            "expected a positive number of rows"
+        )
+    return exclude, int(text)
 
 
 def _check_options(arguments: argparse.Namespace) -> tuple[int, tuple[float, ...]]:
@@ -490,23 +614,28 @@ def main(argv: list[str] | None = None) -> None:
     arguments = _arguments(sys.argv[1:] if argv is None else argv)
     try:
         max_request_bytes, latency_buckets = _check_options(arguments)
+        exclude, max_buffer_rows = _log_options(arguments)
     except ConveyorError as error:
         raise SystemExit(f"serving: {error}") from None
     revision = revision_label(os.environ)
-    try:
-        payload_log = PayloadLog(arguments.payload_log, revision) if arguments.payload_log else None
-    except (ImportError, ValueError) as error:  # a filesystem not installed, or no such
-        raise SystemExit(f"serving: --payload_log {arguments.payload_log}: {error}") from None
     model = ConveyorModel(
-        arguments.model_name, arguments.model_dir, payload_log, arguments.model_sha256
+        arguments.model_name,
+        arguments.model_dir,
+        pinned_sha256=arguments.model_sha256,
+        id_columns=arguments.id_column,
     )
     try:
         model.load()
     except (ConveyorError, OSError) as error:
         raise SystemExit(f"serving: {error}") from None
     assert model.model is not None
+    if arguments.payload_log:
+        model.payload_log = _payload_log(
+            arguments.payload_log, revision, model, exclude, max_buffer_rows
+        )
+    card = model.model.card
     metrics = ServingMetrics(
-        arguments.model_name, revision, model.model.card.classes, latency_buckets
+        arguments.model_name, revision, card.classes, latency_buckets, card.positive_class
     )
     app.add_middleware(BodyLimit, max_bytes=max_request_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)  # outside BodyLimit: 413s are counted
@@ -525,6 +654,30 @@ def main(argv: list[str] | None = None) -> None:
         enable_latency_logging=arguments.enable_latency_logging,
     )
     server.start([model])
+
+
+def _payload_log(
+    uri: str, revision: str, model: ConveyorModel, exclude: list[str], max_buffer_rows: int
+) -> PayloadLog:
+    assert model.model is not None
+    columns = [feature.name for feature in model.model.card.features] + list(model.id_columns)
+    unknown = [name for name in exclude if name not in columns]
+    if unknown:  # not fatal (one list may serve several models), but likely a typo
+        logger.warning(
+            "payload log: never-logged columns %s are not among the model's inputs (%s)",
+            ", ".join(unknown), ", ".join(columns),
+        )  # fmt: skip
+    try:
+        return PayloadLog(
+            uri,
+            revision,
+            model.logged_model(),
+            max_buffer_rows=max_buffer_rows,
+            exclude=exclude,
+            registry=REGISTRY,
+        )
+    except (ImportError, ValueError) as error:  # a filesystem not installed, or no such
+        raise SystemExit(f"serving: --payload_log {uri}: {error}") from None
 
 
 if __name__ == "__main__":

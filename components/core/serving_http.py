@@ -12,8 +12,9 @@ Two ASGI middlewares, inside Starlette's ServerErrorMiddleware:
 - ``BodyLimit`` answers 413 to a request body over the cap.
 
 The score of a row is the positive class's probability for a binary model, the positive
-class being the one called 1, true, yes, y, positive or pos (case-insensitive), else the
-second class in the model card's order; for more classes, the top probability.
+class being the one its model card records (for a card written before it was kept, the one
+called 1, true, yes, y, positive or pos, case-insensitive, else the second class in the
+card's order); for more classes, the top probability (``payload_log.score_column``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import orjson
 from kserve.logging import logger
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-from components.core.metrics import conventional_positive
+from components.core.payload_log import score_column
 
 __all__ = [
     "ANSWERED_CODES",
@@ -72,7 +73,9 @@ def record_answered(probabilities: np.ndarray) -> None:
 
 class ServingMetrics:
     """The predictor's Prometheus series for one model and revision, their label children
-    looked up once; every status code the server answers and every class start at 0."""
+    looked up once; every status code the server answers and every class start at 0. A
+    binary model's score is the probability of ``positive_class``, its card's (see
+    ``score_column``)."""
 
     def __init__(
         self,
@@ -80,6 +83,7 @@ class ServingMetrics:
         revision: str,
         classes: Sequence[Any],
         latency_buckets: Sequence[float] = DEFAULT_LATENCY_BUCKETS,
+        positive_class: str | None = None,
         registry: CollectorRegistry = REGISTRY,
     ) -> None:
         self.model, self.revision = model, revision
@@ -119,7 +123,7 @@ class ServingMetrics:
         started.labels(model, revision).set(time.time())
         self._classes = [predicted.labels(model, revision, str(c)) for c in classes]
         self._score = scores.labels(model, revision)
-        self._score_column = score_column(classes)
+        self._score_column = score_column(classes, positive_class)
         self._counters: dict[tuple[str, int], Any] = {}
         self._timers = {model: self._seconds.labels(model, revision)}
         for code in ANSWERED_CODES:  # from 0, so increase() sees the first of each
@@ -160,15 +164,6 @@ class ServingMetrics:
         column = self._score_column
         rows = probabilities[:, column] if column is not None else probabilities.max(axis=1)
         _observe_all(self._score, rows[np.isfinite(rows)])
-
-
-def score_column(classes: Sequence[Any]) -> int | None:
-    """The column of a binary model's positive class (see the module docstring); None for
-    more classes, whose score is the top probability."""
-    if len(classes) != 2:
-        return None
-    positive = conventional_positive(classes)
-    return 1 if positive is None else list(classes).index(positive)
 
 
 def _observe_all(histogram: Any, values: np.ndarray) -> None:

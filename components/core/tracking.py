@@ -17,10 +17,13 @@ from components.core.errors import ConveyorError, first_line
 
 __all__ = [
     "REFERENCE_DIR",
+    "REFERENCE_IMPORTANCE",
     "REFERENCE_SCHEMA",
+    "REFERENCE_SCORES",
     "REFERENCE_TABLE",
     "connect",
     "ensure_experiment",
+    "log_evaluation_reference",
     "log_metrics",
     "log_reference",
     "start_training_run",
@@ -30,6 +33,9 @@ __all__ = [
 REFERENCE_DIR = "reference"
 REFERENCE_TABLE = "train.parquet"
 REFERENCE_SCHEMA = "schema.json"
+# What the model relied on and said on its evaluation split (components.core.importance).
+REFERENCE_IMPORTANCE = "importance.json"
+REFERENCE_SCORES = "scores.parquet"
 
 
 def connect(tracking_uri: str) -> MlflowClient:
@@ -86,6 +92,13 @@ def log_reference(client: MlflowClient, run_id: str, train_path: Path, schema_js
         shutil.copyfile(train_path, Path(scratch) / REFERENCE_TABLE)
         (Path(scratch) / REFERENCE_SCHEMA).write_text(schema_json, encoding="utf-8")
         client.log_artifacts(run_id, scratch, REFERENCE_DIR)
+
+
+def log_evaluation_reference(client: MlflowClient, run_id: str, model_dir: Path) -> None:
+    """Logs the model directory's importance and evaluation scores to the run's
+    ``reference/``, beside the training split."""
+    for name in (REFERENCE_IMPORTANCE, REFERENCE_SCORES):
+        client.log_artifact(run_id, str(model_dir / name), REFERENCE_DIR)
 
 
 def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], prefix: str) -> None:

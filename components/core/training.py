@@ -20,6 +20,7 @@ import io
 import json
 import platform
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import metadata
 from numbers import Integral, Real
@@ -39,7 +40,8 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from components.core import tracking
 from components.core.data import read_parquet
 from components.core.errors import ConveyorError, first_line, plain
-from components.core.metrics import score
+from components.core.importance import evaluation_reference
+from components.core.metrics import positive_label, score
 from components.core.schema import Kind, column_kind, infer_schema
 
 __all__ = [
@@ -67,10 +69,12 @@ MODEL_CARD = "model.json"
 # The registry's sha256 of the model file, set on the predictor by deploy: the model
 # directory's own card cannot vouch for a file whoever writes the bucket may also replace.
 MODEL_SHA256_ENV = "CONVEYOR_MODEL_SHA256"
-# The newest model.json format this code reads and the one it writes. A card without
-# format_version was written before the key existed: format 1. New keys (importances,
-# scores, ...) come with a new format, so an older server refuses what it cannot read.
-MODEL_FORMAT_VERSION = 1
+# The newest model.json format this code reads. A card without format_version was written
+# before the key existed: format 1. New keys come with a new format, so an older server
+# refuses what it cannot read; a card is written in the oldest format that holds it, so a
+# model using no newer key still loads in older servers. Format 2: ``id_columns`` and
+# ``positive_class``.
+MODEL_FORMAT_VERSION = 2
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 # Estimator name -> (class, defaults Conveyor applies before the user's hyperparameters).
@@ -124,6 +128,13 @@ class ModelCard:
         versions: Library versions at training (python, scikit-learn, ...).
         name: The registered model's name (empty in cards written before it was kept).
         format_version: The card's format; a reader refuses one newer than it knows.
+        id_columns: Columns that identify a row (an order id, ...): never features; the
+            server accepts them in requests and passes them to the payload log (format 2).
+        positive_class: A binary model's positive class (one of ``classes``, as text),
+            decided at training: what its score is the probability of, and what evaluate
+            and online quality measure precision, recall and the false-positive rate of.
+            None for more classes and in cards written before it was kept, whose score is
+            of the class ``payload_log.score_column`` picks (format 2).
     """
 
     estimator: str
@@ -138,6 +149,8 @@ class ModelCard:
     versions: dict[str, str] = field(default_factory=dict)
     name: str = ""
     format_version: int = MODEL_FORMAT_VERSION
+    id_columns: list[str] = field(default_factory=list)
+    positive_class: str | None = None
 
     def __post_init__(self) -> None:
         _check_format_version(self.format_version)
@@ -149,6 +162,8 @@ class ModelCard:
             raise ConveyorError("key 'features' holds something other than features")
         if not all(isinstance(value, str) for value in self.versions.values()):
             raise ConveyorError("key 'versions' holds a version that is not a string")
+        _check_id_columns(self.id_columns, [feature.name for feature in self.features])
+        _check_positive_class(self.positive_class, self.classes)
         if self.sha256 and not is_sha256(self.sha256):
             raise ConveyorError(
                 f"key 'sha256' holds {_shown(self.sha256)}: expected 64 lower-case hex digits"
@@ -156,7 +171,18 @@ class ModelCard:
         _check_model_file(self.model_file)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, default=str)
+        data = asdict(self)
+        # Keys at their defaults are left out: a card needing none is format 1, which older
+        # servers read.
+        if not self.id_columns:
+            del data["id_columns"]
+        if self.positive_class is None:
+            del data["positive_class"]
+        return json.dumps(data, indent=2, default=str)
+
+    def oldest_format(self) -> int:
+        """The oldest format that holds this card: what ``save_model_dir`` writes."""
+        return 2 if self.id_columns or self.positive_class is not None else 1
 
     @classmethod
     def from_json(cls, text: str, where: str = MODEL_CARD) -> ModelCard:
@@ -176,11 +202,13 @@ class ModelCard:
     def _from_dict(cls, data: dict[str, Any]) -> ModelCard:
         version = data.get("format_version", 1)  # cards from before the key: format 1
         _check_format_version(version)
-        _check_keys(data, [f.name for f in fields(cls)], _REQUIRED_KEYS, "")
+        known = [f.name for f in fields(cls) if version >= _KEY_FORMATS.get(f.name, 1)]
+        _check_keys(data, known, _REQUIRED_KEYS, "", version)
         features = data["features"]
         if not isinstance(features, list):
             raise ConveyorError(f"key 'features' holds {_shown(features)}: expected a list")
-        return cls(**{**data, "format_version": version, "features": _features(features)})
+        features = _features(features, version)
+        return cls(**{**data, "format_version": version, "features": features})
 
     def model_path(self, directory: Path) -> Path:
         """The model file, refused unless it lies inside ``directory`` once symlinks are
@@ -208,7 +236,11 @@ _CARD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "versions": ((dict,), "an object"),
     "name": ((str,), "a string"),
     "format_version": ((int,), "an integer"),
+    "id_columns": ((list,), "a list"),
+    "positive_class": ((str, type(None)), "a string or null"),
 }
+# Keys newer than format 1 -> the format that introduced them.
+_KEY_FORMATS = {"id_columns": 2, "positive_class": 2}
 _REQUIRED_KEYS = ("estimator", "hyperparameters", "target", "classes", "features", "seed")
 
 
@@ -224,12 +256,43 @@ def _check_format_version(version: Any) -> None:
         )
 
 
-def _check_keys(data: dict[str, Any], known: list[str], required: tuple[str, ...], at: str) -> None:
+def _check_id_columns(names: list[Any], features: list[str]) -> None:
+    """Id columns are distinct column names, none of them a feature."""
+    if not all(isinstance(name, str) and name for name in names):
+        raise ConveyorError(f"key 'id_columns' holds {_shown(names)}: expected column names")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    overlap = [name for name in names if name in features]
+    if repeated or overlap:
+        raise ConveyorError(
+            f"key 'id_columns': {(repeated or overlap)[0]!r} is "
+            f"{'named twice' if repeated else 'also a feature'}; an id column is never a feature"
+        )
+
+
+def _check_positive_class(positive: str | None, classes: list[Any]) -> None:
+    """A positive class belongs to a binary model and is one of its classes, as text."""
+    if positive is None:
+        return
+    if len(classes) != 2:
+        raise ConveyorError(
+            f"key 'positive_class' holds {_shown(positive)}, but the model has "
+            f"{len(classes)} classes; only a binary model has a positive class"
+        )
+    if positive not in [str(c) for c in classes]:
+        raise ConveyorError(
+            f"key 'positive_class' holds {_shown(positive)}: expected one of the classes "
+            f"{[str(c) for c in classes]}"
+        )
+
+
+def _check_keys(
+    data: dict[str, Any], known: list[str], required: tuple[str, ...], at: str, version: int
+) -> None:
     """Refuses an unknown key (a newer format would have said so) or a missing one."""
     unknown = [key for key in data if key not in known]
     if unknown:
         raise ConveyorError(
-            f"unknown key {at + unknown[0]!r} in a format-{MODEL_FORMAT_VERSION} model card "
+            f"unknown key {at + unknown[0]!r} in a format-{version} model card "
             f"(known: {', '.join(known)})"
         )
     missing = [key for key in required if key not in data]
@@ -237,14 +300,14 @@ def _check_keys(data: dict[str, Any], known: list[str], required: tuple[str, ...
         raise ConveyorError(f"no key {at + missing[0]!r}; a model card written by train has it")
 
 
-def _features(entries: list[Any]) -> list[Feature]:
+def _features(entries: list[Any], version: int) -> list[Feature]:
     features = []
     for index, entry in enumerate(entries):
         at = f"features[{index}]."
         if not isinstance(entry, dict):
             raise ConveyorError(f"key {at[:-1]!r} holds {_shown(entry)}: expected an object")
         keys = ("name", "kind", "dtype")
-        _check_keys(entry, list(keys), keys, at)
+        _check_keys(entry, list(keys), keys, at, version)
         try:
             features.append(Feature(**entry))
         except ConveyorError as error:
@@ -299,16 +362,37 @@ def train_model(
     positive_class: str = "",
     schema_path: Path | None = None,
     model_name: str = "",
+    test_path: Path | None = None,
+    id_columns: Sequence[str] = (),
 ) -> TrainResult:
     """Fits the classifier, writes the model directory (its card naming ``model_name``) and
     logs it all to one MLflow run, with the training split and its schema as the reference
-    monitoring compares with."""
+    monitoring compares with.
+
+    With ``test_path`` (the evaluation split), the model's permutation importance and its
+    scores on that split are measured too (``components.core.importance``) and written
+    beside the model (``importance.json``, ``scores.parquet``: outside the card's sha256,
+    and not needed to load it) and to the run's ``reference/``; without, neither is.
+    """
     client = tracking.connect(tracking_uri)  # before the work: a bad URI fails fast
     train_split = read_parquet(train_path)
-    model = fit_classifier(train_split, target, estimator, hyperparameters, seed)
+    test_split = read_parquet(test_path) if test_path is not None else None
+    model = fit_classifier(
+        train_split, target, estimator, hyperparameters, seed, id_columns, positive_class
+    )
     model = TrainedModel(model.pipeline, replace(model.card, name=model_name))
-    metrics = score(model.pipeline, train_split, target, positive_class).metrics
+    positive = model.card.positive_class or ""  # the card's: what serving scores
+    metrics = score(model.pipeline, train_split, target, positive).metrics
+    # Measured before anything is written: a split the model cannot score leaves nothing.
+    evaluation = None
+    if test_split is not None:
+        features = [feature.name for feature in model.card.features]
+        evaluation = evaluation_reference(
+            model.pipeline, features, test_split, target, seed, model.card.positive_class
+        )
     card = save_model_dir(model, model_dir)
+    if evaluation is not None:
+        evaluation.write(model_dir)
     params = {"estimator": estimator, "seed": seed, "target": target, **card.hyperparameters}
     run_id = tracking.start_training_run(client, experiment, params, tags, model_dir)
     schema = (
@@ -317,6 +401,8 @@ def train_model(
         else infer_schema(train_split, target).to_json()
     )
     tracking.log_reference(client, run_id, train_path, schema)
+    if evaluation is not None:
+        tracking.log_evaluation_reference(client, run_id, model_dir)
     tracking.log_metrics(client, run_id, metrics, prefix="train_")
     client.set_terminated(run_id)  # evaluate still logs to it: MLflow allows that
     return TrainResult(card, run_id, metrics)
@@ -338,12 +424,21 @@ def fit_classifier(
     estimator: str,
     hyperparameters: dict[str, Any],
     seed: int,
+    id_columns: Sequence[str] = (),
+    positive_class: str = "",
 ) -> TrainedModel:
-    """Fits preprocessing (imputation, scaling, one-hot) and the chosen estimator, seeded."""
+    """Fits preprocessing (imputation, scaling, one-hot) and the chosen estimator, seeded.
+    ``id_columns`` (which the table need not hold) are never features: the card lists them
+    for the server to pass to its payload log. A binary model's card records its positive
+    class: ``positive_class`` when given, else the one ``metrics.positive_label`` picks from
+    the training labels (serving scores it, evaluate and online quality measure it)."""
+    id_columns = list(dict.fromkeys(id_columns))
+    if target in id_columns:
+        raise ConveyorError(f"id_columns: {target!r} is the target column, not an id column")
     features = [
         Feature(name, column_kind(train[name]), str(train[name].dtype))
         for name in train.columns
-        if name != target
+        if name != target and name not in id_columns
     ]
     if not features:
         raise ConveyorError(f"the training table has no feature columns besides {target!r}")
@@ -353,6 +448,10 @@ def fit_classifier(
         pipeline.fit(train[[f.name for f in features]], train[target])
     except ValueError as error:  # scikit-learn's checks of parameters and data
         raise ConveyorError(f"could not train {estimator!r}: {first_line(error)}") from None
+    classes = pipeline.classes_
+    positive = None
+    if len(classes) == 2:
+        positive = str(plain(positive_label(classes, train[target].to_numpy(), positive_class)))
     card = ModelCard(
         estimator=estimator,
         hyperparameters=dict(hyperparameters),
@@ -361,20 +460,22 @@ def fit_classifier(
         features=features,
         seed=seed,
         versions=_library_versions(),
+        id_columns=id_columns,
+        positive_class=positive,
     )
     return TrainedModel(pipeline, card)
 
 
 def save_model_dir(model: TrainedModel, directory: Path) -> ModelCard:
     """Writes ``model.joblib`` and ``model.json`` (holding the joblib file's sha256 and the
-    current ``format_version``); returns the card written."""
+    oldest ``format_version`` that holds the card); returns the card written."""
     directory.mkdir(parents=True, exist_ok=True)
     joblib.dump(model.pipeline, directory / MODEL_FILE)
     card = replace(
         model.card,
         sha256=sha256_file(directory / MODEL_FILE),
         model_file=MODEL_FILE,
-        format_version=MODEL_FORMAT_VERSION,
+        format_version=model.card.oldest_format(),
     )
     (directory / MODEL_CARD).write_text(card.to_json())
     return card

@@ -22,6 +22,7 @@ from components.core.errors import ConveyorError, plain
 from components.core.files import write_text_atomically
 from components.core.markdown import table
 from components.core.schema import (
+    NULL_RATE_FALSE_ALARM,
     ColumnSchema,
     Schema,
     SegmentColumn,
@@ -342,16 +343,44 @@ def _numbers_as_text_rule(column: ColumnSchema, view: ColumnView) -> Violation |
 
 def _null_rate_rule(column: ColumnSchema, view: ColumnView) -> Violation | None:
     missing = ~view.valid
-    rate = float(missing.mean()) if len(missing) else 0.0
-    if rate <= column.max_null_rate:
+    violation = _null_rate_violation(column, view.name, int(missing.sum()), len(missing))
+    return None if violation is None else replace(violation, rows=_first(missing))
+
+
+def _null_rate_violation(
+    described: ColumnSchema | SegmentColumn,
+    column: str,
+    empty: int,
+    rows: int,
+    level: float = NULL_RATE_FALSE_ALARM,
+) -> Violation | None:
+    """A ``null_rate`` violation (example rows left to the caller) when ``empty`` of
+    ``rows`` is too many for the column's ceiling, re-derived for ``rows`` (at false-alarm
+    ``level``) unless a person wrote it."""
+    if not described.too_empty(empty, rows, level):
         return None
-    return Violation(
-        column.name,
-        "null_rate",
-        f"{rate:.1%} empty",
-        f"at most {column.max_null_rate:.1%} (training: {column.null_rate:.1%})",
-        rows=_first(missing),
-    )
+    expected = _null_ceiling_text(described, rows, level)
+    return Violation(column, "null_rate", f"{_percent(empty / rows)} empty", expected)
+
+
+def _null_ceiling_text(
+    described: ColumnSchema | SegmentColumn, rows: int, level: float = NULL_RATE_FALSE_ALARM
+) -> str:
+    """The ceiling and what it came from, e.g. ``at most 1.86% for 215 rows (derived from
+    training: 0.0% of 855 rows)``."""
+    training = f"training: {_percent(described.null_rate)}"
+    if described.rows is None:  # a schema written before training's rows were recorded
+        return f"at most {_percent(described.max_null_rate)} ({training})"
+    training += f" of {described.rows} rows"
+    if not described.ceiling_derived:
+        return f"at most {_percent(described.max_null_rate)} as written ({training})"
+    ceiling = described.max_null_rate_for(rows, level)
+    return f"at most {_percent(ceiling)} for {rows} rows (derived from {training})"
+
+
+def _percent(share: float) -> str:
+    """Two decimals below 10 % (ceilings there are a few tenths of a point apart)."""
+    return f"{share:.1%}" if share == 0 or share >= 0.1 else f"{share:.2%}"
 
 
 COLUMN_RULES: dict[str, Callable[[ColumnSchema, ColumnView], Violation | None]] = {
@@ -404,14 +433,16 @@ def _segment_null_rates(
     missing = ~view.valid & (codes >= 0)
     empty = np.bincount(codes[missing], minlength=len(labels))
     violations = []
+    # The column's false-alarm rate is shared by its segments: with 25 segments, checking
+    # each at the full rate alarmed on one same-distribution table in five.
+    level = NULL_RATE_FALSE_ALARM / len(stats)
     for code, described in stats.items():
-        rate = empty[code] / counts[code]
-        if rate > described.max_null_rate:
-            violations.append(Violation(
-                view.name, "null_rate", f"{rate:.1%} empty",
-                f"at most {described.max_null_rate:.1%} (training: {described.null_rate:.1%})",
-                rows=_first(missing & (codes == code)), segment=labels[code],
-            ))  # fmt: skip
+        found = _null_rate_violation(
+            described, view.name, int(empty[code]), int(counts[code]), level
+        )
+        if found is not None:
+            rows = _first(missing & (codes == code))
+            violations.append(replace(found, rows=rows, segment=labels[code]))
     return violations
 
 
@@ -535,7 +566,7 @@ def render_report(result: ValidationResult, rows: dict[str, int]) -> str:
         role = " (target)" if column.name == schema.target else ""
         lines.append(
             f"| `{column.name}`{role} | {column.kind} | {_allowed(column)} | "
-            f"{column.null_rate:.1%} ({column.max_null_rate:.1%}) |"
+            f"{_percent(column.null_rate)} ({_percent(column.max_null_rate)}) |"
         )
     return "\n".join(lines) + "\n"
 
