@@ -18,9 +18,6 @@ from components.core.errors import ConveyorError
 from components.core.importance import (
     IMPORTANCE_FILE,
     LABEL_COLUMN,
-    PREDICTION_COLUMN,
-    PROBABILITY_PREFIX,
-    SCORE_COLUMN,
     SCORES_FILE,
     FeatureImportance,
     evaluation_scores,
@@ -28,6 +25,9 @@ from components.core.importance import (
     read_importance,
     read_reference_scores,
 )
+from components.core.payload_log import PREDICTION as PREDICTION_COLUMN
+from components.core.payload_log import PROBABILITY_PREFIX
+from components.core.payload_log import SCORE as SCORE_COLUMN
 from components.core.registry import download_reference
 from components.core.training import (
     MODEL_CARD,

@@ -9,7 +9,9 @@ import pytest
 
 from components.core.drift import DriftSettings
 from components.core.errors import ConveyorError
-from components.core.importance import PREDICTION_COLUMN, SCORE_COLUMN, evaluation_scores
+from components.core.importance import evaluation_scores
+from components.core.payload_log import PREDICTION as PREDICTION_COLUMN
+from components.core.payload_log import SCORE as SCORE_COLUMN
 from components.core.prediction_drift import PredictionDrift, compare_predictions
 from components.core.training import TrainedModel, fit_classifier
 

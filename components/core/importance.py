@@ -37,16 +37,13 @@ from sklearn.metrics import accuracy_score, log_loss
 from components.core.data import read_parquet
 from components.core.errors import ConveyorError, first_line, plain
 from components.core.payload_log import PREDICTION as PREDICTION_COLUMN
-from components.core.payload_log import PROBABILITY_PREFIX, probability_column, score_column
 from components.core.payload_log import SCORE as SCORE_COLUMN
+from components.core.payload_log import probability_column, score_column
 
 __all__ = [
     "IMPORTANCE_FILE",
     "LABEL_COLUMN",
-    "PREDICTION_COLUMN",
-    "PROBABILITY_PREFIX",
     "SCORES_FILE",
-    "SCORE_COLUMN",
     "EvaluationReference",
     "FeatureImportance",
     "evaluation_reference",
@@ -59,8 +56,6 @@ __all__ = [
 IMPORTANCE_FILE = "importance.json"
 SCORES_FILE = "scores.parquet"
 LABEL_COLUMN = "conveyor.label"  # scores.parquet's true label (the log has none)
-# SCORE_COLUMN, PREDICTION_COLUMN and PROBABILITY_PREFIX are the payload log's own names
-# (imported above, and exported for the readers of scores.parquet).
 MAX_ROWS = 5_000
 REPEATS = 5
 
