@@ -30,10 +30,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConveyorError as error:
         print(f"conveyor {args.command}: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`conveyor ... | head`): end quietly
+        _silence_stdout()
+        return 1
+
+
+def _silence_stdout() -> None:
+    """Points stdout at /dev/null, so the interpreter's last flush on exit does not raise
+    BrokenPipeError again (as Python's documentation on SIGPIPE advises)."""
+    import os
+
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _parser() -> argparse.ArgumentParser:
+    from components.images import VERSION
+
     parser = argparse.ArgumentParser(prog="conveyor", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"conveyor {VERSION}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run the training pipeline locally through kfp.local")
@@ -171,6 +185,11 @@ def _add_monitor(commands: Any) -> None:
     monitor.add_argument("--target", help="its label column (required with --data)")
     monitor.add_argument("--segment", default="", help="also judge drift within each value")
     monitor.add_argument(
+        "--schema", type=Path,
+        help="schema file a retraining's splits must meet, as run's --schema (default: one "
+        "inferred from the data)",
+    )  # fmt: skip
+    monitor.add_argument(
         "--labels", default="",
         help="labels that have arrived (id, label[, time]): online quality is measured too",
     )  # fmt: skip
@@ -205,7 +224,9 @@ def _monitor(args: argparse.Namespace) -> int:
     }
     if args.data:
         arguments.update(data_uri=_local_path(args.data), target_column=args.target)
-    arguments.update(_parse_params(args.param))
+    if args.schema:
+        arguments["schema_uri"] = _local_path(str(args.schema))
+    arguments.update(_parse_params(args.param, "monitoring"))
     summary = run_monitoring_locally(arguments, args.runs_dir, sys.stdout)
     failed = summary.status == "failed"
     print(("Failed: " if failed else "") + summary.reason)
@@ -246,11 +267,12 @@ def _run_arguments(args: argparse.Namespace) -> dict[str, Any]:
     return arguments
 
 
-def _parse_params(pairs: list[str]) -> dict[str, Any]:
+def _parse_params(pairs: list[str], pipeline: str = "training") -> dict[str, Any]:
+    """``--param NAME=VALUE`` pairs, each checked against ``pipeline``'s own parameters."""
+    from pipelines.compile import PIPELINES
     from pipelines.targets import Target
-    from pipelines.training import build_training_pipeline
 
-    known = build_training_pipeline(Target("kubeflow")).component_spec.inputs or {}
+    known = PIPELINES[pipeline].build(Target("kubeflow")).component_spec.inputs or {}
     parsed = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
@@ -260,7 +282,8 @@ def _parse_params(pairs: list[str]) -> dict[str, Any]:
             raise ConveyorError(f"--param {name!r}: was removed: {REMOVED_SETTINGS[name]}")
         if name not in known:
             raise ConveyorError(
-                f"--param {name!r}: no such pipeline parameter; known: {', '.join(known)}"
+                f"--param {name!r}: no such {pipeline} pipeline parameter; known: "
+                f"{', '.join(known)}"
             )
         parsed[name] = yaml.safe_load(value) if value else ""
     return parsed

@@ -316,7 +316,7 @@ def test_a_committed_schema_stops_a_run_on_a_null_spike(
     ("options", "message"),
     [
         (("--data", "x.csv"), "--target (TARGET=) is required with --data"),
-        (("--param", "learning_rate=0.1"), "--param 'learning_rate': no such pipeline parameter"),
+        (("--param", "learning_rate=0.1"), "--param 'learning_rate': no such training pipeline"),
         (("--param", "seed"), "--param 'seed': expected NAME=VALUE"),
         (
             ("--param", "serving_memory=2 GB"),
