@@ -94,7 +94,6 @@ TESTS: tuple[Test, ...] = ("psi", "ks", "chisquare", "jensenshannon")
 RULES: tuple[Rule, ...] = ("importance", "share")
 TEST_NAMES = {"psi": "PSI", "ks": "KS p-value", "chisquare": "chi-squared p-value",
               "jensenshannon": "Jensen–Shannon"}  # fmt: skip
-_P_VALUES = {"ks", "chisquare"}
 DEFAULT_THRESHOLDS = {"psi": 0.1, "ks": 0.05, "chisquare": 0.05, "jensenshannon": 0.1}
 # When a score is drift, as Evidently's tests decide: distances at or above their threshold,
 # KS p-values at or below it, chi-squared p-values below it.
@@ -148,13 +147,7 @@ class DriftSettings:
         if unknown:
             raise ConveyorError(f"drift thresholds: unknown test(s) {unknown}; known: {TESTS}")
         for test, value in self.thresholds.items():
-            number = value if isinstance(value, int | float) else None
-            if (
-                isinstance(value, bool)
-                or number is None
-                or not math.isfinite(number)
-                or number <= 0
-            ):
+            if not _is_number(value) or not math.isfinite(value) or value <= 0:
                 raise ConveyorError(f"drift threshold {test}={value!r}: expected a number above 0")
         if self.numeric_test not in set(TESTS) - _CATEGORICAL_ONLY:
             raise ConveyorError(f"drift: {self.numeric_test!r} cannot decide numeric columns")
@@ -164,15 +157,11 @@ class DriftSettings:
             )
         for name in ("drift_share", "importance_threshold", "weighted_share"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+            if not _is_number(value) or not 0 < value <= 1:
                 raise ConveyorError(f"drift: {name} {value!r} must be a number in (0, 1]")
         if self.rule not in RULES:
             raise ConveyorError(f"drift rule {self.rule!r}: expected one of {list(RULES)}")
-        if self.alpha is not None and (
-            isinstance(self.alpha, bool)
-            or not isinstance(self.alpha, int | float)
-            or not 0 < self.alpha < 1
-        ):
+        if self.alpha is not None and (not _is_number(self.alpha) or not 0 < self.alpha < 1):
             raise ConveyorError(f"drift alpha {self.alpha!r}: expected a number in (0, 1)")
         _check_importance(self.importance, "drift importance")
 
@@ -194,14 +183,18 @@ class DriftSettings:
         return None if self.alpha is None else self.alpha / max(tests, 1)
 
 
+def _is_number(value: Any) -> bool:
+    """An int or float, not a bool."""
+    return not isinstance(value, bool) and isinstance(value, int | float)
+
+
 def _check_importance(shares: Any, where: str) -> None:
     if not isinstance(shares, dict):
         raise ConveyorError(f"{where}: expected a mapping of column to share")
     for column, share in shares.items():
         if (
             not isinstance(column, str)
-            or isinstance(share, bool)
-            or not isinstance(share, int | float)
+            or not _is_number(share)
             or not math.isfinite(share)
             or share < 0
         ):
@@ -423,7 +416,7 @@ class DriftReport:
         if self.settings.alpha is not None:
             lines.append(
                 f"noise: a false-alarm rate of {self.settings.alpha:g} over {self.tests} column "
-                f"test(s), {self.settings.alpha / max(self.tests, 1):.2g} each"
+                f"test(s), {self.settings.noise_level(self.tests):.2g} each"
             )
         return lines
 

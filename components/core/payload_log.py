@@ -249,6 +249,7 @@ class PayloadLog:
         self.max_rows, self.max_seconds = max_rows, max_seconds
         self.max_buffer_rows, self.retry_seconds = max_buffer_rows, retry_seconds
         self.exclude = tuple(dict.fromkeys(exclude))
+        self._input_types = dict(model.input_types)
         self._score_column = score_column(model.classes, model.positive_class)
         # What each row's score is the probability of, logged with it (None: more classes).
         self._positive_class = (
@@ -466,9 +467,8 @@ class PayloadLog:
 
     def _table(self, answers: list[_Answer]) -> pa.Table:
         """The answers as one table: inputs, id columns, then the metadata."""
-        table = _inputs_table(
-            [answer.inputs for answer in answers], self.exclude, dict(self.model.input_types)
-        )
+        inputs = [answer.inputs for answer in answers]
+        table = _inputs_table(inputs, self.exclude, self._input_types)
         counts = [len(answer.labels) for answer in answers]
         total = sum(counts)
         for name in self.model.id_columns:

@@ -90,28 +90,19 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
-    "DIMENSIONS",
     "METRICS",
     "Coverage",
     "Degradation",
     "GroupQuality",
     "Interval",
-    "Joined",
     "QualityReport",
     "QualitySettings",
     "assess_quality",
     "champion_scores",
     "delong_auc",
-    "exact_offline",
     "group_quality",
     "has_labels",
-    "join_labels",
-    "judge",
-    "judged_tests",
-    "judging_z",
     "offline_metrics",
-    "read_labels",
-    "read_logged",
     "read_offline",
     "wilson_interval",
 ]
@@ -446,7 +437,7 @@ def read_logged(uri: str, model: str, settings: QualitySettings) -> Logged:
     Refuses a log of another model and a log that holds no prediction.
     """
     files = _log_files(uri, settings.days)
-    names, file_rows = _footers(files)
+    names = _column_names(files)
     classes = [
         n.removeprefix(PROBABILITY_PREFIX) for n in names if n.startswith(PROBABILITY_PREFIX)
     ]
@@ -476,8 +467,8 @@ def read_logged(uri: str, model: str, settings: QualitySettings) -> Logged:
             f"{uri}: no row of the log has a {PREDICTION_COLUMN} (written before Conveyor "
             "logged predictions?); serve with the current runtime and collect labels again"
         )
-    # Counted from the footers: every row of the files read, predicted or not.
-    without_prediction = file_rows - usable_rows
+    # Every row of the files read, predicted or not (read_log keeps each file's rows).
+    without_prediction = table.num_rows - usable_rows
     if without_prediction:
         table = table.filter(usable)
     micros = _as_micros(table.column(TIME_COLUMN), uri).to_numpy()
@@ -572,25 +563,24 @@ def _day_folder(file: str) -> str:
     return name if len(name) == 10 else ""
 
 
-def _footers(files: list[str]) -> tuple[list[str], int]:
-    """Every column name any of the files has (first-seen order) and their rows in all,
-    from the files' footers."""
+def _column_names(files: list[str]) -> list[str]:
+    """Every column name any of the files has (first-seen order), from the files' footers:
+    what to ask ``read_log`` for (the classes' probabilities, the positive class, the
+    segment) before reading any column."""
     import fsspec
     import pyarrow.parquet as pq
 
     names: dict[str, None] = {}
-    rows = 0
     for file in files:
         try:
             with fsspec.open(file, "rb") as opened:
                 metadata = pq.ParquetFile(opened).metadata
                 names |= dict.fromkeys(metadata.schema.to_arrow_schema().names)
-                rows += metadata.num_rows
         except (pa.ArrowException, OSError, ValueError) as error:
             raise ConveyorError(
                 f"{file}: cannot be read as a payload log file ({first_line(error)})"
             ) from None
-    return list(names), rows
+    return list(names)
 
 
 def _check_model(column: pa.ChunkedArray, model: str, uri: str) -> None:
@@ -1118,15 +1108,7 @@ def judge(
 def offline_metrics(tracking_uri: str, model: str) -> dict[str, float]:
     """The champion's offline evaluation: its training run's ``test_<metric>`` metrics
     (evaluate logs them), else the ``metric.<metric>`` tags register copies onto the version."""
-    from components.core import registry, tracking
-
-    client = tracking.connect(tracking_uri)
-    champion = registry.find_champion(client, model)
-    if champion is None:
-        raise ConveyorError(
-            f"model {model!r} has no champion in {client.tracking_uri}: nothing to compare the "
-            "online metrics with (or pass --offline FILE)"
-        )
+    client, champion = _champion(tracking_uri, model)
     logged = client.get_run(champion.run_id).data.metrics
     found = {}
     for metric in METRICS:
@@ -1136,6 +1118,20 @@ def offline_metrics(tracking_uri: str, model: str) -> dict[str, float]:
         if value is not None:
             found[metric] = float(value)
     return found
+
+
+def _champion(tracking_uri: str, model: str) -> tuple[Any, Any]:
+    """The tracking client and ``model``'s champion version; ConveyorError when it has none."""
+    from components.core import registry, tracking
+
+    client = tracking.connect(tracking_uri)
+    champion = registry.find_champion(client, model)
+    if champion is None:
+        raise ConveyorError(
+            f"model {model!r} has no champion in {client.tracking_uri}: nothing to compare the "
+            "online metrics with (or pass --offline FILE)"
+        )
+    return client, champion
 
 
 def read_offline(path: Path) -> dict[str, float]:
@@ -1167,16 +1163,10 @@ def champion_scores(tracking_uri: str, model: str) -> pd.DataFrame | None:
     recorded none (a champion trained before Conveyor did)."""
     import tempfile
 
-    from components.core import registry, tracking
+    from components.core import tracking
     from components.core.importance import read_reference_scores
 
-    client = tracking.connect(tracking_uri)
-    champion = registry.find_champion(client, model)
-    if champion is None:
-        raise ConveyorError(
-            f"model {model!r} has no champion in {client.tracking_uri}: nothing to compare the "
-            "online metrics with (or pass --offline FILE)"
-        )
+    client, champion = _champion(tracking_uri, model)
     recorded = {
         Path(entry.path).name
         for entry in client.list_artifacts(champion.run_id, tracking.REFERENCE_DIR)
@@ -1232,11 +1222,11 @@ def _reference_rows(
         values = scores[name].to_numpy(dtype=np.float64, na_value=np.nan)
         return values[usable]
 
-    score = np.full(int(usable.sum()), np.nan)
+    probabilities = None
     if positive is not None:
         score = floats(f"{PROBABILITY_PREFIX}{classes[positive]}")
-    probabilities = None
-    if positive is None:
+    else:
+        score = np.full(int(usable.sum()), np.nan)
         probabilities = np.column_stack([floats(f"{PROBABILITY_PREFIX}{c}") for c in classes])
         if np.isnan(probabilities).all():
             probabilities = None

@@ -71,19 +71,22 @@ def table_lines(report: QualityReport) -> list[str]:
         if group.dimension == "day":
             continue
         name = "overall" if group.dimension == "overall" else f"{group.dimension} {group.group}"
-        cells = "  ".join(f"{_cell(group.metrics.get(m)):<25}" for m in metrics)
-        lines.append(f"{name[:28]:<28} {group.rows:>9,}  {cells}".rstrip())
+        lines.append(_group_line(name, group, metrics))
     if report.offline_groups:  # measured on the evaluation split, with intervals
         for group in report.offline_groups:
             name = "offline" if group.dimension == "overall" else f"offline segment {group.group}"
-            cells = "  ".join(f"{_cell(group.metrics.get(m)):<25}" for m in metrics)
-            lines.append(f"{name[:28]:<28} {group.rows:>9,}  {cells}".rstrip())
+            lines.append(_group_line(name, group, metrics))
     else:
         offline = "  ".join(f"{_fmt(report.offline.get(m)):<25}" for m in metrics)
         lines.append(f"{'offline (champion)':<28} {'':>9}  {offline}".rstrip())
     lines += [f"coverage: {line}" for line in _coverage_lines(report)]
     lines += [f"DEGRADED {d.describe()}" for d in report.degradations]
     return lines + [f"note: {note}" for note in report.notes]
+
+
+def _group_line(name: str, group: GroupQuality, metrics: list[str]) -> str:
+    cells = "  ".join(f"{_cell(group.metrics.get(m)):<25}" for m in metrics)
+    return f"{name[:28]:<28} {group.rows:>9,}  {cells}".rstrip()
 
 
 def _fmt(value: float | None) -> str:
