@@ -138,7 +138,7 @@ format: $(INSTALLED) ## Format the code with ruff
 
 # Images: images/<kind>/Dockerfile, named and tagged by components/images.py (tag = package
 # version), exactly as compiled pipelines refer to them.
-image = $(shell $(BIN)/python -c 'import sys; from components.images import image; print(image(*sys.argv[1:]))' $(1) $(if $(IMAGE_REGISTRY),'$(IMAGE_REGISTRY)'))
+image = $(shell $(BIN)/python -c 'import sys; from conveyor.components.images import image; print(image(*sys.argv[1:]))' $(1) $(if $(IMAGE_REGISTRY),'$(IMAGE_REGISTRY)'))
 need_docker = @$(DOCKER) info >/dev/null 2>&1 || { echo "make $@: no container engine: '$(DOCKER) info' failed (is $(DOCKER) installed and its daemon running?)" >&2; exit 1; }
 
 images: $(INSTALLED) ## Build the base, gpu and serving images with docker [IMAGE_REGISTRY= DOCKER=docker]

@@ -68,7 +68,7 @@ def _run_engine(engine: str, reference_path: Path, current_path: Path, repeats: 
 
 
 def _conveyor(reference: pd.DataFrame, current: pd.DataFrame) -> dict[str, bool]:
-    from components.core.drift import DriftSettings, compare_tables
+    from conveyor.components.core.monitoring.drift import DriftSettings, compare_tables
 
     settings = DriftSettings(dict(THRESHOLDS), "psi", "jensenshannon")
     return {r.column: r.drifted for r in compare_tables(reference, current, settings).overall}

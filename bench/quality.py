@@ -100,7 +100,7 @@ def _run_engine(engine: str, log: Path, labels: Path, repeats: int) -> dict:
     """In this process: ``repeats`` timed runs of one engine over the files."""
     import pyarrow.parquet as pq
 
-    from components.core.quality import QualitySettings, assess_quality
+    from conveyor.components.core.monitoring.quality import QualitySettings, assess_quality
 
     settings = QualitySettings(segment="segment", days=DAYS)
     offline = {"accuracy": 0.8, "false_positive_rate": 0.05, "roc_auc": 0.6, "log_loss": 0.5}

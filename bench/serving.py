@@ -2,7 +2,7 @@
 
 Run it as ``make bench`` or ``python -m bench.serving [--duration S] [--connections N]``.
 One seeded model directory is served by both servers at once, each with one worker:
-Conveyor's KServe predictor (``components.core.serving``) from the project's venv, and
+Conveyor's KServe predictor (``serving.server``) from the project's venv, and
 MLServer with ``mlserver_sklearn.SKLearnModel`` from its own venv (``make bench`` builds
 it from ``bench/mlserver-requirements.txt``). Both get the same V2 inputs, byte for byte
 (the bodies differ only in the outputs they name), and must return the same probabilities
@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from components.core.training import fit_classifier, save_model_dir
+from conveyor.components.core.training.trainer import fit_classifier, save_model_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA_SCRIPT = Path(__file__).resolve().with_name("post.lua")
@@ -184,7 +184,7 @@ def run(arguments: argparse.Namespace) -> None:
             f"answers labels and probabilities ({len(bodies['conveyor'])} bytes)"
         ),
         "conveyor": (
-            "components.core.serving (KServe ModelServer), --workers 1, "
+            "conveyor.components.core.serving.server (KServe ModelServer), --workers 1, "
             "--enable_latency_logging False (drops the per-request latency line; KServe's "
             "timing middleware still logs two kserve.trace lines a request)"
         ),
@@ -352,7 +352,7 @@ def _conveyor(
     model_dir: Path, http_port: int, grpc_port: int, work: Path, payload_log: Path | None = None
 ) -> Server:
     command = [
-        sys.executable, "-m", "components.core.serving",
+        sys.executable, "-m", "conveyor.components.core.serving.server",
         "--model_name", MODEL_NAME,
         "--model_dir", str(model_dir),
         "--http_port", str(http_port),

@@ -33,7 +33,7 @@ def _run_engine(engine: str, table: Path, schema: Path, repeats: int) -> dict:
     """In this process: ``repeats`` timed runs of one engine over the file."""
     import pandas as pd
 
-    from components.core.validation import validate_file
+    from conveyor.components.core.data.validation import validate_file
 
     seconds, found = [], None
     for _ in range(repeats):
@@ -55,7 +55,7 @@ def _run_engine(engine: str, table: Path, schema: Path, repeats: int) -> dict:
 
 def _prepare(rows: int) -> tuple[Path, Path]:
     """The Parquet file and its inferred schema, written on the first run only."""
-    from components.core.schema import infer_schema
+    from conveyor.components.core.data.schema import infer_schema
 
     table = OUT / f"validation-{rows}.parquet"
     schema = OUT / f"validation-{rows}.schema.json"

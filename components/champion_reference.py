@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Output
 
-from components.images import BASE_IMAGE
+from conveyor.components.images import BASE_IMAGE
 
 __all__ = ["champion_reference"]
 
@@ -46,8 +46,8 @@ def champion_reference(
     """
     from pathlib import Path
 
-    from components.core.errors import step_errors
-    from components.core.registry import download_reference
+    from conveyor.components.core.errors import step_errors
+    from conveyor.components.core.training.registry import download_reference
 
     with step_errors("champion_reference"):
         champion = download_reference(

@@ -4,7 +4,7 @@ MLflow ``champion`` alias moved to it when it serves."""
 from kfp import dsl
 from kfp.dsl import Artifact, Markdown, Metrics, Output
 
-from components.images import BASE_IMAGE
+from conveyor.components.images import BASE_IMAGE
 
 __all__ = ["deploy"]
 
@@ -74,7 +74,7 @@ def deploy(
         rollout_deadline_s: Seconds the whole rollout may take before it is rolled back.
         prometheus_url: Prometheus the canary is judged from; required unless
             ``canary_policy`` says ``analysis: none``.
-        canary_policy: How the canary is judged (``components.core.canary_policy``): metrics
+        canary_policy: How the canary is judged (``rollout.policy``): metrics
             merged by name onto the defaults (5xx, 4xx, latency, predicted class, score),
             error rates, limits; empty uses the defaults.
 
@@ -85,11 +85,11 @@ def deploy(
     """
     from pathlib import Path
 
-    from components.core.errors import ConveyorError, first_line, step_errors
-    from components.core.files import write_text_atomically
-    from components.core.manifests import ServingSpec, deploy_manifest
-    from components.core.registry import check_rollout_allowed, record_rollout
-    from components.core.rollout import RolloutSettings, deploy_model
+    from conveyor.components.core.errors import ConveyorError, first_line, step_errors
+    from conveyor.components.core.files import write_text_atomically
+    from conveyor.components.core.rollout.manifests import ServingSpec, deploy_manifest
+    from conveyor.components.core.rollout.runner import RolloutSettings, deploy_model
+    from conveyor.components.core.training.registry import check_rollout_allowed, record_rollout
 
     with step_errors("deploy"):
         settings = RolloutSettings.from_parameters(

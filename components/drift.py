@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Output
 
-from components.images import BASE_IMAGE
+from conveyor.components.images import BASE_IMAGE
 
 __all__ = ["drift"]
 
@@ -84,9 +84,9 @@ def drift(
     """
     from pathlib import Path
 
-    from components.core.drift import DriftSettings, load_importance
-    from components.core.drift_report import DriftOutputs, detect_drift
-    from components.core.errors import step_errors
+    from conveyor.components.core.errors import step_errors
+    from conveyor.components.core.monitoring.drift import DriftSettings, load_importance
+    from conveyor.components.core.monitoring.drift_report import DriftOutputs, detect_drift
 
     with step_errors("drift"):
         settings = DriftSettings(

@@ -12,7 +12,7 @@ from kfp.dsl import (
     Output,
 )
 
-from components.images import BASE_IMAGE
+from conveyor.components.images import BASE_IMAGE
 
 __all__ = ["evaluate"]
 
@@ -68,9 +68,9 @@ def evaluate(
     """
     from pathlib import Path
 
-    from components.core.errors import step_errors
-    from components.core.evaluation import Policy, evaluate_model
-    from components.core.training import mlflow_run_id
+    from conveyor.components.core.errors import step_errors
+    from conveyor.components.core.training.evaluation import Policy, evaluate_model
+    from conveyor.components.core.training.trainer import mlflow_run_id
 
     policy = Policy(
         metric=primary_metric,

@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Output
 
-from components.images import BASE_IMAGE
+from conveyor.components.images import BASE_IMAGE
 
 __all__ = ["ingest"]
 
@@ -37,8 +37,8 @@ def ingest(
     """
     from pathlib import Path
 
-    from components.core.data import Source, ingest_table
-    from components.core.errors import step_errors
+    from conveyor.components.core.data.tables import Source, ingest_table
+    from conveyor.components.core.errors import step_errors
 
     with step_errors("ingest"):
         result = ingest_table(

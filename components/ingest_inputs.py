@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Output
 
-from components.images import BASE_IMAGE
+from conveyor.components.images import BASE_IMAGE
 
 __all__ = ["ingest_inputs"]
 
@@ -41,8 +41,8 @@ def ingest_inputs(
     """
     from pathlib import Path
 
-    from components.core.errors import ConveyorError, step_errors
-    from components.core.payload_log import prune_log, recent_days, save_log_tables
+    from conveyor.components.core.errors import ConveyorError, step_errors
+    from conveyor.components.core.serving.payload_log import prune_log, recent_days, save_log_tables
 
     with step_errors("ingest_inputs"):
         if retention_days and retention_days < inputs_days:

@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Input, Markdown, Output
 
-from components.images import BASE_IMAGE
+from conveyor.components.images import BASE_IMAGE
 
 __all__ = ["monitoring_verdict"]
 
@@ -43,9 +43,9 @@ def monitoring_verdict(
     import json
     from pathlib import Path
 
-    from components.core.errors import ConveyorError
-    from components.core.files import write_text_atomically
-    from components.core.monitoring import judge_monitoring, push_monitoring
+    from conveyor.components.core.errors import ConveyorError
+    from conveyor.components.core.files import write_text_atomically
+    from conveyor.components.core.monitoring.verdict import judge_monitoring, push_monitoring
 
     def read(artifact: Input[Artifact]) -> dict:
         text = Path(artifact.path).read_text(encoding="utf-8")

@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Output
 
-from components.images import BASE_IMAGE
+from conveyor.components.images import BASE_IMAGE
 
 __all__ = ["prediction_drift"]
 
@@ -48,12 +48,12 @@ def prediction_drift(
     import json
     from pathlib import Path
 
-    from components.core.data import read_parquet
-    from components.core.drift import DriftSettings
-    from components.core.errors import step_errors
-    from components.core.files import write_text_atomically
-    from components.core.importance import read_reference_scores
-    from components.core.prediction_drift import compare_predictions
+    from conveyor.components.core.data.tables import read_parquet
+    from conveyor.components.core.errors import step_errors
+    from conveyor.components.core.files import write_text_atomically
+    from conveyor.components.core.monitoring.drift import DriftSettings
+    from conveyor.components.core.monitoring.prediction_drift import compare_predictions
+    from conveyor.components.core.training.importance import read_reference_scores
 
     with step_errors("prediction_drift"):
         settings = DriftSettings(

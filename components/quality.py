@@ -4,7 +4,7 @@ offline evaluation."""
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Output
 
-from components.images import BASE_IMAGE
+from conveyor.components.images import BASE_IMAGE
 
 __all__ = ["quality"]
 
@@ -72,16 +72,20 @@ def quality(
     import json
     from pathlib import Path
 
-    from components.core.errors import step_errors
-    from components.core.files import write_text_atomically
-    from components.core.importance import read_reference_scores
-    from components.core.quality import (
+    from conveyor.components.core.errors import step_errors
+    from conveyor.components.core.files import write_text_atomically
+    from conveyor.components.core.monitoring.quality import (
         QualitySettings,
         assess_quality,
         has_labels,
         offline_metrics,
     )
-    from components.core.quality_report import QualityOutputs, describe, write_outputs
+    from conveyor.components.core.monitoring.quality_report import (
+        QualityOutputs,
+        describe,
+        write_outputs,
+    )
+    from conveyor.components.core.training.importance import read_reference_scores
 
     if not labels_uri:  # a monitoring run without labels: said so, not a failure
         reason = "Quality was not measured: no labels_uri was given"

@@ -6,7 +6,7 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import Artifact, Input, Model
 
-from components.images import BASE_IMAGE
+from conveyor.components.images import BASE_IMAGE
 
 __all__ = ["register"]
 
@@ -52,9 +52,9 @@ def register(
     from collections import namedtuple
     from pathlib import Path
 
-    from components.core.errors import step_errors
-    from components.core.registry import register_model
-    from components.core.training import mlflow_run_id
+    from conveyor.components.core.errors import step_errors
+    from conveyor.components.core.training.registry import register_model
+    from conveyor.components.core.training.trainer import mlflow_run_id
 
     with step_errors("register"):
         registration = register_model(

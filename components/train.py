@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
-from components.images import BASE_IMAGE
+from conveyor.components.images import BASE_IMAGE
 
 __all__ = ["train"]
 
@@ -59,8 +59,8 @@ def train(
     """
     from pathlib import Path
 
-    from components.core.errors import step_errors
-    from components.core.training import train_model
+    from conveyor.components.core.errors import step_errors
+    from conveyor.components.core.training.trainer import train_model
 
     data_hash = train.metadata.get("content_hash", "")
     with step_errors("train"):

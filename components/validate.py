@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Output
 
-from components.images import BASE_IMAGE
+from conveyor.components.images import BASE_IMAGE
 
 __all__ = ["validate"]
 
@@ -40,9 +40,9 @@ def validate(
     """
     from pathlib import Path
 
-    from components.core.errors import step_errors
-    from components.core.schema import load_schema
-    from components.core.validation import validate_splits
+    from conveyor.components.core.data.schema import load_schema
+    from conveyor.components.core.data.validation import validate_splits
+    from conveyor.components.core.errors import step_errors
 
     with step_errors("validate"):
         given = load_schema(schema_uri) if schema_uri else None

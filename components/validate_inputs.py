@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Output
 
-from components.images import BASE_IMAGE
+from conveyor.components.images import BASE_IMAGE
 
 __all__ = ["validate_inputs"]
 
@@ -27,8 +27,8 @@ def validate_inputs(
     """
     from pathlib import Path
 
-    from components.core.errors import step_errors
-    from components.core.validation import validate_file
+    from conveyor.components.core.data.validation import validate_file
+    from conveyor.components.core.errors import step_errors
 
     with step_errors("validate_inputs"):
         result = validate_file(inputs.path, Path(schema.path), True, Path(report.path))

@@ -142,8 +142,8 @@ class StepProgress:
 
 def run_training_locally(arguments: dict[str, Any], runs_dir: Path, terminal: TextIO) -> RunSummary:
     """Runs the training pipeline through kfp.local and writes the run's ``summary.json``."""
-    from pipelines.targets import Target
-    from pipelines.training import DEFAULT_MODEL_NAME, build_training_pipeline
+    from conveyor.pipelines.definitions.targets import Target
+    from conveyor.pipelines.definitions.training import DEFAULT_MODEL_NAME, build_training_pipeline
 
     pipeline = build_training_pipeline(Target("kubeflow"))
     check_deployable({**local_defaults(runs_dir), **arguments}, pipeline)
@@ -159,8 +159,8 @@ def run_monitoring_locally(
 ) -> MonitoringSummary:
     """Runs the monitoring pipeline through kfp.local against the champion of earlier local
     runs (same ``runs_dir``), and writes the run's ``summary.json``."""
-    from pipelines.monitoring import build_monitoring_pipeline
-    from pipelines.targets import Target
+    from conveyor.pipelines.definitions.monitoring import build_monitoring_pipeline
+    from conveyor.pipelines.definitions.targets import Target
 
     pipeline = build_monitoring_pipeline(Target("kubeflow"))
     run_id, run_dir, progress, failed_step = _run_locally(pipeline, arguments, runs_dir, terminal)
@@ -253,12 +253,12 @@ def check_deployable(arguments: dict[str, Any], pipeline: Any) -> None:
 
     A pipeline (or published template) without all of deploy's settings as parameters, such
     as an older release, has nothing here to check."""
-    from components.core.manifests import (
+    from conveyor.components.core.rollout.manifests import (
         ServingSpec,
         render_inference_service,
         validate_inference_service,
     )
-    from components.core.rollout import ROLLOUT_PARAMETERS, RolloutSettings
+    from conveyor.components.core.rollout.runner import ROLLOUT_PARAMETERS, RolloutSettings
 
     inputs = pipeline.component_spec.inputs or {}
     if not set(_SERVING_PARAMETERS + ROLLOUT_PARAMETERS) <= set(inputs):

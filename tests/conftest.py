@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from kfp import dsl
 
-from components.core.data import Source, load_table
+from conveyor.components.core.data.tables import Source, load_table
 from tests.doubles.google_cloud import GoogleCloudDouble
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,7 +153,7 @@ def train_species_model(
     directory: Path, server: str, name: str, table: pd.DataFrame, tag: str, **hyperparameters: float
 ):
     """Trains a logistic regression on ``table`` into ``directory/tag`` (its MLflow run tagged ``tag``)."""
-    from components.core.training import train_model
+    from conveyor.components.core.training.trainer import train_model
 
     (directory / tag).mkdir()
     table.to_parquet(directory / tag / "train")
@@ -168,7 +168,7 @@ def register_blessed(
 ):
     """Registers a model trained by ``train_species_model`` as if evaluate had blessed it
     with this ``roc_auc`` and no champion."""
-    from components.core.registry import register_model
+    from conveyor.components.core.training.registry import register_model
 
     verdict = {"blessed": True, "reason": "test", "metrics": {"roc_auc": roc_auc}}
     (directory / tag / "evaluation.json").write_text(json.dumps(verdict))
@@ -214,7 +214,7 @@ def save_species_model(
     directory: Path, table: pd.DataFrame | None = None, **hyperparameters: float
 ) -> Path:
     """Fits a logistic regression on the species table and writes its model directory."""
-    from components.core.training import fit_classifier, save_model_dir
+    from conveyor.components.core.training.trainer import fit_classifier, save_model_dir
 
     table = multiclass_table() if table is None else table
     save_model_dir(
@@ -255,7 +255,7 @@ def _start_predictor(
 ) -> tuple[subprocess.Popen, str, Path]:
     port = free_port()
     command = [
-        sys.executable, "-m", "components.core.serving", "--model_name", name,
+        sys.executable, "-m", "conveyor.components.core.serving.server", "--model_name", name,
         "--model_dir", str(model_dir), "--http_port", str(port), "--http_host", "127.0.0.1",
         "--enable_latency_logging", "False", *options,
     ]  # fmt: skip

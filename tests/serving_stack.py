@@ -24,7 +24,7 @@ from sklearn.dummy import DummyClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from components.core.training import TrainedModel, load_model_dir, save_model_dir
+from conveyor.components.core.training.trainer import TrainedModel, load_model_dir, save_model_dir
 from tests.conftest import free_port, multiclass_table, save_species_model, wait_for_http
 
 # Past the 0.5 s histogram bucket, so a slow canary's p99 is above 0.5 s however busy the

@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.core.analysis import histogram_quantile
-from components.core.canary import standard_canary_name
-from components.core.canary_policy import DEFAULT_POLICY, CanaryPolicy
-from components.core.errors import ConveyorError
-from components.core.kube import InferenceServices
-from components.core.manifests import ServingSpec, render_inference_service
-from components.core.prometheus import Prometheus
-from components.core.rollout import (
+from conveyor.components.core.errors import ConveyorError
+from conveyor.components.core.rollout.analysis import histogram_quantile
+from conveyor.components.core.rollout.canary import standard_canary_name
+from conveyor.components.core.rollout.kube import InferenceServices
+from conveyor.components.core.rollout.manifests import ServingSpec, render_inference_service
+from conveyor.components.core.rollout.policy import DEFAULT_POLICY, CanaryPolicy
+from conveyor.components.core.rollout.prometheus import Prometheus
+from conveyor.components.core.rollout.runner import (
     Rollout,
     RolloutFailed,
     RolloutPlan,
@@ -143,7 +143,7 @@ def judge_command(
     stack: Stack, tmp_path: Path, scenario: str, policy: dict | None
 ) -> subprocess.CompletedProcess:
     arguments = [
-        sys.executable, "-m", "pipelines.cli", "judge", "--prometheus", stack.prometheus.url,
+        sys.executable, "-m", "conveyor.pipelines.cli", "judge", "--prometheus", stack.prometheus.url,
         "--namespace", NAMESPACE, "--canary", f"{scenario}-predictor-00002",
         "--stable", f"{scenario}-predictor-00001", "--since", "1m",
     ]  # fmt: skip
@@ -191,7 +191,7 @@ def test_judge_with_the_default_policy_wants_more_traffic(loaded: Stack, tmp_pat
 def test_judge_refuses_bad_input_in_one_line(stack: Stack, tmp_path: Path) -> None:
     (tmp_path / "policy.yaml").write_text("on_no_data: pass\n")
     result = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "judge", "--prometheus", stack.prometheus.url,
+        [sys.executable, "-m", "conveyor.pipelines.cli", "judge", "--prometheus", stack.prometheus.url,
          "--namespace", NAMESPACE, "--canary", "a", "--stable", "b",
          "--policy", str(tmp_path / "policy.yaml")],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
@@ -375,7 +375,7 @@ def standard_deployed(cluster: KubernetesApiDouble, stack: Stack, scenario: str)
     """A stable service annotated with its mode, as spec.canary needs (done once, by hand)."""
     from kubernetes.client import ApiClient
 
-    from components.core.canary import MODE_ANNOTATION, is_ready
+    from conveyor.components.core.rollout.canary import MODE_ANNOTATION, is_ready
 
     stable_deployed(cluster, stack, scenario)
     annotation = {"metadata": {"annotations": {MODE_ANNOTATION: "Standard"}}}

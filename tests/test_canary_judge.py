@@ -12,8 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from components.core.analysis import AnalysisRun, Judgement, MetricResult, histogram_quantile, judge
-from components.core.canary_policy import (
+from conveyor.components.core.errors import ConveyorError
+from conveyor.components.core.rollout.analysis import (
+    AnalysisRun,
+    Judgement,
+    MetricResult,
+    histogram_quantile,
+    judge,
+)
+from conveyor.components.core.rollout.kube import InferenceServices
+from conveyor.components.core.rollout.manifests import ServingSpec, render_inference_service
+from conveyor.components.core.rollout.policy import (
     DEFAULT_POLICY,
     CanaryPolicy,
     MetricSpec,
@@ -21,12 +30,14 @@ from components.core.canary_policy import (
     fill_query,
     load_policy,
 )
-from components.core.errors import ConveyorError
-from components.core.kube import InferenceServices
-from components.core.manifests import ServingSpec, render_inference_service
-from components.core.prometheus import Sample, Series, duration_seconds
-from components.core.rollout import Rollout, RolloutFailed, RolloutPlan, RolloutSettings
-from components.core.sequential import (
+from conveyor.components.core.rollout.prometheus import Sample, Series, duration_seconds
+from conveyor.components.core.rollout.runner import (
+    Rollout,
+    RolloutFailed,
+    RolloutPlan,
+    RolloutSettings,
+)
+from conveyor.components.core.rollout.sequential import (
     difference_interval,
     minimum_sample_size,
     proportion_interval,
@@ -410,8 +421,8 @@ def test_hostile_answers_are_clipped_not_crashed_on() -> None:
 
 
 def test_a_canary_judged_against_itself_is_refused() -> None:
-    from components.core.analysis import analyse
-    from components.core.prometheus import Prometheus, Window
+    from conveyor.components.core.rollout.analysis import analyse
+    from conveyor.components.core.rollout.prometheus import Prometheus, Window
 
     with pytest.raises(ConveyorError, match="the canary and the stable revision are both 'a'"):
         analyse(Prometheus("http://127.0.0.1:9"), DEFAULT_POLICY, "ns", "a", "a", Window(0, 60, 0))

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from scipy.stats import beta, lognorm
 
-from components.core.analysis import AnalysisRun, judge
-from components.core.canary_policy import DEFAULT_POLICY
-from components.core.prometheus import Sample
-from components.core.serving_http import DEFAULT_LATENCY_BUCKETS, SCORE_BUCKETS
+from conveyor.components.core.rollout.analysis import AnalysisRun, judge
+from conveyor.components.core.rollout.policy import DEFAULT_POLICY
+from conveyor.components.core.rollout.prometheus import Sample
+from conveyor.components.core.serving.http_layer import DEFAULT_LATENCY_BUCKETS, SCORE_BUCKETS
 
 ROLLOUTS = 2000
 STEPS = (10, 50)

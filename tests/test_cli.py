@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from components.images import VERSION
-from pipelines.cli import main
-from pipelines.local import MonitoringSummary
+from conveyor.components.images import VERSION
+from conveyor.pipelines.cli import main
+from conveyor.pipelines.local import MonitoringSummary
 
 
 def test_version_names_the_package_version(capsys: pytest.CaptureFixture) -> None:
@@ -32,7 +32,7 @@ def test_monitor_params_are_checked_against_the_monitoring_pipeline(
         passed.update(arguments)
         return MonitoringSummary("r", "succeeded", "fine", False, [], False, str(tmp_path))
 
-    monkeypatch.setattr("pipelines.local.run_monitoring_locally", run)
+    monkeypatch.setattr("conveyor.pipelines.local.run_monitoring_locally", run)
     monitor = ["monitor", "--inputs", str(tmp_path / "in.csv"), "--model", "m"]
     # A training parameter is not a monitoring one: one line, nothing run.
     assert main([*monitor, "--param", "test_size=0.3", "--no-retrain"]) == 2
@@ -51,7 +51,7 @@ def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
     # pipe (a long dry run, a wide drift table), and the reader leaves after one line.
     script = textwrap.dedent("""
         import sys
-        from pipelines import cli
+        from conveyor.pipelines.cli import commands as cli
 
         def long_output(args):
             for line in range(200_000):

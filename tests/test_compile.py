@@ -12,10 +12,10 @@ from kfp.components import load_component_from_file
 from kfp.kubernetes import kubernetes_executor_config_pb2 as k8s_pb2
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from components.images import VERSION
-from pipelines.cli import main
-from pipelines.compile import COMPONENTS
-from pipelines.targets import STEP_RESOURCES
+from conveyor.components.images import VERSION
+from conveyor.pipelines.cli import main
+from conveyor.pipelines.definitions.compile import COMPONENTS
+from conveyor.pipelines.definitions.targets import STEP_RESOURCES
 
 STEPS = ("ingest", "validate", "train", "evaluate", "register", "deploy")
 

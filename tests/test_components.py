@@ -11,12 +11,12 @@ import yaml
 from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Markdown, Metrics, Model
 from mlflow import MlflowClient
 
-from components.deploy import deploy
-from components.evaluate import evaluate
-from components.ingest import ingest
-from components.register import register
-from components.train import train
-from components.validate import validate
+from conveyor.components.deploy import deploy
+from conveyor.components.evaluate import evaluate
+from conveyor.components.ingest import ingest
+from conveyor.components.register import register
+from conveyor.components.train import train
+from conveyor.components.validate import validate
 from tests.conftest import artifact
 
 

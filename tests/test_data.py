@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.core.data import (
+from conveyor.components.core.data.tables import (
     Source,
     check_target,
     content_hash,
@@ -20,7 +20,7 @@ from components.core.data import (
     load_table,
     split_table,
 )
-from components.core.errors import ConveyorError
+from conveyor.components.core.errors import ConveyorError
 from tests.conftest import require_binary
 
 

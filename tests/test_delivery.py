@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from components.core.errors import ConveyorError
-from pipelines.cli import main
-from pipelines.cron import kubeflow_cron, vertex_cron
-from pipelines.parameters import load_parameters, parameter_problems
-from pipelines.targets import Target
-from pipelines.training import build_training_pipeline
+from conveyor.components.core.errors import ConveyorError
+from conveyor.pipelines.cli import main
+from conveyor.pipelines.definitions.parameters import load_parameters, parameter_problems
+from conveyor.pipelines.definitions.targets import Target
+from conveyor.pipelines.definitions.training import build_training_pipeline
+from conveyor.pipelines.delivery.cron import kubeflow_cron, vertex_cron
 from tests.conftest import ROOT
 
 INPUTS = build_training_pipeline(Target("kubeflow")).component_spec.inputs

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 from kfp.dsl import HTML, Artifact, Dataset, Markdown, Metrics
 
-from components.core.drift import DriftSettings, compare_tables
-from components.core.errors import ConveyorError
-from components.drift import drift
-from pipelines.cli import main
+from conveyor.components.core.errors import ConveyorError
+from conveyor.components.core.monitoring.drift import DriftSettings, compare_tables
+from conveyor.components.drift import drift
+from conveyor.pipelines.cli import main
 from tests.conftest import artifact, transactions
 
 # Evidently's own rules: KS drifts at or below its threshold, chi-squared below it.
@@ -203,7 +203,7 @@ def test_the_drift_component_writes_metrics_and_readable_reports(tmp_path: Path)
 def test_large_samples_get_scipys_asymptotic_ks() -> None:
     from scipy import stats
 
-    from components.core.drift import _ks_distance, _ks_p_value
+    from conveyor.components.core.monitoring.drift import _ks_distance, _ks_p_value
 
     rng = np.random.default_rng(13)
     cases = [

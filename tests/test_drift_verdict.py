@@ -25,11 +25,16 @@ import pandas as pd
 import pytest
 from kfp.dsl import HTML, Artifact, Dataset, Markdown, Metrics
 
-from components.core.drift import DriftReport, DriftSettings, compare_tables, load_importance
-from components.core.drift_report import describe
-from components.core.errors import ConveyorError
-from components.drift import drift
-from pipelines.cli import main
+from conveyor.components.core.errors import ConveyorError
+from conveyor.components.core.monitoring.drift import (
+    DriftReport,
+    DriftSettings,
+    compare_tables,
+    load_importance,
+)
+from conveyor.components.core.monitoring.drift_report import describe
+from conveyor.components.drift import drift
+from conveyor.pipelines.cli import main
 from tests.conftest import artifact
 
 REGIONS = np.array(["north", "south", "east", "west", "central"], dtype=object)

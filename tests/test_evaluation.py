@@ -8,10 +8,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from components.core.data import split_table
-from components.core.errors import ConveyorError
-from components.core.evaluation import ChampionScore, Policy, decide, evaluate_model
-from components.core.registry import register_model
+from conveyor.components.core.data.tables import split_table
+from conveyor.components.core.errors import ConveyorError
+from conveyor.components.core.training.evaluation import (
+    ChampionScore,
+    Policy,
+    decide,
+    evaluate_model,
+)
+from conveyor.components.core.training.registry import register_model
 from tests.conftest import register_blessed, train_species_model
 
 METRICS = {"accuracy": 0.9, "roc_auc": 0.95, "log_loss": 0.3}

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.compile import compile_pipeline
-from pipelines.gcloud import CLOUD_PLATFORM
-from pipelines.targets import Target
+from conveyor.pipelines.definitions.compile import compile_pipeline
+from conveyor.pipelines.definitions.targets import Target
+from conveyor.pipelines.delivery.gcloud import CLOUD_PLATFORM
 from tests.doubles.google_cloud import GoogleCloudDouble
 
 VERTEX = (

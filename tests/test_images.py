@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from components.images import image
+from conveyor.components.images import image
 from tests.conftest import ROOT
 
 KINDS = ("base", "gpu", "serving")
@@ -147,8 +147,8 @@ def test_the_base_image_recipe_installs_a_package_that_runs_a_component(tmp_path
 
         from kfp.dsl import Dataset
 
-        import components
-        from components.ingest import ingest
+        import conveyor.components
+        from conveyor.components.ingest import ingest
 
         out = Path(sys.argv[1])
         train = Dataset(name="train", uri=str(out / "train"), metadata={})
@@ -156,7 +156,7 @@ def test_the_base_image_recipe_installs_a_package_that_runs_a_component(tmp_path
         ingest.python_func(
             data_uri="builtin://breast_cancer", target_column="diagnosis", train=train, test=test
         )
-        print(Path(components.__file__).resolve())
+        print(Path(conveyor.components.__file__).resolve())
         print(train.metadata["rows"], test.metadata["rows"])
         """
     )

@@ -12,10 +12,13 @@ import pytest
 from kfp.dsl import Artifact, Dataset
 from mlflow import MlflowClient
 
-from components.champion_reference import champion_reference
-from components.core import tracking
-from components.core.errors import ConveyorError
-from components.core.importance import (
+from conveyor.components.champion_reference import champion_reference
+from conveyor.components.core.errors import ConveyorError
+from conveyor.components.core.serving.payload_log import PREDICTION as PREDICTION_COLUMN
+from conveyor.components.core.serving.payload_log import PROBABILITY_PREFIX
+from conveyor.components.core.serving.payload_log import SCORE as SCORE_COLUMN
+from conveyor.components.core.training import tracking
+from conveyor.components.core.training.importance import (
     IMPORTANCE_FILE,
     LABEL_COLUMN,
     SCORES_FILE,
@@ -25,11 +28,8 @@ from components.core.importance import (
     read_importance,
     read_reference_scores,
 )
-from components.core.payload_log import PREDICTION as PREDICTION_COLUMN
-from components.core.payload_log import PROBABILITY_PREFIX
-from components.core.payload_log import SCORE as SCORE_COLUMN
-from components.core.registry import download_reference
-from components.core.training import (
+from conveyor.components.core.training.registry import download_reference
+from conveyor.components.core.training.trainer import (
     MODEL_CARD,
     MODEL_FILE,
     fit_classifier,
@@ -234,7 +234,7 @@ def test_champion_reference_fetches_the_champion_s_importance_and_scores(
     (tmp_path / "evaluation.json").write_text(
         json.dumps({"blessed": True, "reason": "test", "metrics": {"roc_auc": 0.9}})
     )
-    from components.core.registry import register_model
+    from conveyor.components.core.training.registry import register_model
 
     register_model(
         tmp_path / "model", tmp_path / "evaluation.json", model_name, mlflow_server,

@@ -24,16 +24,16 @@ import pytest
 import yaml
 from jsonschema import Draft7Validator
 
-from components.core.errors import ConveyorError
-from components.core.manifests import (
+from conveyor.components.core.errors import ConveyorError
+from conveyor.components.core.rollout.manifests import (
     ServingSpec,
     _forbid_unknown_fields,
     render_inference_service,
     validate_inference_service,
 )
-from components.core.serving import APP_LABEL_FILE_ENV, _arguments, _check_options
-from components.core.training import MODEL_SHA256_ENV
-from components.images import VERSION, image
+from conveyor.components.core.serving.server import APP_LABEL_FILE_ENV, _arguments, _check_options
+from conveyor.components.core.training.trainer import MODEL_SHA256_ENV
+from conveyor.components.images import VERSION, image
 from tests.conftest import ROOT, free_port, require_binary, save_species_model, wait_for_http
 
 KSERVE = ROOT / "kserve"
@@ -145,7 +145,7 @@ def test_serving_runtime_runs_the_conveyor_predictor() -> None:
         "prometheus.kserve.io/port": "8080",
         "prometheus.kserve.io/path": "/metrics",
     }
-    assert importlib.util.find_spec("components.core.serving") is not None
+    assert importlib.util.find_spec("conveyor.components.core.serving.server") is not None
 
 
 def downward_api_files(spec: dict[str, Any]) -> dict[str, str]:
@@ -185,7 +185,7 @@ def test_serving_runtime_image_is_the_serving_image_of_this_version() -> None:
 def test_serving_image_matches_the_runtime() -> None:
     dockerfile = (ROOT / "images" / "serving" / "Dockerfile").read_text()
     assert re.search(r"^EXPOSE 8080$", dockerfile, re.MULTILINE)
-    assert 'ENTRYPOINT ["python", "-m", "components.core.serving"]' in dockerfile
+    assert 'ENTRYPOINT ["python", "-m", "conveyor.components.core.serving.server"]' in dockerfile
     assert "-c constraints.txt" in dockerfile
     # A numeric non-root user and group, the ones the runtime's securityContext names.
     (user,) = re.findall(r"^USER (\S+)$", dockerfile, re.MULTILINE)
@@ -528,7 +528,7 @@ def test_the_predictor_serves_with_the_runtimes_read_only_root(tmp_path: Path) -
         "--http_port=8080": f"--http_port={port}",
     }
     command = [
-        sys.executable, "-m", "components.core.serving",
+        sys.executable, "-m", "conveyor.components.core.serving.server",
         *[arguments.get(arg, arg) for arg in container["args"]],
         "--http_host=127.0.0.1", f"--grpc_port={grpc_port}", f"--payload_log={bucket}",
     ]  # fmt: skip

@@ -18,7 +18,7 @@ import pytest
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
-from components.core.manifests import ServingSpec, render_inference_service
+from conveyor.components.core.rollout.manifests import ServingSpec, render_inference_service
 from tests.doubles.kube_api import TOUCH_ANNOTATION, KubernetesApiDouble
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.cli import main
+from conveyor.components.images import VERSION
+from conveyor.pipelines.cli import main
 from tests.conftest import ROOT
 from tests.doubles.kfp_api import KfpApiDouble
 
@@ -79,7 +80,7 @@ def test_dry_run_prints_what_would_be_sent_and_contacts_nothing(
     sent = json.loads(out)
     assert sent["cron"] == "0 0 0 * * *" and sent["timezone"] == "UTC"
     assert sent["parameters"]["namespace"] == "ml-dev"
-    assert sent["version_name"].startswith("conveyor-training-0.1.0-")
+    assert sent["version_name"].startswith(f"conveyor-training-{VERSION}-")
     assert kfp_api.requests == []
 
 

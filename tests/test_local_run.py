@@ -13,9 +13,9 @@ import yaml
 from mlflow import MlflowClient
 from sklearn.model_selection import train_test_split
 
-from components.core.manifests import validate_inference_service
-from components.core.training import MODEL_SHA256_ENV
-from pipelines.cli import main
+from conveyor.components.core.rollout.manifests import validate_inference_service
+from conveyor.components.core.training.trainer import MODEL_SHA256_ENV
+from conveyor.pipelines.cli import main
 from tests.conftest import artifact, multiclass_table
 from tests.doubles.kube_api import KubernetesApiDouble
 
@@ -184,8 +184,8 @@ def retry_register_and_deploy(
     """Register and deploy of a finished run, run again on its outputs as a KFP retry would."""
     from kfp.dsl import Artifact, Markdown, Metrics, Model
 
-    from components.deploy import deploy
-    from components.register import register
+    from conveyor.components.deploy import deploy
+    from conveyor.components.register import register
 
     outputs = Path(summary["artifacts"])
     trained = json.loads((outputs / "train" / "executor_output.json").read_text())

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import copy
-from importlib import resources
 from pathlib import Path
 
 import pytest
 import yaml
 
-from components.core.errors import ConveyorError
-from components.core.manifests import (
+from conveyor.components.core.errors import ConveyorError
+from conveyor.components.core.rollout.manifests import (
     CRD_FILE,
     ServingSpec,
     deploy_manifest,
     inference_service_name,
+    packaged_crd,
     render_inference_service,
     validate_inference_service,
 )
@@ -102,5 +102,5 @@ def test_packaged_crd_is_the_reference_copy() -> None:
         pytest.skip(
             "the team's reference CRDs (../shared/kserve-crds) are not beside this checkout"
         )
-    packaged = resources.files("components.core") / "crds" / CRD_FILE
+    packaged = packaged_crd()
     assert packaged.read_bytes() == reference.read_bytes()

@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from components.core.data import split_table
-from components.core.errors import ConveyorError
-from components.core.metrics import METRIC_DIRECTIONS, positive_label, score
-from components.core.training import fit_classifier
+from conveyor.components.core.data.tables import split_table
+from conveyor.components.core.errors import ConveyorError
+from conveyor.components.core.training.metrics import METRIC_DIRECTIONS, positive_label, score
+from conveyor.components.core.training.trainer import fit_classifier
 
 
 def _fitted(table: pd.DataFrame, target: str):

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from components.core.errors import ConveyorError
-from components.core.training import (
+from conveyor.components.core.errors import ConveyorError
+from conveyor.components.core.training.trainer import (
     _CARD_TYPES,
     MODEL_CARD,
     MODEL_FILE,
@@ -28,7 +28,7 @@ from components.core.training import (
     save_model_dir,
     sha256_file,
 )
-from pipelines.cli import main as conveyor
+from conveyor.pipelines.cli import main as conveyor
 from tests.conftest import ROOT, free_port, multiclass_table, save_species_model, wait_for_http
 
 NAME = "species"
@@ -74,7 +74,7 @@ def replace_with_evil(directory: Path, marker: Path) -> None:
 def serve(directory: Path, *options: str) -> list[str]:
     """Conveyor's predictor started on ``directory`` as a pod starts it; ``[command, ...]``."""
     return [
-        sys.executable, "-m", "components.core.serving", "--model_name", NAME,
+        sys.executable, "-m", "conveyor.components.core.serving.server", "--model_name", NAME,
         "--model_dir", str(directory), "--http_port", str(free_port()),
         "--http_host", "127.0.0.1", *options,
     ]  # fmt: skip
@@ -82,7 +82,7 @@ def serve(directory: Path, *options: str) -> list[str]:
 
 def conveyor_serve(directory: Path, *options: str) -> list[str]:
     return [
-        sys.executable, "-m", "pipelines.cli", "serve", "--model-dir", str(directory),
+        sys.executable, "-m", "conveyor.pipelines.cli", "serve", "--model-dir", str(directory),
         "--port", str(free_port()), *options,
     ]  # fmt: skip
 

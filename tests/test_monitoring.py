@@ -16,11 +16,11 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 from mlflow import MlflowClient
 
-from components.core.registry import download_reference, find_champion
-from components.core.schema import load_schema
-from pipelines.cli import main
-from pipelines.compile import compile_pipeline
-from pipelines.targets import Target
+from conveyor.components.core.data.schema import load_schema
+from conveyor.components.core.training.registry import download_reference, find_champion
+from conveyor.pipelines.cli import main
+from conveyor.pipelines.definitions.compile import compile_pipeline
+from conveyor.pipelines.definitions.targets import Target
 from tests.conftest import multiclass_table, predictors
 
 

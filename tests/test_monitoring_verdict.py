@@ -14,12 +14,16 @@ import pytest
 from kfp.dsl import Artifact, Markdown
 from prometheus_client.parser import text_string_to_metric_families
 
-from components.core.drift import DriftSettings
-from components.core.drift_report import DriftOutputs, detect_drift
-from components.core.monitoring import MONITORING_JOB, judge_monitoring, monitoring_gauges
-from components.core.prediction_drift import compare_predictions
-from components.core.quality import QualitySettings, assess_quality
-from components.monitoring_verdict import monitoring_verdict
+from conveyor.components.core.monitoring.drift import DriftSettings
+from conveyor.components.core.monitoring.drift_report import DriftOutputs, detect_drift
+from conveyor.components.core.monitoring.prediction_drift import compare_predictions
+from conveyor.components.core.monitoring.quality import QualitySettings, assess_quality
+from conveyor.components.core.monitoring.verdict import (
+    MONITORING_JOB,
+    judge_monitoring,
+    monitoring_gauges,
+)
+from conveyor.components.monitoring_verdict import monitoring_verdict
 from tests.conftest import artifact
 from tests.test_quality import binary_case
 

@@ -20,11 +20,16 @@ from kfp.dsl import Dataset
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn import metrics as skm
 
-from components.core.data import Source, load_arrow_table, load_table
-from components.core.errors import ConveyorError
-from components.core.manifests import RENDERED_ENV, ServingSpec, render_inference_service
-from components.core.manifests import validate_inference_service as validate
-from components.core.payload_log import (
+from conveyor.components.core.data.tables import Source, load_arrow_table, load_table
+from conveyor.components.core.errors import ConveyorError
+from conveyor.components.core.monitoring.quality import QualitySettings, assess_quality
+from conveyor.components.core.rollout.manifests import (
+    RENDERED_ENV,
+    ServingSpec,
+    render_inference_service,
+)
+from conveyor.components.core.rollout.manifests import validate_inference_service as validate
+from conveyor.components.core.serving.payload_log import (
     ID,
     METADATA_TYPES,
     MODEL,
@@ -47,9 +52,8 @@ from components.core.payload_log import (
     read_log,
     recent_days,
 )
-from components.core.quality import QualitySettings, assess_quality
-from components.core.training import fit_classifier, load_model_dir, save_model_dir
-from components.ingest_inputs import ingest_inputs
+from conveyor.components.core.training.trainer import fit_classifier, load_model_dir, save_model_dir
+from conveyor.components.ingest_inputs import ingest_inputs
 from tests.conftest import artifact, multiclass_table, predictors, save_species_model
 
 NAME = "species"

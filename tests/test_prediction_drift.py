@@ -7,13 +7,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.core.drift import DriftSettings
-from components.core.errors import ConveyorError
-from components.core.importance import evaluation_scores
-from components.core.payload_log import PREDICTION as PREDICTION_COLUMN
-from components.core.payload_log import SCORE as SCORE_COLUMN
-from components.core.prediction_drift import PredictionDrift, compare_predictions
-from components.core.training import TrainedModel, fit_classifier
+from conveyor.components.core.errors import ConveyorError
+from conveyor.components.core.monitoring.drift import DriftSettings
+from conveyor.components.core.monitoring.prediction_drift import (
+    PredictionDrift,
+    compare_predictions,
+)
+from conveyor.components.core.serving.payload_log import PREDICTION as PREDICTION_COLUMN
+from conveyor.components.core.serving.payload_log import SCORE as SCORE_COLUMN
+from conveyor.components.core.training.importance import evaluation_scores
+from conveyor.components.core.training.trainer import TrainedModel, fit_classifier
 
 SEGMENTS = ("student", "retired", "employed", "self-employed")
 

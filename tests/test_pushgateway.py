@@ -16,8 +16,13 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from components.core.errors import ConveyorError
-from components.core.pushgateway import Gauge, exposition, group_path, push_group
+from conveyor.components.core.errors import ConveyorError
+from conveyor.components.core.monitoring.pushgateway import (
+    Gauge,
+    exposition,
+    group_path,
+    push_group,
+)
 from tests.conftest import ROOT, free_port, require_binary
 from tests.serving_stack import PrometheusProcess
 

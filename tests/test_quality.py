@@ -16,9 +16,8 @@ from kfp.dsl import HTML, Artifact, Dataset, Markdown, Metrics
 from sklearn import metrics as skm
 from sklearn.linear_model import LogisticRegression
 
-from components.core.errors import ConveyorError
-from components.core.importance import LABEL_COLUMN
-from components.core.quality import (
+from conveyor.components.core.errors import ConveyorError
+from conveyor.components.core.monitoring.quality import (
     QualitySettings,
     assess_quality,
     champion_scores,
@@ -26,7 +25,8 @@ from components.core.quality import (
     read_offline,
     wilson_interval,
 )
-from pipelines.cli import main
+from conveyor.components.core.training.importance import LABEL_COLUMN
+from conveyor.pipelines.cli import main
 from tests.conftest import artifact
 
 START = pd.Timestamp("2026-11-20", tz="UTC")
@@ -165,7 +165,7 @@ def test_wilson_and_f1_intervals_cover_the_true_value_at_their_level() -> None:
     assert np.mean((lower <= 0.1) & (upper >= 0.1)) >= 0.93
     cells = np.array([0.15, 0.05, 0.08, 0.72])  # TP, FP, FN, TN
     true_f1 = 2 * cells[0] / (2 * cells[0] + cells[1] + cells[2])
-    from components.core.quality import group_quality
+    from conveyor.components.core.monitoring.quality import group_quality
 
     counts = rng.multinomial(400, cells, draws)
     truth = np.concatenate([np.repeat([1, 0, 1, 0], row) for row in counts])
@@ -210,7 +210,7 @@ def segmented(rng: np.random.Generator, rows: int) -> tuple[np.ndarray, ...]:
 
 def recorded_scores(segment: np.ndarray, score: np.ndarray, truth: np.ndarray) -> pd.DataFrame:
     """An evaluation split's scores as train records them (``scores.parquet``)."""
-    from components.core.importance import LABEL_COLUMN
+    from conveyor.components.core.training.importance import LABEL_COLUMN
 
     return pd.DataFrame(
         {
@@ -271,7 +271,7 @@ def test_the_incident_a_segments_amounts_shift_and_its_false_positive_rate_is_fl
     as train records them; in production the students' legitimate amounts grow 1.6x (their
     fraud does not change): their false-positive rate rises past the students' own offline
     one, and ``conveyor quality`` flags it, with its interval, and no other segment."""
-    from components.core.importance import evaluation_scores
+    from conveyor.components.core.training.importance import evaluation_scores
 
     rng = np.random.default_rng(17)
     train, test = fraud_table(20_000, rng), fraud_table(10_000, rng)
@@ -494,9 +494,9 @@ def test_the_component_judges_a_registered_champion_against_its_offline_metrics(
     them (``test_<metric>``): the component reads them and judges the logged predictions."""
     from mlflow import MlflowClient
 
-    from components.core import tracking
-    from components.core.training import load_model_dir
-    from components.quality import quality
+    from conveyor.components.core.training import tracking
+    from conveyor.components.core.training.trainer import load_model_dir
+    from conveyor.components.quality import quality
     from tests.conftest import register_blessed, train_species_model
 
     trained = train_species_model(tmp_path, mlflow_server, model_name, species, "v1")
@@ -583,11 +583,11 @@ def test_a_fraud_or_legit_model_is_about_fraud_offline_in_serving_and_online(
     online: evaluate's precision and false-positive rate, the logged ``conveyor.score`` and
     quality's positive class are all about fraud, and quality finds the champion's offline
     false-positive rate."""
-    from components.core.evaluation import Policy, evaluate_model
-    from components.core.payload_log import POSITIVE_CLASS, SCORE, read_log
-    from components.core.quality import offline_metrics
-    from components.core.registry import register_model
-    from components.core.training import load_model_dir, train_model
+    from conveyor.components.core.monitoring.quality import offline_metrics
+    from conveyor.components.core.serving.payload_log import POSITIVE_CLASS, SCORE, read_log
+    from conveyor.components.core.training.evaluation import Policy, evaluate_model
+    from conveyor.components.core.training.registry import register_model
+    from conveyor.components.core.training.trainer import load_model_dir, train_model
     from tests.conftest import predictors
 
     rng = np.random.default_rng(23)
@@ -683,7 +683,7 @@ def test_a_fraud_or_legit_model_is_about_fraud_offline_in_serving_and_online(
          str(tmp_path / "labels.csv"), "--days", "0", "--mlflow-tracking-uri", mlflow_server]
     )  # fmt: skip
     assert code in (0, 3) and "offline (champion)" not in capsys.readouterr().out
-    from components.quality import quality
+    from conveyor.components.quality import quality
 
     scores_file = artifact(Dataset, tmp_path, "scores.parquet")
     recorded.to_parquet(scores_file.path)

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from components.core.errors import ConveyorError
-from components.core.registry import (
+from conveyor.components.core.errors import ConveyorError
+from conveyor.components.core.rollout.runner import RolloutResult
+from conveyor.components.core.training.registry import (
     CANDIDATE_ALIAS,
     CHAMPION_ALIAS,
     champion_model_dir,
@@ -21,8 +22,12 @@ from components.core.registry import (
     record_rollout,
     register_model,
 )
-from components.core.rollout import RolloutResult
-from components.core.training import MODEL_CARD, MODEL_FILE, sha256_file, train_model
+from conveyor.components.core.training.trainer import (
+    MODEL_CARD,
+    MODEL_FILE,
+    sha256_file,
+    train_model,
+)
 from tests.conftest import register_blessed, train_species_model
 
 

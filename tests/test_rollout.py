@@ -20,17 +20,23 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.core.canary import StandardCanary, is_ready
-from components.core.canary_policy import DEFAULT_POLICY, CanaryPolicy
-from components.core.errors import ConveyorError
-from components.core.kube import InferenceServices, Objects
-from components.core.lease import LeaseRecord, RolloutLease, holder, lease_name, record_of
-from components.core.manifests import (
+from conveyor.components.core.errors import ConveyorError
+from conveyor.components.core.rollout.canary import StandardCanary, is_ready
+from conveyor.components.core.rollout.kube import InferenceServices, Objects
+from conveyor.components.core.rollout.lease import (
+    LeaseRecord,
+    RolloutLease,
+    holder,
+    lease_name,
+    record_of,
+)
+from conveyor.components.core.rollout.manifests import (
     ServingSpec,
     render_inference_service,
     validate_inference_service,
 )
-from components.core.rollout import (
+from conveyor.components.core.rollout.policy import DEFAULT_POLICY, CanaryPolicy
+from conveyor.components.core.rollout.runner import (
     Rollout,
     RolloutFailed,
     RolloutPlan,
@@ -40,8 +46,8 @@ from components.core.rollout import (
     render_report,
     rendered_fields,
 )
-from components.core.snapshot import Snapshot
-from pipelines.cli import main
+from conveyor.components.core.rollout.snapshot import Snapshot
+from conveyor.pipelines.cli import main
 from tests.conftest import ROOT
 from tests.doubles.kube_api import TOUCH_ANNOTATION, KubernetesApiDouble
 
@@ -877,7 +883,7 @@ def test_another_run_waits_for_a_crashed_runs_lease_then_rolls_it_back(
 def _recover_cli(cluster: KubernetesApiDouble, tmp_path: Path, run_id: str):
     kubeconfig = cluster.write_kubeconfig(tmp_path / "kubeconfig", namespace=NAMESPACE)
     command = [
-        sys.executable, "-m", "pipelines.cli", "rollout", "--recover", NAME,
+        sys.executable, "-m", "conveyor.pipelines.cli", "rollout", "--recover", NAME,
         "--namespace", NAMESPACE, "--kubeconfig", str(kubeconfig), "--run-id", run_id,
         "--ready-timeout", "10",
     ]  # fmt: skip
@@ -955,7 +961,7 @@ def _start_cli(cluster: KubernetesApiDouble, tmp_path: Path, *options: str) -> s
     policy = tmp_path / "policy.yaml"
     policy.write_text("analysis: none\n")
     command = [
-        sys.executable, "-m", "pipelines.cli", "rollout", "--name", NAME, "--namespace", NAMESPACE,
+        sys.executable, "-m", "conveyor.pipelines.cli", "rollout", "--name", NAME, "--namespace", NAMESPACE,
         "--model-uri", CANARY_URI, "--kubeconfig", str(kubeconfig), "--ready-timeout", "10",
         "--policy", str(policy), *options,
     ]  # fmt: skip
@@ -1099,7 +1105,7 @@ def registry(tmp_path: Path) -> str:
 def deploy_step(tmp_path: Path, uri: str, version: str, **options):
     from kfp.dsl import Artifact, Markdown, Metrics
 
-    from components.deploy import deploy
+    from conveyor.components.deploy import deploy
     from tests.conftest import artifact
 
     tracking = f"sqlite:///{tmp_path}/mlflow.db"
@@ -1172,7 +1178,7 @@ def test_restoring_after_a_promotion_hands_traffic_back_to_the_old_model(
 ) -> None:
     """A failure after the promotion (the unlock, say) still rolls back: setting 0 % would
     leave everything on the promoted canary, so the old spec takes over from it instead."""
-    from components.core.canary import KnativeCanary
+    from conveyor.components.core.rollout.canary import KnativeCanary
 
     stable = deployed(cluster)
     fields = applied(CANARY_URI)
@@ -1191,7 +1197,7 @@ def test_a_registry_outage_after_a_promotion_keeps_the_outcome_first(
     """The service is promoted either way; the step says so, then that MLflow failed."""
     from mlflow.exceptions import MlflowException
 
-    import components.core.registry
+    import conveyor.components.core.training.registry
 
     in_cluster(cluster, tmp_path, monkeypatch)
     deploy_step(tmp_path, STABLE_URI, "1")
@@ -1199,7 +1205,7 @@ def test_a_registry_outage_after_a_promotion_keeps_the_outcome_first(
     def unreachable(*args: object) -> str:
         raise MlflowException("API request to the tracking server failed: connection refused")
 
-    monkeypatch.setattr(components.core.registry, "record_rollout", unreachable)
+    monkeypatch.setattr(conveyor.components.core.training.registry, "record_rollout", unreachable)
     with pytest.raises(SystemExit) as exit_info:
         deploy_step(tmp_path, CANARY_URI, "2")
     message = str(exit_info.value)

@@ -11,9 +11,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from components.core.data import split_table
-from components.core.errors import ConveyorError
-from components.core.schema import (
+from conveyor.components.core.data.schema import (
     NULL_RATE_FALSE_ALARM,
     NULL_RATE_MARGIN,
     Schema,
@@ -21,7 +19,9 @@ from components.core.schema import (
     load_schema,
     null_rate_ceiling,
 )
-from components.core.validation import check_table, validate_splits
+from conveyor.components.core.data.tables import split_table
+from conveyor.components.core.data.validation import check_table, validate_splits
+from conveyor.components.core.errors import ConveyorError
 
 
 @pytest.fixture
@@ -147,7 +147,7 @@ def test_numbers_with_stray_text_are_named(tmp_path: Path, species: pd.DataFrame
         validate_splits(*paths, "species", tmp_path / "s", tmp_path / "r")
 
 
-# Null-rate ceilings follow training (module docstring of components.core.schema).
+# Null-rate ceilings follow training (module docstring of conveyor.components.core.data.schema).
 
 
 def _juice(rows: int, seed: int) -> pd.DataFrame:

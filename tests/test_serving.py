@@ -18,21 +18,25 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
-from components.core.canary import StandardCanary, standard_canary_name
-from components.core.errors import ConveyorError
-from components.core.inference import predict_table, table_from_columns, table_from_instances
-from components.core.manifests import MAX_NAME_LENGTH
-from components.core.payload_log import read_log
-from components.core.serving import _arguments, _check_options, main, revision_label
-from components.core.serving_http import (
+from conveyor.components.core.errors import ConveyorError
+from conveyor.components.core.rollout.canary import StandardCanary, standard_canary_name
+from conveyor.components.core.rollout.manifests import MAX_NAME_LENGTH
+from conveyor.components.core.serving.http_layer import (
     ANSWERED_CODES,
     DEFAULT_LATENCY_BUCKETS,
     SCORE_BUCKETS,
     ServingMetrics,
     score_column,
 )
-from components.core.training import load_model_dir
-from pipelines.cli import main as conveyor
+from conveyor.components.core.serving.inference import (
+    predict_table,
+    table_from_columns,
+    table_from_instances,
+)
+from conveyor.components.core.serving.payload_log import read_log
+from conveyor.components.core.serving.server import _arguments, _check_options, main, revision_label
+from conveyor.components.core.training.trainer import load_model_dir
+from conveyor.pipelines.cli import main as conveyor
 from tests.conftest import (
     ROOT,
     free_port,
@@ -617,7 +621,7 @@ def test_conveyor_serve_stands_two_revisions_side_by_side_on_loopback(
         for revision, (folder, *name) in served.items():
             port = free_port()
             command = [
-                sys.executable, "-m", "pipelines.cli", "serve", "--model-dir", folder, *name,
+                sys.executable, "-m", "conveyor.pipelines.cli", "serve", "--model-dir", folder, *name,
                 "--revision", revision, "--port", str(port),
             ]  # fmt: skip
             log = tmp_path / f"{revision}.log"
@@ -667,7 +671,7 @@ def test_conveyor_serve_stands_two_revisions_side_by_side_on_loopback(
 def test_a_model_directory_is_served_under_its_registered_name(
     model_dir: Path, tmp_path: Path, card_name: str, folder: str, option: list, served_as: str
 ) -> None:
-    from pipelines.cli import _parser, _served_model
+    from conveyor.pipelines.cli.commands import _parser, _served_model
 
     card = json.loads((model_dir / "model.json").read_text())
     target = tmp_path / folder.format(sha=card["sha256"][:16])
@@ -696,7 +700,7 @@ def test_a_tampered_model_file_is_refused_at_start(model_dir: Path, tmp_path: Pa
     (tampered / "model.json").write_text((model_dir / "model.json").read_text())
     (tampered / "model.joblib").write_bytes((model_dir / "model.joblib").read_bytes() + b"\0")
     result = subprocess.run(
-        [sys.executable, "-m", "components.core.serving", "--model_name", NAME, "--model_dir", str(tampered)],
+        [sys.executable, "-m", "conveyor.components.core.serving.server", "--model_name", NAME, "--model_dir", str(tampered)],
         capture_output=True, text=True, cwd=ROOT, timeout=120,
     )  # fmt: skip
     assert result.returncode != 0
@@ -825,7 +829,7 @@ def test_every_answer_carries_its_request_id(server: str) -> None:
 def test_conveyor_serve_turns_the_payload_log_on(model_dir: Path, tmp_path: Path) -> None:
     port, log = free_port(), tmp_path / "payloads"
     command = [
-        sys.executable, "-m", "pipelines.cli", "serve", "--model-dir", str(model_dir),
+        sys.executable, "-m", "conveyor.pipelines.cli", "serve", "--model-dir", str(model_dir),
         "--name", NAME, "--port", str(port), "--payload-log", str(log),
         "--payload-log-exclude", "weight", "--id-column", "order_id",
         "--payload-log-max-buffer-rows", "1000",

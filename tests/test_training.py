@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from components.core.data import split_table
-from components.core.errors import ConveyorError
-from components.core.training import (
+from conveyor.components.core.data.tables import split_table
+from conveyor.components.core.errors import ConveyorError
+from conveyor.components.core.training.trainer import (
     ESTIMATORS,
     MODEL_CARD,
     MODEL_FILE,
@@ -84,7 +84,7 @@ def test_model_file_loads_without_conveyor_installed(tmp_path: Path, species: pd
     """KServe's sklearn server unpickles model.joblib: it must hold scikit-learn classes only."""
     save_model_dir(fit_classifier(species, "species", "hist_gradient_boosting", {}, 0), tmp_path)
     script = (
-        "import sys; sys.modules['components'] = None\n"
+        "import sys; sys.modules['conveyor'] = None\n"
         "import joblib, pandas as pd\n"
         f"model = joblib.load({str(tmp_path / MODEL_FILE)!r})\n"
         "row = pd.DataFrame([{'size': 12.0, 'weight': 50.0, 'color': 'red'}])\n"

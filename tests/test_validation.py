@@ -15,13 +15,13 @@ import pyarrow as pa
 import pytest
 from kfp.dsl import Artifact, Dataset, Markdown
 
-from components.core.data import Source, load_arrow_table
-from components.core.errors import ConveyorError
-from components.core.schema import Schema, infer_schema, load_schema
-from components.core.validation import check_table, validate_file
-from components.validate import validate
-from components.validate_inputs import validate_inputs
-from pipelines.cli import main
+from conveyor.components.core.data.schema import Schema, infer_schema, load_schema
+from conveyor.components.core.data.tables import Source, load_arrow_table
+from conveyor.components.core.data.validation import check_table, validate_file
+from conveyor.components.core.errors import ConveyorError
+from conveyor.components.validate import validate
+from conveyor.components.validate_inputs import validate_inputs
+from conveyor.pipelines.cli import main
 from tests.conftest import artifact, transactions
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.cli import main
-from pipelines.compile import compile_pipeline
-from pipelines.targets import Target
+from conveyor.pipelines.cli import main
+from conveyor.pipelines.definitions.compile import compile_pipeline
+from conveyor.pipelines.definitions.targets import Target
 from tests.conftest import ROOT
 from tests.doubles.google_cloud import GoogleCloudDouble
 

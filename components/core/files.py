@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from components.core.errors import ConveyorError
+from conveyor.components.core.errors import ConveyorError
 
 __all__ = ["read_yaml", "write_atomically", "write_text_atomically"]
 

@@ -51,7 +51,6 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -59,7 +58,10 @@ from urllib.parse import parse_qsl, urlsplit
 import yaml
 from jsonschema import Draft7Validator
 
-from components.core.manifests import CRD_FILE, inference_service_schema
+from conveyor.components.core.rollout.manifests import (
+    inference_service_schema,
+    packaged_crd,
+)
 from tests.doubles.http import DoubleServer, MethodHandler
 
 __all__ = ["ApiError", "KubernetesApiDouble", "RecordedRequest"]
@@ -249,7 +251,7 @@ def _insert_child(parent: Any, key: str, value: Any) -> None:
 
 @functools.cache
 def _installed_crd() -> dict[str, Any]:
-    text = (resources.files("components.core") / "crds" / CRD_FILE).read_text()
+    text = packaged_crd().read_text()
     return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
@@ -878,7 +880,7 @@ class KubernetesApiDouble:
         from kubernetes import client
 
         configuration = client.Configuration(host=self.url)
-        configuration.retries = False  # as components.core.kube.api_client sets it
+        configuration.retries = False  # as conveyor.components.core.rollout.kube.api_client sets it
         configuration.api_key = {"authorization": self.token}
         configuration.api_key_prefix = {"authorization": "Bearer"}
         return configuration

@@ -1,0 +1,1 @@
+"""Data and validation: reading tables, their columns, schemas, and the checks against them."""

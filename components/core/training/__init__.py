@@ -1,0 +1,1 @@
+"""Training, evaluation and the registry: fitting, metrics, importance, blessing, MLflow."""

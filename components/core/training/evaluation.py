@@ -1,0 +1,259 @@
+"""Evaluate: score the model on the evaluation split and decide whether it is blessed.
+
+The decision follows TFX's Evaluator: absolute floors on any metric, and a
+change threshold against the current champion on one metric, the champion
+being scored on the same evaluation split as the challenger.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+from mlflow import MlflowClient
+
+from conveyor.components.core.data.tables import read_parquet
+from conveyor.components.core.errors import ConveyorError, first_line
+from conveyor.components.core.files import write_text_atomically
+from conveyor.components.core.training import registry, tracking
+from conveyor.components.core.training.metrics import METRIC_DIRECTIONS, Scores, score
+from conveyor.components.core.training.trainer import load_model_dir
+
+__all__ = [
+    "ChampionScore",
+    "Decision",
+    "EvaluationResult",
+    "Policy",
+    "decide",
+    "evaluate_model",
+    "render_report",
+]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How a challenger is judged.
+
+    Attributes:
+        metric: The metric compared with the champion.
+        direction: ``maximize``, ``minimize``, or ``auto`` (the metric's natural direction).
+        min_improvement: The challenger must gain more than this over the champion (in the
+            metric's units, in its better direction); 0 means a tie keeps the champion.
+        min_relative_improvement: ...and at least this gain as a fraction of the champion's
+            value. To accept a small loss, make both negative.
+        floors: Absolute bounds, metric -> value: a floor for metrics that are better
+            higher, a ceiling for those better lower (log_loss, false_positive_rate).
+            false_positive_rate exists for binary targets only: naming it for a multi-class
+            model is refused when the model is scored.
+    """
+
+    metric: str = "roc_auc"
+    direction: Literal["auto", "maximize", "minimize"] = "auto"
+    min_improvement: float = 0.0
+    min_relative_improvement: float = 0.0
+    floors: dict[str, float] = field(default_factory=dict)
+
+    def sign(self) -> int:
+        if self.direction == "auto":
+            return METRIC_DIRECTIONS[self.metric]
+        return 1 if self.direction == "maximize" else -1
+
+    def validate(self) -> None:
+        unknown = sorted({self.metric, *self.floors} - set(METRIC_DIRECTIONS))
+        if unknown:
+            raise ConveyorError(
+                f"unknown metric(s) {unknown}; known: {', '.join(METRIC_DIRECTIONS)}"
+            )
+        if self.direction not in ("auto", "maximize", "minimize"):
+            raise ConveyorError(
+                f"metric_direction must be auto, maximize or minimize, got {self.direction!r}"
+            )
+
+
+@dataclass(frozen=True)
+class ChampionScore:
+    """The registered champion, scored on the challenger's evaluation split (or as recorded)."""
+
+    version: str
+    value: float
+    scored_on_current_data: bool
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Decision:
+    blessed: bool
+    reason: str
+    metric: str
+    challenger: float
+    champion: ChampionScore | None = None
+    delta: float | None = None
+    relative_gain: float | None = None
+    failed_floors: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    scores: Scores
+    decision: Decision
+
+    def to_json(self) -> str:
+        """The verdict register reads: metrics, positive class, blessed, reason, comparison."""
+        scores = {"metrics": self.scores.metrics, "positive_class": self.scores.positive_class}
+        return json.dumps({**scores, **asdict(self.decision)}, indent=2)
+
+
+def evaluate_model(
+    model_dir: Path,
+    test_path: Path,
+    target: str,
+    model_name: str,
+    tracking_uri: str,
+    run_id: str,
+    policy: Policy,
+    positive_class: str,
+    evaluation_path: Path,
+    report_path: Path,
+) -> EvaluationResult:
+    """Scores the model, compares it with the champion, and writes the decision and its report.
+
+    An empty ``positive_class`` takes the model card's (decided at training: the class
+    serving scores, so offline and online metrics are of one class). The test metrics, the
+    verdict and the report also go to the training's MLflow run.
+    """
+    policy.validate()
+    client = tracking.connect(tracking_uri)
+    model = load_model_dir(model_dir)
+    test_split = read_parquet(test_path)
+    positive_class = positive_class or model.card.positive_class or ""
+    scores = score(model.pipeline, test_split, target, positive_class)
+    _check_policy_metrics(policy, scores, len(model.card.classes))
+    champion = registry.find_champion(client, model_name)
+    champion_score = None
+    if champion is not None:
+        # The same positive class for both, even where the champion would choose another.
+        positive = "" if scores.positive_class is None else str(scores.positive_class)
+        champion_score = _score_champion(
+            client, champion, test_split, target, policy.metric, positive
+        )
+    result = EvaluationResult(scores, decide(scores.metrics, policy, champion_score))
+    report = render_report(result)
+    tracking.log_metrics(client, run_id, scores.metrics, prefix="test_")
+    client.set_tag(run_id, "blessed", str(result.decision.blessed).lower())
+    client.log_text(run_id, report, "evaluation.md")
+    write_text_atomically(evaluation_path, result.to_json())
+    write_text_atomically(report_path, report)
+    return result
+
+
+def _check_policy_metrics(policy: Policy, scores: Scores, classes: int) -> None:
+    """Every metric the policy names was measured (false_positive_rate is binary only)."""
+    named = [policy.metric, *policy.floors]
+    missing = [name for name in named if name not in scores.metrics]
+    if missing:
+        raise ConveyorError(
+            f"the policy names {missing[0]!r}, which a model of {classes} classes does not "
+            f"have; choose among {', '.join(scores.metrics)}"
+        )
+
+
+def decide(metrics: dict[str, float], policy: Policy, champion: ChampionScore | None) -> Decision:
+    """Blessed when every floor holds and, if a champion exists, the change threshold is met."""
+    challenger = metrics[policy.metric]
+    failed = [_floor_failure(name, bound, metrics[name]) for name, bound in policy.floors.items()]
+    failed = [failure for failure in failed if failure]
+    if champion is None:
+        blessed = not failed
+        reason = f"first model for this name; {policy.metric} {challenger:.4f}" + (
+            f", but {'; '.join(failed)}" if failed else ", all floors met"
+        )
+        return Decision(blessed, reason, policy.metric, challenger, failed_floors=failed)
+    sign = policy.sign()
+    delta = challenger - champion.value
+    gain = sign * delta
+    relative = gain / abs(champion.value) if champion.value else None  # None: from zero
+    beats = gain > policy.min_improvement and (
+        relative is None or relative >= policy.min_relative_improvement
+    )
+    blessed = beats and not failed
+    winner = "challenger wins" if beats else f"champion v{champion.version} stays"
+    change = f"{delta:+.4f}" + ("" if relative is None else f", {sign * relative:+.2%}")
+    reason = (
+        f"{winner}: challenger {policy.metric} {challenger:.4f} vs champion "
+        f"{champion.value:.4f} ({change}); a win needs a gain above "
+        f"{policy.min_improvement:g} and of at least {policy.min_relative_improvement:.2%}"
+    )
+    if failed:
+        reason += f"; not blessed: {'; '.join(failed)}"
+    if champion.note:
+        reason += f" ({champion.note})"
+    return Decision(blessed, reason, policy.metric, challenger, champion, delta, relative, failed)
+
+
+def render_report(result: EvaluationResult) -> str:
+    """A Markdown page for the KFP UI: verdict, metrics, comparison, confusion matrix."""
+    decision, curves = result.decision, result.scores.curves
+    verdict = "Blessed" if decision.blessed else "Not blessed"
+    lines = ["# Evaluation", "", f"**{verdict}**: {decision.reason}", "", "## Metrics", ""]
+    if result.scores.positive_class is not None:
+        lines += [f"Positive class: `{result.scores.positive_class}`.", ""]
+    lines += ["| metric | value |", "| --- | --- |"]
+    lines += [f"| {name} | {value:.4f} |" for name, value in result.scores.metrics.items()]
+    if decision.champion is not None:
+        scored = (
+            "on this evaluation split"
+            if decision.champion.scored_on_current_data
+            else "as recorded"
+        )
+        lines += [
+            "",
+            "## Champion / challenger",
+            "",
+            f"| | {decision.metric} |",
+            "| --- | --- |",
+            f"| challenger | {decision.challenger:.4f} |",
+            f"| champion v{decision.champion.version} ({scored}) | {decision.champion.value:.4f} |",
+            f"| change | {decision.delta:+.4f} |",
+        ]
+    lines += ["", "## Confusion matrix (rows: truth, columns: predicted)", ""]
+    lines += ["| | " + " | ".join(curves.labels) + " |", "|---" * (len(curves.labels) + 1) + "|"]
+    lines += [
+        f"| **{label}** | " + " | ".join(map(str, row)) + " |"
+        for label, row in zip(curves.labels, curves.confusion, strict=True)
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _floor_failure(name: str, bound: float, value: float) -> str:
+    if METRIC_DIRECTIONS[name] > 0 and value < bound:
+        return f"{name} {value:.4f} is below the floor {bound:g}"
+    if METRIC_DIRECTIONS[name] < 0 and value > bound:
+        return f"{name} {value:.4f} is above the ceiling {bound:g}"
+    return ""
+
+
+def _score_champion(
+    client: MlflowClient,
+    champion: registry.Champion,
+    test_split: pd.DataFrame,
+    target: str,
+    metric: str,
+    positive_class: str,
+) -> ChampionScore:
+    """The champion's metric on this evaluation split; its recorded value if it cannot score it."""
+    try:
+        model = registry.load_champion(client, champion)
+        value = score(model.pipeline, test_split, target, positive_class).metrics[metric]
+        return ChampionScore(champion.version, value, scored_on_current_data=True)
+    except Exception as error:  # noqa: BLE001 - any failure falls back to the recorded value
+        recorded = champion.recorded_metric(metric)
+        if recorded is None:
+            raise ConveyorError(
+                f"champion v{champion.version} of {champion.name!r} cannot score this data "
+                f"({first_line(error)}) and has no recorded {metric}"
+            ) from None
+        note = f"it cannot score this data: {first_line(error)}; its recorded value was used"
+        return ChampionScore(champion.version, recorded, False, note)

@@ -1,0 +1,145 @@
+"""Classification metrics and curves of a fitted model on a labelled table."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
+from sklearn.pipeline import Pipeline
+
+from conveyor.components.core.errors import ConveyorError, plain
+
+__all__ = [
+    "METRIC_DIRECTIONS",
+    "Curves",
+    "Scores",
+    "conventional_positive",
+    "positive_label",
+    "score",
+]
+
+# +1: higher is better; -1: lower is better.
+METRIC_DIRECTIONS = {
+    "accuracy": 1,
+    "precision": 1,
+    "recall": 1,
+    "f1": 1,
+    "roc_auc": 1,
+    "log_loss": -1,
+    "false_positive_rate": -1,  # binary targets only: a multi-class score has none
+}
+# Labels that name the positive class of a binary target, compared case-insensitively.
+_POSITIVE_NAMES = {"1", "true", "yes", "y", "positive", "pos"}
+_MAX_ROC_POINTS = 200
+
+
+@dataclass(frozen=True)
+class Curves:
+    """What the KFP UI draws: a confusion matrix, and a ROC curve for binary targets."""
+
+    labels: list[str]
+    confusion: list[list[int]]
+    roc: tuple[list[float], list[float], list[float]] | None
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Metrics and curves; for a binary target, the class precision, recall and ROC are of."""
+
+    metrics: dict[str, float]
+    curves: Curves
+    positive_class: Any = None
+
+
+def score(model: Pipeline, table: pd.DataFrame, target: str, positive_class: str = "") -> Scores:
+    """Accuracy, precision, recall, F1, ROC-AUC and log loss, and the curves; for a binary
+    target also the false-positive rate (FP / (FP + TN) of the positive class).
+
+    Multi-class precision, recall, F1 and ROC-AUC are macro averages (one-vs-rest); a
+    multi-class target has no false-positive rate. ``positive_class`` picks the binary
+    positive class by name; empty chooses it (see ``positive_label``).
+    """
+    proba = model.predict_proba(table.drop(columns=[target]))
+    classes = model.classes_
+    truth, predicted = table[target].to_numpy(), classes[proba.argmax(axis=1)]
+    shared: dict[str, Any] = {"zero_division": 0}
+    positive = None
+    if len(classes) == 2:
+        positive = positive_label(classes, truth, positive_class)
+        column = list(classes).index(positive)
+        is_positive, positive_proba = truth == positive, proba[:, column]
+        shared |= {"average": "binary", "pos_label": positive}
+        roc_auc = skm.roc_auc_score(is_positive, positive_proba)
+        roc = _roc_curve(is_positive, positive_proba)
+    else:
+        shared |= {"average": "macro"}
+        roc_auc = skm.roc_auc_score(
+            truth, proba, multi_class="ovr", average="macro", labels=classes
+        )
+        roc = None
+    metrics = {
+        "accuracy": skm.accuracy_score(truth, predicted),
+        "precision": skm.precision_score(truth, predicted, **shared),
+        "recall": skm.recall_score(truth, predicted, **shared),
+        "f1": skm.f1_score(truth, predicted, **shared),
+        "roc_auc": roc_auc,
+        "log_loss": skm.log_loss(truth, proba, labels=classes),
+    }
+    matrix = skm.confusion_matrix(truth, predicted, labels=classes)
+    if positive is not None:
+        metrics["false_positive_rate"] = _false_positive_rate(matrix, column)
+    curves = Curves([str(c) for c in classes], matrix.tolist(), roc)
+    return Scores({k: float(v) for k, v in metrics.items()}, curves, plain(positive))
+
+
+def positive_label(classes: np.ndarray, truth: np.ndarray, requested: str = "") -> Any:
+    """The positive class of a binary target.
+
+    The one named ``requested``; else one called 1, true, yes or positive; else the
+    rarer class in ``truth`` (what is usually looked for: fraud, churn, disease).
+    """
+    if requested:
+        named = [c for c in classes if str(c) == requested]
+        if not named:
+            shown = ", ".join(repr(str(c)) for c in classes)
+            raise ConveyorError(f"positive_class {requested!r} is not a class; classes: {shown}")
+        return named[0]
+    conventional = conventional_positive(classes)
+    if conventional is not None:
+        return conventional
+    counts = [(truth == c).sum() for c in classes]
+    return classes[1] if counts[0] == counts[1] else classes[int(np.argmin(counts))]
+
+
+def conventional_positive(classes: Sequence[Any]) -> Any:
+    """The one class called 1, true, yes, y, positive or pos (case-insensitive); None unless
+    exactly one is."""
+    conventional = [c for c in classes if str(c).lower() in _POSITIVE_NAMES]
+    return conventional[0] if len(conventional) == 1 else None
+
+
+def _false_positive_rate(matrix: np.ndarray, positive: int) -> float:
+    """FP / (FP + TN) of a binary confusion matrix (rows: truth); 0 without negatives, as
+    scikit-learn's zero_division=0."""
+    negative = 1 - positive
+    false, true = matrix[negative, positive], matrix[negative, negative]
+    return float(false / (false + true)) if false + true else 0.0
+
+
+def _roc_curve(is_positive: np.ndarray, proba: np.ndarray) -> tuple[list[float], ...]:
+    fpr, tpr, thresholds = skm.roc_curve(is_positive, proba)
+    # The first threshold is +inf (nothing predicted positive): not JSON, so cap it at 1.
+    thresholds = np.minimum(thresholds, 1.0)
+    keep = _thin(len(fpr), _MAX_ROC_POINTS)
+    return fpr[keep].tolist(), tpr[keep].tolist(), thresholds[keep].tolist()
+
+
+def _thin(points: int, limit: int) -> np.ndarray:
+    """Indices of at most ``limit`` points, evenly spread, always keeping both ends."""
+    if points <= limit:
+        return np.arange(points)
+    return np.unique(np.linspace(0, points - 1, limit).round().astype(int))

@@ -1,0 +1,396 @@
+"""The MLflow model registry: finding the champion, registering a version, moving the aliases.
+
+A version's ``source`` is the training run's ``model/`` artifacts; its ``storage_uri``
+tag is the copy in the model store that KServe pulls from (content-addressed by the
+model's sha256, so copying again is a no-op).
+
+The ``champion`` alias names the model that serves. A pipeline that rolls out registers
+its blessed version under ``candidate``; deploy moves ``champion`` to it only when the
+rollout creates the service or promotes the canary, and otherwise records the version as
+rejected (``rollout.*`` tags) and leaves ``champion`` where it was. Without a rollout
+(local runs) register makes the version ``champion`` at once.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from conveyor.components.core.data.schema import Schema
+from conveyor.components.core.data.tables import read_parquet
+from conveyor.components.core.errors import ConveyorError, first_line
+from conveyor.components.core.files import write_atomically
+from conveyor.components.core.training import tracking
+from conveyor.components.core.training.trainer import (
+    MODEL_CARD,
+    ModelCard,
+    TrainedModel,
+    load_model_dir,
+    sha256_file,
+)
+
+__all__ = [
+    "CANDIDATE_ALIAS",
+    "CHAMPION_ALIAS",
+    "ROLLOUT_TAGS",
+    "Champion",
+    "Registration",
+    "RolloutOutcome",
+    "champion_model_dir",
+    "check_rollout_allowed",
+    "download_reference",
+    "find_champion",
+    "load_champion",
+    "publish_model_dir",
+    "record_rollout",
+    "register_model",
+    "register_version",
+]
+
+CHAMPION_ALIAS = "champion"
+CANDIDATE_ALIAS = "candidate"
+PIPELINE_RUN_TAG = "pipeline_run_id"
+# The champion version evaluate compared the model with ("" for none), so deploy can tell
+# whether another run's rollout replaced it while this one waited.
+JUDGED_AGAINST_TAG = "judged_against"
+# What deploy's rollout of a version decided, why (one line), and in which pipeline run.
+ROLLOUT_TAGS = ("rollout.decision", "rollout.reason", "rollout.run")
+# "true" once a canary of the version served and was sent back (rolled back, or its
+# rollback failed): a retried deploy step must not send it out again.
+REJECTED_TAG = "rollout.rejected"
+# How MLflow's stores (REST, SQL) answer for a version or alias that does not exist.
+_NOT_FOUND = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"})
+
+
+@dataclass(frozen=True)
+class Champion:
+    name: str
+    version: str
+    run_id: str
+    tags: dict[str, str]
+
+    def recorded_metric(self, metric: str) -> float | None:
+        value = self.tags.get(f"metric.{metric}")
+        return None if value is None else float(value)
+
+
+@dataclass(frozen=True)
+class Registration:
+    name: str
+    version: str
+    storage_uri: str
+    sha256: str
+    reused: bool
+
+
+class RolloutOutcome(Protocol):
+    """What ``record_rollout`` needs of a rollout's result (``rollout.RolloutResult``)."""
+
+    decision: str
+    reason: str
+    canary_revision: str  # empty when no canary started
+
+    @property
+    def succeeded(self) -> bool: ...
+
+
+def register_model(
+    model_dir: Path,
+    evaluation_path: Path,
+    model_name: str,
+    tracking_uri: str,
+    run_id: str,
+    model_store_uri: str,
+    pipeline_run_id: str,
+    data_hash: str,
+    *,
+    rollout: bool = False,
+) -> Registration:
+    """Publishes a blessed model to the model store and registers it, once.
+
+    ``rollout`` True gives the version the ``candidate`` alias (deploy promotes it to
+    ``champion`` if its rollout does); False makes it the ``champion`` at once.
+    """
+    verdict = json.loads(evaluation_path.read_text())
+    if not verdict["blessed"]:
+        raise ConveyorError(
+            f"refusing to register a model the evaluation did not bless: {verdict['reason']}"
+        )
+    client = tracking.connect(tracking_uri)
+    card = ModelCard.from_json((model_dir / MODEL_CARD).read_text())
+    if sha256_file(model_dir / card.model_file) != card.sha256:
+        raise ConveyorError(f"{model_dir}: model file does not match the sha256 in its model card")
+    compared_with = (verdict.get("champion") or {}).get("version")
+    _check_champion_unchanged(client, model_name, run_id, compared_with)
+    storage_uri = publish_model_dir(model_dir, model_store_uri, model_name, card)
+    tags = {
+        "sha256": card.sha256,
+        "data_hash": data_hash,
+        PIPELINE_RUN_TAG: pipeline_run_id,
+        "storage_uri": storage_uri,
+        JUDGED_AGAINST_TAG: compared_with or "",
+        **{f"metric.{name}": f"{value:.6g}" for name, value in verdict["metrics"].items()},
+    }
+    alias = CANDIDATE_ALIAS if rollout else CHAMPION_ALIAS
+    return register_version(client, model_name, run_id, tags, alias)
+
+
+def find_champion(client: MlflowClient, name: str) -> Champion | None:
+    """The version holding the ``champion`` alias, or None when there is none yet."""
+    version = _aliased_version(client, name, CHAMPION_ALIAS)
+    if version is None:
+        return None
+    return Champion(name, str(version.version), version.run_id, dict(version.tags))
+
+
+def champion_model_dir(tracking_uri: str, name: str) -> Path:
+    """The local model directory the champion of ``name`` was published to."""
+    champion = find_champion(tracking.connect(tracking_uri), name)
+    if champion is None:
+        raise ConveyorError(f"model {name!r} has no champion in {tracking_uri}: run it first")
+    directory = Path(champion.tags.get("storage_uri", ""))
+    if not (directory / MODEL_CARD).is_file():
+        raise ConveyorError(
+            f"{name} version {champion.version} was published to "
+            f"{champion.tags.get('storage_uri')!r}, not a local model directory"
+        )
+    return directory
+
+
+def download_reference(
+    tracking_uri: str,
+    name: str,
+    reference_path: Path,
+    schema_path: Path,
+    importance_path: Path | None = None,
+    scores_path: Path | None = None,
+) -> Champion:
+    """The champion's training inputs (its training split without the label) and schema,
+    as its training run recorded them; returns the champion.
+
+    With ``importance_path`` and ``scores_path``, also its feature importance and its scores
+    on the evaluation split (``training.importance``). A champion trained before
+    Conveyor recorded them gets an empty file at each (``read_importance`` and
+    ``read_reference_scores`` read None), not a failure: drift is then judged without
+    importance, and prediction drift is not measured.
+    """
+    client = tracking.connect(tracking_uri)
+    champion = find_champion(client, name)
+    if champion is None:
+        raise ConveyorError(
+            f"model {name!r} has no champion in {client.tracking_uri}: no training data to "
+            "compare with; run the training pipeline first"
+        )
+    recorded = {
+        Path(entry.path).name
+        for entry in client.list_artifacts(champion.run_id, tracking.REFERENCE_DIR)
+    }
+    if not {tracking.REFERENCE_TABLE, tracking.REFERENCE_SCHEMA} <= recorded:
+        raise ConveyorError(
+            f"{name} version {champion.version} (MLflow run {champion.run_id}) has no "
+            f"{tracking.REFERENCE_DIR}/ with its training split and schema: it was trained "
+            "before Conveyor recorded them; retrain it"
+        )
+    with tempfile.TemporaryDirectory(prefix="reference-") as scratch:
+        local = Path(client.download_artifacts(champion.run_id, tracking.REFERENCE_DIR, scratch))
+        table, schema = local / tracking.REFERENCE_TABLE, local / tracking.REFERENCE_SCHEMA
+        target = Schema.from_json(schema.read_text(), f"{name} reference schema").target
+        inputs = read_parquet(table).drop(columns=[target], errors="ignore")
+        write_atomically(reference_path, lambda path: inputs.to_parquet(path, index=False))
+        write_atomically(schema_path, lambda path: shutil.copyfile(schema, path))
+        for file, destination in (
+            (tracking.REFERENCE_IMPORTANCE, importance_path),
+            (tracking.REFERENCE_SCORES, scores_path),
+        ):
+            if destination is not None:
+                _copy_recorded(local / file if file in recorded else None, destination)
+    return champion
+
+
+def _copy_recorded(source: Path | None, destination: Path) -> None:
+    """Copies a file the training run recorded; an empty file where it recorded none."""
+    if source is None:
+        write_atomically(destination, lambda path: path.write_bytes(b""))
+    else:
+        write_atomically(destination, lambda path: shutil.copyfile(source, path))
+
+
+def load_champion(client: MlflowClient, champion: Champion) -> TrainedModel:
+    """Downloads the champion's model directory from MLflow and loads it (sha256 verified)."""
+    with tempfile.TemporaryDirectory(prefix="champion-") as scratch:
+        local = client.download_artifacts(champion.run_id, "model", scratch)
+        return load_model_dir(Path(local))
+
+
+def publish_model_dir(model_dir: Path, store_uri: str, name: str, card: ModelCard) -> str:
+    """Copies the model directory to ``<store>/<name>/<sha256[:16]>``; returns that URI.
+
+    ``model.json`` is written last, so a copy whose ``model.json`` is this model's card
+    is complete, and a re-run finding it copies nothing.
+    """
+    if not store_uri:
+        raise ConveyorError("model_store_uri is empty: give a folder or a gs:// or s3:// URI")
+    destination = f"{store_uri.rstrip('/')}/{name}/{card.sha256[:16]}"
+    fs, path = fsspec.core.url_to_fs(destination)
+    card_text = (model_dir / MODEL_CARD).read_text()
+    if not (
+        fs.exists(f"{path}/{MODEL_CARD}")
+        and fs.cat_file(f"{path}/{MODEL_CARD}").decode() == card_text
+    ):
+        fs.makedirs(path, exist_ok=True)
+        fs.put_file(str(model_dir / card.model_file), f"{path}/{card.model_file}")
+        fs.pipe_file(f"{path}/{MODEL_CARD}", card_text.encode())
+    return path if isinstance(fs, LocalFileSystem) else destination
+
+
+def register_version(
+    client: MlflowClient, name: str, run_id: str, tags: dict[str, str], alias: str
+) -> Registration:
+    """Registers the training run's model once and points ``alias`` at it.
+
+    A version already made from ``run_id`` (a retried or repeated step) is reused. A
+    ``candidate`` another run left, rolling out or abandoned, is replaced: rollouts of one
+    service take turns (the rollout's lock), and deploy checks the champion again before
+    it rolls out.
+    """
+    version = _version_of_run(client, name, run_id)
+    reused = version is not None
+    if version is None:
+        _ensure_registered_model(client, name)
+        version = client.create_model_version(
+            name, source=f"runs:/{run_id}/model", run_id=run_id, tags=tags
+        )
+    number = str(version.version)
+    client.set_registered_model_alias(name, alias, number)
+    recorded = version.tags
+    return Registration(
+        name, number, recorded.get("storage_uri", ""), recorded.get("sha256", ""), reused
+    )
+
+
+def check_rollout_allowed(tracking_uri: str, name: str, version: str, run: str) -> None:
+    """Refuses, before any traffic moves, to roll out a version that is not registered, was
+    rolled back before, or was judged against a champion another run has replaced since
+    (another run's candidate promoted while this one waited); a version refused for the
+    last reason is recorded as a failed rollout.
+
+    The registry and the cluster share no transaction: a rollout that has promoted and
+    released its lock, but not yet moved ``champion``, is not seen here (a window of one
+    registry write).
+    """
+    client = tracking.connect(tracking_uri)
+    registered = _registered_version(client, name, version)
+    decision, reason, by = (registered.tags.get(tag, "") for tag in ROLLOUT_TAGS)
+    if registered.tags.get(REJECTED_TAG) == "true":  # a retried step: not sent out again
+        raise ConveyorError(
+            f"{name} version {version} was {decision.replace('_', ' ')} by run {by}: "
+            f"{reason}; register another version to roll out"
+        )
+    judged = registered.tags.get(JUDGED_AGAINST_TAG)
+    if judged is None:  # registered before register recorded it: nothing to compare with
+        return
+    try:
+        _check_champion_unchanged(client, name, registered.run_id, judged or None)
+    except ConveyorError as refusal:
+        _tag_rollout(client, name, version, "failed", f"not rolled out: {refusal}", run)
+        _drop_candidate(client, name, version)
+        raise
+
+
+def record_rollout(
+    tracking_uri: str, name: str, version: str, outcome: RolloutOutcome, run: str
+) -> str:
+    """Records the rollout's decision on the version; returns the champion's version after it.
+
+    A version that now serves (the service created, the canary promoted, or already
+    serving it) becomes ``champion``, a no-op when it already is; any other decision
+    leaves ``champion`` where it was. Either way the version stops being the candidate.
+    """
+    client = tracking.connect(tracking_uri)
+    _tag_rollout(client, name, version, outcome.decision, outcome.reason, run)
+    if not outcome.succeeded and outcome.canary_revision:
+        client.set_model_version_tag(name, version, REJECTED_TAG, "true")
+    if outcome.succeeded:
+        client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
+    _drop_candidate(client, name, version)
+    champion = find_champion(client, name)
+    return champion.version if champion else ""
+
+
+def _check_champion_unchanged(
+    client: MlflowClient, name: str, run_id: str, compared_with: str | None
+) -> None:
+    """Refuses when another run moved the alias since this model was judged against it."""
+    current = find_champion(client, name)
+    if current is None or current.version == compared_with or current.run_id == run_id:
+        return
+    judged = f"v{compared_with}" if compared_with else "no champion"
+    raise ConveyorError(
+        f"the champion of {name!r} is now v{current.version}, but this model was judged "
+        f"against {judged}; run the pipeline again to compare it with v{current.version}"
+    )
+
+
+def _tag_rollout(
+    client: MlflowClient, name: str, version: str, decision: str, reason: str, run: str
+) -> None:
+    for key, value in zip(ROLLOUT_TAGS, (decision, reason, run), strict=True):
+        client.set_model_version_tag(name, version, key, value)
+
+
+def _drop_candidate(client: MlflowClient, name: str, version: str) -> None:
+    """Removes ``candidate`` from ``version`` only: it may already name a later run's model."""
+    if _holds_alias(client, name, CANDIDATE_ALIAS, version):
+        client.delete_registered_model_alias(name, CANDIDATE_ALIAS)
+
+
+def _holds_alias(client: MlflowClient, name: str, alias: str, version: str) -> bool:
+    found = _aliased_version(client, name, alias)
+    return found is not None and str(found.version) == version
+
+
+def _aliased_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as error:
+        if error.error_code in _NOT_FOUND:
+            return None
+        raise
+
+
+def _registered_version(client: MlflowClient, name: str, version: str) -> ModelVersion:
+    try:
+        return client.get_model_version(name, version)
+    except MlflowException as error:
+        if error.error_code not in _NOT_FOUND:
+            raise
+        raise ConveyorError(
+            f"{name} version {version!r} is not in the MLflow registry at "
+            f"{client.tracking_uri}: deploy rolls out registered versions only"
+        ) from None
+
+
+def _version_of_run(client: MlflowClient, name: str, run_id: str) -> ModelVersion | None:
+    try:
+        found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    except MlflowException as error:
+        raise ConveyorError(f"MLflow registry search for {name!r}: {first_line(error)}") from None
+    return found[0] if found else None
+
+
+def _ensure_registered_model(client: MlflowClient, name: str) -> None:
+    try:
+        client.create_registered_model(name)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise

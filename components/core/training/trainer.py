@@ -1,0 +1,615 @@
+"""Fitting a scikit-learn classifier and writing it as a KServe-loadable model directory.
+
+The directory holds ``model.joblib`` (what KServe's sklearn format loads; only
+scikit-learn classes are pickled, so no Conveyor code is needed to load it) and
+``model.json``, the model card: its ``format_version``, sha256 of ``model.joblib``,
+features, classes and the library versions the model was trained with.
+
+Loading unpickles ``model.joblib``, which runs whatever code the pickle names, so
+``load_model_dir`` checks everything it can first: the card must be of a format this code
+knows (a newer one is refused, as are unknown or mistyped keys), ``model_file`` must lie
+inside the directory, and the file's sha256 must equal the card's and, when the caller
+pins one (the model server does from ``CONVEYOR_MODEL_SHA256``), the registry's: whoever
+can write the model bucket can rewrite ``model.json`` too, but not the registry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import platform
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from importlib import metadata
+from numbers import Integral, Real
+from pathlib import Path, PurePosixPath
+from typing import Any, get_args
+
+import joblib
+import pandas as pd
+from sklearn.base import BaseEstimator
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from conveyor.components.core.data.schema import Kind, column_kind, infer_schema
+from conveyor.components.core.data.tables import read_parquet
+from conveyor.components.core.errors import ConveyorError, first_line, plain
+from conveyor.components.core.training import tracking
+from conveyor.components.core.training.importance import evaluation_reference
+from conveyor.components.core.training.metrics import positive_label, score
+
+__all__ = [
+    "ESTIMATORS",
+    "MODEL_CARD",
+    "MODEL_FILE",
+    "MODEL_FORMAT_VERSION",
+    "MODEL_SHA256_ENV",
+    "Feature",
+    "ModelCard",
+    "TrainResult",
+    "TrainedModel",
+    "fit_classifier",
+    "is_sha256",
+    "load_model_dir",
+    "mlflow_run_id",
+    "read_model_card",
+    "save_model_dir",
+    "sha256_file",
+    "train_model",
+]
+
+MODEL_FILE = "model.joblib"
+MODEL_CARD = "model.json"
+# The registry's sha256 of the model file, set on the predictor by deploy: the model
+# directory's own card cannot vouch for a file whoever writes the bucket may also replace.
+MODEL_SHA256_ENV = "CONVEYOR_MODEL_SHA256"
+# The newest model.json format this code reads. A card without format_version was written
+# before the key existed: format 1. New keys come with a new format, so an older server
+# refuses what it cannot read; a card is written in the oldest format that holds it, so a
+# model using no newer key still loads in older servers. Format 2: ``id_columns`` and
+# ``positive_class``.
+MODEL_FORMAT_VERSION = 2
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+# Estimator name -> (class, defaults Conveyor applies before the user's hyperparameters).
+ESTIMATORS: dict[str, tuple[type[BaseEstimator], dict[str, Any]]] = {
+    "logistic_regression": (LogisticRegression, {"max_iter": 1000}),
+    "random_forest": (RandomForestClassifier, {"n_estimators": 200, "n_jobs": -1}),
+    "hist_gradient_boosting": (HistGradientBoostingClassifier, {}),
+}
+_LIBRARIES = ("scikit-learn", "pandas", "numpy", "joblib", "conveyor")
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One input column of the model.
+
+    Attributes:
+        name: The column's name in the training table.
+        kind: ``numeric`` or ``categorical`` (how the preprocessor treats it).
+        dtype: The column's pandas dtype at training, as text.
+    """
+
+    name: str
+    kind: str
+    dtype: str
+
+    def __post_init__(self) -> None:
+        for key in ("name", "kind", "dtype"):
+            if not isinstance(getattr(self, key), str):
+                raise ConveyorError(f"{key} {_shown(getattr(self, key))}: expected a string")
+        if self.kind not in FEATURE_KINDS:
+            raise ConveyorError(f"kind {self.kind!r}: expected one of {', '.join(FEATURE_KINDS)}")
+
+
+FEATURE_KINDS: tuple[str, ...] = get_args(Kind)
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a model directory holds and how it was made (``model.json``); checks itself.
+
+    Attributes:
+        estimator: The estimator's name (a key of ``ESTIMATORS``).
+        hyperparameters: The user's hyperparameters, as the estimator took them.
+        target: The label column.
+        classes: The classes the model predicts, in its order.
+        features: The input columns, in training order.
+        seed: The seed training used.
+        sha256: sha256 of the model file; empty until the directory is written.
+        framework: The model format KServe serves it as.
+        model_file: The pickled pipeline's file name, inside the model directory.
+        versions: Library versions at training (python, scikit-learn, ...).
+        name: The registered model's name (empty in cards written before it was kept).
+        format_version: The card's format; a reader refuses one newer than it knows.
+        id_columns: Columns that identify a row (an order id, ...): never features; the
+            server accepts them in requests and passes them to the payload log (format 2).
+        positive_class: A binary model's positive class (one of ``classes``, as text),
+            decided at training: what its score is the probability of, and what evaluate
+            and online quality measure precision, recall and the false-positive rate of.
+            None for more classes and in cards written before it was kept, whose score is
+            of the class ``payload_log.score_column`` picks (format 2).
+    """
+
+    estimator: str
+    hyperparameters: dict[str, Any]
+    target: str
+    classes: list[Any]
+    features: list[Feature]
+    seed: int
+    sha256: str = ""
+    framework: str = "sklearn"
+    model_file: str = MODEL_FILE
+    versions: dict[str, str] = field(default_factory=dict)
+    name: str = ""
+    format_version: int = MODEL_FORMAT_VERSION
+    id_columns: list[str] = field(default_factory=list)
+    positive_class: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_format_version(self.format_version)
+        for key, (kinds, expected) in _CARD_TYPES.items():
+            value = getattr(self, key)
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                raise ConveyorError(f"key {key!r} holds {_shown(value)}: expected {expected}")
+        if not all(isinstance(feature, Feature) for feature in self.features):
+            raise ConveyorError("key 'features' holds something other than features")
+        if not all(isinstance(value, str) for value in self.versions.values()):
+            raise ConveyorError("key 'versions' holds a version that is not a string")
+        _check_id_columns(self.id_columns, [feature.name for feature in self.features])
+        _check_positive_class(self.positive_class, self.classes)
+        if self.sha256 and not is_sha256(self.sha256):
+            raise ConveyorError(
+                f"key 'sha256' holds {_shown(self.sha256)}: expected 64 lower-case hex digits"
+            )
+        _check_model_file(self.model_file)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        # Keys at their defaults are left out: a card needing none is format 1, which older
+        # servers read.
+        if not self.id_columns:
+            del data["id_columns"]
+        if self.positive_class is None:
+            del data["positive_class"]
+        return json.dumps(data, indent=2, default=str)
+
+    def oldest_format(self) -> int:
+        """The oldest format that holds this card: what ``save_model_dir`` writes."""
+        return 2 if self.id_columns or self.positive_class is not None else 1
+
+    @classmethod
+    def from_json(cls, text: str, where: str = MODEL_CARD) -> ModelCard:
+        """The card ``text`` holds; ConveyorError naming ``where`` and the key at fault."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ConveyorError(f"{where}: not JSON ({error})") from None
+        if not isinstance(data, dict):
+            raise ConveyorError(f"{where}: expected a JSON object (a model card)")
+        try:
+            return cls._from_dict(data)
+        except ConveyorError as error:
+            raise ConveyorError(f"{where}: {error}") from None
+
+    @classmethod
+    def _from_dict(cls, data: dict[str, Any]) -> ModelCard:
+        version = data.get("format_version", 1)  # cards from before the key: format 1
+        _check_format_version(version)
+        known = [f.name for f in fields(cls) if version >= _KEY_FORMATS.get(f.name, 1)]
+        _check_keys(data, known, _REQUIRED_KEYS, "", version)
+        features = data["features"]
+        if not isinstance(features, list):
+            raise ConveyorError(f"key 'features' holds {_shown(features)}: expected a list")
+        features = _features(features, version)
+        return cls(**{**data, "format_version": version, "features": features})
+
+    def model_path(self, directory: Path) -> Path:
+        """The model file, refused unless it lies inside ``directory`` once symlinks are
+        followed (a card could otherwise have the server unpickle any file it can read)."""
+        path = directory / self.model_file
+        if not path.resolve().is_relative_to(directory.resolve()):
+            raise ConveyorError(
+                f"{directory / MODEL_CARD}: model_file {self.model_file!r} resolves to "
+                f"{path.resolve()}, outside the model directory; refusing to load it"
+            )
+        return path
+
+
+# The key a card's field is read from -> the JSON types it may hold and how to say so.
+_CARD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "estimator": ((str,), "a string"),
+    "hyperparameters": ((dict,), "an object"),
+    "target": ((str,), "a string"),
+    "classes": ((list,), "a list"),
+    "features": ((list,), "a list"),
+    "seed": ((int,), "an integer"),
+    "sha256": ((str,), "a string"),
+    "framework": ((str,), "a string"),
+    "model_file": ((str,), "a string"),
+    "versions": ((dict,), "an object"),
+    "name": ((str,), "a string"),
+    "format_version": ((int,), "an integer"),
+    "id_columns": ((list,), "a list"),
+    "positive_class": ((str, type(None)), "a string or null"),
+}
+# Keys newer than format 1 -> the format that introduced them.
+_KEY_FORMATS = {"id_columns": 2, "positive_class": 2}
+_REQUIRED_KEYS = ("estimator", "hyperparameters", "target", "classes", "features", "seed")
+
+
+def _check_format_version(version: Any) -> None:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ConveyorError(
+            f"key 'format_version' holds {_shown(version)}: expected a positive integer"
+        )
+    if version > MODEL_FORMAT_VERSION:
+        raise ConveyorError(
+            f"server too old for model format {version}: this Conveyor reads model formats "
+            f"up to {MODEL_FORMAT_VERSION}; serve it with the release that trained it or later"
+        )
+
+
+def _check_id_columns(names: list[Any], features: list[str]) -> None:
+    """Id columns are distinct column names, none of them a feature."""
+    if not all(isinstance(name, str) and name for name in names):
+        raise ConveyorError(f"key 'id_columns' holds {_shown(names)}: expected column names")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    overlap = [name for name in names if name in features]
+    if repeated or overlap:
+        raise ConveyorError(
+            f"key 'id_columns': {(repeated or overlap)[0]!r} is "
+            f"{'named twice' if repeated else 'also a feature'}; an id column is never a feature"
+        )
+
+
+def _check_positive_class(positive: str | None, classes: list[Any]) -> None:
+    """A positive class belongs to a binary model and is one of its classes, as text."""
+    if positive is None:
+        return
+    if len(classes) != 2:
+        raise ConveyorError(
+            f"key 'positive_class' holds {_shown(positive)}, but the model has "
+            f"{len(classes)} classes; only a binary model has a positive class"
+        )
+    if positive not in [str(c) for c in classes]:
+        raise ConveyorError(
+            f"key 'positive_class' holds {_shown(positive)}: expected one of the classes "
+            f"{[str(c) for c in classes]}"
+        )
+
+
+def _check_keys(
+    data: dict[str, Any], known: list[str], required: tuple[str, ...], at: str, version: int
+) -> None:
+    """Refuses an unknown key (a newer format would have said so) or a missing one."""
+    unknown = [key for key in data if key not in known]
+    if unknown:
+        raise ConveyorError(
+            f"unknown key {at + unknown[0]!r} in a format-{version} model card "
+            f"(known: {', '.join(known)})"
+        )
+    missing = [key for key in required if key not in data]
+    if missing:
+        raise ConveyorError(f"no key {at + missing[0]!r}; a model card written by train has it")
+
+
+def _features(entries: list[Any], version: int) -> list[Feature]:
+    features = []
+    for index, entry in enumerate(entries):
+        at = f"features[{index}]."
+        if not isinstance(entry, dict):
+            raise ConveyorError(f"key {at[:-1]!r} holds {_shown(entry)}: expected an object")
+        keys = ("name", "kind", "dtype")
+        _check_keys(entry, list(keys), keys, at, version)
+        try:
+            features.append(Feature(**entry))
+        except ConveyorError as error:
+            raise ConveyorError(f"key {at[:-1]!r}: {error}") from None
+    return features
+
+
+def _check_model_file(name: str) -> None:
+    """A plain relative name: not absolute and no ``..``; ``model_path`` checks symlinks."""
+    path = PurePosixPath(name.replace("\\", "/"))  # a Windows separator is one too
+    if not path.parts or path.is_absolute() or ".." in path.parts:
+        raise ConveyorError(
+            f"key 'model_file' holds {_shown(name)}: expected a file name inside the model "
+            "directory (relative, without '..')"
+        )
+
+
+def _shown(value: Any) -> str:
+    """``value`` as a card's message shows it: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def is_sha256(text: object) -> bool:
+    """Whether ``text`` is a sha256 as Conveyor writes it: 64 lower-case hex digits."""
+    return isinstance(text, str) and _SHA256.fullmatch(text) is not None
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    pipeline: Pipeline
+    card: ModelCard
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    card: ModelCard
+    run_id: str
+    metrics: dict[str, float]
+
+
+def train_model(
+    train_path: Path,
+    target: str,
+    estimator: str,
+    hyperparameters: dict[str, Any],
+    seed: int,
+    model_dir: Path,
+    tracking_uri: str,
+    experiment: str,
+    tags: dict[str, str],
+    positive_class: str = "",
+    schema_path: Path | None = None,
+    model_name: str = "",
+    test_path: Path | None = None,
+    id_columns: Sequence[str] = (),
+) -> TrainResult:
+    """Fits the classifier, writes the model directory (its card naming ``model_name``) and
+    logs it all to one MLflow run, with the training split and its schema as the reference
+    monitoring compares with.
+
+    With ``test_path`` (the evaluation split), the model's permutation importance and its
+    scores on that split are measured too (``training.importance``) and written
+    beside the model (``importance.json``, ``scores.parquet``: outside the card's sha256,
+    and not needed to load it) and to the run's ``reference/``; without, neither is.
+    """
+    client = tracking.connect(tracking_uri)  # before the work: a bad URI fails fast
+    train_split = read_parquet(train_path)
+    test_split = read_parquet(test_path) if test_path is not None else None
+    model = fit_classifier(
+        train_split, target, estimator, hyperparameters, seed, id_columns, positive_class
+    )
+    model = TrainedModel(model.pipeline, replace(model.card, name=model_name))
+    positive = model.card.positive_class or ""  # the card's: what serving scores
+    metrics = score(model.pipeline, train_split, target, positive).metrics
+    # Measured before anything is written: a split the model cannot score leaves nothing.
+    evaluation = None
+    if test_split is not None:
+        features = [feature.name for feature in model.card.features]
+        evaluation = evaluation_reference(
+            model.pipeline, features, test_split, target, seed, model.card.positive_class
+        )
+    card = save_model_dir(model, model_dir)
+    if evaluation is not None:
+        evaluation.write(model_dir)
+    params = {"estimator": estimator, "seed": seed, "target": target, **card.hyperparameters}
+    run_id = tracking.start_training_run(client, experiment, params, tags, model_dir)
+    schema = (
+        schema_path.read_text(encoding="utf-8")
+        if schema_path is not None
+        else infer_schema(train_split, target).to_json()
+    )
+    tracking.log_reference(client, run_id, train_path, schema)
+    if evaluation is not None:
+        tracking.log_evaluation_reference(client, run_id, model_dir)
+    tracking.log_metrics(client, run_id, metrics, prefix="train_")
+    client.set_terminated(run_id)  # evaluate still logs to it: MLflow allows that
+    return TrainResult(card, run_id, metrics)
+
+
+def mlflow_run_id(model_metadata: dict[str, Any]) -> str:
+    """The MLflow run a model artifact came from, as Conveyor's train step records it."""
+    run_id = model_metadata.get("mlflow_run_id")
+    if not run_id:
+        raise ConveyorError(
+            "the model artifact's metadata has no mlflow_run_id: pass the model from the train step"
+        )
+    return str(run_id)
+
+
+def fit_classifier(
+    train: pd.DataFrame,
+    target: str,
+    estimator: str,
+    hyperparameters: dict[str, Any],
+    seed: int,
+    id_columns: Sequence[str] = (),
+    positive_class: str = "",
+) -> TrainedModel:
+    """Fits preprocessing (imputation, scaling, one-hot) and the chosen estimator, seeded.
+    ``id_columns`` (which the table need not hold) are never features: the card lists them
+    for the server to pass to its payload log. A binary model's card records its positive
+    class: ``positive_class`` when given, else the one ``metrics.positive_label`` picks from
+    the training labels (serving scores it, evaluate and online quality measure it)."""
+    id_columns = list(dict.fromkeys(id_columns))
+    if target in id_columns:
+        raise ConveyorError(f"id_columns: {target!r} is the target column, not an id column")
+    features = [
+        Feature(name, column_kind(train[name]), str(train[name].dtype))
+        for name in train.columns
+        if name != target and name not in id_columns
+    ]
+    if not features:
+        raise ConveyorError(f"the training table has no feature columns besides {target!r}")
+    model, hyperparameters = _estimator(estimator, hyperparameters, seed)
+    pipeline = make_pipeline(_preprocessor(features), model)
+    try:
+        pipeline.fit(train[[f.name for f in features]], train[target])
+    except ValueError as error:  # scikit-learn's checks of parameters and data
+        raise ConveyorError(f"could not train {estimator!r}: {first_line(error)}") from None
+    classes = pipeline.classes_
+    positive = None
+    if len(classes) == 2:
+        positive = str(plain(positive_label(classes, train[target].to_numpy(), positive_class)))
+    card = ModelCard(
+        estimator=estimator,
+        hyperparameters=dict(hyperparameters),
+        target=target,
+        classes=[plain(c) for c in pipeline.classes_],
+        features=features,
+        seed=seed,
+        versions=_library_versions(),
+        id_columns=id_columns,
+        positive_class=positive,
+    )
+    return TrainedModel(pipeline, card)
+
+
+def save_model_dir(model: TrainedModel, directory: Path) -> ModelCard:
+    """Writes ``model.joblib`` and ``model.json`` (holding the joblib file's sha256 and the
+    oldest ``format_version`` that holds the card); returns the card written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    joblib.dump(model.pipeline, directory / MODEL_FILE)
+    card = replace(
+        model.card,
+        sha256=sha256_file(directory / MODEL_FILE),
+        model_file=MODEL_FILE,
+        format_version=model.card.oldest_format(),
+    )
+    (directory / MODEL_CARD).write_text(card.to_json())
+    return card
+
+
+def read_model_card(directory: Path) -> ModelCard:
+    """The card of a model directory; ConveyorError naming its file and what is wrong."""
+    path = directory / MODEL_CARD
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConveyorError(f"{path}: cannot read it ({error.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConveyorError(f"{path}: not UTF-8 text (a model card is JSON)") from None
+    return ModelCard.from_json(text, where=str(path))
+
+
+def load_model_dir(directory: Path, pinned_sha256: str = "") -> TrainedModel:
+    """Loads a model directory, checking everything before anything is unpickled.
+
+    Args:
+        directory: The model directory (``model.json`` and the file it names).
+        pinned_sha256: The registry's sha256 of the model file, which the file must have
+            whatever the card says; empty checks the card's sha256 only.
+
+    Raises:
+        ConveyorError: The card is unreadable, newer than this code or malformed; its
+            ``model_file`` lies outside ``directory``; or the file's sha256 differs from
+            the pinned one or the card's.
+    """
+    if pinned_sha256 and not is_sha256(pinned_sha256):
+        raise ConveyorError(
+            f"the pinned sha256 {_shown(pinned_sha256)} is not 64 lower-case hex digits"
+        )
+    card = read_model_card(directory)
+    path = card.model_path(directory)
+    # Read once: the bytes hashed are the bytes unpickled, whatever replaces the file after.
+    data = path.resolve().read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
+    if pinned_sha256 and actual != pinned_sha256:
+        raise ConveyorError(
+            f"{path}: sha256 {actual[:12]}... is not the registry's {pinned_sha256[:12]}... "
+            f"(${MODEL_SHA256_ENV}), whatever {MODEL_CARD} says; refusing to load it"
+        )
+    if actual != card.sha256:
+        raise ConveyorError(
+            f"{path}: sha256 {actual[:12]}... does not match "
+            f"{card.sha256[:12]}... recorded at training; refusing to load"
+        )
+    model = joblib.load(io.BytesIO(data))
+    _check_classes(model, card, path)
+    return TrainedModel(model, card)
+
+
+def _check_classes(model: Any, card: ModelCard, path: Path) -> None:
+    """The card's classes are the model's (they name the answers' labels and probability
+    columns; a pinned model file says nothing about a card rewritten beside it)."""
+    classes = [plain(c) for c in getattr(model, "classes_", card.classes)]
+    if classes != card.classes:
+        raise ConveyorError(
+            f"{path.parent / MODEL_CARD}: classes {card.classes} are not the model's "
+            f"{classes}; refusing to serve labels the model does not give"
+        )
+
+
+def sha256_file(path: Path) -> str:
+    """The file's sha256 as 64 lower-case hex digits, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _preprocessor(features: list[Feature]) -> ColumnTransformer:
+    numeric = [f.name for f in features if f.kind == "numeric"]
+    categorical = [f.name for f in features if f.kind == "categorical"]
+    return ColumnTransformer(
+        [
+            ("numeric", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), numeric),
+            (
+                "categorical",
+                make_pipeline(
+                    SimpleImputer(strategy="constant", fill_value="missing"),
+                    OneHotEncoder(handle_unknown="ignore"),
+                ),
+                categorical,
+            ),
+        ]
+    )
+
+
+def _estimator(
+    name: str, hyperparameters: dict[str, Any], seed: int
+) -> tuple[BaseEstimator, dict[str, Any]]:
+    """The estimator, and the user's hyperparameters as it takes them."""
+    if name not in ESTIMATORS:
+        raise ConveyorError(f"unknown estimator {name!r}; choose one of: {', '.join(ESTIMATORS)}")
+    cls, defaults = ESTIMATORS[name]
+    accepted = cls().get_params()
+    unknown = sorted(set(hyperparameters) - set(accepted))
+    if unknown:
+        raise ConveyorError(
+            f"hyperparameters {unknown} are not accepted by {name!r}; "
+            f"it takes: {', '.join(sorted(accepted))}"
+        )
+    hyperparameters = {key: _as_declared(cls, key, value) for key, value in hyperparameters.items()}
+    params = {**defaults, **hyperparameters}
+    if "random_state" in accepted:
+        params.setdefault("random_state", seed)
+    return cls(**params), hyperparameters
+
+
+def _as_declared(cls: type[BaseEstimator], key: str, value: Any) -> Any:
+    """40.0 -> 40 where the parameter takes integers only.
+
+    KFP passes dict parameters as a protobuf Struct, where every number is a float, and
+    scikit-learn refuses a float for an integer parameter. Where floats mean something
+    else (``max_features=1.0`` is all features, ``1`` is one), the float stays.
+    """
+    if not (isinstance(value, float) and value.is_integer()):
+        return value
+    kinds = [getattr(c, "type", c) for c in getattr(cls, "_parameter_constraints", {}).get(key, [])]
+    kinds = [kind for kind in kinds if isinstance(kind, type) and issubclass(kind, Real)]
+    takes_int = any(issubclass(kind, Integral) for kind in kinds)
+    takes_real = any(not issubclass(kind, Integral) for kind in kinds)
+    return int(value) if takes_int and not takes_real else value
+
+
+def _library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "unknown"
+    return versions

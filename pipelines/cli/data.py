@@ -1,0 +1,252 @@
+"""``conveyor validate``, ``conveyor drift`` and ``conveyor quality``: a table checked against
+a schema, a current table compared with a reference, and labels joined to a model's logged
+predictions, from a shell or a CI job.
+
+Each exits 0 when the data is fine, 3 when it is not (a rule that fails the run is broken,
+the dataset drifted, an online metric degraded), and 2 when it could not tell (an
+unreadable file, a bad option, labels that match no logged prediction).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from conveyor.components.core.errors import ConveyorError
+
+__all__ = ["DATA_FAILED", "add_commands"]
+
+DATA_FAILED = 3
+
+
+def add_commands(commands: Any) -> None:
+    """Adds validate, drift and quality to the ``conveyor`` sub-command parsers."""
+    _add_validate(commands)
+    _add_drift(commands)
+    _add_quality(commands)
+
+
+def _add_validate(commands: Any) -> None:
+    validate = commands.add_parser(
+        "validate",
+        help="check a table against a schema file (or write one); exit 0 when it passes, 3 not",
+    )
+    validate.add_argument("--data", required=True, help="CSV or Parquet path or URI")
+    validate.add_argument("--schema", required=True, type=Path, help="the schema JSON file")
+    validate.add_argument(
+        "--write-schema", action="store_true",
+        help="infer the schema from --data and write it to --schema, to edit and commit",
+    )  # fmt: skip
+    written = validate.add_argument_group("with --write-schema")
+    written.add_argument("--target", default="", help="the label column, if the table has one")
+    written.add_argument("--segment", default="", help="also check rules within each value")
+    written.add_argument(
+        "--key", action="append", default=[], metavar="COLUMN",
+        help="a column of the key that must be unique (repeat for a key of several)",
+    )  # fmt: skip
+    validate.add_argument(
+        "--inputs", action="store_true",
+        help="the table holds model inputs only (a payload log): no target column expected",
+    )  # fmt: skip
+    validate.add_argument("--report", type=Path, help="write the Markdown report here")
+    validate.set_defaults(handler=_validate)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from conveyor.components.core.data.validation import validate_file, write_schema
+
+    if not args.write_schema and (args.target or args.segment or args.key):
+        raise ConveyorError(
+            "--target, --segment and --key describe a new schema: add --write-schema"
+        )
+    if args.write_schema:
+        result = write_schema(
+            args.data, args.schema, args.target, args.segment, tuple(args.key), args.report
+        )
+    else:
+        result = validate_file(args.data, args.schema, args.inputs, args.report)
+    for violation in result.errors + result.warnings:
+        print(f"{violation.severity:<8} {violation}")
+    if result.errors:
+        print(f"Failed: {len(result.errors)} rule(s) violated, {len(result.warnings)} warning(s)")
+        return DATA_FAILED
+    done = f"Wrote {args.schema}" if args.write_schema else "Passed"
+    print(f"{done}: {len(result.schema.columns)} columns, {len(result.warnings)} warning(s)")
+    return 0
+
+
+def _add_drift(commands: Any) -> None:
+    drift = commands.add_parser(
+        "drift",
+        help="compare a current table with a reference; exit 0 without drift, 3 with drift",
+    )
+    drift.add_argument("--reference", required=True, help="CSV or Parquet path or URI")
+    drift.add_argument("--current", required=True, help="CSV or Parquet path or URI")
+    drift.add_argument("--segment", default="", help="also judge columns within each value")
+    drift.add_argument("--exclude", action="append", default=[], metavar="COLUMN")
+    drift.add_argument(
+        "--threshold", action="append", default=[], metavar="TEST=VALUE",
+        help="psi, ks, chisquare or jensenshannon (defaults 0.1, 0.05, 0.05, 0.1)",
+    )  # fmt: skip
+    drift.add_argument("--numeric-test", default="psi", help="decides numeric columns")
+    drift.add_argument(
+        "--categorical-test", default="jensenshannon", help="decides categorical columns"
+    )
+    drift.add_argument(
+        "--drift-share", type=float, default=0.5, help="with --rule share: the share that drifts"
+    )
+    drift.add_argument(
+        "--importance", type=Path, metavar="FILE",
+        help="importance.json (its shares) weighing each column; default: all weigh the same",
+    )  # fmt: skip
+    drift.add_argument(
+        "--rule", default="importance", choices=["importance", "share"],
+        help="importance (default): a column weighing --importance-threshold, or drifted "
+        "columns weighing --weighted-share together; share: --drift-share of the columns",
+    )  # fmt: skip
+    drift.add_argument("--importance-threshold", type=float, default=0.1)
+    drift.add_argument("--weighted-share", type=float, default=0.3)
+    drift.add_argument(
+        "--alpha", default="0.01",
+        help="false-alarm rate for sampling noise, shared by all column tests; off: none",
+    )  # fmt: skip
+    drift.add_argument("--report", type=Path, help="write Evidently's HTML report here")
+    drift.add_argument("--sample-rows", type=int, default=50_000, help="rows the report renders")
+    drift.add_argument(
+        "--min-segment-rows", type=int, default=100, help="smaller segments are not tested"
+    )
+    drift.set_defaults(handler=_drift)
+
+
+def _drift(args: argparse.Namespace) -> int:
+    from conveyor.components.core.monitoring.drift import DriftSettings, load_importance
+    from conveyor.components.core.monitoring.drift_report import (
+        DriftOutputs,
+        describe,
+        detect_drift,
+        table_lines,
+    )
+    from conveyor.pipelines.definitions.parameters import option_pairs
+
+    thresholds = {}
+    for test, value in option_pairs(args.threshold, "--threshold", "TEST=NUMBER").items():
+        try:
+            thresholds[test] = float(value)
+        except ValueError:
+            raise ConveyorError(f"--threshold {test}={value}: not a number") from None
+    settings = DriftSettings(
+        thresholds, args.numeric_test, args.categorical_test, args.drift_share,
+        args.min_segment_rows,
+        importance=load_importance(args.importance) if args.importance else {},
+        importance_threshold=args.importance_threshold, weighted_share=args.weighted_share,
+        rule=args.rule, alpha=_alpha(args.alpha),
+    )  # fmt: skip
+    outputs = DriftOutputs(html=args.report, sample_rows=args.sample_rows)
+    segment = args.segment or None
+    report, note = detect_drift(
+        args.reference, args.current, settings, segment, tuple(args.exclude), outputs
+    )
+    print("\n".join(table_lines(report)))
+    print(describe(report))
+    if args.report:
+        print(f"Report: {args.report}{f' ({note})' if note else ''}")
+    return DATA_FAILED if report.dataset_drifted else 0
+
+
+def _alpha(value: str) -> float | None:
+    if value.strip().lower() == "off":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ConveyorError(f"--alpha {value}: expected a number in (0, 1) or off") from None
+
+
+def _add_quality(commands: Any) -> None:
+    quality = commands.add_parser(
+        "quality",
+        help="join labels to a model's logged predictions and judge its online metrics "
+        "against its offline evaluation; exit 0 when none degraded, 3 when one did",
+    )
+    quality.add_argument("--model", required=True, help="the registered model's name")
+    quality.add_argument(
+        "--log", required=True, help="the payload log: its folder of day folders, a folder or file"
+    )
+    quality.add_argument("--labels", required=True, help="CSV or Parquet path or URI")
+    quality.add_argument("--segment", default="", help="also judge within each value")
+    quality.add_argument(
+        "--days", type=int, default=7,
+        help="the last N days of the log; a label more than N days late is counted late (0: all)",
+    )  # fmt: skip
+    quality.add_argument("--id-column", default="id", help="the labels' id column")
+    quality.add_argument("--label-column", default="label", help="the labels' label column")
+    quality.add_argument(
+        "--margin", type=float, default=0.02,
+        help="how far past the offline value an interval must lie to degrade (absolute)",
+    )  # fmt: skip
+    quality.add_argument("--report", type=Path, help="write the Markdown report here")
+    quality.add_argument("--html", type=Path, help="write the HTML charts here")
+    offline = quality.add_mutually_exclusive_group()
+    offline.add_argument(
+        "--mlflow-tracking-uri", default="",
+        help="where the champion is (default: $MLFLOW_TRACKING_URI): its evaluation scores "
+        "give the offline metrics per segment; without them, its offline metrics, as exact",
+    )  # fmt: skip
+    offline.add_argument(
+        "--reference-scores", type=Path,
+        help="the champion's evaluation scores (train's scores.parquet, with its labels) instead",
+    )  # fmt: skip
+    offline.add_argument(
+        "--offline", type=Path,
+        help="offline metrics as a JSON file of metric -> value instead, taken as exact "
+        "(every segment judged against them)",
+    )  # fmt: skip
+    quality.set_defaults(handler=_quality)
+
+
+def _quality(args: argparse.Namespace) -> int:
+    from conveyor.components.core.monitoring.quality import (
+        QualitySettings,
+        assess_quality,
+        champion_scores,
+        has_labels,
+        offline_metrics,
+        read_offline,
+    )
+    from conveyor.components.core.monitoring.quality_report import (
+        QualityOutputs,
+        describe,
+        table_lines,
+        write_outputs,
+    )
+    from conveyor.components.core.training.importance import LABEL_COLUMN, read_reference_scores
+
+    settings = QualitySettings(
+        id_column=args.id_column, label_column=args.label_column, segment=args.segment,
+        days=args.days, margin=args.margin,
+    )  # fmt: skip
+    scores, offline = None, {}
+    if args.offline:
+        offline = read_offline(args.offline)
+    elif args.reference_scores:
+        scores = read_reference_scores(args.reference_scores)
+        if scores is None:
+            raise ConveyorError(f"{args.reference_scores}: no such file, or an empty one")
+        if not has_labels(scores):
+            raise ConveyorError(
+                f"{args.reference_scores}: no {LABEL_COLUMN} column (evaluation scores recorded "
+                "before train kept the labels, or not a scores file); give --offline instead"
+            )
+    else:
+        scores = champion_scores(args.mlflow_tracking_uri, args.model)
+        if not has_labels(scores):
+            offline = offline_metrics(args.mlflow_tracking_uri, args.model)
+    report = assess_quality(args.log, args.labels, args.model, offline, settings, scores)
+    write_outputs(report, QualityOutputs(markdown=args.report, html=args.html))
+    print("\n".join(table_lines(report)))
+    print(describe(report))
+    for path in (args.report, args.html):
+        if path:
+            print(f"Report: {path}")
+    return DATA_FAILED if report.degraded else 0

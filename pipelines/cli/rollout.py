@@ -1,0 +1,252 @@
+"""``conveyor rollout`` and ``conveyor judge``: a canary rollout from a CD system, and the
+canary judged now, by the same code the rollout uses, contacting only Prometheus.
+
+``rollout`` exits 0 when the model was created or promoted, 1 when it was rolled back and
+2 on bad input. ``rollout --recover NAME`` only settles what a stopped run left (its canary
+rolled back): 0 when the service is settled, 1 when that failed. ``judge`` exits 0 when
+the canary passes, 3 when it fails, 4 when the evidence is inconclusive, 1 when a query
+failed, 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from conveyor.components.core.errors import ConveyorError
+from conveyor.components.core.rollout.policy import REMOVED_SETTINGS
+
+__all__ = ["JUDGE_EXIT_CODES", "add_commands"]
+
+JUDGE_EXIT_CODES = {"pass": 0, "error": 1, "fail": 3, "inconclusive": 4}
+# Flags of earlier releases: refused with what replaced them, not with argparse's usage.
+_REMOVED_FLAGS = {
+    "--min-success-rate": "min_success_rate",
+    "--max-latency-p99": "max_latency_p99_s",
+    "--min-requests": "min_canary_requests",
+    "--on-no-data": "on_no_data",
+    "--failure-budget": "failure_budget",
+    "--window": "analysis_window",
+    "--query": "analysis_queries",
+}
+
+
+def add_commands(commands: Any) -> None:
+    """Adds rollout and judge to the ``conveyor`` sub-command parsers."""
+    _add_rollout(commands)
+    _add_judge(commands)
+
+
+def _add_rollout(commands: Any) -> None:
+    rollout = commands.add_parser(
+        "rollout", help="roll a model out to a KServe InferenceService as a canary"
+    )
+    rollout.add_argument("--name", help="InferenceService (and model) name")
+    rollout.add_argument("--namespace", default="default", help="(default: default)")
+    rollout.add_argument("--model-uri", help="storageUri of the model directory")
+    rollout.add_argument(
+        "--recover", metavar="NAME",
+        help="only roll back what a stopped or failed rollout of NAME left, then exit",
+    )  # fmt: skip
+    rollout.add_argument("--model-version", default="", help="recorded as an annotation")
+    rollout.add_argument(
+        "--model-sha256", default="",
+        help="the registry's sha256 of model.joblib: the predictor refuses any other file",
+    )  # fmt: skip
+    rollout.add_argument("--steps", default="10,50", help="canary percentages, increasing")
+    rollout.add_argument(
+        "--interval", type=float, default=60.0, help="seconds between looks (default 60)"
+    )
+    rollout.add_argument(
+        "--prometheus", default="", help="Prometheus URL the canary is judged from"
+    )
+    _add_policy(rollout)
+    rollout.add_argument("--ready-timeout", type=float, default=600.0, help="seconds")
+    rollout.add_argument("--deadline", type=float, default=3600.0, help="seconds")
+    rollout.add_argument("--runtime", default="", help="ServingRuntime name")
+    rollout.add_argument("--cpu", default="1")
+    rollout.add_argument("--memory", default="2Gi")
+    rollout.add_argument("--service-account", default="")
+    rollout.add_argument("--kubeconfig", default="", help="default: in-cluster, or ~/.kube")
+    rollout.add_argument(
+        "--run-id", default="", help="the run the rollout is recorded under (default: a new id)"
+    )
+    rollout.add_argument("--report", type=Path, help="write the Markdown report here")
+    rollout.add_argument(
+        "--dry-run", action="store_true",
+        help="print the InferenceService as YAML, the plan in comments; touch nothing",
+    )  # fmt: skip
+    for flag, setting in _REMOVED_FLAGS.items():
+        rollout.add_argument(flag, dest=f"removed_{setting}", help=argparse.SUPPRESS)
+    rollout.set_defaults(handler=_rollout)
+
+
+def _add_judge(commands: Any) -> None:
+    judge = commands.add_parser(
+        "judge",
+        help="judge a canary revision against the stable one now, from Prometheus only; "
+        "exit 0 pass, 3 fail, 4 inconclusive, 1 a query failed, 2 bad input",
+    )
+    judge.add_argument("--prometheus", required=True, help="Prometheus base URL")
+    judge.add_argument("--namespace", required=True, help="the revisions' namespace")
+    judge.add_argument("--canary", required=True, help="the canary revision (K_REVISION)")
+    judge.add_argument("--stable", required=True, help="the stable revision")
+    _add_policy(judge)
+    judge.add_argument(
+        "--since", default="10m",
+        help="how far back the canary's traffic is read, as a PromQL duration (default 10m)",
+    )  # fmt: skip
+    judge.add_argument(
+        "--warmup", default="0s",
+        help="of that, how much at the start latency leaves out (default 0s)",
+    )  # fmt: skip
+    judge.set_defaults(handler=_judge)
+
+
+def _add_policy(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--policy", type=Path,
+        help="canary policy YAML (metrics, margins, error rates); default: the built-in one",
+    )  # fmt: skip
+
+
+def _policy(path: Path | None) -> Any:
+    from conveyor.components.core.rollout.policy import DEFAULT_POLICY, load_policy
+
+    return load_policy(path) if path else DEFAULT_POLICY
+
+
+def _rollout(args: argparse.Namespace) -> int:
+    import tempfile
+    import uuid
+
+    from conveyor.components.core.files import read_yaml
+    from conveyor.components.core.rollout.manifests import (
+        ServingSpec,
+        render_inference_service,
+        validate_inference_service,
+    )
+    from conveyor.components.core.rollout.runner import RolloutSettings, deploy_model, describe_plan
+
+    _refuse_removed_flags(args)
+    if args.recover:
+        return _recover(args)
+    if not args.name or not args.model_uri:
+        raise ConveyorError("rollout needs --name and --model-uri (or --recover NAME)")
+    settings = RolloutSettings.from_parameters(
+        args.steps, args.interval, args.ready_timeout, args.deadline, args.prometheus,
+        read_yaml(args.policy) if args.policy else {}, str(args.policy or "--policy"),
+    )  # fmt: skip
+    spec = ServingSpec(
+        model_name=args.name,
+        model_version=args.model_version,
+        storage_uri=args.model_uri,
+        namespace=args.namespace,
+        canary_traffic_percent=settings.plan.steps[0],
+        runtime=args.runtime,
+        cpu=args.cpu,
+        memory=args.memory,
+        service_account=args.service_account,
+        model_sha256=args.model_sha256,
+    )
+    if args.dry_run:
+        settings.prometheus()  # what the rollout would refuse, the plan refuses too
+        manifest = render_inference_service(spec)
+        validate_inference_service(manifest)
+        print(describe_plan(manifest, settings), end="")
+        return 0
+    settings.prometheus()  # refused before anything is contacted
+    run_id = args.run_id or f"cli-{uuid.uuid4().hex[:12]}"
+    report = args.report or Path(tempfile.mkdtemp(prefix="conveyor-rollout-")) / "report.md"
+    print(f"rollout {run_id}: report at {report}", flush=True)
+    progress = lambda line: print(line, flush=True)  # noqa: E731 - a CD log shows it live
+    result = deploy_model(spec, settings, run_id, report, args.kubeconfig, progress)
+    print(report.read_text(), end="")
+    if not result.succeeded:
+        print(f"conveyor rollout: {result.decision}: {result.reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _recover(args: argparse.Namespace) -> int:
+    import uuid
+
+    from conveyor.components.core.rollout.kube import InferenceServices, api_client
+    from conveyor.components.core.rollout.policy import CanaryPolicy
+    from conveyor.components.core.rollout.runner import (
+        Rollout,
+        RolloutFailed,
+        RolloutPlan,
+        RolloutSettings,
+    )
+
+    settings = RolloutSettings(
+        RolloutPlan(ready_timeout_s=args.ready_timeout), CanaryPolicy(analysis="none")
+    )
+    services = InferenceServices(api_client(args.kubeconfig), args.namespace)
+    run_id = args.run_id or f"cli-{uuid.uuid4().hex[:12]}"
+    progress = lambda line: print(line, flush=True)  # noqa: E731 - a CD log shows it live
+    try:
+        result = Rollout.recovery(services, args.recover, settings, run_id, progress).recover()
+    except RolloutFailed as failed:
+        print(f"conveyor rollout: {failed.result.reason}", file=sys.stderr)
+        return 1
+    print(f"{result.decision}: {result.reason}")
+    return 0
+
+
+def _refuse_removed_flags(args: argparse.Namespace) -> None:
+    for flag, setting in _REMOVED_FLAGS.items():
+        if getattr(args, f"removed_{setting}") is not None:
+            raise ConveyorError(f"{flag} was removed: {REMOVED_SETTINGS[setting]} (--policy FILE)")
+
+
+def _judge(args: argparse.Namespace) -> int:
+    from conveyor.components.core.rollout.analysis import analyse
+    from conveyor.components.core.rollout.prometheus import Prometheus, Window, duration_seconds
+
+    policy = _policy(args.policy)
+    since, warmup = (
+        duration_seconds(args.since, "--since"),
+        duration_seconds(args.warmup, "--warmup"),
+    )
+    if warmup >= since:
+        raise ConveyorError(f"--warmup {args.warmup} must be shorter than --since {args.since}")
+    prometheus = Prometheus(args.prometheus)
+    window = Window(time.time(), since, since - warmup)
+    judgement = analyse(prometheus, policy, args.namespace, args.canary, args.stable, window)
+    print(
+        f"judging {args.canary} against {args.stable} in {args.namespace} over the last "
+        f"{args.since}, from {prometheus.url}"
+    )
+    print(_judgement_text(judgement))
+    print(f"outcome: {judgement.outcome}: {judgement.reason}")
+    return JUDGE_EXIT_CODES[judgement.outcome]
+
+
+def _judgement_text(judgement: Any) -> str:
+    """One row per metric, columns aligned for a terminal."""
+    header = ("metric", "outcome", "canary", "stable", "samples", "test")
+    rows = [
+        (
+            r.name,
+            r.outcome,
+            _number(r.canary),
+            _number(r.stable),
+            f"{r.samples}/{r.needed}" if r.needed else "-",
+            r.test or r.reason,
+        )  # fmt: skip
+        for r in judgement.results
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+    return "\n".join(
+        "  ".join([*(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), row[-1]])
+        for row in [header, *rows]
+    )
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"

@@ -1,0 +1,202 @@
+"""The training pipeline: ingest, validate, train, evaluate, then (if blessed) register, deploy."""
+
+from kfp import dsl
+from kfp.dsl.graph_component import GraphComponent
+
+from conveyor.components.core.data.tables import DEFAULT_DATA_URI, DEFAULT_TARGET
+from conveyor.components.deploy import deploy
+from conveyor.components.evaluate import evaluate
+from conveyor.components.ingest import ingest
+from conveyor.components.register import register
+from conveyor.components.train import train
+from conveyor.components.validate import validate
+from conveyor.pipelines.definitions.steps import apply_step_settings
+from conveyor.pipelines.definitions.targets import Target
+
+__all__ = [
+    "DEFAULT_MODEL_NAME",
+    "PIPELINE_NAME",
+    "build_training_pipeline",
+]
+
+PIPELINE_NAME = "conveyor-training"
+DEFAULT_MODEL_NAME = "breast-cancer"
+
+
+def build_training_pipeline(target: Target) -> GraphComponent:
+    """The training pipeline compiled for ``target`` (images, GPUs, platform settings)."""
+
+    @dsl.pipeline(name=PIPELINE_NAME, description=__doc__)
+    def training(
+        model_store_uri: str,
+        data_uri: str = DEFAULT_DATA_URI,
+        target_column: str = DEFAULT_TARGET,
+        model_name: str = DEFAULT_MODEL_NAME,
+        dvc_repo: str = "",
+        data_revision: str = "",
+        schema_uri: str = "",
+        test_size: float = 0.2,
+        seed: int = 42,
+        estimator: str = "logistic_regression",
+        hyperparameters: dict = {},  # noqa: B006 - KFP reads defaults from the signature
+        mlflow_tracking_uri: str = "",
+        primary_metric: str = "roc_auc",
+        metric_direction: str = "auto",
+        min_improvement: float = 0.0,
+        min_relative_improvement: float = 0.0,
+        metric_floors: dict = {"accuracy": 0.7, "roc_auc": 0.7},  # noqa: B006
+        positive_class: str = "",
+        id_columns: list = [],  # noqa: B006
+        namespace: str = "default",
+        serving_runtime: str = "",
+        serving_cpu: str = "1",
+        serving_memory: str = "2Gi",
+        service_account: str = "",
+        payload_log_uri: str = "",
+        payload_log_exclude: list = [],  # noqa: B006
+        rollout: bool = True,
+        canary_steps: str = "10,50",
+        canary_interval_s: float = 60.0,
+        ready_timeout_s: float = 600.0,
+        rollout_deadline_s: float = 3600.0,
+        prometheus_url: str = "",
+        canary_policy: dict = {},  # noqa: B006
+    ):
+        """Trains a classifier, and registers and deploys it when it beats the champion.
+
+        Args:
+            model_store_uri: Folder, gs:// or s3:// URI that KServe pulls models from.
+            data_uri: CSV or Parquet table: path, URI, builtin://breast_cancer, or path in dvc_repo.
+            target_column: The label column.
+            model_name: Registered model name (MLflow) and InferenceService name.
+            dvc_repo: Git repository whose DVC tracks data_uri; empty when not DVC.
+            data_revision: Git revision of dvc_repo to read; empty for HEAD.
+            schema_uri: Schema file the splits must meet (conveyor validate --write-schema);
+                empty infers one from the training split.
+            test_size: Share of rows held out for evaluation.
+            seed: Seed of the split and the estimator.
+            estimator: logistic_regression, random_forest or hist_gradient_boosting.
+            hyperparameters: Keyword arguments for the estimator.
+            mlflow_tracking_uri: MLflow tracking server; empty uses $MLFLOW_TRACKING_URI.
+            primary_metric: Metric compared with the champion.
+            metric_direction: auto, maximize or minimize.
+            min_improvement: Absolute gain over the champion the challenger must exceed.
+            min_relative_improvement: Relative gain over the champion the challenger must reach.
+            metric_floors: Metric -> bound every model must meet (a ceiling for log_loss).
+            positive_class: Binary positive class; empty picks 1/true/yes, else the rarer class.
+            id_columns: Columns identifying a row (an order id, ...): never features; the
+                predictor passes them to its payload log, where labels join on the first.
+            namespace: Kubernetes namespace of the InferenceService.
+            serving_runtime: ServingRuntime name; empty lets KServe choose.
+            serving_cpu: CPU request and limit of the predictor.
+            serving_memory: Memory request and limit of the predictor.
+            service_account: Service account the predictor pulls the model with.
+            payload_log_uri: Folder or URI the predictor logs answered inputs under, for the
+                monitoring pipeline; empty logs nothing.
+            payload_log_exclude: Input columns never written to the payload log.
+            rollout: False renders and validates the InferenceService without a cluster, and
+                register makes the blessed model the champion; True makes it the candidate,
+                and deploy makes it the champion only if the rollout promotes it.
+            canary_steps: Canary traffic percentages, comma-separated and increasing.
+            canary_interval_s: Seconds between looks at the canary; the first is warm-up.
+            ready_timeout_s: Seconds a new revision may take to become ready.
+            rollout_deadline_s: Seconds the whole rollout may take before rolling back.
+            prometheus_url: Prometheus the canary is judged from; required unless
+                canary_policy says analysis: none.
+            canary_policy: How the canary is judged (metrics, margins, error rates, limits),
+                merged onto the defaults; see the README's canary section.
+        """
+        ingested = apply_step_settings(
+            ingest(
+                data_uri=data_uri,
+                target_column=target_column,
+                dvc_repo=dvc_repo,
+                data_revision=data_revision,
+                test_size=test_size,
+                seed=seed,
+            ),
+            target,
+        )
+        validated = apply_step_settings(
+            validate(
+                train=ingested.outputs["train"],
+                test=ingested.outputs["test"],
+                target_column=target_column,
+                schema_uri=schema_uri,
+            ),
+            target,
+        )
+        trained = apply_step_settings(
+            train(
+                train=ingested.outputs["train"],
+                test=ingested.outputs["test"],
+                target_column=target_column,
+                model_name=model_name,
+                estimator=estimator,
+                hyperparameters=hyperparameters,
+                seed=seed,
+                mlflow_tracking_uri=mlflow_tracking_uri,
+                pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                positive_class=positive_class,
+                schema=validated.outputs["schema"],
+                id_columns=id_columns,
+            ),
+            target,
+        )
+        evaluated = apply_step_settings(
+            evaluate(
+                model=trained.outputs["model"],
+                test=ingested.outputs["test"],
+                target_column=target_column,
+                model_name=model_name,
+                mlflow_tracking_uri=mlflow_tracking_uri,
+                primary_metric=primary_metric,
+                metric_direction=metric_direction,
+                min_improvement=min_improvement,
+                min_relative_improvement=min_relative_improvement,
+                metric_floors=metric_floors,
+                positive_class=positive_class,
+            ),
+            target,
+        )
+        # A single bool output: kfp.local cannot resolve a named output in a condition.
+        with dsl.If(evaluated.outputs["Output"] == True, name="blessed"):  # noqa: E712
+            registered = apply_step_settings(
+                register(
+                    model=trained.outputs["model"],
+                    evaluation=evaluated.outputs["evaluation"],
+                    model_name=model_name,
+                    model_store_uri=model_store_uri,
+                    mlflow_tracking_uri=mlflow_tracking_uri,
+                    pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                    rollout=rollout,
+                ),
+                target,
+            )
+            apply_step_settings(
+                deploy(
+                    model_name=model_name,
+                    model_version=registered.outputs["model_version"],
+                    storage_uri=registered.outputs["storage_uri"],
+                    model_sha256=registered.outputs["model_sha256"],
+                    run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                    mlflow_tracking_uri=mlflow_tracking_uri,
+                    namespace=namespace,
+                    serving_runtime=serving_runtime,
+                    serving_cpu=serving_cpu,
+                    serving_memory=serving_memory,
+                    service_account=service_account,
+                    payload_log_uri=payload_log_uri,
+                    payload_log_exclude=payload_log_exclude,
+                    rollout=rollout,
+                    canary_steps=canary_steps,
+                    canary_interval_s=canary_interval_s,
+                    ready_timeout_s=ready_timeout_s,
+                    rollout_deadline_s=rollout_deadline_s,
+                    prometheus_url=prometheus_url,
+                    canary_policy=canary_policy,
+                ),
+                target,
+            )
+
+    return training
