@@ -4,9 +4,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-# make run
+# make run, validate, monitor: LABEL is the label column (TARGET, its older name, still works)
 DATA ?=
+LABEL ?=
 TARGET ?=
+label = $(or $(LABEL),$(TARGET))
 MODEL ?=
 # make compile
 GPUS ?= 0
@@ -56,7 +58,7 @@ MLSERVER_VENV := .bench/mlserver-venv
 MLSERVER_INSTALLED := $(MLSERVER_VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run serve compile check submit schedule submit-vertex schedule-vertex publish drift test lint format images push lint-images bench bench-serving bench-drift bench-validation bench-quality validate monitor lock clean
+.PHONY: help install run serve compile check submit schedule submit-vertex schedule-vertex publish drift test golden lint format images push lint-images bench bench-serving bench-drift bench-validation bench-quality validate monitor lock clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -69,8 +71,8 @@ $(INSTALLED): pyproject.toml constraints.txt
 
 install: $(INSTALLED) ## Create .venv and install Conveyor (editable) with its pinned dependencies
 
-run: $(INSTALLED) ## Run the training pipeline locally [DATA=path/uri TARGET=column MODEL=name]
-	$(BIN)/conveyor run $(if $(DATA),--data '$(DATA)') $(if $(TARGET),--target '$(TARGET)') $(if $(MODEL),--model '$(MODEL)')
+run: $(INSTALLED) ## Run the training pipeline locally [DATA=path/uri LABEL=column (or TARGET=) MODEL=name]
+	$(BIN)/conveyor run $(if $(DATA),--data '$(DATA)') $(if $(label),--label '$(label)') $(if $(MODEL),--model '$(MODEL)')
 
 serve: $(INSTALLED) ## Serve a model's champion from local runs on this machine [MODEL=name PORT=8080]
 	$(BIN)/conveyor serve $(if $(MODEL),--model '$(MODEL)') --port $(PORT)
@@ -114,19 +116,23 @@ drift: $(INSTALLED) ## Compare CURRENT with REFERENCE for drift; exit 3 on drift
 	$(BIN)/conveyor drift --reference '$(REFERENCE)' --current '$(CURRENT)' --report '$(REPORT)' \
 		$(if $(SEGMENT),--segment '$(SEGMENT)')
 
-validate: $(INSTALLED) ## Check DATA against SCHEMA; exit 3 when a rule fails [DATA= SCHEMA=schema.json WRITE=1 TARGET= SEGMENT=]
+validate: $(INSTALLED) ## Check DATA against SCHEMA; exit 3 when a rule fails [DATA= SCHEMA=schema.json WRITE=1 LABEL= SEGMENT=]
 	$(BIN)/conveyor validate --data '$(DATA)' --schema '$(SCHEMA)' \
-		$(if $(WRITE),--write-schema $(if $(TARGET),--target '$(TARGET)') $(if $(SEGMENT),--segment '$(SEGMENT)'))
+		$(if $(WRITE),--write-schema $(if $(label),--label '$(label)') $(if $(SEGMENT),--segment '$(SEGMENT)'))
 
-monitor: $(INSTALLED) ## Run the monitoring pipeline locally: INPUTS (and LABELS) vs MODEL's champion, retraining on DATA on drift or degradation [INPUTS= MODEL= DATA= TARGET= LABELS= PUSHGATEWAY=]
+monitor: $(INSTALLED) ## Run the monitoring pipeline locally: INPUTS (and LABELS) vs MODEL's champion, retraining on DATA on drift or degradation [INPUTS= MODEL= DATA= LABEL= LABELS= PUSHGATEWAY=]
 	$(BIN)/conveyor monitor --inputs '$(INPUTS)' --model '$(MODEL)' \
-		$(if $(DATA),--data '$(DATA)') $(if $(TARGET),--target '$(TARGET)') \
+		$(if $(DATA),--data '$(DATA)') $(if $(label),--label '$(label)') \
 		$(if $(LABELS),--labels '$(LABELS)') $(if $(PUSHGATEWAY),--pushgateway '$(PUSHGATEWAY)')
 
 # A test file runs whole in one worker, so its servers (MLflow, Prometheus) start once.
 test: $(INSTALLED) lint-images ## Run lint, lint-images and the test suite [PYTEST_ARGS=... TEST_WORKERS=auto]
 	$(BIN)/ruff check components pipelines tests bench
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+
+# After an intended change to a pipeline's or component's parameters, inputs, outputs or tasks.
+golden: $(INSTALLED) ## Rewrite tests/golden/ (the compiled interfaces test_golden.py checks) from the code
+	UPDATE_GOLDEN=1 $(BIN)/python -m pytest -q tests/test_golden.py
 
 lint: $(INSTALLED) ## Check style with ruff
 	$(BIN)/ruff check components pipelines tests bench

@@ -62,21 +62,21 @@ def deploy(
         serving_memory: Memory request and limit of the predictor.
         service_account: Service account the predictor pulls the model with.
         payload_log_uri: Folder or URI under which the predictor logs the inputs it answers
-            (in ``<InferenceService name>/<day>/``), for the monitoring pipeline; empty
+            (a folder per InferenceService and day), for the monitoring pipeline; empty
             logs nothing.
         payload_log_exclude: Input columns the predictor never writes to its payload log
             (personal data, ...).
-        rollout: False renders and validates the manifest only (local runs without a
-            cluster; register has made the version the champion already).
+        rollout: False renders and validates the InferenceService only, without a cluster,
+            and register makes the model the champion; true rolls it out, and it becomes
+            the champion only if the rollout promotes it.
         canary_steps: Canary traffic percentages, comma-separated and increasing (1-99).
         canary_interval_s: Seconds between looks at the canary; the first is warm-up.
         ready_timeout_s: Seconds a new revision may take to become ready.
         rollout_deadline_s: Seconds the whole rollout may take before it is rolled back.
-        prometheus_url: Prometheus the canary is judged from; required unless
-            ``canary_policy`` says ``analysis: none``.
-        canary_policy: How the canary is judged (``rollout.policy``): metrics
-            merged by name onto the defaults (5xx, 4xx, latency, predicted class, score),
-            error rates, limits; empty uses the defaults.
+        prometheus_url: Prometheus the canary is judged from; required unless the canary
+            policy says analysis: none.
+        canary_policy: How the canary is judged (metrics, margins, error rates, limits),
+            merged by name onto the defaults; empty uses the defaults.
 
     Returns:
         The decision: ``created``, ``promoted``, ``promoted_without_analysis`` (``analysis:
@@ -89,13 +89,16 @@ def deploy(
     from conveyor.components.core.files import write_text_atomically
     from conveyor.components.core.rollout.manifests import ServingSpec, deploy_manifest
     from conveyor.components.core.rollout.runner import RolloutSettings, deploy_model
+    from conveyor.components.core.rollout.settings import SETTING_NAMES
     from conveyor.components.core.training.registry import check_rollout_allowed, record_rollout
 
+    # KFP ships only this function's source, so the declared settings are passed on by
+    # name from its parameters (a test checks the signature declares each of them).
+    parameters = locals()
     with step_errors("deploy"):
         settings = RolloutSettings.from_parameters(
-            canary_steps, canary_interval_s, ready_timeout_s, rollout_deadline_s, prometheus_url,
-            canary_policy,
-        )  # fmt: skip
+            {name: parameters[name] for name in SETTING_NAMES}
+        )
         spec = ServingSpec(
             model_name=model_name,
             model_version=model_version,

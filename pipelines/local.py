@@ -28,10 +28,6 @@ __all__ = [
     "run_training_locally",
 ]
 
-_SERVING_PARAMETERS = (
-    "model_name", "namespace", "serving_runtime", "serving_cpu", "serving_memory",
-    "service_account", "rollout",
-)  # fmt: skip
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STARTED = re.compile(r"Executing task '([^']+)'")
 _FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
@@ -255,19 +251,21 @@ def check_deployable(arguments: dict[str, Any], pipeline: Any) -> None:
     as an older release, has nothing here to check."""
     from conveyor.components.core.rollout.manifests import (
         ServingSpec,
+        inference_service_problems,
         render_inference_service,
-        validate_inference_service,
     )
-    from conveyor.components.core.rollout.runner import ROLLOUT_PARAMETERS, RolloutSettings
+    from conveyor.components.core.rollout.runner import RolloutSettings
+    from conveyor.components.core.rollout.settings import SETTING_NAMES
+    from conveyor.pipelines.definitions.parameters import raise_problems
 
     inputs = pipeline.component_spec.inputs or {}
-    if not set(_SERVING_PARAMETERS + ROLLOUT_PARAMETERS) <= set(inputs):
+    if not {"model_name", *SETTING_NAMES} <= set(inputs):
         return
 
     def value(name: str) -> Any:
         return arguments.get(name, inputs[name].default)
 
-    settings = RolloutSettings.from_parameters(*(value(name) for name in ROLLOUT_PARAMETERS))
+    settings = RolloutSettings.from_parameters({name: value(name) for name in SETTING_NAMES})
     spec = ServingSpec(
         model_name=value("model_name"),
         model_version="1",
@@ -279,7 +277,7 @@ def check_deployable(arguments: dict[str, Any], pipeline: Any) -> None:
         memory=value("serving_memory"),
         service_account=value("service_account"),
     )
-    validate_inference_service(render_inference_service(spec))
+    raise_problems(inference_service_problems(render_inference_service(spec)))
     if value("rollout"):
         settings.prometheus()  # a rollout that would judge nothing is refused up front
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -212,3 +213,16 @@ def test_register_and_deploy_share_the_rollout_choice_and_the_model_hash(cpu_bui
     assert deploy["mlflow_tracking_uri"].component_input_parameter == (
         "pipelinechannel--mlflow_tracking_uri"
     )
+
+
+def test_embedded_step_code_imports_conveyor_under_its_installed_name_only(
+    cpu_build: Path,
+) -> None:
+    # A step's code is serialised into the YAML; a bare `components.core` import there would
+    # load a user's own components/ package in the pod (or nothing), not Conveyor's.
+    for path in cpu_build.rglob("*.yaml"):
+        for name, container in executors(path).items():
+            code = "\n".join([*container.command, *container.args])
+            bare = re.findall(r"^\s*(?:from|import) (?:components|pipelines)\b.*$", code, re.M)
+            assert not bare, f"{path.name} {name}: {bare}"
+            assert "from conveyor.components" in code, f"{path.name} {name}"

@@ -130,7 +130,7 @@ def test_check_names_every_problem_and_fails(tmp_path: Path, capsys: pytest.Capt
     (tmp_path / "unanalysed.yaml").write_text(
         "model_store_uri: gs://b/m\ncanary_policy: {analysis: none}\n"
     )
-    assert main(["check", "--configs", str(tmp_path)]) == 1
+    assert main(["check", "--configs", str(tmp_path)]) == 2
     captured = capsys.readouterr()
     assert f"{tmp_path / 'good.yaml'}: ok" in captured.out
     assert f"{tmp_path / 'unanalysed.yaml'}: ok" in captured.out

@@ -1,7 +1,7 @@
 """Container images: names as the pipelines use them, Dockerfile rules, and the recipe proven.
 
-No container engine runs here, so the recipe test replays the base Dockerfile's build stage
-(its COPY lines and its ``pip install``) in a fresh venv, then runs a component from it.
+No container engine runs here, so tests/test_wheel.py replays the base Dockerfile's build
+stage (its COPY lines and its ``pip install``) in a fresh venv and runs components from it.
 """
 
 from __future__ import annotations
@@ -10,12 +10,8 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
-import textwrap
-import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from conveyor.components.images import image
@@ -121,56 +117,3 @@ def replay_build_stage(dockerfile: Path, context: Path) -> tuple[Path, list[str]
                 target.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(origin, target / origin.name)
     return context / installed_in.relative_to("/"), install
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_the_base_image_recipe_installs_a_package_that_runs_a_component(tmp_path: Path) -> None:
-    started = time.monotonic()
-    source, install = replay_build_stage(DOCKERFILES["base"], tmp_path / "context")
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    # The build's pip caches nothing; here a warm cache only saves time.
-    arguments = [word for word in install if word != "--no-cache-dir"]
-    result = subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", *arguments],
-        cwd=source, capture_output=True, text=True,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    installed = time.monotonic() - started
-
-    run = textwrap.dedent(
-        """
-        import sys
-        from pathlib import Path
-
-        from kfp.dsl import Dataset
-
-        import conveyor.components
-        from conveyor.components.ingest import ingest
-
-        out = Path(sys.argv[1])
-        train = Dataset(name="train", uri=str(out / "train"), metadata={})
-        test = Dataset(name="test", uri=str(out / "test"), metadata={})
-        ingest.python_func(
-            data_uri="builtin://breast_cancer", target_column="diagnosis", train=train, test=test
-        )
-        print(Path(conveyor.components.__file__).resolve())
-        print(train.metadata["rows"], test.metadata["rows"])
-        """
-    )
-    artifacts = tmp_path / "artifacts"
-    artifacts.mkdir()
-    step = subprocess.run(
-        [str(python), "-c", run, str(artifacts)], cwd=tmp_path, capture_output=True, text=True
-    )
-    assert step.returncode == 0, step.stderr[-3000:]
-    location, rows = step.stdout.splitlines()[-2:]
-    site_packages = venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}"
-    assert Path(location).is_relative_to(site_packages.resolve() / "site-packages"), location
-    assert not Path(location).is_relative_to(ROOT), location
-    assert rows == "455 114"
-    assert len(pd.read_parquet(artifacts / "train")) == 455
-    assert len(pd.read_parquet(artifacts / "test")) == 114
-    print(f"recipe: installed in {installed:.0f} s, {time.monotonic() - started:.0f} s in all")

@@ -119,9 +119,14 @@ def test_a_bad_parameter_file_stops_before_anything_is_sent(
         str(tmp_path / "p.yaml"),
     )
     assert code == 2
-    assert err.strip() == (
-        f"conveyor submit: {tmp_path / 'p.yaml'}: 'estimater' is not a parameter of the pipeline (and 1 more)"
-    )
+    assert err.splitlines() == [
+        f"conveyor submit: {tmp_path / 'p.yaml'}: 'estimater' is not a parameter of the pipeline",
+        f"conveyor submit: {tmp_path / 'p.yaml'}: 'seed' must be a whole number, not 'many'",
+        # Deploy's settings are checked in the same pass, not once the parameters are fixed.
+        f"conveyor submit: {tmp_path / 'p.yaml'}: no Prometheus URL to judge the canary with "
+        "(prometheus_url, --prometheus): give one, or set analysis: none in the canary policy "
+        "to roll out unjudged",
+    ]
     assert kfp_api.requests == []
 
 

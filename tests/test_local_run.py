@@ -216,7 +216,7 @@ def retry_register_and_deploy(
 def test_users_own_multiclass_csv(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     multiclass_table(rows=300).to_csv(tmp_path / "Iris Like.csv", index=False)
     code, summary, printed = conveyor_run(
-        capsys, tmp_path / "runs", "--data", str(tmp_path / "Iris Like.csv"), "--target", "species",
+        capsys, tmp_path / "runs", "--data", str(tmp_path / "Iris Like.csv"), "--label", "species",
         "--estimator", "random_forest", "--param", "hyperparameters={n_estimators: 40}",
     )  # fmt: skip
     assert code == 0, printed
@@ -235,7 +235,7 @@ def test_users_parquet_with_an_integer_target(
     table.to_parquet(tmp_path / "customers.parquet")
     code, summary, printed = conveyor_run(
         capsys, tmp_path / "runs", "--data", str(tmp_path / "customers.parquet"),
-        "--target", "churned", "--model", "churn",
+        "--label", "churned", "--model", "churn",
     )  # fmt: skip
     assert code == 0, printed
     assert summary["model_name"] == "churn" and summary["blessed"]
@@ -276,7 +276,7 @@ def test_bad_input_fails_its_step_and_leaves_nothing_behind(
     elif content is not None:
         content.to_csv(data, index=False)
     runs = tmp_path / "runs"
-    code, summary, printed = conveyor_run(capsys, runs, "--data", str(data), "--target", "species")
+    code, summary, printed = conveyor_run(capsys, runs, "--data", str(data), "--label", "species")
     assert code == 1
     assert summary["failed_step"] == step and summary["status"] == "failed"
     first_line, *_ = summary["reason"].splitlines()
@@ -296,14 +296,14 @@ def test_a_committed_schema_stops_a_run_on_a_null_spike(
     schema = tmp_path / "schema.json"
     assert main([
         "validate", "--data", str(tmp_path / "last-month.csv"), "--schema", str(schema),
-        "--write-schema", "--target", "species",
+        "--write-schema", "--label", "species",
     ]) == 0  # fmt: skip
     spiked = multiclass_table(300, seed=8)
     spiked.loc[:120, "weight"] = np.nan  # an upstream join lost two fifths of the weights
     spiked.to_csv(tmp_path / "input.csv", index=False)
     runs = tmp_path / "runs"
     code, summary, _ = conveyor_run(
-        capsys, runs, "--data", str(tmp_path / "input.csv"), "--target", "species",
+        capsys, runs, "--data", str(tmp_path / "input.csv"), "--label", "species",
         "--schema", str(schema),
     )  # fmt: skip
     assert code == 1 and summary["failed_step"] == "validate"
@@ -315,7 +315,7 @@ def test_a_committed_schema_stops_a_run_on_a_null_spike(
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (("--data", "x.csv"), "--target (TARGET=) is required with --data"),
+        (("--data", "x.csv"), "--label (LABEL=) is required with --data"),
         (("--param", "learning_rate=0.1"), "--param 'learning_rate': no such training pipeline"),
         (("--param", "seed"), "--param 'seed': expected NAME=VALUE"),
         (

@@ -14,6 +14,7 @@ from conveyor.components.core.rollout.manifests import (
     ServingSpec,
     deploy_manifest,
     inference_service_name,
+    inference_service_problems,
     packaged_crd,
     render_inference_service,
     validate_inference_service,
@@ -86,6 +87,22 @@ def test_invalid_services_are_refused_naming_the_field(change, message: str) -> 
     with pytest.raises(ConveyorError) as raised:
         validate_inference_service(manifest)
     assert str(raised.value).startswith(message)
+
+
+def test_every_problem_of_a_service_is_listed_a_line_each() -> None:
+    assert inference_service_problems(render_inference_service(SPEC)) == []
+    bad = ServingSpec("m", "1", "/models/m", namespace="ML_Prod", cpu="one", memory="2 GB")
+    quantity = "is not a Kubernetes quantity (such as 500m, 1, 2Gi, 512Mi)"
+    assert inference_service_problems(render_inference_service(bad)) == [
+        "InferenceService metadata.namespace: 'ML_Prod' is not a valid namespace name",
+        f"InferenceService spec.predictor.model.resources.limits.cpu: 'one' {quantity}",
+        f"InferenceService spec.predictor.model.resources.limits.memory: '2 GB' {quantity}",
+        f"InferenceService spec.predictor.model.resources.requests.cpu: 'one' {quantity}",
+        f"InferenceService spec.predictor.model.resources.requests.memory: '2 GB' {quantity}",
+    ]
+    # validate_inference_service still raises with the first, and how many more there are.
+    with pytest.raises(ConveyorError, match=r"namespace name \(and 4 more problem\(s\)\)$"):
+        validate_inference_service(render_inference_service(bad))
 
 
 def test_invalid_quantity_from_the_spec_writes_nothing(tmp_path: Path) -> None:

@@ -106,7 +106,7 @@ def test_check_reads_monitoring_configs_against_the_monitoring_pipeline(
     (tmp_path / "monitoring" / "dev.yaml").write_text(
         "inputs_uri: /tmp/in.csv\nmodel_store_uri: /tmp/m\ndrift_share: high\nestimater: x\n"
     )
-    assert main(["check", "--configs", str(tmp_path)]) == 1
+    assert main(["check", "--configs", str(tmp_path)]) == 2
     captured = capsys.readouterr()
     assert f"{tmp_path / 'dev.yaml'}: ok" in captured.out
     assert f"{tmp_path / 'monitoring' / 'dev.yaml'}: 2 problem(s)" in captured.out
@@ -122,7 +122,7 @@ def champion(
     multiclass_table(600, seed=3).to_csv(root / "train.csv", index=False)
     name = "monitored-species"
     code = main([
-        "run", "--data", str(root / "train.csv"), "--target", "species", "--model", name,
+        "run", "--data", str(root / "train.csv"), "--label", "species", "--model", name,
         "--runs-dir", str(root / "runs"), "--param", f"mlflow_tracking_uri={mlflow_server}",
     ])  # fmt: skip
     assert code == 0
@@ -144,7 +144,7 @@ def monitor(
     capsys.readouterr()
     code = main([
         "monitor", "--inputs", str(inputs), "--model", name,
-        "--data", str(train), "--target", "species", "--runs-dir", str(root / "runs"),
+        "--data", str(train), "--label", "species", "--runs-dir", str(root / "runs"),
         "--param", f"mlflow_tracking_uri={server}", *options,
     ])  # fmt: skip
     printed = capsys.readouterr().out

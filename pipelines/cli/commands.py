@@ -13,10 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-import yaml
-
 from conveyor.components.core.errors import ConveyorError
-from conveyor.components.core.rollout.policy import REMOVED_SETTINGS
 from conveyor.pipelines.cli import data as quality
 from conveyor.pipelines.cli import delivery
 from conveyor.pipelines.cli import rollout as canary
@@ -29,8 +26,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except ConveyorError as error:
-        print(f"conveyor {args.command}: {error}", file=sys.stderr)
+    except ConveyorError as error:  # one line a problem, each naming the command
+        for line in str(error).splitlines() or [type(error).__name__]:
+            print(f"conveyor {args.command}: {line}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # the reader went away (`conveyor ... | head`): end quietly
         _silence_stdout()
@@ -45,18 +43,44 @@ def _silence_stdout() -> None:
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Ends an option's help with its default, unless it has none to show (None, False, an
+    empty text or list): such an option's help says what leaving it out does."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if _no_default(action.default):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _no_default(default: Any) -> bool:
+    # `is`, not `in`: 0 == False, and a default of 0 is worth showing.
+    return default is None or default is False or (isinstance(default, str | list) and not default)
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """A sub-command's parser: its help shows each option's default (``_HelpFormatter``)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(**kwargs)
+
+
 def _parser() -> argparse.ArgumentParser:
     from conveyor.components.images import VERSION
 
-    parser = argparse.ArgumentParser(prog="conveyor", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="conveyor", description=__doc__, formatter_class=_HelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"conveyor {VERSION}")
-    commands = parser.add_subparsers(dest="command", required=True)
+    # Every module's sub-commands (cli.rollout's, cli.data's, cli.delivery's) get it too.
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
 
     run = commands.add_parser("run", help="run the training pipeline locally through kfp.local")
     run.add_argument(
         "--data", help="CSV or Parquet path or URI (default: the embedded breast-cancer table)"
     )
-    run.add_argument("--target", help="label column (required with --data)")
+    quality.add_label_option(run, "label column (required with --data)")
     run.add_argument("--model", help="registered model name (default: from the data file's name)")
     run.add_argument("--dvc-repo", default="", help="git repository whose DVC tracks --data")
     run.add_argument("--rev", default="", help="git revision of --dvc-repo to read")
@@ -71,7 +95,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="any other pipeline parameter; VALUE is read as YAML (numbers, true/false, {a: 1})",
+        help="any other training pipeline parameter, repeatable; VALUE is read as YAML "
+        "(numbers, true/false, {a: 1}), or as written for a text parameter",
     )
     run.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where local runs live")
     run.set_defaults(handler=_run)
@@ -80,7 +105,9 @@ def _parser() -> argparse.ArgumentParser:
     build = commands.add_parser(
         "compile", help="compile the pipeline (kubeflow, vertex) and components"
     )
-    build.add_argument("--output-dir", type=Path, default=Path("build"))
+    build.add_argument(
+        "--output-dir", type=Path, default=Path("build"), help="where the YAML is written"
+    )
     build.add_argument("--gpus", type=int, default=0, help="GPUs for the train step")
     build.add_argument("--gpu-type", default="", help="Vertex accelerator (default NVIDIA_L4)")
     build.add_argument(
@@ -100,7 +127,10 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "check", help="compile every pipeline for every target and check configs/*.yaml"
     )
-    check.add_argument("--configs", type=Path, default=Path("configs"))
+    check.add_argument(
+        "--configs", type=Path, default=Path("configs"),
+        help="parameter files: *.yaml for training, monitoring/*.yaml for monitoring",
+    )  # fmt: skip
     check.set_defaults(handler=_check)
     return parser
 
@@ -153,7 +183,7 @@ def _add_serve(commands: Any) -> None:
         "to the payload log; repeatable, added to the model card's id_columns",
     )  # fmt: skip
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on")
     serve.add_argument("--workers", type=int, default=1, help="only 1: start more servers instead")
     serve.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where local runs live")
     serve.set_defaults(handler=_serve)
@@ -180,11 +210,11 @@ def _add_monitor(commands: Any) -> None:
     )  # fmt: skip
     monitor.add_argument(
         "--days", type=int, default=0,
-        help="of a payload log, read only the last DAYS days (today, UTC, included)",
+        help="of a payload log, read only the last DAYS days (today, UTC, included); 0: all",
     )  # fmt: skip
     monitor.add_argument("--model", required=True, help="the registered model to monitor")
     monitor.add_argument("--data", help="the training table a retraining reads")
-    monitor.add_argument("--target", help="its label column (required with --data)")
+    quality.add_label_option(monitor, "the label column of --data (required with it)")
     monitor.add_argument("--segment", default="", help="also judge drift within each value")
     monitor.add_argument(
         "--schema", type=Path,
@@ -203,7 +233,7 @@ def _add_monitor(commands: Any) -> None:
     )
     monitor.add_argument(
         "--param", action="append", default=[], metavar="NAME=VALUE",
-        help="any other monitoring pipeline parameter, read as YAML",
+        help="any other monitoring pipeline parameter, repeatable; VALUE read as in run",
     )  # fmt: skip
     monitor.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs live")
     monitor.set_defaults(handler=_monitor)
@@ -213,8 +243,8 @@ def _monitor(args: argparse.Namespace) -> int:
     from conveyor.pipelines.cli.data import DATA_FAILED
     from conveyor.pipelines.local import run_monitoring_locally
 
-    if args.data and not args.target:
-        raise ConveyorError("--target is required with --data: name the label column")
+    if args.data and not args.label:
+        raise ConveyorError("--label is required with --data: name the label column")
     arguments: dict[str, Any] = {
         "inputs_uri": _local_path(args.inputs),
         "inputs_days": args.days,
@@ -225,7 +255,7 @@ def _monitor(args: argparse.Namespace) -> int:
         "pushgateway_url": args.pushgateway,
     }
     if args.data:
-        arguments.update(data_uri=_local_path(args.data), target_column=args.target)
+        arguments.update(data_uri=_local_path(args.data), target_column=args.label)
     if args.schema:
         arguments["schema_uri"] = _local_path(str(args.schema))
     arguments.update(_parse_params(args.param, "monitoring"))
@@ -247,8 +277,8 @@ def _run_arguments(args: argparse.Namespace) -> dict[str, Any]:
     from conveyor.components.core.data.tables import DEFAULT_DATA_URI, Source, dataset_name
     from conveyor.pipelines.definitions.training import DEFAULT_MODEL_NAME
 
-    if args.data and not args.target:
-        raise ConveyorError("--target (TARGET=) is required with --data: name the label column")
+    if args.data and not args.label:
+        raise ConveyorError("--label (LABEL=) is required with --data: name the label column")
     data = args.data or DEFAULT_DATA_URI
     if Path(data).exists() and not args.dvc_repo:
         data = str(Path(data).resolve())
@@ -257,8 +287,8 @@ def _run_arguments(args: argparse.Namespace) -> dict[str, Any]:
         "dvc_repo": args.dvc_repo,
         "data_revision": args.rev,
     }
-    if args.target:
-        arguments["target_column"] = args.target
+    if args.label:
+        arguments["target_column"] = args.label
     default_name = dataset_name(Source(data)) if args.data else DEFAULT_MODEL_NAME
     arguments["model_name"] = args.model or default_name
     if args.estimator:
@@ -272,23 +302,13 @@ def _run_arguments(args: argparse.Namespace) -> dict[str, Any]:
 def _parse_params(pairs: list[str], pipeline: str = "training") -> dict[str, Any]:
     """``--param NAME=VALUE`` pairs, each checked against ``pipeline``'s own parameters."""
     from conveyor.pipelines.definitions.compile import PIPELINES
+    from conveyor.pipelines.definitions.parameters import parse_param_options
     from conveyor.pipelines.definitions.targets import Target
 
+    if not pairs:
+        return {}
     known = PIPELINES[pipeline].build(Target("kubeflow")).component_spec.inputs or {}
-    parsed = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep:
-            raise ConveyorError(f"--param {pair!r}: expected NAME=VALUE")
-        if name in REMOVED_SETTINGS:
-            raise ConveyorError(f"--param {name!r}: was removed: {REMOVED_SETTINGS[name]}")
-        if name not in known:
-            raise ConveyorError(
-                f"--param {name!r}: no such {pipeline} pipeline parameter; known: "
-                f"{', '.join(known)}"
-            )
-        parsed[name] = yaml.safe_load(value) if value else ""
-    return parsed
+    return parse_param_options(pairs, known, pipeline)
 
 
 def _compile(args: argparse.Namespace) -> int:
@@ -425,6 +445,8 @@ _DEPLOYMENTS = {
 
 
 def _check(args: argparse.Namespace) -> int:
+    """Every problem of every parameter file, a line each under the file's own line, then
+    the total; exit 2 when there is any."""
     import tempfile
 
     from conveyor.pipelines.definitions.compile import PIPELINES, compile_all
@@ -440,32 +462,35 @@ def _check(args: argparse.Namespace) -> int:
     }
     if not files["training"]:
         raise ConveyorError(f"{args.configs}: no parameter files (*.yaml) to check")
-    problems = []
+    total, failed = 0, 0
     for name, paths in files.items():
         pipeline = PIPELINES[name].build(Target("kubeflow"))
         for path in paths:
             found = _config_problems(path, pipeline)
-            print(f"{path}: {'ok' if not found else f'{len(found)} problem(s)'}")
-            problems += found
-    for problem in problems:
-        print(problem, file=sys.stderr)
-    return 1 if problems else 0
+            # The file's line on stdout, its problems on stderr: flushed in turn, so a
+            # terminal shows each file's problems beneath it.
+            print(f"{path}: {'ok' if not found else f'{len(found)} problem(s)'}", flush=True)
+            for problem in found:
+                print(problem, file=sys.stderr, flush=True)
+            total, failed = total + len(found), failed + bool(found)
+    checked = sum(len(paths) for paths in files.values())
+    if not total:
+        print(f"no problems in {checked} parameter file(s)")
+        return 0
+    print(f"{total} problem(s) in {failed} of {checked} parameter file(s)")
+    return 2
 
 
 def _config_problems(path: Path, pipeline: Any) -> list[str]:
-    """Unknown or mistyped parameters, then the settings deploy would refuse."""
+    """Unknown or mistyped parameters, and the settings deploy would refuse, in one pass."""
     from conveyor.pipelines.definitions.parameters import load_parameters, parameter_problems
-    from conveyor.pipelines.local import check_deployable
 
-    values = load_parameters(path)
-    found = parameter_problems(values, pipeline.component_spec.inputs, str(path))
-    if found:
-        return found
     try:
-        check_deployable(values, pipeline)
-    except ConveyorError as error:
-        return [f"{path}: {error}"]
-    return []
+        values = load_parameters(path)
+    except ConveyorError as error:  # not YAML, or not a mapping: the file's one problem
+        return str(error).splitlines()
+    found = parameter_problems(values, pipeline.component_spec.inputs, str(path))
+    return found + delivery.deploy_problems(values, pipeline, str(path))
 
 
 def _print_summary(summary: Any, summary_path: Path, out: TextIO) -> None:

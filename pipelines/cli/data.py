@@ -10,14 +10,39 @@ unreadable file, a bad option, labels that match no logged prediction).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
 from conveyor.components.core.errors import ConveyorError
 
-__all__ = ["DATA_FAILED", "add_commands"]
+__all__ = ["DATA_FAILED", "add_commands", "add_label_option"]
 
 DATA_FAILED = 3
+
+
+def add_label_option(parser: Any, help_text: str, default: str | None = None) -> None:
+    """``--label COLUMN``, the table's label column, on ``parser`` (or an argument group);
+    ``--target``, its older name, still works but says to use ``--label``."""
+    parser.add_argument("--label", default=default, metavar="COLUMN", help=help_text)
+    parser.add_argument(
+        "--target", dest="label", default=default, action=_DeprecatedLabel, help=argparse.SUPPRESS
+    )
+
+
+class _DeprecatedLabel(argparse.Action):
+    """``--target`` where it meant the label column: stored as ``--label``, with a line on
+    stderr, since ``--target`` is the platform in submit, schedule and publish."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+        option_string: str | None = None,
+    ) -> None:  # fmt: skip
+        print(
+            f"{parser.prog}: --target is deprecated for the label column; use --label",
+            file=sys.stderr,
+        )
+        setattr(namespace, self.dest, values)
 
 
 def add_commands(commands: Any) -> None:
@@ -39,7 +64,7 @@ def _add_validate(commands: Any) -> None:
         help="infer the schema from --data and write it to --schema, to edit and commit",
     )  # fmt: skip
     written = validate.add_argument_group("with --write-schema")
-    written.add_argument("--target", default="", help="the label column, if the table has one")
+    add_label_option(written, "the label column, if the table has one", default="")
     written.add_argument("--segment", default="", help="also check rules within each value")
     written.add_argument(
         "--key", action="append", default=[], metavar="COLUMN",
@@ -47,7 +72,7 @@ def _add_validate(commands: Any) -> None:
     )  # fmt: skip
     validate.add_argument(
         "--inputs", action="store_true",
-        help="the table holds model inputs only (a payload log): no target column expected",
+        help="the table holds model inputs only (a payload log): no label column expected",
     )  # fmt: skip
     validate.add_argument("--report", type=Path, help="write the Markdown report here")
     validate.set_defaults(handler=_validate)
@@ -56,13 +81,13 @@ def _add_validate(commands: Any) -> None:
 def _validate(args: argparse.Namespace) -> int:
     from conveyor.components.core.data.validation import validate_file, write_schema
 
-    if not args.write_schema and (args.target or args.segment or args.key):
+    if not args.write_schema and (args.label or args.segment or args.key):
         raise ConveyorError(
-            "--target, --segment and --key describe a new schema: add --write-schema"
+            "--label, --segment and --key describe a new schema: add --write-schema"
         )
     if args.write_schema:
         result = write_schema(
-            args.data, args.schema, args.target, args.segment, tuple(args.key), args.report
+            args.data, args.schema, args.label, args.segment, tuple(args.key), args.report
         )
     else:
         result = validate_file(args.data, args.schema, args.inputs, args.report)
@@ -84,7 +109,10 @@ def _add_drift(commands: Any) -> None:
     drift.add_argument("--reference", required=True, help="CSV or Parquet path or URI")
     drift.add_argument("--current", required=True, help="CSV or Parquet path or URI")
     drift.add_argument("--segment", default="", help="also judge columns within each value")
-    drift.add_argument("--exclude", action="append", default=[], metavar="COLUMN")
+    drift.add_argument(
+        "--exclude", action="append", default=[], metavar="COLUMN",
+        help="a column not compared (an id, the label); repeatable",
+    )  # fmt: skip
     drift.add_argument(
         "--threshold", action="append", default=[], metavar="TEST=VALUE",
         help="psi, ks, chisquare or jensenshannon (defaults 0.1, 0.05, 0.05, 0.1)",
@@ -102,11 +130,18 @@ def _add_drift(commands: Any) -> None:
     )  # fmt: skip
     drift.add_argument(
         "--rule", default="importance", choices=["importance", "share"],
-        help="importance (default): a column weighing --importance-threshold, or drifted "
+        help="importance: a column weighing --importance-threshold, or drifted "
         "columns weighing --weighted-share together; share: --drift-share of the columns",
     )  # fmt: skip
-    drift.add_argument("--importance-threshold", type=float, default=0.1)
-    drift.add_argument("--weighted-share", type=float, default=0.3)
+    drift.add_argument(
+        "--importance-threshold", type=float, default=0.1,
+        help="with --rule importance: drift when one drifted column weighs at least this",
+    )  # fmt: skip
+    drift.add_argument(
+        "--weighted-share", type=float, default=0.3,
+        help="with --rule importance: drift when the drifted columns together weigh at "
+        "least this",
+    )  # fmt: skip
     drift.add_argument(
         "--alpha", default="0.01",
         help="false-alarm rate for sampling noise, shared by all column tests; off: none",

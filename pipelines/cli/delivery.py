@@ -17,7 +17,7 @@ from typing import Any
 
 from conveyor.components.core.errors import ConveyorError
 
-__all__ = ["add_commands"]
+__all__ = ["add_commands", "deploy_problems"]
 
 _KUBEFLOW_ONLY = ("host", "experiment", "namespace")
 _VERTEX_ONLY = ("project", "region", "pipeline_root", "label", "template")
@@ -31,7 +31,9 @@ def add_commands(commands: Any) -> None:
         ("schedule", "run the pipeline on a cron, on Kubeflow or on Vertex AI"),
     ):
         command = commands.add_parser(name, help=text, description=text)
-        command.add_argument("--target", required=True, choices=("kubeflow", "vertex"))
+        command.add_argument(
+            "--target", required=True, choices=("kubeflow", "vertex"), help="the platform"
+        )
         _add_pipeline_option(command)
         command.add_argument("--params", type=Path, help="parameter file, such as configs/dev.yaml")
         command.add_argument("--run-name", default="", help="default: the pipeline's name")
@@ -40,14 +42,20 @@ def add_commands(commands: Any) -> None:
         command.add_argument("--dry-run", action="store_true", help="print what would be sent")
         kubeflow = command.add_argument_group("--target kubeflow")
         kubeflow.add_argument("--host", default="", help="the KFP API, such as http://…/pipeline")
-        kubeflow.add_argument("--experiment", default="", help="default: conveyor")
+        kubeflow.add_argument(
+            "--experiment", default="", help="the experiment the run goes in (empty: conveyor)"
+        )
         kubeflow.add_argument("--namespace", default="", help="a Kubeflow profile namespace")
         vertex = command.add_argument_group("--target vertex")
         vertex.add_argument("--project", default="", help="Google Cloud project id")
         vertex.add_argument("--region", default="", help="such as europe-west4")
         vertex.add_argument("--pipeline-root", default="", help="gs://BUCKET/PATH for artifacts")
         vertex.add_argument(
-            "--label", action="append", default=[], metavar="KEY=VALUE", help="a job label"
+            "--label",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="a label of the Vertex AI job (not a label column); repeatable",
         )
         vertex.add_argument(
             "--template",
@@ -58,7 +66,9 @@ def add_commands(commands: Any) -> None:
         if name == "schedule":
             command.add_argument("--cron", required=True, help="standard 5-field cron")
             command.add_argument("--timezone", default="UTC", help="Vertex: IANA time zone")
-            command.add_argument("--max-concurrent", type=int, default=1)
+            command.add_argument(
+                "--max-concurrent", type=int, default=1, help="most runs of it at one time"
+            )
             vertex.add_argument(
                 "--schedule-name", default="", help="default: pipeline and --params name"
             )
@@ -70,7 +80,9 @@ def add_commands(commands: Any) -> None:
     publish = commands.add_parser(
         "publish", help="publish the pipeline as a template to Artifact Registry"
     )
-    publish.add_argument("--target", required=True, choices=("vertex",))
+    publish.add_argument(
+        "--target", required=True, choices=("vertex",), help="the platform (Vertex AI only)"
+    )
     _add_pipeline_option(publish)
     publish.add_argument("--repo", required=True, help="https://REGION-kfp.pkg.dev/P/R")
     publish.add_argument("--tag", required=True, help="such as v1.2.0")
@@ -82,7 +94,7 @@ def add_commands(commands: Any) -> None:
 def _add_pipeline_option(command: Any) -> None:
     command.add_argument(
         "--pipeline", default="training", choices=("training", "monitoring"),
-        help="which pipeline (default: training)",
+        help="which pipeline",
     )  # fmt: skip
 
 
@@ -137,18 +149,23 @@ def _pipeline_name(args: argparse.Namespace) -> str:
     return PIPELINES[args.pipeline].name
 
 
-def _check_deployable(parameters: dict[str, Any], pipeline: Any, where: str) -> None:
-    """The serving and rollout settings deploy would refuse, named before the run starts."""
+def deploy_problems(values: dict[str, Any], pipeline: Any, where: str) -> list[str]:
+    """The serving and rollout settings deploy would refuse, a line each starting with
+    ``where``: named before a run starts, beside any problem of the parameters themselves
+    (an unknown or mistyped parameter is left out here, so its default is checked)."""
+    from conveyor.pipelines.definitions.parameters import well_typed
     from conveyor.pipelines.local import check_deployable
 
     try:
-        check_deployable(parameters, pipeline)
+        check_deployable(well_typed(values, pipeline.component_spec.inputs or {}), pipeline)
     except ConveyorError as error:
-        raise ConveyorError(f"{where}: {error}") from None
+        return [f"{where}: {line}" for line in str(error).splitlines()]
+    return []
 
 
 def _deliver_kubeflow(args: argparse.Namespace) -> int:
     from conveyor.pipelines.definitions.compile import compile_pipeline
+    from conveyor.pipelines.definitions.parameters import raise_problems
     from conveyor.pipelines.delivery import kubeflow
     from conveyor.pipelines.delivery.cron import kubeflow_cron
 
@@ -171,8 +188,8 @@ def _deliver_kubeflow(args: argparse.Namespace) -> int:
             max_concurrency=getattr(args, "max_concurrent", 1),
         )
         pipeline = _pipeline(target, args)
-        kubeflow.check_request(request, pipeline.component_spec.inputs, _where(args))
-        _check_deployable(request.parameters, pipeline, _where(args))
+        problems = kubeflow.request_problems(request, pipeline.component_spec.inputs, _where(args))
+        raise_problems(problems + deploy_problems(request.parameters, pipeline, _where(args)))
         if args.dry_run:
             print(request.to_json())
             return 0
@@ -185,6 +202,7 @@ def _deliver_kubeflow(args: argparse.Namespace) -> int:
 
 def _deliver_vertex(args: argparse.Namespace) -> int:
     from conveyor.pipelines.definitions.compile import compile_pipeline
+    from conveyor.pipelines.definitions.parameters import raise_problems
     from conveyor.pipelines.delivery import gcloud, templates, vertex
 
     published = templates.TemplateRef.parse(args.template) if args.template else None
@@ -194,9 +212,11 @@ def _deliver_vertex(args: argparse.Namespace) -> int:
         request = _vertex_request(args, _local_label(local) if local else published.url)
         # A published template is checked against its own signature once it is downloaded.
         pipeline = None if published else _pipeline(target, args)
-        vertex.check_request(request, pipeline and pipeline.component_spec.inputs, _where(args))
+        inputs = pipeline and pipeline.component_spec.inputs
+        problems = vertex.request_problems(request, inputs, _where(args))
         if pipeline:
-            _check_deployable(request.parameters, pipeline, _where(args))
+            problems += deploy_problems(request.parameters, pipeline, _where(args))
+        raise_problems(problems)
         if args.dry_run:
             if published:
                 print(f"conveyor {args.command}: a dry run does not read {published.url}, so "
@@ -218,13 +238,14 @@ def _deliver_vertex(args: argparse.Namespace) -> int:
 def _pinned(args: argparse.Namespace, published: Any, auth: Any, scratch: Path) -> tuple[Any, str]:
     """The request for a published template resolved to its version, checked against that
     version's own signature; and the URL aiplatform reads it from."""
+    from conveyor.pipelines.definitions.parameters import raise_problems
     from conveyor.pipelines.delivery import templates, vertex
 
     pinned = templates.resolve(published, auth)
     template = _load_template(templates.download(pinned, auth, scratch))
     request = _vertex_request(args, pinned.url)
-    vertex.check_request(request, template.component_spec.inputs or {}, _where(args))
-    _check_deployable(request.parameters, template, _where(args))
+    problems = vertex.request_problems(request, template.component_spec.inputs or {}, _where(args))
+    raise_problems(problems + deploy_problems(request.parameters, template, _where(args)))
     return request, pinned.url
 
 

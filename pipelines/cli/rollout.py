@@ -18,6 +18,7 @@ from typing import Any
 
 from conveyor.components.core.errors import ConveyorError
 from conveyor.components.core.rollout.policy import REMOVED_SETTINGS
+from conveyor.components.core.rollout.settings import SETTINGS, Setting, setting
 
 __all__ = ["JUDGE_EXIT_CODES", "add_commands"]
 
@@ -45,7 +46,6 @@ def _add_rollout(commands: Any) -> None:
         "rollout", help="roll a model out to a KServe InferenceService as a canary"
     )
     rollout.add_argument("--name", help="InferenceService (and model) name")
-    rollout.add_argument("--namespace", default="default", help="(default: default)")
     rollout.add_argument("--model-uri", help="storageUri of the model directory")
     rollout.add_argument(
         "--recover", metavar="NAME",
@@ -56,31 +56,23 @@ def _add_rollout(commands: Any) -> None:
         "--model-sha256", default="",
         help="the registry's sha256 of model.joblib: the predictor refuses any other file",
     )  # fmt: skip
-    rollout.add_argument("--steps", default="10,50", help="canary percentages, increasing")
+    for each in SETTINGS:
+        if each.flags:
+            _add_setting(rollout, each)
     rollout.add_argument(
-        "--interval", type=float, default=60.0, help="seconds between looks (default 60)"
-    )
+        "--kubeconfig", default="",
+        help="kubeconfig file; empty uses the in-cluster account, else ~/.kube/config",
+    )  # fmt: skip
     rollout.add_argument(
-        "--prometheus", default="", help="Prometheus URL the canary is judged from"
-    )
-    _add_policy(rollout)
-    rollout.add_argument("--ready-timeout", type=float, default=600.0, help="seconds")
-    rollout.add_argument("--deadline", type=float, default=3600.0, help="seconds")
-    rollout.add_argument("--runtime", default="", help="ServingRuntime name")
-    rollout.add_argument("--cpu", default="1")
-    rollout.add_argument("--memory", default="2Gi")
-    rollout.add_argument("--service-account", default="")
-    rollout.add_argument("--kubeconfig", default="", help="default: in-cluster, or ~/.kube")
-    rollout.add_argument(
-        "--run-id", default="", help="the run the rollout is recorded under (default: a new id)"
+        "--run-id", default="", help="the run the rollout is recorded under; empty makes a new id"
     )
     rollout.add_argument("--report", type=Path, help="write the Markdown report here")
     rollout.add_argument(
         "--dry-run", action="store_true",
         help="print the InferenceService as YAML, the plan in comments; touch nothing",
     )  # fmt: skip
-    for flag, setting in _REMOVED_FLAGS.items():
-        rollout.add_argument(flag, dest=f"removed_{setting}", help=argparse.SUPPRESS)
+    for flag, removed in _REMOVED_FLAGS.items():
+        rollout.add_argument(flag, dest=f"removed_{removed}", help=argparse.SUPPRESS)
     rollout.set_defaults(handler=_rollout)
 
 
@@ -94,23 +86,50 @@ def _add_judge(commands: Any) -> None:
     judge.add_argument("--namespace", required=True, help="the revisions' namespace")
     judge.add_argument("--canary", required=True, help="the canary revision (K_REVISION)")
     judge.add_argument("--stable", required=True, help="the stable revision")
-    _add_policy(judge)
+    _add_setting(judge, setting("canary_policy"))
     judge.add_argument(
         "--since", default="10m",
-        help="how far back the canary's traffic is read, as a PromQL duration (default 10m)",
+        help="how far back the canary's traffic is read, as a PromQL duration",
     )  # fmt: skip
     judge.add_argument(
-        "--warmup", default="0s",
-        help="of that, how much at the start latency leaves out (default 0s)",
-    )  # fmt: skip
+        "--warmup", default="0s", help="of that, how much at the start latency leaves out"
+    )
     judge.set_defaults(handler=_judge)
 
 
-def _add_policy(parser: argparse.ArgumentParser) -> None:
+def _add_setting(parser: argparse.ArgumentParser, declared: Setting) -> None:
+    """The flags of a declared setting (``rollout.settings``), stored under its name, with
+    its type, default and help; a dict setting's flag names a YAML file holding it."""
+    text = declared.help.replace("%", "%%")  # argparse formats help with %
+    if declared.type is dict:  # a mapping is given as a file; without one, the default
+        parser.add_argument(
+            *declared.flags, dest=declared.name, type=Path, metavar="FILE",
+            help=f"YAML file: {text[0].lower()}{text[1:]}",
+        )  # fmt: skip
+        return
+    if declared.type not in (str, float):  # argparse would read "false" as True
+        raise TypeError(f"setting {declared.name}: no flag for a {declared.type.__name__}")
+    metavar = declared.flags[0].lstrip("-").replace("-", "_").upper()  # --steps STEPS, as before
     parser.add_argument(
-        "--policy", type=Path,
-        help="canary policy YAML (metrics, margins, error rates); default: the built-in one",
+        *declared.flags, dest=declared.name, type=declared.type, default=declared.default,
+        metavar=metavar, help=text,
     )  # fmt: skip
+
+
+def _settings_given(args: argparse.Namespace) -> dict[str, Any]:
+    """The declared settings the command has flags for, by name; a dict one read from its
+    YAML file, or its default without one."""
+    from conveyor.components.core.files import read_yaml
+
+    given = {}
+    for each in SETTINGS:
+        if not each.flags:
+            continue
+        value = getattr(args, each.name)
+        if each.type is dict:
+            value = read_yaml(value) if value else dict(each.default)
+        given[each.name] = value
+    return given
 
 
 def _policy(path: Path | None) -> Any:
@@ -123,7 +142,6 @@ def _rollout(args: argparse.Namespace) -> int:
     import tempfile
     import uuid
 
-    from conveyor.components.core.files import read_yaml
     from conveyor.components.core.rollout.manifests import (
         ServingSpec,
         render_inference_service,
@@ -137,18 +155,17 @@ def _rollout(args: argparse.Namespace) -> int:
     if not args.name or not args.model_uri:
         raise ConveyorError("rollout needs --name and --model-uri (or --recover NAME)")
     settings = RolloutSettings.from_parameters(
-        args.steps, args.interval, args.ready_timeout, args.deadline, args.prometheus,
-        read_yaml(args.policy) if args.policy else {}, str(args.policy or "--policy"),
-    )  # fmt: skip
+        _settings_given(args), str(args.canary_policy or "--policy")
+    )
     spec = ServingSpec(
         model_name=args.name,
         model_version=args.model_version,
         storage_uri=args.model_uri,
         namespace=args.namespace,
         canary_traffic_percent=settings.plan.steps[0],
-        runtime=args.runtime,
-        cpu=args.cpu,
-        memory=args.memory,
+        runtime=args.serving_runtime,
+        cpu=args.serving_cpu,
+        memory=args.serving_memory,
         service_account=args.service_account,
         model_sha256=args.model_sha256,
     )
@@ -184,7 +201,7 @@ def _recover(args: argparse.Namespace) -> int:
     )
 
     settings = RolloutSettings(
-        RolloutPlan(ready_timeout_s=args.ready_timeout), CanaryPolicy(analysis="none")
+        RolloutPlan(ready_timeout_s=args.ready_timeout_s), CanaryPolicy(analysis="none")
     )
     services = InferenceServices(api_client(args.kubeconfig), args.namespace)
     run_id = args.run_id or f"cli-{uuid.uuid4().hex[:12]}"
@@ -199,16 +216,16 @@ def _recover(args: argparse.Namespace) -> int:
 
 
 def _refuse_removed_flags(args: argparse.Namespace) -> None:
-    for flag, setting in _REMOVED_FLAGS.items():
-        if getattr(args, f"removed_{setting}") is not None:
-            raise ConveyorError(f"{flag} was removed: {REMOVED_SETTINGS[setting]} (--policy FILE)")
+    for flag, removed in _REMOVED_FLAGS.items():
+        if getattr(args, f"removed_{removed}") is not None:
+            raise ConveyorError(f"{flag} was removed: {REMOVED_SETTINGS[removed]} (--policy FILE)")
 
 
 def _judge(args: argparse.Namespace) -> int:
     from conveyor.components.core.rollout.analysis import analyse
     from conveyor.components.core.rollout.prometheus import Prometheus, Window, duration_seconds
 
-    policy = _policy(args.policy)
+    policy = _policy(args.canary_policy)
     since, warmup = (
         duration_seconds(args.since, "--since"),
         duration_seconds(args.warmup, "--warmup"),

@@ -9,16 +9,8 @@ from kfp import compiler
 from kfp.dsl.base_component import BaseComponent
 from kfp.dsl.graph_component import GraphComponent
 
-from conveyor.components.champion_reference import champion_reference
-from conveyor.components.deploy import deploy
-from conveyor.components.drift import drift
-from conveyor.components.evaluate import evaluate
-from conveyor.components.ingest import ingest
-from conveyor.components.ingest_inputs import ingest_inputs
-from conveyor.components.register import register
-from conveyor.components.train import train
-from conveyor.components.validate import validate
-from conveyor.components.validate_inputs import validate_inputs
+from conveyor import components
+from conveyor.components import STEP_MODULES
 from conveyor.pipelines.definitions.monitoring import (
     MONITORING_PIPELINE_NAME,
     build_monitoring_pipeline,
@@ -35,17 +27,9 @@ __all__ = [
     "compile_pipeline",
 ]
 
+# Every public component, by its step name (the name of its YAML file).
 COMPONENTS: dict[str, BaseComponent] = {
-    "ingest": ingest,
-    "validate": validate,
-    "train": train,
-    "evaluate": evaluate,
-    "register": register,
-    "deploy": deploy,
-    "drift": drift,
-    "champion_reference": champion_reference,
-    "ingest_inputs": ingest_inputs,
-    "validate_inputs": validate_inputs,
+    step: getattr(components, name) for name, step in STEP_MODULES.items()
 }
 
 

@@ -1,7 +1,8 @@
-"""Environment parameter files (``configs/<env>.yaml``) checked against a pipeline's signature.
+"""Environment parameter files (``configs/<env>.yaml``) and ``--param NAME=VALUE`` options
+checked against a pipeline's signature.
 
-A parameter file maps pipeline parameter names to values. Every problem is named:
-an unknown key, a value of the wrong type, a required parameter with no value.
+A parameter file maps pipeline parameter names to values. Every problem is named, each on a
+line of its own: an unknown key, a value of the wrong type, a required parameter with no value.
 """
 
 from __future__ import annotations
@@ -9,11 +10,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from conveyor.components.core.errors import ConveyorError
 from conveyor.components.core.files import read_yaml
 from conveyor.components.core.rollout.policy import REMOVED_SETTINGS
 
-__all__ = ["load_parameters", "option_pairs", "parameter_problems", "raise_first"]
+__all__ = [
+    "load_parameters",
+    "option_pairs",
+    "parameter_problems",
+    "parse_param_options",
+    "raise_problems",
+    "well_typed",
+]
 
 # KFP parameter types -> the Python values a YAML file may give for them.
 _ACCEPTED: dict[str, tuple[type, ...]] = {
@@ -51,14 +61,29 @@ def parameter_problems(values: dict[str, Any], inputs: dict[str, Any], where: st
             if not spec.optional:
                 problems.append(f"{where}: {name!r} is required ({_TYPE_WORDS[spec.type]})")
             continue
-        value = values[name]
-        accepted = _ACCEPTED.get(spec.type, (object,))
-        # bool is an int in Python, but `true` is no number of steps.
-        if not isinstance(value, accepted) or (spec.type != "Boolean" and isinstance(value, bool)):
-            problems.append(
-                f"{where}: {name!r} must be {_TYPE_WORDS.get(spec.type, spec.type)}, not {value!r}"
-            )
+        wrong = _type_problem(values[name], spec)
+        if wrong:
+            problems.append(f"{where}: {name!r} {wrong}")
     return problems
+
+
+def well_typed(values: dict[str, Any], inputs: dict[str, Any]) -> dict[str, Any]:
+    """The values that name a parameter and have its type: what a later check (such as
+    deploy's settings) can read while ``parameter_problems`` reports the others."""
+    return {
+        name: value
+        for name, value in values.items()
+        if name in inputs and not _type_problem(value, inputs[name])
+    }
+
+
+def _type_problem(value: Any, spec: Any) -> str:
+    """What is wrong with ``value`` for a parameter of ``spec``'s type; empty when nothing."""
+    accepted = _ACCEPTED.get(spec.type, (object,))
+    # bool is an int in Python, but `true` is no number of steps.
+    if isinstance(value, accepted) and (spec.type == "Boolean" or not isinstance(value, bool)):
+        return ""
+    return f"must be {_TYPE_WORDS.get(spec.type, spec.type)}, not {value!r}"
 
 
 def _unknown(name: str, where: str) -> str:
@@ -81,8 +106,56 @@ def option_pairs(
     return parsed
 
 
-def raise_first(problems: list[str]) -> None:
-    """Raises ConveyorError with the first problem, and how many more there are."""
+def parse_param_options(pairs: list[str], inputs: dict[str, Any], pipeline: str) -> dict[str, Any]:
+    """``--param NAME=VALUE`` options as pipeline arguments, each checked against ``pipeline``'s
+    inputs; raises ConveyorError naming every bad one, a line each.
+
+    A text parameter takes VALUE as written (``serving_cpu=1`` is ``"1"``); any other reads it
+    as YAML (numbers, true/false, ``{a: 1}``, ``[1, 2]``)."""
+    parsed: dict[str, Any] = {}
+    problems = []
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep:
+            problems.append(f"--param {pair!r}: expected NAME=VALUE")
+        elif name in parsed:  # the last would silently win
+            problems.append(f"--param {name!r}: given more than once")
+        elif name in REMOVED_SETTINGS:
+            problems.append(f"--param {name!r}: was removed: {REMOVED_SETTINGS[name]}")
+        elif name not in inputs:
+            problems.append(
+                f"--param {name!r}: no such {pipeline} pipeline parameter; known: "
+                f"{', '.join(inputs)}"
+            )
+        else:
+            parsed[name], wrong = _param_value(text, inputs[name])
+            problems += [f"--param {name!r}: {wrong}"] if wrong else []
+    raise_problems(problems)
+    return parsed
+
+
+def _param_value(text: str, spec: Any) -> tuple[Any, str]:
+    """``--param``'s VALUE for a parameter of ``spec``'s type, and what is wrong with it
+    (empty when nothing)."""
+    if spec.type == "String":
+        return text, ""
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        return None, f"{text!r} is not valid YAML"
+    if spec.type == "Float" and isinstance(value, str):
+        value = _float(text)  # YAML 1.1 reads 1e-3 as text
+    return value, _type_problem(value, spec)
+
+
+def _float(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def raise_problems(problems: list[str]) -> None:
+    """Raises ConveyorError naming every problem, each on a line of its own."""
     if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise ConveyorError(problems[0] + more)
+        raise ConveyorError("\n".join(problems))

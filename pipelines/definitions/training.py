@@ -87,24 +87,26 @@ def build_training_pipeline(target: Target) -> GraphComponent:
             id_columns: Columns identifying a row (an order id, ...): never features; the
                 predictor passes them to its payload log, where labels join on the first.
             namespace: Kubernetes namespace of the InferenceService.
-            serving_runtime: ServingRuntime name; empty lets KServe choose.
+            serving_runtime: A ServingRuntime name; empty lets KServe pick one for sklearn.
             serving_cpu: CPU request and limit of the predictor.
             serving_memory: Memory request and limit of the predictor.
             service_account: Service account the predictor pulls the model with.
-            payload_log_uri: Folder or URI the predictor logs answered inputs under, for the
-                monitoring pipeline; empty logs nothing.
-            payload_log_exclude: Input columns never written to the payload log.
-            rollout: False renders and validates the InferenceService without a cluster, and
-                register makes the blessed model the champion; True makes it the candidate,
-                and deploy makes it the champion only if the rollout promotes it.
-            canary_steps: Canary traffic percentages, comma-separated and increasing.
+            payload_log_uri: Folder or URI under which the predictor logs the inputs it
+                answers (a folder per InferenceService and day), for the monitoring
+                pipeline; empty logs nothing.
+            payload_log_exclude: Input columns the predictor never writes to its payload
+                log (personal data, ...).
+            rollout: False renders and validates the InferenceService only, without a
+                cluster, and register makes the model the champion; true rolls it out, and
+                it becomes the champion only if the rollout promotes it.
+            canary_steps: Canary traffic percentages, comma-separated and increasing (1-99).
             canary_interval_s: Seconds between looks at the canary; the first is warm-up.
             ready_timeout_s: Seconds a new revision may take to become ready.
-            rollout_deadline_s: Seconds the whole rollout may take before rolling back.
-            prometheus_url: Prometheus the canary is judged from; required unless
-                canary_policy says analysis: none.
-            canary_policy: How the canary is judged (metrics, margins, error rates, limits),
-                merged onto the defaults; see the README's canary section.
+            rollout_deadline_s: Seconds the whole rollout may take before it is rolled back.
+            prometheus_url: Prometheus the canary is judged from; required unless the
+                canary policy says analysis: none.
+            canary_policy: How the canary is judged (metrics, margins, error rates,
+                limits), merged by name onto the defaults; empty uses the defaults.
         """
         ingested = apply_step_settings(
             ingest(

@@ -19,13 +19,13 @@ from typing import Any
 
 from conveyor.components.core.errors import ConveyorError, first_line
 from conveyor.components.images import VERSION
-from conveyor.pipelines.definitions.parameters import parameter_problems, raise_first
+from conveyor.pipelines.definitions.parameters import parameter_problems
 
 __all__ = [
     "TOKEN_ENV",
     "KubeflowRequest",
-    "check_request",
     "connector",
+    "request_problems",
     "schedule",
     "submit",
     "version_name",
@@ -61,16 +61,16 @@ def version_name(pipeline_name: str, package: Path) -> str:
     return f"{pipeline_name}-{VERSION}-{digest}"
 
 
-def check_request(request: KubeflowRequest, inputs: dict[str, Any], where: str) -> None:
-    """Raises ConveyorError naming the first problem (and how many more) before any call;
-    ``where`` names the parameters' source."""
+def request_problems(request: KubeflowRequest, inputs: dict[str, Any], where: str) -> list[str]:
+    """Every problem of ``request``, a line each, to refuse it before any call; ``where``
+    names the parameters' source."""
     problems = parameter_problems(request.parameters, inputs, where)
     if request.timezone not in _UTC:
         problems.append(
             f"--timezone {request.timezone!r}: Kubeflow's scheduler runs cron in UTC; "
             "write the schedule in UTC (--timezone UTC)"
         )
-    raise_first(problems)
+    return problems
 
 
 def submit(request: KubeflowRequest, package: Path, connect: Callable[[], Any]) -> tuple[str, str]:

@@ -22,10 +22,10 @@ from typing import Any
 import yaml
 
 from conveyor.components.core.errors import ConveyorError, first_line
-from conveyor.pipelines.definitions.parameters import parameter_problems, raise_first
+from conveyor.pipelines.definitions.parameters import parameter_problems
 from conveyor.pipelines.delivery.gcloud import call
 
-__all__ = ["VertexRequest", "check_request", "preflight", "schedule", "submit"]
+__all__ = ["VertexRequest", "preflight", "request_problems", "schedule", "submit"]
 
 _SERVICE = "Vertex AI"
 _PROJECT = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
@@ -63,11 +63,13 @@ class VertexRequest:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
 
-def check_request(request: VertexRequest, inputs: dict[str, Any] | None, where: str) -> None:
-    """Raises ConveyorError naming the first problem (and how many more) before any call;
-    ``inputs`` is the template's signature (None: checked once the template is read)."""
+def request_problems(
+    request: VertexRequest, inputs: dict[str, Any] | None, where: str
+) -> list[str]:
+    """Every problem of ``request``, a line each, to refuse it before any call; ``inputs`` is
+    the template's signature (None: checked once the template is read)."""
     problems = parameter_problems(request.parameters, inputs, where) if inputs is not None else []
-    raise_first(problems + _settings_problems(request))
+    return problems + _settings_problems(request)
 
 
 def _settings_problems(request: VertexRequest) -> list[str]:

@@ -28,6 +28,7 @@ __all__ = [
     "ServingSpec",
     "deploy_manifest",
     "inference_service_name",
+    "inference_service_problems",
     "inference_service_schema",
     "render_inference_service",
     "validate_inference_service",
@@ -177,6 +178,14 @@ def _predictor_env(spec: ServingSpec) -> list[dict[str, str]]:
 
 def validate_inference_service(manifest: dict[str, Any]) -> None:
     """Raises ConveyorError naming the first problems the API server would reject."""
+    problems = inference_service_problems(manifest)
+    if problems:
+        raise ConveyorError(problems[0] + _more(problems))
+
+
+def inference_service_problems(manifest: dict[str, Any]) -> list[str]:
+    """Every problem the API server would reject ``manifest`` for, a line each naming the
+    field (``InferenceService spec.predictor...: ...``); empty when it would accept it."""
     from jsonschema import Draft7Validator
 
     problems = _metadata_problems(manifest.get("metadata", {}))
@@ -186,8 +195,7 @@ def validate_inference_service(manifest: dict[str, Any]) -> None:
     validator = Draft7Validator(inference_service_schema())
     for error in sorted(validator.iter_errors(manifest), key=lambda e: list(e.absolute_path)):
         problems.append(f"{_field_path(error.absolute_path)}: {_describe(error)}")
-    if problems:
-        raise ConveyorError(f"InferenceService {problems[0]}" + _more(problems))
+    return [f"InferenceService {problem}" for problem in problems]
 
 
 def packaged_crd() -> resources.abc.Traversable:

@@ -24,7 +24,7 @@ import copy
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -72,11 +72,11 @@ from conveyor.components.core.rollout.manifests import (
 )
 from conveyor.components.core.rollout.policy import DEFAULT_POLICY, CanaryPolicy, describe_policy
 from conveyor.components.core.rollout.prometheus import Prometheus, Window, measure
+from conveyor.components.core.rollout.settings import SETTING_NAMES, setting
 from conveyor.components.core.rollout.snapshot import Snapshot, load_snapshot, save_snapshot
 
 __all__ = [
     "LEGACY_ANNOTATIONS",
-    "ROLLOUT_PARAMETERS",
     "Look",
     "Rollout",
     "RolloutFailed",
@@ -126,13 +126,6 @@ class RolloutPlan:
                 raise ConveyorError(f"{name} must be positive, not {getattr(self, name)}")
 
 
-# The pipeline parameters (and the deploy step's) that make up a rollout's settings.
-ROLLOUT_PARAMETERS = (
-    "canary_steps", "canary_interval_s", "ready_timeout_s", "rollout_deadline_s",
-    "prometheus_url", "canary_policy",
-)  # fmt: skip
-
-
 @dataclass(frozen=True)
 class RolloutSettings:
     """What a rollout needs besides the manifest: the plan, the policy, and where the
@@ -164,25 +157,36 @@ class RolloutSettings:
 
     @classmethod
     def from_parameters(
-        cls,
-        canary_steps: str,
-        canary_interval_s: float,
-        ready_timeout_s: float,
-        rollout_deadline_s: float,
-        prometheus_url: str,
-        canary_policy: dict[str, Any],
-        policy_source: str = "canary_policy",
+        cls, parameters: Mapping[str, Any], policy_source: str = "canary_policy"
     ) -> RolloutSettings:
-        """The settings from a step's or a command's flat parameters (``ROLLOUT_PARAMETERS``);
-        a mistake in the policy is named after ``policy_source`` (a parameter, a file)."""
+        """The settings from a step's, a pipeline's or a command's parameters, by name.
+
+        Args:
+            parameters: Settings declared in ``rollout.settings``, by name; one not given
+                takes its declared default, and the serving ones are not read here.
+            policy_source: What a mistake in the policy is named after (a parameter, a file).
+
+        Raises:
+            ConveyorError: A name that is no declared setting, or a value out of range.
+        """
+        unknown = sorted(set(parameters) - set(SETTING_NAMES))
+        if unknown:
+            raise ConveyorError(
+                f"{', '.join(unknown)}: no such rollout setting (the settings are "
+                f"{', '.join(SETTING_NAMES)})"
+            )
+
+        def value(name: str) -> Any:
+            return parameters[name] if name in parameters else setting(name).default
+
         plan = RolloutPlan(
-            steps=parse_steps(canary_steps),
-            interval_s=canary_interval_s,
-            ready_timeout_s=ready_timeout_s,
-            deadline_s=rollout_deadline_s,
+            steps=parse_steps(value("canary_steps")),
+            interval_s=value("canary_interval_s"),
+            ready_timeout_s=value("ready_timeout_s"),
+            deadline_s=value("rollout_deadline_s"),
         )
-        policy = CanaryPolicy.from_dict(canary_policy, policy_source)
-        return cls(plan, policy, prometheus_url)
+        policy = CanaryPolicy.from_dict(value("canary_policy"), policy_source)
+        return cls(plan, policy, value("prometheus_url"))
 
     def prometheus(self, given: Prometheus | None = None) -> Prometheus | None:
         """Where the canary is measured (``given``, else the URL's); None with ``analysis:
