@@ -58,7 +58,7 @@ MLSERVER_VENV := .bench/mlserver-venv
 MLSERVER_INSTALLED := $(MLSERVER_VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run serve compile check submit schedule submit-vertex schedule-vertex publish drift test golden lint format images push lint-images bench bench-serving bench-drift bench-validation bench-quality validate monitor lock clean
+.PHONY: help install run serve compile check submit schedule submit-vertex schedule-vertex publish drift test golden wheel lint format images push lint-images bench bench-serving bench-drift bench-validation bench-quality validate monitor lock clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -134,6 +134,12 @@ test: $(INSTALLED) lint-images ## Run lint, lint-images and the test suite [PYTE
 golden: $(INSTALLED) ## Rewrite tests/golden/ (the compiled interfaces test_golden.py checks) from the code
 	UPDATE_GOLDEN=1 $(BIN)/python -m pytest -q tests/test_golden.py
 
+# setuptools stages a build in build/lib, which `make compile` shares: a stale one (from a
+# release before the conveyor namespace) would put its top-level packages back in the wheel.
+wheel: $(INSTALLED) ## Build dist/conveyor-<version>-py3-none-any.whl (one top-level package, conveyor)
+	rm -rf build/lib build/bdist.*
+	$(BIN)/python -m pip wheel --quiet --no-deps -w dist .
+
 lint: $(INSTALLED) ## Check style with ruff
 	$(BIN)/ruff check components pipelines tests bench
 	$(BIN)/ruff format --check components pipelines tests bench
@@ -195,4 +201,4 @@ lock: ## Re-pin every dependency into constraints.txt from a fresh resolve
 	rm -rf .lock-venv
 
 clean: ## Remove build outputs and local runs (keeps .venv)
-	rm -rf build runs local_outputs .pytest_cache
+	rm -rf build dist runs local_outputs .pytest_cache

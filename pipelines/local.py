@@ -23,7 +23,6 @@ __all__ = [
     "MonitoringSummary",
     "RunSummary",
     "StepProgress",
-    "check_deployable",
     "run_monitoring_locally",
     "run_training_locally",
 ]
@@ -142,7 +141,6 @@ def run_training_locally(arguments: dict[str, Any], runs_dir: Path, terminal: Te
     from conveyor.pipelines.definitions.training import DEFAULT_MODEL_NAME, build_training_pipeline
 
     pipeline = build_training_pipeline(Target("kubeflow"))
-    check_deployable({**local_defaults(runs_dir), **arguments}, pipeline)
     run_id, run_dir, progress, failed_step = _run_locally(pipeline, arguments, runs_dir, terminal)
     model_name = arguments.get("model_name", DEFAULT_MODEL_NAME)
     summary = _summarise(run_id, run_dir, model_name, progress, failed_step)
@@ -226,11 +224,16 @@ def _run_locally(
     """A new run folder under ``runs_dir``, kfp.local pointed at it, and the run itself."""
     from kfp import local
 
+    from conveyor.pipelines.definitions.parameters import deploy_setting_problems, raise_problems
+
     runs_dir = runs_dir.resolve()
+    arguments = {**local_defaults(runs_dir), **arguments}
+    # Bad serving settings fail here, before anything is trained or registered (or a run
+    # folder made), not in deploy.
+    raise_problems(deploy_setting_problems(arguments, pipeline.component_spec.inputs or {}))
     run_id = f"{datetime.datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
     run_dir = runs_dir / run_id
     run_dir.mkdir(parents=True)
-    arguments = {**local_defaults(runs_dir), **arguments}
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
         pipeline_root=str(run_dir / "outputs"),
@@ -241,45 +244,6 @@ def _run_locally(
         progress = StepProgress(log, terminal)
         failed_step = _run(pipeline, arguments, progress)
     return run_id, run_dir, progress, failed_step
-
-
-def check_deployable(arguments: dict[str, Any], pipeline: Any) -> None:
-    """Renders the InferenceService and the rollout plan the run would end with, so bad
-    serving settings fail before anything is trained or registered, not in deploy.
-
-    A pipeline (or published template) without all of deploy's settings as parameters, such
-    as an older release, has nothing here to check."""
-    from conveyor.components.core.rollout.manifests import (
-        ServingSpec,
-        inference_service_problems,
-        render_inference_service,
-    )
-    from conveyor.components.core.rollout.runner import RolloutSettings
-    from conveyor.components.core.rollout.settings import SETTING_NAMES
-    from conveyor.pipelines.definitions.parameters import raise_problems
-
-    inputs = pipeline.component_spec.inputs or {}
-    if not {"model_name", *SETTING_NAMES} <= set(inputs):
-        return
-
-    def value(name: str) -> Any:
-        return arguments.get(name, inputs[name].default)
-
-    settings = RolloutSettings.from_parameters({name: value(name) for name in SETTING_NAMES})
-    spec = ServingSpec(
-        model_name=value("model_name"),
-        model_version="1",
-        storage_uri="gs://placeholder/model",
-        namespace=value("namespace"),
-        canary_traffic_percent=settings.plan.steps[0],
-        runtime=value("serving_runtime"),
-        cpu=value("serving_cpu"),
-        memory=value("serving_memory"),
-        service_account=value("service_account"),
-    )
-    raise_problems(inference_service_problems(render_inference_service(spec)))
-    if value("rollout"):
-        settings.prometheus()  # a rollout that would judge nothing is refused up front
 
 
 def local_defaults(runs_dir: Path) -> dict[str, Any]:

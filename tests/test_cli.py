@@ -142,6 +142,60 @@ def test_label_is_the_label_column_and_target_still_works_with_a_warning(
     assert "invalid choice: 'nowhere'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["run", "--data", "t.csv"],
+        ["monitor", "--inputs", "i.csv", "--model", "m", "--data", "t.csv"],
+        ["validate", "--data", "t.csv", "--schema", "s.json", "--write-schema"],
+    ],
+)
+def test_label_and_target_together_are_refused_not_the_last_one_kept(
+    capsys: pytest.CaptureFixture, command: list[str]
+) -> None:
+    refused = (
+        f"conveyor {command[0]}: --label and --target both name the label column; give --label only"
+    )
+    with pytest.raises(SystemExit) as exited:
+        main([*command, "--label", "a", "--target", "b"])
+    assert exited.value.code == 2 and capsys.readouterr().err.splitlines() == [refused]
+    # --target first: its deprecation line, then the same refusal.
+    with pytest.raises(SystemExit) as exited:
+        main([*command, "--target", "b", "--label", "a"])
+    assert exited.value.code == 2 and capsys.readouterr().err.splitlines()[-1] == refused
+    # Either one repeated is still one flag: the last value, as argparse keeps it.
+    parser = _parsers()[f"conveyor {command[0]}"]
+    assert parser.parse_args([*command[1:], "--label", "a", "--label", "b"]).label == "b"
+
+
+@pytest.mark.parametrize("command", ["submit", "schedule"])
+def test_job_label_is_a_vertex_job_label_and_label_still_works_with_a_warning(
+    capsys: pytest.CaptureFixture, command: str
+) -> None:
+    parser = _parsers()[f"conveyor {command}"]
+    vertex = ["--target", "vertex", *(["--cron", "0 6 * * *"] if command == "schedule" else [])]
+    args = parser.parse_args([*vertex, "--job-label", "team=fraud", "--job-label", "env=dev"])
+    assert args.job_label == ["team=fraud", "env=dev"]
+    assert capsys.readouterr().err == ""
+    args = parser.parse_args([*vertex, "--label", "team=fraud", "--job-label", "env=dev"])
+    assert args.job_label == ["team=fraud", "env=dev"]
+    assert capsys.readouterr().err.splitlines() == [
+        f"conveyor {command}: --label is deprecated for Vertex job labels; use --job-label"
+    ]
+    # A fresh parse starts from no labels: the alias never adds to the shared default.
+    assert parser.parse_args(vertex).job_label == []
+    help_text = parser.format_help()
+    assert "--job-label KEY=VALUE" in help_text and "--label" not in help_text
+
+
+@pytest.mark.parametrize("module", ["conveyor.pipelines.cli", "conveyor.pipelines.cli.commands"])
+def test_python_m_runs_the_command(module: str) -> None:
+    ran = subprocess.run(
+        [sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=120
+    )
+    assert (ran.returncode, ran.stdout) == (0, f"conveyor {VERSION}\n"), ran.stderr
+
+
 @pytest.mark.skipif(shutil.which("make") is None, reason="no make")
 @pytest.mark.parametrize(
     ("variables", "expected"),
@@ -236,8 +290,8 @@ def test_check_names_every_problem_of_every_file_in_one_pass(
         f"{tmp_path / 'broken.yaml'}: 1 problem(s)",
         f"{tmp_path / 'good.yaml'}: ok",
         f"{tmp_path / 'three.yaml'}: 3 problem(s)",
-        f"{tmp_path / 'monitoring' / 'dev.yaml'}: 2 problem(s)",
-        "6 problem(s) in 3 of 4 parameter file(s)",
+        f"{tmp_path / 'monitoring' / 'dev.yaml'}: 3 problem(s)",
+        "7 problem(s) in 3 of 4 parameter file(s)",
     ]
     three, monitoring = tmp_path / "three.yaml", tmp_path / "monitoring" / "dev.yaml"
     assert err.splitlines()[1:] == [
@@ -246,5 +300,7 @@ def test_check_names_every_problem_of_every_file_in_one_pass(
         f"{three}: canary steps [50, 10] must increase",
         f"{monitoring}: 'inputs_uri' is required (text)",
         f"{monitoring}: 'drift_share' must be a number, not 'high'",
+        # A retraining's deploy would roll out (the default) with nothing to judge it by.
+        f"{monitoring}: no Prometheus URL to judge the canary with (prometheus_url, --prometheus): give one, or set analysis: none in the canary policy to roll out unjudged",
     ]
     assert err.splitlines()[0].startswith(f"{tmp_path / 'broken.yaml'}: not valid YAML")

@@ -4,7 +4,8 @@ Saved configs (configs/*.yaml), published Vertex templates and existing schedule
 parameters by name and type; a user's pipeline wires a loaded component's inputs and outputs
 by name. Renaming or retyping one compiles fine and breaks them at submission, so each
 compiled artifact's interface is compared with its golden file, and an intended change is
-accepted with ``make golden`` (``UPDATE_GOLDEN=1 pytest tests/test_golden.py``).
+accepted with ``make golden`` (``UPDATE_GOLDEN=1 pytest tests/test_golden.py``), which is
+refused where ``CI`` is set: there it would rewrite the files it checks, and pass.
 
 Only the interface is recorded: embedded source, image tags and descriptions change with
 every release and would turn the golden files into noise.
@@ -26,7 +27,6 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 from conveyor.pipelines.definitions.compile import COMPONENTS, PIPELINES, compile_all
 
 GOLDEN = Path(__file__).parent / "golden"
-UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 ACCEPT = "if the change is intended, run `make golden` (or `UPDATE_GOLDEN=1 pytest tests/test_golden.py`) and commit tests/golden/"
 TARGETS = ("kubeflow", "vertex")
 
@@ -38,6 +38,24 @@ ARTIFACTS = {f"{p}.{t}": True for p in PIPELINES for t in TARGETS} | {
 
 Interface = dict[str, Any]
 _PARAMETER_TYPE = pipeline_spec_pb2.ParameterType.ParameterTypeEnum
+
+
+def update_mode() -> bool:
+    """Whether this run rewrites the golden files (``UPDATE_GOLDEN=1``).
+
+    Raises:
+        RuntimeError: ``UPDATE_GOLDEN=1`` where ``CI`` is set, since a CI job that rewrote
+            the golden files would pass whatever the interfaces became.
+    """
+    if os.environ.get("UPDATE_GOLDEN") != "1":
+        return False
+    if os.environ.get("CI"):
+        raise RuntimeError(
+            f"UPDATE_GOLDEN=1 is refused where CI is set (CI={os.environ['CI']}): a CI run "
+            "checks tests/golden/, it never rewrites it; run `make golden` on your own machine "
+            "and commit tests/golden/"
+        )
+    return True
 
 
 def pipeline_spec(path: Path) -> pipeline_spec_pb2.PipelineSpec:
@@ -220,6 +238,16 @@ def failure(lines: list[str]) -> str:
 
 
 @pytest.fixture(scope="module")
+def update() -> bool:
+    """``update_mode()``; its refusal fails each test that would write, with its message."""
+    try:
+        return update_mode()
+    except RuntimeError as refused:
+        message = str(refused)
+    pytest.fail(message, pytrace=False)  # outside the except: one message, not two chained
+
+
+@pytest.fixture(scope="module")
 def compiled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Every artifact ``compile_all`` writes, by golden name."""
     build = tmp_path_factory.mktemp("golden-build")
@@ -231,20 +259,22 @@ def test_golden_names_are_what_compile_all_writes(compiled: dict[str, Path]) -> 
 
 
 @pytest.mark.parametrize("label", sorted(ARTIFACTS))
-def test_compiled_interface_matches_its_golden_file(compiled: dict[str, Path], label: str) -> None:
+def test_compiled_interface_matches_its_golden_file(
+    compiled: dict[str, Path], label: str, update: bool
+) -> None:
     current = interface(pipeline_spec(compiled[label]), pipeline=ARTIFACTS[label])
-    problems = check_golden(label, current, GOLDEN, update=UPDATE)
+    problems = check_golden(label, current, GOLDEN, update=update)
     if problems:
         pytest.fail(failure(problems), pytrace=False)
 
 
-def test_no_golden_file_is_left_without_its_artifact() -> None:
+def test_no_golden_file_is_left_without_its_artifact(update: bool) -> None:
     stale = sorted(
         str(path.relative_to(GOLDEN).with_suffix(""))
         for path in GOLDEN.rglob("*.json")
         if str(path.relative_to(GOLDEN).with_suffix("")) not in ARTIFACTS
     )
-    if stale and UPDATE:
+    if stale and update:
         for label in stale:
             (GOLDEN / f"{label}.json").unlink()
         return
@@ -295,3 +325,20 @@ def test_a_missing_golden_file_fails_and_is_not_created(tmp_path: Path) -> None:
     assert not (golden_dir / "components/x.json").exists()
     assert check_golden("components/x", current, golden_dir, update=True) == []
     assert (golden_dir / "components/x.json").read_text() == render(current)
+
+
+@pytest.mark.parametrize("ci", ["true", "1"])
+def test_updating_the_golden_files_is_refused_where_ci_is_set(
+    monkeypatch: pytest.MonkeyPatch, ci: str
+) -> None:
+    monkeypatch.setenv("UPDATE_GOLDEN", "1")
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(
+        RuntimeError, match=f"UPDATE_GOLDEN=1 is refused where CI is set \\(CI={ci}\\)"
+    ):
+        update_mode()
+    monkeypatch.delenv("CI")
+    assert update_mode() is True  # on a developer's machine, `make golden` still rewrites
+    monkeypatch.setenv("CI", ci)
+    monkeypatch.delenv("UPDATE_GOLDEN")
+    assert update_mode() is False  # CI itself only checks

@@ -25,6 +25,7 @@ FORBIDDEN_IMPORTS = {
         "conveyor.pipelines.cli", "conveyor.pipelines.delivery", "conveyor.pipelines.local",
     ),
     "conveyor.pipelines.delivery": ("conveyor.pipelines.cli", "conveyor.pipelines.local"),
+    "conveyor.pipelines.local": ("conveyor.pipelines.cli", "conveyor.pipelines.delivery"),
 }  # fmt: skip
 
 

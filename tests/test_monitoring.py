@@ -82,7 +82,11 @@ def test_monitoring_can_be_scheduled_like_the_training_pipeline(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     params = tmp_path / "prod.yaml"
-    params.write_text("inputs_uri: gs://logs/payloads/latest.parquet\nmodel_store_uri: gs://m\n")
+    # A retraining rolls out by default, so its canary needs a Prometheus to be judged by.
+    params.write_text(
+        "inputs_uri: gs://logs/payloads/latest.parquet\nmodel_store_uri: gs://m\n"
+        "prometheus_url: http://prometheus:9090\n"
+    )
     schedule = [
         "schedule", "--target", "vertex", "--pipeline", "monitoring", "--cron", "0 6 * * *",
         "--timezone", "Europe/Berlin", "--project", "ml-project", "--region", "europe-west4",
@@ -105,6 +109,7 @@ def test_check_reads_monitoring_configs_against_the_monitoring_pipeline(
     (tmp_path / "dev.yaml").write_text("model_store_uri: /tmp/m\nprometheus_url: http://p:9090\n")
     (tmp_path / "monitoring" / "dev.yaml").write_text(
         "inputs_uri: /tmp/in.csv\nmodel_store_uri: /tmp/m\ndrift_share: high\nestimater: x\n"
+        "prometheus_url: http://p:9090\n"
     )
     assert main(["check", "--configs", str(tmp_path)]) == 2
     captured = capsys.readouterr()

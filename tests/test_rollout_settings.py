@@ -212,7 +212,10 @@ def test_deploy_passes_its_settings_on_by_name(tmp_path: Path) -> None:
     assert rendered["metadata"]["namespace"] == "ml"
     assert rendered["spec"]["predictor"]["canaryTrafficPercent"] == 5
     assert rendered["spec"]["predictor"]["model"]["resources"]["limits"]["cpu"] == "3"
-    with pytest.raises(SystemExit, match="deploy: interval_s must be positive, not -1.0"):
+    with pytest.raises(
+        SystemExit,
+        match=r"deploy: canary_interval_s \(--interval\) must be a positive number of seconds, not -1.0",
+    ):
         deploy.python_func(
             model_name="m", model_version="1", storage_uri="gs://b/m", run_id="r",
             manifest=manifest, report=artifact(Markdown, tmp_path, "report"),
@@ -245,9 +248,10 @@ def test_the_rollout_flags_come_from_the_declaration() -> None:
             continue
         action = actions[each.name]
         assert tuple(action.option_strings) == each.flags
-        if each.type is dict:  # a YAML file holding it
+        if each.type is dict:  # a YAML file holding it: the help speaks of the file
             assert action.type is Path and action.default is None
-            assert action.help.endswith(each.help[1:])
+            assert action.help == rollout_cli._FILE_HELP[each.name]
+            assert action.help.startswith("YAML file") and "without it" in action.help
         else:
             assert (action.type, action.default, action.help) == (
                 each.type, each.default, each.help
@@ -326,14 +330,18 @@ def test_the_readme_table_lists_exactly_the_declared_settings() -> None:
         assert (each.name, what) == (each.name, each.help)
 
 
-def test_check_deployable_reads_the_settings_by_name(training: Any) -> None:
-    from conveyor.pipelines.local import check_deployable
+def test_deploy_setting_problems_read_the_settings_by_name(training: Any) -> None:
+    from conveyor.pipelines.definitions.parameters import deploy_setting_problems
 
-    check_deployable({"rollout": False, "canary_steps": "5,30"}, training)
-    with pytest.raises(ConveyorError, match=r"canary steps \[50, 30\] must increase"):
-        check_deployable({"rollout": False, "canary_steps": "50,30"}, training)
-    with pytest.raises(ConveyorError, match="rollout_deadline_s 100"):
-        check_deployable({"rollout": False, "rollout_deadline_s": 100.0}, training)
-    with pytest.raises(ConveyorError, match="no Prometheus URL to judge the canary with"):
-        check_deployable({"rollout": True}, training)
-    check_deployable({"rollout": True, "canary_policy": {"analysis": "none"}}, training)
+    inputs = training.component_spec.inputs
+
+    def problems(values: dict[str, Any]) -> list[str]:
+        return deploy_setting_problems(values, inputs)
+
+    assert problems({"rollout": False, "canary_steps": "5,30"}) == []
+    assert problems({"rollout": False, "canary_steps": "50,30"}) == [
+        "canary steps [50, 30] must increase"
+    ]
+    assert "rollout_deadline_s 100" in problems({"rollout": False, "rollout_deadline_s": 100.0})[0]
+    assert "no Prometheus URL to judge the canary with" in problems({"rollout": True})[0]
+    assert problems({"rollout": True, "canary_policy": {"analysis": "none"}}) == []

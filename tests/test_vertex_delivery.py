@@ -45,7 +45,7 @@ def test_submit_creates_a_job_from_this_checkouts_vertex_yaml(
     google_cloud: GoogleCloudDouble, capsys, tmp_path: Path
 ) -> None:
     code, out, err = conveyor(
-        capsys, "submit", *COMMON, "--label", "team=fraud", "--run-name", "nightly",
+        capsys, "submit", *COMMON, "--job-label", "team=fraud", "--run-name", "nightly",
         "--service-account", "trainer@example-ml.iam.gserviceaccount.com",
     )  # fmt: skip
     assert code == 0, err
@@ -211,7 +211,7 @@ def test_dry_run_prints_what_would_be_sent_without_credentials_or_requests(
     monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS")
     code, out, err = conveyor(
         capsys, "schedule", *COMMON, "--cron", "0 6 * * 1-5", "--timezone", "Europe/Paris",
-        "--label", "env=dev", "--replace", "--dry-run",
+        "--job-label", "env=dev", "--replace", "--dry-run",
     )  # fmt: skip
     assert code == 0, err
     sent = json.loads(out)
@@ -236,7 +236,7 @@ def test_dry_run_prints_what_would_be_sent_without_credentials_or_requests(
         (("submit", *COMMON, "--region", "europe-west99"), "--region 'europe-west99' is not a Vertex AI region"),
         (("schedule", *COMMON, "--cron", "@daily", "--schedule-name", 'a"b'), "the name 'a\"b' must be 1 to 128 characters, without quotes"),
         (("submit", *COMMON, "--pipeline-root", "s3://bucket/x"), "--pipeline-root 's3://bucket/x': expected gs://BUCKET/PATH"),
-        (("submit", *COMMON, "--label", "Team=Fraud"), "--label Team=Fraud: keys and values are lowercase"),
+        (("submit", *COMMON, "--job-label", "Team=Fraud"), "Team=Fraud: keys and values are lowercase"),
         (("submit", *COMMON, "--service-account", "me@example.com"), "--service-account 'me@example.com' is not a service account email"),
         (("submit", *COMMON, "--host", "http://kfp"), "--host does not apply to --target vertex"),
         (("submit", "--target", "vertex", "--project", "example-ml", "--pipeline-root", ROOT_URI), "--region is required with --target vertex"),

@@ -518,3 +518,7 @@ def _print_summary(summary: Any, summary_path: Path, out: TextIO) -> None:
         lines.append("Deployed: nothing")
     lines += [f"Artifacts: {summary.artifacts}", "Summary:", str(summary_path.resolve())]
     out.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":  # python -m conveyor.pipelines.cli.commands, as before __main__.py
+    sys.exit(main())

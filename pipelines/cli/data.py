@@ -23,11 +23,27 @@ DATA_FAILED = 3
 
 def add_label_option(parser: Any, help_text: str, default: str | None = None) -> None:
     """``--label COLUMN``, the table's label column, on ``parser`` (or an argument group);
-    ``--target``, its older name, still works but says to use ``--label``."""
-    parser.add_argument("--label", default=default, metavar="COLUMN", help=help_text)
+    ``--target``, its older name, still works but says to use ``--label``. Given both, the
+    command ends with one line naming them (exit 2) rather than keep whichever came last."""
+    parser.add_argument("--label", default=default, metavar="COLUMN", action=_Label, help=help_text)
     parser.add_argument(
         "--target", dest="label", default=default, action=_DeprecatedLabel, help=argparse.SUPPRESS
     )
+
+
+# Where the namespace records which of --label and --target was given (per parse, so a
+# parser parsed twice does not remember the first command line).
+_LABEL_FLAG = "_label_flag"
+
+
+class _Label(argparse.Action):
+    """``--label``: stored, unless ``--target`` already named the label column."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+        option_string: str | None = None,
+    ) -> None:  # fmt: skip
+        _store_label(parser, namespace, self.dest, values, option_string or "--label")
 
 
 class _DeprecatedLabel(argparse.Action):
@@ -38,11 +54,27 @@ class _DeprecatedLabel(argparse.Action):
         self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
         option_string: str | None = None,
     ) -> None:  # fmt: skip
+        _store_label(parser, namespace, self.dest, values, option_string or "--target")
         print(
             f"{parser.prog}: --target is deprecated for the label column; use --label",
             file=sys.stderr,
         )
-        setattr(namespace, self.dest, values)
+
+
+def _store_label(
+    parser: argparse.ArgumentParser, namespace: argparse.Namespace, dest: str, value: Any,
+    flag: str,
+) -> None:  # fmt: skip
+    """Stores the label column; ends the command (exit 2, one line) when the other of
+    ``--label`` and ``--target`` gave it too, as the last one would silently win."""
+    given = getattr(namespace, _LABEL_FLAG, flag)
+    if given != flag:
+        parser.exit(
+            2,
+            f"{parser.prog}: --label and --target both name the label column; give --label only\n",
+        )
+    setattr(namespace, _LABEL_FLAG, flag)
+    setattr(namespace, dest, value)
 
 
 def add_commands(commands: Any) -> None:

@@ -20,7 +20,7 @@ from conveyor.components.core.errors import ConveyorError
 __all__ = ["add_commands", "deploy_problems"]
 
 _KUBEFLOW_ONLY = ("host", "experiment", "namespace")
-_VERTEX_ONLY = ("project", "region", "pipeline_root", "label", "template")
+_VERTEX_ONLY = ("project", "region", "pipeline_root", "job_label", "template")
 _VERTEX_SCHEDULE_ONLY = ("replace", "schedule_name")
 
 
@@ -51,11 +51,15 @@ def add_commands(commands: Any) -> None:
         vertex.add_argument("--region", default="", help="such as europe-west4")
         vertex.add_argument("--pipeline-root", default="", help="gs://BUCKET/PATH for artifacts")
         vertex.add_argument(
-            "--label",
+            "--job-label",
             action="append",
             default=[],
             metavar="KEY=VALUE",
-            help="a label of the Vertex AI job (not a label column); repeatable",
+            help="a label of the Vertex AI job; repeatable",
+        )
+        # --label, its older name, is the label column in run, monitor and validate.
+        vertex.add_argument(
+            "--label", dest="job_label", action=_DeprecatedJobLabel, help=argparse.SUPPRESS
         )
         vertex.add_argument(
             "--template",
@@ -89,6 +93,22 @@ def add_commands(commands: Any) -> None:
     publish.add_argument("--image-registry", default="", help="where images are pulled from")
     publish.add_argument("--dry-run", action="store_true", help="print what would be sent")
     publish.set_defaults(handler=_publish)
+
+
+class _DeprecatedJobLabel(argparse.Action):
+    """``--label KEY=VALUE`` where it meant a Vertex AI job label: added to ``--job-label``'s,
+    with a line on stderr, since ``--label`` is the label column everywhere else."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+        option_string: str | None = None,
+    ) -> None:  # fmt: skip
+        print(
+            f"{parser.prog}: --label is deprecated for Vertex job labels; use --job-label",
+            file=sys.stderr,
+        )
+        # A new list, as argparse's append does: the default one is shared between parses.
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest, None) or []), values])
 
 
 def _add_pipeline_option(command: Any) -> None:
@@ -153,14 +173,13 @@ def deploy_problems(values: dict[str, Any], pipeline: Any, where: str) -> list[s
     """The serving and rollout settings deploy would refuse, a line each starting with
     ``where``: named before a run starts, beside any problem of the parameters themselves
     (an unknown or mistyped parameter is left out here, so its default is checked)."""
-    from conveyor.pipelines.definitions.parameters import well_typed
-    from conveyor.pipelines.local import check_deployable
+    from conveyor.pipelines.definitions.parameters import deploy_setting_problems, well_typed
 
-    try:
-        check_deployable(well_typed(values, pipeline.component_spec.inputs or {}), pipeline)
-    except ConveyorError as error:
-        return [f"{where}: {line}" for line in str(error).splitlines()]
-    return []
+    inputs = pipeline.component_spec.inputs or {}
+    return [
+        f"{where}: {problem}"
+        for problem in deploy_setting_problems(well_typed(values, inputs), inputs)
+    ]
 
 
 def _deliver_kubeflow(args: argparse.Namespace) -> int:
@@ -263,7 +282,7 @@ def _vertex_request(args: argparse.Namespace, template: str) -> Any:
         display_name=_schedule_name(args) if schedule else (args.run_name or _pipeline_name(args)),
         parameters=_parameters(args),
         service_account=args.service_account,
-        labels=option_pairs(args.label, "--label", "KEY=VALUE", empty_values=True),
+        labels=option_pairs(args.job_label, "--job-label", "KEY=VALUE", empty_values=True),
         cron=vertex_cron(args.cron, args.timezone) if schedule else "",
         max_concurrent=getattr(args, "max_concurrent", 1),
         replace=getattr(args, "replace", False),

@@ -33,6 +33,13 @@ _REMOVED_FLAGS = {
     "--window": "analysis_window",
     "--query": "analysis_queries",
 }
+# A dict setting's flag names a YAML file, so its help says what the file holds and what
+# leaving the flag out does; the setting's own help (shared with the pipeline's docstring
+# and the README) speaks of the value, where "empty" means an empty mapping.
+_FILE_HELP = {
+    "canary_policy": "YAML file of the canary policy: metrics, margins, error rates and "
+    "limits, merged by name onto the built-in policy; without it, the built-in policy",
+}
 
 
 def add_commands(commands: Any) -> None:
@@ -99,12 +106,15 @@ def _add_judge(commands: Any) -> None:
 
 def _add_setting(parser: argparse.ArgumentParser, declared: Setting) -> None:
     """The flags of a declared setting (``rollout.settings``), stored under its name, with
-    its type, default and help; a dict setting's flag names a YAML file holding it."""
+    its type, default and help; a dict setting's flag names a YAML file holding it, with
+    the help ``_FILE_HELP`` writes for that file."""
     text = declared.help.replace("%", "%%")  # argparse formats help with %
     if declared.type is dict:  # a mapping is given as a file; without one, the default
+        if declared.name not in _FILE_HELP:
+            raise TypeError(f"setting {declared.name}: no help in _FILE_HELP for its file flag")
         parser.add_argument(
             *declared.flags, dest=declared.name, type=Path, metavar="FILE",
-            help=f"YAML file: {text[0].lower()}{text[1:]}",
+            help=_FILE_HELP[declared.name].replace("%", "%%"),
         )  # fmt: skip
         return
     if declared.type not in (str, float):  # argparse would read "false" as True

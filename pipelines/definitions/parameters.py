@@ -17,6 +17,7 @@ from conveyor.components.core.files import read_yaml
 from conveyor.components.core.rollout.policy import REMOVED_SETTINGS
 
 __all__ = [
+    "deploy_setting_problems",
     "load_parameters",
     "option_pairs",
     "parameter_problems",
@@ -159,3 +160,23 @@ def raise_problems(problems: list[str]) -> None:
     """Raises ConveyorError naming every problem, each on a line of its own."""
     if problems:
         raise ConveyorError("\n".join(problems))
+
+
+def deploy_setting_problems(values: dict[str, Any], inputs: dict[str, Any]) -> list[str]:
+    """What the deploy step would refuse in a run of the pipeline whose inputs are ``inputs``
+    (``component_spec.inputs``) given ``values``, a line each, before anything runs.
+
+    A setting the pipeline does not take as a parameter (the monitoring pipeline takes some)
+    is checked at its declared default, which is what its deploy step gets; a pipeline
+    without ``model_name`` has no deploy step to check."""
+    from conveyor.components.core.rollout.preflight import deploy_problems
+    from conveyor.components.core.rollout.settings import SETTING_NAMES
+
+    if "model_name" not in inputs:
+        return []
+
+    def value(name: str) -> Any:
+        return values[name] if name in values else inputs[name].default
+
+    settings = {name: value(name) for name in SETTING_NAMES if name in inputs}
+    return deploy_problems(value("model_name"), settings)

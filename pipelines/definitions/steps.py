@@ -12,7 +12,7 @@ from kfp import kubernetes
 from kfp.dsl import PipelineTask
 
 from conveyor.components.core.errors import ConveyorError
-from conveyor.components.images import BASE_IMAGE
+from conveyor.components.images import image as image_of
 from conveyor.pipelines.definitions.targets import (
     MLFLOW_SECRET,
     MLFLOW_SECRET_KEYS,
@@ -48,9 +48,9 @@ def apply_step_settings(
 ) -> PipelineTask:
     """Applies Conveyor's settings for ``step`` to ``task``, for ``target``.
 
-    A task whose image is Conveyor's components image (Conveyor's components, or a component
-    of yours built on that image) is moved to the target's registry, and a GPU train step
-    to the GPU image; any other image is left as it is. Resources, caching, the MLflow
+    A task on one of Conveyor's step images, in any registry (Conveyor's components, or a
+    component of yours built on that image), is moved to the target's registry, and a GPU
+    train step to the GPU image; any other image is left as it is. Resources, caching, the MLflow
     Secret (Kubeflow only) and the GPU request are applied whatever the image.
 
     Args:
@@ -70,7 +70,7 @@ def apply_step_settings(
             f"step {step!r} has no Conveyor settings: pass step= one of "
             f"{', '.join(sorted(STEP_RESOURCES))}"
         )
-    if task.container_spec is not None and task.container_spec.image == BASE_IMAGE:
+    if task.container_spec is not None and _on_conveyors_image(task.container_spec.image):
         task.set_container_image(target.step_image(step))
     resources = STEP_RESOURCES[step]
     task.set_cpu_request(resources.cpu_request).set_cpu_limit(resources.cpu_limit)
@@ -82,6 +82,14 @@ def apply_step_settings(
     if target.platform_settings:
         _apply_platform_settings(task, step, target)
     return task
+
+
+def _on_conveyors_image(image: str) -> bool:
+    """Whether ``image`` is one of Conveyor's step images of this version, in any registry
+    (a task moved to a registry once may be moved again, to a GPU image, say)."""
+    return image.rpartition("/")[2] in {
+        kind_image.rpartition("/")[2] for kind_image in (image_of("base"), image_of("gpu"))
+    }
 
 
 def _apply_platform_settings(task: PipelineTask, step: str, target: Target) -> None:

@@ -97,7 +97,7 @@ def _settings_problems(request: VertexRequest) -> list[str]:
     for key, value in request.labels.items():
         if not _LABEL_KEY.fullmatch(key) or not _LABEL_VALUE.fullmatch(value):
             problems.append(
-                f"--label {key}={value}: keys and values are lowercase letters, digits, '_' "
+                f"--job-label {key}={value}: keys and values are lowercase letters, digits, '_' "
                 "and '-', at most 63 characters, and keys start with a letter"
             )
     if not 1 <= len(request.display_name) <= 128 or re.search(r'["\\]', request.display_name):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import signal
 import threading
 import time
@@ -116,14 +117,32 @@ class RolloutPlan:
     poll_s: float = 2.0
 
     def __post_init__(self) -> None:
-        steps = self.steps
+        problems = self.problems()
+        if problems:
+            raise ConveyorError("\n".join(problems))
+
+    def problems(self) -> list[str]:
+        """Every way the plan is out of range, a line each, named by its parameter."""
+        steps, problems = self.steps, []
         if not steps or any(not isinstance(s, int) or not 1 <= s <= 99 for s in steps):
-            raise ConveyorError(f"canary steps {list(steps)} must be whole percentages 1-99")
-        if any(later <= earlier for earlier, later in zip(steps, steps[1:], strict=False)):
-            raise ConveyorError(f"canary steps {list(steps)} must increase")
-        for name in ("interval_s", "ready_timeout_s", "deadline_s", "poll_s"):
-            if getattr(self, name) <= 0:
-                raise ConveyorError(f"{name} must be positive, not {getattr(self, name)}")
+            problems.append(f"canary steps {list(steps)} must be whole percentages 1-99")
+        elif any(later <= earlier for earlier, later in zip(steps, steps[1:], strict=False)):
+            problems.append(f"canary steps {list(steps)} must increase")
+        for name, parameter in _PLAN_PARAMETERS.items():
+            seconds = getattr(self, name)
+            # NaN compares false with everything: `seconds <= 0` alone would let it through.
+            if not math.isfinite(seconds) or seconds <= 0:
+                problems.append(f"{parameter} must be a positive number of seconds, not {seconds}")
+        return problems
+
+
+# RolloutPlan's fields -> the parameters (and flags) that set them.
+_PLAN_PARAMETERS = {
+    "interval_s": "canary_interval_s (--interval)",
+    "ready_timeout_s": "ready_timeout_s (--ready-timeout)",
+    "deadline_s": "rollout_deadline_s (--deadline)",
+    "poll_s": "poll_s",
+}
 
 
 @dataclass(frozen=True)

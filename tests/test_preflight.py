@@ -1,0 +1,81 @@
+"""What deploy would refuse, found before a run: every problem at once, for both pipelines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conveyor.components.core.errors import ConveyorError
+from conveyor.components.core.rollout.preflight import deploy_problems
+from conveyor.components.core.rollout.runner import RolloutPlan
+from conveyor.pipelines.cli import main
+
+
+def test_every_problem_of_the_settings_is_named_at_once() -> None:
+    problems = deploy_problems(
+        "fraud",
+        {
+            "canary_interval_s": -1.0,
+            "ready_timeout_s": float("nan"),
+            "namespace": "Bad_NS",
+            "canary_policy": {"bogus": 1},
+            "serving_memory": "lots",
+            "payload_log_exclude": ["conveyor.id"],
+        },
+    )
+    assert problems[:3] == [
+        "canary_interval_s (--interval) must be a positive number of seconds, not -1.0",
+        "ready_timeout_s (--ready-timeout) must be a positive number of seconds, not nan",
+        "canary_policy: unknown setting 'bogus'; known: analysis, consecutive_error_limit, "
+        "false_promotion_rate, false_rollback_rate, inconclusive_limit, metrics",
+    ]
+    assert "conveyor.id" in problems[3]  # the log's own column cannot be excluded
+    assert len(problems) == 4  # the manifest is not rendered from a spec that was refused
+    fixed = deploy_problems("fraud", {"namespace": "Bad_NS", "serving_memory": "lots"})
+    assert fixed == [
+        "InferenceService metadata.namespace: 'Bad_NS' is not a valid namespace name",
+        "InferenceService spec.predictor.model.resources.limits.memory: 'lots' is not a "
+        "Kubernetes quantity (such as 500m, 1, 2Gi, 512Mi)",
+        "InferenceService spec.predictor.model.resources.requests.memory: 'lots' is not a "
+        "Kubernetes quantity (such as 500m, 1, 2Gi, 512Mi)",
+        "no Prometheus URL to judge the canary with (prometheus_url, --prometheus): give one, "
+        "or set analysis: none in the canary policy to roll out unjudged",
+    ]
+
+
+@pytest.mark.parametrize("seconds", [float("nan"), float("inf"), 0.0, -5.0])
+def test_a_plan_refuses_seconds_that_are_not_a_positive_number(seconds: float) -> None:
+    with pytest.raises(ConveyorError, match="rollout_deadline_s .* must be a positive number"):
+        RolloutPlan(deadline_s=seconds)
+
+
+def test_check_reads_a_monitoring_configs_deploy_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # The monitoring pipeline takes some of deploy's settings: a retraining's deploy reads them.
+    (tmp_path / "monitoring").mkdir()
+    (tmp_path / "prod.yaml").write_text(
+        "model_store_uri: gs://b/m\nprometheus_url: http://p:9090\n"
+    )
+    (tmp_path / "monitoring" / "prod.yaml").write_text(
+        "inputs_uri: gs://b/log\nmodel_store_uri: gs://b/m\nprometheus_url: http://p:9090\n"
+        "canary_steps: '90,10'\nnamespace: Bad_NS\ncanary_policy: {bogus: 1}\n"
+    )
+    assert main(["check", "--configs", str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    where = tmp_path / "monitoring" / "prod.yaml"
+    assert f"{where}: 3 problem(s)" in out.splitlines()
+    assert err.splitlines() == [
+        f"{where}: canary steps [90, 10] must increase",
+        f"{where}: canary_policy: unknown setting 'bogus'; known: analysis, "
+        "consecutive_error_limit, false_promotion_rate, false_rollback_rate, "
+        "inconclusive_limit, metrics",
+        f"{where}: InferenceService metadata.namespace: 'Bad_NS' is not a valid namespace name",
+    ]
+
+
+def test_a_local_run_with_bad_settings_leaves_no_run_folder(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    assert main(["run", "--runs-dir", str(runs), "--param", "serving_memory=lots"]) == 2
+    assert not runs.exists() or list(runs.iterdir()) == []
