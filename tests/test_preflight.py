@@ -44,6 +44,17 @@ def test_every_problem_of_the_settings_is_named_at_once() -> None:
     ]
 
 
+def test_a_bad_plan_and_no_prometheus_are_named_together() -> None:
+    assert deploy_problems("fraud", {"canary_steps": "50,10", "rollout": True}) == [
+        "canary steps [50, 10] must increase",
+        "no Prometheus URL to judge the canary with (prometheus_url, --prometheus): give one, "
+        "or set analysis: none in the canary policy to roll out unjudged",
+    ]
+    assert deploy_problems("fraud", {"canary_steps": "50,10", "rollout": False}) == [
+        "canary steps [50, 10] must increase"
+    ]
+
+
 @pytest.mark.parametrize("seconds", [float("nan"), float("inf"), 0.0, -5.0])
 def test_a_plan_refuses_seconds_that_are_not_a_positive_number(seconds: float) -> None:
     with pytest.raises(ConveyorError, match="rollout_deadline_s .* must be a positive number"):

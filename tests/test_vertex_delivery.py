@@ -328,6 +328,12 @@ def test_an_unreachable_google_cloud_is_one_line(
     assert err.startswith("conveyor submit: Google Cloud is unreachable (get an access token)")
 
 
+NO_PROMETHEUS = (
+    "no Prometheus URL to judge the canary with (prometheus_url, --prometheus): give one, or "
+    "set analysis: none in the canary policy to roll out unjudged"
+)
+
+
 def test_settings_deploy_would_refuse_stop_the_submission(
     google_cloud: GoogleCloudDouble, capsys, tmp_path: Path
 ) -> None:
@@ -335,7 +341,10 @@ def test_settings_deploy_would_refuse_stop_the_submission(
     params.write_text("model_store_uri: gs://b/m\ncanary_steps: '50,10'\n")
     code, _, err = conveyor(capsys, "submit", *COMMON, "--params", str(params))
     assert code == 2
-    assert err.strip() == f"conveyor submit: {params}: canary steps [50, 10] must increase"
+    assert err.strip().splitlines() == [
+        f"conveyor submit: {params}: canary steps [50, 10] must increase",
+        f"conveyor submit: {params}: {NO_PROMETHEUS}",
+    ]
     assert google_cloud.requests == []
 
 
@@ -400,7 +409,10 @@ def test_a_published_template_is_held_to_deploys_settings_too(
     template = ("--template", f"{REPO}/conveyor-training/v1")
     code, _, err = conveyor(capsys, "submit", *COMMON, *template, "--params", str(params))
     assert code == 2
-    assert err.strip() == f"conveyor submit: {params}: canary steps [50, 10] must increase"
+    assert err.strip().splitlines() == [
+        f"conveyor submit: {params}: canary steps [50, 10] must increase",
+        f"conveyor submit: {params}: {NO_PROMETHEUS}",
+    ]
     assert google_cloud.vertex.pipeline_jobs == {}
     before = len(google_cloud.requests)
     code, out, err = conveyor(capsys, "submit", *COMMON, *template, "--dry-run")

@@ -17,7 +17,12 @@ from conveyor.components.core.rollout.manifests import (
     render_inference_service,
 )
 from conveyor.components.core.rollout.policy import CanaryPolicy
-from conveyor.components.core.rollout.runner import RolloutPlan, RolloutSettings, parse_steps
+from conveyor.components.core.rollout.runner import (
+    RolloutPlan,
+    RolloutSettings,
+    parse_steps,
+    require_prometheus,
+)
 from conveyor.components.core.rollout.settings import SETTINGS
 
 __all__ = ["deploy_problems"]
@@ -35,6 +40,8 @@ def deploy_problems(model_name: str, values: Mapping[str, Any]) -> list[str]:
 
     Returns:
         The problems, in the order deploy would meet them; empty when there are none.
+        A check that needs a part refused before (the plan's deadline needs the plan and
+        the policy) waits for it.
     """
     given = {each.name: values.get(each.name, each.default) for each in SETTINGS}
     problems: list[str] = []
@@ -44,12 +51,10 @@ def deploy_problems(model_name: str, values: Mapping[str, Any]) -> list[str]:
     spec = _collected(problems, lambda: _serving_spec(model_name, given, plan))
     if spec is not None:
         problems += inference_service_problems(render_inference_service(spec))
-    if plan is not None and policy is not None:
-        settings = _collected(
-            problems, lambda: RolloutSettings(plan, policy, given["prometheus_url"])
-        )
-        if settings is not None and given["rollout"]:
-            _collected(problems, settings.prometheus)  # a rollout that would judge nothing
+    if plan is not None and policy is not None:  # whether the plan fits its deadline
+        _collected(problems, lambda: RolloutSettings(plan, policy, given["prometheus_url"]))
+    if policy is not None and given["rollout"]:  # a rollout that would judge nothing
+        _collected(problems, lambda: require_prometheus(policy, given["prometheus_url"]))
     return problems
 
 

@@ -88,6 +88,7 @@ __all__ = [
     "describe_plan",
     "parse_steps",
     "render_report",
+    "require_prometheus",
 ]
 
 # What earlier releases kept on the service; cleared in the write that starts a canary (a
@@ -214,12 +215,17 @@ class RolloutSettings:
             return None
         if given is not None:
             return given
-        if not self.prometheus_url:
-            raise ConveyorError(
-                "no Prometheus URL to judge the canary with (prometheus_url, --prometheus): "
-                "give one, or set analysis: none in the canary policy to roll out unjudged"
-            )
+        require_prometheus(self.policy, self.prometheus_url)
         return Prometheus(self.prometheus_url)
+
+
+def require_prometheus(policy: CanaryPolicy, prometheus_url: str) -> None:
+    """Refuses a judged rollout with no Prometheus to judge it from."""
+    if policy.analysed and not prometheus_url:
+        raise ConveyorError(
+            "no Prometheus URL to judge the canary with (prometheus_url, --prometheus): "
+            "give one, or set analysis: none in the canary policy to roll out unjudged"
+        )
 
 
 def parse_steps(text: str) -> tuple[int, ...]:
