@@ -90,3 +90,60 @@ def test_a_local_run_with_bad_settings_leaves_no_run_folder(tmp_path: Path) -> N
     runs = tmp_path / "runs"
     assert main(["run", "--runs-dir", str(runs), "--param", "serving_memory=lots"]) == 2
     assert not runs.exists() or list(runs.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"canary_steps": 5}, "canary_steps: expected text, not 5"),
+        ({"namespace": None}, "namespace: expected text, not None"),
+        ({"canary_interval_s": "60"}, "canary_interval_s: expected a number, not '60'"),
+        (
+            {"payload_log_exclude": "a,b"},
+            "payload_log_exclude: expected a list of column names, not 'a,b'",
+        ),
+        ({"serving_cpu": 2}, "serving_cpu: expected text, not 2"),
+        ({"rollout": "yes"}, "rollout: expected true or false, not 'yes'"),
+        ({"canary_policy": [1]}, "canary_policy: expected a mapping, not [1]"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_one_line_and_nothing_is_judged_from_it(
+    values: dict, expected: str
+) -> None:
+    # With a Prometheus, so that only the wrong value itself can be a problem.
+    assert deploy_problems("fraud", {"prometheus_url": "http://p:9090", **values}) == [expected]
+
+
+def test_numbers_past_any_float_are_problems_not_tracebacks() -> None:
+    huge = 10**400
+    assert deploy_problems("fraud", {"canary_interval_s": huge, "prometheus_url": "http://p"}) == [
+        f"canary_interval_s (--interval) must be a positive number of seconds, not {huge}"
+    ]
+    (problem,) = deploy_problems(
+        "fraud", {"canary_policy": {"inconclusive_limit": huge}, "prometheus_url": "http://p"}
+    )
+    assert problem.startswith("canary_policy.inconclusive_limit: must be 0 to 10000 looks")
+
+
+def test_a_prometheus_url_deploy_would_refuse_is_named() -> None:
+    assert deploy_problems("fraud", {"prometheus_url": "prometheus:9090"}) == [
+        "Prometheus URL 'prometheus:9090' must start with http:// or https://"
+    ]
+
+
+def test_check_leaves_a_mistyped_setting_to_the_type_problem_and_spares_a_report_only_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    (tmp_path / "monitoring").mkdir()
+    # rollout: "false" is text: named once, and no Prometheus demanded of a rollout it may not be.
+    (tmp_path / "prod.yaml").write_text("model_store_uri: gs://b/m\nrollout: 'false'\n")
+    # A monitoring run that never retrains deploys nothing: no Prometheus needed.
+    (tmp_path / "monitoring" / "report.yaml").write_text(
+        "inputs_uri: gs://b/log\nmodel_store_uri: gs://b/m\nretrain: false\n"
+    )
+    assert main(["check", "--configs", str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    assert f"{tmp_path / 'monitoring' / 'report.yaml'}: ok" in out.splitlines()
+    assert err.splitlines() == [
+        f"{tmp_path / 'prod.yaml'}: 'rollout' must be true or false, not 'false'"
+    ]

@@ -172,14 +172,11 @@ def _pipeline_name(args: argparse.Namespace) -> str:
 def deploy_problems(values: dict[str, Any], pipeline: Any, where: str) -> list[str]:
     """The serving and rollout settings deploy would refuse, a line each starting with
     ``where``: named before a run starts, beside any problem of the parameters themselves
-    (an unknown or mistyped parameter is left out here, so its default is checked)."""
-    from conveyor.pipelines.definitions.parameters import deploy_setting_problems, well_typed
+    (which are left to ``parameter_problems``)."""
+    from conveyor.pipelines.definitions.parameters import deploy_setting_problems
 
     inputs = pipeline.component_spec.inputs or {}
-    return [
-        f"{where}: {problem}"
-        for problem in deploy_setting_problems(well_typed(values, inputs), inputs)
-    ]
+    return [f"{where}: {problem}" for problem in deploy_setting_problems(values, inputs)]
 
 
 def _deliver_kubeflow(args: argparse.Namespace) -> int:

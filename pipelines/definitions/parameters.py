@@ -167,16 +167,20 @@ def deploy_setting_problems(values: dict[str, Any], inputs: dict[str, Any]) -> l
     (``component_spec.inputs``) given ``values``, a line each, before anything runs.
 
     A setting the pipeline does not take as a parameter (the monitoring pipeline takes some)
-    is checked at its declared default, which is what its deploy step gets; a pipeline
-    without ``model_name`` has no deploy step to check."""
+    is checked at its declared default, which is what its deploy step gets. A value that
+    ``parameter_problems`` refuses is left to it, and what depends on it is not checked. A
+    pipeline without ``model_name``, or a monitoring run that never retrains, deploys
+    nothing to check."""
     from conveyor.components.core.rollout.preflight import deploy_problems
     from conveyor.components.core.rollout.settings import SETTING_NAMES
 
-    if "model_name" not in inputs:
-        return []
+    typed = well_typed(values, inputs)
 
     def value(name: str) -> Any:
-        return values[name] if name in values else inputs[name].default
+        return typed[name] if name in typed else inputs[name].default
 
+    if "model_name" not in inputs or ("retrain" in inputs and value("retrain") is False):
+        return []
     settings = {name: value(name) for name in SETTING_NAMES if name in inputs}
-    return deploy_problems(value("model_name"), settings)
+    refused = {name for name in values if name in SETTING_NAMES and name not in typed}
+    return deploy_problems(value("model_name"), settings, unchecked=refused)

@@ -56,6 +56,8 @@ _DIRECTIONS = ("lower", "higher", "either")
 _VARIABLES = ("namespace", "revision", "range")
 _SMALLEST_MARGIN = 1e-4
 _SMALLEST_RATE = 1e-6
+# More looks than a rollout could take (a deadline of weeks at a one-minute interval).
+_MAX_LOOKS = 10_000
 _MAX_CATEGORIES = 1000
 _SELECTOR = 'namespace="$namespace",revision="$revision"'
 _REQUESTS = "conveyor_inference_requests_total"
@@ -374,8 +376,10 @@ class CanaryPolicy:
                     f"{name}: must be at least {_SMALLEST_RATE} and below 0.5, not {value}"
                 )
         for name in ("inconclusive_limit", "consecutive_error_limit"):
-            if getattr(self, name) < 0:
-                raise ConveyorError(f"{name}: must be 0 or more, not {getattr(self, name)}")
+            if not 0 <= getattr(self, name) <= _MAX_LOOKS:
+                raise ConveyorError(
+                    f"{name}: must be 0 to {_MAX_LOOKS} looks, not {getattr(self, name)}"
+                )
         names = [metric.name for metric in self.metrics]
         if len(set(names)) != len(names):
             raise ConveyorError(f"metrics: names must differ: {names}")

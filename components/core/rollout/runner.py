@@ -131,10 +131,18 @@ class RolloutPlan:
             problems.append(f"canary steps {list(steps)} must increase")
         for name, parameter in _PLAN_PARAMETERS.items():
             seconds = getattr(self, name)
-            # NaN compares false with everything: `seconds <= 0` alone would let it through.
-            if not math.isfinite(seconds) or seconds <= 0:
+            if not _positive_seconds(seconds):
                 problems.append(f"{parameter} must be a positive number of seconds, not {seconds}")
         return problems
+
+
+def _positive_seconds(seconds: Any) -> bool:
+    # NaN compares false with everything, so `seconds <= 0` alone would let it through; an
+    # int past any float (10**400) cannot be one.
+    try:
+        return math.isfinite(seconds) and seconds > 0
+    except (OverflowError, TypeError):
+        return False
 
 
 # RolloutPlan's fields -> the parameters (and flags) that set them.
