@@ -51,7 +51,9 @@ def evaluate(
             targets only).
         classification_metrics: Output confusion matrix, and ROC curve for binary targets.
         report: Output Markdown: the verdict and why, metrics, champion comparison.
-        evaluation: Output JSON with the metrics, ``blessed``, ``reason`` and the comparison.
+        evaluation: Output JSON with the metrics, ``blessed``, ``reason``, the comparison
+            and ``warnings`` (an evaluation split under 50 rows, with the accuracy's
+            interval). Metadata: ``blessed``, ``reason``, ``warnings``.
         mlflow_tracking_uri: MLflow tracking server; empty uses ``$MLFLOW_TRACKING_URI``.
         primary_metric: The metric compared with the champion.
         metric_direction: ``auto`` (the metric's natural direction), ``maximize`` or ``minimize``.
@@ -98,7 +100,9 @@ def evaluate(
     classification_metrics.log_confusion_matrix(scores.curves.labels, scores.curves.confusion)
     if scores.curves.roc is not None:
         classification_metrics.log_roc_curve(*scores.curves.roc)
-    evaluation.metadata.update({"blessed": decision.blessed, "reason": decision.reason})
+    evaluation.metadata.update(
+        {"blessed": decision.blessed, "reason": decision.reason, "warnings": list(result.warnings)}
+    )
     if scores.positive_class is not None:
         evaluation.metadata["positive_class"] = str(scores.positive_class)
     return decision.blessed

@@ -50,6 +50,7 @@ class RunSummary:
     deployment: str | None = None
     failed_step: str | None = None
     steps: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -298,6 +299,7 @@ def _summarise(
         artifacts=str(outputs or run_dir),
         storage_uri=registered.get("storage_uri"),
         deployment=deployed.get("Output"),
+        warnings=list(verdict.get("warnings", [])) if verdict else [],
         failed_step=failed_step,
         steps={step: progress.outcomes.get(step, "skipped") for step in _STEPS},
     )

@@ -5,16 +5,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from conveyor.components.core.data.tables import split_table
 from conveyor.components.core.errors import ConveyorError
 from conveyor.components.core.training.evaluation import (
+    MIN_EVALUATION_ROWS,
     ChampionScore,
     Policy,
     decide,
     evaluate_model,
+    small_sample_warnings,
 )
 from conveyor.components.core.training.registry import register_model
 from tests.conftest import register_blessed, train_species_model
@@ -163,3 +166,39 @@ def test_a_multiclass_model_judged_on_the_false_positive_rate_is_refused_writing
         "the policy names 'false_positive_rate', which a model of 3 classes does not have"
     )
     assert not (tmp_path / "multi" / "evaluation.json").exists()
+
+
+def test_a_small_evaluation_split_is_warned_about_with_the_accuracys_interval() -> None:
+    (warning,) = small_sample_warnings(6, 1.0)
+    # All 6 right: Wilson's lower bound is n / (n + z^2), in closed form.
+    assert f"[{6 / (6 + 1.959963984540054**2):.3f}, 1.000]" in warning
+    assert warning.startswith("only 6 evaluation rows (under 50): accuracy 1.000")
+    assert small_sample_warnings(MIN_EVALUATION_ROWS, 1.0) == ()
+
+
+def test_the_stated_interval_covers_the_true_accuracy_95_percent_of_the_time() -> None:
+    # Seeded: 4,000 evaluation splits of 30 rows from a model whose accuracy is 0.85.
+    rng = np.random.default_rng(7)
+    truth, rows = 0.85, 30
+    covered = 0
+    for right in rng.binomial(rows, truth, size=4000):
+        (warning,) = small_sample_warnings(rows, right / rows)
+        low, high = (float(x) for x in warning.split("[")[1].split("]")[0].split(", "))
+        covered += low <= truth <= high
+    assert 0.93 <= covered / 4000 <= 0.98  # Wilson's coverage at n=30 is close to 95 %
+
+
+def test_a_tiny_split_is_blessed_only_with_the_warning_in_its_verdict_and_report(
+    tmp_path: Path, species: pd.DataFrame, mlflow_server: str, model_name: str
+) -> None:
+    train, test = split_table(species, "species", 0.3, 0, "t")
+    test.head(12).to_parquet(tmp_path / "test")
+    trained = train_species_model(tmp_path, mlflow_server, model_name, train, "tiny", C=1.0)
+    result = _evaluate(
+        tmp_path, mlflow_server, model_name, "tiny", trained.run_id, tmp_path / "test"
+    )
+    (warning,) = result.warnings
+    assert warning.startswith("only 12 evaluation rows (under 50)")
+    verdict = json.loads((tmp_path / "tiny" / "evaluation.json").read_text())
+    assert verdict["warnings"] == [warning]
+    assert f"**Warning**: {warning}" in (tmp_path / "tiny" / "report.md").read_text()

@@ -225,6 +225,20 @@ def test_users_own_multiclass_csv(tmp_path: Path, capsys: pytest.CaptureFixture)
     (version,) = registered_versions(tmp_path / "runs", "iris-like")
     run = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}").get_run(version.run_id)
     assert run.data.params["n_estimators"] == "40"
+    assert summary["warnings"] == []  # 60 evaluation rows: enough to judge on
+
+
+def test_a_table_too_small_to_evaluate_is_warned_about_in_the_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    multiclass_table(rows=90).to_csv(tmp_path / "tiny.csv", index=False)
+    code, summary, printed = conveyor_run(
+        capsys, tmp_path / "runs", "--data", str(tmp_path / "tiny.csv"), "--label", "species"
+    )
+    assert code == 0, printed
+    (warning,) = summary["warnings"]
+    assert warning.startswith("only 18 evaluation rows (under 50)")
+    assert f"Warning: {warning}" in printed.splitlines()
 
 
 def test_users_parquet_with_an_integer_target(

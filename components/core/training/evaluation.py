@@ -12,12 +12,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
 from conveyor.components.core.data.tables import read_parquet
 from conveyor.components.core.errors import ConveyorError, first_line
 from conveyor.components.core.files import write_text_atomically
+from conveyor.components.core.monitoring.quality import wilson_interval
 from conveyor.components.core.training import registry, tracking
 from conveyor.components.core.training.metrics import METRIC_DIRECTIONS, Scores, score
 from conveyor.components.core.training.trainer import load_model_dir
@@ -99,11 +101,34 @@ class Decision:
 class EvaluationResult:
     scores: Scores
     decision: Decision
+    warnings: tuple[str, ...] = ()
 
     def to_json(self) -> str:
-        """The verdict register reads: metrics, positive class, blessed, reason, comparison."""
+        """The verdict register reads: metrics, positive class, blessed, reason, comparison,
+        and what a person should know before trusting it (``warnings``)."""
         scores = {"metrics": self.scores.metrics, "positive_class": self.scores.positive_class}
-        return json.dumps({**scores, **asdict(self.decision)}, indent=2)
+        return json.dumps(
+            {**scores, **asdict(self.decision), "warnings": list(self.warnings)}, indent=2
+        )
+
+
+_Z95 = 1.959963984540054  # the standard normal's 97.5th percentile
+# Below this many evaluation rows a metric is too noisy to bless on unremarked: at 50 rows
+# an accuracy of 0.9 is known only to within about ±0.09 (95 % Wilson interval).
+MIN_EVALUATION_ROWS = 50
+
+
+def small_sample_warnings(rows: int, accuracy: float) -> tuple[str, ...]:
+    """A warning, with the accuracy's 95 % Wilson interval, when ``rows`` is under
+    ``MIN_EVALUATION_ROWS``; none otherwise."""
+    if rows >= MIN_EVALUATION_ROWS:
+        return ()
+    low, high = wilson_interval(np.array([accuracy * rows]), np.array([rows]), _Z95)
+    return (
+        f"only {rows} evaluation rows (under {MIN_EVALUATION_ROWS}): accuracy {accuracy:.3f} "
+        f"is known only to within [{low[0]:.3f}, {high[0]:.3f}] (95 % Wilson interval); "
+        "give the run more data or a larger test_size before trusting this verdict",
+    )
 
 
 def evaluate_model(
@@ -139,7 +164,8 @@ def evaluate_model(
         champion_score = _score_champion(
             client, champion, test_split, target, policy.metric, positive
         )
-    result = EvaluationResult(scores, decide(scores.metrics, policy, champion_score))
+    warnings = small_sample_warnings(len(test_split), scores.metrics["accuracy"])
+    result = EvaluationResult(scores, decide(scores.metrics, policy, champion_score), warnings)
     report = render_report(result)
     tracking.log_metrics(client, run_id, scores.metrics, prefix="test_")
     client.set_tag(run_id, "blessed", str(result.decision.blessed).lower())
@@ -197,7 +223,9 @@ def render_report(result: EvaluationResult) -> str:
     """A Markdown page for the KFP UI: verdict, metrics, comparison, confusion matrix."""
     decision, curves = result.decision, result.scores.curves
     verdict = "Blessed" if decision.blessed else "Not blessed"
-    lines = ["# Evaluation", "", f"**{verdict}**: {decision.reason}", "", "## Metrics", ""]
+    lines = ["# Evaluation", "", f"**{verdict}**: {decision.reason}", ""]
+    lines += [f"**Warning**: {warning}" for warning in result.warnings]
+    lines += ["", "## Metrics", ""] if result.warnings else ["## Metrics", ""]
     if result.scores.positive_class is not None:
         lines += [f"Positive class: `{result.scores.positive_class}`.", ""]
     lines += ["| metric | value |", "| --- | --- |"]
