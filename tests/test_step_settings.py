@@ -96,14 +96,9 @@ def test_a_task_moved_to_a_registry_moves_again_to_the_gpu_image(tmp_path: Path)
     cpu, gpu = Target("kubeflow", image_registry="a.example/ml"), Target("kubeflow", gpus=1)
 
     def pipeline(t: Target) -> None:
-        task = apply_step_settings(own_trainer_on_base(rows=1), cpu, step="train")
+        task = apply_step_settings(on_conveyors_image(rows=1), cpu, step="train")
         apply_step_settings(task, gpu, step="train")
 
     spec, _ = compiled(tmp_path, gpu, pipeline)
-    container = spec["deploymentSpec"]["executors"]["exec-own-trainer-on-base"]["container"]
+    container = spec["deploymentSpec"]["executors"]["exec-on-conveyors-image"]["container"]
     assert container["image"] == image("gpu")
-
-
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def own_trainer_on_base(rows: int) -> int:
-    return rows
