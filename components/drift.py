@@ -30,6 +30,7 @@ def drift(
     weighted_share: float = 0.3,
     alpha: float = 0.01,
     id_columns: list = [],  # noqa: B006
+    schema: Input[Artifact] = None,
 ) -> bool:
     """Tests every column for drift and decides whether the dataset has drifted.
 
@@ -40,10 +41,11 @@ def drift(
     differ beyond sampling noise at the false-alarm rate ``alpha`` shared by all the run's
     column tests. By default the dataset drifts when a drifted column weighs at least
     ``importance_threshold`` of the champion's importance, or the drifted columns together
-    ``weighted_share``. Times and identifier-like text are not tested; the report lists
-    them. Fails the step, with one line, when the tables cannot be compared (different
-    columns, a numeric column holding text or infinities, an unreadable file) or the
-    importance cannot be read.
+    ``weighted_share``. Only numeric and categorical features are tested: dates, free
+    text, identifiers and excluded columns (each column's role, as the reference's schema
+    records it) are listed as not tested. Fails the step, with one line, when the tables
+    cannot be compared (different columns, a numeric column holding text or infinities, an
+    unreadable file) or the importance cannot be read.
 
     Args:
         reference: The reference table (CSV or Parquet), such as the champion's training data.
@@ -78,12 +80,16 @@ def drift(
         alpha: The run's false-alarm rate for sampling noise, shared by all its column
             tests (overall and per segment), in (0, 1).
         id_columns: The model's id columns (never features): not tested, as excluded ones.
+        schema: Optional schema of the reference (champion_reference's ``schema``), whose
+            column roles say what is tested; without it (or from before roles were
+            recorded), roles are decided on the reference as training decides them.
 
     Returns:
         Whether the dataset has drifted.
     """
     from pathlib import Path
 
+    from conveyor.components.core.data.schema import load_schema
     from conveyor.components.core.errors import step_errors
     from conveyor.components.core.monitoring.drift import DriftSettings, load_importance
     from conveyor.components.core.monitoring.drift_report import DriftOutputs, detect_drift
@@ -100,9 +106,10 @@ def drift(
         outputs = DriftOutputs(
             Path(html_report.path), Path(report.path), Path(summary.path), report_sample_rows
         )
+        roles = load_schema(schema.path).recorded_roles() if schema is not None else None
         result, _ = detect_drift(
             reference.path, current.path, settings, segment_column or None,
-            (*exclude_columns, *id_columns), outputs,
+            (*exclude_columns, *id_columns), outputs, roles,
         )  # fmt: skip
     for column in result.overall:
         metrics.log_metric(f"{column.column}.{column.deciding_test}", column.score)

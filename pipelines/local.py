@@ -51,6 +51,7 @@ class RunSummary:
     failed_step: str | None = None
     steps: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -300,9 +301,19 @@ def _summarise(
         storage_uri=registered.get("storage_uri"),
         deployment=deployed.get("Output"),
         warnings=list(verdict.get("warnings", [])) if verdict else [],
+        notes=_left_out(outputs / "validate" / "schema") if "validate" in succeeded else [],
         failed_step=failed_step,
         steps={step: progress.outcomes.get(step, "skipped") for step in _STEPS},
     )
+
+
+def _left_out(schema_path: Path) -> list[str]:
+    """Why each column the model does not learn from is left out (validate's schema)."""
+    from conveyor.components.core.data.roles import role_note
+    from conveyor.components.core.data.schema import load_schema
+
+    roles = load_schema(schema_path).roles() if schema_path.is_file() else {}
+    return [note for name, role in roles.items() if (note := role_note(name, role))]
 
 
 def _outputs_dir(run_dir: Path) -> Path | None:

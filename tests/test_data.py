@@ -138,7 +138,10 @@ def test_truncated_real_parquet_file_is_named(tmp_path: Path, species: pd.DataFr
         load_table(Source(uri))
 
 
-def test_missing_cloud_extra_is_named() -> None:
+def test_missing_cloud_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "gcsfs", None)  # as on an install without the extra
+    for protocol in ("gs", "gcs"):  # fsspec keeps the class of a protocol once imported
+        monkeypatch.delitem(sys.modules["fsspec.registry"]._registry, protocol, raising=False)
     with pytest.raises(ConveyorError, match=r"pip install 'conveyor\[gcs\]'"):
         load_table(Source("gs://no-such-bucket/table.csv"))
 

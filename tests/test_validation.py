@@ -271,7 +271,7 @@ def test_the_schema_file_round_trips_and_edits_are_checked(tmp_path: Path, schem
         ),
         "unknown rule 'ranges'": lambda d: d["columns"][1].update(severity={"ranges": "off"}),
         "key column 'order_id' is not among the columns": lambda d: d.update(keys=["order_id"]),
-        "columns[0] ('amount'): kind: expected numeric or categorical, found 'number'": (
+        "columns[0] ('amount'): kind: expected one of numeric, categorical, datetime, text, identifier, excluded, free_text, found 'number'": (
             lambda d: d["columns"][0].update(kind="number")
         ),
         "columns[1] ('age'): allowed_max: expected a number, found '90'": (

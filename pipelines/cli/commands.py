@@ -504,6 +504,7 @@ def _print_summary(summary: Any, summary_path: Path, out: TextIO) -> None:
     if summary.status == "succeeded":
         lines.append(f"{'Blessed' if summary.blessed else 'Not blessed'}: {summary.reason}")
     lines += [f"Warning: {warning}" for warning in summary.warnings]
+    lines += [f"Note: {note}" for note in getattr(summary, "notes", [])]
     if summary.model_version is not None:
         lines.append(
             f"Registered: {summary.model_name} version {summary.model_version} "

@@ -34,6 +34,12 @@ def add_label_option(parser: Any, help_text: str, default: str | None = None) ->
 # Where the namespace records which of --label and --target was given (per parse, so a
 # parser parsed twice does not remember the first command line).
 _LABEL_FLAG = "_label_flag"
+# --<role>-column options of validate --write-schema -> what naming a column there means.
+_DECLARED_ROLES = {
+    "id": "a column identifying a row: never a feature, checked unique",
+    "exclude": "a column never used as a feature",
+    "text": "a free-text column to learn from (free text is left out otherwise)",
+}
 
 
 class _Label(argparse.Action):
@@ -102,6 +108,11 @@ def _add_validate(commands: Any) -> None:
         "--key", action="append", default=[], metavar="COLUMN",
         help="a column of the key that must be unique (repeat for a key of several)",
     )  # fmt: skip
+    for role, meaning in _DECLARED_ROLES.items():
+        written.add_argument(
+            f"--{role}-column", action="append", default=[], metavar="COLUMN", dest=role,
+            help=f"{meaning} (repeatable; otherwise each column's role is decided from it)",
+        )  # fmt: skip
     validate.add_argument(
         "--inputs", action="store_true",
         help="the table holds model inputs only (a payload log): no label column expected",
@@ -111,15 +122,25 @@ def _add_validate(commands: Any) -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from conveyor.components.core.data.roles import DeclaredRoles
     from conveyor.components.core.data.validation import validate_file, write_schema
 
-    if not args.write_schema and (args.label or args.segment or args.key):
+    if not args.write_schema and (
+        args.label or args.segment or args.key or any(getattr(args, r) for r in _DECLARED_ROLES)
+    ):
         raise ConveyorError(
-            "--label, --segment and --key describe a new schema: add --write-schema"
+            "--label, --segment, --key and --*-column describe a new schema: add --write-schema"
         )
     if args.write_schema:
+        declared = DeclaredRoles(tuple(args.id), tuple(args.exclude), tuple(args.text))
         result = write_schema(
-            args.data, args.schema, args.label, args.segment, tuple(args.key), args.report
+            args.data,
+            args.schema,
+            args.label,
+            args.segment,
+            tuple(args.key),
+            args.report,
+            declared,
         )
     else:
         result = validate_file(args.data, args.schema, args.inputs, args.report)

@@ -76,6 +76,8 @@ def build_monitoring_pipeline(target: Target) -> GraphComponent:
         payload_log_uri: str = "",
         payload_log_exclude: list = [],  # noqa: B006
         id_columns: list = [],  # noqa: B006
+        training_exclude_columns: list = [],  # noqa: B006
+        text_columns: list = [],  # noqa: B006
     ):
         """Checks recent inputs, answers and labels; retrains on drift or degradation.
 
@@ -131,6 +133,10 @@ def build_monitoring_pipeline(target: Target) -> GraphComponent:
                 training pipeline's.
             id_columns: The model's id columns: never features, not tested for drift, and
                 passed to a retraining.
+            training_exclude_columns: A retraining's exclude_columns (never features), as
+                the training pipeline's; the champion's schema already keeps them out of
+                drift.
+            text_columns: A retraining's free-text features, as the training pipeline's.
         """
         reference = apply_step_settings(
             champion_reference(model_name=model_name, mlflow_tracking_uri=mlflow_tracking_uri),
@@ -152,6 +158,7 @@ def build_monitoring_pipeline(target: Target) -> GraphComponent:
                 reference=reference.outputs["reference"],
                 current=recent.outputs["inputs"],
                 importance=reference.outputs["importance"],
+                schema=reference.outputs["schema"],
                 segment_column=segment_column,
                 exclude_columns=exclude_columns,
                 id_columns=id_columns,
@@ -222,6 +229,8 @@ def build_monitoring_pipeline(target: Target) -> GraphComponent:
                 payload_log_uri=payload_log_uri,
                 payload_log_exclude=payload_log_exclude,
                 id_columns=id_columns,
+                exclude_columns=training_exclude_columns,
+                text_columns=text_columns,
             )
 
     return monitoring

@@ -47,6 +47,8 @@ def build_training_pipeline(target: Target) -> GraphComponent:
         metric_floors: dict = {"accuracy": 0.7, "roc_auc": 0.7},  # noqa: B006
         positive_class: str = "",
         id_columns: list = [],  # noqa: B006
+        exclude_columns: list = [],  # noqa: B006
+        text_columns: list = [],  # noqa: B006
         namespace: str = "default",
         serving_runtime: str = "",
         serving_cpu: str = "1",
@@ -86,6 +88,11 @@ def build_training_pipeline(target: Target) -> GraphComponent:
             positive_class: Binary positive class; empty picks 1/true/yes, else the rarer class.
             id_columns: Columns identifying a row (an order id, ...): never features; the
                 predictor passes them to its payload log, where labels join on the first.
+                Text columns whose every value is distinct, and columns named like ids
+                (customer_id) whose values are, are found without being named.
+            exclude_columns: Columns never used as features (a column leaking the label).
+            text_columns: Free-text columns to learn from (TF-IDF); free text found in the
+                table and not named here is left out, with a note in validate's report.
             namespace: Kubernetes namespace of the InferenceService.
             serving_runtime: A ServingRuntime name; empty lets KServe pick one for sklearn.
             serving_cpu: CPU request and limit of the predictor.
@@ -125,6 +132,9 @@ def build_training_pipeline(target: Target) -> GraphComponent:
                 test=ingested.outputs["test"],
                 target_column=target_column,
                 schema_uri=schema_uri,
+                id_columns=id_columns,
+                exclude_columns=exclude_columns,
+                text_columns=text_columns,
             ),
             target,
         )

@@ -48,10 +48,18 @@ from typing import Any, Literal, get_args
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from pandas.api import types as ptypes
 from scipy import stats
 
 from conveyor.components.core.data.columns import ColumnView, column_views
+from conveyor.components.core.data.roles import (
+    FEATURE_ROLES,
+    ROLES,
+    UNDECLARED,
+    DeclaredRoles,
+    Role,
+    column_role,
+    column_roles,
+)
 from conveyor.components.core.data.tables import as_arrow
 from conveyor.components.core.errors import ConveyorError, first_line, plain
 
@@ -63,13 +71,14 @@ __all__ = [
     "Schema",
     "SegmentColumn",
     "Segments",
-    "column_kind",
     "infer_schema",
     "load_schema",
     "null_rate_ceiling",
+    "settle_roles",
 ]
 
-Kind = Literal["numeric", "categorical"]
+# A column's kind is its role (``data.roles``): what the model makes of it, decided once.
+Kind = Role
 Severity = Literal["error", "warning", "off"]
 # What breaking each rule means unless the schema says otherwise: an error fails the step,
 # a warning is reported only, "off" skips the rule.
@@ -84,6 +93,7 @@ RULE_SEVERITY: dict[str, Severity] = {
     "row_count": "error",
     "unique_key": "error",
     "duplicate_rows": "warning",
+    "date_format": "warning",  # a date column's stray values are read as missing ones
 }
 # Share of the training range by which new values may stray beyond it.
 DEFAULT_RANGE_TOLERANCE = 0.25
@@ -139,7 +149,9 @@ class ColumnSchema(_NullRates):
 
     Attributes:
         name: The column name.
-        kind: ``numeric`` (numbers, booleans) or ``categorical`` (anything else).
+        kind: The column's role, as ``data.roles.column_role`` decided it on the training
+            split: ``numeric``, ``categorical``, ``datetime`` or ``text`` (features),
+            ``identifier``, ``excluded`` or ``free_text`` (never features).
         dtype: The pandas dtype it was inferred from.
         null_rate: The share of empty values it was inferred from.
         max_null_rate: The highest share of empty values a table may have: as inferred,
@@ -217,6 +229,10 @@ class Schema:
         keys: Columns whose values together must be unique in each row; empty for none.
         segments: Per-segment rules; None for none.
         severity: Rule -> severity, over ``RULE_SEVERITY``.
+        roles_recorded: Whether each column's kind is its role as ``data.roles`` decided
+            it (and the user declared); false in schemas written before roles were
+            recorded, whose kinds say only numeric or categorical: validate decides their
+            roles again from the training split (``settle_roles``).
     """
 
     target: str
@@ -226,6 +242,7 @@ class Schema:
     keys: list[str] = field(default_factory=list)
     segments: Segments | None = None
     severity: dict[str, Severity] = field(default_factory=dict)
+    roles_recorded: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -240,7 +257,17 @@ class Schema:
         return _schema_from_dict(data, where)
 
     def features(self) -> list[ColumnSchema]:
-        return [column for column in self.columns if column.name != self.target]
+        """The columns a model learns from."""
+        return [c for c in self.columns if c.name != self.target and c.kind in FEATURE_ROLES]
+
+    def roles(self) -> dict[str, Kind]:
+        """Every column's role but the label's."""
+        return {c.name: c.kind for c in self.columns if c.name != self.target}
+
+    def recorded_roles(self) -> dict[str, Kind] | None:
+        """``roles``, or None for a schema written before roles were recorded, whose
+        roles a reader decides from the table (``data.roles.column_roles``)."""
+        return self.roles() if self.roles_recorded else None
 
     def column(self, name: str) -> ColumnSchema | None:
         return next((column for column in self.columns if column.name == name), None)
@@ -272,11 +299,6 @@ def load_schema(uri: str | Path) -> Schema:
     return Schema.from_json(text, str(uri))
 
 
-def column_kind(series: pd.Series) -> Kind:
-    """Numbers and booleans are numeric; everything else is categorical."""
-    return "numeric" if ptypes.is_numeric_dtype(series) else "categorical"
-
-
 def infer_schema(
     table: pd.DataFrame | pa.Table,
     target: str = "",
@@ -284,17 +306,49 @@ def infer_schema(
     segment: str = "",
     keys: tuple[str, ...] = (),
     range_tolerance: float = DEFAULT_RANGE_TOLERANCE,
+    declared: DeclaredRoles = UNDECLARED,
     where: str = "table",
 ) -> Schema:
-    """Infers types, ranges, allowed categories and null-rate ceilings from a table, and
-    with ``segment`` the same within each of its values."""
+    """Infers each column's role (``data.roles``), types, ranges, allowed categories and
+    null-rate ceilings from a table, and with ``segment`` the same within each of its
+    values."""
     views = column_views(as_arrow(table), where)
     for role, name in [("target", target), ("segment", segment)] + [("key", k) for k in keys]:
         if name and name not in views:
             raise ConveyorError(f"{where}: {role} column {name!r} is not in the table")
-    columns = [_infer_column(view, range_tolerance) for view in views.values()]
-    segments = _infer_segments(views, segment, range_tolerance, where)
-    return Schema(target, columns, keys=list(keys), segments=segments)
+    declared.check_present(list(views), target, where)
+    kinds = {name: _role(view, target, declared) for name, view in views.items()}
+    columns = [_infer_column(view, kinds[name], range_tolerance) for name, view in views.items()]
+    segments = _infer_segments(views, kinds, segment, range_tolerance, where)
+    return Schema(target, columns, keys=list(keys), segments=segments, roles_recorded=True)
+
+
+def settle_roles(
+    schema: Schema, table: pd.DataFrame | pa.Table, declared: DeclaredRoles, where: str
+) -> Schema:
+    """A given schema with every column's role recorded: its own (decided from ``table``,
+    the training split, for a schema from before roles were recorded), with what
+    ``declared`` names over them, so training and drift read the roles validation used."""
+    if schema.roles_recorded:
+        declared.check_present([c.name for c in schema.columns], schema.target, where)
+        roles = {name: declared.declared(name) or role for name, role in schema.roles().items()}
+        numeric_text = [n for n in declared.text_columns if schema.roles().get(n) == "numeric"]
+        if numeric_text:
+            raise ConveyorError(f"text_columns: {numeric_text[0]!r} holds numbers, not text")
+    else:
+        roles = column_roles(table, schema.target, declared, where)
+    columns = [_with_kind(column, roles.get(column.name, column.kind)) for column in schema.columns]
+    return replace(schema, columns=columns, roles_recorded=True)
+
+
+def _with_kind(column: ColumnSchema, kind: Kind) -> ColumnSchema:
+    """The column as a ``kind``: only a category keeps allowed categories, only a number a
+    range."""
+    if kind == column.kind:
+        return column
+    bounds = {} if kind == "numeric" else {"allowed_min": None, "allowed_max": None}
+    categories = {} if kind == "categorical" else {"categories": None}
+    return replace(column, kind=kind, **bounds, **categories)
 
 
 def null_rate_ceiling(
@@ -358,10 +412,16 @@ def _is_derived(null_rate: float, max_null_rate: float, rows: int) -> bool:
     return count == rows or _alarms(empty, rows, count + 1, rows)
 
 
-def _infer_column(view: ColumnView, range_tolerance: float) -> ColumnSchema:
+def _role(view: ColumnView, target: str, declared: DeclaredRoles) -> Kind:
+    """The label is what it holds (numbers or classes); every other column has its role."""
+    if view.name == target:
+        return "numeric" if view.is_numeric else "categorical"
+    return column_role(view, declared)
+
+
+def _infer_column(view: ColumnView, kind: Kind, range_tolerance: float) -> ColumnSchema:
     rows = len(view.valid)
     null_rate = float(np.count_nonzero(~view.valid) / rows) if rows else 0.0
-    kind: Kind = "numeric" if view.is_numeric else "categorical"
     common = ColumnSchema(
         view.name,
         kind,
@@ -370,8 +430,10 @@ def _infer_column(view: ColumnView, range_tolerance: float) -> ColumnSchema:
         null_rate_ceiling(null_rate, rows, rows),
         rows=rows,
     )
-    if not view.is_numeric:
+    if kind == "categorical" and not view.is_numeric:
         return replace(common, categories=_categories(view))
+    if kind != "numeric" or not view.is_numeric:
+        return common  # an id, a date, text: any value, no range
     low, high = _finite_bounds(view.numbers)
     if low is None:
         return common
@@ -397,6 +459,7 @@ def _finite_bounds(numbers: np.ndarray) -> tuple[float | None, float | None]:
 
 def _infer_segments(
     views: dict[str, ColumnView],
+    kinds: dict[str, Kind],
     segment: str,
     range_tolerance: float,
     where: str,
@@ -416,18 +479,21 @@ def _infer_segments(
             continue
         rows = by_segment.codes == code
         values[str(label)] = {
-            name: _segment_column(view, rows, range_tolerance)
+            name: _segment_column(view, rows, range_tolerance, kinds[name] == "numeric")
             for name, view in views.items()
             if name != segment
         }
     return Segments(segment, DEFAULT_SEGMENT_MIN_ROWS, values)
 
 
-def _segment_column(view: ColumnView, rows: np.ndarray, range_tolerance: float) -> SegmentColumn:
+def _segment_column(
+    view: ColumnView, rows: np.ndarray, range_tolerance: float, ranged: bool
+) -> SegmentColumn:
     count = int(np.count_nonzero(rows))
     null_rate = float(np.count_nonzero(~view.valid[rows]) / count)
     ceiling = SegmentColumn(null_rate, null_rate_ceiling(null_rate, count, count), count)
-    low, high = _finite_bounds(view.numbers[rows]) if view.is_numeric else (None, None)
+    ranged = ranged and view.is_numeric
+    low, high = _finite_bounds(view.numbers[rows]) if ranged else (None, None)
     if low is None:
         return ceiling
     margin = (high - low) * range_tolerance
@@ -549,8 +615,13 @@ def _names(value: Any, where: str) -> None:
 
 
 def _kind(value: Any, where: str) -> None:
-    if value not in get_args(Kind):
-        raise _mistyped(value, where, "numeric or categorical")
+    if value not in ROLES:
+        raise _mistyped(value, where, f"one of {', '.join(ROLES)}")
+
+
+def _flag(value: Any, where: str) -> None:
+    if not isinstance(value, bool):
+        raise _mistyped(value, where, "true or false")
 
 
 def _optional(check: Callable[[Any, str], None]) -> Callable[[Any, str], None]:
@@ -591,4 +662,5 @@ _FIELD_CHECKS: dict[str, Callable[[Any, str], None]] = {
     "allowed_min": _optional(_number),
     "allowed_max": _optional(_number),
     "severity": _severity,
+    "roles_recorded": _flag,
 }

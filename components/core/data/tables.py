@@ -370,6 +370,8 @@ def _opened(source: Source) -> Iterator[BinaryIO]:
         raise ConveyorError(f"{where}: is a directory, expected a CSV or Parquet file") from None
     except ImportError as error:
         raise ConveyorError(f"{where}: {_missing_extra(source.uri, error)}") from None
+    except OSError as error:  # a store that cannot be reached, access refused, ...
+        raise ConveyorError(f"{where}: cannot read it ({first_line(error)})") from None
     except Exception as error:
         message = _dvc_message(error, source)
         if message is None:

@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow as pa
 
 from conveyor.components.core.data.columns import ColumnView, column_views, row_hashes
+from conveyor.components.core.data.roles import UNDECLARED, DeclaredRoles, date_shaped, role_note
 from conveyor.components.core.data.schema import (
     NULL_RATE_FALSE_ALARM,
     ColumnSchema,
@@ -25,6 +26,7 @@ from conveyor.components.core.data.schema import (
     Severity,
     infer_schema,
     load_schema,
+    settle_roles,
 )
 from conveyor.components.core.data.tables import Source, as_arrow, load_arrow_table
 from conveyor.components.core.errors import ConveyorError, plain
@@ -44,6 +46,9 @@ __all__ = [
 ]
 
 _EXAMPLES = 3
+# Roles a model's inputs need not hold: the predictor never logs excluded or free-text
+# columns, and a request may omit an id (or the log leave it out, payload_log_exclude).
+_NOT_REQUIRED_IN_INPUTS = ("excluded", "free_text", "identifier")
 # A text column whose values are numbers but for at most this share is a numeric column
 # with stray missing-value markers ("?", "n/a", "-").
 _MOSTLY_NUMBERS_TEXT_SHARE = 0.1
@@ -116,9 +121,11 @@ def validate_splits(
     schema_path: Path,
     report_path: Path,
     schema: Schema | None = None,
+    declared: DeclaredRoles = UNDECLARED,
 ) -> ValidationResult:
-    """Checks both splits against ``schema``, or one inferred from the training split, and
-    the training split against the rules a table to learn from must meet.
+    """Checks both splits against ``schema``, or one inferred from the training split (each
+    column's role decided there, over what ``declared`` gives), and the training split
+    against the rules a table to learn from must meet.
 
     The schema and the report are written either way; on any error this raises
     ConveyorError with one line per violated rule. Warnings are reported only.
@@ -126,9 +133,11 @@ def validate_splits(
     train_split = load_arrow_table(Source(str(train_path)))
     test_split = load_arrow_table(Source(str(test_path)))
     if schema is None:
-        schema = infer_schema(train_split, target, where="training split")
+        schema = infer_schema(train_split, target, declared=declared, where="training split")
     elif schema.target != target:
         raise ConveyorError(f"the schema's target is {schema.target!r}, the run's {target!r}")
+    else:
+        schema = settle_roles(schema, train_split, declared, "training split")
     violations = (
         check_training_table(train_split, schema)
         + check_table(train_split, schema, split="training")
@@ -165,6 +174,7 @@ def write_schema(
     segment: str = "",
     keys: tuple[str, ...] = (),
     report_path: Path | None = None,
+    declared: DeclaredRoles = UNDECLARED,
 ) -> ValidationResult:
     """Infers a schema from a table and writes it, to be edited and committed.
 
@@ -172,7 +182,7 @@ def write_schema(
     empty column, infinities, numbers mixed with text, a key that is not unique).
     """
     table = load_arrow_table(Source(data))
-    schema = infer_schema(table, target, segment=segment, keys=keys, where=data)
+    schema = infer_schema(table, target, segment=segment, keys=keys, declared=declared, where=data)
     violations = check_training_table(table, schema, split="") + check_table(table, schema)
     result = ValidationResult(schema, violations)
     if report_path is not None:
@@ -199,7 +209,7 @@ def check_table(
         f" (not in the schema: {_shown(np.asarray(unknown))})" if unknown else ""
     )
     for column in schema.columns:
-        if inputs_only and column.name == schema.target:
+        if inputs_only and (column.name == schema.target or column.kind in _NOT_REQUIRED_IN_INPUTS):
             continue
         view = views.get(column.name)
         if view is None:
@@ -207,7 +217,7 @@ def check_table(
             continue
         violations.extend(_column_violations(schema, column, view))
     violations += _segment_violations(schema, views, violations)
-    violations += _table_violations(schema, views, arrow.num_rows)
+    violations += _table_violations(schema, views, arrow.num_rows, inputs_only)
     return _with_severity(schema, violations, split)
 
 
@@ -260,6 +270,27 @@ def _type_rule(column: ColumnSchema, view: ColumnView) -> Violation | None:
         f"{view.dtype} values such as {_shown(view.labels[bad_labels])}",
         "numbers",
         rows=_first(bad),
+    )
+
+
+def _date_format_rule(column: ColumnSchema, view: ColumnView) -> Violation | None:
+    """A date column holds dates (a date type, or ISO 8601 text), what its features are
+    made from; other values (sentinels, another format, numbers: an epoch is not one) are
+    read as missing, so by default this is a warning."""
+    kind = view.array.type
+    kind = kind.value_type if pa.types.is_dictionary(kind) else kind
+    if column.kind != "datetime" or pa.types.is_timestamp(kind) or pa.types.is_date(kind):
+        return None
+    labels = view.labels
+    bad_labels = ~date_shaped(labels) & (view.label_counts > 0)
+    if not bad_labels.any():
+        return None
+    return Violation(
+        column.name,
+        "date_format",
+        f"{view.dtype} values that are not dates, such as {_shown(labels[bad_labels])}",
+        "dates or times in ISO 8601 form (2024-03-01, 2024-03-01T10:00:00)",
+        rows=_first(_rows(view, bad_labels)),
     )
 
 
@@ -389,6 +420,7 @@ COLUMN_RULES: dict[str, Callable[[ColumnSchema, ColumnView], Violation | None]] 
     "allowed_categories": _categories_rule,
     "null_rate": _null_rate_rule,
     "finite": _finite_rule,
+    "date_format": _date_format_rule,
 }
 
 
@@ -472,8 +504,12 @@ def _segment_ranges(
     return violations
 
 
-def _table_violations(schema: Schema, views: dict[str, ColumnView], rows: int) -> list[Violation]:
-    violations = []
+def _table_violations(
+    schema: Schema, views: dict[str, ColumnView], rows: int, inputs_only: bool
+) -> list[Violation]:
+    violations: list[Violation] = []
+    if not inputs_only:
+        violations += _identifier_violations(schema, views, rows)
     if rows < schema.min_rows or (schema.max_rows is not None and rows > schema.max_rows):
         bound = f"at least {schema.min_rows}" + (
             f" and at most {schema.max_rows}" if schema.max_rows is not None else ""
@@ -492,6 +528,28 @@ def _table_violations(schema: Schema, views: dict[str, ColumnView], rows: int) -
                 rows=_first(repeated),
             ))  # fmt: skip
     return violations
+
+
+def _identifier_violations(
+    schema: Schema, views: dict[str, ColumnView], rows: int
+) -> list[Violation]:
+    """Each identifier column of a table to learn from is unique where it holds a value (a
+    payload log is not held to it: customers come back)."""
+    found = []
+    for column in schema.columns:
+        view = views.get(column.name)
+        if column.kind != "identifier" or view is None or column.name in schema.keys:
+            continue  # a key column is the key's rule to check
+        if schema.severity_of("unique_key", column.name) == "off":
+            continue
+        repeated = _repeated_rows([view], rows) & view.valid
+        if repeated.any():
+            found.append(Violation(
+                column.name, "unique_key",
+                f"{int(repeated.sum())} rows share their {column.name} with another row",
+                "a distinct value in each row (an identifier)", rows=_first(repeated),
+            ))  # fmt: skip
+    return found
 
 
 def _key_violations(key_name: str, keys: list[ColumnView], rows: int) -> list[Violation]:
@@ -560,6 +618,10 @@ def render_report(result: ValidationResult, rows: dict[str, int]) -> str:
     for title, found in (("Errors", result.errors), ("Warnings", result.warnings)):
         if found:
             lines += [f"## {title}", "", *_violation_table(found), ""]
+    left_out = [role_note(name, kind) for name, kind in schema.roles().items()]
+    if any(left_out):
+        lines += ["## Columns the model does not learn from", ""]
+        lines += [f"- {note}" for note in left_out if note] + [""]
     lines += ["## Schema", ""]
     lines += ["| column | kind | allowed | null rate (max) |", "| --- | --- | --- | --- |"]
     for column in schema.columns:

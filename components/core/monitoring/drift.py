@@ -8,8 +8,9 @@ Sturges' edges over both tables together (a column with 20 distinct values or fe
 by value); a bin empty on one side is given a tiny share so the PSI stays finite. These are
 the tests, binning and statistics of Evidently's DataDriftPreset, which renders the report
 (``monitoring.drift_report``); the statistics themselves are computed here, on every
-row. Datetimes, and text whose values are mostly distinct (identifiers), are not tested:
-the report lists them.
+row. Only numeric and categorical features are tested: dates, free text, identifiers and
+excluded columns (each column's role, ``data.roles``, as training decided it) are listed as
+not tested.
 
 **A column's verdict.** A column is judged by its *deciding* test: PSI for numeric columns
 and Jensen–Shannon for categorical ones by default, since p-values of KS and chi-squared
@@ -72,6 +73,7 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
+from conveyor.components.core.data.roles import Role, column_roles, role_note
 from conveyor.components.core.errors import ConveyorError, first_line
 
 __all__ = [
@@ -103,7 +105,8 @@ _CATEGORICAL_ONLY, _NUMERIC_ONLY = {"chisquare"}, {"ks"}
 _FEW_VALUES = 20  # numeric columns with this many distinct reference values bin by value
 _CODES = 10  # integer columns with this many distinct reference values are categories
 _EXACT_KS = 10_000  # samples up to this size get scipy's exact KS p-value
-_IDENTIFIER_SHARE = 0.5  # text with more distinct values than this share of rows is an id
+# The roles (``data.roles``) drift tests; the others are listed as not tested.
+_TESTED_ROLES = ("numeric", "categorical")
 _LEAST_EXPECTED = 5.0  # rows a pooled bin expects of the smaller table (Cochran's rule)
 _TIE = 1e-12  # shares summed in floating point: 0.1 + 0.2 still reaches 0.3
 
@@ -480,12 +483,20 @@ def compare_tables(
     settings: DriftSettings | None = None,
     segment: str | None = None,
     exclude: tuple[str, ...] = (),
+    roles: dict[str, Role] | None = None,
 ) -> DriftReport:
-    """Every shared column of ``current`` against ``reference`` but ``exclude`` and
-    ``segment`` (which rows are grouped by)."""
+    """Every shared numeric and categorical feature of ``current`` against ``reference`` but
+    ``exclude`` and ``segment`` (which rows are grouped by). Each column's role
+    (``data.roles``) is ``roles``' (the schema training recorded), else decided on the
+    reference by the same function; other roles are not tested, and may be on one side only
+    (a payload log holds no excluded or free-text column)."""
     settings = settings or DriftSettings()
-    columns = _shared_columns(reference, current, segment, exclude)
-    kinds, skipped = _kinds(reference, columns)
+    if roles is None:
+        roles = column_roles(reference.drop(columns=[c for c in exclude if c in reference]))
+    untested = {name: role for name, role in roles.items() if role not in _TESTED_ROLES}
+    columns = _shared_columns(reference, current, segment, (*exclude, *untested))
+    kinds = _kinds(reference, columns)
+    skipped = [_untested_note(name, role) for name, role in untested.items() if name != segment]
     pairs = [_Pair(reference[c], current[c], c, kind) for c, kind in kinds.items()]
     if segment:
         segment_pairs, segment_skips = _segment_pairs(reference, current, kinds, segment, settings)
@@ -528,30 +539,18 @@ def _shared_columns(
     return columns
 
 
-def _kinds(reference: pd.DataFrame, columns: list[str]) -> tuple[dict[str, Kind], list[str]]:
-    """Each testable column's kind, from the reference; and a line for each left out."""
-    kinds: dict[str, Kind] = {}
-    skipped = []
-    for name in columns:
-        values = reference[name]
-        if pd.api.types.is_datetime64_any_dtype(values) or pd.api.types.is_timedelta64_dtype(
-            values
-        ):
-            skipped.append(f"{name}: a time, not tested for drift")
-            continue
-        kind = drift_kind(values)
-        if kind == "categorical" and _identifier_like(values):
-            skipped.append(
-                f"{name}: mostly distinct text ({values.nunique():,} values), an identifier"
-            )
-            continue
-        kinds[name] = kind
-    return kinds, skipped
+def _kinds(reference: pd.DataFrame, columns: list[str]) -> dict[str, Kind]:
+    """Each tested column's kind: which tests it gets."""
+    return {name: drift_kind(reference[name]) for name in columns}
 
 
-def _identifier_like(values: pd.Series) -> bool:
-    distinct = values.nunique()
-    return distinct > _FEW_VALUES and distinct > _IDENTIFIER_SHARE * values.count()
+def _untested_note(name: str, role: Role) -> str:
+    """Why a column is not tested for drift, for the report."""
+    if role == "datetime":
+        return f"{name}: a date or time, not tested for drift (it moves on by nature)"
+    if role in ("text", "free_text"):
+        return f"{name}: free text, not tested for drift"
+    return role_note(name, role)
 
 
 def _segment_pairs(
@@ -645,7 +644,7 @@ def _finite_numbers(
 
 def drift_kind(values: pd.Series) -> Kind:
     """Numbers are numeric, except integer codes with at most 10 distinct values (a rating,
-    a day of week), which drift as categories do. Unlike the schema's ``column_kind``,
+    a day of week), which drift as categories do. Unlike their role (``data.roles``),
     booleans are categories here: their drift is a change of shares."""
     if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
         return "categorical"

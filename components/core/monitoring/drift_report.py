@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from conveyor.components.core.data.roles import Role
 from conveyor.components.core.errors import ConveyorError, first_line
 from conveyor.components.core.files import write_atomically, write_text_atomically
 from conveyor.components.core.monitoring.drift import (
@@ -41,15 +42,17 @@ def detect_drift(
     segment: str | None,
     exclude: tuple[str, ...],
     outputs: DriftOutputs,
+    roles: dict[str, Role] | None = None,
 ) -> tuple[DriftReport, str]:
-    """Reads both tables (CSV or Parquet, any URI ``load_table`` reads), compares them, and
-    writes the outputs that are set; returns the report and a note on how Evidently's was
-    rendered. Nothing is written when a table cannot be compared."""
+    """Reads both tables (CSV or Parquet, any URI ``load_table`` reads), compares them (each
+    column's role ``roles``', as the reference's schema records them, else decided on the
+    reference), and writes the outputs that are set; returns the report and a note on how
+    Evidently's was rendered. Nothing is written when a table cannot be compared."""
     from conveyor.components.core.data.tables import Source, load_table
 
     reference_table = load_table(Source(reference))
     current_table = load_table(Source(current))
-    report = compare_tables(reference_table, current_table, settings, segment, exclude)
+    report = compare_tables(reference_table, current_table, settings, segment, exclude, roles)
     note = ""
     if outputs.html:
         note = render_report(

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
+from conveyor.components.core.data.roles import date_shaped
 from conveyor.components.core.errors import ConveyorError, plain
 from conveyor.components.core.training.trainer import Feature, TrainedModel
 
@@ -74,6 +75,10 @@ class Tensor(Protocol):
 
     @property
     def data(self) -> Any: ...
+
+
+# A value of each kind of feature a model accepts.
+_EXAMPLE_VALUES: dict[str, Any] = {"numeric": 0.0, "datetime": "2024-01-01", "text": "example"}
 
 
 def table_from_instances(instances: Any, features: Sequence[Feature]) -> pd.DataFrame:
@@ -222,7 +227,7 @@ def predict_table(model: TrainedModel, table: pd.DataFrame) -> Predictions:
 
 def example_instance(features: Sequence[Feature]) -> dict[str, Any]:
     """A V1 instance any model with these features accepts (unseen categories are ignored)."""
-    return {f.name: 0.0 if f.kind == "numeric" else "example" for f in features}
+    return {f.name: _EXAMPLE_VALUES.get(f.kind, "example") for f in features}
 
 
 def _column(tensor: Tensor) -> np.ndarray:
@@ -372,6 +377,9 @@ def _checked(table: pd.DataFrame, features: Sequence[Feature]) -> pd.DataFrame:
             if column.map(_is_not_finite).any():
                 non_finite.append(feature.name)
             table[feature.name] = converted
+        elif feature.kind == "datetime" and not _all_dates_or_missing(table[feature.name]):
+            # A date the model cannot read would be imputed silently: 12/02/2024 is refused.
+            mistyped.append(f"{feature.name} (expected ISO 8601 dates such as 2024-03-01)")
         elif feature.kind != "numeric" and not _all_text_or_missing(table[feature.name]):
             mistyped.append(f"{feature.name} (expected text)")
     if mistyped:
@@ -390,6 +398,10 @@ def _is_text(value: Any) -> bool:
 
 def _is_not_finite(value: Any) -> bool:
     return isinstance(value, float) and not math.isfinite(value)
+
+
+def _all_dates_or_missing(column: pd.Series) -> bool:
+    return bool((date_shaped(column) | column.isna().to_numpy()).all())
 
 
 def _all_text_or_missing(column: pd.Series) -> bool:

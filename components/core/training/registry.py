@@ -68,6 +68,8 @@ ROLLOUT_TAGS = ("rollout.decision", "rollout.reason", "rollout.run")
 # "true" once a canary of the version served and was sent back (rolled back, or its
 # rollback failed): a retried deploy step must not send it out again.
 REJECTED_TAG = "rollout.rejected"
+# fsspec protocols of bucket stores (s3fs, gcsfs).
+_OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs"})
 # How MLflow's stores (REST, SQL) answer for a version or alias that does not exist.
 _NOT_FOUND = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"})
 
@@ -241,16 +243,39 @@ def publish_model_dir(model_dir: Path, store_uri: str, name: str, card: ModelCar
     if not store_uri:
         raise ConveyorError("model_store_uri is empty: give a folder or a gs:// or s3:// URI")
     destination = f"{store_uri.rstrip('/')}/{name}/{card.sha256[:16]}"
-    fs, path = fsspec.core.url_to_fs(destination)
     card_text = (model_dir / MODEL_CARD).read_text()
-    if not (
-        fs.exists(f"{path}/{MODEL_CARD}")
-        and fs.cat_file(f"{path}/{MODEL_CARD}").decode() == card_text
-    ):
-        fs.makedirs(path, exist_ok=True)
-        fs.put_file(str(model_dir / card.model_file), f"{path}/{card.model_file}")
-        fs.pipe_file(f"{path}/{MODEL_CARD}", card_text.encode())
+    try:
+        fs, path = fsspec.core.url_to_fs(destination)
+        if not (
+            fs.exists(f"{path}/{MODEL_CARD}")
+            and fs.cat_file(f"{path}/{MODEL_CARD}").decode() == card_text
+        ):
+            if not _is_object_store(fs):
+                fs.makedirs(path, exist_ok=True)
+            fs.put_file(str(model_dir / card.model_file), f"{path}/{card.model_file}")
+            fs.pipe_file(f"{path}/{MODEL_CARD}", card_text.encode())
+    except ImportError as error:  # fsspec's "Install s3fs to access S3"
+        raise ConveyorError(
+            f"cannot publish the model to {destination}: {first_line(error)} "
+            "(Conveyor's gcs and s3 extras install gcsfs and s3fs)"
+        ) from None
+    except Exception as error:
+        # Whatever the store's client raises: s3fs and gcsfs turn the store's answers into
+        # OSErrors, but an unreachable endpoint surfaces as the client library's own error
+        # (botocore's EndpointConnectionError). Nothing is registered yet.
+        raise ConveyorError(
+            f"cannot publish the model to {destination}: "
+            f"{type(error).__name__}: {first_line(error)}"
+        ) from None
     return path if isinstance(fs, LocalFileSystem) else destination
+
+
+def _is_object_store(fs: fsspec.AbstractFileSystem) -> bool:
+    """Whether ``fs`` is a bucket store: it has no folders to make, and s3fs's and gcsfs's
+    ``makedirs`` would create a missing bucket, so a mistyped bucket name would quietly
+    become a new bucket instead of failing."""
+    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+    return bool(protocols & _OBJECT_STORES)
 
 
 def register_version(

@@ -1,7 +1,8 @@
 """Fitting a scikit-learn classifier and writing it as a KServe-loadable model directory.
 
 The directory holds ``model.joblib`` (what KServe's sklearn format loads; only
-scikit-learn classes are pickled, so no Conveyor code is needed to load it) and
+scikit-learn classes are pickled, so no Conveyor code is needed to load it, except for a
+model with date features, whose preprocessing calls ``data.roles.date_parts``) and
 ``model.json``, the model card: its ``format_version``, sha256 of ``model.joblib``,
 features, classes and the library versions the model was trained with.
 
@@ -25,20 +26,31 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import metadata
 from numbers import Integral, Real
 from pathlib import Path, PurePosixPath
-from typing import Any, get_args
+from typing import Any
 
 import joblib
+import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
-from conveyor.components.core.data.schema import Kind, column_kind, infer_schema
-from conveyor.components.core.data.tables import read_parquet
+from conveyor.components.core.data.columns import column_views
+from conveyor.components.core.data.roles import (
+    FEATURE_ROLES,
+    DeclaredRoles,
+    Role,
+    column_roles,
+    date_parts,
+    earliest_date,
+)
+from conveyor.components.core.data.schema import Schema, infer_schema
+from conveyor.components.core.data.tables import as_arrow, read_parquet
 from conveyor.components.core.errors import ConveyorError, first_line, plain
 from conveyor.components.core.training import tracking
 from conveyor.components.core.training.importance import evaluation_reference
@@ -73,8 +85,9 @@ MODEL_SHA256_ENV = "CONVEYOR_MODEL_SHA256"
 # before the key existed: format 1. New keys come with a new format, so an older server
 # refuses what it cannot read; a card is written in the oldest format that holds it, so a
 # model using no newer key still loads in older servers. Format 2: ``id_columns`` and
-# ``positive_class``.
-MODEL_FORMAT_VERSION = 2
+# ``positive_class``. Format 3: features of kind ``datetime`` and ``text``, whose pickled
+# preprocessing calls Conveyor's ``data.roles.date_parts`` or holds a TF-IDF vocabulary.
+MODEL_FORMAT_VERSION = 3
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 # Estimator name -> (class, defaults Conveyor applies before the user's hyperparameters).
@@ -83,6 +96,11 @@ ESTIMATORS: dict[str, tuple[type[BaseEstimator], dict[str, Any]]] = {
     "random_forest": (RandomForestClassifier, {"n_estimators": 200, "n_jobs": -1}),
     "hist_gradient_boosting": (HistGradientBoostingClassifier, {}),
 }
+# The most words a text feature contributes (the most frequent, by TF-IDF's vocabulary).
+_TEXT_FEATURES = 1000
+_WORD = r"\w\w"  # what TF-IDF's default token pattern needs
+# Estimators that refuse sparse input (one-hot and TF-IDF columns are sparse).
+_DENSE_ONLY = frozenset({"hist_gradient_boosting"})
 _LIBRARIES = ("scikit-learn", "pandas", "numpy", "joblib", "conveyor")
 
 
@@ -92,8 +110,11 @@ class Feature:
 
     Attributes:
         name: The column's name in the training table.
-        kind: ``numeric`` or ``categorical`` (how the preprocessor treats it).
-        dtype: The column's pandas dtype at training, as text.
+        kind: ``numeric``, ``categorical``, ``datetime`` or ``text``: its role
+            (``data.roles``), which says how the preprocessor treats it.
+        dtype: The column's dtype at training, as text: pandas' name for the training
+            table's Arrow column (``bool`` for booleans with gaps; an Arrow name such as
+            ``timestamp[us, tz=UTC]`` for a time zone).
     """
 
     name: str
@@ -108,7 +129,9 @@ class Feature:
             raise ConveyorError(f"kind {self.kind!r}: expected one of {', '.join(FEATURE_KINDS)}")
 
 
-FEATURE_KINDS: tuple[str, ...] = get_args(Kind)
+FEATURE_KINDS: tuple[str, ...] = FEATURE_ROLES
+# Feature kinds newer than format 1 -> the format that introduced them.
+_KIND_FORMATS = {"datetime": 3, "text": 3}
 
 
 @dataclass(frozen=True)
@@ -182,7 +205,9 @@ class ModelCard:
 
     def oldest_format(self) -> int:
         """The oldest format that holds this card: what ``save_model_dir`` writes."""
-        return 2 if self.id_columns or self.positive_class is not None else 1
+        kinds = [_KIND_FORMATS.get(feature.kind, 1) for feature in self.features]
+        keys = 2 if self.id_columns or self.positive_class is not None else 1
+        return max([keys, *kinds])
 
     @classmethod
     def from_json(cls, text: str, where: str = MODEL_CARD) -> ModelCard:
@@ -312,6 +337,11 @@ def _features(entries: list[Any], version: int) -> list[Feature]:
             features.append(Feature(**entry))
         except ConveyorError as error:
             raise ConveyorError(f"key {at[:-1]!r}: {error}") from None
+        if version < _KIND_FORMATS.get(entry["kind"], 1):
+            raise ConveyorError(
+                f"key {at + 'kind'!r}: {entry['kind']!r} needs model format "
+                f"{_KIND_FORMATS[entry['kind']]}, the card says {version}"
+            )
     return features
 
 
@@ -377,8 +407,11 @@ def train_model(
     client = tracking.connect(tracking_uri)  # before the work: a bad URI fails fast
     train_split = read_parquet(train_path)
     test_split = read_parquet(test_path) if test_path is not None else None
+    schema_text = schema_path.read_text(encoding="utf-8") if schema_path is not None else None
+    schema = Schema.from_json(schema_text, str(schema_path)) if schema_text else None
+    roles = schema.recorded_roles() if schema is not None else None
     model = fit_classifier(
-        train_split, target, estimator, hyperparameters, seed, id_columns, positive_class
+        train_split, target, estimator, hyperparameters, seed, id_columns, positive_class, roles
     )
     model = TrainedModel(model.pipeline, replace(model.card, name=model_name))
     positive = model.card.positive_class or ""  # the card's: what serving scores
@@ -395,12 +428,9 @@ def train_model(
         evaluation.write(model_dir)
     params = {"estimator": estimator, "seed": seed, "target": target, **card.hyperparameters}
     run_id = tracking.start_training_run(client, experiment, params, tags, model_dir)
-    schema = (
-        schema_path.read_text(encoding="utf-8")
-        if schema_path is not None
-        else infer_schema(train_split, target).to_json()
-    )
-    tracking.log_reference(client, run_id, train_path, schema)
+    declared = DeclaredRoles(id_columns=tuple(model.card.id_columns))
+    schema_text = schema_text or infer_schema(train_split, target, declared=declared).to_json()
+    tracking.log_reference(client, run_id, train_path, schema_text)
     if evaluation is not None:
         tracking.log_evaluation_reference(client, run_id, model_dir)
     tracking.log_metrics(client, run_id, metrics, prefix="train_")
@@ -426,27 +456,45 @@ def fit_classifier(
     seed: int,
     id_columns: Sequence[str] = (),
     positive_class: str = "",
+    roles: dict[str, Role] | None = None,
 ) -> TrainedModel:
-    """Fits preprocessing (imputation, scaling, one-hot) and the chosen estimator, seeded.
-    ``id_columns`` (which the table need not hold) are never features: the card lists them
-    for the server to pass to its payload log. A binary model's card records its positive
-    class: ``positive_class`` when given, else the one ``metrics.positive_label`` picks from
-    the training labels (serving scores it, evaluate and online quality measure it)."""
+    """Fits preprocessing (imputation, scaling, one-hot, date parts, TF-IDF) and the chosen
+    estimator, seeded.
+
+    Each column's role (``data.roles``) says whether and how it is a feature: ``roles`` as
+    the schema recorded them, else decided here on ``train`` with ``id_columns`` declared.
+    Identifiers (``id_columns``, which the table need not hold, and those found) are never
+    features: the card lists them for the server to pass to its payload log. A binary
+    model's card records its positive class: ``positive_class`` when given, else the one
+    ``metrics.positive_label`` picks from the training labels (serving scores it, evaluate
+    and online quality measure it)."""
     id_columns = list(dict.fromkeys(id_columns))
     if target in id_columns:
         raise ConveyorError(f"id_columns: {target!r} is the target column, not an id column")
+    views = column_views(as_arrow(train), "training split")
+    if roles is None:
+        declared = DeclaredRoles(id_columns=tuple(id_columns))
+        roles = column_roles(train, target, declared, "training split")
+    roles = {**roles, **dict.fromkeys(id_columns, "identifier")}
     features = [
-        Feature(name, column_kind(train[name]), str(train[name].dtype))
+        Feature(name, roles[name], views[name].dtype)
         for name in train.columns
-        if name != target and name not in id_columns
+        if name != target and roles.get(name) in FEATURE_ROLES
     ]
     if not features:
-        raise ConveyorError(f"the training table has no feature columns besides {target!r}")
+        raise ConveyorError(
+            f"the training table has no feature columns besides {target!r}: "
+            + ", ".join(f"{name} is {role}" for name, role in roles.items())
+        )
+    found_ids = [n for n in train.columns if roles.get(n) == "identifier" and n not in id_columns]
+    id_columns += found_ids
+    _check_words(train, features)
     model, hyperparameters = _estimator(estimator, hyperparameters, seed)
-    pipeline = make_pipeline(_preprocessor(features), model)
+    dense = estimator in _DENSE_ONLY
+    pipeline = make_pipeline(_preprocessor(features, train, dense), model)
     try:
         pipeline.fit(train[[f.name for f in features]], train[target])
-    except ValueError as error:  # scikit-learn's checks of parameters and data
+    except (ValueError, TypeError) as error:  # scikit-learn's checks of parameters and data
         raise ConveyorError(f"could not train {estimator!r}: {first_line(error)}") from None
     classes = pipeline.classes_
     positive = None
@@ -550,22 +598,54 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _preprocessor(features: list[Feature]) -> ColumnTransformer:
-    numeric = [f.name for f in features if f.kind == "numeric"]
-    categorical = [f.name for f in features if f.kind == "categorical"]
-    return ColumnTransformer(
-        [
-            ("numeric", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), numeric),
-            (
-                "categorical",
-                make_pipeline(
-                    SimpleImputer(strategy="constant", fill_value="missing"),
-                    OneHotEncoder(handle_unknown="ignore"),
-                ),
-                categorical,
+def _check_words(train: pd.DataFrame, features: list[Feature]) -> None:
+    """A text feature holds words (what TF-IDF's default tokens are: two letters or
+    digits or more) in the training split, or it gives the model nothing."""
+    for feature in features:
+        if feature.kind != "text":
+            continue
+        values = train[feature.name].dropna().astype(str)
+        if not values.str.contains(_WORD).any():
+            raise ConveyorError(
+                f"text_columns: {feature.name!r} holds no words in the training split; "
+                "leave it out of text_columns"
+            )
+
+
+def _preprocessor(features: list[Feature], train: pd.DataFrame, dense: bool) -> ColumnTransformer:
+    """One branch per kind of feature; a text feature gets a branch of its own (a TF-IDF
+    vectoriser reads one column). ``dense`` for an estimator that refuses sparse input."""
+    names = {kind: [f.name for f in features if f.kind == kind] for kind in FEATURE_KINDS}
+    branches = [
+        ("numeric", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), "numeric"),
+        (
+            "categorical",
+            make_pipeline(
+                SimpleImputer(strategy="constant", fill_value="missing"),
+                OneHotEncoder(handle_unknown="ignore"),
             ),
-        ]
-    )
+            "categorical",
+        ),
+    ]
+    transformers = [(name, step, names[kind]) for name, step, kind in branches]
+    if names["datetime"]:
+        reference = min(earliest_date(train[name]) for name in names["datetime"])
+        dates = make_pipeline(
+            FunctionTransformer(date_parts, kw_args={"reference": reference}),
+            SimpleImputer(strategy="median", keep_empty_features=True),
+            StandardScaler(),
+        )
+        transformers.append(("datetime", dates, names["datetime"]))
+    for index, name in enumerate(names["text"]):
+        text = make_pipeline(
+            # Tables' nulls are NaN, requests' None: the vectoriser reads neither.
+            SimpleImputer(strategy="constant", fill_value=""),
+            SimpleImputer(missing_values=None, strategy="constant", fill_value=""),
+            FunctionTransformer(np.ravel),  # the vectoriser reads a column, not a table
+            TfidfVectorizer(max_features=_TEXT_FEATURES),
+        )
+        transformers.append((f"text{index}", text, [name]))  # a column's name may hold "__"
+    return ColumnTransformer(transformers, sparse_threshold=0 if dense else 0.3)
 
 
 def _estimator(
