@@ -331,8 +331,9 @@ def settle_roles(
     ``declared`` names over them, so training and drift read the roles validation used."""
     if schema.roles_recorded:
         declared.check_present([c.name for c in schema.columns], schema.target, where)
-        roles = {name: declared.declared(name) or role for name, role in schema.roles().items()}
-        numeric_text = [n for n in declared.text_columns if schema.roles().get(n) == "numeric"]
+        recorded = schema.roles()
+        roles = {name: declared.declared(name) or role for name, role in recorded.items()}
+        numeric_text = [n for n in declared.text_columns if recorded.get(n) == "numeric"]
         if numeric_text:
             raise ConveyorError(f"text_columns: {numeric_text[0]!r} holds numbers, not text")
     else:
