@@ -15,8 +15,15 @@ GPUS ?= 0
 GPU_TYPE ?=
 GPU_NODE_SELECTOR ?=
 IMAGE_REGISTRY ?=
-# make images / push
-DOCKER ?= docker
+# make images / push: docker when its daemon answers, else podman or buildah when installed,
+# else docker if installed (make images then says its daemon is down); decided once, when first
+# used. DOCKER= picks one, with its global options (DOCKER="buildah --storage-driver vfs");
+# IMAGE_BUILD_FLAGS adds build options (IMAGE_BUILD_FLAGS="--isolation chroot"). See
+# images/README.md.
+docker_up = $(if $(shell docker info >/dev/null 2>&1 && echo up),docker)
+installed = $(foreach engine,$(1),$(if $(shell command -v $(engine) 2>/dev/null),$(engine)))
+DOCKER ?= $(eval DOCKER := $(firstword $(docker_up) $(call installed,podman buildah docker)))$(DOCKER)
+IMAGE_BUILD_FLAGS ?=
 # make serve
 PORT ?= 8080
 # make submit / schedule
@@ -151,15 +158,18 @@ format: $(INSTALLED) ## Format the code with ruff
 # Images: images/<kind>/Dockerfile, named and tagged by components/images.py (tag = package
 # version), exactly as compiled pipelines refer to them.
 image = $(shell $(BIN)/python -c 'import sys; from conveyor.components.images import image; print(image(*sys.argv[1:]))' $(1) $(if $(IMAGE_REGISTRY),'$(IMAGE_REGISTRY)'))
-need_docker = @$(DOCKER) info >/dev/null 2>&1 || { echo "make $@: no container engine: '$(DOCKER) info' failed (is $(DOCKER) installed and its daemon running?)" >&2; exit 1; }
+# No engine is a make error, so even `make -n images` says so, in one line.
+need_docker = $(if $(DOCKER),,$(error make $@: no container engine: install docker, podman or buildah, or name one with DOCKER=))@$(DOCKER) info >/dev/null 2>&1 || { echo "make $@: '$(DOCKER) info' failed: is $(firstword $(DOCKER)) working (and docker's daemon running)?" >&2; exit 1; }
+# buildah caches layers only when asked: with them, the three builds install the venv once.
+build_flags = $(if $(filter buildah,$(notdir $(firstword $(DOCKER)))),--layers) $(IMAGE_BUILD_FLAGS)
 
-images: $(INSTALLED) ## Build the base, gpu and serving images with docker [IMAGE_REGISTRY= DOCKER=docker]
+images: $(INSTALLED) ## Build the base, gpu and serving images with docker, podman or buildah [IMAGE_REGISTRY= DOCKER= IMAGE_BUILD_FLAGS=]
 	$(need_docker)
-	$(DOCKER) build -f images/base/Dockerfile -t $(call image,base) .
-	$(DOCKER) build -f images/gpu/Dockerfile -t $(call image,gpu) .
-	$(DOCKER) build -f images/serving/Dockerfile -t $(call image,serving) .
+	$(DOCKER) build $(build_flags) -f images/base/Dockerfile -t $(call image,base) .
+	$(DOCKER) build $(build_flags) -f images/gpu/Dockerfile -t $(call image,gpu) .
+	$(DOCKER) build $(build_flags) -f images/serving/Dockerfile -t $(call image,serving) .
 
-push: $(INSTALLED) ## Push the three images that make images built [IMAGE_REGISTRY= DOCKER=docker]
+push: $(INSTALLED) ## Push the three images that make images built [IMAGE_REGISTRY= DOCKER=]
 	$(need_docker)
 	$(DOCKER) push $(call image,base)
 	$(DOCKER) push $(call image,gpu)

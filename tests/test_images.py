@@ -1,11 +1,14 @@
 """Container images: names as the pipelines use them, Dockerfile rules, and the recipe proven.
 
-No container engine runs here, so tests/test_wheel.py replays the base Dockerfile's build
-stage (its COPY lines and its ``pip install``) in a fresh venv and runs components from it.
+tests/test_wheel.py replays the base Dockerfile's build stage (its COPY lines and its
+``pip install``) in a fresh venv and runs components from it, with no container engine;
+tests/test_image_builds.py builds the three images with buildah and runs them, where buildah
+is installed.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -19,6 +22,8 @@ from tests.conftest import ROOT
 
 KINDS = ("base", "gpu", "serving")
 DOCKERFILES = {kind: ROOT / "images" / kind / "Dockerfile" for kind in KINDS}
+# The package in a pip install line: the build context, with or without extras (`.[gcs,s3]`).
+PACKAGE = re.compile(r"\.(\[[\w,-]+\])?")
 
 
 def instructions(dockerfile: Path) -> list[tuple[str, str]]:
@@ -46,16 +51,67 @@ def pip_installs(run: str) -> list[list[str]]:
     return installs
 
 
-def test_make_images_builds_the_names_the_pipelines_pull() -> None:
-    if shutil.which("make") is None:
+def installs_the_package(words: list[str]) -> bool:
+    return any(PACKAGE.fullmatch(word) for word in words)
+
+
+def make_dry_run(*arguments: str, path: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``make -n`` (nothing runs), with ``PATH`` replaced when given."""
+    make = shutil.which("make")
+    if make is None:
         pytest.skip("make is not installed")
+    environment = {**os.environ, **({"PATH": path} if path is not None else {})}
+    environment.pop("DOCKER", None)
+    return subprocess.run(
+        [make, "-n", *arguments], cwd=ROOT, env=environment, capture_output=True, text=True
+    )
+
+
+def test_make_images_builds_the_names_the_pipelines_pull() -> None:
     registry = "r.example/ml"
-    dry_run = subprocess.run(
-        ["make", "-n", "images", f"IMAGE_REGISTRY={registry}"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    built = dict(re.findall(r"build -f images/(\w+)/Dockerfile -t (\S+) \.$", dry_run.stdout, re.M))
+    dry_run = make_dry_run("images", f"IMAGE_REGISTRY={registry}", "DOCKER=docker")
+    assert dry_run.returncode == 0, dry_run.stderr
+    built = dict(
+        re.findall(r"build .*-f images/(\w+)/Dockerfile -t (\S+) \.$", dry_run.stdout, re.M)
+    )
     assert built == {kind: image(kind, registry) for kind in KINDS}, dry_run.stdout
+
+
+def fake_engines(directory: Path, working: tuple[str, ...], broken: tuple[str, ...] = ()) -> str:
+    """A PATH of stand-in engine commands: ``working`` ones exit 0, ``broken`` ones (a docker
+    without its daemon) exit 1."""
+    directory.mkdir()
+    for name, status in [(name, 0) for name in working] + [(name, 1) for name in broken]:
+        (directory / name).write_text(f"#!/bin/sh\nexit {status}\n")
+        (directory / name).chmod(0o755)
+    return str(directory)
+
+
+@pytest.mark.parametrize(
+    ("working", "broken", "engine"),
+    [
+        (("docker", "podman", "buildah"), (), "docker"),
+        (("podman", "buildah"), ("docker",), "podman"),
+        (("buildah",), ("docker",), "buildah"),
+        ((), ("docker",), "docker"),  # installed but down: make images says so
+    ],
+)
+def test_make_images_picks_the_engine_that_is_there(
+    tmp_path: Path, working: tuple[str, ...], broken: tuple[str, ...], engine: str
+) -> None:
+    dry_run = make_dry_run("images", path=fake_engines(tmp_path / "bin", working, broken))
+    assert dry_run.returncode == 0, dry_run.stderr
+    builds = re.findall(r"^(\S+) build (.*)-f images/", dry_run.stdout, re.M)
+    assert [command for command, _ in builds] == [engine] * 3, dry_run.stdout
+    # buildah caches layers only with --layers: the three builds then share the venv.
+    assert all(("--layers" in flags) == (engine == "buildah") for _, flags in builds)
+
+
+def test_make_images_without_an_engine_says_so_in_one_line(tmp_path: Path) -> None:
+    dry_run = make_dry_run("images", path=fake_engines(tmp_path / "bin", ()))
+    assert dry_run.returncode != 0
+    (line,) = [line for line in dry_run.stderr.splitlines() if "container engine" in line]
+    assert "make images: no container engine: install docker, podman or buildah" in line
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -80,12 +136,25 @@ def test_each_dockerfile_pins_its_base_and_its_packages_and_drops_root(kind: str
     assert installs, f"{kind}: no pip install"
     for words in installs:
         assert "--no-cache-dir" in words, f"{kind}: pip install {' '.join(words)}"
-    package_installs = [words for words in installs if "." in words]
+    package_installs = [words for words in installs if installs_the_package(words)]
     assert package_installs, f"{kind}: does not install the package (pip install ... .)"
     for words in package_installs:
         assert "-c" in words and words[words.index("-c") + 1] == "constraints.txt", (
             f"{kind}: pip install {' '.join(words)} is not pinned by -c constraints.txt"
         )
+
+
+def test_the_three_dockerfiles_are_the_same_up_to_the_venv() -> None:
+    """A builder's layer cache then installs the venv once for the three images."""
+    prefixes = {}
+    for kind, dockerfile in DOCKERFILES.items():
+        parsed = instructions(dockerfile)
+        (installed,) = [
+            at for at, (keyword, run) in enumerate(parsed)
+            if keyword == "RUN" and any(installs_the_package(words) for words in pip_installs(run))
+        ]  # fmt: skip
+        prefixes[kind] = parsed[: installed + 1]
+    assert prefixes["gpu"] == prefixes["base"] == prefixes["serving"], prefixes
 
 
 def replay_build_stage(dockerfile: Path, context: Path) -> tuple[Path, list[str]]:
@@ -101,7 +170,7 @@ def replay_build_stage(dockerfile: Path, context: Path) -> tuple[Path, list[str]
             *sources, destination = [word for word in arguments.split() if word[:2] != "--"]
             copies.append((sources, workdir / destination))
         elif keyword == "RUN" and install is None:
-            found = [words for words in pip_installs(arguments) if "." in words]
+            found = [words for words in pip_installs(arguments) if installs_the_package(words)]
             if found:
                 install, installed_in, copied = found[0], workdir, list(copies)
     assert install is not None, f"{dockerfile}: no pip install of the package"

@@ -26,7 +26,7 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 
 from conveyor.components.images import BASE_IMAGE, VERSION
 from tests.conftest import ROOT
-from tests.test_images import DOCKERFILES, replay_build_stage
+from tests.test_images import DOCKERFILES, PACKAGE, replay_build_stage
 
 README_SECTION = "## Use Conveyor's components in your own pipeline"
 
@@ -59,9 +59,9 @@ def fresh_python(
     venv = tmp_path_factory.mktemp("fresh") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
-    # The image's arguments with the wheel for `.`; the build's pip caches nothing, here a
-    # warm cache only saves time.
-    arguments = [str(wheel) if word == "." else word for word in install]
+    # The image's arguments with the wheel for `.` (its extras kept); the build's pip caches
+    # nothing, here a warm cache only saves time.
+    arguments = [f"{wheel}{word[1:]}" if PACKAGE.fullmatch(word) else word for word in install]
     arguments = [word for word in arguments if word != "--no-cache-dir"]
     result = subprocess.run(
         [str(python), "-m", "pip", "install", "--quiet", *arguments],
