@@ -95,17 +95,19 @@ def base_image() -> str:
     return bases.pop()
 
 
-def image_exists(name: str) -> bool:
+def inspect_image(name: str) -> dict | None:
+    """``buildah inspect`` of image ``name``; None when the store has no such image."""
     try:
-        buildah("inspect", "--type", "image", name)
+        return json.loads(buildah("inspect", "--type", "image", name))
     except BuildahError:
-        return False
-    return True
+        return None
 
 
-def image_labels(name: str) -> dict[str, str]:
-    config = json.loads(buildah("inspect", "--type", "image", name))
-    return config.get("OCIv1", {}).get("config", {}).get("Labels") or {}
+def image_config(name: str) -> dict:
+    """The OCI config (User, Env, Entrypoint, Labels...) of image ``name``."""
+    inspected = inspect_image(name)
+    assert inspected is not None, f"no image {name} in the store"
+    return inspected["OCIv1"]["config"]
 
 
 # --- the stand-in base ---------------------------------------------------------------------
@@ -195,8 +197,8 @@ def ensure_stand_in(log: Path) -> str:
     if ca is not None:
         pip_conf += f"cert = {STAND_IN_CA}\n"
     fingerprint = stand_in_fingerprint(mirror, pip_conf, ca.read_bytes() if ca else b"")
-    if image_exists(name):
-        if image_labels(name).get(LABEL) == fingerprint:
+    if inspect_image(name) is not None:
+        if (image_config(name).get("Labels") or {}).get(LABEL) == fingerprint:
             return name
         buildah("rmi", "--force", name)
     container = buildah("from", "--name", f"conveyor-stand-in-{uuid.uuid4().hex[:8]}", "scratch")
@@ -290,10 +292,8 @@ def build(dockerfile: Path, name: str, context: Path, log: Path) -> None:
 
 def image_id(name: str) -> str:
     """The ID of image ``name`` in the store; empty when there is none."""
-    try:
-        return json.loads(buildah("inspect", "--type", "image", name))["FromImageID"]
-    except BuildahError:
-        return ""
+    inspected = inspect_image(name)
+    return inspected["FromImageID"] if inspected is not None else ""
 
 
 def inputs_digest(dockerfile: Path, context: Path, base: str) -> str:
@@ -334,12 +334,13 @@ def prune() -> None:
 
 def diff_ids(name: str) -> list[str]:
     """The digests of image ``name``'s layers, bottom first."""
-    return json.loads(buildah("inspect", "--type", "image", name))["OCIv1"]["rootfs"]["diff_ids"]
+    inspected = inspect_image(name)
+    assert inspected is not None, f"no image {name} in the store"
+    return inspected["OCIv1"]["rootfs"]["diff_ids"]
 
 
 def entrypoint(name: str) -> list[str]:
-    config = json.loads(buildah("inspect", "--type", "image", name))
-    return config["OCIv1"]["config"].get("Entrypoint") or []
+    return image_config(name).get("Entrypoint") or []
 
 
 @contextlib.contextmanager

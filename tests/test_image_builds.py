@@ -85,7 +85,7 @@ def test_each_image_builds_on_the_python_base_to_run_as_its_user(
 ) -> None:
     # Each image also runs below: base the components, serving the predictor, gpu CUDA.
     name = built(kind)
-    config = json.loads(buildah.buildah("inspect", "--type", "image", name))["OCIv1"]["config"]
+    config = buildah.image_config(name)
     assert config["User"] == USER
     assert "PATH=/opt/venv/bin:" in " ".join(config["Env"])
     (base,) = buildah.diff_ids(buildah.base_image())  # the stand-in is one layer
