@@ -2,9 +2,10 @@
 
     from conveyor.components import EvaluateOp, IngestOp, TrainOp
 
-Training: ``IngestOp``, ``ValidateOp``, ``TrainOp``, ``EvaluateOp``, ``RegisterOp``,
-``DeployOp``. Monitoring: ``IngestInputsOp``, ``ChampionReferenceOp``, ``ValidateInputsOp``,
-``DriftOp``, ``PredictionDriftOp``, ``QualityOp``, ``MonitoringVerdictOp``. Each is the
+Training: ``IngestOp``, ``ValidateOp``, ``TrainOp``, ``EvaluateOp``, ``ShadowOp``,
+``RegisterOp``, ``DeployOp``. Monitoring: ``IngestInputsOp``, ``ChampionReferenceOp``,
+``ValidateInputsOp``, ``DriftOp``, ``PredictionDriftOp``, ``QualityOp``,
+``MonitoringVerdictOp``. Each is the
 component of the module of the same step (``conveyor.components.train.train`` is
 ``TrainOp``), whose docstring documents every input and output.
 
@@ -27,6 +28,7 @@ STEP_MODULES = {
     "ValidateOp": "validate",
     "TrainOp": "train",
     "EvaluateOp": "evaluate",
+    "ShadowOp": "shadow",
     "RegisterOp": "register",
     "DeployOp": "deploy",
     "IngestInputsOp": "ingest_inputs",

@@ -18,6 +18,8 @@ def monitoring_verdict(
     summary: Output[Artifact],
     retrain: bool = True,
     pushgateway_url: str = "",
+    mlflow_tracking_uri: str = "",
+    pipeline_run_id: str = "",
 ) -> bool:
     """Weighs the run's findings: feature drift and a quality degradation start retraining
     (when ``retrain`` is on); prediction drift is reported and alerted on only. With
@@ -36,16 +38,27 @@ def monitoring_verdict(
         summary: Output JSON: ``retraining``, ``triggers``, ``reason`` and the findings.
         retrain: Whether findings that call for retraining start it.
         pushgateway_url: The Pushgateway (``http://host:9091``); empty pushes nothing.
+        mlflow_tracking_uri: MLflow tracking server; empty uses ``$MLFLOW_TRACKING_URI``,
+            and with neither the findings are not recorded. Each finding and the retraining
+            decision become audit events on the champion's training run, after the
+            report and the push: MLflow being down (or read-only) costs the audit trail
+            these events, said in one log line, never the alert or the retraining.
+        pipeline_run_id: The KFP run, recorded with each event.
 
     Returns:
         Whether the run retrains.
     """
     import json
+    import os
     from pathlib import Path
 
-    from conveyor.components.core.errors import ConveyorError
+    from conveyor.components.core.errors import ConveyorError, first_line
     from conveyor.components.core.files import write_text_atomically
-    from conveyor.components.core.monitoring.verdict import judge_monitoring, push_monitoring
+    from conveyor.components.core.monitoring.verdict import (
+        judge_monitoring,
+        push_monitoring,
+        record_monitoring,
+    )
 
     def read(artifact: Input[Artifact]) -> dict:
         text = Path(artifact.path).read_text(encoding="utf-8")
@@ -68,4 +81,10 @@ def monitoring_verdict(
     write_text_atomically(Path(report.path), markdown)
     write_text_atomically(Path(summary.path), json.dumps(outcome, indent=2))
     summary.metadata.update({"retraining": verdict.retraining, "reason": verdict.reason})
+    # The audit trail records the verdict; it must not stop the alert or the retraining.
+    if mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"):
+        try:
+            record_monitoring(mlflow_tracking_uri, verdict, pipeline_run_id)
+        except Exception as error:  # noqa: BLE001 - an outage, a read-only account
+            print(f"monitoring_verdict: not recorded in MLflow's audit trail: {first_line(error)}")
     return verdict.retraining

@@ -39,7 +39,9 @@ def train(
             class, score and probabilities); the last two also go to the MLflow run's
             ``reference/``. Metadata:
             ``sha256``, ``estimator``, ``mlflow_run_id`` (the run holding params, training
-            metrics and the model files), ``data_hash``, ``train_<metric>``, and for a
+            metrics and the model files; tagged with the split's ``data_hash``, the whole
+            table's ``source_content_hash`` and the resolved ``data_revision``),
+            ``data_hash``, ``train_<metric>``, and for a
             binary target ``positive_class`` (the model card's).
         estimator: ``logistic_regression``, ``random_forest`` or ``hist_gradient_boosting``.
         hyperparameters: Keyword arguments for the estimator, checked against what it accepts.
@@ -52,14 +54,18 @@ def train(
             class.
         schema: The schema validate checked the splits against. The MLflow run records it
             and the training split under ``reference/``, which monitoring compares
-            inference inputs with; without it, one is inferred from the split.
+            inference inputs with; without it, one is inferred from the split. With
+            validate's metadata (``columns``, ``source``, ``warnings``), its passing
+            verdict becomes the run's first audit event.
         id_columns: Columns that identify a row (an order id, ...): never features. The
             model card lists them; the predictor accepts them in requests and writes them
             to its payload log beside ``conveyor.id``, which takes the first one's value.
     """
     from pathlib import Path
 
+    from conveyor.components.core.audit import record_event, validation_event
     from conveyor.components.core.errors import step_errors
+    from conveyor.components.core.training import tracking
     from conveyor.components.core.training.trainer import train_model
 
     data_hash = train.metadata.get("content_hash", "")
@@ -73,13 +79,25 @@ def train(
             model_dir=Path(model.path),
             tracking_uri=mlflow_tracking_uri,
             experiment=model_name,
-            tags={"pipeline_run_id": pipeline_run_id, "data_hash": data_hash},
+            tags={
+                "pipeline_run_id": pipeline_run_id,
+                "data_hash": data_hash,
+                # What a replay checks its data against (the table before the split).
+                "source_content_hash": train.metadata.get("source_content_hash", ""),
+                "data_revision": train.metadata.get("revision", ""),
+            },
             positive_class=positive_class,
             schema_path=Path(schema.path) if schema is not None else None,
             model_name=model_name,
             test_path=Path(test.path),
             id_columns=[str(column) for column in id_columns],
         )
+        if schema is not None and "columns" in schema.metadata:
+            record_event(
+                tracking.connect(mlflow_tracking_uri),
+                result.run_id,
+                validation_event(model_name, schema.metadata),
+            )
     model.metadata.update(
         {
             "sha256": result.card.sha256,

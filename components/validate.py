@@ -65,3 +65,4 @@ def validate(
     schema.metadata["roles"] = result.schema.roles()
     schema.metadata["source"] = schema_uri or "inferred from the training split"
     report.metadata["warnings"] = len(result.warnings)
+    schema.metadata["warnings"] = len(result.warnings)

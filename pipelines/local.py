@@ -30,7 +30,7 @@ __all__ = [
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STARTED = re.compile(r"Executing task '([^']+)'")
 _FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
-_STEPS = ("ingest", "validate", "train", "evaluate", "register", "deploy")
+_STEPS = ("ingest", "validate", "train", "evaluate", "shadow", "register", "deploy")
 
 
 @dataclass
@@ -52,6 +52,7 @@ class RunSummary:
     steps: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    shadow: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -143,11 +144,36 @@ def run_training_locally(arguments: dict[str, Any], runs_dir: Path, terminal: Te
     from conveyor.pipelines.definitions.training import DEFAULT_MODEL_NAME, build_training_pipeline
 
     pipeline = build_training_pipeline(Target("kubeflow"))
+    arguments = {**_defaults(pipeline), **local_defaults(runs_dir.resolve()), **arguments}
     run_id, run_dir, progress, failed_step = _run_locally(pipeline, arguments, runs_dir, terminal)
     model_name = arguments.get("model_name", DEFAULT_MODEL_NAME)
     summary = _summarise(run_id, run_dir, model_name, progress, failed_step)
     (run_dir / "summary.json").write_text(summary.to_json())
+    if progress.outcomes.get("train") == "success":
+        try:
+            _record_arguments(_outputs_dir(run_dir), arguments)
+        except Exception as error:  # noqa: BLE001 - the run stands; only its replay is lost
+            from conveyor.components.core.errors import first_line
+
+            terminal.write(f"Warning: arguments not recorded for a replay: {first_line(error)}\n")
     return summary
+
+
+def _defaults(pipeline: Any) -> dict[str, Any]:
+    """The pipeline's parameters' defaults, as the run gets them."""
+    inputs = pipeline.component_spec.inputs or {}
+    return {name: spec.default for name, spec in inputs.items() if spec.default is not None}
+
+
+def _record_arguments(outputs: Path, arguments: dict[str, Any]) -> None:
+    """Every argument of the run on its training MLflow run, for ``conveyor run --replay``."""
+    from conveyor.components.core.training import tracking
+    from conveyor.pipelines.replay import record_arguments
+
+    trained = _read_json(outputs / "train" / "executor_output.json") or {}
+    (model,) = trained["artifacts"]["model"]["artifacts"]
+    client = tracking.connect(arguments["mlflow_tracking_uri"])
+    record_arguments(client, model["metadata"]["mlflow_run_id"], arguments)
 
 
 def run_monitoring_locally(
@@ -286,7 +312,10 @@ def _summarise(
     registered = _parameters(outputs / "register") if "register" in succeeded else {}
     manifest = outputs / "deploy" / "manifest" if "deploy" in succeeded else None
     deployed = _parameters(outputs / "deploy") if "deploy" in succeeded else {}
+    shadowed = _read_json(outputs / "shadow" / "summary") if "shadow" in succeeded else None
     reason = progress.failure_line(failed_step) if failed_step else verdict["reason"]
+    if shadowed and not shadowed["passed"]:
+        reason = f"{reason}; but {shadowed['reason']}"
     version = registered.get("model_version")
     return RunSummary(
         run_id=run_id,
@@ -304,6 +333,7 @@ def _summarise(
         notes=_left_out(outputs / "validate" / "schema") if "validate" in succeeded else [],
         failed_step=failed_step,
         steps={step: progress.outcomes.get(step, "skipped") for step in _STEPS},
+        shadow={"passed": shadowed["passed"], "reason": shadowed["reason"]} if shadowed else None,
     )
 
 

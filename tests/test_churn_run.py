@@ -84,6 +84,19 @@ def test_a_churn_export_trains_serves_and_is_monitored_without_a_hand_written_sc
         "customer_id", "signup_date", "last_contact", "support_notes",
     ]  # fmt: skip
 
+    # Each finding, and the decision not to retrain, is on the champion's audit trail.
+    capsys.readouterr()
+    assert main(["audit", "--model", NAME, "--version", "1", "--json",
+                 "--mlflow-tracking-uri", mlflow_server]) == 0  # fmt: skip
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(e["kind"], e["decision"]) for e in events] == [
+        ("validation", "passed"), ("blessing", "blessed"), ("shadow", "not judged"),
+        ("registration", "champion"), ("drift", "not found"), ("drift", "not found"),
+        ("quality", "not measured"), ("retraining", "not started"),
+    ]  # fmt: skip
+    assert {e["version"] for e in events[3:]} == {"1"}
+    assert events[-1]["reason"].startswith("nothing to retrain: feature drift not found")
+
 
 def test_a_table_too_small_to_judge_is_warned_about(
     tmp_path: Path, capsys: pytest.CaptureFixture, mlflow_server: str

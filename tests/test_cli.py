@@ -304,3 +304,15 @@ def test_check_names_every_problem_of_every_file_in_one_pass(
         f"{monitoring}: no Prometheus URL to judge the canary with (prometheus_url, --prometheus): give one, or set analysis: none in the canary policy to roll out unjudged",
     ]
     assert err.splitlines()[0].startswith(f"{tmp_path / 'broken.yaml'}: not valid YAML")
+
+
+def test_a_whole_number_given_for_a_float_parameter_is_taken_as_a_float() -> None:
+    """KFP refuses an int argument for a float input; ``min_improvement=-1`` means -1.0."""
+    from conveyor.pipelines.definitions.parameters import parse_param_options
+    from conveyor.pipelines.definitions.targets import Target
+    from conveyor.pipelines.definitions.training import build_training_pipeline
+
+    inputs = build_training_pipeline(Target("kubeflow")).component_spec.inputs
+    parsed = parse_param_options(["min_improvement=-1", "seed=3"], inputs, "training")
+    assert parsed == {"min_improvement": -1.0, "seed": 3}
+    assert isinstance(parsed["min_improvement"], float) and isinstance(parsed["seed"], int)

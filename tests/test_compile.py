@@ -18,7 +18,7 @@ from conveyor.pipelines.cli import main
 from conveyor.pipelines.definitions.compile import COMPONENTS
 from conveyor.pipelines.definitions.targets import STEP_RESOURCES
 
-STEPS = ("ingest", "validate", "train", "evaluate", "register", "deploy")
+STEPS = ("ingest", "validate", "train", "evaluate", "shadow", "register", "deploy")
 
 
 def compile_to(tmp_path: Path, *options: str) -> Path:
@@ -101,7 +101,7 @@ def test_vertex_yaml_is_one_document_without_platform_settings(
 
 def test_kubeflow_yaml_takes_mlflow_credentials_from_an_optional_secret(cpu_build: Path) -> None:
     settings = kubernetes_settings(cpu_build / "training.kubeflow.yaml")
-    assert set(settings) == {"train", "evaluate", "register", "deploy"}
+    assert set(settings) == {"train", "evaluate", "shadow", "register", "deploy"}
     (secret,) = settings["train"].secret_as_env
     assert secret.secret_name == "conveyor-mlflow" and secret.optional
     assert {k.env_var for k in secret.key_to_env} == {
@@ -192,18 +192,51 @@ def test_pipeline_interface_gates_and_caching(cpu_build: Path) -> None:
     assert condition.trigger_policy.condition == (
         "inputs.parameter_values['pipelinechannel--evaluate-Output'] == true"
     )
-    gated = spec.components[condition.component_ref.name].dag.tasks
-    assert set(gated) == {"register", "deploy"}
-    assert not gated["register"].caching_options.enable_cache
+    blessed = spec.components[condition.component_ref.name].dag.tasks
+    assert set(blessed) == {"shadow", "condition-2"}
+    assert not blessed["shadow"].caching_options.enable_cache
     assert not spec.root.dag.tasks["evaluate"].caching_options.enable_cache
     assert spec.root.dag.tasks["train"].caching_options.enable_cache
     assert list(spec.root.dag.tasks["train"].dependent_tasks) == ["ingest", "validate"]
 
 
+def gated_by_shadow(spec: pipeline_spec_pb2.PipelineSpec) -> Any:
+    """The tasks that run only when evaluate blessed the model and the shadow gate passed."""
+    (blessed,) = [task for task in spec.root.dag.tasks.values() if task.trigger_policy.condition]
+    inner = spec.components[blessed.component_ref.name].dag.tasks["condition-2"]
+    return inner, spec.components[inner.component_ref.name].dag.tasks
+
+
+@pytest.mark.parametrize("target", ["kubeflow", "vertex"])
+def test_register_and_deploy_run_only_when_the_shadow_gate_passes(
+    cpu_build: Path, target: str
+) -> None:
+    spec = pipeline_spec(cpu_build / f"training.{target}.yaml")
+    condition, gated = gated_by_shadow(spec)
+    assert condition.task_info.name == "shadow-passed"
+    assert condition.trigger_policy.condition == (
+        "inputs.parameter_values['pipelinechannel--shadow-Output'] == true"
+    )
+    assert set(gated) == {"register", "deploy"}
+    assert not gated["register"].caching_options.enable_cache
+    parameters = spec.root.input_definitions.parameters
+    assert parameters["shadow_days"].default_value.number_value == 7
+    assert not parameters["shadow_policy"].default_value.struct_value.fields
+    (blessed,) = [task for task in spec.root.dag.tasks.values() if task.trigger_policy.condition]
+    shadow = spec.components[blessed.component_ref.name].dag.tasks["shadow"].inputs
+    # Inside the condition's sub-DAG, train's model arrives as the condition's input.
+    assert shadow.artifacts["model"].component_input_artifact == "pipelinechannel--train-model"
+    assert shadow.parameters["policy"].component_input_parameter == (
+        "pipelinechannel--shadow_policy"
+    )
+    assert shadow.parameters["payload_log_uri"].component_input_parameter == (
+        "pipelinechannel--payload_log_uri"
+    )
+
+
 def test_register_and_deploy_share_the_rollout_choice_and_the_model_hash(cpu_build: Path) -> None:
     spec = pipeline_spec(cpu_build / "training.kubeflow.yaml")
-    (condition,) = [task for task in spec.root.dag.tasks.values() if task.trigger_policy.condition]
-    gated = spec.components[condition.component_ref.name].dag.tasks
+    _, gated = gated_by_shadow(spec)
     register, deploy = gated["register"].inputs.parameters, gated["deploy"].inputs.parameters
     # One pipeline parameter decides both: champion at register, or candidate until promoted.
     assert register["rollout"].component_input_parameter == "pipelinechannel--rollout"

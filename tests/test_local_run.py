@@ -161,6 +161,59 @@ def test_the_champion_is_the_model_that_serves(
         assert len(restored) == len(promoted) + 2  # the canary's, then the restored spec's
         assert serving(cluster) == {restored[-1]: 100}
 
+        # What an operator reads on the service: its Events, through the real client.
+        assert [(e.reason, e.type) for e in service_events(cluster)] == [
+            ("ModelDeployed", "Normal"), ("CanaryStarted", "Normal"),
+            ("CanaryStepPassed", "Normal"), ("CanaryStep", "Normal"),
+            ("CanaryStepPassed", "Normal"), ("CanaryPromoted", "Normal"),
+            ("CanaryPromoted", "Normal"), ("CanaryRolledBack", "Warning"),
+        ]  # fmt: skip
+        started = service_events(cluster)[1]
+        assert started.message.startswith(f"canary {promoted[-1]} serves {second['storage_uri']}")
+        assert started.reporting_component == "conveyor/rollout"
+        assert started.reporting_instance == v2.tags["pipeline_run_id"]
+
+    # And what the registry keeps: every decision about each version, in order.
+    audit = ["audit", "--model", "breast-cancer", "--mlflow-tracking-uri",
+             f"sqlite:///{runs / 'mlflow.db'}"]  # fmt: skip
+    assert main([*audit, "--json"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    trained = [("validation", "passed", ""), ("blessing", "blessed", ""),
+               ("shadow", "not judged", "")]  # fmt: skip
+    assert [(e["kind"], e["decision"], e["version"]) for e in events] == [
+        *trained, ("registration", "candidate", "1"), ("rollout", "created", "1"),
+        *trained, ("registration", "candidate", "2"), ("rollout", "canary 10 %", "2"),
+        ("rollout", "canary 50 %", "2"), ("rollout", "promoted", "2"),
+        ("rollout", "promoted", "2"),  # the retry: already serving
+        *trained, ("registration", "candidate", "3"), ("rollout", "rolled_back", "3"),
+    ]  # fmt: skip
+    assert events[-1]["reason"] == v3.tags["rollout.reason"]
+    assert events[-1]["measurements"]["champion_after"] == "2"
+    assert events[9]["parameters"] == {"traffic_percent": 10}
+    assert events[9]["pipeline_run"] == v2.tags["pipeline_run_id"]
+    assert all(e["data_hash"] == events[0]["data_hash"] != "" for e in events)
+    assert main([*audit, "--version", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "breast-cancer version 1: 6 decisions from 1 training runs"
+    assert [line.split()[2:5] for line in lines[1:] if not line.startswith(" ")] == [
+        ["-", "validation", "passed"], ["-", "blessing", "blessed"],
+        ["-", "shadow", "not"], ["v1", "registration", "candidate"],
+        ["v1", "rollout", "created"], ["v2", "rollout", "promoted"],  # what replaced it
+    ]  # fmt: skip
+
+
+def service_events(cluster: KubernetesApiDouble) -> list:
+    """The Events about the breast-cancer service, in time order."""
+    from kubernetes import client
+
+    service = cluster.get("ml-serving", "breast-cancer")
+    listed = client.CoreV1Api(client.ApiClient(cluster.configuration())).list_namespaced_event(
+        "ml-serving",
+        field_selector="involvedObject.kind=InferenceService,involvedObject.name=breast-cancer,"
+        f"involvedObject.uid={service['metadata']['uid']}",
+    )
+    return sorted(listed.items, key=lambda event: event.event_time)
+
 
 def revisions(cluster: KubernetesApiDouble) -> list[str]:
     return cluster.revisions("ml-serving", "breast-cancer")

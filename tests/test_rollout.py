@@ -49,7 +49,7 @@ from conveyor.components.core.rollout.runner import (
 from conveyor.components.core.rollout.snapshot import Snapshot
 from conveyor.pipelines.cli import main
 from tests.conftest import ROOT
-from tests.doubles.kube_api import TOUCH_ANNOTATION, KubernetesApiDouble
+from tests.doubles.kube_api import PLURAL, TOUCH_ANNOTATION, KubernetesApiDouble
 
 NAMESPACE = "ml-serving"
 NAME = "fraud"
@@ -180,7 +180,8 @@ def test_a_create_whose_answer_was_lost_is_not_taken_for_another_runs(
     created = Rollout(impatient, manifest(STABLE_URI), settings, "run-1", lines.append).run()
     assert created.decision == "created"
     # The retry met a 409 (the first create had landed), and the model was this run's.
-    assert [r.method for r in cluster.requests if r.method == "POST"] == ["POST", "POST"]
+    creates = [r for r in cluster.requests if r.method == "POST" and PLURAL in r.path]
+    assert len(creates) == 2
     assert cluster.revisions(NAMESPACE, NAME) == [f"{NAME}-predictor-00001"]
 
 
@@ -387,6 +388,67 @@ def test_a_missing_permission_is_named_and_nothing_changes(
     assert "grant it with kserve/rbac.yaml" in message
     assert len(service_writes(cluster)) == before  # refused before any write to the service
     assert_stable_serves_everything(cluster, revisions=1)
+
+
+def service_events(cluster: KubernetesApiDouble, selector: str = "") -> list:
+    from kubernetes.client import ApiClient, CoreV1Api
+
+    api = CoreV1Api(ApiClient(cluster.configuration()))
+    return api.list_namespaced_event(NAMESPACE, field_selector=selector).items
+
+
+def test_each_step_is_an_event_on_the_service(cluster: KubernetesApiDouble) -> None:
+    uid = deployed(cluster)["metadata"]["uid"]
+    rollout(cluster).run()
+    events = service_events(cluster, f"involvedObject.name={NAME},involvedObject.uid={uid}")
+    assert [(e.reason, e.type) for e in events] == [
+        ("ModelDeployed", "Normal"), ("CanaryStarted", "Normal"),
+        ("CanaryStepPassed", "Normal"), ("CanaryStep", "Normal"),
+        ("CanaryStepPassed", "Normal"), ("CanaryPromoted", "Normal"),
+    ]  # fmt: skip
+    assert [e.reporting_instance for e in events] == ["run-1"] + ["run-2"] * 5
+    assert events[3].message == "canary fraud-predictor-00002 at 50 % of traffic"
+    assert service_events(cluster, "type=Warning") == []
+
+
+def test_events_are_a_record_not_a_step(cluster: KubernetesApiDouble) -> None:
+    """Without create on events, the rollout says so once and goes on."""
+    deployed(cluster)
+    cluster.deny("create", "events")
+    said: list[str] = []
+    settings = RolloutSettings(FAST, UNJUDGED, "")
+    result = Rollout(services(cluster), manifest(CANARY_URI), settings, "run-2", said.append).run()
+    assert result.decision == "promoted"
+    refused = [line for line in said if line.startswith("could not record a Kubernetes Event")]
+    assert len(refused) == 1 and "permission denied: cannot create events" in refused[0]
+    assert [e.reason for e in service_events(cluster)] == ["ModelDeployed"]
+
+
+def test_the_double_holds_events_to_the_api_servers_rules(cluster: KubernetesApiDouble) -> None:
+    """pkg/apis/core/validation/events.go: the length limits count bytes, and an Event
+    with an eventTime names who reported it; a field the list cannot select on is a 400."""
+    from kubernetes.client import ApiClient, CoreV1Api
+    from kubernetes.client.exceptions import ApiException
+
+    from conveyor.components.core.rollout.events import ServiceEvents
+
+    api = CoreV1Api(ApiClient(cluster.configuration()))
+    events = ServiceEvents(Objects(api.api_client, NAMESPACE, "event"), "run-1")
+    events.bind(deployed(cluster))
+    body = events.body("CanaryStepPassed", "é" * 2000, warning=False)
+    assert len(body["message"].encode()) <= 1024  # cut on bytes, at a character
+    api.create_namespaced_event(NAMESPACE, body)
+    for key, value in [("reason", "R" * 129), ("message", "é" * 513),
+                       ("reportingComponent", ""), ("action", "")]:  # fmt: skip
+        bad = {**events.body("CanaryStep", "ok", False), key: value}
+        with pytest.raises(ApiException) as refused:
+            api.create_namespaced_event(NAMESPACE, bad)
+        assert refused.value.status == 422, key
+    with pytest.raises(ApiException) as refused:
+        api.list_namespaced_event(NAMESPACE, field_selector="message=ok")
+    assert (
+        refused.value.status == 400 and "field label not supported: message" in refused.value.body
+    )
 
 
 def test_a_second_concurrent_rollout_is_refused(cluster: KubernetesApiDouble) -> None:

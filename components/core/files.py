@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +12,18 @@ import yaml
 
 from conveyor.components.core.errors import ConveyorError
 
-__all__ = ["read_yaml", "write_atomically", "write_text_atomically"]
+__all__ = ["finite_json", "read_yaml", "write_atomically", "write_text_atomically"]
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` as strict JSON takes it: each NaN or infinite float becomes None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_json(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_json(item) for item in value]
+    return value
 
 
 def write_atomically(path: Path, write: Callable[[Path], object]) -> None:

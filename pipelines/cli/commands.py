@@ -8,14 +8,15 @@ AI) in ``cli.delivery``."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from conveyor.components.core.errors import ConveyorError
+from conveyor.pipelines.cli import audit, delivery
 from conveyor.pipelines.cli import data as quality
-from conveyor.pipelines.cli import delivery
 from conveyor.pipelines.cli import rollout as canary
 
 __all__ = ["main"]
@@ -24,6 +25,8 @@ __all__ = ["main"]
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    # MLflow draws a progress bar on stderr per download; a command's stderr is its one line.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         return args.handler(args)
     except ConveyorError as error:  # one line a problem, each naming the command
@@ -38,8 +41,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _silence_stdout() -> None:
     """Points stdout at /dev/null, so the interpreter's last flush on exit does not raise
     BrokenPipeError again (as Python's documentation on SIGPIPE advises)."""
-    import os
-
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
@@ -99,6 +100,13 @@ def _parser() -> argparse.ArgumentParser:
         "(numbers, true/false, {a: 1}), or as written for a text parameter",
     )
     run.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where local runs live")
+    run.add_argument(
+        "--replay",
+        metavar="RUN_ID",
+        help="train again with a recorded run's data, parameters and seed (an MLflow run id, "
+        "or an audit event's pipeline run), into runs-dir/replays; exit 1 when its metrics "
+        "differ, 2 when it cannot replay (its data changed, nothing recorded)",
+    )
     run.set_defaults(handler=_run)
     _add_monitor(commands)
 
@@ -123,6 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     canary.add_commands(commands)
     _add_serve(commands)
     quality.add_commands(commands)
+    audit.add_commands(commands)
     delivery.add_commands(commands)
     check = commands.add_parser(
         "check", help="compile every pipeline for every target and check configs/*.yaml"
@@ -192,9 +201,46 @@ def _add_serve(commands: Any) -> None:
 def _run(args: argparse.Namespace) -> int:
     from conveyor.pipelines.local import run_training_locally
 
+    if args.replay:
+        return _replay(args)
     summary = run_training_locally(_run_arguments(args), args.runs_dir, sys.stdout)
     _print_summary(summary, args.runs_dir / summary.run_id / "summary.json", sys.stdout)
     return 0 if summary.status == "succeeded" else 1
+
+
+def _replay(args: argparse.Namespace) -> int:
+    """The recorded run again, in its own registry; 0 when every metric matches."""
+    from conveyor.components.core.training import tracking
+    from conveyor.pipelines import replay
+    from conveyor.pipelines.local import local_defaults, run_training_locally
+
+    options = ("data", "label", "model", "dvc_repo", "rev", "schema", "estimator")
+    given = [f"--{name.replace('_', '-')}" for name in options if getattr(args, name)]
+    params = _parse_params(args.param)
+    if given or set(params) - {"mlflow_tracking_uri"}:
+        raise ConveyorError(
+            "--replay takes the recorded run's data and parameters; drop "
+            f"{', '.join(given + sorted(set(params) - {'mlflow_tracking_uri'}))}"
+        )
+    where = params.get("mlflow_tracking_uri") or local_defaults(args.runs_dir.resolve())[
+        "mlflow_tracking_uri"]  # fmt: skip
+    client = tracking.connect(where)
+    run = replay.find_training_run(client, args.replay)
+    recorded = replay.recorded_metrics(run)
+    known = set(_pipeline_inputs("training"))
+    arguments = replay.check_data(run, replay.recorded_arguments(client, run, known))
+    runs_dir = args.runs_dir / "replays"
+    summary = run_training_locally(arguments, runs_dir, sys.stdout)
+    _print_summary(summary, runs_dir / summary.run_id / "summary.json", sys.stdout)
+    if summary.status != "succeeded":
+        return 1
+    missed = replay.differences(recorded, summary.metrics)
+    for line in missed:
+        print(f"Replay differs: {line}")
+    if not missed:
+        print(f"Replay of run {run.info.run_id}: all {len(recorded)} evaluation metrics equal "
+              f"the recorded ones to {replay.TOLERANCE:g}")  # fmt: skip
+    return 1 if missed else 0
 
 
 def _add_monitor(commands: Any) -> None:
@@ -301,14 +347,19 @@ def _run_arguments(args: argparse.Namespace) -> dict[str, Any]:
 
 def _parse_params(pairs: list[str], pipeline: str = "training") -> dict[str, Any]:
     """``--param NAME=VALUE`` pairs, each checked against ``pipeline``'s own parameters."""
-    from conveyor.pipelines.definitions.compile import PIPELINES
     from conveyor.pipelines.definitions.parameters import parse_param_options
-    from conveyor.pipelines.definitions.targets import Target
 
     if not pairs:
         return {}
-    known = PIPELINES[pipeline].build(Target("kubeflow")).component_spec.inputs or {}
-    return parse_param_options(pairs, known, pipeline)
+    return parse_param_options(pairs, _pipeline_inputs(pipeline), pipeline)
+
+
+def _pipeline_inputs(pipeline: str) -> dict[str, Any]:
+    """The pipeline's parameters, by name."""
+    from conveyor.pipelines.definitions.compile import PIPELINES
+    from conveyor.pipelines.definitions.targets import Target
+
+    return PIPELINES[pipeline].build(Target("kubeflow")).component_spec.inputs or {}
 
 
 def _compile(args: argparse.Namespace) -> int:
@@ -503,6 +554,9 @@ def _print_summary(summary: Any, summary_path: Path, out: TextIO) -> None:
         lines.append(f"Metrics (evaluation split): {shown}")
     if summary.status == "succeeded":
         lines.append(f"{'Blessed' if summary.blessed else 'Not blessed'}: {summary.reason}")
+    shadow = getattr(summary, "shadow", None)
+    if shadow and shadow["passed"]:
+        lines.append(f"Shadow: {shadow['reason']}")
     lines += [f"Warning: {warning}" for warning in summary.warnings]
     lines += [f"Note: {note}" for note in getattr(summary, "notes", [])]
     if summary.model_version is not None:

@@ -1,10 +1,12 @@
-"""``conveyor validate``, ``conveyor drift`` and ``conveyor quality``: a table checked against
-a schema, a current table compared with a reference, and labels joined to a model's logged
-predictions, from a shell or a CI job.
+"""``conveyor validate``, ``conveyor drift``, ``conveyor quality`` and ``conveyor shadow``: a
+table checked against a schema, a current table compared with a reference, labels joined to
+a model's logged predictions, and a challenger replayed against the champion on its logged
+inputs, from a shell or a CI job.
 
 Each exits 0 when the data is fine, 3 when it is not (a rule that fails the run is broken,
-the dataset drifted, an online metric degraded), and 2 when it could not tell (an
-unreadable file, a bad option, labels that match no logged prediction).
+the dataset drifted, an online metric degraded, the challenger failed the shadow gate), and
+2 when it could not tell (an unreadable file, a bad option, labels that match no logged
+prediction).
 """
 
 from __future__ import annotations
@@ -84,10 +86,11 @@ def _store_label(
 
 
 def add_commands(commands: Any) -> None:
-    """Adds validate, drift and quality to the ``conveyor`` sub-command parsers."""
+    """Adds validate, drift, quality and shadow to the ``conveyor`` sub-command parsers."""
     _add_validate(commands)
     _add_drift(commands)
     _add_quality(commands)
+    _add_shadow(commands)
 
 
 def _add_validate(commands: Any) -> None:
@@ -338,3 +341,102 @@ def _quality(args: argparse.Namespace) -> int:
         if path:
             print(f"Report: {path}")
     return DATA_FAILED if report.degraded else 0
+
+
+def _add_shadow(commands: Any) -> None:
+    shadow = commands.add_parser(
+        "shadow",
+        help="replay a model's logged inputs through its champion and a challenger; exit 0 "
+        "when the challenger passes the shadow gate, 3 when it fails",
+    )
+    shadow.add_argument("--model", required=True, help="the registered model's name")
+    shadow.add_argument(
+        "--challenger", required=True,
+        help="a model directory (train's output, or a store's copy) or the MLflow run id "
+        "that logged one",
+    )  # fmt: skip
+    shadow.add_argument(
+        "--inputs", required=True,
+        help="the champion's payload log: its folder of day folders, a folder or a file",
+    )  # fmt: skip
+    shadow.add_argument("--labels", default="", help="labels of logged requests (CSV or Parquet)")
+    shadow.add_argument("--id-column", default="id", help="the labels' id column")
+    shadow.add_argument("--label-column", default="label", help="the labels' label column")
+    shadow.add_argument("--days", type=int, default=7, help="the last N days of the log (0: all)")
+    shadow.add_argument("--segment", default="", help="also compare within each value")
+    shadow.add_argument(
+        "--policy", action="append", default=[], metavar="KEY=VALUE",
+        help="a gate threshold (max_disagreement, max_score_shift, max_metric_drop, "
+        "max_latency_ratio, confidence, min_rows); repeat for more",
+    )  # fmt: skip
+    shadow.add_argument(
+        "--show-rows", type=int, default=0,
+        help="list this many rows where the models differ most (production inputs)",
+    )  # fmt: skip
+    shadow.add_argument(
+        "--mlflow-tracking-uri", default="",
+        help="where the champion is registered (default: $MLFLOW_TRACKING_URI)",
+    )  # fmt: skip
+    shadow.add_argument("--report", type=Path, help="write the Markdown report here")
+    shadow.add_argument("--html", type=Path, help="write the HTML page here")
+    shadow.add_argument("--summary", type=Path, help="write the JSON summary here")
+    shadow.set_defaults(handler=_shadow)
+
+
+def _shadow(args: argparse.Namespace) -> int:
+    from conveyor.components.core.monitoring.shadow import (
+        ShadowPolicy,
+        ShadowRun,
+        ShadowSettings,
+        replay_against_champion,
+    )
+    from conveyor.components.core.monitoring.shadow_report import (
+        ShadowOutputs,
+        table_lines,
+        write_outputs,
+    )
+
+    settings = ShadowSettings(
+        days=args.days, segment=args.segment, show_rows=args.show_rows,
+        id_column=args.id_column, label_column=args.label_column,
+    )  # fmt: skip
+    run = ShadowRun(
+        model=args.model,
+        log_uri=args.inputs,
+        tracking_uri=args.mlflow_tracking_uri,
+        policy=ShadowPolicy.from_dict(dict(map(_policy_setting, args.policy))),
+        settings=settings,
+        labels_uri=args.labels,
+    )
+    report = replay_against_champion(_challenger(args.challenger, run.tracking_uri), run)
+    write_outputs(report, ShadowOutputs(args.report, args.html, args.summary))
+    print("\n".join(table_lines(report)))
+    print(report.reason)
+    for path in (args.report, args.html, args.summary):
+        if path:
+            print(f"Report: {path}")
+    return 0 if report.passed else DATA_FAILED
+
+
+def _policy_setting(text: str) -> tuple[str, float | int]:
+    """``max_disagreement=0.05`` as a name and a number (``min_rows`` an integer)."""
+    name, separator, value = text.partition("=")
+    if not separator:
+        raise ConveyorError(f"--policy {text!r}: expected KEY=VALUE")
+    try:
+        return name, int(value) if name == "min_rows" else float(value)
+    except ValueError:
+        raise ConveyorError(f"--policy {text!r}: {value!r} is not a number") from None
+
+
+def _challenger(source: str, tracking_uri: str) -> Any:
+    """The challenger: a model directory, else the model an MLflow run logged."""
+    from conveyor.components.core.training import tracking
+    from conveyor.components.core.training.registry import load_run_model
+    from conveyor.components.core.training.trainer import MODEL_CARD, load_model_dir
+
+    if (Path(source) / MODEL_CARD).is_file():
+        return load_model_dir(Path(source))
+    if Path(source).exists():
+        raise ConveyorError(f"--challenger {source}: a folder without a {MODEL_CARD}")
+    return load_run_model(tracking.connect(tracking_uri), source)

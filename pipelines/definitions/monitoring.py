@@ -206,6 +206,8 @@ def build_monitoring_pipeline(target: Target) -> GraphComponent:
                 quality_summary=judged.outputs["summary"],
                 retrain=retrain,
                 pushgateway_url=pushgateway_url,
+                mlflow_tracking_uri=mlflow_tracking_uri,
+                pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
             ),
             target,
         )
@@ -231,6 +233,9 @@ def build_monitoring_pipeline(target: Target) -> GraphComponent:
                 id_columns=id_columns,
                 exclude_columns=training_exclude_columns,
                 text_columns=text_columns,
+                labels_uri=labels_uri,
+                label_id_column=label_id_column,
+                label_column=label_column,
             )
 
     return monitoring

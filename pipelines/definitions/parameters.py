@@ -146,6 +146,8 @@ def _param_value(text: str, spec: Any) -> tuple[Any, str]:
         return None, f"{text!r} is not valid YAML"
     if spec.type == "Float" and isinstance(value, str):
         value = _float(text)  # YAML 1.1 reads 1e-3 as text
+    if spec.type == "Float" and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)  # KFP refuses an int for a float input: -1 is -1.0
     return value, _type_problem(value, spec)
 
 

@@ -31,6 +31,7 @@ UNCACHED_STEPS = frozenset(
         "ingest_inputs",
         "champion_reference",
         "evaluate",
+        "shadow",  # the payload log grows under the same URI
         "register",
         "deploy",
         "quality",  # labels arrive under the same URI
@@ -39,7 +40,16 @@ UNCACHED_STEPS = frozenset(
 )
 # Steps that talk to MLflow: on Kubeflow they read its address and credentials from a Secret.
 MLFLOW_STEPS = frozenset(
-    {"train", "evaluate", "register", "deploy", "champion_reference", "quality"}
+    {
+        "train",
+        "evaluate",
+        "shadow",
+        "register",
+        "deploy",
+        "champion_reference",
+        "quality",
+        "monitoring_verdict",
+    }
 )
 
 

@@ -65,6 +65,7 @@ STEP_RESOURCES = {
     "monitoring_verdict": Resources("250m", "500m", "512Mi", "1Gi"),
     "train": Resources("2", "4", "4Gi", "8Gi"),
     "evaluate": Resources("1", "2", "2Gi", "4Gi"),
+    "shadow": Resources("2", "4", "4Gi", "8Gi"),
     "register": Resources("500m", "1", "1Gi", "2Gi"),
     "deploy": Resources("250m", "500m", "512Mi", "1Gi"),
 }

@@ -1,4 +1,5 @@
-"""The training pipeline: ingest, validate, train, evaluate, then (if blessed) register, deploy."""
+"""The training pipeline: ingest, validate, train, evaluate, then (if blessed) a shadow replay
+of the champion's production traffic, then (if it passes) register, deploy."""
 
 from kfp import dsl
 from kfp.dsl.graph_component import GraphComponent
@@ -8,6 +9,7 @@ from conveyor.components.deploy import deploy
 from conveyor.components.evaluate import evaluate
 from conveyor.components.ingest import ingest
 from conveyor.components.register import register
+from conveyor.components.shadow import shadow
 from conveyor.components.train import train
 from conveyor.components.validate import validate
 from conveyor.pipelines.definitions.steps import apply_step_settings
@@ -63,8 +65,17 @@ def build_training_pipeline(target: Target) -> GraphComponent:
         rollout_deadline_s: float = 3600.0,
         prometheus_url: str = "",
         canary_policy: dict = {},  # noqa: B006
+        shadow_replay: bool = True,
+        shadow_days: int = 7,
+        shadow_segment_column: str = "",
+        shadow_policy: dict = {},  # noqa: B006
+        shadow_show_rows: int = 0,
+        labels_uri: str = "",
+        label_id_column: str = "id",
+        label_column: str = "label",
     ):
-        """Trains a classifier, and registers and deploys it when it beats the champion.
+        """Trains a classifier, and registers and deploys it when it beats the champion and
+        agrees closely enough with it on the champion's logged production inputs.
 
         Args:
             model_store_uri: Folder, gs:// or s3:// URI that KServe pulls models from.
@@ -114,6 +125,22 @@ def build_training_pipeline(target: Target) -> GraphComponent:
                 canary policy says analysis: none.
             canary_policy: How the canary is judged (metrics, margins, error rates,
                 limits), merged by name onto the defaults; empty uses the defaults.
+            shadow_replay: False registers a blessed challenger without the replay (one
+                whose new feature the champion's log lacks, on purpose).
+            shadow_days: The last this many days of the champion's payload log (under
+                payload_log_uri) are replayed through it and the challenger before
+                registering; 0 replays all of it. No log, no champion: not judged.
+            shadow_segment_column: Also compare the two models within each value of this
+                logged input column.
+            shadow_policy: The shadow gate's thresholds (max_disagreement, max_score_shift,
+                max_metric_drop, max_latency_ratio, confidence, min_rows), merged by name
+                onto the defaults; empty uses the defaults.
+            shadow_show_rows: List this many rows where the models differ most in the
+                shadow report (production inputs; 0 lists none).
+            labels_uri: Labels of logged requests (an id and a label column): the shadow
+                replay compares both models' online accuracy and log loss on them.
+            label_id_column: The labels' id column, matched with the log's conveyor.id.
+            label_column: The labels' label column.
         """
         ingested = apply_step_settings(
             ingest(
@@ -173,42 +200,60 @@ def build_training_pipeline(target: Target) -> GraphComponent:
         )
         # A single bool output: kfp.local cannot resolve a named output in a condition.
         with dsl.If(evaluated.outputs["Output"] == True, name="blessed"):  # noqa: E712
-            registered = apply_step_settings(
-                register(
+            shadowed = apply_step_settings(
+                shadow(
                     model=trained.outputs["model"],
-                    evaluation=evaluated.outputs["evaluation"],
                     model_name=model_name,
-                    model_store_uri=model_store_uri,
-                    mlflow_tracking_uri=mlflow_tracking_uri,
-                    pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                    rollout=rollout,
-                ),
-                target,
-            )
-            apply_step_settings(
-                deploy(
-                    model_name=model_name,
-                    model_version=registered.outputs["model_version"],
-                    storage_uri=registered.outputs["storage_uri"],
-                    model_sha256=registered.outputs["model_sha256"],
-                    run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                    mlflow_tracking_uri=mlflow_tracking_uri,
-                    namespace=namespace,
-                    serving_runtime=serving_runtime,
-                    serving_cpu=serving_cpu,
-                    serving_memory=serving_memory,
-                    service_account=service_account,
                     payload_log_uri=payload_log_uri,
-                    payload_log_exclude=payload_log_exclude,
-                    rollout=rollout,
-                    canary_steps=canary_steps,
-                    canary_interval_s=canary_interval_s,
-                    ready_timeout_s=ready_timeout_s,
-                    rollout_deadline_s=rollout_deadline_s,
-                    prometheus_url=prometheus_url,
-                    canary_policy=canary_policy,
+                    mlflow_tracking_uri=mlflow_tracking_uri,
+                    days=shadow_days,
+                    segment_column=shadow_segment_column,
+                    labels_uri=labels_uri,
+                    label_id_column=label_id_column,
+                    label_column=label_column,
+                    policy=shadow_policy,
+                    show_rows=shadow_show_rows,
+                    enabled=shadow_replay,
                 ),
                 target,
             )
+            with dsl.If(shadowed.outputs["Output"] == True, name="shadow-passed"):  # noqa: E712
+                registered = apply_step_settings(
+                    register(
+                        model=trained.outputs["model"],
+                        evaluation=evaluated.outputs["evaluation"],
+                        model_name=model_name,
+                        model_store_uri=model_store_uri,
+                        mlflow_tracking_uri=mlflow_tracking_uri,
+                        pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                        rollout=rollout,
+                    ),
+                    target,
+                )
+                apply_step_settings(
+                    deploy(
+                        model_name=model_name,
+                        model_version=registered.outputs["model_version"],
+                        storage_uri=registered.outputs["storage_uri"],
+                        model_sha256=registered.outputs["model_sha256"],
+                        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                        mlflow_tracking_uri=mlflow_tracking_uri,
+                        namespace=namespace,
+                        serving_runtime=serving_runtime,
+                        serving_cpu=serving_cpu,
+                        serving_memory=serving_memory,
+                        service_account=service_account,
+                        payload_log_uri=payload_log_uri,
+                        payload_log_exclude=payload_log_exclude,
+                        rollout=rollout,
+                        canary_steps=canary_steps,
+                        canary_interval_s=canary_interval_s,
+                        ready_timeout_s=ready_timeout_s,
+                        rollout_deadline_s=rollout_deadline_s,
+                        prometheus_url=prometheus_url,
+                        canary_policy=canary_policy,
+                    ),
+                    target,
+                )
 
     return training

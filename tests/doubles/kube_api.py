@@ -5,7 +5,9 @@ does (bearer-token auth, resourceVersion concurrency, merge and JSON patches, wa
 ``Status`` errors, strict validation against KServe's own CRD schema), so code using the
 ``kubernetes`` client runs against it unchanged. It also serves the two built-in kinds a
 rollout keeps its own state in, ``coordination.k8s.io/v1`` Leases and ``v1`` ConfigMaps,
-garbage-collected with the InferenceService that owns them.
+garbage-collected with the InferenceService that owns them, and ``v1`` Events, validated
+as the API server validates them and listed with its field selectors (not owned: a real
+cluster drops them after its event TTL).
 
 A background thread plays the KServe controller. In Knative (formerly Serverless) mode
 every change of the *revision template* becomes a new Knative revision that gets ready
@@ -91,16 +93,43 @@ _ISVC_PATH = re.compile(
 )
 _CRD_PATH = f"/apis/{CRD_GROUP}/v1/{CRD_PLURAL}/{CRD_NAME}"
 _BUILTIN_PATH = re.compile(
-    r"^/(?:api/v1|apis/coordination\.k8s\.io/v1)/namespaces/([^/]+)/(configmaps|leases)(?:/([^/]+))?$"
+    r"^/(?:api/v1|apis/coordination\.k8s\.io/v1)/namespaces/([^/]+)/(configmaps|leases|events)"
+    r"(?:/([^/]+))?$"
 )
+_CORE_BUILTINS = ("configmaps", "events")
 # kind -> (API group, Kind, whether a PUT without resourceVersion is allowed, whether a PUT
 # of a missing object creates it): the registry strategies' AllowUnconditionalUpdate and
-# AllowCreateOnUpdate, pkg/registry/coordination/lease/strategy.go (false, true) and
-# pkg/registry/core/configmap/strategy.go (true, false) in kubernetes/kubernetes.
+# AllowCreateOnUpdate, pkg/registry/coordination/lease/strategy.go (false, true),
+# pkg/registry/core/configmap/strategy.go (true, false) and
+# pkg/registry/core/event/strategy.go (true, true) in kubernetes/kubernetes.
 _BUILTINS = {
     "leases": ("coordination.k8s.io", "Lease", False, True),
     "configmaps": ("", "ConfigMap", True, False),
+    "events": ("", "Event", True, True),
 }
+# The field selectors each kind's list takes: metadata's (generic.ObjectMetaFieldsSet), and
+# for Events those of ToSelectableFields in pkg/registry/core/event/strategy.go; any other
+# label is refused ("field label not supported").
+_SELECTABLE = {
+    "events": (
+        "involvedObject.kind", "involvedObject.namespace", "involvedObject.name",
+        "involvedObject.uid", "involvedObject.apiVersion", "involvedObject.resourceVersion",
+        "involvedObject.fieldPath", "reason", "reportingComponent", "source", "type",
+    ),
+}  # fmt: skip
+# core/v1 Event's fields; the API server drops any other (no strict field validation asked).
+_EVENT_FIELDS = (
+    "apiVersion", "kind", "metadata", "involvedObject", "reason", "message", "source",
+    "firstTimestamp", "lastTimestamp", "count", "type", "eventTime", "series", "action",
+    "related", "reportingComponent", "reportingInstance",
+)  # fmt: skip
+# pkg/apis/core/validation/events.go: ReportingInstanceLengthLimit, ActionLengthLimit,
+# ReasonLengthLimit, NoteLengthLimit (bytes: Go's len of the message).
+_EVENT_LIMITS = {"reportingInstance": 128, "action": 128, "reason": 128, "message": 1024}
+_QUALIFIED_NAME = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
 _LEASE_SPEC = {
     "holderIdentity": str, "leaseDurationSeconds": int, "acquireTime": str, "renewTime": str,
     "leaseTransitions": int, "strategy": str, "preferredHolder": str,
@@ -650,7 +679,7 @@ def _route(path: str) -> _Route:
     if path == _CRD_PATH:
         return _Route("crd", name=CRD_NAME)
     builtin = _BUILTIN_PATH.match(path)
-    if builtin and (builtin[2] == "configmaps") == path.startswith("/api/v1/"):
+    if builtin and (builtin[2] in _CORE_BUILTINS) == path.startswith("/api/v1/"):
         return _Route(builtin[2], builtin[1], builtin[3] or "")
     match = _ISVC_PATH.match(path)
     if not match or (match[3] and not match[2]):
@@ -699,7 +728,10 @@ def _builtin_error(code: int, route: _Route, message: str, reason: str = "") -> 
 
 def _builtin_problems(kind: str, obj: dict[str, Any]) -> list[str]:
     """What the API server's validation (pkg/apis/coordination/validation and
-    pkg/apis/core/validation, ValidateObjectMeta) says against a Lease or ConfigMap."""
+    pkg/apis/core/validation, ValidateObjectMeta) says against a Lease, ConfigMap or
+    Event."""
+    if kind == "events":
+        return _event_problems(obj)
     meta = obj["metadata"]
     problems = _meta_problems(meta)
     if kind == "leases":
@@ -707,6 +739,73 @@ def _builtin_problems(kind: str, obj: dict[str, Any]) -> list[str]:
     else:
         problems += _config_map_problems(obj)
     return problems
+
+
+def _event_problems(obj: dict[str, Any]) -> list[str]:
+    """``legacyValidateEvent`` (pkg/apis/core/validation/events.go), all that a core/v1
+    create is held to, then the generic registry's name check (``BeforeCreate`` in
+    apiserver's pkg/registry/rest/create.go: ``ValidatePathSegmentName``)."""
+    meta, involved = obj["metadata"], obj.get("involvedObject") or {}
+    namespace = meta.get("namespace", "")
+    if obj.get("eventTime"):
+        problems = _new_event_problems(obj, involved, namespace)
+    elif involved.get("namespace", "") != namespace and (
+        involved.get("namespace") or namespace not in ("", "default")
+    ):
+        problems = ["involvedObject.namespace: Invalid value: does not match event.namespace"]
+    else:
+        problems = []
+    if not _DNS_1123_SUBDOMAIN.match(namespace):
+        problems.append(f"namespace: Invalid value: {namespace!r}: a lowercase RFC 1123 subdomain")
+    name = meta.get("name", "")
+    if not name or name in (".", "..") or any(c in name for c in "/%"):
+        problems.append(f"metadata.name: Invalid value: {name!r}: not a path segment name")
+    return problems
+
+
+def _new_event_problems(obj: dict[str, Any], involved: dict[str, Any], namespace: str) -> list[str]:
+    """The rules for an Event with ``eventTime``: who reported it, and the length limits."""
+    problems = []
+    if not involved.get("namespace") and namespace not in ("default", "kube-system"):
+        problems.append("involvedObject.namespace: Invalid value: does not match event.namespace")
+    if not isinstance(obj["eventTime"], str) or not _MICRO_TIME.match(obj["eventTime"]):
+        problems.append(f"eventTime: Invalid value: {obj['eventTime']!r}: not a MicroTime")
+    component = obj.get("reportingComponent") or ""
+    if not component:
+        problems.append("reportingController: Required value")
+    elif not _QUALIFIED_NAME.match(component):
+        problems.append(f"reportingController: Invalid value: {component!r}: not a qualified name")
+    for key in ("reportingInstance", "action", "reason"):
+        if not obj.get(key):
+            problems.append(f"{key}: Required value")
+    for key, limit in _EVENT_LIMITS.items():
+        if len(str(obj.get(key) or "").encode()) > limit:
+            problems.append(f"{key}: Invalid value: can have at most {limit} characters")
+    return problems
+
+
+def _selected(kind: str, query: dict[str, str]) -> Callable[[dict[str, Any]], bool]:
+    """The list's ``fieldSelector`` (``a=b``, ``a==b``, ``a!=b``, comma-joined) as a test."""
+    terms = []
+    for term in filter(None, query.get("fieldSelector", "").split(",")):
+        parsed = re.match(r"^([^!=]+)(!=|==|=)(.*)$", term)
+        if parsed is None:
+            raise ApiError(400, f"invalid field selector: {term!r}", kind="")
+        label, operator, value = parsed.groups()
+        if label not in ("metadata.name", "metadata.namespace", *_SELECTABLE.get(kind, ())):
+            raise ApiError(400, f"field label not supported: {label}", kind="")
+        terms.append((label, operator == "!=", value))
+    return lambda obj: all((_field_value(obj, label) == value) != negated
+                           for label, negated, value in terms)  # fmt: skip
+
+
+def _field_value(obj: dict[str, Any], label: str) -> str:
+    if label == "source":  # the older field, or the newer one where it is empty
+        return (obj.get("source") or {}).get("component") or obj.get("reportingComponent", "")
+    found: Any = obj
+    for key in label.split("."):
+        found = found.get(key) if isinstance(found, dict) else None
+    return found if isinstance(found, str) else ""
 
 
 def _meta_problems(meta: dict[str, Any]) -> list[str]:
@@ -1042,7 +1141,7 @@ class KubernetesApiDouble:
         dry_run = _dry_run(query)
         with self._store.lock:
             if route.kind in _BUILTINS:
-                return self._builtin(method, route, body, content_type, dry_run)
+                return self._builtin(method, route, body, content_type, query)
             return self._isvc(method, route, body, content_type, dry_run)
 
     def _isvc(
@@ -1195,16 +1294,17 @@ class KubernetesApiDouble:
     # -- Leases and ConfigMaps -------------------------------------------------------------
 
     def _builtin(
-        self, method: str, route: _Route, body: str, content_type: str, dry_run: bool
+        self, method: str, route: _Route, body: str, content_type: str, query: dict[str, str]
     ) -> tuple[int, dict[str, Any]]:
         group, kind, unconditional, create_on_update = _BUILTINS[route.kind]
-        if dry_run:
+        if _dry_run(query):
             raise ApiError(400, f"dryRun is not supported by this double for {route.kind}")
         if method == "GET" and not route.name:
+            selected = _selected(route.kind, query)
             items = [
                 copy.deepcopy(obj)
                 for (plural, ns, _), obj in sorted(self._builtins.items())
-                if plural == route.kind and ns == route.namespace
+                if plural == route.kind and ns == route.namespace and selected(obj)
             ]
             return 200, {"kind": f"{kind}List", "items": items,
                          "metadata": {"resourceVersion": str(self._store.version)}}  # fmt: skip
@@ -1264,6 +1364,8 @@ class KubernetesApiDouble:
     ) -> dict[str, Any]:
         group, kind, _, _ = _BUILTINS[route.kind]
         obj = copy.deepcopy(obj)
+        if route.kind == "events":
+            obj = {key: value for key, value in obj.items() if key in _EVENT_FIELDS}
         meta = obj["metadata"]
         meta.setdefault("namespace", route.namespace)
         if meta["namespace"] != route.namespace:

@@ -85,6 +85,7 @@ __all__ = [
     "DriftReport",
     "DriftSettings",
     "compare_tables",
+    "psi",
     "drift_kind",
     "load_importance",
 ]
@@ -668,7 +669,7 @@ def _numeric_scores(
         reference_counts = np.histogram(reference, edges)[0]
         current_counts = np.histogram(current, edges)[0]
     scores = {
-        "psi": _psi(reference_counts, current_counts),
+        "psi": psi(reference_counts, current_counts),
         "ks": _ks_p_value(reference, current),
         "jensenshannon": _jensen_shannon(reference_counts, current_counts),
     }
@@ -712,7 +713,7 @@ def _categorical_scores(
     reference_array = reference_counts.reindex(keys, fill_value=0).to_numpy(float)
     current_array = current_counts.reindex(keys, fill_value=0).to_numpy(float)
     scores = {
-        "psi": _psi(reference_array, current_array),
+        "psi": psi(reference_array, current_array),
         "chisquare": _chi_square(reference_array, current_array),
         "jensenshannon": _jensen_shannon(reference_array, current_array),
     }
@@ -734,7 +735,8 @@ def _without_zeros(shares: np.ndarray) -> np.ndarray:
     return np.where(shares > 0, shares, smallest / 1e6 if smallest <= 1e-4 else 1e-4)
 
 
-def _psi(reference_counts: np.ndarray, current_counts: np.ndarray) -> float:
+def psi(reference_counts: np.ndarray, current_counts: np.ndarray) -> float:
+    """The population stability index of two histograms (counts over the same bins)."""
     expected = _without_zeros(_shares(reference_counts))
     actual = _without_zeros(_shares(current_counts))
     return float(np.sum((expected - actual) * np.log(expected / actual)))

@@ -97,14 +97,19 @@ __all__ = [
     "Interval",
     "QualityReport",
     "QualitySettings",
+    "as_micros",
     "assess_quality",
     "champion_scores",
+    "check_model",
     "delong_auc",
     "group_quality",
     "has_labels",
     "offline_metrics",
+    "read_labels",
     "read_offline",
     "wilson_interval",
+    "window_bounds",
+    "window_files",
 ]
 
 LABEL_TIME_COLUMN = "time"
@@ -378,7 +383,7 @@ def read_labels(uri: str, settings: QualitySettings) -> pa.Table:
             f"{first['values'].as_py()!r}, {first['counts'].as_py()} times); give one label per id"
         )
     time = (
-        _as_micros(table.column(LABEL_TIME_COLUMN), uri)
+        as_micros(table.column(LABEL_TIME_COLUMN), uri)
         if LABEL_TIME_COLUMN in table.column_names
         else pa.nulls(len(table), pa.int64())
     )
@@ -436,7 +441,7 @@ def read_logged(uri: str, model: str, settings: QualitySettings) -> Logged:
 
     Refuses a log of another model and a log that holds no prediction.
     """
-    files = _log_files(uri, settings.days)
+    files = window_files(uri, settings.days)
     names = _column_names(files)
     classes = [
         n.removeprefix(PROBABILITY_PREFIX) for n in names if n.startswith(PROBABILITY_PREFIX)
@@ -458,7 +463,7 @@ def read_logged(uri: str, model: str, settings: QualitySettings) -> Logged:
     if segment_logged:
         wanted.append(settings.segment)
     table = read_log(files, columns=wanted).table
-    _check_model(table.column(MODEL_COLUMN), model, uri)
+    check_model(table.column(MODEL_COLUMN), model, uri)
     prediction, time = table.column(PREDICTION_COLUMN), table.column(TIME_COLUMN)
     usable = pc.and_(prediction.is_valid(), time.is_valid())
     usable_rows = pc.sum(usable).as_py() or 0
@@ -471,8 +476,8 @@ def read_logged(uri: str, model: str, settings: QualitySettings) -> Logged:
     without_prediction = table.num_rows - usable_rows
     if without_prediction:
         table = table.filter(usable)
-    micros = _as_micros(table.column(TIME_COLUMN), uri).to_numpy()
-    start, end = _window(micros, settings.days)
+    micros = as_micros(table.column(TIME_COLUMN), uri).to_numpy()
+    start, end = window_bounds(micros, settings.days)
     if start is not None:
         inside = micros >= start
         table, micros = table.filter(pa.array(inside)), micros[inside]
@@ -535,7 +540,7 @@ def _one_positive_class(
     return chosen, np.where(other, 1.0 - score, score), [note]
 
 
-def _log_files(uri: str, days: int) -> list[str]:
+def window_files(uri: str, days: int) -> list[str]:
     """The log's table files; with a window, only those in day folders that can hold it (a
     file lands in the folder of the day it was written, on or after its rows' day)."""
     from conveyor.components.core.data.tables import folder_tables
@@ -583,7 +588,7 @@ def _column_names(files: list[str]) -> list[str]:
     return list(names)
 
 
-def _check_model(column: pa.ChunkedArray, model: str, uri: str) -> None:
+def check_model(column: pa.ChunkedArray, model: str, uri: str) -> None:
     _, names = _codes(column)
     names = [name for name in names if name != NO_VALUE]
     others = sorted(set(names) - {model})
@@ -594,7 +599,7 @@ def _check_model(column: pa.ChunkedArray, model: str, uri: str) -> None:
         )
 
 
-def _window(micros: np.ndarray, days: int) -> tuple[int | None, int]:
+def window_bounds(micros: np.ndarray, days: int) -> tuple[int | None, int]:
     end = int(micros.max())
     if not days:
         return None, end
@@ -625,7 +630,7 @@ def _as_text(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
     return pc.cast(column, pa.string())
 
 
-def _as_micros(column: pa.ChunkedArray, where: str) -> pa.Array:
+def as_micros(column: pa.ChunkedArray, where: str) -> pa.Array:
     """Times as microseconds since the epoch, UTC (naive times taken as UTC; text parsed as
     ISO 8601)."""
     import pandas as pd

@@ -26,6 +26,7 @@ __all__ = [
     "judge_monitoring",
     "monitoring_gauges",
     "push_monitoring",
+    "record_monitoring",
 ]
 
 # The Pushgateway job of every monitoring run; kserve/prometheus-rule.yaml alerts on it.
@@ -245,3 +246,39 @@ def _status(finding: Finding) -> str:
 
 def _shown(finding: Finding) -> str:
     return f"{finding.name} {_status(finding).strip('*')}"
+
+
+def record_monitoring(tracking_uri: str, verdict: MonitoringVerdict, pipeline_run: str) -> str:
+    """Records each finding and the retraining decision as audit events on the champion's
+    training run (the version being watched); returns the version, empty without a
+    champion (nothing registered to be watched)."""
+    from conveyor.components.core.audit import AuditEvent, record_event
+    from conveyor.components.core.training import tracking
+    from conveyor.components.core.training.registry import find_champion
+
+    client = tracking.connect(tracking_uri)
+    champion = find_champion(client, verdict.model)
+    if champion is None:
+        return ""
+    common = {
+        "model": verdict.model, "step": "monitoring_verdict",
+        "version": champion.version, "pipeline_run": pipeline_run,
+    }  # fmt: skip
+    for finding in verdict.findings:
+        kind = "quality" if finding.name == "quality degradation" else "drift"
+        event = AuditEvent(
+            kind=kind, decision=_status(finding).strip("*"), reason=finding.reason,
+            parameters={"finding": finding.name, "retrains": finding.retrains}, **common,
+        )  # fmt: skip
+        record_event(client, champion.run_id, event)
+    decision = "started" if verdict.retraining else "not started"
+    record_event(
+        client,
+        champion.run_id,
+        AuditEvent(
+            kind="retraining", decision=decision, reason=verdict.reason,
+            parameters={"retrain": verdict.retrain}, measurements={"triggers": verdict.triggers},
+            **common,
+        ),
+    )  # fmt: skip
+    return champion.version

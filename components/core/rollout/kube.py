@@ -1,5 +1,5 @@
-"""The Kubernetes API as a rollout needs it, in one namespace: InferenceServices, and the
-rollout's Lease and snapshot ConfigMap.
+"""The Kubernetes API as a rollout needs it, in one namespace: InferenceServices, the
+rollout's Lease and snapshot ConfigMap, and its Events.
 
 Plain API calls with dicts (the KServe SDK's patch cannot clear a field). Every call has
 a request timeout; transient failures (5xx, 429, a dropped connection, a timeout) are
@@ -299,11 +299,14 @@ class InferenceServices(Namespaced):
 
 
 class Objects(Namespaced):
-    """Get, create and replace one built-in kind as dicts: ``lease`` (coordination.k8s.io)
-    or ``config_map`` (core). A replace carries the resourceVersion read: 409 is Conflict."""
+    """Get, create and replace one built-in kind as dicts: ``lease`` (coordination.k8s.io),
+    ``config_map`` or ``event`` (core). A replace carries the resourceVersion read: 409 is
+    Conflict."""
 
-    _APIS = {"lease": "CoordinationV1Api", "config_map": "CoreV1Api"}
-    _RESOURCES = {"lease": "leases.coordination.k8s.io", "config_map": "configmaps"}
+    _APIS = {"lease": "CoordinationV1Api", "config_map": "CoreV1Api", "event": "CoreV1Api"}
+    _RESOURCES = {
+        "lease": "leases.coordination.k8s.io", "config_map": "configmaps", "event": "events"
+    }  # fmt: skip
 
     def __init__(self, client: Any, namespace: str, kind: str, **options: Any) -> None:
         import kubernetes.client

@@ -30,6 +30,7 @@ __all__ = [
     "inference_service_name",
     "inference_service_problems",
     "inference_service_schema",
+    "model_log_uri",
     "render_inference_service",
     "validate_inference_service",
 ]
@@ -106,9 +107,15 @@ class ServingSpec:
 
     def payload_log(self) -> str:
         """Where this service's predictor writes its payload log; empty for none."""
-        if not self.payload_log_uri:
-            return ""
-        return f"{self.payload_log_uri.rstrip('/')}/{inference_service_name(self.model_name)}"
+        return model_log_uri(self.payload_log_uri, self.model_name)
+
+
+def model_log_uri(payload_log_uri: str, model_name: str) -> str:
+    """Where the predictor of ``model_name``'s InferenceService writes its payload log under
+    a pipeline's ``payload_log_uri`` (a folder per service); empty for none."""
+    if not payload_log_uri:
+        return ""
+    return f"{payload_log_uri.rstrip('/')}/{inference_service_name(model_name)}"
 
 
 def deploy_manifest(spec: ServingSpec, manifest_path: Path) -> dict[str, Any]:

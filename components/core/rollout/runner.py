@@ -52,6 +52,7 @@ from conveyor.components.core.rollout.canary import (
     promotion_landed,
     serves,
 )
+from conveyor.components.core.rollout.events import ServiceEvents
 from conveyor.components.core.rollout.kube import (
     Conflict,
     InferenceServices,
@@ -256,6 +257,28 @@ class Look:
     judgement: Judgement | None
     decision: Decision
 
+    def measurements(self) -> dict[str, float]:
+        """Every value the judge measured, ``<metric>_<canary|stable|...>``."""
+        values: dict[str, float] = {}
+        for result in self.judgement.results if self.judgement else ():
+            measured = {"canary": result.canary, "stable": result.stable, **result.extra}
+            values |= {f"{result.name}_{k}": v for k, v in measured.items() if v is not None}
+        return values
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What one canary step came to: its share of traffic, when its last look was (wall
+    seconds), ``passed``, ``failed`` or ``stopped`` (the rollout ended while it waited),
+    why, after how many looks, and what that last look measured."""
+
+    percent: int
+    time: float
+    verdict: str
+    reason: str
+    looks: int
+    measurements: dict[str, float]
+
 
 @dataclass
 class RolloutResult:
@@ -273,6 +296,7 @@ class RolloutResult:
     policy: CanaryPolicy = DEFAULT_POLICY
     looks: list[Look] = field(default_factory=list)
     snapshot: dict[str, Any] = field(default_factory=dict)
+    canary_started: float = 0.0  # wall time the canary first took traffic
 
     @property
     def succeeded(self) -> bool:
@@ -290,11 +314,27 @@ class RolloutResult:
         counts: dict[int, int] = {}
         for look in self.looks:
             counts[look.percent] = number = counts.get(look.percent, 0) + 1
-            for result in look.judgement.results if look.judgement else ():
-                prefix = f"step{look.percent}_look{number}_{result.name}"
-                measured = {"canary": result.canary, "stable": result.stable, **result.extra}
-                values |= {f"{prefix}_{k}": v for k, v in measured.items() if v is not None}
+            prefix = f"step{look.percent}_look{number}"
+            values |= {f"{prefix}_{key}": v for key, v in look.measurements().items()}
         return values
+
+    def steps(self) -> list[StepRecord]:
+        """Each step the canary reached, in order, as its last look left it."""
+        verdicts = {"pass": "passed", "fail": "failed", "wait": "stopped"}
+        by_step: dict[int, list[Look]] = {}
+        for look in self.looks:
+            by_step.setdefault(look.percent, []).append(look)
+        return [
+            StepRecord(
+                percent,
+                self.canary_started + looks[-1].elapsed_s,
+                verdicts[looks[-1].decision.action],
+                looks[-1].decision.reason,
+                len(looks),
+                looks[-1].measurements(),
+            )
+            for percent, looks in by_step.items()
+        ]
 
 
 class RolloutFailed(ConveyorError):
@@ -349,10 +389,10 @@ class Rollout:
         self._previous: LeaseRecord | None = None  # the Lease's record before this run
         self._recovered = ""  # "rolled_back" when this run settled an earlier one
         self._legacy: list[str] = []  # earlier releases' annotations on the service
-        self._canary_started = 0.0  # wall time the canary first took traffic
         self._deadline = 0.0
         self._known_failure: dict[str, Any] = {}  # lastFailureInfo before this rollout
         self.canary: Canary = KnativeCanary(services, self.name)  # set from the service's mode
+        self.events = ServiceEvents(_sibling(services, "event"), run_id, progress, wall)
 
     @classmethod
     def recovery(
@@ -437,6 +477,7 @@ class Rollout:
         current = self.services.get(self.name)
         if current is None:
             return None
+        self.events.bind(current)
         self.result.mode = deployment_mode(current)
         self.canary = self._canary_for(self.result.mode)
         self.lease = RolloutLease(
@@ -554,6 +595,7 @@ class Rollout:
             raise _Refused(
                 f"{abort}; the InferenceService was left in place for inspection"
             ) from None
+        self.events.bind(status)
         self.result.mode = deployment_mode(status)
         known = StandardCanary if self.result.mode == "Standard" else KnativeCanary
         self.result.stable_revision = known(self.services, self.name).stable_revision(status)
@@ -593,10 +635,18 @@ class Rollout:
                     self.result.stable_revision, percent, self._wait,
                 )  # fmt: skip
                 self.result.canary_revision = canary
-                self._canary_started = self.wall()
+                self.result.canary_started = self.wall()
+                self.events.emit(
+                    "CanaryStarted",
+                    f"canary {canary} serves {self.result.model_uri} at {percent} % of "
+                    f"traffic; stable {self.result.stable_revision}",
+                )
             else:
                 self.progress(f"canary {self.result.canary_revision} -> {percent} %")
                 self.canary.move(self.result.canary_revision, percent, self._wait)
+                self.events.emit(
+                    "CanaryStep", f"canary {self.result.canary_revision} at {percent} % of traffic"
+                )
             self._analyse_step(percent)
         return self._promote()
 
@@ -613,12 +663,13 @@ class Rollout:
             if look.decision.action == "fail":
                 raise _Abort(f"analysis at {percent} %: {look.decision.reason}")
             if look.decision.action == "pass":
+                self.events.emit("CanaryStepPassed", f"at {percent} %: {look.decision.reason}")
                 return
 
     def _look(self, percent: int) -> Look:
         self.lease.heartbeat()  # a look's queries may take a while
         now = self.wall()
-        elapsed = now - self._canary_started
+        elapsed = now - self.result.canary_started
         if self.prometheus is None:
             return Look(percent, elapsed, None, Decision("pass", "analysis: none"))
         # The first interval is warm-up: warm-up metrics count from its end.
@@ -676,9 +727,15 @@ class Rollout:
                 f"traffic to the canary; {self._recovery_hint()}"
             )
             self._release_quietly("rollback_failed", self.result.reason)
+            self.events.emit("RollbackFailed", self.result.reason, warning=True)
             return
         self.result.decision, self.result.reason = "rolled_back", reason
-        self._release_quietly("finished", f"rolled back: {reason}")
+        self._release_quietly("finished", f"rolled back: {reason}")  # the Lease first
+        self.events.emit(
+            "CanaryRolledBack",
+            f"all traffic back on {self.result.stable_revision}: {reason}",
+            warning=True,
+        )
 
     def _restore(self, snapshot: Snapshot) -> None:
         """The fields the rollout changed put back as they were, with all traffic on them;
@@ -763,10 +820,15 @@ class Rollout:
         self.result.decision, self.result.reason = decision, reason
         self.result.url = status.get("status", {}).get("url", "")
         self.progress(f"{decision}: {reason}")
+        self.events.emit(_EVENT_REASONS[decision], reason)
 
     def _fail(self, reason: str) -> None:
         self.result.decision, self.result.reason = "failed", reason
+        self.events.emit("RolloutFailed", reason, warning=True)
         raise RolloutFailed(self.result)
+
+
+_EVENT_REASONS = {"created": "ModelDeployed", "promoted": "CanaryPromoted"}
 
 
 def _sibling(services: InferenceServices, kind: str) -> Objects:

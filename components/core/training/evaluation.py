@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
+from conveyor.components.core.audit import AuditEvent, record_event
 from conveyor.components.core.data.tables import read_parquet
 from conveyor.components.core.errors import ConveyorError, first_line
 from conveyor.components.core.files import write_text_atomically
@@ -170,6 +171,16 @@ def evaluate_model(
     tracking.log_metrics(client, run_id, scores.metrics, prefix="test_")
     client.set_tag(run_id, "blessed", str(result.decision.blessed).lower())
     client.log_text(run_id, report, "evaluation.md")
+    decision = result.decision
+    record_event(
+        client,
+        run_id,
+        AuditEvent(
+            kind="blessing", decision="blessed" if decision.blessed else "not blessed",
+            reason=decision.reason, model=model_name, step="evaluate",
+            parameters=asdict(policy), measurements=dict(scores.metrics),
+        ),
+    )  # fmt: skip
     write_text_atomically(evaluation_path, result.to_json())
     write_text_atomically(report_path, report)
     return result

@@ -13,9 +13,11 @@ rejected (``rollout.*`` tags) and leaves ``champion`` where it was. Without a ro
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -26,6 +28,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from conveyor.components.core.audit import AuditEvent, record_event
 from conveyor.components.core.data.schema import Schema
 from conveyor.components.core.data.tables import read_parquet
 from conveyor.components.core.errors import ConveyorError, first_line
@@ -51,6 +54,7 @@ __all__ = [
     "download_reference",
     "find_champion",
     "load_champion",
+    "load_run_model",
     "publish_model_dir",
     "record_rollout",
     "register_model",
@@ -95,15 +99,29 @@ class Registration:
     reused: bool
 
 
+class RolloutStep(Protocol):
+    """One canary step as the audit trail records it (``rollout.StepRecord``)."""
+
+    percent: int
+    time: float  # wall seconds of the step's last look
+    verdict: str
+    reason: str
+    looks: int
+    measurements: dict[str, float]
+
+
 class RolloutOutcome(Protocol):
     """What ``record_rollout`` needs of a rollout's result (``rollout.RolloutResult``)."""
 
     decision: str
     reason: str
     canary_revision: str  # empty when no canary started
+    stable_revision: str
 
     @property
     def succeeded(self) -> bool: ...
+
+    def steps(self) -> Sequence[RolloutStep]: ...
 
 
 def register_model(
@@ -144,7 +162,22 @@ def register_model(
         **{f"metric.{name}": f"{value:.6g}" for name, value in verdict["metrics"].items()},
     }
     alias = CANDIDATE_ALIAS if rollout else CHAMPION_ALIAS
-    return register_version(client, model_name, run_id, tags, alias)
+    registration = register_version(client, model_name, run_id, tags, alias)
+    if not registration.reused:
+        judged = f"judged against version {compared_with}" if compared_with else "no champion"
+        record_event(
+            client,
+            run_id,
+            AuditEvent(
+                kind="registration", decision=alias, model=model_name, step="register",
+                version=registration.version, pipeline_run=pipeline_run_id,
+                data_hash=data_hash,
+                reason=f"version {registration.version} registered as {alias} ({judged}), "
+                f"published to {storage_uri}",
+                parameters={"rollout": rollout}, measurements=dict(verdict["metrics"]),
+            ),
+        )  # fmt: skip
+    return registration
 
 
 def find_champion(client: MlflowClient, name: str) -> Champion | None:
@@ -229,8 +262,18 @@ def _copy_recorded(source: Path | None, destination: Path) -> None:
 
 def load_champion(client: MlflowClient, champion: Champion) -> TrainedModel:
     """Downloads the champion's model directory from MLflow and loads it (sha256 verified)."""
-    with tempfile.TemporaryDirectory(prefix="champion-") as scratch:
-        local = client.download_artifacts(champion.run_id, "model", scratch)
+    return load_run_model(client, champion.run_id)
+
+
+def load_run_model(client: MlflowClient, run_id: str) -> TrainedModel:
+    """Downloads the model directory a training run logged and loads it (sha256 verified)."""
+    with tempfile.TemporaryDirectory(prefix="model-") as scratch:
+        try:
+            local = client.download_artifacts(run_id, "model", scratch)
+        except MlflowException as error:
+            raise ConveyorError(
+                f"MLflow run {run_id!r}: no model to load ({first_line(error)})"
+            ) from None
         return load_model_dir(Path(local))
 
 
@@ -349,7 +392,38 @@ def record_rollout(
         client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
     _drop_candidate(client, name, version)
     champion = find_champion(client, name)
-    return champion.version if champion else ""
+    after = champion.version if champion else ""
+    training_run = _registered_version(client, name, version).run_id
+    for step in outcome.steps():
+        record_event(client, training_run, _step_event(name, version, run, outcome, step))
+    record_event(
+        client,
+        training_run,
+        AuditEvent(
+            kind="rollout", decision=outcome.decision, reason=outcome.reason, model=name,
+            step="deploy", version=version, pipeline_run=run,
+            measurements={
+                "champion_after": after, "canary_revision": outcome.canary_revision,
+                "stable_revision": outcome.stable_revision,
+            },
+        ),
+    )  # fmt: skip
+    return after
+
+
+def _step_event(
+    name: str, version: str, run: str, outcome: RolloutOutcome, step: RolloutStep
+) -> AuditEvent:
+    """A canary step as an audit event, at the time of its deciding look."""
+    looks = f"{step.looks} look{'s' if step.looks != 1 else ''}"
+    when = dt.datetime.fromtimestamp(step.time, dt.UTC).isoformat(timespec="microseconds")
+    return AuditEvent(
+        kind="rollout", decision=f"canary {step.percent} %", model=name, step="deploy",
+        reason=f"{step.verdict} after {looks}: {step.reason}", version=version,
+        pipeline_run=run, time=when,
+        parameters={"traffic_percent": step.percent},
+        measurements={"canary_revision": outcome.canary_revision, **step.measurements},
+    )  # fmt: skip
 
 
 def _check_champion_unchanged(
