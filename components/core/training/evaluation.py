@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -32,6 +32,7 @@ __all__ = [
     "Policy",
     "decide",
     "evaluate_model",
+    "imbalance_warnings",
     "render_report",
 ]
 
@@ -132,6 +133,27 @@ def small_sample_warnings(rows: int, accuracy: float) -> tuple[str, ...]:
     )
 
 
+# A positive class rarer than this makes accuracy a poor judge: always answering the other
+# class scores at least 1 minus its share.
+RARE_POSITIVE_SHARE = 0.05
+
+
+def imbalance_warnings(labels: pd.Series, positive_class: Any, metric: str) -> tuple[str, ...]:
+    """A warning when a binary model's positive class is under ``RARE_POSITIVE_SHARE`` of
+    the evaluation rows and it is judged by accuracy; none otherwise."""
+    if positive_class is None or metric != "accuracy" or labels.nunique() != 2:
+        return ()
+    share = float((labels.astype(str) == str(positive_class)).mean())
+    if share >= RARE_POSITIVE_SHARE:
+        return ()
+    return (
+        f"the positive class {positive_class!r} is {share:.1%} of the evaluation rows and "
+        f"the primary metric is accuracy, which always answering the other class scores "
+        f"{1 - share:.3f} on: judge by roc_auc or f1 (primary_metric), and consider "
+        "hyperparameters {class_weight: balanced}",
+    )
+
+
 def evaluate_model(
     model_dir: Path,
     test_path: Path,
@@ -166,6 +188,7 @@ def evaluate_model(
             client, champion, test_split, target, policy.metric, positive
         )
     warnings = small_sample_warnings(len(test_split), scores.metrics["accuracy"])
+    warnings += imbalance_warnings(test_split[target], scores.positive_class, policy.metric)
     result = EvaluationResult(scores, decide(scores.metrics, policy, champion_score), warnings)
     report = render_report(result)
     tracking.log_metrics(client, run_id, scores.metrics, prefix="test_")
