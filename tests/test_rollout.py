@@ -424,6 +424,22 @@ def test_events_are_a_record_not_a_step(cluster: KubernetesApiDouble) -> None:
     assert [e.reason for e in service_events(cluster)] == ["ModelDeployed"]
 
 
+def test_an_event_that_fails_costs_only_itself(cluster: KubernetesApiDouble) -> None:
+    """One Event refused (not for want of permission): said, and the next ones written."""
+    deployed(cluster)
+    cluster.fail_next("POST", status=400, resource="events")
+    said: list[str] = []
+    settings = RolloutSettings(FAST, UNJUDGED, "")
+    result = Rollout(services(cluster), manifest(CANARY_URI), settings, "run-2", said.append).run()
+    assert result.decision == "promoted"
+    (failed,) = [line for line in said if "Kubernetes Event" in line]
+    assert failed.startswith("could not record the Kubernetes Event CanaryStarted (the ")
+    assert failed.endswith("in namespace ml-serving (400): Internal error occurred)")
+    assert [e.reason for e in service_events(cluster)] == [
+        "ModelDeployed", "CanaryStepPassed", "CanaryStep", "CanaryStepPassed", "CanaryPromoted"
+    ]  # fmt: skip
+
+
 def test_the_double_holds_events_to_the_api_servers_rules(cluster: KubernetesApiDouble) -> None:
     """pkg/apis/core/validation/events.go: the length limits count bytes, and an Event
     with an eventTime names who reported it; a field the list cannot select on is a 400."""

@@ -940,7 +940,7 @@ class KubernetesApiDouble:
         self._store = _Store()
         self._controller = _Controller(self, schema["properties"]["status"])
         self._denied: set[tuple[str, str]] = set()
-        self._failures: dict[str, list[int]] = {}
+        self._failures: dict[tuple[str, str], list[int]] = {}
         self._builtins: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._outage_until, self._outage_status = 0.0, 503
         self._stalls: dict[tuple[str, bool], list[float]] = {}
@@ -1102,10 +1102,13 @@ class KubernetesApiDouble:
         with self._store.lock:
             self._denied.add((verb, resource))
 
-    def fail_next(self, method: str, status: int = 503, times: int = 1) -> None:
-        """The next ``times`` InferenceService requests with ``method`` answer ``status``."""
+    def fail_next(
+        self, method: str, status: int = 503, times: int = 1, resource: str = "isvc"
+    ) -> None:
+        """The next ``times`` requests with ``method`` for ``resource`` (``isvc``, or a
+        built-in kind's plural such as ``events``) answer ``status``."""
         with self._store.lock:
-            self._failures.setdefault(method.upper(), []).extend([status] * times)
+            self._failures.setdefault((method.upper(), resource), []).extend([status] * times)
 
     def conflict_next_writes(self, times: int = 1) -> None:
         """Another writer touches the object just before each of the next ``times`` writes."""
@@ -1121,7 +1124,7 @@ class KubernetesApiDouble:
             if route.kind != "version" and time.monotonic() < self._outage_until:
                 code = self._outage_status
                 raise ApiError(code, _TRANSIENT.get(code, "Internal error occurred"), route.name)
-            queued = self._failures.get(method, []) if route.kind == "isvc" else []
+            queued = self._failures.get((method, route.kind), [])
             if queued:
                 code = queued.pop(0)
                 raise ApiError(code, _TRANSIENT.get(code, "Internal error occurred"), route.name)
