@@ -238,13 +238,20 @@ def cluster() -> Iterator[KubernetesApiDouble]:
 
 
 def roll_out(
-    cluster: KubernetesApiDouble, stack: Stack, scenario: str, uri: str, **policy: object
+    cluster: KubernetesApiDouble,
+    stack: Stack,
+    scenario: str,
+    uri: str,
+    progress: Callable[[str], None] = print,
+    **policy: object,
 ) -> RolloutResult:
     from kubernetes.client import ApiClient
 
     services = InferenceServices(ApiClient(cluster.configuration()), NAMESPACE)
     manifest = render_inference_service(ServingSpec(scenario, "1", uri, namespace=NAMESPACE))
-    rollout = Rollout(services, manifest, settings(stack, **policy), f"run-{uri}", progress=print)
+    rollout = Rollout(
+        services, manifest, settings(stack, **policy), f"run-{uri}", progress=progress
+    )
     try:
         return rollout.run()
     except RolloutFailed as failed:
@@ -332,22 +339,38 @@ def test_a_prometheus_outage_for_two_intervals_is_retried_and_the_rollout_goes_o
     with KubernetesApiDouble(ready_after=0.2, tick=0.02) as fresh:
         stable_deployed(fresh, stack, "healthy")
         outcome: dict[str, RolloutResult] = {}
+        said: list[str] = []
+
+        def progress(line: str) -> None:
+            said.append(line)
+            print(line)
+
+        def retried() -> int:
+            return sum(": retrying: " in line for line in said)
+
         with routed_load(fresh, stack, "healthy"):
             rollout = threading.Thread(
                 target=lambda: outcome.update(
-                    result=roll_out(fresh, stack, "healthy", "gs://models/healthy/v3")
+                    # Restarted, Prometheus has a gap in its window: more looks may be
+                    # inconclusive than a steady scrape gives, which is not what this tests.
+                    result=roll_out(
+                        fresh, stack, "healthy", "gs://models/healthy/v3", progress,
+                        inconclusive_limit=10,
+                    )
                 )
-            )
+            )  # fmt: skip
             rollout.start()
             _wait_for(lambda: _canary_share(fresh, "healthy") == 20)
             stack.prometheus.stop()
-            time.sleep(2 * PLAN.interval_s + 1)
+            # Down for two looks, counted rather than timed: a loaded machine may stretch a look.
+            _wait_for(lambda: retried() >= 2)
             stack.prometheus.start()
             rollout.join(timeout=120)
     result = outcome["result"]
     assert result.decision == "promoted", result.reason
     retries = [look for look in result.looks if look.decision.reason.startswith("retrying:")]
-    assert len(retries) >= 2  # two intervals down; a slow restart may cost one more look
+    assert len(retries) >= 2  # a slow restart may cost one more look
+    assert len(retries) <= DEFAULT_POLICY.consecutive_error_limit
     assert "is unreachable" in retries[0].decision.reason
 
 
