@@ -2,6 +2,7 @@
 
 from kfp import dsl
 from kfp.dsl import (
+    HTML,
     Artifact,
     ClassificationMetrics,
     Dataset,
@@ -27,6 +28,7 @@ def evaluate(
     classification_metrics: Output[ClassificationMetrics],
     report: Output[Markdown],
     evaluation: Output[Artifact],
+    reliability: Output[HTML],
     mlflow_tracking_uri: str = "",
     primary_metric: str = "roc_auc",
     metric_direction: str = "auto",
@@ -34,6 +36,7 @@ def evaluate(
     min_relative_improvement: float = 0.0,
     metric_floors: dict = {"accuracy": 0.7, "roc_auc": 0.7},  # noqa: B006 - KFP reads defaults
     positive_class: str = "",
+    threshold_policy: dict = {},  # noqa: B006 - KFP reads defaults
 ) -> bool:
     """Scores the model on the evaluation split and judges it against floors and the champion.
 
@@ -47,13 +50,23 @@ def evaluate(
         target_column: The label column.
         model_name: The registered model name the champion is looked up under.
         metrics: Output scalar metrics: accuracy, precision, recall, f1, roc_auc, log_loss
-            (binary, or macro one-vs-rest for multi-class), and false_positive_rate (binary
-            targets only).
-        classification_metrics: Output confusion matrix, and ROC curve for binary targets.
+            (binary, or macro one-vs-rest for multi-class), false_positive_rate (binary
+            targets only), brier_score and expected_calibration_error (see
+            ``reliability``), and decision_threshold (with a threshold policy met).
+        classification_metrics: Output confusion matrix (at the decision threshold), and
+            ROC curve for binary targets.
         report: Output Markdown: the verdict and why, metrics, champion comparison.
-        evaluation: Output JSON with the metrics, ``blessed``, ``reason``, the comparison
-            and ``warnings`` (an evaluation split under 50 rows, with the accuracy's
-            interval). Metadata: ``blessed``, ``reason``, ``warnings``.
+        evaluation: Output JSON with the metrics, ``blessed``, ``reason``, the comparison,
+            ``warnings`` (an evaluation split under 50 rows, with the accuracy's
+            interval) and ``threshold`` (the chosen one, its policy, precision, recall and
+            false-positive rate with its 95 % interval; null without a policy), which
+            register stores with the model, and ``reliability`` (the diagram's bins, the
+            Brier score and the expected calibration error). Metadata: ``blessed``,
+            ``reason``, ``warnings``, ``decision_threshold``.
+        reliability: Output HTML: the reliability diagram on the evaluation split (the
+            positive class's probability for a binary model, the predicted class's for
+            more), with each bin's observed rate and its 95 % interval, the Brier score
+            and the expected calibration error beside its noise floor.
         mlflow_tracking_uri: MLflow tracking server; empty uses ``$MLFLOW_TRACKING_URI``.
         primary_metric: The metric compared with the champion.
         metric_direction: ``auto`` (the metric's natural direction), ``maximize`` or ``minimize``.
@@ -64,6 +77,13 @@ def evaluate(
             false-positive rate and the ROC curve are about; empty takes the one the model
             card recorded at training (the class serving scores), and for a card without
             one picks 1/true/yes if present, else the rarer class.
+        threshold_policy: How a binary model's decision threshold is chosen on the
+            evaluation split: ``{max_false_positive_rate: 0.05}``, ``{min_precision: 0.9}``
+            (each with the most recall), ``{min_recall: 0.8}`` (with the fewest false
+            positives) or ``{costs: {false_positive: 1, false_negative: 20}}`` (the least
+            total cost); empty predicts the most probable class (0.5). The class metrics,
+            floors and champion comparison are at the chosen threshold (the champion at
+            its own); a policy no threshold meets leaves the model unblessed.
 
     Returns:
         Whether the model is blessed (register and deploy run only then).
@@ -72,16 +92,18 @@ def evaluate(
 
     from conveyor.components.core.errors import step_errors
     from conveyor.components.core.training.evaluation import Policy, evaluate_model
+    from conveyor.components.core.training.thresholds import ThresholdPolicy
     from conveyor.components.core.training.trainer import mlflow_run_id
 
-    policy = Policy(
-        metric=primary_metric,
-        direction=metric_direction,
-        min_improvement=min_improvement,
-        min_relative_improvement=min_relative_improvement,
-        floors=metric_floors,
-    )
     with step_errors("evaluate"):
+        policy = Policy(
+            metric=primary_metric,
+            direction=metric_direction,
+            min_improvement=min_improvement,
+            min_relative_improvement=min_relative_improvement,
+            floors=metric_floors,
+            threshold=ThresholdPolicy.from_dict(threshold_policy),
+        )
         result = evaluate_model(
             model_dir=Path(model.path),
             test_path=Path(test.path),
@@ -93,6 +115,7 @@ def evaluate(
             positive_class=positive_class,
             evaluation_path=Path(evaluation.path),
             report_path=Path(report.path),
+            reliability_path=Path(reliability.path),
         )
     scores, decision = result.scores, result.decision
     for name, value in scores.metrics.items():
@@ -105,4 +128,10 @@ def evaluate(
     )
     if scores.positive_class is not None:
         evaluation.metadata["positive_class"] = str(scores.positive_class)
+    metrics.log_metric("brier_score", result.reliability.brier_score)
+    metrics.log_metric("expected_calibration_error", result.reliability.expected_calibration_error)
+    threshold = result.decision_threshold()
+    if threshold is not None:
+        metrics.log_metric("decision_threshold", threshold)
+        evaluation.metadata["decision_threshold"] = threshold
     return decision.blessed

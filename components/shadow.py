@@ -12,6 +12,7 @@ __all__ = ["shadow"]
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def shadow(
     model: Input[Model],
+    evaluation: Input[Artifact],
     model_name: str,
     metrics: Output[Metrics],
     report: Output[Markdown],
@@ -48,6 +49,8 @@ def shadow(
         model: The challenger's model directory (train's output; its ``mlflow_run_id``
             metadata names the run the verdict is recorded on: tags ``shadow.passed`` and
             ``shadow.reason``, ``shadow.md``, and an audit event).
+        evaluation: evaluate's verdict (JSON): the challenger predicts at the decision
+            threshold it chose, as it will serve (the champion at its own).
         model_name: The registered model: its champion is compared with, and its
             InferenceService's payload log (``<payload_log_uri>/<service name>``) replayed.
         metrics: Output metrics: ``passed``, ``rows``, ``disagreement``, ``score_psi``,
@@ -92,6 +95,7 @@ def shadow(
         write_outputs,
     )
     from conveyor.components.core.rollout.manifests import model_log_uri
+    from conveyor.components.core.training.evaluation import decision_threshold
     from conveyor.components.core.training.trainer import load_model_dir, mlflow_run_id
 
     with step_errors("shadow"):
@@ -107,8 +111,9 @@ def shadow(
             settings=settings,
             labels_uri=labels_uri,
         )
+        threshold = decision_threshold(Path(evaluation.path))
         report_ = (
-            shadow_gate(load_model_dir(Path(model.path)), run)
+            shadow_gate(load_model_dir(Path(model.path)).at_threshold(threshold), run)
             if enabled
             else not_judged(
                 "Not judged: the shadow replay is off (shadow_replay=false)", run.policy

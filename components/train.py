@@ -23,6 +23,7 @@ def train(
     positive_class: str = "",
     schema: Input[Artifact] = None,
     id_columns: list = [],  # noqa: B006 - KFP reads defaults from the signature
+    calibration: str = "",
 ):
     """Fits imputation, scaling, one-hot encoding and the estimator; logs the run to MLflow.
 
@@ -60,6 +61,10 @@ def train(
         id_columns: Columns that identify a row (an order id, ...): never features. The
             model card lists them; the predictor accepts them in requests and writes them
             to its payload log beside ``conveyor.id``, which takes the first one's value.
+        calibration: ``sigmoid`` or ``isotonic`` calibrates the estimator's probabilities
+            (5-fold ``CalibratedClassifierCV``; sigmoid for small splits, isotonic from a
+            few thousand rows), recorded in the model card; empty leaves them as the
+            estimator gives them. evaluate draws the reliability diagram either way.
     """
     from pathlib import Path
 
@@ -91,6 +96,7 @@ def train(
             model_name=model_name,
             test_path=Path(test.path),
             id_columns=[str(column) for column in id_columns],
+            calibration=calibration,
         )
         if schema is not None and "columns" in schema.metadata:
             record_event(

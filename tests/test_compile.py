@@ -173,6 +173,7 @@ def test_component_yaml_loads_back_with_its_interface(cpu_build: Path) -> None:
         "classification_metrics",
         "report",
         "evaluation",
+        "reliability",
         "Output",
     }
     assert spec.outputs["classification_metrics"].type == "system.ClassificationMetrics@0.0.1"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Markdown, Metrics, Model
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Markdown, Metrics, Model
 from mlflow import MlflowClient
 
 from conveyor.components.deploy import deploy
@@ -60,11 +60,16 @@ def test_the_six_components_take_a_model_from_csv_to_manifest(
     blessed = evaluate.python_func(
         model=model, test=test_set, target_column="species", model_name=model_name,
         metrics=metrics, classification_metrics=curves, report=report, evaluation=verdict,
+        reliability=artifact(HTML, tmp_path, "reliability"),
         mlflow_tracking_uri=mlflow_server, metric_floors={"accuracy": 0.5},
     )  # fmt: skip
     assert blessed is True and verdict.metadata["blessed"] is True
     assert "positive_class" not in verdict.metadata  # multi-class
-    assert set(metrics.metadata) == {"accuracy", "precision", "recall", "f1", "roc_auc", "log_loss"}
+    assert set(metrics.metadata) == {
+        "accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "brier_score",
+        "expected_calibration_error",
+    }  # fmt: skip
+    assert "Probability of the predicted class" in (tmp_path / "reliability").read_text()
     matrix = curves.metadata["confusionMatrix"]
     assert [c["displayName"] for c in matrix["annotationSpecs"]] == [
         "setosa",
@@ -120,7 +125,7 @@ def test_binary_evaluation_logs_a_roc_curve(
         model=model, test=test_set, target_column="diagnosis", model_name=model_name,
         metrics=artifact(Metrics, tmp_path, "m"), classification_metrics=curves,
         report=artifact(Markdown, tmp_path, "r"), evaluation=verdict,
-        mlflow_tracking_uri=mlflow_server,
+        reliability=artifact(HTML, tmp_path, "h"), mlflow_tracking_uri=mlflow_server,
     )  # fmt: skip
     assert verdict.metadata["positive_class"] == "malignant"
     roc = curves.metadata["confidenceMetrics"]
@@ -167,5 +172,5 @@ def test_a_model_artifact_without_its_run_is_named(tmp_path: Path, mlflow_server
             target_column="y", model_name="m", metrics=artifact(Metrics, tmp_path, "m"),
             classification_metrics=artifact(ClassificationMetrics, tmp_path, "c"),
             report=artifact(Markdown, tmp_path, "r"), evaluation=artifact(Artifact, tmp_path, "e"),
-            mlflow_tracking_uri=mlflow_server,
+            reliability=artifact(HTML, tmp_path, "h"), mlflow_tracking_uri=mlflow_server,
         )  # fmt: skip

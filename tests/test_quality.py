@@ -17,13 +17,13 @@ from sklearn import metrics as skm
 from sklearn.linear_model import LogisticRegression
 
 from conveyor.components.core.errors import ConveyorError
+from conveyor.components.core.intervals import wilson_interval
 from conveyor.components.core.monitoring.quality import (
     QualitySettings,
     assess_quality,
     champion_scores,
     delong_auc,
     read_offline,
-    wilson_interval,
 )
 from conveyor.components.core.training.importance import LABEL_COLUMN
 from conveyor.pipelines.cli import main

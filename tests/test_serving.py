@@ -563,8 +563,9 @@ def test_the_score_histogram_observes_the_card_s_positive_class() -> None:
     metrics = ServingMetrics(
         "fraud", "r1", ["fraud", "legit"], positive_class="fraud", registry=registry
     )
-    metrics.observe(probabilities)
-    metrics.observe(probabilities[:1])
+    picked = probabilities.argmax(axis=1)
+    metrics.observe(probabilities, picked)
+    metrics.observe(probabilities[:1], picked[:1])
     (scores,) = [m for m in registry.collect() if m.name == "conveyor_prediction_score"]
     (total,) = [s.value for s in scores.samples if s.name == "conveyor_prediction_score_sum"]
     assert total == pytest.approx(fraud.sum() + fraud[0])  # not legit's 1 - fraud
@@ -576,8 +577,9 @@ def test_a_batch_is_observed_as_its_rows_one_by_one() -> None:
     probabilities = np.column_stack([1 - first, first])
     registry = CollectorRegistry()
     metrics = ServingMetrics("fraud", "r1", ["ok", "yes"], registry=registry)
-    metrics.observe(probabilities)
-    metrics.observe(probabilities[:1])
+    picked = probabilities.argmax(axis=1)
+    metrics.observe(probabilities, picked)
+    metrics.observe(probabilities[:1], picked[:1])
     one_by_one = Histogram("reference", "", buckets=SCORE_BUCKETS, registry=CollectorRegistry())
     for score in [*first, first[0]]:
         one_by_one.observe(score)

@@ -363,7 +363,14 @@ def test_the_component_passes_a_first_deploy_and_records_why(
         "summary": artifact(Artifact, tmp_path, "summary"),
     }
     model = Model(name="model", uri=str(tmp_path / "model"), metadata={"mlflow_run_id": run_id})
-    common = {"model": model, "model_name": model_name, "mlflow_tracking_uri": mlflow_server}
+    evaluation = artifact(Artifact, tmp_path, "evaluation")
+    Path(evaluation.path).write_text(json.dumps({"blessed": True, "threshold": None}))
+    common = {
+        "model": model,
+        "evaluation": evaluation,
+        "model_name": model_name,
+        "mlflow_tracking_uri": mlflow_server,
+    }
     assert shadow.python_func(**common, **outputs) is True
     reason = outputs["summary"].metadata["reason"]
     assert reason.startswith("Not judged: no payload log is configured")

@@ -64,7 +64,7 @@ def test_model_directory_round_trips_and_records_its_sha256(
     assert saved["hyperparameters"] == {"C": 0.5}
     # Readers refuse newer formats: a card without id columns is written in format 1, which
     # servers from before format 2 still load.
-    assert saved["format_version"] == 1 and MODEL_FORMAT_VERSION == 3
+    assert saved["format_version"] == 1 and MODEL_FORMAT_VERSION == 4
     assert saved["sha256"] == card.sha256 and saved["model_file"] == MODEL_FILE
     assert {"python", "scikit-learn", "pandas", "conveyor"} <= set(saved["versions"])
     loaded = load_model_dir(tmp_path / "model")

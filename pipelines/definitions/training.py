@@ -41,6 +41,7 @@ def build_training_pipeline(target: Target) -> GraphComponent:
         seed: int = 42,
         estimator: str = "logistic_regression",
         hyperparameters: dict = {},  # noqa: B006 - KFP reads defaults from the signature
+        calibration: str = "",
         mlflow_tracking_uri: str = "",
         primary_metric: str = "roc_auc",
         metric_direction: str = "auto",
@@ -48,6 +49,7 @@ def build_training_pipeline(target: Target) -> GraphComponent:
         min_relative_improvement: float = 0.0,
         metric_floors: dict = {"accuracy": 0.7, "roc_auc": 0.7},  # noqa: B006
         positive_class: str = "",
+        threshold_policy: dict = {},  # noqa: B006
         id_columns: list = [],  # noqa: B006
         exclude_columns: list = [],  # noqa: B006
         text_columns: list = [],  # noqa: B006
@@ -90,6 +92,8 @@ def build_training_pipeline(target: Target) -> GraphComponent:
             seed: Seed of the split and the estimator.
             estimator: logistic_regression, random_forest or hist_gradient_boosting.
             hyperparameters: Keyword arguments for the estimator.
+            calibration: sigmoid or isotonic calibrates the model's probabilities (5-fold);
+                empty leaves them as the estimator gives them.
             mlflow_tracking_uri: MLflow tracking server; empty uses $MLFLOW_TRACKING_URI.
             primary_metric: Metric compared with the champion.
             metric_direction: auto, maximize or minimize.
@@ -97,6 +101,10 @@ def build_training_pipeline(target: Target) -> GraphComponent:
             min_relative_improvement: Relative gain over the champion the challenger must reach.
             metric_floors: Metric -> bound every model must meet (a ceiling for log_loss).
             positive_class: Binary positive class; empty picks 1/true/yes, else the rarer class.
+            threshold_policy: How a binary model's decision threshold is chosen on the
+                evaluation split ({max_false_positive_rate: 0.05}, {min_precision: 0.9},
+                {min_recall: 0.8} or {costs: {false_positive: 1, false_negative: 20}});
+                the predictor serves at it. Empty: the most probable class (0.5).
             id_columns: Columns identifying a row (an order id, ...): never features; the
                 predictor passes them to its payload log, where labels join on the first.
                 Text columns whose every value is distinct, and columns named like ids
@@ -179,6 +187,7 @@ def build_training_pipeline(target: Target) -> GraphComponent:
                 positive_class=positive_class,
                 schema=validated.outputs["schema"],
                 id_columns=id_columns,
+                calibration=calibration,
             ),
             target,
         )
@@ -195,6 +204,7 @@ def build_training_pipeline(target: Target) -> GraphComponent:
                 min_relative_improvement=min_relative_improvement,
                 metric_floors=metric_floors,
                 positive_class=positive_class,
+                threshold_policy=threshold_policy,
             ),
             target,
         )
@@ -203,6 +213,7 @@ def build_training_pipeline(target: Target) -> GraphComponent:
             shadowed = apply_step_settings(
                 shadow(
                     model=trained.outputs["model"],
+                    evaluation=evaluated.outputs["evaluation"],
                     model_name=model_name,
                     payload_log_uri=payload_log_uri,
                     mlflow_tracking_uri=mlflow_tracking_uri,

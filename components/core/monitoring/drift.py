@@ -87,6 +87,7 @@ __all__ = [
     "compare_tables",
     "psi",
     "drift_kind",
+    "is_number",
     "load_importance",
 ]
 
@@ -151,7 +152,7 @@ class DriftSettings:
         if unknown:
             raise ConveyorError(f"drift thresholds: unknown test(s) {unknown}; known: {TESTS}")
         for test, value in self.thresholds.items():
-            if not _is_number(value) or not math.isfinite(value) or value <= 0:
+            if not is_number(value) or not math.isfinite(value) or value <= 0:
                 raise ConveyorError(f"drift threshold {test}={value!r}: expected a number above 0")
         if self.numeric_test not in set(TESTS) - _CATEGORICAL_ONLY:
             raise ConveyorError(f"drift: {self.numeric_test!r} cannot decide numeric columns")
@@ -161,11 +162,11 @@ class DriftSettings:
             )
         for name in ("drift_share", "importance_threshold", "weighted_share"):
             value = getattr(self, name)
-            if not _is_number(value) or not 0 < value <= 1:
+            if not is_number(value) or not 0 < value <= 1:
                 raise ConveyorError(f"drift: {name} {value!r} must be a number in (0, 1]")
         if self.rule not in RULES:
             raise ConveyorError(f"drift rule {self.rule!r}: expected one of {list(RULES)}")
-        if self.alpha is not None and (not _is_number(self.alpha) or not 0 < self.alpha < 1):
+        if self.alpha is not None and (not is_number(self.alpha) or not 0 < self.alpha < 1):
             raise ConveyorError(f"drift alpha {self.alpha!r}: expected a number in (0, 1)")
         _check_importance(self.importance, "drift importance")
 
@@ -187,7 +188,7 @@ class DriftSettings:
         return None if self.alpha is None else self.alpha / max(tests, 1)
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     """An int or float, not a bool."""
     return not isinstance(value, bool) and isinstance(value, int | float)
 
@@ -198,7 +199,7 @@ def _check_importance(shares: Any, where: str) -> None:
     for column, share in shares.items():
         if (
             not isinstance(column, str)
-            or not _is_number(share)
+            or not is_number(share)
             or not math.isfinite(share)
             or share < 0
         ):

@@ -76,6 +76,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from conveyor.components.core.errors import ConveyorError, first_line
+from conveyor.components.core.intervals import wilson_interval
 from conveyor.components.core.serving.payload_log import ID as ID_COLUMN
 from conveyor.components.core.serving.payload_log import MODEL as MODEL_COLUMN
 from conveyor.components.core.serving.payload_log import POSITIVE_CLASS as POSITIVE_COLUMN
@@ -107,7 +108,6 @@ __all__ = [
     "offline_metrics",
     "read_labels",
     "read_offline",
-    "wilson_interval",
     "window_bounds",
     "window_files",
 ]
@@ -756,19 +756,6 @@ def _segment_codes(
 # Metrics.
 
 
-def wilson_interval(
-    successes: np.ndarray, trials: np.ndarray, z: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Wilson score interval of a binomial proportion, element-wise (NaN where no trials)."""
-    successes, trials = np.asarray(successes, float), np.asarray(trials, float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rate = successes / trials
-        square = z * z / trials
-        centre = (rate + square / 2) / (1 + square)
-        half = z / (1 + square) * np.sqrt(rate * (1 - rate) / trials + square / (4 * trials))
-    return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
-
-
 def delong_auc(
     score: np.ndarray, positive: np.ndarray, codes: np.ndarray, groups: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -1170,6 +1157,7 @@ def champion_scores(tracking_uri: str, model: str) -> pd.DataFrame | None:
 
     from conveyor.components.core.training import tracking
     from conveyor.components.core.training.importance import read_reference_scores
+    from conveyor.components.core.training.registry import rethreshold_scores
 
     client, champion = _champion(tracking_uri, model)
     recorded = {
@@ -1180,9 +1168,9 @@ def champion_scores(tracking_uri: str, model: str) -> pd.DataFrame | None:
         return None
     artifact = f"{tracking.REFERENCE_DIR}/{tracking.REFERENCE_SCORES}"
     with tempfile.TemporaryDirectory(prefix="conveyor-quality-") as scratch:
-        return read_reference_scores(
-            Path(client.download_artifacts(champion.run_id, artifact, scratch))
-        )
+        path = Path(client.download_artifacts(champion.run_id, artifact, scratch))
+        rethreshold_scores(path, champion)  # the classes it serves, not argmax's
+        return read_reference_scores(path)
 
 
 def has_labels(scores: pd.DataFrame | None) -> bool:

@@ -59,13 +59,13 @@ import pyarrow as pa
 
 from conveyor.components.core.errors import ConveyorError, first_line, plain
 from conveyor.components.core.files import finite_json
-from conveyor.components.core.monitoring.drift import psi
+from conveyor.components.core.intervals import wilson_interval
+from conveyor.components.core.monitoring.drift import is_number, psi
 from conveyor.components.core.monitoring.quality import (
     QualitySettings,
     as_micros,
     check_model,
     read_labels,
-    wilson_interval,
     window_bounds,
     window_files,
 )
@@ -74,6 +74,7 @@ from conveyor.components.core.serving.payload_log import ID as ID_COLUMN
 from conveyor.components.core.serving.payload_log import MODEL as MODEL_COLUMN
 from conveyor.components.core.serving.payload_log import TIME as TIME_COLUMN
 from conveyor.components.core.serving.payload_log import read_log, score_column
+from conveyor.components.core.training.thresholds import predicted_indices
 from conveyor.components.core.training.trainer import TrainedModel
 
 __all__ = [
@@ -142,10 +143,10 @@ class ShadowPolicy:
             _check_range(name, getattr(self, name), 0, 1)
         for name in ("max_score_shift", "max_latency_ratio"):
             value = getattr(self, name)
-            if not _is_number(value) or not math.isfinite(value) or value <= 0:
+            if not is_number(value) or not math.isfinite(value) or value <= 0:
                 raise ConveyorError(f"shadow policy {name} {value!r}: expected a number above 0")
         floor = self.latency_floor_ms
-        if not _is_number(floor) or not math.isfinite(floor) or floor < 0:
+        if not is_number(floor) or not math.isfinite(floor) or floor < 0:
             raise ConveyorError(
                 f"shadow policy latency_floor_ms {floor!r}: expected a number, 0 or more"
             )
@@ -181,12 +182,8 @@ class ShadowPolicy:
         return alpha / 2 / max(overall_tests, 1), alpha / 2 / segment_tests
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _check_range(name: str, value: Any, low: float, high: float) -> None:
-    if not _is_number(value) or not low <= value < high:
+    if not is_number(value) or not low <= value < high:
         raise ConveyorError(f"shadow policy {name} {value!r}: expected a number in [{low}, {high})")
 
 
@@ -289,7 +286,8 @@ class Replay:
 
     Attributes:
         classes: The class names (text), shared by both models.
-        champion: Predicted class codes into ``classes``, one per row.
+        champion: Predicted class codes into ``classes``, one per row, at the model's own
+            decision threshold (its card's).
         challenger: Likewise.
         champion_probabilities: (rows, classes) in ``classes`` order.
         challenger_probabilities: Likewise.
@@ -502,8 +500,8 @@ def replay(
     }
     return Replay(
         classes=classes,
-        champion=probabilities["champion"].argmax(axis=1),
-        challenger=probabilities["challenger"].argmax(axis=1),
+        champion=_predicted(champion, probabilities["champion"], classes),
+        challenger=_predicted(challenger, probabilities["challenger"], classes),
         champion_probabilities=probabilities["champion"],
         challenger_probabilities=probabilities["challenger"],
         score_index=_score_index(champion, challenger, classes),
@@ -571,6 +569,12 @@ def _in_order(probabilities: np.ndarray, model: TrainedModel, classes: list[str]
     """The columns of ``probabilities`` (the pipeline's class order) in ``classes`` order."""
     order = [str(c) for c in model.pipeline.classes_]
     return probabilities[:, [order.index(name) for name in classes]]
+
+
+def _predicted(model: TrainedModel, probabilities: np.ndarray, classes: list[str]) -> np.ndarray:
+    """Each row's predicted class in ``classes`` order: at the model's own threshold."""
+    column = score_column(classes, model.card.positive_class)
+    return predicted_indices(probabilities, column, model.card.decision_threshold)
 
 
 def _score_index(

@@ -58,17 +58,18 @@ ANSWERED_CODES = (200, 400, 404, 405, 413, 500, 501, 503)
 _INFERENCE_SUFFIXES = (":predict", "/infer")
 # The class probabilities a request was answered with: the model records them, RequestMetrics
 # counts them once the response is a 200.
-_ANSWERED: contextvars.ContextVar[list[np.ndarray] | None] = contextvars.ContextVar(
-    "conveyor_answered", default=None
+_ANSWERED: contextvars.ContextVar[list[tuple[np.ndarray, np.ndarray]] | None] = (
+    contextvars.ContextVar("conveyor_answered", default=None)
 )
 
 
-def record_answered(probabilities: np.ndarray) -> None:
-    """Hands a request's class probabilities (a row per answered row) to RequestMetrics,
-    which counts them if the request is answered with 200; outside a request, nothing."""
+def record_answered(probabilities: np.ndarray, picked: np.ndarray) -> None:
+    """Hands a request's class probabilities (a row per answered row) and predicted classes
+    (their columns) to RequestMetrics, which counts them if the request is answered with
+    200; outside a request, nothing."""
     answered = _ANSWERED.get()
     if answered is not None:
-        answered.append(probabilities)
+        answered.append((probabilities, picked))
 
 
 class ServingMetrics:
@@ -147,9 +148,9 @@ class ServingMetrics:
             timer = self._timers[model] = self._seconds.labels(model, self.revision)
         timer.observe(seconds)
 
-    def observe(self, probabilities: np.ndarray) -> None:
-        """Counts the answered rows by predicted class and observes their scores."""
-        picked = probabilities.argmax(axis=1)
+    def observe(self, probabilities: np.ndarray, picked: np.ndarray) -> None:
+        """Counts the answered rows by predicted class (``picked``: a column of
+        ``probabilities`` per row) and observes their scores."""
         if len(picked) == 1:  # the common case, without numpy's per-call overhead
             self._classes[picked[0]].inc()
             row, column = probabilities[0], self._score_column
@@ -204,7 +205,7 @@ class RequestMetrics:
         if not path.endswith(_INFERENCE_SUFFIXES):
             await _answering_errors(self.app, scope, receive, send)
             return
-        answered: list[np.ndarray] = []
+        answered: list[tuple[np.ndarray, np.ndarray]] = []
         token = _ANSWERED.set(answered)
         started = time.perf_counter()
         try:
@@ -217,8 +218,8 @@ class RequestMetrics:
         self.metrics.time(model, time.perf_counter() - started)
         self.metrics.count(model, status)
         if status == 200:
-            for probabilities in answered:
-                self.metrics.observe(probabilities)
+            for probabilities, picked in answered:
+                self.metrics.observe(probabilities, picked)
 
     def _model_of(self, path: str) -> str:
         if path in self._served or path.startswith(self._served_versions):

@@ -54,11 +54,13 @@ V2_DATATYPES: dict[str, np.dtype] = {
 
 @dataclass(frozen=True)
 class Predictions:
-    """One label per row and, for each row, the probability of each class (card order)."""
+    """One label per row and, for each row, the probability of each class (card order) and
+    the index of the predicted one (at the card's decision threshold, if it has one)."""
 
     labels: list[Any]
     probabilities: np.ndarray
     classes: list[Any]
+    picked: np.ndarray
 
 
 class Tensor(Protocol):
@@ -220,9 +222,11 @@ def array_from_tensor(tensor: Tensor) -> np.ndarray:
 def predict_table(model: TrainedModel, table: pd.DataFrame) -> Predictions:
     """Labels and class probabilities for every row."""
     probabilities = model.pipeline.predict_proba(table)
-    classes = model.card.classes
-    labels = np.asarray(model.pipeline.classes_)[probabilities.argmax(axis=1)]
-    return Predictions([plain(label) for label in labels], probabilities, list(classes))
+    picked = model.card.predicted_indices(probabilities)
+    labels = np.asarray(model.pipeline.classes_)[picked]
+    return Predictions(
+        [plain(label) for label in labels], probabilities, list(model.card.classes), picked
+    )
 
 
 def example_instance(features: Sequence[Feature]) -> dict[str, Any]:

@@ -240,7 +240,7 @@ class ConveyorModel(Model):
         except ConveyorError as error:
             raise InvalidInput(str(error)) from None
         predictions = predict_table(self.model, table)
-        record_answered(predictions.probabilities)  # counted once answered with 200
+        record_answered(predictions.probabilities, predictions.picked)  # counted if 200
         if v2:
             response = _v2_response(request_id, self.name, predictions, outputs, self._label_type)
         else:

@@ -8,7 +8,7 @@ being scored on the same evaluation split as the challenger.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,10 +20,26 @@ from conveyor.components.core.audit import AuditEvent, record_event
 from conveyor.components.core.data.tables import read_parquet
 from conveyor.components.core.errors import ConveyorError, first_line
 from conveyor.components.core.files import write_text_atomically
-from conveyor.components.core.monitoring.quality import wilson_interval
+from conveyor.components.core.intervals import Z95, wilson_interval
 from conveyor.components.core.training import registry, tracking
-from conveyor.components.core.training.metrics import METRIC_DIRECTIONS, Scores, score
-from conveyor.components.core.training.trainer import load_model_dir
+from conveyor.components.core.training.calibration import (
+    Reliability,
+    reliability,
+    reliability_html,
+)
+from conveyor.components.core.training.metrics import (
+    METRIC_DIRECTIONS,
+    Scores,
+    score,
+    score_probabilities,
+)
+from conveyor.components.core.training.registry import DECISION_THRESHOLD_TAG
+from conveyor.components.core.training.thresholds import (
+    ThresholdChoice,
+    ThresholdPolicy,
+    choose_threshold,
+)
+from conveyor.components.core.training.trainer import ModelCard, load_model_dir
 
 __all__ = [
     "ChampionScore",
@@ -31,6 +47,7 @@ __all__ = [
     "EvaluationResult",
     "Policy",
     "decide",
+    "decision_threshold",
     "evaluate_model",
     "imbalance_warnings",
     "render_report",
@@ -52,6 +69,10 @@ class Policy:
             higher, a ceiling for those better lower (log_loss, false_positive_rate).
             false_positive_rate exists for binary targets only: naming it for a multi-class
             model is refused when the model is scored.
+        threshold: How a binary model's decision threshold is chosen on the evaluation
+            split (``thresholds``); None predicts the most probable class (0.5). The
+            class metrics, floors and comparison are at the chosen threshold, and a policy
+            no threshold meets leaves the model unblessed.
     """
 
     metric: str = "roc_auc"
@@ -59,6 +80,7 @@ class Policy:
     min_improvement: float = 0.0
     min_relative_improvement: float = 0.0
     floors: dict[str, float] = field(default_factory=dict)
+    threshold: ThresholdPolicy | None = None
 
     def sign(self) -> int:
         if self.direction == "auto":
@@ -104,17 +126,49 @@ class EvaluationResult:
     scores: Scores
     decision: Decision
     warnings: tuple[str, ...] = ()
+    threshold: ThresholdChoice | None = None
+    reliability: Reliability | None = None
 
     def to_json(self) -> str:
         """The verdict register reads: metrics, positive class, blessed, reason, comparison,
-        and what a person should know before trusting it (``warnings``)."""
+        what a person should know before trusting it (``warnings``) and the operating
+        ``threshold`` (null without a policy)."""
         scores = {"metrics": self.scores.metrics, "positive_class": self.scores.positive_class}
         return json.dumps(
-            {**scores, **asdict(self.decision), "warnings": list(self.warnings)}, indent=2
+            {
+                **scores,
+                **asdict(self.decision),
+                "warnings": list(self.warnings),
+                "threshold": _threshold_json(self.threshold),
+                "reliability": None if self.reliability is None else self.reliability.to_dict(),
+            },
+            indent=2,
         )
 
+    def decision_threshold(self) -> float | None:
+        choice = self.threshold
+        return None if choice is None or choice.point is None else choice.point.threshold
 
-_Z95 = 1.959963984540054  # the standard normal's 97.5th percentile
+
+def decision_threshold(evaluation_path: Path) -> float | None:
+    """The threshold an evaluation chose (its JSON's ``threshold.value``); None without one."""
+    try:
+        chosen = json.loads(evaluation_path.read_text(encoding="utf-8")).get("threshold")
+    except (OSError, ValueError, AttributeError) as error:
+        raise ConveyorError(
+            f"{evaluation_path}: not an evaluation verdict ({first_line(error)})"
+        ) from None
+    return None if not isinstance(chosen, dict) else chosen.get("value")
+
+
+def _threshold_json(choice: ThresholdChoice | None) -> dict[str, Any] | None:
+    if choice is None:
+        return None
+    point = {} if choice.point is None else asdict(choice.point)
+    value = point.pop("threshold", None)
+    return {"value": value, "policy": choice.policy.to_dict(), **point, "reason": choice.reason}
+
+
 # Below this many evaluation rows a metric is too noisy to bless on unremarked: at 50 rows
 # an accuracy of 0.9 is known only to within about ±0.09 (95 % Wilson interval).
 MIN_EVALUATION_ROWS = 50
@@ -125,7 +179,7 @@ def small_sample_warnings(rows: int, accuracy: float) -> tuple[str, ...]:
     ``MIN_EVALUATION_ROWS``; none otherwise."""
     if rows >= MIN_EVALUATION_ROWS:
         return ()
-    low, high = wilson_interval(np.array([accuracy * rows]), np.array([rows]), _Z95)
+    low, high = wilson_interval(np.array([accuracy * rows]), np.array([rows]), Z95)
     return (
         f"only {rows} evaluation rows (under {MIN_EVALUATION_ROWS}): accuracy {accuracy:.3f} "
         f"is known only to within [{low[0]:.3f}, {high[0]:.3f}] (95 % Wilson interval); "
@@ -165,19 +219,26 @@ def evaluate_model(
     positive_class: str,
     evaluation_path: Path,
     report_path: Path,
+    reliability_path: Path | None = None,
 ) -> EvaluationResult:
     """Scores the model, compares it with the champion, and writes the decision and its report.
 
     An empty ``positive_class`` takes the model card's (decided at training: the class
     serving scores, so offline and online metrics are of one class). The test metrics, the
-    verdict and the report also go to the training's MLflow run.
+    verdict and the report also go to the training's MLflow run; with
+    ``reliability_path``, the reliability diagram (HTML) goes there too.
     """
     policy.validate()
     client = tracking.connect(tracking_uri)
     model = load_model_dir(model_dir)
     test_split = read_parquet(test_path)
     positive_class = positive_class or model.card.positive_class or ""
-    scores = score(model.pipeline, test_split, target, positive_class)
+    proba = model.pipeline.predict_proba(test_split.drop(columns=[target]))
+    truth, classes = test_split[target].to_numpy(), model.pipeline.classes_
+    choice = _choose_threshold(policy.threshold, model.card, truth, proba, positive_class)
+    threshold = None if choice is None or choice.point is None else choice.point.threshold
+    picked = model.at_threshold(threshold).card.predicted_indices(proba)  # as it will serve
+    scores = score_probabilities(classes, truth, proba, positive_class, picked)
     _check_policy_metrics(policy, scores, len(model.card.classes))
     champion = registry.find_champion(client, model_name)
     champion_score = None
@@ -189,10 +250,16 @@ def evaluate_model(
         )
     warnings = small_sample_warnings(len(test_split), scores.metrics["accuracy"])
     warnings += imbalance_warnings(test_split[target], scores.positive_class, policy.metric)
-    result = EvaluationResult(scores, decide(scores.metrics, policy, champion_score), warnings)
+    decision = decide(scores.metrics, policy, champion_score)
+    if choice is not None and choice.point is None:
+        decision = replace(decision, blessed=False, reason=f"{choice.reason}; {decision.reason}")
+    calibration = _reliability(model.card, truth, proba, picked)
+    result = EvaluationResult(scores, decision, warnings, choice, calibration)
     report = render_report(result)
     tracking.log_metrics(client, run_id, scores.metrics, prefix="test_")
     client.set_tag(run_id, "blessed", str(result.decision.blessed).lower())
+    # What load_run_model predicts at (conveyor shadow --challenger RUN).
+    client.set_tag(run_id, DECISION_THRESHOLD_TAG, "" if threshold is None else repr(threshold))
     client.log_text(run_id, report, "evaluation.md")
     decision = result.decision
     record_event(
@@ -201,12 +268,64 @@ def evaluate_model(
         AuditEvent(
             kind="blessing", decision="blessed" if decision.blessed else "not blessed",
             reason=decision.reason, model=model_name, step="evaluate",
-            parameters=asdict(policy), measurements=dict(scores.metrics),
+            parameters=asdict(policy), measurements=_measurements(scores, threshold),
         ),
     )  # fmt: skip
     write_text_atomically(evaluation_path, result.to_json())
     write_text_atomically(report_path, report)
+    if reliability_path is not None:
+        page = reliability_html(calibration, model.card.calibration)
+        write_text_atomically(reliability_path, page)
+        client.log_text(run_id, page, "reliability.html")
     return result
+
+
+def _reliability(
+    card: ModelCard, truth: np.ndarray, proba: np.ndarray, picked: np.ndarray
+) -> Reliability:
+    """Of the positive class's probability for a binary model; of the predicted class's
+    (its confidence) for more classes."""
+    names, labels = [str(c) for c in card.classes], truth.astype(str)
+    if card.positive_class is not None:
+        column = names.index(card.positive_class)
+        event = f"class {card.positive_class!r}"
+        return reliability(labels == card.positive_class, proba[:, column], event)
+    chosen = np.asarray(names)[picked]
+    return reliability(
+        labels == chosen, proba[np.arange(len(proba)), picked], "the predicted class"
+    )
+
+
+def _measurements(scores: Scores, threshold: float | None) -> dict[str, float]:
+    return scores.metrics if threshold is None else {**scores.metrics, "threshold": threshold}
+
+
+def _choose_threshold(
+    policy: ThresholdPolicy | None,
+    card: ModelCard,
+    truth: np.ndarray,
+    proba: np.ndarray,
+    positive_class: str,
+) -> ThresholdChoice | None:
+    """The threshold ``policy`` chooses for the positive class the card records (which
+    serving scores); None without a policy; refused for more classes, and when the
+    positive class evaluated is another."""
+    if policy is None:
+        return None
+    if len(card.classes) != 2:
+        raise ConveyorError(
+            f"threshold_policy {policy.to_dict()} needs a binary model; this one has "
+            f"{len(card.classes)} classes"
+        )
+    if card.positive_class is None or positive_class != card.positive_class:
+        recorded = "none" if card.positive_class is None else repr(card.positive_class)
+        raise ConveyorError(
+            f"threshold_policy needs positive_class to be the one the model card records "
+            f"(serving scores it): the card records {recorded}, evaluate was given "
+            f"{positive_class!r}"
+        )
+    column = [str(c) for c in card.classes].index(positive_class)
+    return choose_threshold(truth.astype(str) == positive_class, proba[:, column], policy)
 
 
 def _check_policy_metrics(policy: Policy, scores: Scores, classes: int) -> None:
@@ -264,6 +383,7 @@ def render_report(result: EvaluationResult) -> str:
         lines += [f"Positive class: `{result.scores.positive_class}`.", ""]
     lines += ["| metric | value |", "| --- | --- |"]
     lines += [f"| {name} | {value:.4f} |" for name, value in result.scores.metrics.items()]
+    lines += _threshold_section(result.threshold)
     if decision.champion is not None:
         scored = (
             "on this evaluation split"
@@ -289,6 +409,29 @@ def render_report(result: EvaluationResult) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _threshold_section(choice: ThresholdChoice | None) -> list[str]:
+    if choice is None:
+        return []
+    lines = ["", "## Operating threshold", "", f"Policy: {choice.policy.describe()}.", ""]
+    point = choice.point
+    if point is None:
+        return [*lines, f"**Not met**: {choice.reason}."]
+    low, high = point.false_positive_rate_interval
+    return [
+        *lines,
+        f"Rows whose score reaches **{point.threshold:.4g}** are predicted positive "
+        f"({point.flagged} of {point.positives + point.negatives} evaluation rows).",
+        "",
+        "| precision | recall | false-positive rate (95 % interval) |",
+        "| --- | --- | --- |",
+        f"| {point.precision:.4f} | {point.recall:.4f} | {point.false_positive_rate:.4f} "
+        f"[{low:.4f}, {high:.4f}] |",
+        "",
+        "Chosen and measured on the same rows: on new data a bounded rate lands on either "
+        "side of its bound; the interval is where it is likely to be.",
+    ]
+
+
 def _floor_failure(name: str, bound: float, value: float) -> str:
     if METRIC_DIRECTIONS[name] > 0 and value < bound:
         return f"{name} {value:.4f} is below the floor {bound:g}"
@@ -308,7 +451,9 @@ def _score_champion(
     """The champion's metric on this evaluation split; its recorded value if it cannot score it."""
     try:
         model = registry.load_champion(client, champion)
-        value = score(model.pipeline, test_split, target, positive_class).metrics[metric]
+        # Its classes as it serves them: at its own threshold, if it has one.
+        pick = model.card.predicted_indices
+        value = score(model.pipeline, test_split, target, positive_class, pick).metrics[metric]
         return ChampionScore(champion.version, value, scored_on_current_data=True)
     except Exception as error:  # noqa: BLE001 - any failure falls back to the recorded value
         recorded = champion.recorded_metric(metric)

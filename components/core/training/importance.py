@@ -37,8 +37,13 @@ from sklearn.metrics import accuracy_score, log_loss
 from conveyor.components.core.data.tables import read_parquet
 from conveyor.components.core.errors import ConveyorError, first_line, plain
 from conveyor.components.core.serving.payload_log import PREDICTION as PREDICTION_COLUMN
+from conveyor.components.core.serving.payload_log import (
+    PROBABILITY_PREFIX,
+    probability_column,
+    score_column,
+)
 from conveyor.components.core.serving.payload_log import SCORE as SCORE_COLUMN
-from conveyor.components.core.serving.payload_log import probability_column, score_column
+from conveyor.components.core.training.thresholds import predicted_indices
 
 __all__ = [
     "IMPORTANCE_FILE",
@@ -51,6 +56,7 @@ __all__ = [
     "feature_importance",
     "read_importance",
     "read_reference_scores",
+    "scores_at_threshold",
 ]
 
 IMPORTANCE_FILE = "importance.json"
@@ -182,6 +188,24 @@ def read_reference_scores(path: Path) -> pd.DataFrame | None:
             "(the scores train records)"
         )
     return table
+
+
+def scores_at_threshold(
+    scores: pd.DataFrame, positive_class: str, threshold: float
+) -> pd.DataFrame:
+    """``scores`` (recorded at training, at the most probable class) with each row's
+    predicted class at the ``threshold`` evaluate chose afterwards: what the served model
+    would have said, so that its logged classes are compared like with like."""
+    names = [c.removeprefix(PROBABILITY_PREFIX) for c in scores if c.startswith(PROBABILITY_PREFIX)]
+    if len(names) != 2:
+        raise ConveyorError(
+            f"the recorded evaluation scores hold the classes {names}: only a binary model "
+            "has a decision threshold"
+        )
+    probabilities = scores[[probability_column(name) for name in names]].to_numpy()
+    picked = predicted_indices(probabilities, score_column(names, positive_class), threshold)
+    predicted = pd.Series(np.asarray(names)[picked], dtype="string")
+    return scores.assign(**{PREDICTION_COLUMN: predicted})
 
 
 def feature_importance(

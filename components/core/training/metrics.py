@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ __all__ = [
     "conventional_positive",
     "positive_label",
     "score",
+    "score_probabilities",
 ]
 
 # +1: higher is better; -1: lower is better.
@@ -55,19 +56,41 @@ class Scores:
     positive_class: Any = None
 
 
-def score(model: Pipeline, table: pd.DataFrame, target: str, positive_class: str = "") -> Scores:
+def score(
+    model: Pipeline,
+    table: pd.DataFrame,
+    target: str,
+    positive_class: str = "",
+    pick: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> Scores:
+    """``score_probabilities`` of the model's probabilities for ``table``'s rows, its
+    classes picked from them by ``pick`` (a card's ``predicted_indices``; None: argmax)."""
+    proba = model.predict_proba(table.drop(columns=[target]))
+    picked = proba.argmax(axis=1) if pick is None else pick(proba)
+    return score_probabilities(
+        model.classes_, table[target].to_numpy(), proba, positive_class, picked
+    )
+
+
+def score_probabilities(
+    classes: np.ndarray,
+    truth: np.ndarray,
+    proba: np.ndarray,
+    positive_class: str = "",
+    picked: np.ndarray | None = None,
+) -> Scores:
     """Accuracy, precision, recall, F1, ROC-AUC and log loss, and the curves; for a binary
     target also the false-positive rate (FP / (FP + TN) of the positive class).
 
     Multi-class precision, recall, F1 and ROC-AUC are macro averages (one-vs-rest); a
     multi-class target has no false-positive rate. ``positive_class`` picks the binary
-    positive class by name; empty chooses it (see ``positive_label``).
+    positive class by name; empty chooses it (see ``positive_label``). ``picked`` is each
+    row's predicted class as a column of ``proba`` (a model's at its decision threshold);
+    None takes the most probable. The probability and ranking metrics do not depend on it.
     """
-    proba = model.predict_proba(table.drop(columns=[target]))
-    classes = model.classes_
-    truth, predicted = table[target].to_numpy(), classes[proba.argmax(axis=1)]
     shared: dict[str, Any] = {"zero_division": 0}
-    positive = None
+    positive = column = None
+    picked = proba.argmax(axis=1) if picked is None else picked
     if len(classes) == 2:
         positive = positive_label(classes, truth, positive_class)
         column = list(classes).index(positive)
@@ -81,6 +104,7 @@ def score(model: Pipeline, table: pd.DataFrame, target: str, positive_class: str
             truth, proba, multi_class="ovr", average="macro", labels=classes
         )
         roc = None
+    predicted = classes[picked]
     metrics = {
         "accuracy": skm.accuracy_score(truth, predicted),
         "precision": skm.precision_score(truth, predicted, **shared),
@@ -90,7 +114,7 @@ def score(model: Pipeline, table: pd.DataFrame, target: str, positive_class: str
         "log_loss": skm.log_loss(truth, proba, labels=classes),
     }
     matrix = skm.confusion_matrix(truth, predicted, labels=classes)
-    if positive is not None:
+    if column is not None:
         metrics["false_positive_rate"] = _false_positive_rate(matrix, column)
     curves = Curves([str(c) for c in classes], matrix.tolist(), roc)
     return Scores({k: float(v) for k, v in metrics.items()}, curves, plain(positive))

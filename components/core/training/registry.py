@@ -14,6 +14,7 @@ rejected (``rollout.*`` tags) and leaves ``champion`` where it was. Without a ro
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import shutil
 import tempfile
@@ -34,6 +35,10 @@ from conveyor.components.core.data.tables import read_parquet
 from conveyor.components.core.errors import ConveyorError, first_line
 from conveyor.components.core.files import write_atomically
 from conveyor.components.core.training import tracking
+from conveyor.components.core.training.importance import (
+    read_reference_scores,
+    scores_at_threshold,
+)
 from conveyor.components.core.training.trainer import (
     MODEL_CARD,
     ModelCard,
@@ -67,6 +72,9 @@ PIPELINE_RUN_TAG = "pipeline_run_id"
 # The champion version evaluate compared the model with ("" for none), so deploy can tell
 # whether another run's rollout replaced it while this one waited.
 JUDGED_AGAINST_TAG = "judged_against"
+# A training run's and a version's operating threshold (evaluate's choice; empty: none).
+DECISION_THRESHOLD_TAG = "decision_threshold"
+POSITIVE_CLASS_TAG = "positive_class"
 # What deploy's rollout of a version decided, why (one line), and in which pipeline run.
 ROLLOUT_TAGS = ("rollout.decision", "rollout.reason", "rollout.run")
 # "true" once a canary of the version served and was sent back (rolled back, or its
@@ -88,6 +96,26 @@ class Champion:
     def recorded_metric(self, metric: str) -> float | None:
         value = self.tags.get(f"metric.{metric}")
         return None if value is None else float(value)
+
+    def operating_threshold(self) -> tuple[str, float] | None:
+        """The positive class and the decision threshold the version serves at; None for
+        the most probable class."""
+        where = f"version {self.version} of {self.name!r}"
+        threshold = threshold_tag(self.tags.get(DECISION_THRESHOLD_TAG), where)
+        positive = self.tags.get(POSITIVE_CLASS_TAG)
+        return (positive, threshold) if threshold is not None and positive else None
+
+
+def threshold_tag(value: str | None, where: str) -> float | None:
+    """A ``decision_threshold`` tag's number; None when absent or empty."""
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ConveyorError(
+            f"{where}: tag {DECISION_THRESHOLD_TAG!r} holds {value[:40]!r}, not a number"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -150,10 +178,17 @@ def register_model(
     card = ModelCard.from_json((model_dir / MODEL_CARD).read_text())
     if sha256_file(model_dir / card.model_file) != card.sha256:
         raise ConveyorError(f"{model_dir}: model file does not match the sha256 in its model card")
+    threshold = (verdict.get("threshold") or {}).get("value")
+    if threshold is not None:
+        card = card.at_threshold(threshold)  # what serves predicts at evaluate's choice
     compared_with = (verdict.get("champion") or {}).get("version")
     _check_champion_unchanged(client, model_name, run_id, compared_with)
+    threshold_text = "" if threshold is None else repr(threshold)
+    _check_reuse_keeps_threshold(client, model_name, run_id, threshold_text)
     storage_uri = publish_model_dir(model_dir, model_store_uri, model_name, card)
     tags = {
+        DECISION_THRESHOLD_TAG: threshold_text,
+        POSITIVE_CLASS_TAG: card.positive_class or "",
         "sha256": card.sha256,
         "data_hash": data_hash,
         PIPELINE_RUN_TAG: pipeline_run_id,
@@ -249,7 +284,19 @@ def download_reference(
         ):
             if destination is not None:
                 _copy_recorded(local / file if file in recorded else None, destination)
+    if scores_path is not None:
+        rethreshold_scores(scores_path, champion)
     return champion
+
+
+def rethreshold_scores(path: Path, champion: Champion) -> None:
+    """Rewrites the champion's recorded evaluation scores at ``path`` with the classes it
+    serves: recorded at training, before evaluate chose its threshold."""
+    operating = champion.operating_threshold()
+    scores = read_reference_scores(path) if operating is not None else None
+    if scores is not None:
+        rethresholded = scores_at_threshold(scores, *operating)
+        write_atomically(path, lambda file: rethresholded.to_parquet(file, index=False))
 
 
 def _copy_recorded(source: Path | None, destination: Path) -> None:
@@ -261,12 +308,26 @@ def _copy_recorded(source: Path | None, destination: Path) -> None:
 
 
 def load_champion(client: MlflowClient, champion: Champion) -> TrainedModel:
-    """Downloads the champion's model directory from MLflow and loads it (sha256 verified)."""
-    return load_run_model(client, champion.run_id)
+    """Downloads the champion's model directory from MLflow and loads it (sha256 verified),
+    at the decision threshold its version serves at (register's tag, as the card it
+    published)."""
+    operating = champion.operating_threshold()
+    model = _download_model(client, champion.run_id)
+    return model.at_threshold(None if operating is None else operating[1])
 
 
 def load_run_model(client: MlflowClient, run_id: str) -> TrainedModel:
-    """Downloads the model directory a training run logged and loads it (sha256 verified)."""
+    """Downloads the model directory a training run logged and loads it (sha256 verified),
+    at the decision threshold its evaluation chose (the run's tag)."""
+    try:
+        tags = client.get_run(run_id).data.tags
+    except MlflowException as error:
+        raise ConveyorError(f"MLflow run {run_id!r}: {first_line(error)}") from None
+    threshold = threshold_tag(tags.get(DECISION_THRESHOLD_TAG), f"MLflow run {run_id}")
+    return _download_model(client, run_id).at_threshold(threshold)
+
+
+def _download_model(client: MlflowClient, run_id: str) -> TrainedModel:
     with tempfile.TemporaryDirectory(prefix="model-") as scratch:
         try:
             local = client.download_artifacts(run_id, "model", scratch)
@@ -281,12 +342,19 @@ def publish_model_dir(model_dir: Path, store_uri: str, name: str, card: ModelCar
     """Copies the model directory to ``<store>/<name>/<sha256[:16]>``; returns that URI.
 
     ``model.json`` is written last, so a copy whose ``model.json`` is this model's card
-    is complete, and a re-run finding it copies nothing.
+    is complete, and a re-run finding it copies nothing. A card with a decision threshold
+    (``card``, not the directory's own) goes to a folder named for the card's hash too:
+    the same model at another threshold is another copy, never an overwrite of one a
+    deployment serves.
     """
     if not store_uri:
         raise ConveyorError("model_store_uri is empty: give a folder or a gs:// or s3:// URI")
-    destination = f"{store_uri.rstrip('/')}/{name}/{card.sha256[:16]}"
+    folder = card.sha256[:16]
     card_text = (model_dir / MODEL_CARD).read_text()
+    if card.decision_threshold is not None:
+        card_text = card.to_json()
+        folder += f"-{hashlib.sha256(card_text.encode()).hexdigest()[:8]}"
+    destination = f"{store_uri.rstrip('/')}/{name}/{folder}"
     try:
         fs, path = fsspec.core.url_to_fs(destination)
         if not (
@@ -424,6 +492,21 @@ def _step_event(
         parameters={"traffic_percent": step.percent},
         measurements={"canary_revision": outcome.canary_revision, **step.measurements},
     )  # fmt: skip
+
+
+def _check_reuse_keeps_threshold(
+    client: MlflowClient, name: str, run_id: str, threshold: str
+) -> None:
+    """A version this run registered before is reused only at the threshold it serves at:
+    reusing it would leave the new one unpublished."""
+    version = _version_of_run(client, name, run_id)
+    recorded = None if version is None else version.tags.get(DECISION_THRESHOLD_TAG, "")
+    if recorded is not None and recorded != threshold:
+        raise ConveyorError(
+            f"version {version.version} of {name!r} was registered from this training run "
+            f"at decision threshold {recorded or 'none'}; this evaluation chose "
+            f"{threshold or 'none'}: train again to register the model at another threshold"
+        )
 
 
 def _check_champion_unchanged(

@@ -52,9 +52,12 @@ from conveyor.components.core.data.roles import (
 from conveyor.components.core.data.schema import Schema, infer_schema
 from conveyor.components.core.data.tables import as_arrow, read_parquet
 from conveyor.components.core.errors import ConveyorError, first_line, plain
+from conveyor.components.core.serving.payload_log import score_column
 from conveyor.components.core.training import tracking
+from conveyor.components.core.training.calibration import calibrated, check_calibration
 from conveyor.components.core.training.importance import evaluation_reference
 from conveyor.components.core.training.metrics import positive_label, score
+from conveyor.components.core.training.thresholds import predicted_indices
 
 __all__ = [
     "ESTIMATORS",
@@ -87,7 +90,9 @@ MODEL_SHA256_ENV = "CONVEYOR_MODEL_SHA256"
 # model using no newer key still loads in older servers. Format 2: ``id_columns`` and
 # ``positive_class``. Format 3: features of kind ``datetime`` and ``text``, whose pickled
 # preprocessing calls Conveyor's ``data.roles.date_parts`` or holds a TF-IDF vocabulary.
-MODEL_FORMAT_VERSION = 3
+# Format 4: ``decision_threshold``, which an older server would ignore, predicting the most
+# probable class instead, and ``calibration``.
+MODEL_FORMAT_VERSION = 4
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 # Estimator name -> (class, defaults Conveyor applies before the user's hyperparameters).
@@ -158,6 +163,13 @@ class ModelCard:
             and online quality measure precision, recall and the false-positive rate of.
             None for more classes and in cards written before it was kept, whose score is
             of the class ``payload_log.score_column`` picks (format 2).
+        decision_threshold: A binary model's operating threshold, chosen by evaluate and
+            set by register on the copy it publishes: rows whose ``positive_class``
+            probability reaches it are predicted positive. None predicts the most probable
+            class (format 4).
+        calibration: How the probabilities were calibrated at training (``sigmoid`` or
+            ``isotonic``, ``training.calibration``); None: as the estimator gives them
+            (format 4).
     """
 
     estimator: str
@@ -174,6 +186,8 @@ class ModelCard:
     format_version: int = MODEL_FORMAT_VERSION
     id_columns: list[str] = field(default_factory=list)
     positive_class: str | None = None
+    decision_threshold: float | None = None
+    calibration: str | None = None
 
     def __post_init__(self) -> None:
         _check_format_version(self.format_version)
@@ -187,6 +201,9 @@ class ModelCard:
             raise ConveyorError("key 'versions' holds a version that is not a string")
         _check_id_columns(self.id_columns, [feature.name for feature in self.features])
         _check_positive_class(self.positive_class, self.classes)
+        _check_threshold(self.decision_threshold, self.positive_class)
+        if self.calibration is not None:
+            check_calibration(self.calibration)
         if self.sha256 and not is_sha256(self.sha256):
             raise ConveyorError(
                 f"key 'sha256' holds {_shown(self.sha256)}: expected 64 lower-case hex digits"
@@ -201,13 +218,35 @@ class ModelCard:
             del data["id_columns"]
         if self.positive_class is None:
             del data["positive_class"]
+        for key in ("decision_threshold", "calibration"):
+            if data[key] is None:
+                del data[key]
         return json.dumps(data, indent=2, default=str)
 
     def oldest_format(self) -> int:
         """The oldest format that holds this card: what ``save_model_dir`` writes."""
         kinds = [_KIND_FORMATS.get(feature.kind, 1) for feature in self.features]
         keys = 2 if self.id_columns or self.positive_class is not None else 1
-        return max([keys, *kinds])
+        newest = [
+            _KEY_FORMATS[key]
+            for key in ("decision_threshold", "calibration")
+            if getattr(self, key) is not None
+        ]
+        return max([keys, *newest, *kinds])
+
+    def at_threshold(self, threshold: float) -> ModelCard:
+        """This card with a decision threshold, in a format that holds one."""
+        return replace(
+            self,
+            decision_threshold=threshold,
+            format_version=max(self.format_version, _KEY_FORMATS["decision_threshold"]),
+        )
+
+    def predicted_indices(self, probabilities: np.ndarray) -> np.ndarray:
+        """Each row's predicted class, as an index into ``classes`` (the columns of
+        ``probabilities``): at the decision threshold if the card has one."""
+        column = score_column(self.classes, self.positive_class)
+        return predicted_indices(probabilities, column, self.decision_threshold)
 
     @classmethod
     def from_json(cls, text: str, where: str = MODEL_CARD) -> ModelCard:
@@ -263,9 +302,11 @@ _CARD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "format_version": ((int,), "an integer"),
     "id_columns": ((list,), "a list"),
     "positive_class": ((str, type(None)), "a string or null"),
+    "decision_threshold": ((float, int, type(None)), "a number or null"),
+    "calibration": ((str, type(None)), "a string or null"),
 }
 # Keys newer than format 1 -> the format that introduced them.
-_KEY_FORMATS = {"id_columns": 2, "positive_class": 2}
+_KEY_FORMATS = {"id_columns": 2, "positive_class": 2, "decision_threshold": 4, "calibration": 4}
 _REQUIRED_KEYS = ("estimator", "hyperparameters", "target", "classes", "features", "seed")
 
 
@@ -307,6 +348,21 @@ def _check_positive_class(positive: str | None, classes: list[Any]) -> None:
         raise ConveyorError(
             f"key 'positive_class' holds {_shown(positive)}: expected one of the classes "
             f"{[str(c) for c in classes]}"
+        )
+
+
+def _check_threshold(threshold: float | None, positive: str | None) -> None:
+    """A threshold is a probability, of a binary model's positive class."""
+    if threshold is None:
+        return
+    if positive is None:
+        raise ConveyorError(
+            "key 'decision_threshold' needs 'positive_class': only a binary model with a "
+            "positive class has a threshold"
+        )
+    if not 0 <= threshold <= 1:
+        raise ConveyorError(
+            f"key 'decision_threshold' holds {_shown(threshold)}: expected a probability in [0, 1]"
         )
 
 
@@ -371,6 +427,10 @@ class TrainedModel:
     pipeline: Pipeline
     card: ModelCard
 
+    def at_threshold(self, threshold: float | None) -> TrainedModel:
+        """This model predicting at ``threshold`` (None: as it is)."""
+        return self if threshold is None else replace(self, card=self.card.at_threshold(threshold))
+
 
 @dataclass(frozen=True)
 class TrainResult:
@@ -394,10 +454,11 @@ def train_model(
     model_name: str = "",
     test_path: Path | None = None,
     id_columns: Sequence[str] = (),
+    calibration: str = "",
 ) -> TrainResult:
-    """Fits the classifier, writes the model directory (its card naming ``model_name``) and
-    logs it all to one MLflow run, with the training split and its schema as the reference
-    monitoring compares with.
+    """Fits the classifier (calibrated by ``calibration``, if given), writes the model
+    directory (its card naming ``model_name``) and logs it all to one MLflow run, with the
+    training split and its schema as the reference monitoring compares with.
 
     With ``test_path`` (the evaluation split), the model's permutation importance and its
     scores on that split are measured too (``training.importance``) and written
@@ -411,8 +472,9 @@ def train_model(
     schema = Schema.from_json(schema_text, str(schema_path)) if schema_text else None
     roles = schema.recorded_roles() if schema is not None else None
     model = fit_classifier(
-        train_split, target, estimator, hyperparameters, seed, id_columns, positive_class, roles
-    )
+        train_split, target, estimator, hyperparameters, seed, id_columns, positive_class, roles,
+        calibration,
+    )  # fmt: skip
     model = TrainedModel(model.pipeline, replace(model.card, name=model_name))
     positive = model.card.positive_class or ""  # the card's: what serving scores
     metrics = score(model.pipeline, train_split, target, positive).metrics
@@ -427,6 +489,8 @@ def train_model(
     if evaluation is not None:
         evaluation.write(model_dir)
     params = {"estimator": estimator, "seed": seed, "target": target, **card.hyperparameters}
+    if card.calibration is not None:
+        params["calibration"] = card.calibration
     run_id = tracking.start_training_run(client, experiment, params, tags, model_dir)
     declared = DeclaredRoles(id_columns=tuple(model.card.id_columns))
     schema_text = schema_text or infer_schema(train_split, target, declared=declared).to_json()
@@ -457,6 +521,7 @@ def fit_classifier(
     id_columns: Sequence[str] = (),
     positive_class: str = "",
     roles: dict[str, Role] | None = None,
+    calibration: str = "",
 ) -> TrainedModel:
     """Fits preprocessing (imputation, scaling, one-hot, date parts, TF-IDF) and the chosen
     estimator, seeded.
@@ -467,7 +532,9 @@ def fit_classifier(
     features: the card lists them for the server to pass to its payload log. A binary
     model's card records its positive class: ``positive_class`` when given, else the one
     ``metrics.positive_label`` picks from the training labels (serving scores it, evaluate
-    and online quality measure it)."""
+    and online quality measure it). ``calibration`` (``sigmoid``, ``isotonic``) wraps the
+    estimator in a 5-fold calibration (``training.calibration``); empty leaves it as is."""
+    method = check_calibration(calibration)  # before any work
     id_columns = list(dict.fromkeys(id_columns))
     if target in id_columns:
         raise ConveyorError(f"id_columns: {target!r} is the target column, not an id column")
@@ -491,7 +558,7 @@ def fit_classifier(
     _check_words(train, features)
     model, hyperparameters = _estimator(estimator, hyperparameters, seed)
     dense = estimator in _DENSE_ONLY
-    pipeline = make_pipeline(_preprocessor(features, train, dense), model)
+    pipeline = make_pipeline(_preprocessor(features, train, dense), calibrated(model, method))
     try:
         pipeline.fit(train[[f.name for f in features]], train[target])
     except (ValueError, TypeError) as error:  # scikit-learn's checks of parameters and data
@@ -510,6 +577,7 @@ def fit_classifier(
         versions=_library_versions(),
         id_columns=id_columns,
         positive_class=positive,
+        calibration=method,
     )
     return TrainedModel(pipeline, card)
 
