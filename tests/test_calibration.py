@@ -52,34 +52,31 @@ def test_an_overconfident_model_is_told_apart_from_its_noise_floor() -> None:
     assert result.lower[0] > result.predicted[0] and result.upper[-1] < result.predicted[-1]
 
 
-def test_calibration_at_training_improves_an_uncalibrated_forest_on_new_rows() -> None:
-    """A random forest on a noisy target is underconfident near 0 and 1; isotonic and
-    sigmoid calibration lower its Brier score and calibration error on held-out rows."""
+def test_calibration_at_training_repairs_an_overconfident_model_on_new_rows() -> None:
+    """Gradient boosting run far past its fit is overconfident on a noisy target; sigmoid
+    and isotonic calibration bring its calibration error on held-out rows near the noise
+    floor, and lower its Brier score."""
     rng = np.random.default_rng(5)
     rows = 6000
     x = rng.normal(size=(rows, 4))
     chance = 1 / (1 + np.exp(-(2 * x[:, 0] - x[:, 1] + 0.5 * x[:, 2])))
-    table = pd.DataFrame(x, columns=list("abcd")).assign(
-        label=(rng.uniform(size=rows) < chance).astype(int)
-    )
+    happened = (rng.uniform(size=rows) < chance).astype(int)
+    table = pd.DataFrame(x, columns=list("abcd")).assign(label=happened)
     train, test = split_table(table, "label", 0.5, 0, "t")
-    errors = {}
+    overfit = {"max_iter": 300, "learning_rate": 0.5}
+    results = {}
     for method in ("", "sigmoid", "isotonic"):
         model = fit_classifier(
-            train,
-            "label",
-            "random_forest",
-            {"n_estimators": 50, "min_samples_leaf": 1},
-            0,
-            calibration=method,
+            train, "label", "hist_gradient_boosting", overfit, 0, calibration=method
         )
         assert model.card.calibration == (method or None)
         probability = model.pipeline.predict_proba(test[list("abcd")])[:, 1]
-        result = reliability(test["label"].to_numpy() == 1, probability, "class '1'")
-        errors[method] = (result.brier_score, result.expected_calibration_error)
+        results[method] = reliability(test["label"].to_numpy() == 1, probability, "class '1'")
+    assert results[""].expected_calibration_error > 5 * results[""].noise_floor
     for method in ("sigmoid", "isotonic"):
-        assert errors[method][0] < errors[""][0], errors
-        assert errors[method][1] < errors[""][1], errors
+        calibrated = results[method]
+        assert calibrated.brier_score < results[""].brier_score - 0.02
+        assert calibrated.expected_calibration_error < 2 * calibrated.noise_floor
 
 
 @pytest.mark.parametrize(
@@ -100,8 +97,37 @@ def test_a_calibrated_card_is_format_4_and_refuses_an_unknown_method() -> None:
     card = fit_classifier(table, "label", "logistic_regression", {}, 0, calibration="sigmoid").card
     assert card.calibration == "sigmoid" and card.oldest_format() == 4
     saved = json.loads(card.to_json())
-    with pytest.raises(ConveyorError, match="calibration 'beta'"):
-        ModelCard.from_json(json.dumps({**saved, "format_version": 4, "calibration": "beta"}))
+    for wrong in ("beta", ""):
+        with pytest.raises(ConveyorError, match=f"key 'calibration' holds '{wrong}': expected"):
+            ModelCard.from_json(json.dumps({**saved, "format_version": 4, "calibration": wrong}))
+
+
+def test_too_few_rows_of_a_class_to_calibrate_says_so_before_fitting() -> None:
+    table = pd.DataFrame({"a": np.arange(40.0), "label": [0] * 36 + [1] * 4})
+    with pytest.raises(ConveyorError, match=r"^calibration 'isotonic' needs at least 5 training "
+                       r"rows of each class \(5 folds\); class '1' has 4$"):  # fmt: skip
+        fit_classifier(table, "label", "logistic_regression", {}, 0, calibration="isotonic")
+
+
+def test_probabilities_that_are_not_numbers_are_refused() -> None:
+    with pytest.raises(ConveyorError, match="^1 predicted probabilities of class 'yes' are not"):
+        reliability(np.array([True, False]), np.array([0.2, np.nan]), "class 'yes'")
+
+
+def test_calibration_undoing_class_weight_is_warned_about_unless_a_threshold_is_chosen() -> None:
+    from conveyor.components.core.training.evaluation import calibration_warnings
+    from conveyor.components.core.training.thresholds import ThresholdPolicy
+
+    table = pd.DataFrame({"a": np.arange(60.0), "label": [0, 1, 0] * 20})
+    weighted = fit_classifier(
+        table, "label", "logistic_regression", {"class_weight": "balanced"}, 0,
+        calibration="sigmoid",
+    ).card  # fmt: skip
+    (warning,) = calibration_warnings(weighted, None)
+    assert warning.startswith("calibration (sigmoid) maps the probabilities back")
+    assert calibration_warnings(weighted, ThresholdPolicy("min_recall", 0.8)) == ()
+    plain = fit_classifier(table, "label", "logistic_regression", {}, 0, calibration="sigmoid")
+    assert calibration_warnings(plain.card, None) == ()
 
 
 def test_evaluate_writes_the_reliability_diagram_and_its_figures(

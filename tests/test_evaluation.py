@@ -67,6 +67,15 @@ def test_change_threshold_against_the_champion(
     assert decision.delta == pytest.approx(METRICS[policy.metric] - champion_value)
 
 
+def test_a_metric_that_could_not_be_measured_fails_its_floor() -> None:
+    # roc_auc is NaN on an evaluation split of one class: NaN < floor is False.
+    decision = decide({**METRICS, "roc_auc": float("nan")}, Policy(floors={"roc_auc": 0.7}), None)
+    assert not decision.blessed
+    assert decision.failed_floors == [
+        "roc_auc could not be measured on the evaluation split (one class only?)"
+    ]
+
+
 def test_a_champion_at_zero_has_no_relative_change() -> None:
     decision = decide({"log_loss": 0.1}, Policy(metric="log_loss"), champion(0.0))
     assert not decision.blessed and decision.relative_gain is None

@@ -2,10 +2,13 @@
 match what happens (a reliability diagram, the Brier score and the expected calibration
 error) on the evaluation split.
 
-Calibration wraps the estimator in scikit-learn's ``CalibratedClassifierCV`` (5-fold:
-each fold's estimator is calibrated on the rows it did not see, and the model averages
-the five): ``sigmoid`` (Platt's logistic fit, two parameters, for small splits) or
-``isotonic`` (a monotone step function, for a few thousand rows or more).
+Calibration wraps the estimator in scikit-learn's ``CalibratedClassifierCV`` with
+``ensemble=False``: the calibrator is fitted on 5-fold out-of-fold predictions, and one
+estimator fitted on every row serves (the model is no larger or slower than without):
+``sigmoid`` (Platt's logistic fit, two parameters, for small splits) or ``isotonic`` (a
+monotone step function, for a few thousand rows or more). Calibration maps probabilities
+back to the classes' real rates, so it undoes what ``class_weight`` does to them: choose
+the operating point with a ``threshold_policy`` instead.
 
 The diagram bins rows by predicted probability into ten equal-width bins. A bin's observed
 rate has a 95 % Wilson interval; on a perfectly calibrated model, the diagonal falls
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from sklearn.base import BaseEstimator
 from sklearn.calibration import CalibratedClassifierCV
 
@@ -34,6 +38,7 @@ __all__ = [
     "Reliability",
     "calibrated",
     "check_calibration",
+    "check_calibration_rows",
     "reliability",
     "reliability_html",
 ]
@@ -55,11 +60,23 @@ def check_calibration(method: str) -> str | None:
     return method
 
 
+def check_calibration_rows(labels: pd.Series, method: str | None) -> None:
+    """Every class has a row in each of the calibration's folds."""
+    counts = labels.value_counts()
+    if method is not None and len(counts) and counts.min() < _FOLDS:
+        raise ConveyorError(
+            f"calibration {method!r} needs at least {_FOLDS} training rows of each class "
+            f"({_FOLDS} folds); class {str(counts.idxmin())!r} has {counts.min()}"
+        )
+
+
 def calibrated(estimator: BaseEstimator, method: str | None) -> BaseEstimator:
-    """``estimator`` calibrated by ``method`` (5-fold); itself for None."""
+    """``estimator`` calibrated by ``method`` (5-fold, one estimator); itself for None."""
     if method is None:
         return estimator
-    return CalibratedClassifierCV(estimator, method=check_calibration(method), cv=_FOLDS)
+    return CalibratedClassifierCV(
+        estimator, method=check_calibration(method), cv=_FOLDS, ensemble=False
+    )
 
 
 @dataclass(frozen=True)
@@ -110,9 +127,18 @@ class Reliability:
 
 def reliability(happened: np.ndarray, probability: np.ndarray, event: str) -> Reliability:
     """The reliability of ``probability`` as the chance of ``event``, which ``happened``
-    says each row had."""
+    says each row had.
+
+    Raises:
+        ConveyorError: A probability is not a finite number.
+    """
     happened, probability = np.asarray(happened, bool), np.asarray(probability, float)
-    edges = np.linspace(0.0, 1.0, _BINS + 1)
+    if not np.isfinite(probability).all():
+        raise ConveyorError(
+            f"{int((~np.isfinite(probability)).sum())} predicted probabilities of {event} are "
+            "not finite numbers: the model's probabilities cannot be judged"
+        )
+    edges = np.arange(_BINS + 1) / _BINS  # 0.3, not linspace's 0.30000000000000004
     index = np.clip(np.digitize(probability, edges[1:-1]), 0, _BINS - 1)
     rows = np.bincount(index, minlength=_BINS)
     hits = np.bincount(index, weights=happened, minlength=_BINS)

@@ -8,6 +8,7 @@ being scored on the same evaluation split as the challenger.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -18,8 +19,8 @@ from mlflow import MlflowClient
 
 from conveyor.components.core.audit import AuditEvent, record_event
 from conveyor.components.core.data.tables import read_parquet
-from conveyor.components.core.errors import ConveyorError, first_line
-from conveyor.components.core.files import write_text_atomically
+from conveyor.components.core.errors import ConveyorError, first_line, plain
+from conveyor.components.core.files import finite_json, write_text_atomically
 from conveyor.components.core.intervals import Z95, wilson_interval
 from conveyor.components.core.training import registry, tracking
 from conveyor.components.core.training.calibration import (
@@ -46,6 +47,7 @@ __all__ = [
     "Decision",
     "EvaluationResult",
     "Policy",
+    "calibration_warnings",
     "decide",
     "decision_threshold",
     "evaluate_model",
@@ -134,16 +136,14 @@ class EvaluationResult:
         what a person should know before trusting it (``warnings``) and the operating
         ``threshold`` (null without a policy)."""
         scores = {"metrics": self.scores.metrics, "positive_class": self.scores.positive_class}
-        return json.dumps(
-            {
-                **scores,
-                **asdict(self.decision),
-                "warnings": list(self.warnings),
-                "threshold": _threshold_json(self.threshold),
-                "reliability": None if self.reliability is None else self.reliability.to_dict(),
-            },
-            indent=2,
-        )
+        verdict = {
+            **scores,
+            **asdict(self.decision),
+            "warnings": list(self.warnings),
+            "threshold": _threshold_json(self.threshold),
+            "reliability": None if self.reliability is None else self.reliability.to_dict(),
+        }
+        return json.dumps(finite_json(verdict), indent=2)  # NaN (unmeasured) as null
 
     def decision_threshold(self) -> float | None:
         choice = self.threshold
@@ -253,7 +253,8 @@ def evaluate_model(
     decision = decide(scores.metrics, policy, champion_score)
     if choice is not None and choice.point is None:
         decision = replace(decision, blessed=False, reason=f"{choice.reason}; {decision.reason}")
-    calibration = _reliability(model.card, truth, proba, picked)
+    warnings += calibration_warnings(model.card, policy.threshold)
+    calibration = _reliability(classes, scores.positive_class, truth, proba, picked)
     result = EvaluationResult(scores, decision, warnings, choice, calibration)
     report = render_report(result)
     tracking.log_metrics(client, run_id, scores.metrics, prefix="test_")
@@ -281,18 +282,27 @@ def evaluate_model(
 
 
 def _reliability(
-    card: ModelCard, truth: np.ndarray, proba: np.ndarray, picked: np.ndarray
+    classes: np.ndarray, positive: Any, truth: np.ndarray, proba: np.ndarray, picked: np.ndarray
 ) -> Reliability:
-    """Of the positive class's probability for a binary model; of the predicted class's
-    (its confidence) for more classes."""
-    names, labels = [str(c) for c in card.classes], truth.astype(str)
-    if card.positive_class is not None:
-        column = names.index(card.positive_class)
-        event = f"class {card.positive_class!r}"
-        return reliability(labels == card.positive_class, proba[:, column], event)
-    chosen = np.asarray(names)[picked]
-    return reliability(
-        labels == chosen, proba[np.arange(len(proba)), picked], "the predicted class"
+    """Of the measured positive class's probability for a binary model; of the predicted
+    class's (its confidence) for more classes."""
+    if positive is not None:
+        column = [plain(c) for c in classes].index(positive)
+        return reliability(truth == classes[column], proba[:, column], f"class {str(positive)!r}")
+    rows = np.arange(len(proba))
+    return reliability(truth == classes[picked], proba[rows, picked], "the predicted class")
+
+
+def calibration_warnings(card: ModelCard, threshold: ThresholdPolicy | None) -> tuple[str, ...]:
+    """A warning when calibration undoes ``class_weight`` and no threshold policy moves the
+    operating point instead; none otherwise."""
+    if card.calibration is None or "class_weight" not in card.hyperparameters or threshold:
+        return ()
+    return (
+        f"calibration ({card.calibration}) maps the probabilities back to the classes' real "
+        "rates, undoing what class_weight does to them: predicted at the most probable "
+        "class, a rare class is found as if unweighted; choose the operating point with "
+        "threshold_policy",
     )
 
 
@@ -325,7 +335,8 @@ def _choose_threshold(
             f"{positive_class!r}"
         )
     column = [str(c) for c in card.classes].index(positive_class)
-    return choose_threshold(truth.astype(str) == positive_class, proba[:, column], policy)
+    is_positive = truth == np.asarray(card.classes, dtype=object)[column]
+    return choose_threshold(is_positive, proba[:, column], policy)
 
 
 def _check_policy_metrics(policy: Policy, scores: Scores, classes: int) -> None:
@@ -433,6 +444,8 @@ def _threshold_section(choice: ThresholdChoice | None) -> list[str]:
 
 
 def _floor_failure(name: str, bound: float, value: float) -> str:
+    if not math.isfinite(value):
+        return f"{name} could not be measured on the evaluation split (one class only?)"
     if METRIC_DIRECTIONS[name] > 0 and value < bound:
         return f"{name} {value:.4f} is below the floor {bound:g}"
     if METRIC_DIRECTIONS[name] < 0 and value > bound:

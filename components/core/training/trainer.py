@@ -54,7 +54,12 @@ from conveyor.components.core.data.tables import as_arrow, read_parquet
 from conveyor.components.core.errors import ConveyorError, first_line, plain
 from conveyor.components.core.serving.payload_log import score_column
 from conveyor.components.core.training import tracking
-from conveyor.components.core.training.calibration import calibrated, check_calibration
+from conveyor.components.core.training.calibration import (
+    CALIBRATION_METHODS,
+    calibrated,
+    check_calibration,
+    check_calibration_rows,
+)
 from conveyor.components.core.training.importance import evaluation_reference
 from conveyor.components.core.training.metrics import positive_label, score
 from conveyor.components.core.training.thresholds import predicted_indices
@@ -202,8 +207,11 @@ class ModelCard:
         _check_id_columns(self.id_columns, [feature.name for feature in self.features])
         _check_positive_class(self.positive_class, self.classes)
         _check_threshold(self.decision_threshold, self.positive_class)
-        if self.calibration is not None:
-            check_calibration(self.calibration)
+        if self.calibration not in (None, *CALIBRATION_METHODS):
+            raise ConveyorError(
+                f"key 'calibration' holds {_shown(self.calibration)}: expected "
+                f"{', '.join(map(repr, CALIBRATION_METHODS))} or null"
+            )
         if self.sha256 and not is_sha256(self.sha256):
             raise ConveyorError(
                 f"key 'sha256' holds {_shown(self.sha256)}: expected 64 lower-case hex digits"
@@ -557,6 +565,7 @@ def fit_classifier(
     id_columns += found_ids
     _check_words(train, features)
     model, hyperparameters = _estimator(estimator, hyperparameters, seed)
+    check_calibration_rows(train[target], method)
     dense = estimator in _DENSE_ONLY
     pipeline = make_pipeline(_preprocessor(features, train, dense), calibrated(model, method))
     try:
