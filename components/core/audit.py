@@ -16,13 +16,15 @@ import datetime as dt
 import json
 import tempfile
 import uuid
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from conveyor.components.core.errors import ConveyorError, first_line
 from conveyor.components.core.files import finite_json
+from conveyor.components.core.training import tracking
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -33,6 +35,7 @@ __all__ = [
     "AuditEvent",
     "read_events",
     "record_event",
+    "record_events",
     "timeline",
     "validation_event",
 ]
@@ -49,7 +52,6 @@ KINDS = (
     "quality",
     "retraining",
 )
-_TAG_LIMIT = 5000  # MLflow's longest tag value
 
 
 def _now() -> str:
@@ -157,32 +159,52 @@ def validation_event(model: str, schema_metadata: dict[str, Any]) -> AuditEvent:
 
 
 def record_event(client: MlflowClient, run_id: str, event: AuditEvent) -> AuditEvent:
-    """Writes ``event`` under the run's ``audit/``, filling its pipeline run and data hash
-    from the run's tags when it has none, and tags its version with it unless the version
-    already carries a later decision; returns it as written."""
-    if event.kind not in KINDS:
-        raise ConveyorError(f"audit event kind {event.kind!r}: expected one of {KINDS}")
+    """``record_events`` of one event; returns it as written."""
+    return record_events(client, run_id, [event])[0]
+
+
+def record_events(
+    client: MlflowClient, run_id: str, events: Sequence[AuditEvent]
+) -> list[AuditEvent]:
+    """Writes one decision's ``events`` under the run's ``audit/``, filling each one's
+    pipeline run and data hash from the run's tags (read once) when it has none, and tags
+    each version with its latest event unless the version already carries a later
+    decision; returns them as written."""
+    for event in events:
+        if event.kind not in KINDS:
+            raise ConveyorError(f"audit event kind {event.kind!r}: expected one of {KINDS}")
     tags = client.get_run(run_id).data.tags
-    filled = AuditEvent(
-        **{
-            **asdict(event),
-            "pipeline_run": event.pipeline_run or tags.get("pipeline_run_id", ""),
-            "data_hash": event.data_hash or tags.get("data_hash", ""),
-        }
-    )
-    stamp = filled.time.replace(":", "").replace("+", "p")
-    name = f"{AUDIT_DIR}/{stamp}-{filled.kind}-{uuid.uuid4().hex[:8]}.json"
-    client.log_text(run_id, filled.to_json(), name)
-    if filled.version and _latest_on_version(client, filled):
-        latest = {
-            "audit.kind": filled.kind,
-            "audit.decision": filled.decision,
-            "audit.reason": filled.reason[:_TAG_LIMIT],
-            "audit.time": filled.time,
-        }
-        for key, value in latest.items():
-            client.set_model_version_tag(filled.model, filled.version, key, value)
+    filled = [
+        replace(
+            event,
+            pipeline_run=event.pipeline_run or tags.get("pipeline_run_id", ""),
+            data_hash=event.data_hash or tags.get("data_hash", ""),
+        )
+        for event in events
+    ]
+    latest: dict[tuple[str, str], AuditEvent] = {}
+    for event in filled:
+        stamp = event.time.replace(":", "").replace("+", "p")
+        name = f"{AUDIT_DIR}/{stamp}-{event.kind}-{uuid.uuid4().hex[:8]}.json"
+        client.log_text(run_id, event.to_json(), name)
+        held = latest.get((event.model, event.version))
+        if event.version and (held is None or event.moment >= held.moment):
+            latest[(event.model, event.version)] = event
+    for event in latest.values():
+        if _latest_on_version(client, event):
+            _tag_version(client, event)
     return filled
+
+
+def _tag_version(client: MlflowClient, event: AuditEvent) -> None:
+    tags = {
+        "audit.kind": event.kind,
+        "audit.decision": event.decision,
+        "audit.reason": event.reason[: tracking.TAG_VALUE_LIMIT],
+        "audit.time": event.time,
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(event.model, event.version, key, value)
 
 
 def _latest_on_version(client: MlflowClient, event: AuditEvent) -> bool:

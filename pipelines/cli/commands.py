@@ -212,11 +212,13 @@ def _replay(args: argparse.Namespace) -> int:
     """The recorded run again, in its own registry; 0 when every metric matches."""
     from conveyor.components.core.training import tracking
     from conveyor.pipelines import replay
+    from conveyor.pipelines.definitions.parameters import parse_param_options
     from conveyor.pipelines.local import local_defaults, run_training_locally
 
     options = ("data", "label", "model", "dvc_repo", "rev", "schema", "estimator")
     given = [f"--{name.replace('_', '-')}" for name in options if getattr(args, name)]
-    params = _parse_params(args.param)
+    known = _pipeline_inputs("training")  # built once: it takes a while
+    params = parse_param_options(args.param, known, "training") if args.param else {}
     if given or set(params) - {"mlflow_tracking_uri"}:
         raise ConveyorError(
             "--replay takes the recorded run's data and parameters; drop "
@@ -227,8 +229,7 @@ def _replay(args: argparse.Namespace) -> int:
     client = tracking.connect(where)
     run = replay.find_training_run(client, args.replay)
     recorded = replay.recorded_metrics(run)
-    known = set(_pipeline_inputs("training"))
-    arguments = replay.check_data(run, replay.recorded_arguments(client, run, known))
+    arguments = replay.check_data(run, replay.recorded_arguments(client, run, set(known)))
     runs_dir = args.runs_dir / "replays"
     summary = run_training_locally(arguments, runs_dir, sys.stdout)
     _print_summary(summary, runs_dir / summary.run_id / "summary.json", sys.stdout)

@@ -91,6 +91,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
+    "LOG_LOSS_EPS",
     "METRICS",
     "Coverage",
     "Degradation",
@@ -103,6 +104,7 @@ __all__ = [
     "champion_scores",
     "check_model",
     "delong_auc",
+    "file_columns",
     "group_quality",
     "has_labels",
     "offline_metrics",
@@ -129,7 +131,7 @@ DIRECTIONS = METRIC_DIRECTIONS
 DIMENSIONS = ("overall", "day", "revision", "segment")
 JUDGED = ("overall", "revision", "segment")
 _MICROS_PER_DAY = 86_400_000_000
-_EPS = float(np.finfo(np.float64).eps)  # scikit-learn's log_loss clips probabilities at this
+LOG_LOSS_EPS = float(np.finfo(np.float64).eps)  # scikit-learn's log_loss clips at this
 
 
 @dataclass(frozen=True)
@@ -572,20 +574,24 @@ def _column_names(files: list[str]) -> list[str]:
     """Every column name any of the files has (first-seen order), from the files' footers:
     what to ask ``read_log`` for (the classes' probabilities, the positive class, the
     segment) before reading any column."""
+    names: dict[str, None] = {}
+    for file in files:
+        names |= dict.fromkeys(file_columns(file))
+    return list(names)
+
+
+def file_columns(file: str) -> list[str]:
+    """The column names in a payload log file's footer (nothing else is read)."""
     import fsspec
     import pyarrow.parquet as pq
 
-    names: dict[str, None] = {}
-    for file in files:
-        try:
-            with fsspec.open(file, "rb") as opened:
-                metadata = pq.ParquetFile(opened).metadata
-                names |= dict.fromkeys(metadata.schema.to_arrow_schema().names)
-        except (pa.ArrowException, OSError, ValueError) as error:
-            raise ConveyorError(
-                f"{file}: cannot be read as a payload log file ({first_line(error)})"
-            ) from None
-    return list(names)
+    try:
+        with fsspec.open(file, "rb") as opened:
+            return pq.ParquetFile(opened).schema_arrow.names
+    except (pa.ArrowException, OSError, ValueError) as error:
+        raise ConveyorError(
+            f"{file}: cannot be read as a payload log file ({first_line(error)})"
+        ) from None
 
 
 def check_model(column: pa.ChunkedArray, model: str, uri: str) -> None:
@@ -854,13 +860,13 @@ def group_quality(
             )
             true_proba = np.where(is_positive, proba, 1 - proba)[known]
             found["log_loss"] = _log_loss(
-                np.clip(true_proba, _EPS, 1 - _EPS), joined_codes[known], groups, z
+                np.clip(true_proba, LOG_LOSS_EPS, 1 - LOG_LOSS_EPS), joined_codes[known], groups, z
             )
     else:
         found.update(_macro(cells, z))
         if probabilities is not None:
             known = ~np.isnan(probabilities).any(axis=1)
-            clipped = np.clip(probabilities[known], _EPS, 1 - _EPS)
+            clipped = np.clip(probabilities[known], LOG_LOSS_EPS, 1 - LOG_LOSS_EPS)
             clipped /= clipped.sum(axis=1, keepdims=True)
             true_proba = clipped[np.arange(len(clipped)), truth[known]]
             found["log_loss"] = _log_loss(true_proba, joined_codes[known], groups, z)

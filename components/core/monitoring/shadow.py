@@ -62,9 +62,11 @@ from conveyor.components.core.files import finite_json
 from conveyor.components.core.intervals import wilson_interval
 from conveyor.components.core.monitoring.drift import is_number, psi
 from conveyor.components.core.monitoring.quality import (
+    LOG_LOSS_EPS,
     QualitySettings,
     as_micros,
     check_model,
+    file_columns,
     read_labels,
     window_bounds,
     window_files,
@@ -104,7 +106,6 @@ JUDGED_ONLINE = ("accuracy",)  # log loss is reported: a rare confident mistake 
 MISSING_SEGMENT = "(missing)"
 _TIMING_ROWS = 1_000
 _TIMING_REPEATS = 5
-_EPS = float(np.finfo(np.float64).eps)  # scikit-learn's log_loss clip, as online quality's
 # The score histograms' and PSI's bins: tenths, each centred on its tenth (0.15 to 0.25
 # holds 0.2), so a model whose scores come in steps (a forest's vote shares, rounded
 # scores) keeps each score in the bin of the value it rounds.
@@ -423,18 +424,9 @@ def read_window(
 def _files_with(files: list[str], inputs: list[str], log_uri: str) -> tuple[list[str], list[str]]:
     """The files holding every input (a file written before a feature was logged cannot be
     replayed), and a note on those left out; refuses when none holds them all."""
-    import fsspec
-    import pyarrow.parquet as pq
-
     kept, lacking = [], {}
     for file in files:
-        try:
-            with fsspec.open(file, "rb") as opened:
-                names = set(pq.ParquetFile(opened).schema_arrow.names)
-        except (pa.ArrowException, OSError, ValueError) as error:
-            raise ConveyorError(
-                f"{file}: cannot be read as a payload log file ({first_line(error)})"
-            ) from None
+        names = set(file_columns(file))
         missing = [name for name in inputs if name not in names]
         if missing:
             lacking[file] = missing
@@ -687,7 +679,7 @@ def judge_online(
 
 def _row_log_loss(probabilities: np.ndarray, truth: np.ndarray) -> np.ndarray:
     chosen = probabilities[np.arange(len(truth)), truth]
-    return -np.log(np.clip(chosen, _EPS, 1 - _EPS))
+    return -np.log(np.clip(chosen, LOG_LOSS_EPS, 1 - LOG_LOSS_EPS))
 
 
 def _shifts(replayed: Replay, segments: np.ndarray | None, names: list[str]) -> list[ScoreShift]:
@@ -927,7 +919,7 @@ def shadow_gate(challenger: TrainedModel, run: ShadowRun) -> ShadowReport:
     why, when there is nothing to replay: no log configured, no champion yet, or no log
     written yet (a first deploy)."""
     from conveyor.components.core.training import tracking
-    from conveyor.components.core.training.registry import find_champion
+    from conveyor.components.core.training.registry import find_champion, load_champion
 
     if not run.log_uri:
         return not_judged(
@@ -935,7 +927,9 @@ def shadow_gate(challenger: TrainedModel, run: ShadowRun) -> ShadowReport:
             "no production traffic to replay",
             run.policy,
         )
-    if find_champion(tracking.connect(run.tracking_uri), run.model) is None:
+    client = tracking.connect(run.tracking_uri)
+    champion = find_champion(client, run.model)
+    if champion is None:
         return not_judged(
             f"Not judged: {run.model!r} has no champion yet (a first deploy)", run.policy
         )
@@ -945,7 +939,7 @@ def shadow_gate(challenger: TrainedModel, run: ShadowRun) -> ShadowReport:
             "logged request)",
             run.policy,
         )
-    return replay_against_champion(challenger, run)
+    return _replay_against(challenger, run, load_champion(client, champion))
 
 
 def replay_against_champion(challenger: TrainedModel, run: ShadowRun) -> ShadowReport:
@@ -963,7 +957,12 @@ def replay_against_champion(challenger: TrainedModel, run: ShadowRun) -> ShadowR
     champion = find_champion(client, run.model)
     if champion is None:
         raise ConveyorError(f"model {run.model!r} has no champion in {client.tracking_uri}")
-    serving = load_champion(client, champion)
+    return _replay_against(challenger, run, load_champion(client, champion))
+
+
+def _replay_against(
+    challenger: TrainedModel, run: ShadowRun, serving: TrainedModel
+) -> ShadowReport:
     inputs = _logged_inputs(serving, challenger, run.settings)
     rows, notes = read_window(run.log_uri, run.model, run.settings, inputs)
     return compare_models(

@@ -53,7 +53,7 @@ def log_to_run(tracking_uri: str, run_id: str, model: str, report: ShadowReport)
 
     client = tracking.connect(tracking_uri)
     client.set_tag(run_id, "shadow.passed", str(report.passed).lower())
-    client.set_tag(run_id, "shadow.reason", report.reason[:5000])  # MLflow's tag limit
+    client.set_tag(run_id, "shadow.reason", report.reason[: tracking.TAG_VALUE_LIMIT])
     client.log_text(run_id, markdown(report), "shadow.md")
     decision = (
         "passed"

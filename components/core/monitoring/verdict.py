@@ -252,7 +252,7 @@ def record_monitoring(tracking_uri: str, verdict: MonitoringVerdict, pipeline_ru
     """Records each finding and the retraining decision as audit events on the champion's
     training run (the version being watched); returns the version, empty without a
     champion (nothing registered to be watched)."""
-    from conveyor.components.core.audit import AuditEvent, record_event
+    from conveyor.components.core.audit import AuditEvent, record_events
     from conveyor.components.core.training import tracking
     from conveyor.components.core.training.registry import find_champion
 
@@ -264,21 +264,21 @@ def record_monitoring(tracking_uri: str, verdict: MonitoringVerdict, pipeline_ru
         "model": verdict.model, "step": "monitoring_verdict",
         "version": champion.version, "pipeline_run": pipeline_run,
     }  # fmt: skip
-    for finding in verdict.findings:
-        kind = "quality" if finding.name == "quality degradation" else "drift"
-        event = AuditEvent(
-            kind=kind, decision=_status(finding).strip("*"), reason=finding.reason,
+    events = [
+        AuditEvent(
+            kind="quality" if finding.name == "quality degradation" else "drift",
+            decision=_status(finding).strip("*"), reason=finding.reason,
             parameters={"finding": finding.name, "retrains": finding.retrains}, **common,
-        )  # fmt: skip
-        record_event(client, champion.run_id, event)
+        )
+        for finding in verdict.findings
+    ]  # fmt: skip
     decision = "started" if verdict.retraining else "not started"
-    record_event(
-        client,
-        champion.run_id,
+    events.append(
         AuditEvent(
             kind="retraining", decision=decision, reason=verdict.reason,
             parameters={"retrain": verdict.retrain}, measurements={"triggers": verdict.triggers},
             **common,
-        ),
+        )
     )  # fmt: skip
+    record_events(client, champion.run_id, events)
     return champion.version

@@ -29,7 +29,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from conveyor.components.core.audit import AuditEvent, record_event
+from conveyor.components.core.audit import AuditEvent, record_event, record_events
 from conveyor.components.core.data.schema import Schema
 from conveyor.components.core.data.tables import read_parquet
 from conveyor.components.core.errors import ConveyorError, first_line
@@ -462,20 +462,16 @@ def record_rollout(
     champion = find_champion(client, name)
     after = champion.version if champion else ""
     training_run = _registered_version(client, name, version).run_id
-    for step in outcome.steps():
-        record_event(client, training_run, _step_event(name, version, run, outcome, step))
-    record_event(
-        client,
-        training_run,
-        AuditEvent(
-            kind="rollout", decision=outcome.decision, reason=outcome.reason, model=name,
-            step="deploy", version=version, pipeline_run=run,
-            measurements={
-                "champion_after": after, "canary_revision": outcome.canary_revision,
-                "stable_revision": outcome.stable_revision,
-            },
-        ),
+    steps = [_step_event(name, version, run, outcome, step) for step in outcome.steps()]
+    final = AuditEvent(
+        kind="rollout", decision=outcome.decision, reason=outcome.reason, model=name,
+        step="deploy", version=version, pipeline_run=run,
+        measurements={
+            "champion_after": after, "canary_revision": outcome.canary_revision,
+            "stable_revision": outcome.stable_revision,
+        },
     )  # fmt: skip
+    record_events(client, training_run, [*steps, final])
     return after
 
 

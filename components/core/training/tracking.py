@@ -21,6 +21,7 @@ __all__ = [
     "REFERENCE_SCHEMA",
     "REFERENCE_SCORES",
     "REFERENCE_TABLE",
+    "TAG_VALUE_LIMIT",
     "connect",
     "ensure_experiment",
     "log_evaluation_reference",
@@ -36,6 +37,7 @@ REFERENCE_SCHEMA = "schema.json"
 # What the model relied on and said on its evaluation split (training.importance).
 REFERENCE_IMPORTANCE = "importance.json"
 REFERENCE_SCORES = "scores.parquet"
+TAG_VALUE_LIMIT = 5000  # MLflow's longest tag value
 
 
 def connect(tracking_uri: str) -> MlflowClient:
