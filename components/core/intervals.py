@@ -1,10 +1,13 @@
-"""Confidence intervals of proportions, shared by evaluation, thresholds and monitoring."""
+"""Confidence intervals of proportions, shared by evaluation, thresholds and monitoring,
+and the check that the numbers a statistic is computed on are numbers."""
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["Z95", "wilson_interval"]
+from conveyor.components.core.errors import ConveyorError
+
+__all__ = ["Z95", "require_finite", "wilson_interval"]
 
 # The standard normal's 97.5th percentile: a two-sided 95 % interval's z.
 Z95 = 1.959963984540054
@@ -21,3 +24,11 @@ def wilson_interval(
         centre = (rate + square / 2) / (1 + square)
         half = z / (1 + square) * np.sqrt(rate * (1 - rate) / trials + square / (4 * trials))
     return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
+
+
+def require_finite(values: np.ndarray, refusal: str) -> None:
+    """Refuses ``values`` holding a NaN or an infinity, with ``refusal`` (its ``{count}``
+    filled with how many)."""
+    count = int((~np.isfinite(values)).sum())
+    if count:
+        raise ConveyorError(refusal.format(count=count))

@@ -31,7 +31,7 @@ from sklearn.base import BaseEstimator
 from sklearn.calibration import CalibratedClassifierCV
 
 from conveyor.components.core.errors import ConveyorError
-from conveyor.components.core.intervals import Z95, wilson_interval
+from conveyor.components.core.intervals import Z95, require_finite, wilson_interval
 
 __all__ = [
     "CALIBRATION_METHODS",
@@ -133,11 +133,11 @@ def reliability(happened: np.ndarray, probability: np.ndarray, event: str) -> Re
         ConveyorError: A probability is not a finite number.
     """
     happened, probability = np.asarray(happened, bool), np.asarray(probability, float)
-    if not np.isfinite(probability).all():
-        raise ConveyorError(
-            f"{int((~np.isfinite(probability)).sum())} predicted probabilities of {event} are "
-            "not finite numbers: the model's probabilities cannot be judged"
-        )
+    require_finite(
+        probability,
+        f"{{count}} predicted probabilities of {event} are not finite numbers: the model's "
+        "probabilities cannot be judged",
+    )
     edges = np.arange(_BINS + 1) / _BINS  # 0.3, not linspace's 0.30000000000000004
     index = np.clip(np.digitize(probability, edges[1:-1]), 0, _BINS - 1)
     rows = np.bincount(index, minlength=_BINS)

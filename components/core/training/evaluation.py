@@ -147,7 +147,7 @@ class EvaluationResult:
 
     def decision_threshold(self) -> float | None:
         choice = self.threshold
-        return None if choice is None or choice.point is None else choice.point.threshold
+        return None if choice is None else choice.threshold
 
 
 def decision_threshold(evaluation_path: Path) -> float | None:
@@ -236,7 +236,7 @@ def evaluate_model(
     proba = model.pipeline.predict_proba(test_split.drop(columns=[target]))
     truth, classes = test_split[target].to_numpy(), model.pipeline.classes_
     choice = _choose_threshold(policy.threshold, model.card, truth, proba, positive_class)
-    threshold = None if choice is None or choice.point is None else choice.point.threshold
+    threshold = None if choice is None else choice.threshold
     picked = model.at_threshold(threshold).card.predicted_indices(proba)  # as it will serve
     scores = score_probabilities(classes, truth, proba, positive_class, picked)
     _check_policy_metrics(policy, scores, len(model.card.classes))

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from conveyor.components.core.errors import ConveyorError
-from conveyor.components.core.intervals import Z95, wilson_interval
+from conveyor.components.core.intervals import Z95, require_finite, wilson_interval
 from conveyor.components.core.monitoring.drift import is_number
 
 __all__ = [
@@ -159,6 +159,10 @@ class ThresholdChoice:
     point: OperatingPoint | None
     reason: str
 
+    @property
+    def threshold(self) -> float | None:
+        return None if self.point is None else self.point.threshold
+
 
 def choose_threshold(
     is_positive: np.ndarray, scores: np.ndarray, policy: ThresholdPolicy
@@ -171,11 +175,11 @@ def choose_threshold(
         ConveyorError: A score is not a finite number.
     """
     is_positive, scores = np.asarray(is_positive, bool), np.asarray(scores, float)
-    if not np.isfinite(scores).all():
-        raise ConveyorError(
-            f"threshold_policy: {int((~np.isfinite(scores)).sum())} evaluation score(s) are "
-            "not finite numbers; a threshold cannot be chosen on them"
-        )
+    require_finite(
+        scores,
+        "threshold_policy: {count} evaluation score(s) are not finite numbers; a threshold "
+        "cannot be chosen on them",
+    )
     positives, negatives = int(is_positive.sum()), int((~is_positive).sum())
     if not len(scores):
         return _unmet(policy, "the evaluation split has no rows")
