@@ -61,10 +61,12 @@ BENCH_ARGS ?=
 DRIFT_BENCH_ARGS ?=
 VALIDATION_BENCH_ARGS ?=
 QUALITY_BENCH_ARGS ?=
+GPU_CHECK_ARGS ?=
 MLSERVER_VENV := .bench/mlserver-venv
 MLSERVER_INSTALLED := $(MLSERVER_VENV)/.installed
 
 .DEFAULT_GOAL := help
+.PHONY: gpu-install gpu-check
 .PHONY: help install run serve compile check submit schedule submit-vertex schedule-vertex publish drift test golden wheel lint format images push lint-images bench bench-serving bench-drift bench-validation bench-quality validate monitor lock clean
 
 help: ## List the targets
@@ -73,6 +75,9 @@ help: ## List the targets
 $(INSTALLED): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	@# After make gpu-install: XGBoost's two builds share their files, so both go first.
+	@if $(BIN)/python -m pip show --quiet xgboost 2>/dev/null; then \
+		$(BIN)/python -m pip uninstall --quiet --yes xgboost xgboost-cpu; fi
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	@touch $@
 
@@ -202,6 +207,16 @@ bench-validation: $(INSTALLED) ## Validation of 1,000,000 x 30 rows of Parquet v
 
 bench-quality: $(INSTALLED) ## Labels joined to 10,000,000 logged predictions, every metric, vs a plain pyarrow read [QUALITY_BENCH_ARGS=--rows N]
 	$(BIN)/python -m bench.quality $(QUALITY_BENCH_ARGS)
+
+gpu-install: | $(INSTALLED) ## Put XGBoost's CUDA build in .venv in place of its CPU build, as the gpu image has it
+	@version=$$($(BIN)/python -c 'import xgboost; print(xgboost.__version__)') \
+		&& $(BIN)/python -m pip uninstall --quiet --yes xgboost-cpu \
+		&& $(BIN)/python -m pip install --quiet --no-deps "xgboost==$$version" \
+		&& echo "xgboost $$version (CUDA build) in $(VENV); back to the CPU build:" \
+			"rm $(INSTALLED) && make install"
+
+gpu-check: | $(INSTALLED) ## On a GPU machine: XGBoost through Conveyor on the CPU and the GPU, times and metrics side by side [GPU_CHECK_ARGS=--rows N]
+	$(BIN)/python -m bench.gpu_check $(GPU_CHECK_ARGS)
 
 lock: ## Re-pin every dependency into constraints.txt from a fresh resolve
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv

@@ -1,4 +1,4 @@
-"""Train: fit a scikit-learn classifier and write a KServe-loadable model directory."""
+"""Train: fit a classifier (scikit-learn, XGBoost, LightGBM) and write a model directory."""
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
@@ -27,6 +27,11 @@ def train(
 ):
     """Fits imputation, scaling, one-hot encoding and the estimator; logs the run to MLflow.
 
+    A pipeline compiled with ``--gpus N`` gives this step N GPUs and sets
+    ``CONVEYOR_TRAIN_GPUS``: the estimator then trains on the GPU (``xgboost``, in the gpu
+    image), or the step fails in one line, before any work, when the estimator trains on the
+    CPU only, XGBoost is a CPU-only build or no GPU is visible.
+
     Args:
         train: The training split (Parquet).
         test: The evaluation split (Parquet): the model's permutation importance and its
@@ -39,12 +44,15 @@ def train(
             on ``test``) and ``scores.parquet`` (``test``'s inputs with the model's predicted
             class, score and probabilities); the last two also go to the MLflow run's
             ``reference/``. Metadata:
-            ``sha256``, ``estimator``, ``mlflow_run_id`` (the run holding params, training
+            ``sha256``, ``estimator``, ``device`` (``cpu`` or ``cuda``: what it trained
+            on, also the run's ``device`` param), ``gpu`` (the GPU's name, on a GPU; also
+            the run's ``gpu`` tag), ``mlflow_run_id`` (the run holding params, training
             metrics and the model files; tagged with the split's ``data_hash``, the whole
             table's ``source_content_hash`` and the resolved ``data_revision``),
             ``data_hash``, ``train_<metric>``, and for a
             binary target ``positive_class`` (the model card's).
-        estimator: ``logistic_regression``, ``random_forest`` or ``hist_gradient_boosting``.
+        estimator: ``logistic_regression``, ``random_forest``, ``hist_gradient_boosting``,
+            ``xgboost`` or ``lightgbm``.
         hyperparameters: Keyword arguments for the estimator, checked against what it accepts.
         seed: Seed for the estimator's randomness.
         mlflow_tracking_uri: MLflow tracking server; empty uses ``$MLFLOW_TRACKING_URI``.
@@ -71,6 +79,7 @@ def train(
     from conveyor.components.core.audit import record_event, validation_event
     from conveyor.components.core.errors import step_errors
     from conveyor.components.core.training import tracking
+    from conveyor.components.core.training.devices import requested_gpus
     from conveyor.components.core.training.trainer import train_model
 
     data_hash = train.metadata.get("content_hash", "")
@@ -97,6 +106,7 @@ def train(
             test_path=Path(test.path),
             id_columns=[str(column) for column in id_columns],
             calibration=calibration,
+            gpus=requested_gpus(),
         )
         if schema is not None and "columns" in schema.metadata:
             record_event(
@@ -108,10 +118,13 @@ def train(
         {
             "sha256": result.card.sha256,
             "estimator": estimator,
+            "device": result.device,
             "mlflow_run_id": result.run_id,
             "data_hash": data_hash,
         }
     )
     model.metadata.update({f"train_{name}": value for name, value in result.metrics.items()})
+    if result.gpu:
+        model.metadata["gpu"] = result.gpu
     if result.card.positive_class is not None:
         model.metadata["positive_class"] = result.card.positive_class

@@ -13,6 +13,7 @@ from kfp.components import load_component_from_file
 from kfp.kubernetes import kubernetes_executor_config_pb2 as k8s_pb2
 from kfp.pipeline_spec import pipeline_spec_pb2
 
+from conveyor.components.core.training.devices import GPUS_ENV
 from conveyor.components.images import VERSION
 from conveyor.pipelines.cli import main
 from conveyor.pipelines.definitions.compile import COMPONENTS
@@ -132,15 +133,43 @@ def test_gpu_train_step_on_kubeflow(gpu_build: Path) -> None:
     ("options", "gpu"), [((), "NVIDIA_L4"), (("--gpu-type", "NVIDIA_TESLA_T4"), "NVIDIA_TESLA_T4")]
 )
 def test_gpu_train_step_on_vertex(tmp_path: Path, options: tuple[str, ...], gpu: str) -> None:
-    build = compile_to(tmp_path, "--gpus", "2", *options)
+    build = compile_to(tmp_path, "--gpus", "1", *options)
     train = executors(build / "training.vertex.yaml")["train"]
     assert (
         train.resources.accelerator.resource_type,
         train.resources.accelerator.resource_count,
-    ) == (gpu, "2")
+    ) == (gpu, "1")
     assert train.image == f"conveyor/conveyor-gpu:{VERSION}"
     kubeflow = executors(build / "training.kubeflow.yaml")["train"]
     assert kubeflow.resources.accelerator.resource_type == "nvidia.com/gpu"
+
+
+@pytest.mark.parametrize("target", ["kubeflow", "vertex"])
+@pytest.mark.parametrize("pipeline", ["training", "monitoring"])
+def test_the_gpu_train_step_is_told_its_gpu_and_trains_xgboost_by_default(
+    cpu_build: Path, gpu_build: Path, target: str, pipeline: str
+) -> None:
+    """The step checks the GPU it was given is used (``training.devices``); xgboost is the
+    estimator that trains there."""
+    for build, gpus, estimator in (
+        (cpu_build, None, "logistic_regression"),
+        (gpu_build, "1", "xgboost"),
+    ):
+        path = build / f"{pipeline}.{target}.yaml"
+        environments = {
+            step: {variable.name: variable.value for variable in container.env}
+            for step, container in executors(path).items()
+        }
+        assert environments["train"].get(GPUS_ENV) == gpus
+        assert all(GPUS_ENV not in env for step, env in environments.items() if step != "train")
+        parameters = pipeline_spec(path).root.input_definitions.parameters
+        assert parameters["estimator"].default_value.string_value == estimator
+
+
+def test_more_than_one_gpu_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["compile", "--output-dir", str(tmp_path), "--gpus", "2"]) == 2
+    assert "--gpus 2: Conveyor's train step trains on one GPU" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
 
 
 def test_unknown_vertex_gpu_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

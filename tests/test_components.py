@@ -44,6 +44,7 @@ def test_the_six_components_take_a_model_from_csv_to_manifest(
         mlflow_tracking_uri=mlflow_server, pipeline_run_id="run-1",
     )  # fmt: skip
     assert model.metadata["data_hash"] == train_set.metadata["content_hash"]
+    assert model.metadata["device"] == "cpu" and "gpu" not in model.metadata
     assert (Path(model.path) / "model.joblib").is_file()
     importance = json.loads((Path(model.path) / "importance.json").read_text())
     assert set(importance["importances"]) == {"size", "weight", "color"}  # measured on test

@@ -210,6 +210,7 @@ def pod_runs(
             "model_name": MODEL_NAME,
             "mlflow_tracking_uri": mlflow_server,  # chroot isolation: the host's loopback
             "pipeline_run_id": "image-test-run-1",
+            "estimator": "lightgbm",  # its library links the image's libgomp1
         },
         splits,
         "train",
@@ -244,6 +245,7 @@ def test_train_runs_from_its_compiled_yaml_and_logs_to_the_hosts_mlflow(pod_runs
     directory = local(model["uri"], pod_runs["artifacts"])
     card = json.loads((directory / "model.json").read_text())
     assert card["sha256"] == model["metadata"]["sha256"]
+    assert card["estimator"] == "lightgbm" and model["metadata"]["device"] == "cpu"
     assert (directory / "model.joblib").is_file()
     assert os.stat(directory / "model.joblib").st_uid == 1000  # written as the image's user
     run = mlflow.MlflowClient(mlflow_server).get_run(model["metadata"]["mlflow_run_id"])
@@ -305,29 +307,35 @@ def test_the_serving_image_serves_the_trained_model_over_http(
 
 # --- the GPU image ----------------------------------------------------------------------------
 
-CUDA_CHECK = """
-import ctypes, pathlib
+BOOSTERS = """
+import json
+from importlib import metadata
+import lightgbm, xgboost
 import conveyor.components
-import nvidia.cuda_runtime
-(lib,) = pathlib.Path(nvidia.cuda_runtime.__path__[0], "lib").glob("libcudart.so.*")
-by_name = ctypes.CDLL("libcudart.so.12")  # through the image's LD_LIBRARY_PATH
-version = ctypes.c_int()
-assert by_name.cudaRuntimeGetVersion(ctypes.byref(version)) == 0
-print(lib, version.value)
+names = sorted(d.metadata["Name"] for d in metadata.distributions() if d.metadata["Name"].startswith("xgboost"))
+print(json.dumps({"cuda": xgboost.build_info()["USE_CUDA"], "xgboost": xgboost.__version__, "distributions": names, "lightgbm": lightgbm.__version__}))
 """
 
 
-def test_the_gpu_image_has_conveyor_and_the_cuda_runtime(built: Callable[[str], str]) -> None:
-    result = buildah.run_in(built("gpu"), ["python", "-c", CUDA_CHECK], volumes={})
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_image_loads_the_boosters_and_only_the_gpu_image_has_xgboosts_cuda_build(
+    built: Callable[[str], str], kind: str
+) -> None:
+    """The gpu image swaps in XGBoost's CUDA build at the pinned version; asking needs no GPU."""
+    import lightgbm
+    import xgboost
+
+    result = buildah.run_in(built(kind), ["python", "-c", BOOSTERS], volumes={})
     assert result.returncode == 0, result.stderr[-3000:]
-    library, version = result.stdout.split()
-    assert library.startswith("/opt/venv/") and ".so.12" in library
-    assert 12000 <= int(version) < 13000  # a CUDA 12 runtime, no GPU needed to ask
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found["cuda"] is (kind == "gpu")
+    assert found["distributions"] == ["xgboost" if kind == "gpu" else "xgboost-cpu"]
+    assert (found["xgboost"], found["lightgbm"]) == (xgboost.__version__, lightgbm.__version__)
 
 
 def test_the_three_images_share_one_venv_layer(built: Callable[[str], str]) -> None:
     """The Dockerfiles are the same up to the venv, so the layer cache installed it once:
-    serving is those layers alone, base adds git, gpu adds the CUDA runtime to base's."""
+    serving is those layers alone, base adds git, gpu adds XGBoost's CUDA build to base's."""
     layers = {kind: buildah.diff_ids(built(kind)) for kind in KINDS}
     base, gpu, serving = layers["base"], layers["gpu"], layers["serving"]
     assert base[:-1] == serving and gpu[:-1] == base, layers

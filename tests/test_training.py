@@ -14,8 +14,8 @@ from mlflow import MlflowClient
 
 from conveyor.components.core.data.tables import split_table
 from conveyor.components.core.errors import ConveyorError
+from conveyor.components.core.training.estimators import ESTIMATORS
 from conveyor.components.core.training.trainer import (
-    ESTIMATORS,
     MODEL_CARD,
     MODEL_FILE,
     MODEL_FORMAT_VERSION,
@@ -64,7 +64,7 @@ def test_model_directory_round_trips_and_records_its_sha256(
     assert saved["hyperparameters"] == {"C": 0.5}
     # Readers refuse newer formats: a card without id columns is written in format 1, which
     # servers from before format 2 still load.
-    assert saved["format_version"] == 1 and MODEL_FORMAT_VERSION == 4
+    assert saved["format_version"] == 1 and MODEL_FORMAT_VERSION == 5
     assert saved["sha256"] == card.sha256 and saved["model_file"] == MODEL_FILE
     assert {"python", "scikit-learn", "pandas", "conveyor"} <= set(saved["versions"])
     loaded = load_model_dir(tmp_path / "model")
@@ -81,7 +81,8 @@ def test_a_tampered_model_file_is_refused(tmp_path: Path, species: pd.DataFrame)
 
 
 def test_model_file_loads_without_conveyor_installed(tmp_path: Path, species: pd.DataFrame) -> None:
-    """KServe's sklearn server unpickles model.joblib: it must hold scikit-learn classes only."""
+    """KServe's sklearn server unpickles model.joblib: a scikit-learn estimator's holds
+    scikit-learn classes only (XGBoost's holds Conveyor's label wrapper, format 5)."""
     save_model_dir(fit_classifier(species, "species", "hist_gradient_boosting", {}, 0), tmp_path)
     script = (
         "import sys; sys.modules['conveyor'] = None\n"
@@ -98,7 +99,7 @@ def test_model_file_loads_without_conveyor_installed(tmp_path: Path, species: pd
 @pytest.mark.parametrize(
     ("estimator", "hyperparameters", "message"),
     [
-        ("xgboost", {}, "unknown estimator 'xgboost'; choose one of: logistic_regression"),
+        ("catboost", {}, "unknown estimator 'catboost'; choose one of: logistic_regression"),
         (
             "random_forest",
             {"depth": 3},

@@ -89,7 +89,8 @@ def _parser() -> argparse.ArgumentParser:
         "--schema", type=Path, help="schema file both splits must meet (conveyor validate)"
     )
     run.add_argument(
-        "--estimator", help="logistic_regression, random_forest or hist_gradient_boosting"
+        "--estimator",
+        help="logistic_regression, random_forest, hist_gradient_boosting, xgboost or lightgbm",
     )
     run.add_argument(
         "--param",
@@ -116,7 +117,12 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--output-dir", type=Path, default=Path("build"), help="where the YAML is written"
     )
-    build.add_argument("--gpus", type=int, default=0, help="GPUs for the train step")
+    build.add_argument(
+        "--gpus",
+        type=int,
+        default=0,
+        help="GPUs for the train step: 0, or 1 (XGBoost trains on it)",
+    )
     build.add_argument("--gpu-type", default="", help="Vertex accelerator (default NVIDIA_L4)")
     build.add_argument(
         "--gpu-node-selector",

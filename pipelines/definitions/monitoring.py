@@ -28,7 +28,11 @@ from conveyor.components.quality import quality
 from conveyor.components.validate_inputs import validate_inputs
 from conveyor.pipelines.definitions.steps import apply_step_settings
 from conveyor.pipelines.definitions.targets import Target
-from conveyor.pipelines.definitions.training import DEFAULT_MODEL_NAME, build_training_pipeline
+from conveyor.pipelines.definitions.training import (
+    DEFAULT_MODEL_NAME,
+    build_training_pipeline,
+    default_estimator,
+)
 
 __all__ = ["MONITORING_PIPELINE_NAME", "build_monitoring_pipeline"]
 
@@ -67,7 +71,7 @@ def build_monitoring_pipeline(target: Target) -> GraphComponent:
         dvc_repo: str = "",
         data_revision: str = "",
         schema_uri: str = "",
-        estimator: str = "logistic_regression",
+        estimator: str = default_estimator(target),
         namespace: str = "default",
         rollout: bool = True,
         prometheus_url: str = "",

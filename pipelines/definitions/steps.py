@@ -12,6 +12,7 @@ from kfp import kubernetes
 from kfp.dsl import PipelineTask
 
 from conveyor.components.core.errors import ConveyorError
+from conveyor.components.core.training.devices import GPUS_ENV
 from conveyor.components.images import image as image_of
 from conveyor.pipelines.definitions.targets import (
     MLFLOW_SECRET,
@@ -89,6 +90,7 @@ def apply_step_settings(
         task.set_caching_options(enable_caching=False)
     if step == "train" and target.gpus:
         task.set_accelerator_type(target.accelerator_type).set_accelerator_limit(target.gpus)
+        task.set_env_variable(GPUS_ENV, str(target.gpus))  # what the step checks it can use
     if target.platform_settings:
         _apply_platform_settings(task, step, target)
     return task

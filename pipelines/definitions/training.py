@@ -5,6 +5,7 @@ from kfp import dsl
 from kfp.dsl.graph_component import GraphComponent
 
 from conveyor.components.core.data.tables import DEFAULT_DATA_URI, DEFAULT_TARGET
+from conveyor.components.core.errors import ConveyorError
 from conveyor.components.deploy import deploy
 from conveyor.components.evaluate import evaluate
 from conveyor.components.ingest import ingest
@@ -19,14 +20,29 @@ __all__ = [
     "DEFAULT_MODEL_NAME",
     "PIPELINE_NAME",
     "build_training_pipeline",
+    "default_estimator",
 ]
 
 PIPELINE_NAME = "conveyor-training"
 DEFAULT_MODEL_NAME = "breast-cancer"
 
 
+def default_estimator(target: Target) -> str:
+    """The estimator by default: on a GPU, the one that trains there."""
+    return "xgboost" if target.gpus else "logistic_regression"
+
+
 def build_training_pipeline(target: Target) -> GraphComponent:
-    """The training pipeline compiled for ``target`` (images, GPUs, platform settings)."""
+    """The training pipeline compiled for ``target`` (images, GPUs, platform settings).
+
+    With a GPU the estimator is ``xgboost`` by default, the one that trains there; the train
+    step uses one GPU, so more are refused here rather than left idle.
+    """
+    if target.gpus > 1:
+        raise ConveyorError(
+            f"--gpus {target.gpus}: Conveyor's train step trains on one GPU (XGBoost, one "
+            "process); compile with --gpus 1"
+        )
 
     @dsl.pipeline(name=PIPELINE_NAME, description=__doc__)
     def training(
@@ -39,7 +55,7 @@ def build_training_pipeline(target: Target) -> GraphComponent:
         schema_uri: str = "",
         test_size: float = 0.2,
         seed: int = 42,
-        estimator: str = "logistic_regression",
+        estimator: str = default_estimator(target),
         hyperparameters: dict = {},  # noqa: B006 - KFP reads defaults from the signature
         calibration: str = "",
         mlflow_tracking_uri: str = "",
@@ -90,7 +106,9 @@ def build_training_pipeline(target: Target) -> GraphComponent:
                 empty infers one from the training split.
             test_size: Share of rows held out for evaluation.
             seed: Seed of the split and the estimator.
-            estimator: logistic_regression, random_forest or hist_gradient_boosting.
+            estimator: logistic_regression, random_forest, hist_gradient_boosting, xgboost
+                or lightgbm (default: xgboost when compiled with a GPU, the one that trains
+                there; logistic_regression otherwise).
             hyperparameters: Keyword arguments for the estimator.
             calibration: sigmoid or isotonic calibrates the model's probabilities (5-fold);
                 empty leaves them as the estimator gives them.

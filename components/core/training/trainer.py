@@ -24,19 +24,15 @@ import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import metadata
-from numbers import Integral, Real
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import joblib
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator
 from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
@@ -53,19 +49,24 @@ from conveyor.components.core.data.schema import Schema, infer_schema
 from conveyor.components.core.data.tables import as_arrow, read_parquet
 from conveyor.components.core.errors import ConveyorError, first_line, plain
 from conveyor.components.core.serving.payload_log import score_column
-from conveyor.components.core.training import tracking
 from conveyor.components.core.training.calibration import (
     CALIBRATION_METHODS,
     calibrated,
     check_calibration,
     check_calibration_rows,
 )
+from conveyor.components.core.training.devices import training_device
+from conveyor.components.core.training.estimators import (
+    CPU,
+    ESTIMATORS,
+    build_estimator,
+    estimator_spec,
+)
 from conveyor.components.core.training.importance import evaluation_reference
 from conveyor.components.core.training.metrics import positive_label, score
 from conveyor.components.core.training.thresholds import predicted_indices
 
 __all__ = [
-    "ESTIMATORS",
     "MODEL_CARD",
     "MODEL_FILE",
     "MODEL_FORMAT_VERSION",
@@ -96,21 +97,14 @@ MODEL_SHA256_ENV = "CONVEYOR_MODEL_SHA256"
 # ``positive_class``. Format 3: features of kind ``datetime`` and ``text``, whose pickled
 # preprocessing calls Conveyor's ``data.roles.date_parts`` or holds a TF-IDF vocabulary.
 # Format 4: ``decision_threshold``, which an older server would ignore, predicting the most
-# probable class instead, and ``calibration``.
-MODEL_FORMAT_VERSION = 4
+# probable class instead, and ``calibration``. Format 5: the estimators ``xgboost`` and
+# ``lightgbm``, whose pickles need those libraries (``training.estimators``).
+MODEL_FORMAT_VERSION = 5
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
-# Estimator name -> (class, defaults Conveyor applies before the user's hyperparameters).
-ESTIMATORS: dict[str, tuple[type[BaseEstimator], dict[str, Any]]] = {
-    "logistic_regression": (LogisticRegression, {"max_iter": 1000}),
-    "random_forest": (RandomForestClassifier, {"n_estimators": 200, "n_jobs": -1}),
-    "hist_gradient_boosting": (HistGradientBoostingClassifier, {}),
-}
 # The most words a text feature contributes (the most frequent, by TF-IDF's vocabulary).
 _TEXT_FEATURES = 1000
 _WORD = r"\w\w"  # what TF-IDF's default token pattern needs
-# Estimators that refuse sparse input (one-hot and TF-IDF columns are sparse).
-_DENSE_ONLY = frozenset({"hist_gradient_boosting"})
 _LIBRARIES = ("scikit-learn", "pandas", "numpy", "joblib", "conveyor")
 
 
@@ -149,7 +143,8 @@ class ModelCard:
     """What a model directory holds and how it was made (``model.json``); checks itself.
 
     Attributes:
-        estimator: The estimator's name (a key of ``ESTIMATORS``).
+        estimator: The estimator's name (a key of ``estimators.ESTIMATORS``; a card of
+            ``xgboost`` or ``lightgbm`` is written in format 5).
         hyperparameters: The user's hyperparameters, as the estimator took them.
         target: The label column.
         classes: The classes the model predicts, in its order.
@@ -240,7 +235,7 @@ class ModelCard:
             for key in ("decision_threshold", "calibration")
             if getattr(self, key) is not None
         ]
-        return max([keys, *newest, *kinds])
+        return max([keys, *newest, *kinds, _estimator_format(self.estimator)])
 
     def at_threshold(self, threshold: float) -> ModelCard:
         """This card with a decision threshold, in a format that holds one."""
@@ -328,6 +323,13 @@ def _check_format_version(version: Any) -> None:
             f"server too old for model format {version}: this Conveyor reads model formats "
             f"up to {MODEL_FORMAT_VERSION}; serve it with the release that trained it or later"
         )
+
+
+def _estimator_format(name: str) -> int:
+    """The oldest format whose servers load estimator ``name`` (1 for one this code does not
+    know). Written, not checked on reading: it keeps older servers off, and this one loads
+    either way."""
+    return ESTIMATORS[name].model_format if name in ESTIMATORS else 1
 
 
 def _check_id_columns(names: list[Any], features: list[str]) -> None:
@@ -442,9 +444,14 @@ class TrainedModel:
 
 @dataclass(frozen=True)
 class TrainResult:
+    """What training made: the card written, its MLflow run, the training split's metrics,
+    and the device it trained on (``cpu`` or ``cuda``, with the GPU's name)."""
+
     card: ModelCard
     run_id: str
     metrics: dict[str, float]
+    device: str = CPU
+    gpu: str = ""
 
 
 def train_model(
@@ -463,16 +470,25 @@ def train_model(
     test_path: Path | None = None,
     id_columns: Sequence[str] = (),
     calibration: str = "",
+    gpus: int = 0,
 ) -> TrainResult:
     """Fits the classifier (calibrated by ``calibration``, if given), writes the model
     directory (its card naming ``model_name``) and logs it all to one MLflow run, with the
     training split and its schema as the reference monitoring compares with.
+
+    With ``gpus`` (what the step was given), the estimator trains on a GPU, or nothing is
+    done: ``devices.training_device`` refuses an estimator or a container that cannot use
+    one. The run records the device (param ``device``, tag ``gpu``).
 
     With ``test_path`` (the evaluation split), the model's permutation importance and its
     scores on that split are measured too (``training.importance``) and written
     beside the model (``importance.json``, ``scores.parquet``: outside the card's sha256,
     and not needed to load it) and to the run's ``reference/``; without, neither is.
     """
+    # MLflow only here: fitting and loading a model (the server, make gpu-check) need none.
+    from conveyor.components.core.training import tracking
+
+    device, gpu = training_device(estimator_spec(estimator), gpus)  # before the work
     client = tracking.connect(tracking_uri)  # before the work: a bad URI fails fast
     train_split = read_parquet(train_path)
     test_split = read_parquet(test_path) if test_path is not None else None
@@ -481,7 +497,7 @@ def train_model(
     roles = schema.recorded_roles() if schema is not None else None
     model = fit_classifier(
         train_split, target, estimator, hyperparameters, seed, id_columns, positive_class, roles,
-        calibration,
+        calibration, device,
     )  # fmt: skip
     model = TrainedModel(model.pipeline, replace(model.card, name=model_name))
     positive = model.card.positive_class or ""  # the card's: what serving scores
@@ -496,10 +512,12 @@ def train_model(
     card = save_model_dir(model, model_dir)
     if evaluation is not None:
         evaluation.write(model_dir)
-    params = {"estimator": estimator, "seed": seed, "target": target, **card.hyperparameters}
+    params = {"estimator": estimator, "seed": seed, "target": target, "device": device}
+    params.update(card.hyperparameters)
     if card.calibration is not None:
         params["calibration"] = card.calibration
-    run_id = tracking.start_training_run(client, experiment, params, tags, model_dir)
+    run_tags = {**tags, "gpu": gpu} if gpu else tags
+    run_id = tracking.start_training_run(client, experiment, params, run_tags, model_dir)
     declared = DeclaredRoles(id_columns=tuple(model.card.id_columns))
     schema_text = schema_text or infer_schema(train_split, target, declared=declared).to_json()
     tracking.log_reference(client, run_id, train_path, schema_text)
@@ -507,7 +525,7 @@ def train_model(
         tracking.log_evaluation_reference(client, run_id, model_dir)
     tracking.log_metrics(client, run_id, metrics, prefix="train_")
     client.set_terminated(run_id)  # evaluate still logs to it: MLflow allows that
-    return TrainResult(card, run_id, metrics)
+    return TrainResult(card, run_id, metrics, device, gpu)
 
 
 def mlflow_run_id(model_metadata: dict[str, Any]) -> str:
@@ -530,9 +548,11 @@ def fit_classifier(
     positive_class: str = "",
     roles: dict[str, Role] | None = None,
     calibration: str = "",
+    device: str = CPU,
 ) -> TrainedModel:
     """Fits preprocessing (imputation, scaling, one-hot, date parts, TF-IDF) and the chosen
-    estimator, seeded.
+    estimator, seeded, on ``device`` (``cuda`` for an estimator that trains on a GPU:
+    ``devices.training_device`` decides).
 
     Each column's role (``data.roles``) says whether and how it is a feature: ``roles`` as
     the schema recorded them, else decided here on ``train`` with ``id_columns`` declared.
@@ -564,13 +584,15 @@ def fit_classifier(
     found_ids = [n for n in train.columns if roles.get(n) == "identifier" and n not in id_columns]
     id_columns += found_ids
     _check_words(train, features)
-    model, hyperparameters = _estimator(estimator, hyperparameters, seed)
+    spec = estimator_spec(estimator)
+    model, hyperparameters = build_estimator(spec, hyperparameters, seed, device)
     check_calibration_rows(train[target], method)
-    dense = estimator in _DENSE_ONLY
-    pipeline = make_pipeline(_preprocessor(features, train, dense), calibrated(model, method))
+    pipeline = make_pipeline(
+        _preprocessor(features, train, spec.dense_only), calibrated(model, method)
+    )
     try:
         pipeline.fit(train[[f.name for f in features]], train[target])
-    except (ValueError, TypeError) as error:  # scikit-learn's checks of parameters and data
+    except spec.fit_errors() as error:  # the libraries' checks of parameters and data
         raise ConveyorError(f"could not train {estimator!r}: {first_line(error)}") from None
     classes = pipeline.classes_
     positive = None
@@ -583,7 +605,7 @@ def fit_classifier(
         classes=[plain(c) for c in pipeline.classes_],
         features=features,
         seed=seed,
-        versions=_library_versions(),
+        versions={**_library_versions(), spec.library: spec.library_version()},
         id_columns=id_columns,
         positive_class=positive,
         calibration=method,
@@ -723,43 +745,6 @@ def _preprocessor(features: list[Feature], train: pd.DataFrame, dense: bool) -> 
         )
         transformers.append((f"text{index}", text, [name]))  # a column's name may hold "__"
     return ColumnTransformer(transformers, sparse_threshold=0 if dense else 0.3)
-
-
-def _estimator(
-    name: str, hyperparameters: dict[str, Any], seed: int
-) -> tuple[BaseEstimator, dict[str, Any]]:
-    """The estimator, and the user's hyperparameters as it takes them."""
-    if name not in ESTIMATORS:
-        raise ConveyorError(f"unknown estimator {name!r}; choose one of: {', '.join(ESTIMATORS)}")
-    cls, defaults = ESTIMATORS[name]
-    accepted = cls().get_params()
-    unknown = sorted(set(hyperparameters) - set(accepted))
-    if unknown:
-        raise ConveyorError(
-            f"hyperparameters {unknown} are not accepted by {name!r}; "
-            f"it takes: {', '.join(sorted(accepted))}"
-        )
-    hyperparameters = {key: _as_declared(cls, key, value) for key, value in hyperparameters.items()}
-    params = {**defaults, **hyperparameters}
-    if "random_state" in accepted:
-        params.setdefault("random_state", seed)
-    return cls(**params), hyperparameters
-
-
-def _as_declared(cls: type[BaseEstimator], key: str, value: Any) -> Any:
-    """40.0 -> 40 where the parameter takes integers only.
-
-    KFP passes dict parameters as a protobuf Struct, where every number is a float, and
-    scikit-learn refuses a float for an integer parameter. Where floats mean something
-    else (``max_features=1.0`` is all features, ``1`` is one), the float stays.
-    """
-    if not (isinstance(value, float) and value.is_integer()):
-        return value
-    kinds = [getattr(c, "type", c) for c in getattr(cls, "_parameter_constraints", {}).get(key, [])]
-    kinds = [kind for kind in kinds if isinstance(kind, type) and issubclass(kind, Real)]
-    takes_int = any(issubclass(kind, Integral) for kind in kinds)
-    takes_real = any(not issubclass(kind, Integral) for kind in kinds)
-    return int(value) if takes_int and not takes_real else value
 
 
 def _library_versions() -> dict[str, str]:
