@@ -2,10 +2,10 @@
 
     from conveyor.components import EvaluateOp, IngestOp, TrainOp
 
-Training: ``IngestOp``, ``ValidateOp``, ``TrainOp``, ``EvaluateOp``, ``ShadowOp``,
-``RegisterOp``, ``DeployOp``. Monitoring: ``IngestInputsOp``, ``ChampionReferenceOp``,
-``ValidateInputsOp``, ``DriftOp``, ``PredictionDriftOp``, ``QualityOp``,
-``MonitoringVerdictOp``. Each is the
+Training: ``IngestOp``, ``ValidateOp``, ``PlanTrialsOp``, ``TuneTrialOp``,
+``SelectTrialOp``, ``TrainOp``, ``EvaluateOp``, ``ShadowOp``, ``RegisterOp``, ``DeployOp``.
+Monitoring: ``IngestInputsOp``, ``ChampionReferenceOp``, ``ValidateInputsOp``, ``DriftOp``,
+``PredictionDriftOp``, ``QualityOp``, ``MonitoringVerdictOp``. Each is the
 component of the module of the same step (``conveyor.components.train.train`` is
 ``TrainOp``), whose docstring documents every input and output.
 
@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 STEP_MODULES = {
     "IngestOp": "ingest",
     "ValidateOp": "validate",
+    "PlanTrialsOp": "plan_trials",
+    "TuneTrialOp": "tune_trial",
+    "SelectTrialOp": "select_trial",
     "TrainOp": "train",
     "EvaluateOp": "evaluate",
     "ShadowOp": "shadow",

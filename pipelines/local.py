@@ -8,6 +8,7 @@ outputs, its log, and ``summary.json``.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import datetime
 import json
@@ -88,14 +89,16 @@ class StepProgress:
     """A stdout stand-in: keeps kfp.local's whole log in a file, shows one line per step.
 
     It also remembers each step's own output, so a failure is reported by the
-    line the step ended with (``step: reason``) rather than by KFP's banner.
+    line the step ended with (``step: reason``) rather than by KFP's banner. Tasks of a
+    loop (tuning trials) run side by side: a step's line is then written whole when it ends.
     """
 
     def __init__(self, log: TextIO, terminal: TextIO) -> None:
         self._log, self._terminal = log, terminal
         self._pending = ""
-        self._current: str | None = None
-        self._started = 0.0
+        self._current: str | None = None  # the step the output lines are of: the last started
+        self._running: list[tuple[str, float]] = []  # started, not finished, in order
+        self._open: str | None = None  # the step whose name ends the terminal's last line
         self.outcomes: dict[str, str] = {}
         self.step_output: dict[str, list[str]] = {}
 
@@ -111,21 +114,46 @@ class StepProgress:
         self._log.flush()
 
     def _observe(self, line: str) -> None:
-        if started := _STARTED.search(line):
-            self._current, self._started = started.group(1), time.monotonic()
-            self.step_output[self._current] = []
-            self._terminal.write(f"  {self._current:<19}")
-            self._terminal.flush()
-        elif finished := _FINISHED.search(line):
-            step, status = finished.groups()
-            self.outcomes[step] = status.lower()
-            elapsed = time.monotonic() - self._started
-            mark = "ok" if status == "SUCCESS" else "FAILED"
-            self._terminal.write(f"{mark:<7}{elapsed:5.1f} s\n")
-            self._terminal.flush()
-            self._current = None
-        elif self._current and line.strip():
+        # Side-by-side tasks can write into one line: every event in it counts, in order.
+        events = sorted(
+            [(m.start(), self._start, m) for m in _STARTED.finditer(line)]
+            + [(m.start(), self._finish, m) for m in _FINISHED.finditer(line)],
+            key=lambda event: event[0],
+        )
+        for _, handle, match in events:
+            handle(*match.groups())
+        if not events and self._current and line.strip():
             self.step_output[self._current].append(line.strip())
+        self._terminal.flush()
+
+    def _start(self, step: str) -> None:
+        if self._open is not None:  # another runs beside it: each line is written at its end
+            self._terminal.write("running beside others\n")
+            self._open = None
+        elif not self._running:
+            self._terminal.write(f"  {step:<19}")
+            self._open = step
+        self._current = step
+        self._running.append((step, time.monotonic()))
+        self.step_output.setdefault(step, [])
+
+    def _finish(self, step: str, status: str) -> None:
+        self.outcomes[step] = status.lower()
+        elapsed = time.monotonic() - self._pop_started(step)
+        if self._open != step:
+            self._terminal.write(f"  {step:<19}")
+        mark = "ok" if status == "SUCCESS" else "FAILED"
+        self._terminal.write(f"{mark:<7}{elapsed:5.1f} s\n")
+        self._open = None
+        self._current = self._running[-1][0] if self._running else None
+
+    def _pop_started(self, step: str) -> float:
+        """When ``step`` started (the earliest of its running tasks: a loop's share a name)."""
+        for index, (name, started) in enumerate(self._running):
+            if name == step:
+                del self._running[index]
+                return started
+        return time.monotonic()
 
     def failure_line(self, step: str) -> str:
         """The step's own message (``step: ...`` and what follows), else its last line."""
@@ -138,12 +166,15 @@ class StepProgress:
         return output[-1] if output else f"{step} failed (see the log)"
 
 
-def run_training_locally(arguments: dict[str, Any], runs_dir: Path, terminal: TextIO) -> RunSummary:
-    """Runs the training pipeline through kfp.local and writes the run's ``summary.json``."""
+def run_training_locally(
+    arguments: dict[str, Any], runs_dir: Path, terminal: TextIO, tuning_parallelism: int = 2
+) -> RunSummary:
+    """Runs the training pipeline through kfp.local (at most ``tuning_parallelism`` tuning
+    trials at once) and writes the run's ``summary.json``."""
     from conveyor.pipelines.definitions.targets import Target
     from conveyor.pipelines.definitions.training import DEFAULT_MODEL_NAME, build_training_pipeline
 
-    pipeline = build_training_pipeline(Target("kubeflow"))
+    pipeline = build_training_pipeline(Target("kubeflow", tuning_parallelism=tuning_parallelism))
     arguments = {**_defaults(pipeline), **local_defaults(runs_dir.resolve()), **arguments}
     run_id, run_dir, progress, failed_step = _run_locally(pipeline, arguments, runs_dir, terminal)
     model_name = arguments.get("model_name", DEFAULT_MODEL_NAME)
@@ -295,11 +326,17 @@ def _run(pipeline: Any, arguments: dict[str, Any], progress: StepProgress) -> st
         # settings do nothing locally: both true, and beside the point of a local run.
         warnings.filterwarnings("ignore", message="You may be attemping", category=RuntimeWarning)
         warnings.filterwarnings("ignore", message=".*have no effect in the current local runner")
+        # kfp.local indents a task's prints by swapping builtins.print in and out; tasks of a
+        # loop running side by side (tuning trials) can restore each other's swap, leaving
+        # every later print of this process indented. Put the real one back.
+        real_print = builtins.print
         try:
             pipeline(**arguments)
         except RuntimeError as error:
             failed = re.search(r"Inner task failed: '([^']+)'", _ANSI.sub("", str(error)))
             return failed.group(1) if failed else "pipeline"
+        finally:
+            builtins.print = real_print
     return None
 
 

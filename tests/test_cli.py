@@ -119,7 +119,7 @@ def test_label_is_the_label_column_and_target_still_works_with_a_warning(
     (tmp_path / "t.csv").write_text("x,y\n1,a\n")
     passed: list[dict] = []
 
-    def run(arguments: dict, runs_dir: Path, terminal: object) -> RunSummary:
+    def run(arguments: dict, runs_dir: Path, terminal: object, parallelism: int) -> RunSummary:
         passed.append(arguments)
         return RunSummary("r", "succeeded", {}, True, "fine", "t", None, None, str(tmp_path))
 
@@ -221,7 +221,7 @@ def test_bad_params_are_each_named_on_a_line_and_nothing_runs(
 ) -> None:
     passed: list[dict] = []
 
-    def run(arguments: dict, runs_dir: Path, terminal: object) -> RunSummary:
+    def run(arguments: dict, runs_dir: Path, terminal: object, parallelism: int) -> RunSummary:
         passed.append(arguments)
         return RunSummary("r", "succeeded", {}, True, "fine", "m", None, None, str(tmp_path))
 

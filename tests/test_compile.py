@@ -19,7 +19,11 @@ from conveyor.pipelines.cli import main
 from conveyor.pipelines.definitions.compile import COMPONENTS
 from conveyor.pipelines.definitions.targets import STEP_RESOURCES
 
-STEPS = ("ingest", "validate", "train", "evaluate", "shadow", "register", "deploy")
+STEPS = (
+    "ingest", "validate", "plan-trials", "tune-trial", "select-trial", "train", "evaluate",
+    "shadow", "register", "deploy",
+)  # fmt: skip
+TRAINING_STEPS = ("tune-trial", "train")  # the GPU steps
 
 
 def compile_to(tmp_path: Path, *options: str) -> Path:
@@ -83,7 +87,7 @@ def test_every_step_runs_on_the_versioned_base_image_with_resources(
     assert set(containers) == set(STEPS)
     for step, container in containers.items():
         assert container.image == f"conveyor/conveyor-base:{VERSION}"
-        wanted = STEP_RESOURCES[step]
+        wanted = STEP_RESOURCES[step.replace("-", "_")]
         assert container.resources.resource_cpu_limit == wanted.cpu_limit
         assert container.resources.resource_memory_request == wanted.memory_request
         assert not container.resources.HasField("accelerator")
@@ -102,7 +106,10 @@ def test_vertex_yaml_is_one_document_without_platform_settings(
 
 def test_kubeflow_yaml_takes_mlflow_credentials_from_an_optional_secret(cpu_build: Path) -> None:
     settings = kubernetes_settings(cpu_build / "training.kubeflow.yaml")
-    assert set(settings) == {"train", "evaluate", "shadow", "register", "deploy"}
+    assert set(settings) == {
+        "plan-trials", "tune-trial", "select-trial", "train", "evaluate", "shadow", "register",
+        "deploy",
+    }  # fmt: skip
     (secret,) = settings["train"].secret_as_env
     assert secret.secret_name == "conveyor-mlflow" and secret.optional
     assert {k.env_var for k in secret.key_to_env} == {
@@ -126,7 +133,10 @@ def test_gpu_train_step_on_kubeflow(gpu_build: Path) -> None:
         "NoSchedule",
     )
     others = executors(gpu_build / "training.kubeflow.yaml")
-    assert all(not others[s].resources.HasField("accelerator") for s in STEPS if s != "train")
+    assert others["tune-trial"].resources.accelerator.resource_count == "1"
+    assert all(
+        not others[s].resources.HasField("accelerator") for s in STEPS if s not in TRAINING_STEPS
+    )
 
 
 @pytest.mark.parametrize(
@@ -160,8 +170,10 @@ def test_the_gpu_train_step_is_told_its_gpu_and_trains_xgboost_by_default(
             step: {variable.name: variable.value for variable in container.env}
             for step, container in executors(path).items()
         }
+        assert environments["train"].get(GPUS_ENV) == environments["tune-trial"].get(GPUS_ENV)
         assert environments["train"].get(GPUS_ENV) == gpus
-        assert all(GPUS_ENV not in env for step, env in environments.items() if step != "train")
+        others = [env for step, env in environments.items() if step not in TRAINING_STEPS]
+        assert all(GPUS_ENV not in env for env in others)
         parameters = pipeline_spec(path).root.input_definitions.parameters
         assert parameters["estimator"].default_value.string_value == estimator
 
@@ -223,17 +235,21 @@ def test_pipeline_interface_gates_and_caching(cpu_build: Path) -> None:
         "inputs.parameter_values['pipelinechannel--evaluate-Output'] == true"
     )
     blessed = spec.components[condition.component_ref.name].dag.tasks
-    assert set(blessed) == {"shadow", "condition-2"}
+    assert {task.task_info.name for task in blessed.values()} == {"shadow", "shadow-passed"}
     assert not blessed["shadow"].caching_options.enable_cache
     assert not spec.root.dag.tasks["evaluate"].caching_options.enable_cache
     assert spec.root.dag.tasks["train"].caching_options.enable_cache
-    assert list(spec.root.dag.tasks["train"].dependent_tasks) == ["ingest", "validate"]
+    # Train fits what tuning chose (the given hyperparameters, without a search space).
+    assert sorted(spec.root.dag.tasks["train"].dependent_tasks) == [
+        "ingest", "select-trial", "validate"
+    ]  # fmt: skip
 
 
 def gated_by_shadow(spec: pipeline_spec_pb2.PipelineSpec) -> Any:
     """The tasks that run only when evaluate blessed the model and the shadow gate passed."""
     (blessed,) = [task for task in spec.root.dag.tasks.values() if task.trigger_policy.condition]
-    inner = spec.components[blessed.component_ref.name].dag.tasks["condition-2"]
+    tasks = spec.components[blessed.component_ref.name].dag.tasks.values()
+    (inner,) = [task for task in tasks if task.task_info.name == "shadow-passed"]
     return inner, spec.components[inner.component_ref.name].dag.tasks
 
 

@@ -108,6 +108,7 @@ def _parser() -> argparse.ArgumentParser:
         "or an audit event's pipeline run), into runs-dir/replays; exit 1 when its metrics "
         "differ, 2 when it cannot replay (its data changed, nothing recorded)",
     )
+    _add_tuning_parallelism(run, default=2)
     run.set_defaults(handler=_run)
     _add_monitor(commands)
 
@@ -124,6 +125,7 @@ def _parser() -> argparse.ArgumentParser:
         help="GPUs for the train step: 0, or 1 (XGBoost trains on it)",
     )
     build.add_argument("--gpu-type", default="", help="Vertex accelerator (default NVIDIA_L4)")
+    _add_tuning_parallelism(build, default=4)
     build.add_argument(
         "--gpu-node-selector",
         default="",
@@ -204,12 +206,23 @@ def _add_serve(commands: Any) -> None:
     serve.set_defaults(handler=_serve)
 
 
+def _add_tuning_parallelism(parser: argparse.ArgumentParser, default: int) -> None:
+    parser.add_argument(
+        "--tuning-parallelism",
+        type=int,
+        default=default,
+        metavar="N",
+        help="the most tuning trials at once (kfp fixes it when it compiles)",
+    )
+
+
 def _run(args: argparse.Namespace) -> int:
     from conveyor.pipelines.local import run_training_locally
 
     if args.replay:
         return _replay(args)
-    summary = run_training_locally(_run_arguments(args), args.runs_dir, sys.stdout)
+    arguments = _run_arguments(args)
+    summary = run_training_locally(arguments, args.runs_dir, sys.stdout, args.tuning_parallelism)
     _print_summary(summary, args.runs_dir / summary.run_id / "summary.json", sys.stdout)
     return 0 if summary.status == "succeeded" else 1
 
@@ -372,7 +385,7 @@ def _pipeline_inputs(pipeline: str) -> dict[str, Any]:
 def _compile(args: argparse.Namespace) -> int:
     from conveyor.pipelines.definitions.compile import compile_all
 
-    options: dict[str, Any] = {"gpus": args.gpus}
+    options: dict[str, Any] = {"gpus": args.gpus, "tuning_parallelism": args.tuning_parallelism}
     if args.gpu_type:
         options["gpu_type"] = args.gpu_type
     if args.image_registry:

@@ -15,6 +15,7 @@ from conveyor.components.core.errors import ConveyorError
 from conveyor.components.core.training.devices import GPUS_ENV
 from conveyor.components.images import image as image_of
 from conveyor.pipelines.definitions.targets import (
+    GPU_STEPS,
     MLFLOW_SECRET,
     MLFLOW_SECRET_KEYS,
     STEP_RESOURCES,
@@ -30,6 +31,7 @@ UNCACHED_STEPS = frozenset(
     {
         "ingest",
         "ingest_inputs",
+        "plan_trials",  # starts the tuning run its trials log under
         "champion_reference",
         "evaluate",
         "shadow",  # the payload log grows under the same URI
@@ -42,6 +44,9 @@ UNCACHED_STEPS = frozenset(
 # Steps that talk to MLflow: on Kubeflow they read its address and credentials from a Secret.
 MLFLOW_STEPS = frozenset(
     {
+        "plan_trials",
+        "tune_trial",
+        "select_trial",
         "train",
         "evaluate",
         "shadow",
@@ -88,7 +93,7 @@ def apply_step_settings(
     task.set_memory_request(resources.memory_request).set_memory_limit(resources.memory_limit)
     if step in UNCACHED_STEPS:
         task.set_caching_options(enable_caching=False)
-    if step == "train" and target.gpus:
+    if step in GPU_STEPS and target.gpus:
         task.set_accelerator_type(target.accelerator_type).set_accelerator_limit(target.gpus)
         task.set_env_variable(GPUS_ENV, str(target.gpus))  # what the step checks it can use
     if target.platform_settings:
@@ -110,7 +115,7 @@ def _apply_platform_settings(task: PipelineTask, step: str, target: Target) -> N
         kubernetes.use_secret_as_env(
             task, MLFLOW_SECRET, {key: key for key in MLFLOW_SECRET_KEYS}, optional=True
         )
-    if step == "train" and target.gpus:
+    if step in GPU_STEPS and target.gpus:
         kubernetes.add_node_selector(task, *target.gpu_node_selector)
         kubernetes.add_toleration(
             task, key="nvidia.com/gpu", operator="Exists", effect="NoSchedule"

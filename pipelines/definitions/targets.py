@@ -15,6 +15,7 @@ from conveyor.components.images import DEFAULT_REGISTRY, ImageKind, image
 
 __all__ = [
     "DEFAULT_VERTEX_GPU",
+    "GPU_STEPS",
     "MLFLOW_SECRET",
     "STEP_RESOURCES",
     "VERTEX_GPU_TYPES",
@@ -23,6 +24,8 @@ __all__ = [
 ]
 
 TargetName = Literal["kubeflow", "vertex"]
+# The steps that train a model: they get the GPUs a target requests.
+GPU_STEPS = frozenset({"train", "tune_trial"})
 KUBEFLOW_GPU_RESOURCE = "nvidia.com/gpu"
 # NVIDIA GPU Feature Discovery labels every GPU node with this.
 DEFAULT_GPU_NODE_SELECTOR = ("nvidia.com/gpu.present", "true")
@@ -63,6 +66,9 @@ STEP_RESOURCES = {
     "prediction_drift": Resources("1", "2", "2Gi", "4Gi"),
     "quality": Resources("2", "4", "4Gi", "8Gi"),
     "monitoring_verdict": Resources("250m", "500m", "512Mi", "1Gi"),
+    "plan_trials": Resources("250m", "500m", "512Mi", "1Gi"),
+    "tune_trial": Resources("2", "4", "4Gi", "8Gi"),
+    "select_trial": Resources("250m", "500m", "512Mi", "1Gi"),
     "train": Resources("2", "4", "4Gi", "8Gi"),
     "evaluate": Resources("1", "2", "2Gi", "4Gi"),
     "shadow": Resources("2", "4", "4Gi", "8Gi"),
@@ -81,6 +87,8 @@ class Target:
         gpu_type: Vertex accelerator name; ignored by Kubeflow, which uses the node selector.
         gpu_node_selector: Kubeflow node label (key, value) a GPU train step is pinned to.
         image_registry: Where Conveyor's images are pulled from.
+        tuning_parallelism: The most tuning trials run at once (kfp fixes a ParallelFor's
+            parallelism when it compiles).
     """
 
     name: TargetName
@@ -88,12 +96,17 @@ class Target:
     gpu_type: str = DEFAULT_VERTEX_GPU
     gpu_node_selector: tuple[str, str] = DEFAULT_GPU_NODE_SELECTOR
     image_registry: str = DEFAULT_REGISTRY
+    tuning_parallelism: int = 4
 
     def __post_init__(self) -> None:
         if self.name not in ("kubeflow", "vertex"):
             raise ConveyorError(f"unknown target {self.name!r}; choose kubeflow or vertex")
         if self.gpus < 0:
             raise ConveyorError(f"gpus must be 0 or more, got {self.gpus}")
+        if self.tuning_parallelism < 1:
+            raise ConveyorError(
+                f"tuning parallelism must be 1 or more, got {self.tuning_parallelism}"
+            )
         if self.name == "vertex" and self.gpus and self.gpu_type not in VERTEX_GPU_TYPES:
             raise ConveyorError(
                 f"GPU type {self.gpu_type!r} is not a Vertex accelerator; "
@@ -113,5 +126,6 @@ class Target:
         return image(kind, self.image_registry)
 
     def step_image(self, step: str) -> str:
-        """The train step runs on the GPU image when GPUs are requested, the rest on the base."""
-        return self.image("gpu" if step == "train" and self.gpus else "base")
+        """The steps that train run on the GPU image when GPUs are requested, the rest on
+        the base."""
+        return self.image("gpu" if step in GPU_STEPS and self.gpus else "base")

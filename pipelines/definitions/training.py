@@ -9,9 +9,12 @@ from conveyor.components.core.errors import ConveyorError
 from conveyor.components.deploy import deploy
 from conveyor.components.evaluate import evaluate
 from conveyor.components.ingest import ingest
+from conveyor.components.plan_trials import plan_trials
 from conveyor.components.register import register
+from conveyor.components.select_trial import select_trial
 from conveyor.components.shadow import shadow
 from conveyor.components.train import train
+from conveyor.components.tune_trial import tune_trial
 from conveyor.components.validate import validate
 from conveyor.pipelines.definitions.steps import apply_step_settings
 from conveyor.pipelines.definitions.targets import Target
@@ -57,6 +60,10 @@ def build_training_pipeline(target: Target) -> GraphComponent:
         seed: int = 42,
         estimator: str = default_estimator(target),
         hyperparameters: dict = {},  # noqa: B006 - KFP reads defaults from the signature
+        search_space: dict = {},  # noqa: B006
+        search: str = "random",
+        max_trials: int = 8,
+        tuning_folds: int = 3,
         calibration: str = "",
         mlflow_tracking_uri: str = "",
         primary_metric: str = "roc_auc",
@@ -109,7 +116,15 @@ def build_training_pipeline(target: Target) -> GraphComponent:
             estimator: logistic_regression, random_forest, hist_gradient_boosting, xgboost
                 or lightgbm (default: xgboost when compiled with a GPU, the one that trains
                 there; logistic_regression otherwise).
-            hyperparameters: Keyword arguments for the estimator.
+            hyperparameters: Keyword arguments for the estimator (what tuning starts from).
+            search_space: Hyperparameter -> values to try: a list, {range: [low, high]},
+                {int_range: [low, high]} or {log_range: [low, high]}. Each trial is scored
+                by cross-validation on the training split, one pod each, and train fits the
+                best; empty: no tuning.
+            search: random (max_trials distinct draws, seeded) or grid (every combination
+                of lists).
+            max_trials: The most trials.
+            tuning_folds: Cross-validation folds each trial is scored on.
             calibration: sigmoid or isotonic calibrates the model's probabilities (5-fold);
                 empty leaves them as the estimator gives them.
             mlflow_tracking_uri: MLflow tracking server; empty uses $MLFLOW_TRACKING_URI.
@@ -191,6 +206,51 @@ def build_training_pipeline(target: Target) -> GraphComponent:
             ),
             target,
         )
+        planned = apply_step_settings(
+            plan_trials(
+                estimator=estimator,
+                model_name=model_name,
+                hyperparameters=hyperparameters,
+                search_space=search_space,
+                search=search,
+                max_trials=max_trials,
+                seed=seed,
+                mlflow_tracking_uri=mlflow_tracking_uri,
+                pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            ),
+            target,
+        )
+        # Without a search space the loop runs its one trial, which does nothing.
+        trials = dsl.ParallelFor(
+            planned.output, parallelism=target.tuning_parallelism, name="trials"
+        )
+        with trials as trial:
+            tried = apply_step_settings(
+                tune_trial(
+                    train=ingested.outputs["train"],
+                    target_column=target_column,
+                    estimator=estimator,
+                    trial=trial,
+                    primary_metric=primary_metric,
+                    folds=tuning_folds,
+                    seed=seed,
+                    positive_class=positive_class,
+                    schema=validated.outputs["schema"],
+                    id_columns=id_columns,
+                    calibration=calibration,
+                    mlflow_tracking_uri=mlflow_tracking_uri,
+                ),
+                target,
+            )
+        selected = apply_step_settings(
+            select_trial(
+                results=dsl.Collected(tried.output),
+                primary_metric=primary_metric,
+                metric_direction=metric_direction,
+                mlflow_tracking_uri=mlflow_tracking_uri,
+            ),
+            target,
+        )
         trained = apply_step_settings(
             train(
                 train=ingested.outputs["train"],
@@ -198,7 +258,7 @@ def build_training_pipeline(target: Target) -> GraphComponent:
                 target_column=target_column,
                 model_name=model_name,
                 estimator=estimator,
-                hyperparameters=hyperparameters,
+                hyperparameters=selected.outputs["Output"],
                 seed=seed,
                 mlflow_tracking_uri=mlflow_tracking_uri,
                 pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,

@@ -373,9 +373,9 @@ class PayloadLog:
                 self._written(rows)
                 self.metrics.failures.inc()
                 raise
-            self._written(rows)
-            if written:
+            if written:  # said before the rows count as written: whoever waits sees both
                 self._recovered()
+            self._written(rows)
             return written
 
     def _table_or_drop(self, answers: list[_Answer]) -> pa.Table | None:

@@ -22,7 +22,15 @@ from sklearn.utils.validation import check_is_fitted
 
 from conveyor.components.core.errors import ConveyorError
 
-__all__ = ["CPU", "CUDA", "ESTIMATORS", "EncodedLabels", "EstimatorSpec", "build_estimator"]
+__all__ = [
+    "CPU",
+    "CUDA",
+    "ESTIMATORS",
+    "EncodedLabels",
+    "EstimatorSpec",
+    "build_estimator",
+    "estimator_spec",
+]
 
 CPU = "cpu"
 CUDA = "cuda"

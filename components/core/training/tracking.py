@@ -24,10 +24,12 @@ __all__ = [
     "TAG_VALUE_LIMIT",
     "connect",
     "ensure_experiment",
+    "log_child_run",
     "log_evaluation_reference",
     "log_metrics",
     "log_reference",
     "start_training_run",
+    "start_tuning_run",
 ]
 
 # Where a training run keeps what it learned from, for monitoring to compare inputs with.
@@ -86,6 +88,44 @@ def start_training_run(
     )
     client.log_artifacts(run_id, str(model_dir), "model")
     return run_id
+
+
+def start_tuning_run(
+    client: MlflowClient, experiment: str, params: dict[str, Any], tags: dict[str, str]
+) -> str:
+    """Creates the run a tuning's trials are children of; returns its id."""
+    run = client.create_run(ensure_experiment(client, experiment), tags=tags, run_name="tuning")
+    client.log_batch(
+        run.info.run_id, params=[Param(key, str(value)[:6000]) for key, value in params.items()]
+    )
+    return run.info.run_id
+
+
+def log_child_run(
+    client: MlflowClient,
+    parent_run_id: str,
+    name: str,
+    params: dict[str, Any],
+    metrics: dict[str, float],
+    error: str = "",
+) -> str:
+    """A finished child run of ``parent_run_id`` (MLflow's ``mlflow.parentRunId`` tag nests
+    it in the UI) with ``params`` and ``metrics``, FAILED with an ``error`` tag when one is
+    given; returns its id."""
+    parent = client.get_run(parent_run_id)
+    tags = {
+        "mlflow.parentRunId": parent_run_id,
+        **({"error": error[:TAG_VALUE_LIMIT]} if error else {}),
+    }
+    run = client.create_run(parent.info.experiment_id, tags=tags, run_name=name)
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run.info.run_id,
+        metrics=[Metric(key, float(value), now, 0) for key, value in metrics.items()],
+        params=[Param(key, str(value)[:6000]) for key, value in params.items()],
+    )
+    client.set_terminated(run.info.run_id, status="FAILED" if error else "FINISHED")
+    return run.info.run_id
 
 
 def log_reference(client: MlflowClient, run_id: str, train_path: Path, schema_json: str) -> None:
