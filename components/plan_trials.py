@@ -16,9 +16,12 @@ def plan_trials(
     search: str = "random",
     max_trials: int = 8,
     seed: int = 42,
+    primary_metric: str = "roc_auc",
+    metric_direction: str = "auto",
+    tuning_folds: int = 3,
     mlflow_tracking_uri: str = "",
     pipeline_run_id: str = "",
-) -> list:
+) -> list[dict]:  # KFP types the loop's items (dicts) from this
     """Checks the search space and lists the trials, each checked against the estimator.
 
     Args:
@@ -33,6 +36,9 @@ def plan_trials(
             combination of lists, at most ``max_trials``).
         max_trials: The most trials.
         seed: Seed of the random draws.
+        primary_metric: The metric the trials will be scored by (checked here).
+        metric_direction: Its direction, as evaluate takes it (checked here).
+        tuning_folds: The folds each trial is scored on, 2 to 20 (checked here).
         mlflow_tracking_uri: MLflow tracking server; empty uses ``$MLFLOW_TRACKING_URI``.
         pipeline_run_id: The KFP run, recorded as a tag on the tuning run.
 
@@ -47,7 +53,10 @@ def plan_trials(
     from conveyor.components.core.training.tuning import start_tuning
 
     with step_errors("plan_trials"):
-        trials = plan(estimator, hyperparameters, search_space, search, int(max_trials), seed)
+        scoring = (primary_metric, metric_direction, int(tuning_folds))
+        trials = plan(
+            estimator, hyperparameters, search_space, search, int(max_trials), seed, scoring
+        )
         trials = start_tuning(trials, mlflow_tracking_uri, model_name, pipeline_run_id)
     print(f"plan_trials: {len(trials)} trial(s)")
     return trials

@@ -12,6 +12,7 @@ import builtins
 import contextlib
 import datetime
 import json
+import logging
 import re
 import secrets
 import time
@@ -326,10 +327,12 @@ def _run(pipeline: Any, arguments: dict[str, Any], progress: StepProgress) -> st
         # settings do nothing locally: both true, and beside the point of a local run.
         warnings.filterwarnings("ignore", message="You may be attemping", category=RuntimeWarning)
         warnings.filterwarnings("ignore", message=".*have no effect in the current local runner")
-        # kfp.local indents a task's prints by swapping builtins.print in and out; tasks of a
-        # loop running side by side (tuning trials) can restore each other's swap, leaving
-        # every later print of this process indented. Put the real one back.
-        real_print = builtins.print
+        # kfp.local swaps builtins.print (to indent a task's prints) and the root logger's
+        # handlers in and out around each task; tasks of a loop side by side (tuning trials)
+        # can restore each other's swap, leaving every later print indented and a handler
+        # writing to this run's closed log. Put both back.
+        real_print, root = builtins.print, logging.getLogger()
+        handlers, level = root.handlers[:], root.level
         try:
             pipeline(**arguments)
         except RuntimeError as error:
@@ -337,6 +340,8 @@ def _run(pipeline: Any, arguments: dict[str, Any], progress: StepProgress) -> st
             return failed.group(1) if failed else "pipeline"
         finally:
             builtins.print = real_print
+            root.handlers[:] = handlers
+            root.setLevel(level)
     return None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -52,12 +53,12 @@ def test_without_a_search_space_the_one_trial_keeps_the_hyperparameters() -> Non
 def test_a_grid_tries_every_combination_over_the_given_hyperparameters() -> None:
     trials = plan_trials(
         "random_forest", {"n_estimators": 20, "max_depth": 9},
-        {"max_depth": [2, 4], "min_samples_leaf": [1, 5, 10]}, "grid", 6, 0,
+        {"max_depth": [2, 4], "max_leaf_nodes": [5, 10, 20]}, "grid", 6, 0,
     )  # fmt: skip
     assert [trial["trial"] for trial in trials] == list(range(6))
-    assert hyperparameters(trials)[0] == {"n_estimators": 20, "max_depth": 2, "min_samples_leaf": 1}
-    assert {(h["max_depth"], h["min_samples_leaf"]) for h in hyperparameters(trials)} == {
-        (depth, leaf) for depth in (2, 4) for leaf in (1, 5, 10)
+    assert hyperparameters(trials)[0] == {"n_estimators": 20, "max_depth": 2, "max_leaf_nodes": 5}
+    assert {(h["max_depth"], h["max_leaf_nodes"]) for h in hyperparameters(trials)} == {
+        (depth, leaves) for depth in (2, 4) for leaves in (5, 10, 20)
     }
 
 
@@ -74,6 +75,33 @@ def test_a_random_search_is_seeded_distinct_and_within_its_bounds() -> None:
     for trial in trials:
         assert 0.01 <= trial["learning_rate"] <= 0.3 and 0.5 <= trial["subsample"] <= 1.0
         assert isinstance(trial["max_depth"], int) and 2 <= trial["max_depth"] <= 8
+
+
+def test_a_value_given_twice_is_tried_once() -> None:
+    trials = plan_trials("xgboost", {}, {"max_depth": [3, 3, 3.0, 5]}, "grid", 2, 0)
+    assert [trial["hyperparameters"]["max_depth"] for trial in trials] == [3, 5]
+
+
+@pytest.mark.parametrize(
+    ("scoring", "message"),
+    [
+        (("f2", "auto", 3), "unknown metric(s) ['f2']"),
+        (("roc_auc", "up", 3), "metric_direction must be auto, maximize or minimize"),
+        (("roc_auc", "auto", 1), "tuning_folds 1: expected 2 to 20"),
+    ],
+)
+def test_how_trials_are_scored_is_checked_before_any_runs(scoring: tuple, message: str) -> None:
+    with pytest.raises(ConveyorError) as raised:
+        plan_trials("xgboost", {}, {"max_depth": [3]}, "grid", 4, 0, scoring)
+    assert message in str(raised.value)
+
+
+def test_a_metric_the_target_lacks_fails_the_trial_in_one_line(species: pd.DataFrame) -> None:
+    def fit(rows: pd.DataFrame, params: dict):
+        return fit_classifier(rows, "species", "logistic_regression", params, 0)
+
+    with pytest.raises(ConveyorError, match="false_positive_rate is not measured for this target"):
+        cross_validate(species, "species", "x", {}, "false_positive_rate", 3, 0, fit)
 
 
 def test_a_random_search_of_a_small_space_tries_each_combination_once() -> None:
@@ -119,6 +147,12 @@ def test_a_log_range_draws_uniformly_in_the_logarithm() -> None:
         ("xgboost", {f"p{i}": list(range(10)) for i in range(40)}, "grid", 8,
          "search grid: 10000000000000000000000000000000000000000 combinations, more than"),
         ("catboost", {"depth": [2]}, "random", 4, "unknown estimator 'catboost'"),
+        # KFP passes 1 as 1.0, which min_samples_leaf reads as a share: refused here, not in
+        # every trial's pod.
+        ("random_forest", {"min_samples_leaf": [1, 5]}, "grid", 4,
+         "search_space: trial 0: The 'min_samples_leaf' parameter of RandomForestClassifier"),
+        ("xgboost", {"max_depth": {"int_range": [0, 2**63]}}, "random", 4,
+         "search_space.max_depth.int_range: expected whole numbers under 2**53"),
     ],
 )  # fmt: skip
 def test_a_bad_search_fails_in_one_line_naming_what_is_wrong(
@@ -170,8 +204,8 @@ def test_the_report_lists_every_trial_inertly_and_marks_the_chosen_one() -> None
     hostile = TrialResult(1, {"max_depth": "<script>|"}, "roc_auc", (0.9, 0.8))
     trials = [result(0, 0.7, 0.6), hostile]
     report = selection_report(trials, hostile, 1)
-    assert "| **1** (chosen) | &lt;script&gt;\\| | 0.8500 | 0.0500 |" in report
-    assert "| 0 | 0 | 0.6500 | 0.0500 |" in report and "<script>" not in report
+    assert "| **1** (chosen) | &lt;script&gt;\\| | 0.8500 | 0.0707 |" in report
+    assert "| 0 | 0 | 0.6500 | 0.0707 |" in report and "<script>" not in report
 
 
 # --- through MLflow -----------------------------------------------------------------------------
@@ -279,7 +313,7 @@ def test_a_local_run_tunes_four_trials_two_at_a_time_and_trains_the_best(
 ) -> None:
     churn_table(rows=500, seed=9).to_csv(tmp_path / "churn.csv", index=False)
     space = {"C": [0.01, 0.1, 1.0, 10.0]}
-    real_print = builtins.print
+    real_print, handlers = builtins.print, logging.getLogger().handlers[:]
     code, summary, printed = conveyor_run(
         capsys, tmp_path / "runs", "--data", str(tmp_path / "churn.csv"), "--label", "churned",
         "--param", f"search_space={json.dumps(space)}", "--param", "search=grid",
@@ -288,8 +322,9 @@ def test_a_local_run_tunes_four_trials_two_at_a_time_and_trains_the_best(
         "--tuning-parallelism", "2",
     )  # fmt: skip
     assert code == 0, printed
-    # kfp.local's side-by-side tasks swap builtins.print in and out; the run puts it back.
-    assert builtins.print is real_print
+    # kfp.local's side-by-side tasks swap builtins.print and the root logger's handlers in
+    # and out; the run puts both back.
+    assert builtins.print is real_print and logging.getLogger().handlers == handlers
     client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
     (experiment,) = client.search_experiments(filter_string="name = 'churn'")
     (tuning,) = client.search_runs([experiment.experiment_id], "attributes.run_name = 'tuning'")

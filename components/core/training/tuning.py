@@ -19,8 +19,9 @@ hyperparameter the estimator lacks fails the plan in one line.
 from __future__ import annotations
 
 import itertools
+import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from numbers import Real
 from pathlib import Path
@@ -33,12 +34,12 @@ from sklearn.model_selection import StratifiedKFold
 from conveyor.components.core import markdown
 from conveyor.components.core.data.schema import Schema
 from conveyor.components.core.data.tables import read_parquet
-from conveyor.components.core.errors import ConveyorError, first_line
+from conveyor.components.core.errors import ConveyorError, first_line, plain
 from conveyor.components.core.training import tracking
 from conveyor.components.core.training.devices import training_device
-from conveyor.components.core.training.estimators import build_estimator, estimator_spec
+from conveyor.components.core.training.estimators import CPU, build_estimator, estimator_spec
 from conveyor.components.core.training.evaluation import Policy
-from conveyor.components.core.training.metrics import METRIC_DIRECTIONS, score
+from conveyor.components.core.training.metrics import METRIC_DIRECTIONS, positive_label, score
 from conveyor.components.core.training.trainer import TrainedModel, fit_classifier
 
 __all__ = [
@@ -69,6 +70,7 @@ _SCALES = ("range", "int_range", "log_range")
 _DRAWS_PER_TRIAL = 20
 # The most trials a plan holds: each is a pod, a child run and a row of the report.
 MAX_TRIALS = 200
+MAX_FOLDS = 20
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,11 @@ class Dimension:
         if isinstance(spec, list):
             if not spec:
                 raise ConveyorError(f"{where}: an empty list; give the values to try")
-            return cls(name, choices=tuple(spec))
+            choices: list[Any] = []
+            for value in spec:  # 3 and 3.0 are one setting: tried once
+                if value not in choices:
+                    choices.append(value)
+            return cls(name, choices=tuple(choices))
         if not (isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in _SCALES):
             raise ConveyorError(
                 f"{where}: expected a list of values or one of "
@@ -108,8 +114,12 @@ class Dimension:
         low, high = float(bounds[0]), float(bounds[1])
         if scale == "log_range" and low <= 0:
             raise ConveyorError(f"{where}.log_range: the bounds must be above 0, got {bounds!r}")
-        if scale == "int_range" and not (low.is_integer() and high.is_integer()):
-            raise ConveyorError(f"{where}.int_range: expected whole numbers, got {bounds!r}")
+        if scale == "int_range" and not (
+            low.is_integer() and high.is_integer() and max(abs(low), abs(high)) < 2**53
+        ):
+            raise ConveyorError(
+                f"{where}.int_range: expected whole numbers under 2**53, got {bounds!r}"
+            )
         return cls(name, scale=scale, low=low, high=high)
 
     def draw(self, rng: np.random.Generator) -> Any:
@@ -129,12 +139,15 @@ def plan_trials(
     method: str,
     max_trials: int,
     seed: int,
+    scoring: tuple[str, str, int] = ("roc_auc", "auto", 3),
 ) -> list[dict[str, Any]]:
     """The trials, ``{trial, hyperparameters}`` each: the given ``hyperparameters`` with one
-    combination of the search space over them, every one checked against the estimator. An
-    empty search space plans the one ``UNTUNED`` trial of the given hyperparameters."""
+    combination of the search space over them, every one checked against the estimator, as
+    is ``scoring`` (the metric, its direction and the folds), before any trial runs. An empty
+    search space plans the one ``UNTUNED`` trial of the given hyperparameters."""
     if not search_space:
         return [{"trial": UNTUNED, "hyperparameters": dict(hyperparameters)}]
+    _check_scoring(*scoring)
     if method not in SEARCH_METHODS:
         raise ConveyorError(f"search {method!r}: expected one of {', '.join(SEARCH_METHODS)}")
     if isinstance(max_trials, bool) or not isinstance(max_trials, int):
@@ -148,13 +161,21 @@ def plan_trials(
     trials = [{**hyperparameters, **combination} for combination in combinations]
     spec = estimator_spec(estimator)
     for index, trial in enumerate(trials):
+        # Checked as the trials will get them: KFP passes every number as a float.
+        as_passed = json.loads(json.dumps(trial), parse_int=float)
         try:
-            _check_values(build_estimator(spec, trial, seed)[0])
+            _check_values(build_estimator(spec, as_passed, seed)[0])
         except ConveyorError as error:
             raise ConveyorError(f"search_space: {error}") from None
         except ValueError as error:  # scikit-learn's check of a value, as fitting would
             raise ConveyorError(f"search_space: trial {index}: {first_line(error)}") from None
     return [{"trial": index, "hyperparameters": trial} for index, trial in enumerate(trials)]
+
+
+def _check_scoring(metric: str, direction: str, folds: int) -> None:
+    Policy(metric=metric, direction=direction).validate()  # type: ignore[arg-type]
+    if not 2 <= folds <= MAX_FOLDS:
+        raise ConveyorError(f"tuning_folds {folds}: expected 2 to {MAX_FOLDS}")
 
 
 def _check_values(estimator: Any) -> None:
@@ -298,23 +319,26 @@ def run_trial(settings: TrialSettings, trial: Mapping[str, Any], tracking_uri: s
     planned = TrialResult.from_dict({**trial, "metric": settings.metric, "folds": []})
     if planned.trial == UNTUNED:
         return planned
-    device, _ = training_device(estimator_spec(settings.estimator), settings.gpus)
     client = tracking.connect(tracking_uri)  # before the work: a bad URI fails fast
     table = read_parquet(settings.train_path)
     roles = None
     if settings.schema_path is not None:
         text = settings.schema_path.read_text(encoding="utf-8")
         roles = Schema.from_json(text, str(settings.schema_path)).recorded_roles()
+    positive = _positive_class(table[settings.target], settings.positive_class)
+    device = CPU
 
     def fit(rows: pd.DataFrame, hyperparameters: dict[str, Any]) -> TrainedModel:
         return fit_classifier(
             rows, settings.target, settings.estimator, hyperparameters, settings.seed,
-            settings.id_columns, settings.positive_class, roles, settings.calibration, device,
+            settings.id_columns, positive, roles, settings.calibration, device,
         )  # fmt: skip
 
-    params = {"trial": planned.trial, "device": device, **planned.hyperparameters}
+    params = {"trial": planned.trial, **planned.hyperparameters}
     name = f"trial-{planned.trial}"
-    try:
+    try:  # a trial that fails is reported, so the tuning run still ends
+        device, _ = training_device(estimator_spec(settings.estimator), settings.gpus)
+        params["device"] = device
         folds = cross_validate(
             table, settings.target, settings.estimator, planned.hyperparameters,
             settings.metric, settings.folds, settings.seed, fit,
@@ -330,6 +354,15 @@ def run_trial(settings: TrialSettings, trial: Mapping[str, Any], tracking_uri: s
     return replace(planned, folds=folds, run_id=run_id)
 
 
+def _positive_class(labels: pd.Series, requested: str) -> str:
+    """A binary target's positive class as train decides it on the whole split (``""`` for
+    more classes), so every fold measures the same class."""
+    classes = np.unique(labels.to_numpy())
+    if len(classes) != 2:
+        return requested
+    return str(plain(positive_label(classes, labels.to_numpy(), requested)))
+
+
 def cross_validate(
     train: pd.DataFrame,
     target: str,
@@ -338,10 +371,11 @@ def cross_validate(
     metric: str,
     folds: int,
     seed: int,
-    fit: Any,
+    fit: Callable[[pd.DataFrame, dict[str, Any]], TrainedModel],
 ) -> tuple[float, ...]:
     """``metric`` on each of ``folds`` stratified folds of ``train``, the model fitted by
-    ``fit(rows, hyperparameters)`` (a ``TrainedModel``) on the other folds."""
+    ``fit(rows, hyperparameters)`` on the other folds, of the positive class the model's
+    card names (``fit`` fixes it for all folds: a fold's own rarer class may differ)."""
     if metric not in METRIC_DIRECTIONS:
         raise ConveyorError(f"unknown metric {metric!r}; known: {', '.join(METRIC_DIRECTIONS)}")
     smallest = int(train[target].value_counts().min())
@@ -355,7 +389,10 @@ def cross_validate(
     for fit_rows, held_out in splitter.split(train, train[target]):
         model = fit(train.iloc[fit_rows], dict(hyperparameters))
         positive = model.card.positive_class or ""
-        scores.append(score(model.pipeline, train.iloc[held_out], target, positive).metrics[metric])
+        measured = score(model.pipeline, train.iloc[held_out], target, positive).metrics
+        if metric not in measured:
+            raise ConveyorError(f"{metric} is not measured for this target: {', '.join(measured)}")
+        scores.append(measured[metric])
     return tuple(float(value) for value in scores)
 
 
@@ -403,7 +440,7 @@ def selection_report(
             f"**{r.trial}** (chosen)" if r is chosen else str(r.trial),
             *(_shown(r.hyperparameters.get(name, "")) for name in names),
             f"failed: {r.error}" if r.error else f"{r.mean:.4f}",
-            f"{np.std(r.folds):.4f}" if r.folds else "",
+            f"{np.std(r.folds, ddof=1):.4f}" if len(r.folds) > 1 else "",
         ]
         for r in sorted(results, key=lambda r: r.trial)
     ]
@@ -431,13 +468,14 @@ def select_trials(
     """The best of the trials' ``results`` by ``metric`` in ``direction`` (``auto``,
     ``maximize``, ``minimize``); their tuning run gets the table (``tuning.md``), the chosen
     trial's number and run as tags, and is ended."""
-    policy = Policy(metric=metric, direction=direction)
-    policy.validate()
     trials = [TrialResult.from_dict(result) for result in results]
     try:
+        policy = Policy(metric=metric, direction=direction)
+        policy.validate()
         hyperparameters, chosen = chosen_hyperparameters(trials, policy.sign())
-    except ConveyorError:  # every trial failed: the tuning run ends so, not left running
-        tracking.connect(tracking_uri).set_terminated(trials[0].tuning_run_id, "FAILED")
+    except ConveyorError:  # the tuning run ends so, not left running
+        if trials and trials[0].tuning_run_id:
+            tracking.connect(tracking_uri).set_terminated(trials[0].tuning_run_id, "FAILED")
         raise
     report = selection_report(trials, chosen, policy.sign())
     if chosen is not None:
