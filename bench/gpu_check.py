@@ -33,7 +33,7 @@ from conveyor.components.core.training.estimators import CPU, ESTIMATORS
 from conveyor.components.core.training.metrics import score
 from conveyor.components.core.training.trainer import (
     TrainedModel,
-    fit_classifier,
+    fit_model,
     load_model_dir,
     save_model_dir,
 )
@@ -70,7 +70,7 @@ def seeded_table(rows: int, seed: int = 0) -> pd.DataFrame:
 def fit_on(device: str, train: pd.DataFrame) -> tuple[TrainedModel, float]:
     """The model fitted on ``device`` and the fit's seconds."""
     start = time.perf_counter()
-    model = fit_classifier(train, TARGET, "xgboost", HYPERPARAMETERS, seed=0, device=device)
+    model = fit_model(train, TARGET, "xgboost", HYPERPARAMETERS, seed=0, device=device)
     return model, time.perf_counter() - start
 
 
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     table = seeded_table(arguments.rows)
     train, test = table.iloc[: len(table) * 4 // 5], table.iloc[len(table) * 4 // 5 :]
-    fit_classifier(train.head(2000), TARGET, "xgboost", {"n_estimators": 5}, 0, device=gpu_device)
+    fit_model(train.head(2000), TARGET, "xgboost", {"n_estimators": 5}, 0, device=gpu_device)
     results = {}
     for device in (CPU, gpu_device):
         model, seconds = fit_on(device, train)

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from conveyor.components.core.training.trainer import fit_classifier, save_model_dir
+from conveyor.components.core.training.trainer import fit_model, save_model_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA_SCRIPT = Path(__file__).resolve().with_name("post.lua")
@@ -312,7 +312,7 @@ def _write_model(directory: Path, seed: int, rows: int = 2000) -> None:
     weights = rng.normal(size=len(COLUMNS))
     table = pd.DataFrame(features, columns=COLUMNS)
     table["label"] = (features @ weights + rng.normal(size=rows) > 0).astype(int)
-    save_model_dir(fit_classifier(table, "label", "logistic_regression", {}, seed), directory)
+    save_model_dir(fit_model(table, "label", "logistic_regression", {}, seed), directory)
 
 
 def _request_bodies(rows: int, seed: int) -> dict[str, bytes]:

@@ -29,12 +29,13 @@ def evaluate(
     report: Output[Markdown],
     evaluation: Output[Artifact],
     reliability: Output[HTML],
+    residuals: Output[HTML],
     mlflow_tracking_uri: str = "",
-    primary_metric: str = "roc_auc",
+    primary_metric: str = "",
     metric_direction: str = "auto",
     min_improvement: float = 0.0,
     min_relative_improvement: float = 0.0,
-    metric_floors: dict = {"accuracy": 0.7, "roc_auc": 0.7},  # noqa: B006 - KFP reads defaults
+    metric_floors: dict = {"accuracy": 0.7, "roc_auc": 0.7, "r2": 0.0},  # noqa: B006
     positive_class: str = "",
     threshold_policy: dict = {},  # noqa: B006 - KFP reads defaults
 ) -> bool:
@@ -52,9 +53,11 @@ def evaluate(
         metrics: Output scalar metrics: accuracy, precision, recall, f1, roc_auc, log_loss
             (binary, or macro one-vs-rest for multi-class), false_positive_rate (binary
             targets only), brier_score and expected_calibration_error (see
-            ``reliability``), and decision_threshold (with a threshold policy met).
+            ``reliability``), and decision_threshold (with a threshold policy met); for a
+            regression model rmse, mae, r2 and mape (a fraction; only where no true value
+            is zero).
         classification_metrics: Output confusion matrix (at the decision threshold), and
-            ROC curve for binary targets.
+            ROC curve for binary targets; empty for a regression model.
         report: Output Markdown: the verdict and why, metrics, champion comparison.
         evaluation: Output JSON with the metrics, ``blessed``, ``reason``, the comparison,
             ``warnings`` (an evaluation split under 50 rows, with the accuracy's
@@ -66,13 +69,20 @@ def evaluate(
         reliability: Output HTML: the reliability diagram on the evaluation split (the
             positive class's probability for a binary model, the predicted class's for
             more), with each bin's observed rate and its 95 % interval, the Brier score
-            and the expected calibration error beside its noise floor.
+            and the expected calibration error beside its noise floor (a regression model:
+            a page saying it has none).
+        residuals: Output HTML: a regression model's predicted against true values, its
+            residuals against predicted values, their histogram and quantiles (a
+            classification model: a page saying it has none).
         mlflow_tracking_uri: MLflow tracking server; empty uses ``$MLFLOW_TRACKING_URI``.
-        primary_metric: The metric compared with the champion.
+        primary_metric: The metric compared with the champion; empty: ``roc_auc`` for a
+            classification model, ``rmse`` for a regression model.
         metric_direction: ``auto`` (the metric's natural direction), ``maximize`` or ``minimize``.
         min_improvement: The challenger must beat the champion by more than this (absolute).
         min_relative_improvement: ...and by at least this fraction of the champion's value.
-        metric_floors: Metric -> bound every model must meet (a ceiling for log_loss).
+        metric_floors: Metric -> bound every model must meet (a ceiling for log_loss,
+            false_positive_rate, rmse, mae and mape). A floor on the other task's metric
+            does not apply (the report lists it), so one dict serves both tasks.
         positive_class: For a binary target, the class precision, recall, F1, the
             false-positive rate and the ROC curve are about; empty takes the one the model
             card recorded at training (the class serving scores), and for a card without
@@ -116,20 +126,25 @@ def evaluate(
             evaluation_path=Path(evaluation.path),
             report_path=Path(report.path),
             reliability_path=Path(reliability.path),
+            residuals_path=Path(residuals.path),
         )
     scores, decision = result.scores, result.decision
     for name, value in scores.metrics.items():
         metrics.log_metric(name, value)
-    classification_metrics.log_confusion_matrix(scores.curves.labels, scores.curves.confusion)
-    if scores.curves.roc is not None:
+    if scores.curves is not None:
+        classification_metrics.log_confusion_matrix(scores.curves.labels, scores.curves.confusion)
+    if scores.curves is not None and scores.curves.roc is not None:
         classification_metrics.log_roc_curve(*scores.curves.roc)
     evaluation.metadata.update(
         {"blessed": decision.blessed, "reason": decision.reason, "warnings": list(result.warnings)}
     )
     if scores.positive_class is not None:
         evaluation.metadata["positive_class"] = str(scores.positive_class)
-    metrics.log_metric("brier_score", result.reliability.brier_score)
-    metrics.log_metric("expected_calibration_error", result.reliability.expected_calibration_error)
+    evaluation.metadata["task"] = result.task
+    if result.reliability is not None:
+        metrics.log_metric("brier_score", result.reliability.brier_score)
+        calibration_error = result.reliability.expected_calibration_error
+        metrics.log_metric("expected_calibration_error", calibration_error)
     threshold = result.decision_threshold()
     if threshold is not None:
         metrics.log_metric("decision_threshold", threshold)

@@ -1,4 +1,4 @@
-"""Ingest: read a table and split it into seeded, stratified train and test datasets."""
+"""Ingest: read a table, decide its task and split it into seeded train and test datasets."""
 
 from kfp import dsl
 from kfp.dsl import Dataset, Output
@@ -18,22 +18,29 @@ def ingest(
     data_revision: str = "",
     test_size: float = 0.2,
     seed: int = 42,
+    task: str = "auto",
 ):
-    """Reads a CSV or Parquet table and writes seeded, stratified train and test splits.
+    """Reads a CSV or Parquet table, decides whether its target is a class or a number, and
+    writes seeded train and test splits (stratified on the class for classification).
 
     Args:
         data_uri: The table: a local path, an fsspec URI (``gs://``, ``s3://`` with the
             matching extra installed), ``builtin://breast_cancer``, or, with
             ``dvc_repo``, a path inside that repository. CSV or Parquet, told apart by
             content.
-        target_column: The label column; it must hold at least two classes.
+        target_column: The label column: at least two classes, or (regression) finite
+            numbers, not all equal.
         train: Output Parquet dataset with the training rows. Metadata: ``rows``,
-            ``columns``, ``content_hash``, ``source``, ``revision``, ``seed``.
+            ``columns``, ``content_hash``, ``source``, ``revision``, ``seed``, ``task``
+            (what train fits) and ``task_rule`` (why).
         test: Output Parquet dataset with the evaluation rows; same metadata.
         dvc_repo: A git repository (path or URL) whose DVC tracks ``data_uri``.
         data_revision: The git revision of ``dvc_repo`` to read; empty for HEAD.
         test_size: Share of rows held out for evaluation, between 0 and 1.
         seed: Seed of the split.
+        task: ``classification``, ``regression``, or ``auto``: text and booleans are
+            classes; numbers are regressed when one is not whole or there are more than 50
+            distinct ones, else classes.
     """
     from pathlib import Path
 
@@ -48,6 +55,7 @@ def ingest(
             seed=seed,
             train_path=Path(train.path),
             test_path=Path(test.path),
+            task=task,
         )
     train.metadata.update(result.train)
     test.metadata.update(result.test)

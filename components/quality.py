@@ -38,11 +38,18 @@ def quality(
     ``margin``, both samples' noise counted (overall, revisions and segments are judged;
     at most 5 % of runs of an unchanged model raise one). Without those scores (a champion
     trained before train recorded them with their labels), the champion's offline metrics
-    logged in MLflow are taken as exact and every segment is judged against them. Labels
+    logged in MLflow are taken as exact and every segment is judged against them.
+
+    A regression model's log (its files say so) is judged on its errors: RMSE (the delta
+    method on the mean squared error), MAE (mean ± z·sd/√n), R² and MAPE where defined,
+    against the same metrics of its evaluation scores, ``margin`` for RMSE and MAE being a
+    fraction of the offline value; its labels must be numbers. Labels
     that join no logged row, logged rows without a label and late labels are counted in the
     report. Fails the step, with one line and no output, on labels none of whose ids is
-    logged, an id labelled twice, a label that is not one of the model's classes, a labels
-    table without its id column, a log of another model, or a log without predictions.
+    logged, an id labelled twice, a label that is not one of the model's classes (for a
+    regression model, not a number), a labels table without its id column, a log of another
+    model, a log without predictions, or offline metrics or evaluation scores of a model of
+    another task (a classifier's for a regression log, or the reverse).
 
     Args:
         log: The payload log's rows: a Parquet file or a folder of them (day folders too).
@@ -61,7 +68,8 @@ def quality(
             its prediction is counted late. 0 takes every row.
         id_column: The labels' id column.
         label_column: The labels' label column.
-        margin: How far (absolute) past the offline value an interval must lie to degrade.
+        margin: How far (absolute) past the offline value an interval must lie to degrade;
+            for a regression model's RMSE and MAE, a fraction of the offline value.
         reference_scores: The champion's evaluation scores with their labels
             (champion_reference's ``reference_scores``); absent or an empty file: the
             champion's offline metrics from MLflow, taken as exact.

@@ -12,7 +12,7 @@ __all__ = ["select_trial"]
 def select_trial(
     results: list,
     report: Output[Markdown],
-    primary_metric: str = "roc_auc",
+    primary_metric: str = "",
     metric_direction: str = "auto",
     mlflow_tracking_uri: str = "",
 ) -> dict:
@@ -24,7 +24,7 @@ def select_trial(
         report: Output Markdown: each trial's hyperparameters, its folds' mean and spread,
             the chosen one marked; also ``tuning.md`` of the trials' tuning run in MLflow,
             which is tagged with the chosen trial and its run, then ended.
-        primary_metric: The metric the trials were scored by.
+        primary_metric: The metric the trials were scored by; empty: the one they name.
         metric_direction: ``auto`` (the metric's own), ``maximize`` or ``minimize``, as
             evaluate takes it.
         mlflow_tracking_uri: MLflow tracking server; empty uses ``$MLFLOW_TRACKING_URI``.

@@ -39,11 +39,21 @@ def shadow(
     beyond noise, or when the challenger's batch scoring time per row exceeds
     ``max_latency_ratio`` times the champion's (each model's fastest of 5 timed calls). The
     statistical tests share a 5 % chance of failing a challenger exactly at the limits.
+
+    Two regressors (the log's task, which champion and challenger must share: a classifier
+    against a regressor fails the step in one line) are compared on their predicted values
+    instead: the gate fails when their mean absolute difference, over the champion's mean
+    absolute deviation, is above ``max_relative_difference`` (overall or in a segment)
+    beyond noise, when the PSI of the predicted values on the champion's deciles reaches
+    ``max_score_shift``, when the online MAE on numeric labels is higher than the
+    champion's by more than ``max_metric_drop`` of it (a fraction) beyond noise, or on the
+    scoring time as above.
+
     With no payload log configured, no champion yet, no log written yet, fewer than
     ``min_rows`` logged rows, or ``enabled`` false, nothing is judged and the gate passes,
     saying why. Fails the step, with one line and nothing registered, on a log of another
-    model, a challenger whose feature columns the log lacks, an empty window, or a
-    corrupt log file.
+    model, a challenger whose feature columns the log lacks, an empty window, a corrupt log
+    file, or (regressors) labels that are not numbers.
 
     Args:
         model: The challenger's model directory (train's output; its ``mlflow_run_id``
@@ -55,22 +65,30 @@ def shadow(
             InferenceService's payload log (``<payload_log_uri>/<service name>``) replayed.
         metrics: Output metrics: ``passed``, ``rows``, ``disagreement``, ``score_psi``,
             ``mean_absolute_score_difference``, ``online_<metric>_difference`` and
-            ``scoring_time_ratio`` (those measured).
-        report: Output Markdown: the verdict and why, disagreement per segment, score
-            shift, online metrics, batch scoring time, and the thresholds.
-        html_report: Output HTML: disagreement by segment and both models' score histograms.
+            ``scoring_time_ratio`` (those measured); for regressors
+            ``relative_difference`` and ``mean_absolute_difference`` in place of the
+            disagreement, ``score_psi`` of the predicted values, and
+            ``online_mae_difference``, ``online_rmse_difference``.
+        report: Output Markdown: the verdict and why, disagreement (regressors: relative
+            difference) per segment, score shift, online metrics, batch scoring time, and
+            the thresholds.
+        html_report: Output HTML: disagreement (relative difference) by segment and both
+            models' score (predicted value) histograms.
         summary: Output JSON: everything the report shows. Metadata: ``passed``, ``reason``.
         payload_log_uri: The training pipeline's ``payload_log_uri``; empty: not judged.
         mlflow_tracking_uri: MLflow tracking server; empty uses ``$MLFLOW_TRACKING_URI``.
         days: The last this many UTC days of the log, ending with its newest row; 0: all.
         segment_column: Also compare within each value of this logged input column.
         labels_uri: Labels (CSV or Parquet: an id and a label column) to compare both
-            models' online accuracy and log loss on; empty compares none.
+            models' online accuracy and log loss on (regressors: numbers, MAE and RMSE);
+            empty compares none.
         label_id_column: The labels' id column, matched with the log's ``conveyor.id``.
         label_column: The labels' label column.
         policy: Thresholds merged by name onto the defaults: ``max_disagreement`` (0.1),
-            ``max_score_shift`` (0.25), ``max_metric_drop`` (0.02), ``max_latency_ratio``
-            (10.0), ``confidence`` (0.95), ``min_rows`` (100).
+            ``max_relative_difference`` (0.25, regressors), ``max_score_shift`` (0.25),
+            ``max_metric_drop`` (0.02: accuracy points; regressors, a fraction of the
+            champion's MAE), ``max_latency_ratio`` (10.0), ``latency_floor_ms`` (1.0),
+            ``confidence`` (0.95), ``min_rows`` (100).
         show_rows: List this many rows where the models differ most in the report (they
             are production inputs; 0 lists none).
         enabled: False replays nothing and passes, saying so (a challenger with a feature

@@ -14,7 +14,7 @@ def tune_trial(
     target_column: str,
     estimator: str,
     trial: dict,
-    primary_metric: str = "roc_auc",
+    primary_metric: str = "",
     folds: int = 3,
     seed: int = 42,
     positive_class: str = "",
@@ -30,13 +30,14 @@ def tune_trial(
     trial. Trains on the GPU as train does when the step is given one.
 
     Args:
-        train: The training split (Parquet); the folds are carved from it (stratified).
+        train: The training split (Parquet); the folds are carved from it (stratified
+            for classification); its metadata's ``task`` says what the trial fits.
         target_column: The label column.
         estimator: The estimator, as train takes it.
         trial: One of plan_trials' trials: ``{trial, hyperparameters, tuning_run_id}``, the
             last the parent of this trial's run. Trial ``-1`` (no search space) is returned
             unscored, at once.
-        primary_metric: The metric each held-out fold is scored by.
+        primary_metric: The metric each held-out fold is scored by; empty: the task's.
         folds: Cross-validation folds.
         seed: Seed of the folds and the estimator.
         positive_class: A binary target's positive class, as train takes it.
@@ -51,6 +52,7 @@ def tune_trial(
     """
     from pathlib import Path
 
+    from conveyor.components.core.data.task import CLASSIFICATION
     from conveyor.components.core.errors import step_errors
     from conveyor.components.core.training.devices import requested_gpus
     from conveyor.components.core.training.tuning import TrialSettings, run_trial
@@ -67,9 +69,10 @@ def tune_trial(
         id_columns=tuple(str(column) for column in id_columns),
         calibration=calibration,
         gpus=requested_gpus(),
+        task=str(train.metadata.get("task", CLASSIFICATION)),
     )
     with step_errors("tune_trial"):
         result = run_trial(settings, trial, mlflow_tracking_uri)
     if result.folds:
-        print(f"tune_trial: trial {result.trial}: {primary_metric} {result.mean:.4f}")
+        print(f"tune_trial: trial {result.trial}: {result.metric} {result.mean:.4f}")
     return result.to_dict()

@@ -55,6 +55,7 @@ class RunSummary:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     shadow: dict[str, Any] | None = None
+    task: dict[str, str] | None = None  # ingest's decision: {task, rule}
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -376,7 +377,18 @@ def _summarise(
         failed_step=failed_step,
         steps={step: progress.outcomes.get(step, "skipped") for step in _STEPS},
         shadow={"passed": shadowed["passed"], "reason": shadowed["reason"]} if shadowed else None,
+        task=_task(outputs / "ingest") if "ingest" in succeeded else None,
     )
+
+
+def _task(task_dir: Path) -> dict[str, str] | None:
+    """What ingest decided of the target and why (its train split's metadata)."""
+    executor_output = _read_json(task_dir / "executor_output.json") or {}
+    artifacts = executor_output.get("artifacts", {}).get("train", {}).get("artifacts", [{}])
+    metadata = artifacts[0].get("metadata", {})
+    if "task" not in metadata:
+        return None
+    return {"task": metadata["task"], "rule": metadata.get("task_rule", "")}
 
 
 def _left_out(schema_path: Path) -> list[str]:

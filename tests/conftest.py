@@ -214,11 +214,11 @@ def save_species_model(
     directory: Path, table: pd.DataFrame | None = None, **hyperparameters: float
 ) -> Path:
     """Fits a logistic regression on the species table and writes its model directory."""
-    from conveyor.components.core.training.trainer import fit_classifier, save_model_dir
+    from conveyor.components.core.training.trainer import fit_model, save_model_dir
 
     table = multiclass_table() if table is None else table
     save_model_dir(
-        fit_classifier(table, "species", "logistic_regression", hyperparameters, 0), directory
+        fit_model(table, "species", "logistic_regression", hyperparameters, 0), directory
     )
     return directory
 

@@ -14,7 +14,7 @@ from conveyor.components.core.data.tables import split_table
 from conveyor.components.core.errors import ConveyorError
 from conveyor.components.core.training.calibration import reliability
 from conveyor.components.core.training.evaluation import Policy, evaluate_model
-from conveyor.components.core.training.trainer import ModelCard, fit_classifier, load_model_dir
+from conveyor.components.core.training.trainer import ModelCard, fit_model, load_model_dir
 from tests.conftest import train_species_model
 
 
@@ -66,9 +66,7 @@ def test_calibration_at_training_repairs_an_overconfident_model_on_new_rows() ->
     overfit = {"max_iter": 300, "learning_rate": 0.5}
     results = {}
     for method in ("", "sigmoid", "isotonic"):
-        model = fit_classifier(
-            train, "label", "hist_gradient_boosting", overfit, 0, calibration=method
-        )
+        model = fit_model(train, "label", "hist_gradient_boosting", overfit, 0, calibration=method)
         assert model.card.calibration == (method or None)
         probability = model.pipeline.predict_proba(test[list("abcd")])[:, 1]
         results[method] = reliability(test["label"].to_numpy() == 1, probability, "class '1'")
@@ -89,12 +87,12 @@ def test_calibration_at_training_repairs_an_overconfident_model_on_new_rows() ->
 def test_an_unknown_calibration_is_one_line(calibration: str, message: str) -> None:
     table = pd.DataFrame({"a": np.arange(40.0), "label": [0, 1] * 20})
     with pytest.raises(ConveyorError, match=message):
-        fit_classifier(table, "label", "logistic_regression", {}, 0, calibration=calibration)
+        fit_model(table, "label", "logistic_regression", {}, 0, calibration=calibration)
 
 
 def test_a_calibrated_card_is_format_4_and_refuses_an_unknown_method() -> None:
     table = pd.DataFrame({"a": np.arange(40.0), "label": [0, 1] * 20})
-    card = fit_classifier(table, "label", "logistic_regression", {}, 0, calibration="sigmoid").card
+    card = fit_model(table, "label", "logistic_regression", {}, 0, calibration="sigmoid").card
     assert card.calibration == "sigmoid" and card.oldest_format() == 4
     saved = json.loads(card.to_json())
     for wrong in ("beta", ""):
@@ -106,7 +104,7 @@ def test_too_few_rows_of_a_class_to_calibrate_says_so_before_fitting() -> None:
     table = pd.DataFrame({"a": np.arange(40.0), "label": [0] * 36 + [1] * 4})
     with pytest.raises(ConveyorError, match=r"^calibration 'isotonic' needs at least 5 training "
                        r"rows of each class \(5 folds\); class '1' has 4$"):  # fmt: skip
-        fit_classifier(table, "label", "logistic_regression", {}, 0, calibration="isotonic")
+        fit_model(table, "label", "logistic_regression", {}, 0, calibration="isotonic")
 
 
 def test_probabilities_that_are_not_numbers_are_refused() -> None:
@@ -119,14 +117,14 @@ def test_calibration_undoing_class_weight_is_warned_about_unless_a_threshold_is_
     from conveyor.components.core.training.thresholds import ThresholdPolicy
 
     table = pd.DataFrame({"a": np.arange(60.0), "label": [0, 1, 0] * 20})
-    weighted = fit_classifier(
+    weighted = fit_model(
         table, "label", "logistic_regression", {"class_weight": "balanced"}, 0,
         calibration="sigmoid",
     ).card  # fmt: skip
     (warning,) = calibration_warnings(weighted, None)
     assert warning.startswith("calibration (sigmoid) maps the probabilities back")
     assert calibration_warnings(weighted, ThresholdPolicy("min_recall", 0.8)) == ()
-    plain = fit_classifier(table, "label", "logistic_regression", {}, 0, calibration="sigmoid")
+    plain = fit_model(table, "label", "logistic_regression", {}, 0, calibration="sigmoid")
     assert calibration_warnings(plain.card, None) == ()
 
 

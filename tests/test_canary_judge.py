@@ -119,6 +119,7 @@ def test_an_empty_policy_is_the_default_one() -> None:
         "latency",
         "predicted_class",
         "score",
+        "predicted_value",
         "restarts",
     ]
 
@@ -146,7 +147,7 @@ def test_metrics_merge_by_name_and_a_business_metric_needs_no_code() -> None:
         }
     )
     metrics = {metric.name: metric for metric in policy.metrics}
-    assert list(metrics)[-1] == "approvals" and len(metrics) == 7
+    assert list(metrics)[-1] == "approvals" and len(metrics) == 8
     assert metrics["server_errors"].margin == 0.005
     assert metrics["server_errors"].max == 0.05  # the default's other fields stay
     assert metrics["server_errors"].queries == DEFAULT_POLICY.metrics[0].queries

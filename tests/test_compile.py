@@ -162,7 +162,7 @@ def test_the_gpu_train_step_is_told_its_gpu_and_trains_xgboost_by_default(
     """The step checks the GPU it was given is used (``training.devices``); xgboost is the
     estimator that trains there."""
     for build, gpus, estimator in (
-        (cpu_build, None, "logistic_regression"),
+        (cpu_build, None, ""),  # the task's default, decided at run time
         (gpu_build, "1", "xgboost"),
     ):
         path = build / f"{pipeline}.{target}.yaml"
@@ -215,10 +215,11 @@ def test_component_yaml_loads_back_with_its_interface(cpu_build: Path) -> None:
         "report",
         "evaluation",
         "reliability",
+        "residuals",
         "Output",
     }
     assert spec.outputs["classification_metrics"].type == "system.ClassificationMetrics@0.0.1"
-    assert spec.inputs["metric_floors"].default == {"accuracy": 0.7, "roc_auc": 0.7}
+    assert spec.inputs["metric_floors"].default == {"accuracy": 0.7, "roc_auc": 0.7, "r2": 0.0}
     assert "Scores the model on the evaluation split" in spec.description
 
 

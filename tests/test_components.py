@@ -62,6 +62,7 @@ def test_the_six_components_take_a_model_from_csv_to_manifest(
         model=model, test=test_set, target_column="species", model_name=model_name,
         metrics=metrics, classification_metrics=curves, report=report, evaluation=verdict,
         reliability=artifact(HTML, tmp_path, "reliability"),
+        residuals=artifact(HTML, tmp_path, "residuals"),
         mlflow_tracking_uri=mlflow_server, metric_floors={"accuracy": 0.5},
     )  # fmt: skip
     assert blessed is True and verdict.metadata["blessed"] is True
@@ -126,7 +127,7 @@ def test_binary_evaluation_logs_a_roc_curve(
         model=model, test=test_set, target_column="diagnosis", model_name=model_name,
         metrics=artifact(Metrics, tmp_path, "m"), classification_metrics=curves,
         report=artifact(Markdown, tmp_path, "r"), evaluation=verdict,
-        reliability=artifact(HTML, tmp_path, "h"), mlflow_tracking_uri=mlflow_server,
+        reliability=artifact(HTML, tmp_path, "h"), residuals=artifact(HTML, tmp_path, "r"), mlflow_tracking_uri=mlflow_server,
     )  # fmt: skip
     assert verdict.metadata["positive_class"] == "malignant"
     roc = curves.metadata["confidenceMetrics"]
@@ -173,5 +174,5 @@ def test_a_model_artifact_without_its_run_is_named(tmp_path: Path, mlflow_server
             target_column="y", model_name="m", metrics=artifact(Metrics, tmp_path, "m"),
             classification_metrics=artifact(ClassificationMetrics, tmp_path, "c"),
             report=artifact(Markdown, tmp_path, "r"), evaluation=artifact(Artifact, tmp_path, "e"),
-            reliability=artifact(HTML, tmp_path, "h"), mlflow_tracking_uri=mlflow_server,
+            reliability=artifact(HTML, tmp_path, "h"), residuals=artifact(HTML, tmp_path, "r"), mlflow_tracking_uri=mlflow_server,
         )  # fmt: skip

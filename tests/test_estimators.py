@@ -26,7 +26,7 @@ from conveyor.components.core.training.estimators import ESTIMATORS
 from conveyor.components.core.training.metrics import score
 from conveyor.components.core.training.trainer import (
     MODEL_CARD,
-    fit_classifier,
+    fit_model,
     load_model_dir,
     save_model_dir,
     train_model,
@@ -49,7 +49,7 @@ def test_a_booster_learns_a_messy_table_and_loads_back_as_the_predictor_loads_it
 ) -> None:
     train, test = churn_splits
     roles = column_roles(train, "churned", DeclaredRoles(text_columns=("support_notes",)))
-    model = fit_classifier(train, "churned", estimator, {"n_estimators": 60}, 0, roles=roles)
+    model = fit_model(train, "churned", estimator, {"n_estimators": 60}, 0, roles=roles)
     assert model.card.classes == ["no", "yes"] and model.card.positive_class == "yes"
     assert {f.kind for f in model.card.features} == {"numeric", "categorical", "datetime", "text"}
     scores = score(model.pipeline, test, "churned", "yes").metrics
@@ -69,7 +69,7 @@ def test_a_booster_learns_a_messy_table_and_loads_back_as_the_predictor_loads_it
 
 def test_xgboost_takes_any_labels_and_answers_in_them(species: pd.DataFrame) -> None:
     """XGBoost itself takes classes 0..k-1 only."""
-    model = fit_classifier(species, "species", "xgboost", {"n_estimators": 30}, seed=0)
+    model = fit_model(species, "species", "xgboost", {"n_estimators": 30}, seed=0)
     predicted = model.pipeline.predict(species.drop(columns="species"))
     assert set(predicted) <= set(species["species"]) and len(set(predicted)) == 3
     assert (predicted == species["species"]).mean() > 0.8
@@ -80,9 +80,7 @@ def test_whole_floats_from_kfp_reach_the_boosters_as_integers(
     estimator: str, species: pd.DataFrame
 ) -> None:
     """KFP's Struct makes every number a float; both libraries hand settings to C++ as text."""
-    model = fit_classifier(
-        species, "species", estimator, {"n_estimators": 7.0, "learning_rate": 1.0}, 0
-    )
+    model = fit_model(species, "species", estimator, {"n_estimators": 7.0, "learning_rate": 1.0}, 0)
     assert model.card.hyperparameters == {"n_estimators": 7, "learning_rate": 1}
     final = model.pipeline[-1]
     if estimator == "xgboost":
@@ -93,8 +91,8 @@ def test_whole_floats_from_kfp_reach_the_boosters_as_integers(
 
 def test_lightgbm_takes_class_weight(churn_splits: tuple[pd.DataFrame, pd.DataFrame]) -> None:
     train, test = churn_splits
-    plain = fit_classifier(train, "churned", "lightgbm", {"n_estimators": 40}, seed=0)
-    weighted = fit_classifier(
+    plain = fit_model(train, "churned", "lightgbm", {"n_estimators": 40}, seed=0)
+    weighted = fit_model(
         train, "churned", "lightgbm", {"n_estimators": 40, "class_weight": "balanced"}, seed=0
     )
     rows = test.drop(columns="churned")
@@ -119,7 +117,7 @@ def test_bad_booster_settings_fail_in_one_line(
     species: pd.DataFrame, estimator: str, hyperparameters: dict, message: str
 ) -> None:
     with pytest.raises(ConveyorError) as raised:
-        fit_classifier(species, "species", estimator, hyperparameters, seed=0)
+        fit_model(species, "species", estimator, hyperparameters, seed=0)
     assert message in str(raised.value) and "\n" not in str(raised.value)
 
 
@@ -173,7 +171,7 @@ def test_xgboost_refuses_a_single_class(species: pd.DataFrame) -> None:
     with pytest.raises(
         ConveyorError, match="XGBoost needs two classes or more, got \\['setosa'\\]"
     ):
-        fit_classifier(species[species["species"] == "setosa"], "species", "xgboost", {}, 0)
+        fit_model(species[species["species"] == "setosa"], "species", "xgboost", {}, 0)
 
 
 def test_a_gpu_that_is_not_visible_is_named_not_replaced_by_the_cpu() -> None:
@@ -224,7 +222,7 @@ def test_the_predictor_serves_both_boosters_over_v1_and_v2(
 ) -> None:
     models = {}
     for estimator in BOOSTERS:
-        model = fit_classifier(species, "species", estimator, {"n_estimators": 30}, 0)
+        model = fit_model(species, "species", estimator, {"n_estimators": 30}, 0)
         save_model_dir(model, tmp_path / estimator)
         models[f"{estimator}-00001"] = tmp_path / estimator
     rows = species.drop(columns="species").sample(8, random_state=1)

@@ -31,8 +31,8 @@ def champion(value: float) -> ChampionScore:
 
 
 def test_first_model_is_judged_on_floors_only() -> None:
-    assert decide(METRICS, Policy(floors={"accuracy": 0.8}), None).blessed
-    refused = decide(METRICS, Policy(floors={"accuracy": 0.95, "log_loss": 0.2}), None)
+    assert decide(METRICS, Policy("roc_auc", floors={"accuracy": 0.8}), None).blessed
+    refused = decide(METRICS, Policy("roc_auc", floors={"accuracy": 0.95, "log_loss": 0.2}), None)
     assert not refused.blessed
     assert refused.failed_floors == [
         "accuracy 0.9000 is below the floor 0.95",
@@ -43,17 +43,17 @@ def test_first_model_is_judged_on_floors_only() -> None:
 @pytest.mark.parametrize(
     ("champion_value", "policy", "blessed", "winner"),
     [
-        (0.94, Policy(), True, "challenger wins"),
-        (0.95, Policy(), False, "champion v3 stays"),  # a tie keeps the champion
-        (0.96, Policy(), False, "champion v3 stays"),
-        (0.94, Policy(min_improvement=0.02), False, "champion v3 stays"),
+        (0.94, Policy("roc_auc"), True, "challenger wins"),
+        (0.95, Policy("roc_auc"), False, "champion v3 stays"),  # a tie keeps the champion
+        (0.96, Policy("roc_auc"), False, "champion v3 stays"),
+        (0.94, Policy("roc_auc", min_improvement=0.02), False, "champion v3 stays"),
         (
             0.955,
-            Policy(min_improvement=-0.01, min_relative_improvement=-0.01),
+            Policy("roc_auc", min_improvement=-0.01, min_relative_improvement=-0.01),
             True,
             "challenger wins",
         ),
-        (0.94, Policy(min_relative_improvement=0.02), False, "champion v3 stays"),
+        (0.94, Policy("roc_auc", min_relative_improvement=0.02), False, "champion v3 stays"),
         (0.35, Policy(metric="log_loss"), True, "challenger wins"),  # lower is better
         (0.35, Policy(metric="log_loss", direction="maximize"), False, "champion v3 stays"),
     ],
@@ -69,7 +69,9 @@ def test_change_threshold_against_the_champion(
 
 def test_a_metric_that_could_not_be_measured_fails_its_floor() -> None:
     # roc_auc is NaN on an evaluation split of one class: NaN < floor is False.
-    decision = decide({**METRICS, "roc_auc": float("nan")}, Policy(floors={"roc_auc": 0.7}), None)
+    decision = decide(
+        {**METRICS, "roc_auc": float("nan")}, Policy("roc_auc", floors={"roc_auc": 0.7}), None
+    )
     assert not decision.blessed
     assert decision.failed_floors == [
         "roc_auc could not be measured on the evaluation split (one class only?)"
@@ -83,7 +85,7 @@ def test_a_champion_at_zero_has_no_relative_change() -> None:
 
 
 def test_a_better_model_still_needs_its_floors() -> None:
-    decision = decide(METRICS, Policy(floors={"accuracy": 0.99}), champion(0.5))
+    decision = decide(METRICS, Policy("roc_auc", floors={"accuracy": 0.99}), champion(0.5))
     assert not decision.blessed
     assert "challenger wins" in decision.reason and "below the floor 0.99" in decision.reason
 
@@ -151,7 +153,7 @@ def test_a_champion_that_cannot_score_the_data_is_compared_as_recorded(
 
 def test_the_false_positive_rate_is_a_ceiling_and_lower_is_better() -> None:
     metrics = {**METRICS, "false_positive_rate": 0.08}
-    refused = decide(metrics, Policy(floors={"false_positive_rate": 0.05}), None)
+    refused = decide(metrics, Policy("roc_auc", floors={"false_positive_rate": 0.05}), None)
     assert refused.failed_floors == ["false_positive_rate 0.0800 is above the ceiling 0.05"]
     policy = Policy(metric="false_positive_rate")
     policy.validate()
@@ -234,7 +236,7 @@ def test_balanced_class_weights_find_more_of_a_rare_class(estimator: str) -> Non
     """On a seeded table with a 5 % positive class, ``class_weight: balanced`` raises each
     estimator's recall of it on the evaluation split (the weights reach the estimator)."""
     from conveyor.components.core.training.metrics import score
-    from conveyor.components.core.training.trainer import fit_classifier
+    from conveyor.components.core.training.trainer import fit_model
 
     rng = np.random.default_rng(3)
     rows = 3000
@@ -245,7 +247,7 @@ def test_balanced_class_weights_find_more_of_a_rare_class(estimator: str) -> Non
     train, test = split_table(table, "label", 0.3, 0, "t")
     plain, balanced = (
         score(
-            fit_classifier(train, "label", estimator, weights, 0).pipeline, test, "label", "1"
+            fit_model(train, "label", estimator, weights, 0).pipeline, test, "label", "1"
         ).metrics["recall"]
         for weights in ({}, {"class_weight": "balanced"})
     )

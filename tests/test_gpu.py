@@ -18,7 +18,7 @@ from conveyor.components.core.errors import ConveyorError
 from conveyor.components.core.training.devices import training_device
 from conveyor.components.core.training.estimators import CPU, ESTIMATORS
 from conveyor.components.core.training.trainer import (
-    fit_classifier,
+    fit_model,
     load_model_dir,
     save_model_dir,
 )
@@ -51,8 +51,8 @@ def test_xgboost_trains_on_the_gpu_and_is_served_on_the_cpu(splits: tuple, tmp_p
     train, test = splits
     device, gpu = training_device(ESTIMATORS["xgboost"], gpus=1)
     assert device == "cuda" and gpu
-    on_gpu = fit_classifier(train, TARGET, "xgboost", {"n_estimators": 100}, 0, device=device)
-    on_cpu = fit_classifier(train, TARGET, "xgboost", {"n_estimators": 100}, 0, device=CPU)
+    on_gpu = fit_model(train, TARGET, "xgboost", {"n_estimators": 100}, 0, device=device)
+    on_cpu = fit_model(train, TARGET, "xgboost", {"n_estimators": 100}, 0, device=CPU)
     assert on_gpu.pipeline[-1].trained_on_.startswith("cuda")
     assert on_cpu.pipeline[-1].trained_on_ == "cpu"
     assert booster_device(on_gpu.pipeline[-1].estimator_) == "cpu"  # what the predictor runs
@@ -67,9 +67,35 @@ def test_xgboost_trains_on_the_gpu_and_is_served_on_the_cpu(splits: tuple, tmp_p
 
 def test_a_calibrated_xgboost_trains_on_the_gpu(splits: tuple) -> None:
     train, _ = splits
-    model = fit_classifier(
+    model = fit_model(
         train, TARGET, "xgboost", {"n_estimators": 50}, 0, calibration="sigmoid", device="cuda"
     )
     (calibrated,) = model.pipeline[-1].calibrated_classifiers_
     assert calibrated.estimator.trained_on_.startswith("cuda")
     assert booster_device(calibrated.estimator.estimator_) == "cpu"
+
+
+def test_an_xgboost_regressor_trains_on_the_gpu_and_is_served_on_the_cpu(
+    splits: tuple, tmp_path: Path
+) -> None:
+    """One of the table's numeric columns regressed on the others, on both devices."""
+    train, test = (split.drop(columns=TARGET) for split in splits)
+    target = next(name for name in train.columns if train[name].dtype.kind == "f")
+    train, test = (split.dropna(subset=[target]) for split in (train, test))
+    fits = {
+        device: fit_model(
+            train, target, "xgboost", {"n_estimators": 100}, 0, device=device, task="regression"
+        )
+        for device in ("cuda", CPU)
+    }
+    assert fits["cuda"].pipeline[-1].trained_on_.startswith("cuda")
+    assert booster_device(fits["cuda"].pipeline[-1].estimator_) == "cpu"
+    features = test.drop(columns=target)
+    errors = {
+        device: float(np.sqrt(np.mean((model.pipeline.predict(features) - test[target]) ** 2)))
+        for device, model in fits.items()
+    }
+    assert abs(errors["cuda"] - errors[CPU]) <= 0.02 * errors[CPU], errors
+    save_model_dir(fits["cuda"], tmp_path)
+    served = load_model_dir(tmp_path).pipeline.predict(features)
+    assert np.allclose(served, fits["cuda"].pipeline.predict(features), atol=1e-6)

@@ -32,7 +32,7 @@ from conveyor.components.core.training.registry import download_reference
 from conveyor.components.core.training.trainer import (
     MODEL_CARD,
     MODEL_FILE,
-    fit_classifier,
+    fit_model,
     load_model_dir,
     sha256_file,
     train_model,
@@ -66,7 +66,7 @@ def test_the_column_that_decides_the_label_gets_most_of_the_importance(
     estimator: str, signal: str
 ) -> None:
     train, test = signal_table(2000, 1, signal), signal_table(1000, 2, signal)
-    model = fit_classifier(train, "fraud", estimator, {}, seed=0)
+    model = fit_model(train, "fraud", estimator, {}, seed=0)
     features = [feature.name for feature in model.card.features]
     importance = feature_importance(model.pipeline, test, "fraud", features, seed=0)
     assert importance.metric == "log_loss" and importance.rows == 1000
@@ -81,7 +81,7 @@ def test_the_column_that_decides_the_label_gets_most_of_the_importance(
 
 def test_importance_is_seeded_and_bounded_in_rows() -> None:
     train, test = signal_table(1500, 3, "amount"), signal_table(3000, 4, "amount")
-    model = fit_classifier(train, "fraud", "logistic_regression", {}, seed=0)
+    model = fit_model(train, "fraud", "logistic_regression", {}, seed=0)
     features = [feature.name for feature in model.card.features]
 
     def measured(seed: int) -> FeatureImportance:
@@ -98,7 +98,7 @@ def test_rows_labelled_with_a_class_the_model_never_saw_are_left_out() -> None:
     train = signal_table(800, 5, "amount")
     test = signal_table(400, 6, "amount")
     test.loc[:9, "fraud"] = "unknown"
-    model = fit_classifier(train, "fraud", "logistic_regression", {}, seed=0)
+    model = fit_model(train, "fraud", "logistic_regression", {}, seed=0)
     importance = feature_importance(
         model.pipeline, test, "fraud", ["amount", "noise", "channel", "region"], 0
     )
@@ -116,7 +116,7 @@ def test_a_model_whose_columns_never_vary_has_no_shares() -> None:
     table = pd.DataFrame(
         {"flat": 1.0, "kind": "same", "label": rng.choice(["a", "b"], 600)}, index=range(600)
     )
-    model = fit_classifier(table, "label", "logistic_regression", {}, seed=0)
+    model = fit_model(table, "label", "logistic_regression", {}, seed=0)
     importance = feature_importance(model.pipeline, table, "label", ["flat", "kind"], 0)
     assert importance.importances == {"flat": 0.0, "kind": 0.0} and importance.shares == {}
     assert FeatureImportance.from_json(importance.to_json()) == importance
@@ -124,7 +124,7 @@ def test_a_model_whose_columns_never_vary_has_no_shares() -> None:
 
 def test_binary_scores_are_the_positive_class_probability_as_serving_reports_it() -> None:
     train, test = signal_table(1000, 7, "amount"), signal_table(300, 8, "amount")
-    model = fit_classifier(train, "fraud", "logistic_regression", {}, seed=0)
+    model = fit_model(train, "fraud", "logistic_regression", {}, seed=0)
     features = [feature.name for feature in model.card.features]
     scores = evaluation_scores(model.pipeline, test, "fraud", features)
     probabilities = model.pipeline.predict_proba(test[features])
@@ -146,7 +146,7 @@ def test_binary_scores_are_of_the_card_s_positive_class_as_serving_logs_them() -
     for table in (train, test):
         table["fraud"] = table["fraud"].map({"yes": "fraud", "no": "legit"})
     train = pd.concat([train[train["fraud"] == "legit"], train[train["fraud"] == "fraud"][:200]])
-    model = fit_classifier(train, "fraud", "logistic_regression", {}, seed=0)
+    model = fit_model(train, "fraud", "logistic_regression", {}, seed=0)
     assert model.card.classes == ["fraud", "legit"] and model.card.positive_class == "fraud"
     features = [feature.name for feature in model.card.features]
     scores = evaluation_scores(model.pipeline, test, "fraud", features, model.card.positive_class)
@@ -157,7 +157,7 @@ def test_binary_scores_are_of_the_card_s_positive_class_as_serving_logs_them() -
 def test_multiclass_scores_are_the_top_probability_and_classes_are_strings() -> None:
     table = multiclass_table(400, seed=3)
     table["species"] = table["species"].map({"setosa": 1, "versicolor": 2, "virginica": 3})
-    model = fit_classifier(table, "species", "random_forest", {"n_estimators": 20}, seed=0)
+    model = fit_model(table, "species", "random_forest", {"n_estimators": 20}, seed=0)
     scores = evaluation_scores(model.pipeline, table, "species", ["size", "weight", "color"])
     probabilities = model.pipeline.predict_proba(table[["size", "weight", "color"]])
     np.testing.assert_allclose(scores[SCORE_COLUMN], probabilities.max(axis=1))

@@ -327,7 +327,7 @@ BAD_INPUTS = {
     "empty table": (b"size,color,species\n", "ingest", "the table has no rows"),
     "target missing": (multiclass_table(40).drop(columns="species"), "ingest", "target column 'species' not found"),
     "one class": (multiclass_table(40).assign(species="setosa"), "ingest", "has a single class ('setosa')"),
-    "continuous target": (multiclass_table(40).assign(species=np.linspace(0, 1, 40)), "ingest", "regression comes later"),
+    "one number": (multiclass_table(40).assign(species=2.5), "ingest", "holds one value (2.5) in every row; there is nothing to regress"),
     "all-null column": (multiclass_table(100).assign(notes=np.nan), "validate", "column 'notes' [not_all_null]"),
     "unseen category": (_unseen_category_in_test_split(), "validate", "column 'color' [allowed_categories]"),
 }  # fmt: skip

@@ -10,12 +10,12 @@ from sklearn import metrics as skm
 from conveyor.components.core.data.tables import split_table
 from conveyor.components.core.errors import ConveyorError
 from conveyor.components.core.training.metrics import METRIC_DIRECTIONS, positive_label, score
-from conveyor.components.core.training.trainer import fit_classifier
+from conveyor.components.core.training.trainer import fit_model
 
 
 def _fitted(table: pd.DataFrame, target: str):
     train, test = split_table(table, target, 0.3, 0, "t")
-    return fit_classifier(train, target, "logistic_regression", {}, 0).pipeline, test
+    return fit_model(train, target, "logistic_regression", {}, 0).pipeline, test
 
 
 def test_binary_metrics_match_hand_counts(breast_cancer: pd.DataFrame) -> None:

@@ -22,7 +22,7 @@ from conveyor.components.core.training.trainer import (
     MODEL_FILE,
     MODEL_FORMAT_VERSION,
     ModelCard,
-    fit_classifier,
+    fit_model,
     load_model_dir,
     read_model_card,
     save_model_dir,
@@ -291,7 +291,7 @@ def test_a_card_whose_classes_are_not_the_models_is_refused(store: Path) -> None
 
 def test_id_columns_are_never_features_and_need_format_2(tmp_path: Path) -> None:
     table = multiclass_table().assign(order_id=lambda t: [f"o{i}" for i in range(len(t))])
-    model = fit_classifier(table, "species", "logistic_regression", {}, 0, ["order_id"])
+    model = fit_model(table, "species", "logistic_regression", {}, 0, ["order_id"])
     assert "order_id" not in [feature.name for feature in model.card.features]
     card = save_model_dir(model, tmp_path / "model")
     saved = json.loads((tmp_path / "model" / MODEL_CARD).read_text())
@@ -305,13 +305,13 @@ def test_id_columns_are_never_features_and_need_format_2(tmp_path: Path) -> None
     with pytest.raises(ConveyorError, match="key 'id_columns': 'size' is also a feature"):
         dataclasses.replace(card, id_columns=["size"])
     with pytest.raises(ConveyorError, match="'species' is the target column, not an id column"):
-        fit_classifier(table, "species", "logistic_regression", {}, 0, ["species"])
+        fit_model(table, "species", "logistic_regression", {}, 0, ["species"])
 
 
 def test_the_positive_class_needs_format_2_and_a_binary_model_s_class(tmp_path: Path) -> None:
     table = multiclass_table()
     table["species"] = table["species"].where(table["species"] == "setosa", "other")
-    model = fit_classifier(table, "species", "logistic_regression", {}, 0)
+    model = fit_model(table, "species", "logistic_regression", {}, 0)
     card = save_model_dir(model, tmp_path / "model")
     assert card.classes == ["other", "setosa"] and card.positive_class == "setosa"  # the rarer
     saved = json.loads((tmp_path / "model" / MODEL_CARD).read_text())
@@ -327,6 +327,6 @@ def test_the_positive_class_needs_format_2_and_a_binary_model_s_class(tmp_path: 
         dataclasses.replace(card, positive_class="dog")
     with pytest.raises(ConveyorError, match="'positive_class' holds 1: expected a string or null"):
         dataclasses.replace(card, positive_class=1)
-    three = fit_classifier(multiclass_table(), "species", "logistic_regression", {}, 0).card
+    three = fit_model(multiclass_table(), "species", "logistic_regression", {}, 0).card
     with pytest.raises(ConveyorError, match="the model has 3 classes; only a binary model"):
         dataclasses.replace(three, positive_class="setosa")

@@ -52,7 +52,7 @@ from conveyor.components.core.serving.payload_log import (
     read_log,
     recent_days,
 )
-from conveyor.components.core.training.trainer import fit_classifier, load_model_dir, save_model_dir
+from conveyor.components.core.training.trainer import fit_model, load_model_dir, save_model_dir
 from conveyor.components.ingest_inputs import ingest_inputs
 from tests.conftest import artifact, multiclass_table, predictors, save_species_model
 
@@ -547,7 +547,7 @@ def test_under_load_every_answered_row_is_logged_once_with_its_answer(tmp_path: 
     table["order_id"] = [f"order-{i}" for i in range(len(table))]
     model_dir = tmp_path / "model"
     save_model_dir(
-        fit_classifier(table, "species", "logistic_regression", {}, 0, ["order_id"]), model_dir
+        fit_model(table, "species", "logistic_regression", {}, 0, ["order_id"]), model_dir
     )
     rows = table.drop(columns="species").dropna().head(300).reset_index(drop=True)
     log = tmp_path / "payloads"

@@ -16,7 +16,7 @@ from conveyor.components.core.monitoring.prediction_drift import (
 from conveyor.components.core.serving.payload_log import PREDICTION as PREDICTION_COLUMN
 from conveyor.components.core.serving.payload_log import SCORE as SCORE_COLUMN
 from conveyor.components.core.training.importance import evaluation_scores
-from conveyor.components.core.training.trainer import TrainedModel, fit_classifier
+from conveyor.components.core.training.trainer import TrainedModel, fit_model
 
 SEGMENTS = ("student", "retired", "employed", "self-employed")
 
@@ -36,7 +36,7 @@ def customers(rows_per_segment: int, seed: int, shifted: str = "") -> pd.DataFra
 
 @pytest.fixture(scope="module")
 def model() -> TrainedModel:
-    return fit_classifier(customers(1000, 1), "default", "logistic_regression", {}, seed=0)
+    return fit_model(customers(1000, 1), "default", "logistic_regression", {}, seed=0)
 
 
 def scored(model: TrainedModel, table: pd.DataFrame) -> pd.DataFrame:

@@ -30,7 +30,7 @@ from conveyor.components.core.errors import ConveyorError
 from conveyor.components.core.monitoring.drift import compare_tables
 from conveyor.components.core.training.trainer import (
     MODEL_CARD,
-    fit_classifier,
+    fit_model,
     load_model_dir,
     save_model_dir,
 )
@@ -88,7 +88,7 @@ def test_validation_drift_and_training_agree_on_every_column_of_a_churn_table() 
     assert tested == {name for name, role in roles.items() if role in ("numeric", "categorical")}
     for name in set(roles) - tested:
         assert any(line.startswith(f"{name}: ") for line in drift.skipped), name
-    model = fit_classifier(reference, "churned", "logistic_regression", {}, seed=0)
+    model = fit_model(reference, "churned", "logistic_regression", {}, seed=0)
     assert {f.name: f.kind for f in model.card.features} == {
         name: role for name, role in roles.items() if role in FEATURE_ROLES
     }
@@ -158,7 +158,7 @@ def test_free_text_is_left_out_unless_named_and_then_learned_from() -> None:
     declared = DeclaredRoles(text_columns=("support_notes",), exclude_columns=("last_contact",))
     roles = column_roles(table, "churned", declared)
     assert (roles["support_notes"], roles["last_contact"]) == ("text", "excluded")
-    model = fit_classifier(table, "churned", "logistic_regression", {}, 0, roles=roles)
+    model = fit_model(table, "churned", "logistic_regression", {}, 0, roles=roles)
     kinds = {f.name: f.kind for f in model.card.features}
     assert kinds["support_notes"] == "text" and "last_contact" not in kinds
     # A note's words change the score; a missing note (None or NaN) is an empty one.
@@ -210,7 +210,7 @@ def test_validation_checks_dates_and_identifiers_and_spares_a_payload_log() -> N
 def test_a_model_with_date_features_is_format_3_and_older_formats_cannot_claim_one(
     tmp_path: Path,
 ) -> None:
-    model = fit_classifier(as_csv(churn_table(200)), "churned", "logistic_regression", {}, 0)
+    model = fit_model(as_csv(churn_table(200)), "churned", "logistic_regression", {}, 0)
     card = save_model_dir(model, tmp_path / "model")
     assert card.format_version == 3
     path = tmp_path / "model" / MODEL_CARD
@@ -223,7 +223,7 @@ def test_the_served_model_takes_requests_with_or_without_the_left_out_columns(
     tmp_path: Path,
 ) -> None:
     table = as_csv(churn_table(300, seed=5))
-    model = fit_classifier(table, "churned", "logistic_regression", {}, 0)
+    model = fit_model(table, "churned", "logistic_regression", {}, 0)
     save_model_dir(model, tmp_path / "model")
     rows = table.head(4).drop(columns="churned")
     records = json.loads(rows.to_json(orient="records"))
@@ -246,7 +246,7 @@ def test_a_schema_s_roles_are_what_training_reads(tmp_path: Path) -> None:
     table = as_csv(churn_table(200, seed=6))
     table.to_parquet(tmp_path / "train.parquet")
     roles = {**CHURN_ROLES, "plan": "excluded"}  # as an edited schema would say
-    model = fit_classifier(read_parquet(tmp_path / "train.parquet"), "churned",
+    model = fit_model(read_parquet(tmp_path / "train.parquet"), "churned",
                            "logistic_regression", {}, 0, roles=roles)  # fmt: skip
     assert "plan" not in [f.name for f in model.card.features]
 
@@ -271,7 +271,7 @@ def test_text_features_train_with_every_estimator_whatever_the_column_s_name(
 ) -> None:
     table = as_csv(churn_table(200, seed=9)).rename(columns={"support_notes": "support__notes"})
     roles = column_roles(table, "churned", DeclaredRoles(text_columns=("support__notes",)))
-    model = fit_classifier(table, "churned", estimator, {}, 0, roles=roles)
+    model = fit_model(table, "churned", estimator, {}, 0, roles=roles)
     assert "support__notes" in [f.name for f in model.card.features]
     assert model.pipeline.predict(table.head(5)).shape == (5,)
 
@@ -280,7 +280,7 @@ def test_a_text_feature_needs_words_and_text(tmp_path: Path) -> None:
     table = as_csv(churn_table(100, seed=10)).assign(support_notes=["-", None] * 50)
     roles = column_roles(table, "churned", DeclaredRoles(text_columns=("support_notes",)))
     with pytest.raises(ConveyorError, match=r"^text_columns: 'support_notes' holds no words"):
-        fit_classifier(table, "churned", "logistic_regression", {}, 0, roles=roles)
+        fit_model(table, "churned", "logistic_regression", {}, 0, roles=roles)
     with pytest.raises(ConveyorError, match=r"^text_columns: 'tenure_months' holds int64 values"):
         column_roles(table, "churned", DeclaredRoles(text_columns=("tenure_months",)))
 

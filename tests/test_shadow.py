@@ -26,7 +26,7 @@ from conveyor.components.core.monitoring.shadow import (
 from conveyor.components.core.monitoring.shadow_report import html, markdown
 from conveyor.components.core.rollout.manifests import model_log_uri
 from conveyor.components.core.training.registry import find_champion
-from conveyor.components.core.training.trainer import fit_classifier
+from conveyor.components.core.training.trainer import fit_model
 from conveyor.pipelines.cli import main
 from tests.churn import churn_table
 from tests.conftest import artifact, predictors
@@ -42,8 +42,8 @@ def models():
     """A champion and a challenger fitted on the same churn export."""
     table = churn_table(800, seed=1)
     return (
-        fit_classifier(table, "churned", "logistic_regression", {}, 0),
-        fit_classifier(table, "churned", "random_forest", {"n_estimators": 30}, 0),
+        fit_model(table, "churned", "logistic_regression", {}, 0),
+        fit_model(table, "churned", "random_forest", {"n_estimators": 30}, 0),
     )
 
 
@@ -174,8 +174,8 @@ def test_a_multiclass_replay_compares_predicted_classes(tmp_path: Path) -> None:
     from tests.conftest import multiclass_table
 
     table = multiclass_table(600, seed=3)
-    champion = fit_classifier(table, "species", "logistic_regression", {}, 0)
-    challenger = fit_classifier(table, "species", "random_forest", {"n_estimators": 20}, 0)
+    champion = fit_model(table, "species", "logistic_regression", {}, 0)
+    challenger = fit_model(table, "species", "random_forest", {"n_estimators": 20}, 0)
     live = multiclass_table(300, seed=4)
     rng = np.random.default_rng(4)
     scores = rng.dirichlet(np.ones(3), size=len(live))
@@ -336,7 +336,7 @@ def test_bad_input_is_one_line(tmp_path: Path, models, case: str, message: str) 
         log.mkdir()
     elif case == "features":
         table = churn_table(300, seed=3).assign(region=lambda t: t["plan"].str[:1])
-        challenger = fit_classifier(table, "churned", "logistic_regression", {}, 0)
+        challenger = fit_model(table, "churned", "logistic_regression", {}, 0)
     with pytest.raises(ConveyorError) as raised:
         policy = ShadowPolicy.from_dict({"max_disagreemnt": 0.1} if case == "policy" else {})
         rows, _ = read_window(str(log), NAME, ShadowSettings(days=0))

@@ -459,11 +459,11 @@ def test_a_local_run_serves_its_classes_at_the_threshold_evaluate_chose(
 
 def test_the_shadow_replay_compares_each_model_at_its_own_threshold() -> None:
     from conveyor.components.core.monitoring.shadow import replay
-    from conveyor.components.core.training.trainer import fit_classifier
+    from conveyor.components.core.training.trainer import fit_model
     from tests.churn import churn_table
 
     table = churn_table(600, seed=1)
-    model = fit_classifier(table, "churned", "logistic_regression", {}, 0)
+    model = fit_model(table, "churned", "logistic_regression", {}, 0)
     assert model.card.positive_class is not None
     rows = churn_table(300, seed=2).drop(columns=["churned"])
     at_half = replay(model, model, rows, batch_rows=100)

@@ -19,7 +19,7 @@ from conveyor.components.core.training.trainer import (
     MODEL_CARD,
     MODEL_FILE,
     MODEL_FORMAT_VERSION,
-    fit_classifier,
+    fit_model,
     load_model_dir,
     save_model_dir,
     sha256_file,
@@ -28,12 +28,15 @@ from conveyor.components.core.training.trainer import (
 from tests.conftest import multiclass_table
 
 
-@pytest.mark.parametrize("estimator", sorted(ESTIMATORS))
+@pytest.mark.parametrize(
+    "estimator",
+    sorted(name for name, spec in ESTIMATORS.items() if "classification" in spec.classes),
+)
 def test_each_estimator_learns_a_multiclass_table_with_categories(
     estimator: str, species: pd.DataFrame
 ) -> None:
     train, test = split_table(species, "species", 0.25, 0, "t")
-    model = fit_classifier(train, "species", estimator, {}, seed=0)
+    model = fit_model(train, "species", estimator, {}, seed=0)
     accuracy = (model.pipeline.predict(test.drop(columns="species")) == test["species"]).mean()
     majority = test["species"].value_counts(normalize=True).max()
     assert accuracy > majority + 0.1
@@ -47,7 +50,7 @@ def test_each_estimator_learns_a_multiclass_table_with_categories(
 
 def test_training_is_seeded(species: pd.DataFrame) -> None:
     def proba(seed: int) -> list[float]:
-        model = fit_classifier(species, "species", "random_forest", {"n_estimators": 20}, seed)
+        model = fit_model(species, "species", "random_forest", {"n_estimators": 20}, seed)
         return model.pipeline.predict_proba(species.drop(columns="species"))[:, 0].tolist()
 
     assert proba(1) == proba(1)
@@ -57,14 +60,14 @@ def test_training_is_seeded(species: pd.DataFrame) -> None:
 def test_model_directory_round_trips_and_records_its_sha256(
     tmp_path: Path, species: pd.DataFrame
 ) -> None:
-    model = fit_classifier(species, "species", "logistic_regression", {"C": 0.5}, seed=0)
+    model = fit_model(species, "species", "logistic_regression", {"C": 0.5}, seed=0)
     card = save_model_dir(model, tmp_path / "model")
     assert card.sha256 == sha256_file(tmp_path / "model" / MODEL_FILE)
     saved = json.loads((tmp_path / "model" / MODEL_CARD).read_text())
     assert saved["hyperparameters"] == {"C": 0.5}
     # Readers refuse newer formats: a card without id columns is written in format 1, which
     # servers from before format 2 still load.
-    assert saved["format_version"] == 1 and MODEL_FORMAT_VERSION == 5
+    assert saved["format_version"] == 1 and MODEL_FORMAT_VERSION == 6
     assert saved["sha256"] == card.sha256 and saved["model_file"] == MODEL_FILE
     assert {"python", "scikit-learn", "pandas", "conveyor"} <= set(saved["versions"])
     loaded = load_model_dir(tmp_path / "model")
@@ -73,7 +76,7 @@ def test_model_directory_round_trips_and_records_its_sha256(
 
 
 def test_a_tampered_model_file_is_refused(tmp_path: Path, species: pd.DataFrame) -> None:
-    save_model_dir(fit_classifier(species, "species", "logistic_regression", {}, 0), tmp_path)
+    save_model_dir(fit_model(species, "species", "logistic_regression", {}, 0), tmp_path)
     with (tmp_path / MODEL_FILE).open("ab") as file:
         file.write(b"\0")
     with pytest.raises(ConveyorError, match="does not match .* recorded at training; refusing"):
@@ -83,7 +86,7 @@ def test_a_tampered_model_file_is_refused(tmp_path: Path, species: pd.DataFrame)
 def test_model_file_loads_without_conveyor_installed(tmp_path: Path, species: pd.DataFrame) -> None:
     """KServe's sklearn server unpickles model.joblib: a scikit-learn estimator's holds
     scikit-learn classes only (XGBoost's holds Conveyor's label wrapper, format 5)."""
-    save_model_dir(fit_classifier(species, "species", "hist_gradient_boosting", {}, 0), tmp_path)
+    save_model_dir(fit_model(species, "species", "hist_gradient_boosting", {}, 0), tmp_path)
     script = (
         "import sys; sys.modules['conveyor'] = None\n"
         "import joblib, pandas as pd\n"
@@ -116,7 +119,7 @@ def test_bad_estimator_settings_are_named(
     species: pd.DataFrame, estimator: str, hyperparameters: dict, message: str
 ) -> None:
     with pytest.raises(ConveyorError) as raised:
-        fit_classifier(species, "species", estimator, hyperparameters, seed=0)
+        fit_model(species, "species", estimator, hyperparameters, seed=0)
     assert message in str(raised.value)
 
 
@@ -159,12 +162,12 @@ def test_train_model_fails_fast_without_a_tracking_uri(
 def test_whole_floats_from_kfp_struct_parameters_are_taken_as_integers(
     species: pd.DataFrame,
 ) -> None:
-    model = fit_classifier(species, "species", "random_forest", {"n_estimators": 12.0}, seed=0)
+    model = fit_model(species, "species", "random_forest", {"n_estimators": 12.0}, seed=0)
     assert len(model.pipeline[-1].estimators_) == 12
 
 
 def test_whole_floats_stay_floats_where_floats_mean_a_share(species: pd.DataFrame) -> None:
-    model = fit_classifier(
+    model = fit_model(
         species, "species", "random_forest", {"max_features": 1.0, "n_estimators": 5.0}, 0
     )
     assert model.card.hyperparameters == {"max_features": 1.0, "n_estimators": 5}
@@ -189,12 +192,12 @@ def fraud_or_legit(rows: int = 600, seed: int = 5) -> pd.DataFrame:
 def test_the_card_records_the_positive_class_decided_at_training(tmp_path: Path) -> None:
     table = fraud_or_legit()
     assert 0.1 < (table["label"] == "fraud").mean() < 0.4
-    model = fit_classifier(table, "label", "logistic_regression", {}, seed=0)
+    model = fit_model(table, "label", "logistic_regression", {}, seed=0)
     assert model.card.classes == ["fraud", "legit"] and model.card.positive_class == "fraud"
-    named = fit_classifier(table, "label", "logistic_regression", {}, 0, positive_class="legit")
+    named = fit_model(table, "label", "logistic_regression", {}, 0, positive_class="legit")
     assert named.card.positive_class == "legit"
     with pytest.raises(ConveyorError, match="positive_class 'spam' is not a class"):
-        fit_classifier(table, "label", "logistic_regression", {}, 0, positive_class="spam")
+        fit_model(table, "label", "logistic_regression", {}, 0, positive_class="spam")
     card = save_model_dir(model, tmp_path / "model")
     saved = json.loads((tmp_path / "model" / MODEL_CARD).read_text())
     # A key format 1 does not know: the card is format 2, which older servers refuse.
@@ -202,7 +205,7 @@ def test_the_card_records_the_positive_class_decided_at_training(tmp_path: Path)
         saved["positive_class"] == "fraud" and saved["format_version"] == 2 == card.format_version
     )
     assert load_model_dir(tmp_path / "model").card.positive_class == "fraud"
-    species = fit_classifier(multiclass_table(), "species", "logistic_regression", {}, seed=0)
+    species = fit_model(multiclass_table(), "species", "logistic_regression", {}, seed=0)
     assert species.card.positive_class is None  # more classes: none, and format 1 still
 
 
@@ -216,7 +219,7 @@ def test_train_model_passes_its_positive_class_to_the_card_and_training_metrics(
         mlflow_server, model_name, {}, positive_class="legit",
     )  # fmt: skip
     assert result.card.positive_class == "legit"
-    predicted = fit_classifier(table, "label", "logistic_regression", {}, 0).pipeline.predict(
+    predicted = fit_model(table, "label", "logistic_regression", {}, 0).pipeline.predict(
         table.drop(columns="label")
     )
     legit = table["label"].to_numpy() == "legit"

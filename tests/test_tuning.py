@@ -18,7 +18,7 @@ from conveyor.components.core.data.tables import split_table
 from conveyor.components.core.errors import ConveyorError
 from conveyor.components.core.training import tracking
 from conveyor.components.core.training.metrics import score
-from conveyor.components.core.training.trainer import fit_classifier
+from conveyor.components.core.training.trainer import fit_model
 from conveyor.components.core.training.tuning import (
     UNTUNED,
     Dimension,
@@ -98,10 +98,10 @@ def test_how_trials_are_scored_is_checked_before_any_runs(scoring: tuple, messag
 
 def test_a_metric_the_target_lacks_fails_the_trial_in_one_line(species: pd.DataFrame) -> None:
     def fit(rows: pd.DataFrame, params: dict):
-        return fit_classifier(rows, "species", "logistic_regression", params, 0)
+        return fit_model(rows, "species", "logistic_regression", params, 0)
 
     with pytest.raises(ConveyorError, match="false_positive_rate is not measured for this target"):
-        cross_validate(species, "species", "x", {}, "false_positive_rate", 3, 0, fit)
+        cross_validate(species, "species", {}, "false_positive_rate", 3, 0, fit)
 
 
 def test_a_random_search_of_a_small_space_tries_each_combination_once() -> None:
@@ -172,9 +172,9 @@ def test_cross_validation_fits_on_the_other_folds_and_scores_the_held_out_one() 
 
     def fit(rows: pd.DataFrame, params: dict):
         seen.append(set(rows["customer_id"]))
-        return fit_classifier(rows, "churned", "logistic_regression", params, 0)
+        return fit_model(rows, "churned", "logistic_regression", params, 0)
 
-    folds = cross_validate(table, "churned", "logistic_regression", {}, "roc_auc", 3, 0, fit)
+    folds = cross_validate(table, "churned", {}, "roc_auc", 3, 0, fit)
     assert len(folds) == 3 and all(0.5 < score <= 1 for score in folds)
     everyone = set(table["customer_id"])
     held_out = [everyone - fitted for fitted in seen]
@@ -185,7 +185,7 @@ def test_cross_validation_refuses_a_class_too_rare_for_its_folds() -> None:
     table = churn_table(rows=40, seed=2)
     table["churned"] = ["yes", "yes"] + ["no"] * (len(table) - 2)
     with pytest.raises(ConveyorError, match="3 folds, the rarest class has 2 training rows"):
-        cross_validate(table, "churned", "logistic_regression", {}, "roc_auc", 3, 0, None)
+        cross_validate(table, "churned", {}, "roc_auc", 3, 0, None)
 
 
 def result(trial: int, *folds: float) -> TrialResult:
@@ -378,11 +378,11 @@ def test_the_chosen_trial_is_close_to_the_best_on_fresh_data_in_a_seeded_simulat
                               "grid", 4, seed)  # fmt: skip
 
         def fit(rows: pd.DataFrame, params: dict, seed: int = seed):
-            return fit_classifier(rows, "label", "random_forest", params, seed)
+            return fit_model(rows, "label", "random_forest", params, seed)
 
         results = [
             TrialResult(t["trial"], t["hyperparameters"], "roc_auc",
-                        cross_validate(train, "label", "random_forest", t["hyperparameters"],
+                        cross_validate(train, "label", t["hyperparameters"],
                                        "roc_auc", 3, seed, fit))
             for t in planned
         ]  # fmt: skip

@@ -89,8 +89,15 @@ def _parser() -> argparse.ArgumentParser:
         "--schema", type=Path, help="schema file both splits must meet (conveyor validate)"
     )
     run.add_argument(
+        "--task",
+        choices=("auto", "classification", "regression"),
+        help="what the label is: classes or numbers (default auto: text and booleans are "
+        "classes; numbers are regressed when one is not whole or over 50 are distinct)",
+    )
+    run.add_argument(
         "--estimator",
-        help="logistic_regression, random_forest, hist_gradient_boosting, xgboost or lightgbm",
+        help="random_forest, hist_gradient_boosting, xgboost, lightgbm, logistic_regression "
+        "(classification) or ridge (regression); default: logistic_regression or ridge",
     )
     run.add_argument(
         "--param",
@@ -234,7 +241,7 @@ def _replay(args: argparse.Namespace) -> int:
     from conveyor.pipelines.definitions.parameters import parse_param_options
     from conveyor.pipelines.local import local_defaults, run_training_locally
 
-    options = ("data", "label", "model", "dvc_repo", "rev", "schema", "estimator")
+    options = ("data", "label", "model", "dvc_repo", "rev", "schema", "estimator", "task")
     given = [f"--{name.replace('_', '-')}" for name in options if getattr(args, name)]
     known = _pipeline_inputs("training")  # built once: it takes a while
     params = parse_param_options(args.param, known, "training") if args.param else {}
@@ -359,6 +366,8 @@ def _run_arguments(args: argparse.Namespace) -> dict[str, Any]:
     arguments["model_name"] = args.model or default_name
     if args.estimator:
         arguments["estimator"] = args.estimator
+    if args.task:
+        arguments["task"] = args.task
     if args.schema:
         arguments["schema_uri"] = str(args.schema.resolve())
     arguments.update(_parse_params(args.param))
@@ -569,6 +578,9 @@ def _print_summary(summary: Any, summary_path: Path, out: TextIO) -> None:
     if summary.status == "failed":
         lines.append(f"Failed at step {summary.failed_step!r}:")
         lines += [f"  {line}" for line in summary.reason.splitlines()]
+    task = getattr(summary, "task", None)
+    if task:
+        lines.append(f"Task: {task['task']} ({task['rule']})")
     if summary.metrics:
         shown = ", ".join(f"{name} {value:.4f}" for name, value in summary.metrics.items())
         lines.append(f"Metrics (evaluation split): {shown}")

@@ -366,8 +366,8 @@ def _add_shadow(commands: Any) -> None:
     shadow.add_argument("--segment", default="", help="also compare within each value")
     shadow.add_argument(
         "--policy", action="append", default=[], metavar="KEY=VALUE",
-        help="a gate threshold (max_disagreement, max_score_shift, max_metric_drop, "
-        "max_latency_ratio, confidence, min_rows); repeat for more",
+        help="a gate threshold (max_disagreement, max_relative_difference, max_score_shift, "
+        "max_metric_drop, max_latency_ratio, confidence, min_rows); repeat for more",
     )  # fmt: skip
     shadow.add_argument(
         "--show-rows", type=int, default=0,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from conveyor.components.core.errors import ConveyorError
-from conveyor.components.core.rollout.policy import REMOVED_SETTINGS
+from conveyor.components.core.rollout.policy import REMOVED_SETTINGS, TASKS
 from conveyor.components.core.rollout.settings import SETTINGS, Setting, setting
 
 __all__ = ["JUDGE_EXIT_CODES", "add_commands"]
@@ -63,6 +63,13 @@ def _add_rollout(commands: Any) -> None:
         "--model-sha256", default="",
         help="the registry's sha256 of model.joblib: the predictor refuses any other file",
     )  # fmt: skip
+    rollout.add_argument(
+        "--task", default="", choices=("", *TASKS), metavar="TASK",
+        help="the model's task, classification or regression, which picks the canary metrics "
+        "that apply (predicted_class and score, or predicted_value); empty reads it from the "
+        "model card at --model-uri when the rollout starts (classification when it cannot "
+        "be read)",
+    )  # fmt: skip
     for each in SETTINGS:
         if each.flags:
             _add_setting(rollout, each)
@@ -94,6 +101,11 @@ def _add_judge(commands: Any) -> None:
     judge.add_argument("--canary", required=True, help="the canary revision (K_REVISION)")
     judge.add_argument("--stable", required=True, help="the stable revision")
     _add_setting(judge, setting("canary_policy"))
+    judge.add_argument(
+        "--task", default=TASKS[0], choices=TASKS, metavar="TASK",
+        help="the model's task, classification or regression, which picks the metrics that "
+        "apply (predicted_class and score, or predicted_value); classification when not given",
+    )  # fmt: skip
     judge.add_argument(
         "--since", default="10m",
         help="how far back the canary's traffic is read, as a PromQL duration",
@@ -183,14 +195,14 @@ def _rollout(args: argparse.Namespace) -> int:
         settings.prometheus()  # what the rollout would refuse, the plan refuses too
         manifest = render_inference_service(spec)
         validate_inference_service(manifest)
-        print(describe_plan(manifest, settings), end="")
+        print(describe_plan(manifest, settings, args.task), end="")
         return 0
     settings.prometheus()  # refused before anything is contacted
     run_id = args.run_id or f"cli-{uuid.uuid4().hex[:12]}"
     report = args.report or Path(tempfile.mkdtemp(prefix="conveyor-rollout-")) / "report.md"
     print(f"rollout {run_id}: report at {report}", flush=True)
     progress = lambda line: print(line, flush=True)  # noqa: E731 - a CD log shows it live
-    result = deploy_model(spec, settings, run_id, report, args.kubeconfig, progress)
+    result = deploy_model(spec, settings, run_id, report, args.kubeconfig, progress, args.task)
     print(report.read_text(), end="")
     if not result.succeeded:
         print(f"conveyor rollout: {result.decision}: {result.reason}", file=sys.stderr)
@@ -235,7 +247,7 @@ def _judge(args: argparse.Namespace) -> int:
     from conveyor.components.core.rollout.analysis import analyse
     from conveyor.components.core.rollout.prometheus import Prometheus, Window, duration_seconds
 
-    policy = _policy(args.canary_policy)
+    policy = _policy(args.canary_policy).for_task(args.task)  # only the metrics that apply
     since, warmup = (
         duration_seconds(args.since, "--since"),
         duration_seconds(args.warmup, "--warmup"),
@@ -247,7 +259,7 @@ def _judge(args: argparse.Namespace) -> int:
     judgement = analyse(prometheus, policy, args.namespace, args.canary, args.stable, window)
     print(
         f"judging {args.canary} against {args.stable} in {args.namespace} over the last "
-        f"{args.since}, from {prometheus.url}"
+        f"{args.since}, from {prometheus.url}, as a {policy.task} model"
     )
     print(_judgement_text(judgement))
     print(f"outcome: {judgement.outcome}: {judgement.reason}")

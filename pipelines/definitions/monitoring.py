@@ -7,9 +7,9 @@ champion_reference fetches, through the MLflow registry, what the champion's run
 its training split and schema, its feature importances and its scores on the evaluation
 split; validate_inputs fails the run on a broken feed (a missing column, a null spike, an
 unseen category) before anything is measured on it. Then three findings: drift (feature
-drift, weighed by importance), prediction_drift (the logged scores and classes against
-evaluation's) and quality (labels joined to the logged predictions; not measured without
-``labels_uri``). monitoring_verdict weighs them, writes why, and pushes them to a
+drift, weighed by importance), prediction_drift (the logged scores and classes, or predicted
+values, against evaluation's) and quality (labels joined to the logged predictions; not
+measured without ``labels_uri``). monitoring_verdict weighs them, writes why, and pushes them to a
 Pushgateway when one is set; when feature drift or a degradation was found and ``retrain``
 is on, the training pipeline runs nested in this one, on ``data_uri``, and registers and
 deploys a challenger only if it beats the champion, as it always does.
@@ -71,6 +71,7 @@ def build_monitoring_pipeline(target: Target) -> GraphComponent:
         dvc_repo: str = "",
         data_revision: str = "",
         schema_uri: str = "",
+        task: str = "auto",
         estimator: str = default_estimator(target),
         namespace: str = "default",
         rollout: bool = True,
@@ -124,6 +125,8 @@ def build_monitoring_pipeline(target: Target) -> GraphComponent:
             dvc_repo: Git repository whose DVC tracks data_uri; empty when not DVC.
             data_revision: Git revision of dvc_repo to read; empty for HEAD.
             schema_uri: Schema file the retraining's splits must meet; empty infers one.
+            task: The retraining's task: classification, regression or auto (as the
+                training pipeline decides it).
             estimator: The retraining's estimator.
             namespace: Kubernetes namespace of the InferenceService.
             rollout: False renders and validates the InferenceService without a cluster.
@@ -225,6 +228,7 @@ def build_monitoring_pipeline(target: Target) -> GraphComponent:
                 dvc_repo=dvc_repo,
                 data_revision=data_revision,
                 schema_uri=schema_uri,
+                task=task,
                 estimator=estimator,
                 mlflow_tracking_uri=mlflow_tracking_uri,
                 namespace=namespace,

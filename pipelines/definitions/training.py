@@ -31,8 +31,9 @@ DEFAULT_MODEL_NAME = "breast-cancer"
 
 
 def default_estimator(target: Target) -> str:
-    """The estimator by default: on a GPU, the one that trains there."""
-    return "xgboost" if target.gpus else "logistic_regression"
+    """The estimator by default: on a GPU, the one that trains there; else empty, the
+    task's default (``estimators.DEFAULT_ESTIMATORS``)."""
+    return "xgboost" if target.gpus else ""
 
 
 def build_training_pipeline(target: Target) -> GraphComponent:
@@ -58,6 +59,7 @@ def build_training_pipeline(target: Target) -> GraphComponent:
         schema_uri: str = "",
         test_size: float = 0.2,
         seed: int = 42,
+        task: str = "auto",
         estimator: str = default_estimator(target),
         hyperparameters: dict = {},  # noqa: B006 - KFP reads defaults from the signature
         search_space: dict = {},  # noqa: B006
@@ -66,11 +68,11 @@ def build_training_pipeline(target: Target) -> GraphComponent:
         tuning_folds: int = 3,
         calibration: str = "",
         mlflow_tracking_uri: str = "",
-        primary_metric: str = "roc_auc",
+        primary_metric: str = "",
         metric_direction: str = "auto",
         min_improvement: float = 0.0,
         min_relative_improvement: float = 0.0,
-        metric_floors: dict = {"accuracy": 0.7, "roc_auc": 0.7},  # noqa: B006
+        metric_floors: dict = {"accuracy": 0.7, "roc_auc": 0.7, "r2": 0.0},  # noqa: B006
         positive_class: str = "",
         threshold_policy: dict = {},  # noqa: B006
         id_columns: list = [],  # noqa: B006
@@ -99,8 +101,8 @@ def build_training_pipeline(target: Target) -> GraphComponent:
         label_id_column: str = "id",
         label_column: str = "label",
     ):
-        """Trains a classifier, and registers and deploys it when it beats the champion and
-        agrees closely enough with it on the champion's logged production inputs.
+        """Trains a classifier or a regressor, and registers and deploys it when it beats the
+        champion and agrees closely enough with it on the champion's logged production inputs.
 
         Args:
             model_store_uri: Folder, gs:// or s3:// URI that KServe pulls models from.
@@ -113,9 +115,13 @@ def build_training_pipeline(target: Target) -> GraphComponent:
                 empty infers one from the training split.
             test_size: Share of rows held out for evaluation.
             seed: Seed of the split and the estimator.
-            estimator: logistic_regression, random_forest, hist_gradient_boosting, xgboost
-                or lightgbm (default: xgboost when compiled with a GPU, the one that trains
-                there; logistic_regression otherwise).
+            task: classification, regression, or auto: text and booleans are classes;
+                numbers are regressed when one is not whole or there are more than 50
+                distinct ones, else classes. The run's summary states the reason.
+            estimator: random_forest, hist_gradient_boosting, xgboost or lightgbm (either
+                task), logistic_regression (classification) or ridge (regression); empty:
+                logistic_regression or ridge by task (xgboost when compiled with a GPU,
+                the one that trains there).
             hyperparameters: Keyword arguments for the estimator (what tuning starts from).
             search_space: Hyperparameter -> values to try: a list, {range: [low, high]},
                 {int_range: [low, high]} or {log_range: [low, high]}. Each trial is scored
@@ -128,11 +134,14 @@ def build_training_pipeline(target: Target) -> GraphComponent:
             calibration: sigmoid or isotonic calibrates the model's probabilities (5-fold);
                 empty leaves them as the estimator gives them.
             mlflow_tracking_uri: MLflow tracking server; empty uses $MLFLOW_TRACKING_URI.
-            primary_metric: Metric compared with the champion.
+            primary_metric: Metric compared with the champion; empty: roc_auc for
+                classification, rmse for regression.
             metric_direction: auto, maximize or minimize.
             min_improvement: Absolute gain over the champion the challenger must exceed.
             min_relative_improvement: Relative gain over the champion the challenger must reach.
-            metric_floors: Metric -> bound every model must meet (a ceiling for log_loss).
+            metric_floors: Metric -> bound every model must meet (a ceiling for log_loss,
+                false_positive_rate, rmse, mae, mape); floors on the other task's metrics
+                do not apply.
             positive_class: Binary positive class; empty picks 1/true/yes, else the rarer class.
             threshold_policy: How a binary model's decision threshold is chosen on the
                 evaluation split ({max_false_positive_rate: 0.05}, {min_precision: 0.9},
@@ -173,7 +182,8 @@ def build_training_pipeline(target: Target) -> GraphComponent:
                 registering; 0 replays all of it. No log, no champion: not judged.
             shadow_segment_column: Also compare the two models within each value of this
                 logged input column.
-            shadow_policy: The shadow gate's thresholds (max_disagreement, max_score_shift,
+            shadow_policy: The shadow gate's thresholds (max_disagreement, or
+                max_relative_difference for a regression; max_score_shift,
                 max_metric_drop, max_latency_ratio, confidence, min_rows), merged by name
                 onto the defaults; empty uses the defaults.
             shadow_show_rows: List this many rows where the models differ most in the
@@ -191,6 +201,7 @@ def build_training_pipeline(target: Target) -> GraphComponent:
                 data_revision=data_revision,
                 test_size=test_size,
                 seed=seed,
+                task=task,
             ),
             target,
         )
@@ -208,6 +219,7 @@ def build_training_pipeline(target: Target) -> GraphComponent:
         )
         planned = apply_step_settings(
             plan_trials(
+                train=ingested.outputs["train"],
                 estimator=estimator,
                 model_name=model_name,
                 hyperparameters=hyperparameters,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import decimal
 import hashlib
 import io
 import math
@@ -20,6 +21,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pandas.api import types as ptypes
 
+from conveyor.components.core.data.task import (
+    AUTO,
+    CLASSIFICATION,
+    REGRESSION,
+    TaskChoice,
+    check_task,
+    decide_task,
+)
 from conveyor.components.core.errors import ConveyorError, first_line, plain
 from conveyor.components.core.files import write_atomically
 
@@ -45,8 +54,6 @@ __all__ = [
 BUILTIN_SCHEME = "builtin://"
 DEFAULT_DATA_URI = f"{BUILTIN_SCHEME}breast_cancer"
 DEFAULT_TARGET = "diagnosis"
-# A numeric target with more distinct values than this is taken for a regression target.
-MAX_NUMERIC_CLASSES = 50
 
 _PARQUET_MAGIC = b"PAR1"
 _TABLE_FILE = re.compile(r"\.(csv|tsv|parquet|pq)(\.gz|\.bz2|\.zip|\.xz)?$", re.I)
@@ -93,13 +100,21 @@ class IngestResult:
 
 
 def ingest_table(
-    source: Source, target: str, test_size: float, seed: int, train_path: Path, test_path: Path
+    source: Source,
+    target: str,
+    test_size: float,
+    seed: int,
+    train_path: Path,
+    test_path: Path,
+    task: str = AUTO,
 ) -> IngestResult:
-    """Reads ``source``, checks the target, and writes seeded stratified splits as Parquet."""
+    """Reads ``source``, checks the target, decides its task (``data.task``) and writes
+    seeded splits as Parquet (stratified for classification)."""
+    check_task(task)  # before the read
     table = load_table(source)
     where = source.describe()
-    check_target(table, target, where)
-    train_split, test_split = split_table(table, target, test_size, seed, where)
+    choice = check_target(table, target, where, task)
+    train_split, test_split = split_table(table, target, test_size, seed, where, choice.task)
     write_atomically(train_path, lambda path: train_split.to_parquet(path, index=False))
     write_atomically(test_path, lambda path: test_split.to_parquet(path, index=False))
     shared = {
@@ -108,6 +123,8 @@ def ingest_table(
         "revision": source.resolved_revision(),
         "source_content_hash": content_hash(table),
         "target": target,
+        "task": choice.task,
+        "task_rule": choice.rule,
         "columns": int(table.shape[1]),
         "seed": seed,
     }
@@ -277,8 +294,9 @@ def dataset_name(source: Source) -> str:
     return re.sub(r"[^a-z0-9]+", "-", stem.lower()).strip("-") or "model"
 
 
-def check_target(table: pd.DataFrame, target: str, where: str) -> None:
-    """Checks that ``target`` is a usable classification label column."""
+def check_target(table: pd.DataFrame, target: str, where: str, task: str = AUTO) -> TaskChoice:
+    """Checks that ``target`` is a usable target column and decides its task (``data.task``:
+    ``task`` unless ``auto``)."""
     if target not in table.columns:
         raise ConveyorError(
             f"{where}: target column {target!r} not found; columns are: {_preview(table.columns)}"
@@ -290,50 +308,85 @@ def check_target(table: pd.DataFrame, target: str, where: str) -> None:
             f"{where}: target column {target!r} is empty in {empty.size} rows "
             f"(first at row {empty[0] + 1})"
         )
-    fractional = labels[np.mod(labels, 1) != 0] if ptypes.is_float_dtype(labels) else labels[:0]
-    if len(fractional):
+    try:
+        choice = decide_task(labels, task, target)
+    except ConveyorError as error:
+        raise ConveyorError(f"{where}: {error}") from None
+    if choice.task == REGRESSION:
+        _check_numbers(labels, target, where)
+    else:
+        _check_classes(labels, target, where)
+    return choice
+
+
+def _check_numbers(labels: pd.Series, target: str, where: str) -> None:
+    """A regression target: finite numbers, not all one value."""
+    infinite = np.flatnonzero(~np.isfinite(labels.to_numpy(dtype=float)))
+    if infinite.size:
         raise ConveyorError(
-            f"{where}: target column {target!r} holds continuous values "
-            f"(e.g. {plain(fractional.iloc[0])!r}); "
-            "Conveyor trains classifiers only for now, regression comes later"
+            f"{where}: target column {target!r} holds {plain(labels.iloc[infinite[0]])} "
+            f"in {infinite.size} rows (first at row {infinite[0] + 1}); regression needs "
+            "finite numbers"
         )
-    classes = labels.nunique()
-    if classes < 2:
+    if labels.nunique() < 2:
+        raise ConveyorError(
+            f"{where}: target column {target!r} holds one value ({plain(labels.iloc[0])!r}) "
+            "in every row; there is nothing to regress"
+        )
+
+
+def _check_classes(labels: pd.Series, target: str, where: str) -> None:
+    if labels.nunique() < 2:
         raise ConveyorError(
             f"{where}: target column {target!r} has a single class ({plain(labels.iloc[0])!r}); "
             "classification needs at least two"
         )
-    if ptypes.is_numeric_dtype(labels) and classes > MAX_NUMERIC_CLASSES:
-        raise ConveyorError(
-            f"{where}: target column {target!r} has {classes} distinct numbers, which looks like "
-            "a continuous target; Conveyor trains classifiers only for now, regression comes later"
-        )
 
 
 def split_table(
-    table: pd.DataFrame, target: str, test_size: float, seed: int, where: str
+    table: pd.DataFrame,
+    target: str,
+    test_size: float,
+    seed: int,
+    where: str,
+    task: str = CLASSIFICATION,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A seeded split stratified on ``target``; both parts hold every class."""
+    """A seeded split: stratified on ``target`` for classification (both parts hold every
+    class), plain for regression (each part holds at least two rows)."""
     from sklearn.model_selection import train_test_split
 
     if not 0 < test_size < 1:
         raise ConveyorError(f"test_size must be between 0 and 1 (exclusive), got {test_size}")
-    counts = table[target].value_counts()
+    test_rows = math.ceil(test_size * len(table))
+    if task == REGRESSION:
+        if min(test_rows, len(table) - test_rows) < 2:
+            raise ConveyorError(
+                f"{where}: {len(table)} rows split with test_size={test_size} leave fewer than "
+                "2 rows on one side; add rows or change test_size"
+            )
+        stratify = None
+    else:
+        _check_stratifiable(table[target].value_counts(), test_size, len(table), target, where)
+        stratify = table[target]
+    train, test = train_test_split(table, test_size=test_size, random_state=seed, stratify=stratify)
+    return train.reset_index(drop=True), test.reset_index(drop=True)
+
+
+def _check_stratifiable(
+    counts: pd.Series, test_size: float, rows: int, target: str, where: str
+) -> None:
+    test_rows = math.ceil(test_size * rows)
     if counts.min() < 2:
         raise ConveyorError(
             f"{where}: class {plain(counts.idxmin())!r} of target column {target!r} has only "
             "1 row; each class needs at least 2 for a stratified split"
         )
-    test_rows = math.ceil(test_size * len(table))
-    if min(test_rows, len(table) - test_rows) < len(counts):
+    if min(test_rows, rows - test_rows) < len(counts):
         raise ConveyorError(
-            f"{where}: {len(table)} rows split with test_size={test_size} leave fewer rows on one "
-            f"side than there are classes ({len(counts)}); add rows or change test_size"
+            f"{where}: {rows} rows split with test_size={test_size} leave "
+            f"fewer rows on one side than there are classes ({len(counts)}); add rows or change "
+            "test_size"
         )
-    train, test = train_test_split(
-        table, test_size=test_size, random_state=seed, stratify=table[target]
-    )
-    return train.reset_index(drop=True), test.reset_index(drop=True)
 
 
 def content_hash(table: pd.DataFrame) -> str:
@@ -481,13 +534,17 @@ def _read_csv(file: BinaryIO, separator: str, where: str) -> pd.DataFrame:
 
 
 def _numpy_dtypes(table: pd.DataFrame) -> pd.DataFrame:
-    """pandas extension dtypes (string, category, Int64, boolean) as NumPy ones.
+    """pandas extension dtypes (string, category, Int64, boolean) as NumPy ones, and
+    decimals (Parquet's ``decimal128``, a database's prices) as floats.
 
     Their missing value, ``pd.NA``, breaks scikit-learn's imputers; NumPy's ``nan`` does not.
+    A column of ``Decimal`` objects would be taken for text.
     """
     converted = {}
     for name, dtype in table.dtypes.items():
         if not isinstance(dtype, pd.api.extensions.ExtensionDtype):
+            if dtype.kind == "O" and _holds_decimals(table[name]):
+                converted[name] = table[name].astype(float)
             continue
         column = table[name]
         if ptypes.is_numeric_dtype(dtype) or ptypes.is_bool_dtype(dtype):
@@ -496,6 +553,12 @@ def _numpy_dtypes(table: pd.DataFrame) -> pd.DataFrame:
         else:
             converted[name] = column.astype(object).where(column.notna(), np.nan)
     return table.assign(**converted) if converted else table
+
+
+def _holds_decimals(column: pd.Series) -> bool:
+    """Whether every value of an object column is a ``Decimal`` or missing."""
+    valid = column.dropna()
+    return bool(len(valid)) and all(isinstance(value, decimal.Decimal) for value in valid)
 
 
 def _builtin_table(name: str) -> pd.DataFrame:

@@ -1,12 +1,13 @@
 """Prediction drift: did what the model says move, whether or not labels have arrived?
 
-The logged scores (``conveyor.score``) and predicted classes (``conveyor.prediction``) are
-compared with the champion's on its evaluation split (``scores.parquet``, recorded by
+A classifier's logged scores (``conveyor.score``) and predicted classes
+(``conveyor.prediction``), or a regressor's predicted values (``conveyor.predicted_value``),
+are compared with the champion's on its evaluation split (``scores.parquet``, recorded by
 train) with the statistics of feature drift (``monitoring.drift.compare_tables``, on a
-one-column table each: the score is numeric, the predicted class categorical), over all
-rows and, with a segment column, within each segment. Any drifted comparison is prediction
-drift. A log written before scores were logged, or a champion trained before they were
-recorded, cannot be measured: the result says so, and is not drift.
+one-column table each: the score and the value are numeric, the predicted class
+categorical), over all rows and, with a segment column, within each segment. Any drifted
+comparison is prediction drift. A log written before scores were logged, or a champion
+trained before they were recorded, cannot be measured: the result says so, and is not drift.
 """
 
 from __future__ import annotations
@@ -19,22 +20,29 @@ import pandas as pd
 from conveyor.components.core.errors import ConveyorError
 from conveyor.components.core.markdown import table
 from conveyor.components.core.monitoring.drift import ColumnDrift, DriftSettings, compare_tables
+from conveyor.components.core.serving.payload_log import PREDICTED_VALUE
 from conveyor.components.core.serving.payload_log import PREDICTION as PREDICTION_COLUMN
 from conveyor.components.core.serving.payload_log import SCORE as SCORE_COLUMN
 
 __all__ = ["OUTPUTS", "OutputDrift", "PredictionDrift", "compare_predictions"]
 
-# The logged column of each output compared, and the name results give it.
-OUTPUTS = {SCORE_COLUMN: "score", PREDICTION_COLUMN: "class"}
+# The logged column of each output compared, and the name results give it: a classifier's
+# score and class, or a regressor's value.
+CLASSIFIER_OUTPUTS = {SCORE_COLUMN: "score", PREDICTION_COLUMN: "class"}
+REGRESSOR_OUTPUTS = {PREDICTED_VALUE: "value"}
+OUTPUTS = {**CLASSIFIER_OUTPUTS, **REGRESSOR_OUTPUTS}
+_NUMERIC = (SCORE_COLUMN, PREDICTED_VALUE)
 _ALL = "all"
 
 
 @dataclass(frozen=True)
 class OutputDrift:
-    """One comparison: an output (``score`` or ``class``) in a segment (``all``: every row).
+    """One comparison: an output (``score``, ``class`` or ``value``) in a segment (``all``:
+    every row).
 
     Attributes:
-        output: ``score`` (the logged score) or ``class`` (the predicted class's shares).
+        output: ``score`` (the logged score), ``class`` (the predicted class's shares) or
+            ``value`` (a regressor's predicted value).
         segment: ``all``, or the segment's value.
         test: The deciding test (``DriftSettings.deciding_test``).
         value: Its statistic or p-value.
@@ -53,7 +61,9 @@ class OutputDrift:
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUTS.values():
-            raise ConveyorError(f"prediction drift output {self.output!r}: expected score or class")
+            raise ConveyorError(
+                f"prediction drift output {self.output!r}: expected score, class or value"
+            )
 
     @property
     def metric_test(self) -> str:
@@ -134,21 +144,23 @@ def compare_predictions(
     settings: DriftSettings,
     segment: str | None = None,
 ) -> PredictionDrift:
-    """Compares the logged scores and predicted classes with the champion's on its
-    evaluation split, over all rows and within each value of ``segment``.
+    """Compares the logged scores and predicted classes (a regressor's predicted values)
+    with the champion's on its evaluation split, over all rows and within each value of
+    ``segment``.
 
     Args:
         reference: The champion's ``scores.parquet`` (``importance.read_reference_scores``);
             None when its training recorded none.
-        logged: The payload log's rows: ``conveyor.score``, ``conveyor.prediction`` and,
-            with ``segment``, that column. Rows without them (logged before scores were)
-            are left out and counted.
+        logged: The payload log's rows: ``conveyor.score`` and ``conveyor.prediction``, or
+            ``conveyor.predicted_value``, and, with ``segment``, that column. Rows without
+            them (logged before scores were) are left out and counted.
         settings: Thresholds, deciding tests and segment sizes, as feature drift's.
         segment: Also compare within each value of this input column.
 
     Raises:
-        ConveyorError: ``segment`` is in neither table or one only, or a logged score is
-            not a number.
+        ConveyorError: ``segment`` is in neither table or one only, a logged score is
+            not a number, or the log is a regressor's and the reference a classifier's (or
+            the reverse).
     """
     if reference is None:
         return _unmeasured(
@@ -157,9 +169,10 @@ def compare_predictions(
         )
     if segment:
         _check_segment(reference, logged, segment)
+    outputs = _outputs(reference, logged)
     results: list[OutputDrift] = []
     skipped: list[str] = []
-    for column, output in OUTPUTS.items():
+    for column, output in outputs.items():
         current = _with_values(logged, column, segment)
         if current is None:
             skipped.append(f"{output}: the log holds none (written before it was logged)")
@@ -184,6 +197,19 @@ def compare_predictions(
     )
 
 
+def _outputs(reference: pd.DataFrame, logged: pd.DataFrame) -> dict[str, str]:
+    """The outputs the reference's model gives, which the log must be of."""
+    regressor = PREDICTED_VALUE in reference.columns
+    logged_regressor = PREDICTED_VALUE in logged.columns
+    if logged_regressor != regressor and (logged_regressor or SCORE_COLUMN in logged.columns):
+        kinds = ("a regressor's", "a classifier's")
+        raise ConveyorError(
+            f"the log is {kinds[not logged_regressor]} and the champion's reference scores "
+            f"{kinds[not regressor]}: prediction drift compares one model's outputs"
+        )
+    return REGRESSOR_OUTPUTS if regressor else CLASSIFIER_OUTPUTS
+
+
 def _unmeasured(reason: str, skipped: list[str] | None = None) -> PredictionDrift:
     return PredictionDrift(False, False, reason, (), tuple(skipped or ()))
 
@@ -204,11 +230,11 @@ def _with_values(table: pd.DataFrame, column: str, segment: str | None) -> pd.Da
     if column not in table.columns or table[column].isna().all():
         return None
     values = table.loc[table[column].notna(), [column] + ([segment] if segment else [])]
-    if column == SCORE_COLUMN:
+    if column in _NUMERIC:
         try:
             values[column] = pd.to_numeric(values[column]).astype(float)
         except (TypeError, ValueError):
-            raise ConveyorError(f"column {column!r}: expected numbers (a score)") from None
+            raise ConveyorError(f"column {column!r}: expected numbers") from None
     else:
         values[column] = values[column].astype(str)
     return values.reset_index(drop=True)
@@ -231,7 +257,12 @@ def _reason(results: list[OutputDrift]) -> str:
     if not drifted:
         compared = sorted({r.segment for r in results} - {_ALL})
         within = f" and within {len(compared)} segments" if compared else ""
-        return f"No prediction drift: scores and predicted classes hold over all rows{within}"
+        what = (
+            "predicted values hold"
+            if results[0].output == "value"
+            else ("scores and predicted classes hold")
+        )
+        return f"No prediction drift: {what} over all rows{within}"
     listed = ", ".join(
         f"{r.output} {'over all rows' if r.segment == _ALL else f'in {r.segment}'} "
         f"({r.test} {r.value:.3g})"

@@ -1,6 +1,7 @@
 """What an online quality assessment is read as: a sentence, terminal lines, Markdown for the
 KFP UI, a JSON summary, and a self-contained HTML page charting each metric per day with its
-interval and the offline value (inline SVG, no scripts)."""
+interval and the offline value (inline SVG, no scripts). A regression model's pages show its
+errors (RMSE, MAE, R², MAPE), with no classes."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from pathlib import Path
 from conveyor.components.core.files import write_text_atomically
 from conveyor.components.core.markdown import table
 from conveyor.components.core.monitoring.quality import (
+    ALL_METRICS,
     DIRECTIONS,
-    METRICS,
+    SCALED_METRICS,
     GroupQuality,
     Interval,
     QualityReport,
+    metric_margin,
 )
 
 __all__ = ["QualityOutputs", "describe", "html", "markdown", "table_lines", "write_outputs"]
@@ -65,7 +68,7 @@ def _cell(interval: Interval | None) -> str:
 
 
 def _shown_metrics(report: QualityReport) -> list[str]:
-    return [metric for metric in METRICS if metric in report.overall().metrics]
+    return [metric for metric in ALL_METRICS if metric in report.overall().metrics]
 
 
 def table_lines(report: QualityReport) -> list[str]:
@@ -118,17 +121,10 @@ def markdown(report: QualityReport) -> str:
     of every metric with its interval beside the offline value."""
     settings = report.settings
     metrics = _shown_metrics(report)
-    positive = (
-        f"Positive class: `{report.positive_class}`."
-        if report.positive_class is not None
-        else f"Classes: {', '.join(f'`{c}`' for c in report.classes)}."
-    )
     parts = [
         f"# Online quality: {report.model}",
         f"**{describe(report)}.**",
-        f"{positive} Intervals are {settings.confidence:.0%}: Wilson for accuracy, precision, "
-        "recall and false-positive rate; the delta method for F1; DeLong for ROC-AUC; "
-        f"mean ± z·sd/√n for log loss. {_rule(report)} The bound is taken at a one-sided "
+        f"{_methods(report)} {_rule(report)} The bound is taken at a one-sided "
         f"{settings.confidence:.0%} shared among the metrics judged (Bonferroni), so a run "
         f"of an unchanged model raises a false alarm at most {1 - settings.confidence:.0%} "
         f"of the time; overall, revisions and segments of at least {settings.min_rows} "
@@ -162,13 +158,37 @@ def markdown(report: QualityReport) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def _methods(report: QualityReport) -> str:
+    """What is judged (the positive class, the classes, or a regressor's errors) and how
+    each metric's interval is made."""
+    level = f"{report.settings.confidence:.0%}"
+    if report.is_regression:
+        return (
+            "A regression model: its errors (predicted - true) in the target's units, MAPE "
+            f"a fraction (only in groups with no true value of zero). Intervals are {level}: "
+            "mean ± z·sd/√n for MAE and MAPE; the delta method for RMSE (on the mean squared "
+            "error) and for R² (on the ratio of the mean squared error to the truth's "
+            "variance)."
+        )
+    positive = (
+        f"Positive class: `{report.positive_class}`."
+        if report.positive_class is not None
+        else f"Classes: {', '.join(f'`{c}`' for c in report.classes)}."
+    )
+    return (
+        f"{positive} Intervals are {level}: Wilson for accuracy, precision, "
+        "recall and false-positive rate; the delta method for F1; DeLong for ROC-AUC; "
+        "mean ± z·sd/√n for log loss."
+    )
+
+
 def _rule(report: QualityReport) -> str:
-    margin = report.settings.margin
+    margin = _margin_words(report)
     if not report.offline_groups:
         return (
             "The offline values are taken as exact (see the notes): a metric degrades when "
             f"its interval lies wholly on the wrong side of the offline value by more than "
-            f"{margin:g}."
+            f"{margin}."
         )
     segments = (
         "each segment against its own (measured on the champion's evaluation split), "
@@ -179,8 +199,18 @@ def _rule(report: QualityReport) -> str:
         f"Each group is compared with the offline value of the same group ({segments}"
         "overall and revisions against the overall one): a metric degrades when the "
         "difference online - offline, at its bound with both samples' noise counted, is "
-        f"worse than {margin:g}."
+        f"worse than {margin}."
     )
+
+
+def _margin_words(report: QualityReport) -> str:
+    """The margin as the rule states it: for a regressor's RMSE and MAE, a share of the
+    offline value."""
+    margin = report.settings.margin
+    scaled = [name.upper() for name in SCALED_METRICS if name in report.overall().metrics]
+    if not scaled:
+        return f"{margin:g}"
+    return f"{margin:g} ({margin:.0%} of the offline value for {' and '.join(scaled)})"
 
 
 def _markdown_row(
@@ -249,7 +279,8 @@ def _chart(metric: str, days: list[GroupQuality], report: QualityReport) -> str:
             for k in ticks
         ]
     if offline is not None:
-        edge = offline - report.settings.margin * (1 if _better_higher(metric) else -1)
+        margin = metric_margin(metric, offline, report.settings.margin)
+        edge = offline - margin * (1 if _better_higher(metric) else -1)
         shapes.append(_hline(y(offline), "#d95f02", "6,4", f"offline {offline:.3f}"))
         shapes.append(_hline(y(edge), "#d95f02", "2,3", f"offline ∓ margin {edge:.3f}"))
     axis = [f"<text x='2' y='{y(v) + 3:.1f}' font-size='10'>{v:.3f}</text>" for v in (low, high)]

@@ -42,6 +42,44 @@ failed. An accuracy exactly 2 points lower on 1,000 labelled rows failed 0 of 40
 (0.75 % of 2,000: the test is conservative for rare flips), one 6 points lower every time.
 A window under ``min_rows`` rows is not judged: the gate passes and says so, and the
 canary judges the challenger on live traffic instead.
+
+**Regressors.** The log says which task its model answers (``conveyor.task`` in each
+file's metadata); champion, challenger and log must share it, or the replay is refused in
+one line (a model answering another kind of value cannot be compared row by row, and
+passing it unjudged would change every client's answers unseen; ``shadow_replay=false``
+registers it deliberately). Two regressors are compared on:
+
+- **relative difference** in place of disagreement: the mean of ``|challenger -
+  champion|`` over the rows (overall and per segment), divided by the champion's mean
+  absolute deviation over all the window's rows (``mean |champion - mean(champion)|``, one
+  yardstick for every segment), so one bound fits a price and a probability alike: 0.25
+  says the challenger's answers move by a quarter of how much the champion's vary from
+  row to row. Its interval is the delta method's for a ratio of two means of the same
+  rows; the gate fails when its one-sided lower bound lies above
+  ``max_relative_difference`` (the same "beyond noise" as the disagreement's test, at the
+  same Bonferroni levels);
+- **prediction shift** in place of score shift: the PSI of the two models' predicted
+  values on the champion's deciles (10 bins holding a tenth of its answers each), bound
+  ``max_score_shift`` as for scores;
+- **online errors**, where numeric labels join on ``conveyor.id``: MAE and RMSE of both
+  models on the same rows with the paired difference's interval. The MAE is judged, on the
+  relative increase ``(MAE_challenger - MAE_champion) / MAE_champion``: failed when its
+  one-sided lower bound is above ``max_metric_drop`` (0.02: 2 % more error). Each row's
+  paired difference is at most the two predictions' gap (triangle inequality), so the test
+  keeps its level whatever the labels' tails; RMSE's squared errors have no such bound and
+  are reported, not judged, as log loss is;
+- batch scoring time, as for classifiers (``predict`` instead of ``predict_proba``).
+
+Error rates, by the seeded simulations in ``tests/test_shadow_regression.py`` (300 rows a
+replay, the challenger the champion plus normal noise, so the relative difference is the
+noise's sd over the champion's): well under the bound (0.10 against 0.25) the gate failed
+0 of 1,000 runs (the false-alarm rate; 0 of 1,000 at 0.20 too); well over it (0.50), all
+1,000 (the power; 99.9 % at 0.35, 89.9 % at 0.30); at the bound itself 4.6 % of 2,000, and
+2.6 % of 2,000 with 3 segments of 100 rows. The delta method's normal approximation holds
+for skewed predictions as far as measured: log-normal ones (sigma 0.5) failed 5.2 % of
+1,000 at the bound; strongly skewed ones (sigma 1) 6 to 8 %, above the 5 % stated. An MAE
+exactly 2 % higher on 300 labelled rows failed 5.0 % of 5,000 runs, one 20 % higher every
+one of 1,000.
 """
 
 from __future__ import annotations
@@ -57,6 +95,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from conveyor.components.core.data.task import CLASSIFICATION, REGRESSION, TASKS
 from conveyor.components.core.errors import ConveyorError, first_line, plain
 from conveyor.components.core.files import finite_json
 from conveyor.components.core.intervals import wilson_interval
@@ -74,13 +113,14 @@ from conveyor.components.core.monitoring.quality import (
 from conveyor.components.core.serving.inference import table_from_columns
 from conveyor.components.core.serving.payload_log import ID as ID_COLUMN
 from conveyor.components.core.serving.payload_log import MODEL as MODEL_COLUMN
+from conveyor.components.core.serving.payload_log import TASK_KEY, read_log, score_column
 from conveyor.components.core.serving.payload_log import TIME as TIME_COLUMN
-from conveyor.components.core.serving.payload_log import read_log, score_column
 from conveyor.components.core.training.thresholds import predicted_indices
 from conveyor.components.core.training.trainer import TrainedModel
 
 __all__ = [
     "ALL",
+    "Difference",
     "Disagreement",
     "OnlineComparison",
     "Replay",
@@ -90,26 +130,39 @@ __all__ = [
     "ShadowRun",
     "ShadowSettings",
     "Timing",
+    "ValueReplay",
     "compare_models",
+    "compare_regressors",
+    "judge_difference",
     "judge_disagreement",
+    "judge_errors",
     "judge_online",
     "not_judged",
     "read_window",
     "replay",
     "replay_against_champion",
+    "replay_values",
     "shadow_gate",
 ]
 
 ALL = "all"
 ONLINE_METRICS = ("accuracy", "log_loss")
 JUDGED_ONLINE = ("accuracy",)  # log loss is reported: a rare confident mistake skews its test
+# A regressor's: MAE is judged, its per-row differences bounded by the predictions' gap;
+# RMSE is reported, as squared errors' differences are as skewed as log loss's.
+ERROR_METRICS = ("mae", "rmse")
+JUDGED_ERRORS = ("mae",)
 MISSING_SEGMENT = "(missing)"
+_NO_LABELS = pd.DataFrame({"id": pd.Series([], dtype=object), "label": pd.Series([], dtype=object)})
 _TIMING_ROWS = 1_000
 _TIMING_REPEATS = 5
 # The score histograms' and PSI's bins: tenths, each centred on its tenth (0.15 to 0.25
 # holds 0.2), so a model whose scores come in steps (a forest's vote shares, rounded
 # scores) keeps each score in the bin of the value it rounds.
 _EDGES = np.array([0.0, *np.arange(0.05, 1.0, 0.1), 1.0])
+# A regressor's predicted values are binned on the champion's deciles: its values have no
+# fixed range, and tenths of the champion's own answers put a tenth of them in each bin.
+_DECILES = np.linspace(0.1, 0.9, 9)
 
 
 @dataclass(frozen=True)
@@ -118,10 +171,16 @@ class ShadowPolicy:
 
     Attributes:
         max_disagreement: The share of rows whose predicted class may differ.
+        max_relative_difference: Regressors: how far the challenger's predicted values
+            may sit from the champion's, as mean ``|challenger - champion|`` over the
+            champion's mean absolute deviation (0.25: a quarter of how much the champion's
+            answers vary from row to row; free of the target's scale).
         max_score_shift: The PSI between the two models' scores (on 11 fixed bins of
-            [0, 1] centred on its tenths; class shares for more classes) at which the gate
-            fails.
-        max_metric_drop: How much lower (absolute) the online accuracy may be.
+            [0, 1] centred on its tenths; class shares for more classes; a regressor's
+            predicted values on the champion's deciles) at which the gate fails.
+        max_metric_drop: How much lower (absolute) the online accuracy may be; for
+            regressors, how much higher the online MAE may be, as a fraction of the
+            champion's (0.02: 2 % more error).
         max_latency_ratio: The challenger's batch scoring time per row, as a multiple of
             the champion's, above which the gate fails.
         latency_floor_ms: Milliseconds per row under which the challenger's scoring time
@@ -132,6 +191,7 @@ class ShadowPolicy:
     """
 
     max_disagreement: float = 0.10
+    max_relative_difference: float = 0.25
     max_score_shift: float = 0.25  # PSI above 0.25: the usual "significant shift"
     max_metric_drop: float = 0.02
     max_latency_ratio: float = 10.0
@@ -146,11 +206,10 @@ class ShadowPolicy:
             value = getattr(self, name)
             if not is_number(value) or not math.isfinite(value) or value <= 0:
                 raise ConveyorError(f"shadow policy {name} {value!r}: expected a number above 0")
-        floor = self.latency_floor_ms
-        if not is_number(floor) or not math.isfinite(floor) or floor < 0:
-            raise ConveyorError(
-                f"shadow policy latency_floor_ms {floor!r}: expected a number, 0 or more"
-            )
+        for name in ("latency_floor_ms", "max_relative_difference"):
+            value = getattr(self, name)
+            if not is_number(value) or not math.isfinite(value) or value < 0:
+                raise ConveyorError(f"shadow policy {name} {value!r}: expected a number, 0 or more")
         _check_range("confidence", self.confidence, 0.5, 1)
         if not isinstance(self.min_rows, int) or isinstance(self.min_rows, bool):
             raise ConveyorError(f"shadow policy min_rows {self.min_rows!r}: expected an integer")
@@ -195,7 +254,7 @@ class ShadowSettings:
     Attributes:
         days: The last this many UTC days of the log, ending with its newest row; 0: all.
         segment: An input column to also compare within each value of; empty: none.
-        batch_rows: Rows scored per ``predict_proba`` call.
+        batch_rows: Rows scored per ``predict_proba`` call (``predict`` for regressors).
         max_rows: A window holding more rows is replayed on a seeded uniform sample of
             this many (the report says so): what a step's memory and time allow.
         show_rows: The report lists this many rows where the models differ most (they are
@@ -239,6 +298,44 @@ class Disagreement:
     @property
     def rate(self) -> float:
         return self.disagreeing / self.rows if self.rows else math.nan
+
+
+@dataclass(frozen=True)
+class Difference:
+    """How far a regressor challenger's predicted values sit from the champion's, in one
+    group (``all``: every row); checks itself.
+
+    Attributes:
+        segment: The group.
+        rows: Its rows.
+        mean_absolute_difference: Mean ``|challenger - champion|`` over them, in the
+            target's units.
+        relative: That, over the champion's mean absolute deviation over all rows (NaN
+            when the champion answers one value for every row: no scale to judge by).
+        lower: The two-sided interval of ``relative`` at the policy's confidence.
+        upper: Its upper end.
+        p_value: One-sided, of as large a ``relative``, were it exactly
+            ``max_relative_difference``.
+        judged: Whether the group was judged (``min_rows`` rows and a scale).
+        failed: Whether it failed.
+    """
+
+    segment: str
+    rows: int
+    mean_absolute_difference: float
+    relative: float
+    lower: float
+    upper: float
+    p_value: float
+    judged: bool
+    failed: bool
+
+    def __post_init__(self) -> None:
+        if self.rows < 0 or (self.failed and not self.judged):
+            raise ConveyorError(
+                f"shadow difference {self.segment!r}: {self.rows} rows, failed without "
+                "being judged, or fewer than none"
+            )
 
 
 @dataclass(frozen=True)
@@ -314,6 +411,28 @@ class Replay:
 
 
 @dataclass(frozen=True)
+class ValueReplay:
+    """What two regressors said of each replayed row; checks itself.
+
+    Attributes:
+        champion: The champion's predicted value per row (finite floats).
+        challenger: The challenger's, on the same rows.
+        timing: Batch scoring time of each model.
+    """
+
+    champion: np.ndarray
+    challenger: np.ndarray
+    timing: Timing
+
+    def __post_init__(self) -> None:
+        if self.champion.ndim != 1 or self.champion.shape != self.challenger.shape:
+            raise ConveyorError(
+                f"value replay: {self.champion.shape} champion and {self.challenger.shape} "
+                "challenger predictions; expected one value per row from each"
+            )
+
+
+@dataclass(frozen=True)
 class ShadowReport:
     """The comparison and the gate's verdict; checks itself.
 
@@ -330,8 +449,12 @@ class ShadowReport:
         timing: Batch scoring times, when replayed.
         policy: The thresholds judged by.
         notes: What was not compared, and why.
-        histograms: ``edges`` and each model's ``counts`` of its scores (binary models).
+        histograms: ``edges`` and each model's ``counts`` of its scores (binary models)
+            or predicted values (regressors, on the champion's deciles).
         top_rows: The rows where the models differ most (``show_rows`` of them).
+        task: The models' task: ``classification`` or ``regression``.
+        differences: Regressors' relative differences, overall first, then per segment
+            (in place of ``disagreement``).
     """
 
     passed: bool
@@ -348,12 +471,21 @@ class ShadowReport:
     notes: tuple[str, ...] = ()
     histograms: dict[str, list[float]] = field(default_factory=dict)
     top_rows: tuple[dict[str, Any], ...] = ()
+    task: str = CLASSIFICATION
+    differences: tuple[Difference, ...] = ()
 
     def __post_init__(self) -> None:
         if self.passed == bool(self.failures):
             raise ConveyorError("shadow report: the verdict must follow its failures")
         if not self.judged and self.failures:
             raise ConveyorError("shadow report: an unjudged replay holds failures")
+        if self.task not in TASKS:
+            raise ConveyorError(f"shadow report: task {self.task!r} is not one of {TASKS}")
+        if self.differences if self.task == CLASSIFICATION else self.disagreement:
+            raise ConveyorError(
+                "shadow report: classifiers are compared by disagreement, regressors by "
+                "difference, not the other way round"
+            )
 
     def metrics(self) -> dict[str, float]:
         """What is logged as KFP Metrics: the overall disagreement, PSI, online differences
@@ -361,9 +493,13 @@ class ShadowReport:
         values: dict[str, float] = {"passed": float(self.passed), "rows": float(self.rows)}
         if self.disagreement:
             values["disagreement"] = self.disagreement[0].rate
+        if self.differences:  # a regressor's, in its place
+            values["relative_difference"] = self.differences[0].relative
+            values["mean_absolute_difference"] = self.differences[0].mean_absolute_difference
         if self.shifts:
             values["score_psi"] = self.shifts[0].psi
-            values["mean_absolute_score_difference"] = self.shifts[0].mean_absolute_difference
+            if self.task == CLASSIFICATION:
+                values["mean_absolute_score_difference"] = self.shifts[0].mean_absolute_difference
         for online in self.online:
             values[f"online_{online.metric}_difference"] = online.difference
         if self.timing is not None:
@@ -376,6 +512,8 @@ class ShadowReport:
         data["disagreement"] = [{**asdict(d), "rate": d.rate} for d in self.disagreement]
         if self.timing is not None:
             data["timing"] = {**asdict(self.timing), "ratio": self.timing.ratio}
+        if self.task == CLASSIFICATION:  # a classifier's summary reads as it always has
+            del data["task"], data["differences"]
         return finite_json(data)
 
 
@@ -393,14 +531,15 @@ def read_window(
     """The logged rows of the last ``settings.days`` days (``inputs`` of them, all when
     None, then ``conveyor.id`` and ``conveyor.time``), sampled down to ``max_rows``, and
     notes: files left out for lacking an input (written before it was logged), the sample,
-    a window that ended days ago. Refuses a log of another model, a corrupt file, and a
-    window without a replayable row."""
+    a window that ended days ago. A classifier's log or a regressor's (the rows'
+    ``attrs["conveyor.task"]`` says which, for ``compare_models``). Refuses a log of another
+    model, a corrupt file, and a window without a replayable row."""
     files = window_files(log_uri, settings.days)
     notes: list[str] = []
     if inputs is not None:
         files, notes = _files_with(files, list(inputs), log_uri)
     wanted = None if inputs is None else [*inputs, ID_COLUMN, TIME_COLUMN, MODEL_COLUMN]
-    logged = read_log(files, wanted)
+    logged = read_log(files, wanted, task=None)  # either task: compare_models checks it
     table = logged.table
     check_model(table.column(MODEL_COLUMN), model, log_uri)
     timed = table.filter(table.column(TIME_COLUMN).is_valid())
@@ -418,7 +557,9 @@ def read_window(
             "was replayed (max_rows)"
         )
         timed = timed.take(pa.array(np.sort(chosen)))
-    return timed.select([*logged.input_names, ID_COLUMN, TIME_COLUMN]).to_pandas(), notes
+    rows = timed.select([*logged.input_names, ID_COLUMN, TIME_COLUMN]).to_pandas()
+    rows.attrs[TASK_KEY] = logged.task
+    return rows, notes
 
 
 def _files_with(files: list[str], inputs: list[str], log_uri: str) -> tuple[list[str], list[str]]:
@@ -510,22 +651,69 @@ def _predict(model: TrainedModel, batch: pd.DataFrame, role: str) -> np.ndarray:
         ) from None
 
 
+def replay_values(
+    champion: TrainedModel,
+    challenger: TrainedModel,
+    rows: pd.DataFrame,
+    batch_rows: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> ValueReplay:
+    """Two regressors' predicted values on ``rows``, batch by batch, and their scoring times.
+
+    Raises:
+        ConveyorError: A model's feature columns are not all in ``rows``, a value a model
+            cannot read, or a prediction that is not a finite number.
+    """
+    models = {"champion": champion, "challenger": challenger}
+    inputs = {role: _inputs(model, rows, role) for role, model in models.items()}
+    values = {
+        role: np.concatenate(
+            [
+                _predict_values(models[role], inputs[role].iloc[start : start + batch_rows], role)
+                for start in range(0, len(rows), batch_rows)
+            ]
+        )
+        for role in models
+    }
+    timing = _timing(models, inputs, clock, method="predict")
+    return ValueReplay(values["champion"], values["challenger"], timing)
+
+
+def _predict_values(model: TrainedModel, batch: pd.DataFrame, role: str) -> np.ndarray:
+    try:
+        values = np.asarray(model.pipeline.predict(batch), dtype=float).ravel()
+    except (ValueError, TypeError) as error:
+        raise ConveyorError(
+            f"the {role} cannot score the logged rows: {first_line(error)}"
+        ) from None
+    odd = ~np.isfinite(values)
+    if odd.any():  # a NaN would make every mean, interval and PSI NaN, and pass unseen
+        raise ConveyorError(
+            f"the {role} answered {int(odd.sum()):,} logged row(s) with no finite number "
+            f"(e.g. {values[odd][0]})"
+        )
+    return values
+
+
 def _timing(
-    models: dict[str, TrainedModel], inputs: dict[str, pd.DataFrame], clock: Callable[[], float]
+    models: dict[str, TrainedModel],
+    inputs: dict[str, pd.DataFrame],
+    clock: Callable[[], float],
+    method: str = "predict_proba",
 ) -> Timing:
-    """Each model's fastest of ``_TIMING_REPEATS`` timed calls on the same rows, per row,
-    after an untimed warm-up call, the order alternating: one timed call is noise (a
-    ratio between 1.2x and 8.7x for the same pair, measured)."""
+    """Each model's fastest of ``_TIMING_REPEATS`` timed calls of ``method`` on the same
+    rows, per row, after an untimed warm-up call, the order alternating: one timed call is
+    noise (a ratio between 1.2x and 8.7x for the same pair, measured)."""
     rows = min(len(next(iter(inputs.values()))), _TIMING_ROWS)
     batches = {role: table.iloc[:rows] for role, table in inputs.items()}
     for role, model in models.items():
-        model.pipeline.predict_proba(batches[role])
+        getattr(model.pipeline, method)(batches[role])
     fastest = {role: math.inf for role in models}
     order = list(models)
     for _ in range(_TIMING_REPEATS):
         for role in order:
             began = clock()
-            models[role].pipeline.predict_proba(batches[role])
+            getattr(models[role].pipeline, method)(batches[role])
             fastest[role] = min(fastest[role], clock() - began)
         order.reverse()
     return Timing(fastest["champion"] / rows, fastest["challenger"] / rows)
@@ -717,6 +905,181 @@ def _counts(scores: np.ndarray, replayed: Replay) -> np.ndarray:
     return np.histogram(scores, _EDGES)[0]
 
 
+# Judging two regressors.
+
+
+def judge_difference(
+    champion: np.ndarray,
+    challenger: np.ndarray,
+    segments: np.ndarray | None,
+    policy: ShadowPolicy,
+    overall_tests: int = 1,
+) -> list[Difference]:
+    """The relative difference over all rows, then in each segment value (sorted) of at
+    least ``min_rows`` rows: mean ``|challenger - champion|`` over the group, divided by the
+    champion's mean absolute deviation over all rows (one yardstick for every segment: a
+    segment's own spread may be near nothing). A group is failed when the one-sided test of
+    the ratio against ``max_relative_difference`` rejects at its level
+    (``ShadowPolicy.levels``); the interval is the delta method's for a ratio of means of
+    the same rows."""
+    gaps = np.abs(challenger - champion)
+    # A constant champion has no spread: nothing to scale by (its deviations would be
+    # rounding error, whatever the challenger does), floating-point jitter included.
+    constant = np.ptp(champion) <= 1e-9 * float(np.abs(champion).max())
+    centred = champion - champion.mean()
+    spread = np.zeros_like(champion) if constant else np.abs(centred)
+    # The mean absolute deviation's influence counts its centre being estimated too: for
+    # skewed predictions (more below the mean than above) leaving it out understated the
+    # noise, and a log-normal champion (sigma 1) at the bound failed 13 % of runs, not 5 %.
+    below = float(np.mean(centred < 0) - np.mean(centred > 0))
+    influence = spread + below * centred
+    groups = [(ALL, np.ones(len(gaps), dtype=bool))]
+    if segments is not None:
+        values, sizes = np.unique(segments, return_counts=True)
+        groups += [
+            (str(value), segments == value)
+            for value, size in zip(values, sizes, strict=True)
+            if size >= policy.min_rows
+        ]
+    overall_level, segment_level = policy.levels(overall_tests, len(groups) - 1)
+    z = NormalDist().inv_cdf(0.5 + policy.confidence / 2)
+    results = []
+    for index, (name, mask) in enumerate(groups):
+        ratio, error = _ratio(gaps, spread, mask, influence)
+        size = int(mask.sum())
+        p_value = _p_above(ratio, error, policy.max_relative_difference)
+        judged = size >= policy.min_rows and math.isfinite(ratio)
+        failed = judged and p_value <= (segment_level if index else overall_level)
+        mean_gap = float(gaps[mask].mean()) if size else math.nan
+        results.append(
+            Difference(
+                name, size, mean_gap, ratio, ratio - z * error, ratio + z * error, p_value,
+                judged, bool(failed),
+            )
+        )  # fmt: skip
+    return results
+
+
+def _ratio(
+    top: np.ndarray, bottom: np.ndarray, mask: np.ndarray, influence: np.ndarray | None = None
+) -> tuple[float, float]:
+    """``mean(top[mask]) / mean(bottom)`` and its standard error by the delta method:
+    ``[var_g(top) / n_g + r² var(b) / n - 2 r cov_g(top, b) / n] / mean(bottom)²``, ``b``
+    each row's ``influence`` on ``mean(bottom)`` (``bottom`` itself unless given; the
+    group's rows are among all, hence the covariance). NaN and infinity when ``bottom``
+    averages 0; infinity for fewer than 2 rows."""
+    part = top[mask]
+    scale = float(bottom.mean()) if len(bottom) else 0.0
+    if scale <= 0 or part.size == 0:
+        return math.nan, math.inf
+    ratio = float(part.mean()) / scale
+    if part.size < 2:
+        return ratio, math.inf
+    weight = bottom if influence is None else influence
+    covariance = float(np.cov(part, weight[mask])[0, 1])
+    variance = (
+        part.var(ddof=1) / part.size
+        + ratio**2 * weight.var(ddof=1) / len(weight)
+        - 2 * ratio * covariance / len(weight)
+    )
+    return ratio, math.sqrt(max(float(variance), 0.0)) / scale
+
+
+def _p_above(estimate: float, error: float, bound: float) -> float:
+    """The one-sided normal p-value of ``estimate`` (standard error ``error``) against
+    ``bound``; 1 for an estimate that is not a number."""
+    if not math.isfinite(estimate):
+        return 1.0
+    if error == 0:  # identical predictions: no noise, the estimate is exact
+        return 0.0 if estimate > bound else 1.0
+    return 1 - NormalDist().cdf((estimate - bound) / error)
+
+
+def judge_errors(
+    truth: np.ndarray,
+    champion: np.ndarray,
+    challenger: np.ndarray,
+    policy: ShadowPolicy,
+    level: float,
+) -> list[OnlineComparison]:
+    """MAE and RMSE of two regressors on labelled rows (``truth``, and each model's
+    predictions of those rows), with the paired difference (challenger - champion) and its
+    interval. The MAE is judged, one-sided at ``level``, on its relative increase: failed
+    when even its bound says the challenger's MAE is more than ``max_metric_drop`` (a
+    fraction) above the champion's. RMSE is reported only: a squared error's per-row
+    differences are as skewed as log loss's (an MAE's are bounded by the predictions' gap).
+    """
+    rows = len(truth)
+    if rows == 0:
+        return []
+    two_sided = NormalDist().inv_cdf(0.5 + policy.confidence / 2)
+    one_sided = NormalDist().inv_cdf(1 - level)
+    ours, theirs = np.abs(truth - champion), np.abs(truth - challenger)
+    ratio, error = _ratio(theirs - ours, ours, np.ones(rows, dtype=bool))
+    mae = float(ours.mean())
+    judged = rows >= policy.min_rows and math.isfinite(ratio)
+    failed = judged and ratio - one_sided * error > policy.max_metric_drop
+    # The MAE's interval is the relative increase's, in the target's units.
+    by_mae = OnlineComparison(
+        "mae", rows, mae, float(theirs.mean()), float(theirs.mean()) - mae,
+        (ratio - two_sided * error) * mae, (ratio + two_sided * error) * mae, judged,
+        bool(failed),
+    )  # fmt: skip
+    rmse_ours, rmse_theirs = _rmse(ours), _rmse(theirs)
+    spread = _rmse_difference_error(ours, theirs) * two_sided
+    difference = rmse_theirs - rmse_ours
+    by_rmse = OnlineComparison(
+        "rmse", rows, rmse_ours, rmse_theirs, difference, difference - spread,
+        difference + spread, False, False,
+    )  # fmt: skip
+    return [by_mae, by_rmse]
+
+
+def _rmse(errors: np.ndarray) -> float:
+    return math.sqrt(float(np.mean(errors**2)))
+
+
+def _rmse_difference_error(ours: np.ndarray, theirs: np.ndarray) -> float:
+    """The standard error of ``RMSE(theirs) - RMSE(ours)`` on the same rows by the delta
+    method (each row's ``e² / (2 RMSE)`` paired); infinity when an RMSE is 0 or a row alone."""
+    rmse_ours, rmse_theirs = _rmse(ours), _rmse(theirs)
+    if len(ours) < 2 or rmse_ours == 0 or rmse_theirs == 0:
+        return math.inf
+    influence = theirs**2 / (2 * rmse_theirs) - ours**2 / (2 * rmse_ours)
+    return float(influence.std(ddof=1) / math.sqrt(len(ours)))
+
+
+def _value_edges(champion: np.ndarray) -> np.ndarray:
+    """The inner edges of the predicted values' bins: the champion's distinct deciles."""
+    return np.unique(np.quantile(champion, _DECILES))
+
+
+def _value_counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """How many ``values`` fall in each bin between ``edges`` (open-ended at both ends; a
+    value on an edge in the bin above it, for both models alike)."""
+    return np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
+
+
+def _value_shifts(
+    replayed: ValueReplay, segments: np.ndarray | None, names: list[str], edges: np.ndarray
+) -> list[ScoreShift]:
+    """The predicted values' PSI over all rows and in each segment of ``names``, on the
+    champion's deciles over all rows (``edges``), with both means and the mean absolute
+    difference (in the target's units)."""
+    results = []
+    for name in names:
+        mask = np.ones(len(replayed.champion), bool) if name == ALL else segments == name
+        ours, theirs = replayed.champion[mask], replayed.challenger[mask]
+        shift = _psi(_value_counts(ours, edges), _value_counts(theirs, edges))
+        results.append(
+            ScoreShift(
+                name, len(ours), shift, float(ours.mean()), float(theirs.mean()),
+                float(np.abs(theirs - ours).mean()),
+            )
+        )  # fmt: skip
+    return results
+
+
 def compare_models(
     champion: TrainedModel,
     challenger: TrainedModel,
@@ -728,17 +1091,20 @@ def compare_models(
     notes: Sequence[str] = (),
 ) -> ShadowReport:
     """Replays ``rows`` (``read_window``'s, with its ``notes``) through both models and
-    judges the challenger.
+    judges the challenger: two classifiers or two regressors (``compare_regressors``), of
+    the log's task (``rows.attrs["conveyor.task"]``; without it, the champion's).
 
     Raises:
-        ConveyorError: The segment column is not logged; a model cannot read the rows;
-            the labels cannot be read, or none of them matches a logged row.
+        ConveyorError: The segment column is not logged; the models and the log are not
+            all of one task; a model cannot read the rows; the labels cannot be read, are
+            not the models' classes (numbers, for regressors).
     """
     if settings.segment and settings.segment not in rows.columns:
         raise ConveyorError(
             f"segment column {settings.segment!r} is not in the log's inputs; the log holds "
             f"{', '.join(c for c in rows.columns if not c.startswith('conveyor.'))}"
         )
+    task = _shared_task(champion, challenger, rows)
     days = pd.to_datetime(rows[TIME_COLUMN], utc=True)
     window = (days.min().date().isoformat(), days.max().date().isoformat())
     if len(rows) < policy.min_rows:
@@ -746,8 +1112,12 @@ def compare_models(
             f"Not judged: {len(rows):,} logged rows in the window, fewer than the "
             f"{policy.min_rows:,} the gate judges on (min_rows); the canary judges the "
             "challenger on live traffic",
-            policy, rows=len(rows), window=window, notes=tuple(notes),
+            policy, rows=len(rows), window=window, notes=tuple(notes), task=task,
         )  # fmt: skip
+    if task == REGRESSION:
+        return compare_regressors(
+            champion, challenger, rows, policy, settings, labels_uri, clock, notes
+        )
     replayed = replay(champion, challenger, rows, settings.batch_rows, clock)
     segments = _segments(rows, settings.segment)
     truth, joined, label_notes = _labelled(rows, replayed.classes, labels_uri, settings)
@@ -777,6 +1147,84 @@ def compare_models(
     )
 
 
+def _shared_task(champion: TrainedModel, challenger: TrainedModel, rows: pd.DataFrame) -> str:
+    """The task of the log (``rows.attrs``; the champion's when unsaid), which both models
+    must answer: a model answering another kind of value cannot be compared row by row,
+    and passing it unjudged would change every client's answers unseen, so it is refused
+    and ``shadow_replay=false`` registers it deliberately."""
+    logged = rows.attrs.get(TASK_KEY, champion.card.task)
+    if champion.card.task != logged:
+        raise ConveyorError(
+            f"the champion is a {champion.card.task} model but its payload log is a {logged} "
+            "model's: the log was not written by this champion"
+        )
+    if challenger.card.task != logged:
+        raise ConveyorError(
+            f"the challenger is a {challenger.card.task} model, the champion a {logged} one: a "
+            "shadow replay compares models of the same task; set shadow_replay=false to "
+            "register it without one"
+        )
+    return logged
+
+
+def compare_regressors(
+    champion: TrainedModel,
+    challenger: TrainedModel,
+    rows: pd.DataFrame,
+    policy: ShadowPolicy,
+    settings: ShadowSettings,
+    labels_uri: str = "",
+    clock: Callable[[], float] = time.perf_counter,
+    notes: Sequence[str] = (),
+) -> ShadowReport:
+    """``compare_models`` for two regressors, on at least ``min_rows`` rows: relative
+    difference, prediction shift, online MAE and RMSE, scoring time.
+
+    Raises:
+        ConveyorError: A model cannot read the rows or answers no finite number; labels
+            that cannot be read or are not numbers.
+    """
+    days = pd.to_datetime(rows[TIME_COLUMN], utc=True)
+    window = (days.min().date().isoformat(), days.max().date().isoformat())
+    replayed = replay_values(champion, challenger, rows, settings.batch_rows, clock)
+    segments = _segments(rows, settings.segment)
+    truth, joined, label_notes = _numeric_labels(rows, labels_uri, settings)
+    notes = [*notes, *label_notes, *_small_segments(segments, policy.min_rows)]
+    online_tests = len(JUDGED_ERRORS) if len(joined) >= policy.min_rows else 0
+    differences = judge_difference(
+        replayed.champion, replayed.challenger, segments, policy, 1 + online_tests
+    )
+    if not math.isfinite(differences[0].relative):
+        notes.append(
+            f"the champion answers {replayed.champion[0]:.6g} for every row: the relative "
+            "difference has no scale and is not judged"
+        )
+    level, _ = policy.levels(1 + online_tests, len(differences) - 1)
+    online = judge_errors(
+        truth, replayed.champion[joined], replayed.challenger[joined], policy, level
+    )
+    edges = _value_edges(replayed.champion)
+    shifts = _value_shifts(replayed, segments, [d.segment for d in differences], edges)
+    failures = _regression_failures(differences, shifts, online, replayed.timing, policy)
+    return ShadowReport(
+        passed=not failures,
+        reason=_regression_reason(failures, differences[0], len(rows)),
+        judged=True,
+        policy=policy,
+        failures=tuple(failures),
+        rows=len(rows),
+        window=window,
+        shifts=tuple(shifts),
+        online=tuple(online),
+        timing=replayed.timing,
+        notes=tuple(notes),
+        histograms=_value_histograms(replayed, edges),
+        top_rows=tuple(_top_value_rows(rows, replayed, settings.show_rows)),
+        task=REGRESSION,
+        differences=tuple(differences),
+    )
+
+
 def _segments(rows: pd.DataFrame, column: str) -> np.ndarray | None:
     """Each row's segment value as text, a missing one as ``(missing)``."""
     if not column:
@@ -790,9 +1238,47 @@ def _labelled(
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """The labels' class codes and the replayed rows they belong to (the latest row of an
     id logged twice); notes on what did not join."""
+    matched, joined, notes = _joined_labels(rows, labels_uri, settings)
+    if matched.empty:
+        return joined, joined, notes
+    unknown = sorted(set(matched["label"]) - set(classes))
+    if unknown:
+        raise ConveyorError(
+            f"{labels_uri}: label(s) {unknown[:5]} are not classes of the models ({classes})"
+        )
+    truth = np.array([classes.index(label) for label in matched["label"]], dtype=np.int64)
+    return truth, joined, notes
+
+
+def _numeric_labels(
+    rows: pd.DataFrame, labels_uri: str, settings: ShadowSettings
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The labels as numbers (a regressor's target values) and the replayed rows they
+    belong to; notes on what did not join. Refuses a label that is not a finite number."""
+    matched, joined, notes = _joined_labels(rows, labels_uri, settings)
+    if matched.empty:
+        return np.array([], dtype=float), joined, notes
+    text = matched["label"].astype(str)
+    values = pd.to_numeric(text, errors="coerce").to_numpy(dtype=float)
+    odd = ~np.isfinite(values)
+    if odd.any():
+        shown = list(dict.fromkeys(text[odd]))[:5]
+        raise ConveyorError(
+            f"{labels_uri}: {int(odd.sum()):,} label(s) are not finite numbers (e.g. "
+            f"{shown}); a regression model's labels are its target's values"
+        )
+    return values, joined, notes
+
+
+def _joined_labels(
+    rows: pd.DataFrame, labels_uri: str, settings: ShadowSettings
+) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
+    """The labels (``id``, ``label`` as text) matching a replayed row's ``conveyor.id``, the
+    rows they belong to (the latest row of an id logged twice), and notes on what did not
+    join; no labels and a note when none is given or none matches."""
     empty = np.array([], dtype=np.int64)
     if not labels_uri:
-        return empty, empty, ["no labels given: online metrics not compared"]
+        return _NO_LABELS, empty, ["no labels given: online metrics not compared"]
     labels = read_labels(
         labels_uri,
         QualitySettings(id_column=settings.id_column, label_column=settings.label_column),
@@ -803,7 +1289,7 @@ def _labelled(
     matched = labels[labels["id"].isin(position.index)]
     if matched.empty:  # labels lag: none may have arrived for the window yet
         return (
-            empty,
+            _NO_LABELS,
             empty,
             [
                 f"none of the {len(labels):,} labels matches a replayed row's {ID_COLUMN} (labels "
@@ -811,17 +1297,11 @@ def _labelled(
                 f"{settings.id_column!r}): online metrics not compared"
             ],
         )
-    unknown = sorted(set(matched["label"]) - set(classes))
-    if unknown:
-        raise ConveyorError(
-            f"{labels_uri}: label(s) {unknown[:5]} are not classes of the models ({classes})"
-        )
     joined = position[matched["id"]].to_numpy()
-    truth = np.array([classes.index(label) for label in matched["label"]], dtype=np.int64)
     notes = []
     if len(matched) < len(labels):
         notes.append(f"{len(labels) - len(matched):,} labels match no replayed row")
-    return truth, joined, notes
+    return matched, joined, notes
 
 
 def _failures(
@@ -846,13 +1326,63 @@ def _failures(
         for o in online
         if o.failed
     ]
+    return failures + _latency_failures(timing, policy)
+
+
+def _latency_failures(timing: Timing, policy: ShadowPolicy) -> list[str]:
     per_row_ms = timing.challenger_s_per_row * 1000
     if timing.ratio > policy.max_latency_ratio and per_row_ms > policy.latency_floor_ms:
-        failures.append(
+        return [
             f"batch scoring time {timing.ratio:.2f}x the champion's, above "
             f"{policy.max_latency_ratio:g}x (and {per_row_ms:.3g} ms a row)"
+        ]
+    return []
+
+
+def _regression_failures(
+    differences: list[Difference],
+    shifts: list[ScoreShift],
+    online: list[OnlineComparison],
+    timing: Timing,
+    policy: ShadowPolicy,
+) -> list[str]:
+    failures = [
+        f"relative difference {'over all rows' if d.segment == ALL else f'in {d.segment}'} "
+        f"{d.relative:.1%} above {policy.max_relative_difference:.1%} (mean |difference| "
+        f"{d.mean_absolute_difference:.4g}, p {d.p_value:.2g})"
+        for d in differences
+        if d.failed
+    ]
+    if shifts and shifts[0].psi >= policy.max_score_shift:
+        failures.append(
+            f"predicted-value PSI {shifts[0].psi:.3g} at or above {policy.max_score_shift:g}"
         )
-    return failures
+    failures += [
+        f"online {o.metric} {o.challenger:.4g} against the champion's {o.champion:.4g} "
+        f"(difference {o.difference:+.4g}, {o.difference / o.champion:+.1%}, interval "
+        f"{o.lower:+.4g} to {o.upper:+.4g}) higher by more than {policy.max_metric_drop:.1%} "
+        "of the champion's"
+        for o in online
+        if o.failed
+    ]
+    return failures + _latency_failures(timing, policy)
+
+
+def _regression_reason(failures: list[str], overall: Difference, rows: int) -> str:
+    if failures:
+        return f"Shadow gate failed on {rows:,} logged rows: {'; '.join(failures)}"
+    if not math.isfinite(overall.relative):
+        return (
+            f"Shadow gate passed on {rows:,} logged rows: the predictions differ by "
+            f"{overall.mean_absolute_difference:.4g} on average (the champion's are constant: "
+            "not judged)"
+        )
+    return (
+        f"Shadow gate passed on {rows:,} logged rows: the predictions differ by "
+        f"{overall.relative:.1%} of the champion's mean absolute deviation (interval "
+        f"{overall.lower:.1%} to {overall.upper:.1%}; mean |difference| "
+        f"{overall.mean_absolute_difference:.4g})"
+    )
 
 
 def _reason(failures: list[str], overall: Disagreement, rows: int) -> str:
@@ -873,6 +1403,34 @@ def _histograms(replayed: Replay) -> dict[str, list[float]]:
         "champion": np.histogram(champion, _EDGES)[0].astype(float).tolist(),
         "challenger": np.histogram(challenger, _EDGES)[0].astype(float).tolist(),
     }
+
+
+def _value_histograms(replayed: ValueReplay, edges: np.ndarray) -> dict[str, list[float]]:
+    """Both models' predicted values counted on the champion's deciles; the outer edges
+    are the lowest and highest value either model answered."""
+    values = np.concatenate([replayed.champion, replayed.challenger])
+    return {
+        "edges": [float(values.min()), *edges.tolist(), float(values.max())],
+        "champion": _value_counts(replayed.champion, edges).astype(float).tolist(),
+        "challenger": _value_counts(replayed.challenger, edges).astype(float).tolist(),
+    }
+
+
+def _top_value_rows(rows: pd.DataFrame, replayed: ValueReplay, count: int) -> list[dict[str, Any]]:
+    """The ``count`` rows whose predicted values differ most."""
+    if count == 0:
+        return []
+    gap = replayed.challenger - replayed.champion
+    chosen = np.argsort(-np.abs(gap), kind="stable")[:count]
+    inputs = [c for c in rows.columns if c not in (TIME_COLUMN,)]
+    shown = []
+    for index in chosen:
+        entry = {name: plain(rows[name].iloc[index]) for name in inputs}
+        entry["champion"] = float(replayed.champion[index])
+        entry["challenger"] = float(replayed.challenger[index])
+        entry["difference"] = float(gap[index])
+        shown.append(entry)
+    return shown
 
 
 def _top_rows(rows: pd.DataFrame, replayed: Replay, count: int) -> list[dict[str, Any]]:

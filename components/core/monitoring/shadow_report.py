@@ -1,6 +1,7 @@
 """What a shadow replay is read as: terminal lines, Markdown for the KFP UI, a JSON summary,
 and a self-contained HTML page with the disagreement by segment and the two models' score
-distributions (inline SVG, no scripts)."""
+distributions (inline SVG, no scripts); for two regressors, their relative difference by
+segment and their predicted values' distributions."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 from conveyor.components.core.files import write_text_atomically
 from conveyor.components.core.markdown import table
 from conveyor.components.core.markdown import text as markdown_text
-from conveyor.components.core.monitoring.shadow import ShadowReport
+from conveyor.components.core.monitoring.shadow import ShadowPolicy, ShadowReport
 
 __all__ = ["ShadowOutputs", "html", "log_to_run", "markdown", "table_lines", "write_outputs"]
 
@@ -77,11 +78,19 @@ def table_lines(report: ShadowReport) -> list[str]:
         f"{d.rows:,} rows{'  FAILED' if d.failed else '' if d.judged else '  (not judged)'}"
         for d in report.disagreement
     ]
-    lines += [f"{'score PSI ' + s.segment:<32} {s.psi:7.3f}" for s in report.shifts]
     lines += [
-        f"{'online ' + o.metric:<32} {o.champion:.4f} -> {o.challenger:.4f}  "
-        f"({o.difference:+.4f}, [{o.lower:+.4f}, {o.upper:+.4f}], {o.rows:,} labelled rows)"
-        f"{'  FAILED' if o.failed else ''}"
+        f"{'relative difference ' + d.segment:<32} {d.relative:7.2%}  [{d.lower:.2%}, "
+        f"{d.upper:.2%}]  mean |diff| {d.mean_absolute_difference:.4g}, {d.rows:,} rows"
+        f"{'  FAILED' if d.failed else '' if d.judged else '  (not judged)'}"
+        for d in report.differences
+    ]
+    score = "score PSI " if report.task == "classification" else "prediction PSI "
+    lines += [f"{score + s.segment:<32} {s.psi:7.3f}" for s in report.shifts]
+    digits = ".4f" if report.task == "classification" else ".4g"
+    lines += [
+        f"{'online ' + o.metric:<32} {o.champion:{digits}} -> {o.challenger:{digits}}  "
+        f"({o.difference:+{digits}}, [{o.lower:+{digits}}, {o.upper:+{digits}}], "
+        f"{o.rows:,} labelled rows){'  FAILED' if o.failed else ''}"
         for o in report.online
     ]
     if report.timing is not None:
@@ -107,19 +116,28 @@ def markdown(report: ShadowReport) -> str:
         ]  # fmt: skip
         parts.append("## Disagreement (different predicted class)")
         parts.append("\n".join(table(("segment", "rows", "rate", "interval", "verdict"), rows)))
+    if report.differences:
+        parts.append(_differences(report))
     if report.shifts:
+        regression = report.task == "regression"
+        number = _value if regression else _number
         rows = [
-            (s.segment, f"{s.rows:,}", f"{s.psi:.3g}", _number(s.champion_mean),
-             _number(s.challenger_mean), _number(s.mean_absolute_difference))
+            (s.segment, f"{s.rows:,}", f"{s.psi:.3g}", number(s.champion_mean),
+             number(s.challenger_mean), number(s.mean_absolute_difference))
             for s in report.shifts
         ]  # fmt: skip
         header = ("segment", "rows", "PSI", "champion mean", "challenger mean", "mean |diff|")
-        parts.append("## Score shift")
+        parts.append(
+            "## Prediction shift (PSI on the champion's deciles)"
+            if regression
+            else "## Score shift"
+        )
         parts.append("\n".join(table(header, rows)))
     if report.online:
+        digits = ".4f" if report.task == "classification" else ".4g"
         rows = [
-            (o.metric, f"{o.rows:,}", f"{o.champion:.4f}", f"{o.challenger:.4f}",
-             f"{o.difference:+.4f} ({o.lower:+.4f} to {o.upper:+.4f})",
+            (o.metric, f"{o.rows:,}", f"{o.champion:{digits}}", f"{o.challenger:{digits}}",
+             f"{o.difference:+{digits}} ({o.lower:+{digits}} to {o.upper:+{digits}})",
              "**fails**" if o.failed else "ok" if o.judged else "reported")
             for o in report.online
         ]  # fmt: skip
@@ -144,8 +162,28 @@ def markdown(report: ShadowReport) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def _differences(report: ShadowReport) -> str:
+    """The regressors' relative difference per group, as a Markdown section."""
+    rows = [
+        (
+            d.segment, f"{d.rows:,}", _value(d.mean_absolute_difference), f"{d.relative:.2%}",
+            f"{d.lower:.2%} to {d.upper:.2%}",
+            "**fails**" if d.failed else "ok" if d.judged else "not judged",
+        )
+        for d in report.differences
+    ]  # fmt: skip
+    header = ("segment", "rows", "mean abs. difference", "relative", "interval", "verdict")
+    return (
+        "## Difference of the predicted values\n\n"
+        "Mean |challenger - champion| per row, and relative: over the champion's mean absolute "
+        "deviation over all rows.\n\n" + "\n".join(table(header, rows))
+    )
+
+
 def _policy(report: ShadowReport) -> str:
     p = report.policy
+    if report.task == "regression":
+        return _regression_policy(p)
     return (
         "## The gate\n\n"
         f"Fails when the disagreement is above {p.max_disagreement:.1%} beyond noise, the score "
@@ -157,8 +195,26 @@ def _policy(report: ShadowReport) -> str:
     )
 
 
+def _regression_policy(p: ShadowPolicy) -> str:
+    return (
+        "## The gate\n\n"
+        "Fails when the mean absolute difference between the two models' predicted values is "
+        f"above {p.max_relative_difference:.0%} of the champion's mean absolute deviation "
+        f"beyond noise, the PSI of the predicted values reaches {p.max_score_shift:g}, the "
+        f"online MAE is higher by more than {p.max_metric_drop:.1%} of the champion's beyond "
+        f"noise, or batch scoring takes more than {p.max_latency_ratio:g}x the champion's time; "
+        f"groups under {p.min_rows:,} rows are not judged. The statistical tests share a "
+        f"{1 - p.confidence:.0%} chance of failing a challenger exactly at the limits."
+    )
+
+
 def _number(value: float) -> str:
     return "" if math.isnan(value) else f"{value:.4f}"
+
+
+def _value(value: float) -> str:
+    """A regressor's value, in its target's units (any scale)."""
+    return "" if math.isnan(value) else f"{value:.4g}"
 
 
 def _cell(value: object) -> str:
@@ -166,8 +222,8 @@ def _cell(value: object) -> str:
 
 
 def html(report: ShadowReport) -> str:
-    """A page with the verdict, the disagreement by segment (bars with intervals) and the
-    two score histograms."""
+    """A page with the verdict, the disagreement (regressors: relative difference) by
+    segment (bars with intervals) and the two score (predicted value) histograms."""
     title = "Passed" if report.passed else "Failed"
     body = [
         f"<h1>Shadow replay: {title}</h1>",
@@ -183,34 +239,51 @@ def html(report: ShadowReport) -> str:
 
 
 def _disagreement_chart(report: ShadowReport) -> str:
-    if not report.disagreement:
+    if report.differences:
+        bars = [
+            (d.segment, d.rows, d.relative, d.lower, d.upper, d.failed)
+            for d in report.differences
+            if math.isfinite(d.relative)
+        ]
+        limit = report.policy.max_relative_difference
+        return _interval_chart("Relative difference by segment", bars, limit)
+    bars = [(d.segment, d.rows, d.rate, d.lower, d.upper, d.failed) for d in report.disagreement]
+    return _interval_chart("Disagreement by segment", bars, report.policy.max_disagreement)
+
+
+def _interval_chart(
+    title: str, bars: list[tuple[str, int, float, float, float, bool]], limit_value: float
+) -> str:
+    """Bars (segment, rows, value, lower, upper, failed) of shares, each with its interval,
+    and the limit as a dashed line."""
+    if not bars:
         return ""
-    top = max([d.upper for d in report.disagreement] + [report.policy.max_disagreement]) or 1.0
-    height = _BAR_HEIGHT * 1.6 * len(report.disagreement) + 30
+    top = max([upper for *_, upper, _ in bars] + [limit_value]) or 1.0
+    height = _BAR_HEIGHT * 1.6 * len(bars) + 30
 
     def x(rate: float) -> float:
         return _PAD + (_WIDTH - _PAD - 20) * rate / top
 
     marks = []
-    for index, d in enumerate(report.disagreement):
+    for index, (segment, rows, value, lower, upper, failed) in enumerate(bars):
         y = 10 + index * _BAR_HEIGHT * 1.6
-        colour = "#e15759" if d.failed else "#4e79a7"
+        colour = "#e15759" if failed else "#4e79a7"
         marks.append(
             f"<text x='{_PAD - 6}' y='{y + 13}' text-anchor='end' font-size='12'>"
-            f"{escape.escape(d.segment)} ({d.rows:,})</text>"
-            f"<rect x='{_PAD}' y='{y}' width='{x(d.rate) - _PAD:.1f}' height='{_BAR_HEIGHT}' "
-            f"fill='{colour}'><title>{d.rate:.2%}</title></rect>"
-            f"<line x1='{x(d.lower):.1f}' x2='{x(d.upper):.1f}' y1='{y + 9}' y2='{y + 9}' "
-            "stroke='black'/>"
+            f"{escape.escape(segment)} ({rows:,})</text>"
+            f"<rect x='{_PAD}' y='{y}' width='{x(value) - _PAD:.1f}' height='{_BAR_HEIGHT}' "
+            f"fill='{colour}'><title>{value:.2%}</title></rect>"
+            f"<line x1='{x(max(lower, 0.0)):.1f}' x2='{x(upper):.1f}' y1='{y + 9}' "
+            f"y2='{y + 9}' stroke='black'/>"
         )
-    limit = x(report.policy.max_disagreement)
+    limit = x(limit_value)
     marks.append(
         f"<line x1='{limit:.1f}' x2='{limit:.1f}' y1='0' y2='{height - 20}' stroke='#999' "
         f"stroke-dasharray='4'/><text x='{limit:.1f}' y='{height - 6}' font-size='11' "
-        f"text-anchor='middle'>limit {report.policy.max_disagreement:.1%}</text>"
+        f"text-anchor='middle'>limit {limit_value:.1%}</text>"
     )
     return (
-        "<h2>Disagreement by segment</h2>"
+        f"<h2>{title}</h2>"
         f"<svg width='{_WIDTH}' height='{height:.0f}' role='img'>{''.join(marks)}</svg>"
     )
 
@@ -223,6 +296,7 @@ def _histogram_chart(report: ShadowReport) -> str:
     tallest = max(histograms["champion"] + histograms["challenger"]) or 1.0
     width, height, bins = _WIDTH - 40, 180, len(edges) - 1
     step = width / bins
+    digits = ".2f" if report.task == "classification" else ".4g"
     bars = []
     for offset, role in enumerate(("champion", "challenger")):
         for index, count in enumerate(histograms[role]):
@@ -230,14 +304,20 @@ def _histogram_chart(report: ShadowReport) -> str:
             bars.append(
                 f"<rect x='{20 + index * step + offset * step / 2:.1f}' y='{height - tall:.1f}' "
                 f"width='{step / 2 - 1:.1f}' height='{tall:.1f}' fill='{_COLOURS[role]}'>"
-                f"<title>{role} {edges[index]:.2f}-{edges[index + 1]:.2f}: {count:.0f}</title>"
-                "</rect>"
+                f"<title>{role} {edges[index]:{digits}}-{edges[index + 1]:{digits}}: "
+                f"{count:.0f}</title></rect>"
             )
     legend = " ".join(
         f"<span style='color:{colour}'>■ {role}</span>" for role, colour in _COLOURS.items()
     )
+    what = (
+        "positive-class probability, 0 to 1"
+        if report.task == "classification"
+        else "predicted value, on the champion's deciles"
+    )
     return (
-        "<h2>Scores on the same rows</h2>"
-        f"<p>{legend} (positive-class probability, 0 to 1)</p>"
+        f"<h2>{'Scores' if report.task == 'classification' else 'Predicted values'} on the "
+        "same rows</h2>"
+        f"<p>{legend} ({what})</p>"
         f"<svg width='{_WIDTH}' height='{height}' role='img'>{''.join(bars)}</svg>"
     )

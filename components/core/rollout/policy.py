@@ -14,6 +14,13 @@ name adds a metric. Each metric has a kind:
   the distribution function, for ``le``), a request being one sample;
 - ``gauge``: one number per revision, compared as it is (no statistics: no error rates).
 
+A metric may apply to one task only (``task``): ``predicted_class`` and ``score`` are built
+on series only a classifier's predictor has, ``predicted_value`` (the distribution of the
+predicted numbers, on a grid every model shares) on one only a regressor's has. A rollout
+judges the metrics that apply to the model it rolls out (``CanaryPolicy.for_task``, the task
+read from the model card); one that does not apply is not judged at all, so it can neither
+hold a rollout inconclusive nor pass it by default.
+
 Queries are templates: ``$namespace``, ``$revision`` and ``$range`` (all traffic since the
 canary started, as a PromQL duration) are filled in, once for the canary and once for the
 stable revision (``stable_queries`` replaces a query for the stable revision).
@@ -39,6 +46,7 @@ __all__ = [
     "REMOVED_SETTINGS",
     "CanaryPolicy",
     "MetricSpec",
+    "TASKS",
     "describe_policy",
     "fill_query",
     "load_policy",
@@ -52,6 +60,13 @@ KINDS = {
     "gauge": ("value",),
 }
 _STATISTICAL = ("proportion", "latency", "distribution")
+# data.task's CLASSIFICATION and TASKS, spelled here so the CLI starts without pandas (a test
+# checks they agree).
+CLASSIFICATION = "classification"
+TASKS = (CLASSIFICATION, "regression")
+# conveyor_predicted_value's finite bounds (http_layer.VALUE_BUCKETS, checked by a test): the
+# judge compares the distribution function at each.
+_VALUE_BOUNDS = 263
 _DIRECTIONS = ("lower", "higher", "either")
 _VARIABLES = ("namespace", "revision", "range")
 _SMALLEST_MARGIN = 1e-4
@@ -132,6 +147,8 @@ class MetricSpec:
         tail_slack_s: See ``tail_ratio``.
         warmup: Left out during the canary's first interval (a cold revision is slower).
         enabled: False leaves a metric, a default one included, unjudged.
+        task: The models it is judged for: ``classification``, ``regression``, or empty for
+            both; a rollout of a model of the other task does not judge it.
     """
 
     name: str
@@ -150,9 +167,14 @@ class MetricSpec:
     tail_slack_s: float = 0.01
     warmup: bool = False
     enabled: bool = True
+    task: str = ""
 
     def __post_init__(self) -> None:
         _check_choice("kind", self.kind, tuple(KINDS))
+        if self.task and self.task not in TASKS:
+            raise ConveyorError(
+                f"task: must be one of {', '.join(TASKS)}, or empty for both, not {self.task!r}"
+            )
         _check_choice("direction", self.direction, _DIRECTIONS)
         self._check_queries()
         for name in ("margin", "baseline", "max", "min", "relative_margin", "tail_ratio",
@@ -209,6 +231,10 @@ class MetricSpec:
     @property
     def statistical(self) -> bool:
         return self.kind in _STATISTICAL
+
+    def applies_to(self, task: str) -> bool:
+        """Whether a model of ``task`` is judged by this metric."""
+        return not self.task or self.task == task
 
     @property
     def comparisons(self) -> int:
@@ -315,6 +341,7 @@ DEFAULT_METRICS = (
         label="class",
         relative_margin=0.5,
         categories=10,
+        task="classification",  # a regressor's predictor counts no class
     ),
     MetricSpec(
         name="score",
@@ -328,6 +355,23 @@ DEFAULT_METRICS = (
         margin=0.1,
         label="le",
         categories=20,
+        task="classification",  # a regressor's predictor observes no score
+    ),
+    MetricSpec(
+        name="predicted_value",
+        kind="distribution",
+        # One grid for every model and revision (http_layer.VALUE_BUCKETS), so the canary's
+        # distribution function is compared with the stable's at each bound, as score's is.
+        queries={
+            "counts": "sum by (le) (increase(conveyor_predicted_value_bucket"
+            f"{{{_SELECTOR}}}[$range]))",
+            "requests": _requests('code="200"'),
+        },
+        direction="either",
+        margin=0.1,
+        label="le",
+        categories=_VALUE_BOUNDS,
+        task="regression",  # only a regressor's predictor observes values
     ),
     MetricSpec(
         name="restarts",
@@ -358,6 +402,9 @@ class CanaryPolicy:
         consecutive_error_limit: Failed queries in a row a metric may have before the
             canary fails (Argo Rollouts' default, 4).
         metrics: What is measured and judged.
+        task: The task of the model being judged (``classification``, the default, also
+            for a model whose task cannot be known); only the metrics that apply to it are
+            judged. Not a setting: the rollout sets it from the model card (``for_task``).
     """
 
     analysis: str = "prometheus"
@@ -366,9 +413,11 @@ class CanaryPolicy:
     inconclusive_limit: int = 5
     consecutive_error_limit: int = 4
     metrics: tuple[MetricSpec, ...] = DEFAULT_METRICS
+    task: str = CLASSIFICATION
 
     def __post_init__(self) -> None:
         _check_choice("analysis", self.analysis, ("prometheus", "none"))
+        _check_choice("task", self.task, TASKS)
         for name in ("false_promotion_rate", "false_rollback_rate"):
             value = getattr(self, name)
             if not _SMALLEST_RATE <= value < 0.5:
@@ -384,7 +433,14 @@ class CanaryPolicy:
         if len(set(names)) != len(names):
             raise ConveyorError(f"metrics: names must differ: {names}")
         if self.analysis == "prometheus" and not self.judged:
-            raise ConveyorError("metrics: none left to judge by (analysis: none says so plainly)")
+            raise ConveyorError(
+                f"metrics: none left to judge by for a {self.task} model (analysis: none says "
+                "so plainly)"
+            )
+
+    def for_task(self, task: str) -> CanaryPolicy:
+        """This policy judging a model of ``task``: the metrics that apply to it only."""
+        return self if task == self.task else replace(self, task=task)
 
     @property
     def analysed(self) -> bool:
@@ -392,8 +448,8 @@ class CanaryPolicy:
 
     @property
     def judged(self) -> tuple[MetricSpec, ...]:
-        """The metrics judged: the enabled ones."""
-        return tuple(metric for metric in self.metrics if metric.enabled)
+        """The metrics judged: the enabled ones that apply to the model's task."""
+        return tuple(m for m in self.metrics if m.enabled and m.applies_to(self.task))
 
     @property
     def comparison_alpha(self) -> float:
@@ -421,7 +477,12 @@ class CanaryPolicy:
             raise ConveyorError(f"{source}: expected a mapping of settings, not {data!r}")
         settings = dict(data)
         _refuse_removed(settings, source)
-        known = {f.name for f in fields(cls)}
+        if "task" in settings:
+            raise ConveyorError(
+                f"{source}.task: the model's task comes from its model card, not the policy; "
+                "give a metric a task instead"
+            )
+        known = {f.name for f in fields(cls)} - {"task"}
         unknown = sorted(set(settings) - known, key=str)
         if unknown:
             raise ConveyorError(
@@ -462,10 +523,15 @@ def describe_policy(policy: CanaryPolicy) -> list[str]:
         f"- an inconclusive step is looked at again up to {policy.inconclusive_limit} times, "
         f"then fails; a metric whose queries fail {policy.consecutive_error_limit + 1} times "
         "in a row fails",
+        f"- the model is a {policy.task} model: the metrics for {policy.task} models and for "
+        "all models are judged",
     ]
     for metric in policy.metrics:
         if not metric.enabled:
             lines.append(f"- `{metric.name}`: not judged (enabled: false)")
+            continue
+        if not metric.applies_to(policy.task):
+            lines.append(f"- `{metric.name}`: not judged ({metric.task} models only)")
             continue
         margin = "" if metric.margin is None else f", margin {metric.margin:g}"
         limits = (
@@ -480,8 +546,9 @@ def describe_policy(policy: CanaryPolicy) -> list[str]:
             if metric.statistical
             else ", no error rates"
         )
+        task = f", {metric.task} models only" if metric.task else ""
         lines.append(
-            f"- `{metric.name}` ({metric.kind}, {metric.direction}{margin}{bounds}{sample})"
+            f"- `{metric.name}` ({metric.kind}, {metric.direction}{margin}{bounds}{sample}{task})"
         )
     return lines
 
@@ -519,6 +586,7 @@ _METRIC_TYPES: dict[str, tuple[type, ...]] = {
     "tail_slack_s": (int, float),
     "warmup": (bool,),
     "enabled": (bool,),
+    "task": (str,),
 }
 _OPTIONAL_NUMBERS = ("margin", "max", "min", "relative_margin")
 

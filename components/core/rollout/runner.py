@@ -15,12 +15,21 @@ restores. The annotations naming the model change only in the write that starts 
 canary, so a promotion makes exactly one new revision (the canary's) and a rollback two
 (the canary's, then the restored spec's). A run that stopped half-way, or whose rollback
 could not finish, is settled by the next run (or ``conveyor rollout --recover``) first.
+
+The canary is judged by the policy's metrics that apply to the model's task
+(``CanaryPolicy.for_task``): ``deploy_model`` reads the task from the model card
+(``model.json``) at the storage URI KServe pulls, a card without one (written before
+regression models were) being a classifier's; a card it cannot read is taken for a
+classifier's too, which the report says, and a regressor taken for a classifier is never
+promoted by it: its ``predicted_class`` and ``score`` have no series, so they stay
+inconclusive until the step fails.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import math
 import signal
 import threading
@@ -72,7 +81,13 @@ from conveyor.components.core.rollout.manifests import (
     render_inference_service,
     validate_inference_service,
 )
-from conveyor.components.core.rollout.policy import DEFAULT_POLICY, CanaryPolicy, describe_policy
+from conveyor.components.core.rollout.policy import (
+    CLASSIFICATION,
+    DEFAULT_POLICY,
+    TASKS,
+    CanaryPolicy,
+    describe_policy,
+)
 from conveyor.components.core.rollout.prometheus import Prometheus, Window, measure
 from conveyor.components.core.rollout.settings import SETTING_NAMES, setting
 from conveyor.components.core.rollout.snapshot import Snapshot, load_snapshot, save_snapshot
@@ -87,6 +102,7 @@ __all__ = [
     "RolloutSettings",
     "deploy_model",
     "describe_plan",
+    "model_task",
     "parse_steps",
     "render_report",
     "require_prometheus",
@@ -98,6 +114,8 @@ LEGACY_LOCK_ANNOTATIONS = ("conveyor/rollout-lock", "conveyor/rollout-snapshot")
 LEGACY_ANNOTATIONS = ("conveyor/model-name", "conveyor/model-version", *LEGACY_LOCK_ANNOTATIONS)
 # "unchanged": a recovery (``Rollout.recover``) that found nothing left to do.
 RolloutDecision = Literal["created", "promoted", "rolled_back", "failed", "unchanged"]
+# How long the model card may take to read before the task is taken for classification.
+CARD_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -297,6 +315,7 @@ class RolloutResult:
     looks: list[Look] = field(default_factory=list)
     snapshot: dict[str, Any] = field(default_factory=dict)
     canary_started: float = 0.0  # wall time the canary first took traffic
+    task_source: str = ""  # where the model's task (policy.task) was learnt
 
     @property
     def succeeded(self) -> bool:
@@ -371,8 +390,11 @@ class Rollout:
         sleep: Callable[[float], None] = time.sleep,
         wall: Callable[[], float] = time.time,
         prometheus: Prometheus | None = None,
+        task: str = CLASSIFICATION,
     ) -> None:
-        self.services, self.plan, self.policy = services, settings.plan, settings.policy
+        # Only the metrics that apply to the model's task are judged (and queried).
+        self.services, self.plan = services, settings.plan
+        self.policy = settings.policy.for_task(task)
         self.settings, self.manifest, self.run_id = settings, manifest, run_id
         self.progress = progress
         self.clock, self.sleep, self.wall = clock, sleep, wall  # wall: Prometheus' and Leases'
@@ -916,6 +938,8 @@ def render_report(result: RolloutResult) -> str:
         "",
         f"- namespace: `{result.namespace}`, mode: {result.mode}",
         f"- model: `{result.model_uri}`",
+        f"- task: {result.policy.task}"
+        + (f" ({result.task_source})" if result.task_source else ""),
         f"- stable revision: `{result.stable_revision or '-'}`",
         f"- canary revision: `{result.canary_revision or '-'}`",
         f"- URL: {result.url or '-'}",
@@ -962,24 +986,99 @@ def deploy_model(
     report_path: Path,
     kubeconfig: str = "",
     progress: Callable[[str], None] = print,
+    task: str = "",
 ) -> RolloutResult:
     """Rolls the model out and writes the Markdown report, whatever the decision (the
-    caller checks it: ``result.check()``)."""
+    caller checks it: ``result.check()``).
+
+    ``task`` (``classification`` or ``regression``) picks the policy's metrics that apply;
+    empty reads it from the model card at ``spec.storage_uri`` (``model_task``), unless no
+    judged metric depends on it (``analysis: none``, or no metric with a task).
+    """
     manifest = render_inference_service(spec)
     validate_inference_service(manifest)
     services = InferenceServices(api_client(kubeconfig), spec.namespace)
+    source = "given"
+    if not task and _task_matters(settings.policy):
+        task, source = model_task(spec.storage_uri)
+    elif not task:
+        task, source = CLASSIFICATION, "not read: no judged metric depends on it"
+    progress(f"model task: {task} ({source})")
+    rollout = Rollout(services, manifest, settings, run_id, progress, task=task)
+    rollout.result.task_source = source
     try:
-        result = Rollout(services, manifest, settings, run_id, progress).run()
+        result = rollout.run()
     except RolloutFailed as failed:
         result = failed.result
     write_text_atomically(report_path, render_report(result))
     return result
 
 
-def describe_plan(manifest: dict[str, Any], settings: RolloutSettings) -> str:
+def _task_matters(policy: CanaryPolicy) -> bool:
+    """Whether the model's task changes what ``policy`` judges."""
+    return policy.analysed and any(metric.task for metric in policy.metrics if metric.enabled)
+
+
+def model_task(storage_uri: str, timeout_s: float = CARD_TIMEOUT_S) -> tuple[str, str]:
+    """The task the model card at ``storage_uri`` records, and where it was learnt.
+
+    A card without a ``task`` (written before regression models were) is a classifier's;
+    so is a card that cannot be read within ``timeout_s`` (no access to the store from
+    here, an unknown scheme), the reason said: such a regressor's rollout is judged by the
+    classifier's metrics, which have no series for it, and fails inconclusive.
+
+    Raises:
+        ConveyorError: The card names a task that is neither classification nor regression.
+    """
+    from conveyor.components.core.training.trainer import MODEL_CARD
+
+    where = f"{storage_uri.rstrip('/')}/{MODEL_CARD}"
+    try:
+        card = json.loads(_read_bytes(where, timeout_s))
+    except Exception as error:  # noqa: BLE001 - whatever the store's client raises
+        return CLASSIFICATION, f"assumed: {where} could not be read: {_describe(error)}"
+    task = card.get("task", CLASSIFICATION) if isinstance(card, dict) else CLASSIFICATION
+    if task not in TASKS:
+        raise ConveyorError(f"{where}: task {task!r} is none of {', '.join(TASKS)}")
+    return task, f"from {where}"
+
+
+def _read_bytes(uri: str, timeout_s: float) -> bytes:
+    """A file's bytes through fsspec, given up after ``timeout_s`` (a store client may
+    retry for minutes; the thread is left to finish, a daemon)."""
+    import fsspec
+
+    found: dict[str, Any] = {}
+
+    def read() -> None:
+        try:
+            fs, path = fsspec.core.url_to_fs(uri)
+            found["bytes"] = fs.cat_file(path)
+        except Exception as error:  # noqa: BLE001 - handed to the caller
+            found["error"] = error
+
+    worker = threading.Thread(target=read, name="conveyor-model-card", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if "error" in found:
+        raise found["error"]
+    if "bytes" not in found:
+        raise TimeoutError(f"no answer in {timeout_s:g} s")
+    return found["bytes"]
+
+
+def describe_plan(manifest: dict[str, Any], settings: RolloutSettings, task: str = "") -> str:
     """What a rollout of ``manifest`` would do, touching nothing: a YAML stream of the
-    InferenceService, the plan in comments above it."""
+    InferenceService, the plan in comments above it. ``task`` says which metrics apply;
+    empty describes a classifier's, the model card being read only when the rollout starts."""
     plan, name = settings.plan, manifest["metadata"]["name"]
+    uri = manifest["spec"]["predictor"]["model"]["storageUri"]
+    task_line = (
+        f"the model is a {task} model (given)"
+        if task
+        else f"the model's task is read from its model card at {uri} when the rollout "
+        "starts (classification when it cannot be read); judged below as a classifier"
+    )
     steps = [f"{percent} %" for percent in plan.steps]
     source = f"Prometheus at {settings.prometheus_url}" if settings.prometheus_url else "no URL"
     lines = [
@@ -994,8 +1093,9 @@ def describe_plan(manifest: dict[str, Any], settings: RolloutSettings) -> str:
         "100 %, the fields the rollout changed put back at 0 % until ready; Standard: the "
         "entry dropped)",
         f"deadline {plan.deadline_s:g} s; readiness timeout {plan.ready_timeout_s:g} s",
+        task_line,
         f"judged from {source}:",
-        *describe_policy(settings.policy),
+        *describe_policy(settings.policy.for_task(task or CLASSIFICATION)),
     ]
     comments = "".join(f"# {line}\n" for line in lines)
     return comments + "---\n" + yaml.safe_dump(manifest, sort_keys=False)

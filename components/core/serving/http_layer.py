@@ -5,7 +5,8 @@ Two ASGI middlewares, inside Starlette's ServerErrorMiddleware:
 
 - ``RequestMetrics`` counts and times inference requests (``:predict``, ``/infer``) by model,
   revision and status code, and counts the rows of answered (200) ones by predicted class
-  and score (``ServingMetrics``; the series are listed in ``serving.server``). A
+  and score, or a regression model's by predicted value (``ServingMetrics``; the series
+  are listed in ``serving.server``). A
   request naming a model other than the served one is counted under ``model="_unknown"``.
   It answers an exception escaping the app with a JSON 500 itself: ServerErrorMiddleware
   would answer, then re-raise, and uvicorn would close the connection.
@@ -15,6 +16,12 @@ The score of a row is the positive class's probability for a binary model, the p
 class being the one its model card records (for a card written before it was kept, the one
 called 1, true, yes, y, positive or pos, case-insensitive, else the second class in the
 card's order); for more classes, the top probability (``payload_log.score_column``).
+A regression model's rows have neither class nor probability: its requests are counted and
+timed, but no row is counted by class (that series has no child for it) and no score is
+observed (its numbers are no probabilities, and would fill the 0-1 buckets with falsehoods).
+Its predicted numbers go to ``conveyor_predicted_value`` instead, on ``VALUE_BUCKETS``: one
+fixed grid for every model and revision, so a canary and a stable revision trained on
+different data are compared bound by bound (the canary judge's ``predicted_value``).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from __future__ import annotations
 import contextvars
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -37,11 +44,14 @@ __all__ = [
     "DEFAULT_LATENCY_BUCKETS",
     "SCORE_BUCKETS",
     "UNKNOWN_MODEL",
+    "VALUE_BUCKETS",
     "BodyLimit",
     "RequestMetrics",
     "ServingMetrics",
     "record_answered",
+    "record_values",
     "score_column",
+    "value_buckets",
 ]
 
 DEFAULT_LATENCY_BUCKETS = (
@@ -49,6 +59,35 @@ DEFAULT_LATENCY_BUCKETS = (
     0.1, 0.15, 0.25, 0.35, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0,
 )  # fmt: skip
 SCORE_BUCKETS = tuple(round(0.05 * step, 2) for step in range(1, 21))
+# The predicted-value grid's range and density: bounds 1e-3 to 1e10 in magnitude, 10 a decade
+# (a price in cents, a count of bytes, fit inside it).
+VALUE_DECADES = (-3, 10)
+VALUE_STEPS_PER_DECADE = 10
+
+
+def value_buckets(
+    decades: tuple[int, int] = VALUE_DECADES, steps: int = VALUE_STEPS_PER_DECADE
+) -> tuple[float, ...]:
+    """The bounds of ``conveyor_predicted_value``: ``steps`` log-spaced bounds a decade from
+    ``10**decades[0]`` to ``10**decades[1]``, on both signs, and 0, ascending.
+
+    With the defaults: 131 bounds from 0.001 to 1e10, their negatives and 0, so 263 finite
+    bounds: 264 bucket series with ``+Inf``, and ``_count`` (and ``_created``), per model
+    and revision; no ``_sum``, which prometheus_client leaves out of a histogram with
+    negative bounds, as OpenMetrics asks. Neighbouring bounds differ by a factor 10**0.1,
+    about 1.259: a value is placed within 26 % of itself. A value below -1e10 falls in the
+    first bucket, one above 1e10 in ``+Inf`` (infinities too), one in (-0.001, 0] in
+    ``le="0"`` and one in (0, 0.001] in ``le="0.001"``. The grid depends on nothing of the
+    model: every model and revision has the same bounds (4 significant digits, so the
+    exposition's ``le`` strings agree too), and the canary judge compares two revisions'
+    distribution functions bound by bound.
+    """
+    low, high = decades
+    positive = [float(f"{10 ** (k / steps):.4g}") for k in range(low * steps, high * steps + 1)]
+    return (*(-bound for bound in reversed(positive)), 0.0, *positive)
+
+
+VALUE_BUCKETS = value_buckets()
 UNKNOWN_MODEL = "_unknown"
 # The status codes an inference request can get, each counted from 0 for the served model:
 # answered; a client's mistake; a V1 GET (KServe's model-status route, reading
@@ -56,10 +95,11 @@ UNKNOWN_MODEL = "_unknown"
 # model raised; a versioned V2 path (KServe serves no versions); not ready (stopping).
 ANSWERED_CODES = (200, 400, 404, 405, 413, 500, 501, 503)
 _INFERENCE_SUFFIXES = (":predict", "/infer")
-# The class probabilities a request was answered with: the model records them, RequestMetrics
-# counts them once the response is a 200.
-_ANSWERED: contextvars.ContextVar[list[tuple[np.ndarray, np.ndarray]] | None] = (
-    contextvars.ContextVar("conveyor_answered", default=None)
+# What a request was answered with, each as the ServingMetrics call that counts it: the model
+# records them, RequestMetrics makes the calls once the response is a 200.
+_Answer = Callable[["ServingMetrics"], None]
+_ANSWERED: contextvars.ContextVar[list[_Answer] | None] = contextvars.ContextVar(
+    "conveyor_answered", default=None
 )
 
 
@@ -69,14 +109,25 @@ def record_answered(probabilities: np.ndarray, picked: np.ndarray) -> None:
     200; outside a request, nothing."""
     answered = _ANSWERED.get()
     if answered is not None:
-        answered.append((probabilities, picked))
+        answered.append(lambda metrics: metrics.observe(probabilities, picked))
+
+
+def record_values(values: np.ndarray) -> None:
+    """Hands a regression model's predicted numbers (one per answered row) to
+    RequestMetrics, which observes them if the request is answered with 200; outside a
+    request, nothing."""
+    answered = _ANSWERED.get()
+    if answered is not None:
+        answered.append(lambda metrics: metrics.observe_values(values))
 
 
 class ServingMetrics:
     """The predictor's Prometheus series for one model and revision, their label children
     looked up once; every status code the server answers and every class start at 0. A
     binary model's score is the probability of ``positive_class``, its card's (see
-    ``score_column``)."""
+    ``score_column``). A model of no classes (regression) gets no class child and no score:
+    ``observe`` counts nothing for it; ``observe_values`` observes its predicted numbers
+    (``regression`` true: only then has ``conveyor_predicted_value`` a child)."""
 
     def __init__(
         self,
@@ -86,6 +137,7 @@ class ServingMetrics:
         latency_buckets: Sequence[float] = DEFAULT_LATENCY_BUCKETS,
         positive_class: str | None = None,
         registry: CollectorRegistry = REGISTRY,
+        regression: bool = False,
     ) -> None:
         self.model, self.revision = model, revision
         self._requests = Counter(
@@ -115,6 +167,14 @@ class ServingMetrics:
             buckets=SCORE_BUCKETS,
             registry=registry,
         )
+        values = Histogram(
+            "conveyor_predicted_value",
+            "One predicted number per answered row of a regression model, on one fixed grid "
+            "for every model (10 log-spaced bounds a decade, 1e-3 to 1e10, both signs, and 0).",
+            ["model", "revision"],
+            buckets=VALUE_BUCKETS,
+            registry=registry,
+        )
         started = Gauge(
             "conveyor_predictor_start_time_seconds",
             "When this predictor process started (Unix time): a crash and restart changes it.",
@@ -123,8 +183,11 @@ class ServingMetrics:
         )
         started.labels(model, revision).set(time.time())
         self._classes = [predicted.labels(model, revision, str(c)) for c in classes]
-        self._score = scores.labels(model, revision)
+        # A regressor has no score: its exposition shows the family with no child.
+        self._score = None if regression else scores.labels(model, revision)
         self._score_column = score_column(classes, positive_class)
+        # A classifier's exposition stays as it was: the family is there, with no child.
+        self._value = values.labels(model, revision) if regression else None
         self._counters: dict[tuple[str, int], Any] = {}
         self._timers = {model: self._seconds.labels(model, revision)}
         for code in ANSWERED_CODES:  # from 0, so increase() sees the first of each
@@ -150,7 +213,10 @@ class ServingMetrics:
 
     def observe(self, probabilities: np.ndarray, picked: np.ndarray) -> None:
         """Counts the answered rows by predicted class (``picked``: a column of
-        ``probabilities`` per row) and observes their scores."""
+        ``probabilities`` per row) and observes their scores; nothing for a model of no
+        classes (regression: its rows have no class, nor a probability to score)."""
+        if not self._classes:
+            return
         if len(picked) == 1:  # the common case, without numpy's per-call overhead
             self._classes[picked[0]].inc()
             row, column = probabilities[0], self._score_column
@@ -165,6 +231,24 @@ class ServingMetrics:
         column = self._score_column
         rows = probabilities[:, column] if column is not None else probabilities.max(axis=1)
         _observe_all(self._score, rows[np.isfinite(rows)])
+
+    def observe_values(self, values: np.ndarray) -> None:
+        """Observes a regression model's predicted numbers, one per answered row; nothing
+        for a classifier. An infinity is counted in its end bucket, as far beyond the grid
+        as it gets (a canary answering them moves the distribution function); a NaN, which
+        no bucket holds, is left out (bisection would put it in ``+Inf``)."""
+        if self._value is None:
+            return
+        values = np.asarray(values, dtype=float).ravel()
+        if len(values) == 1:  # the common case, without numpy's per-call overhead
+            value = float(values[0])
+            if not math.isnan(value):
+                self._value.observe(value)
+            return
+        # Infinities of both signs sum to NaN: harmless, as this histogram (of negative
+        # bounds) exposes no _sum.
+        with np.errstate(invalid="ignore"):
+            _observe_all(self._value, values[~np.isnan(values)])
 
 
 def _observe_all(histogram: Any, values: np.ndarray) -> None:
@@ -205,7 +289,7 @@ class RequestMetrics:
         if not path.endswith(_INFERENCE_SUFFIXES):
             await _answering_errors(self.app, scope, receive, send)
             return
-        answered: list[tuple[np.ndarray, np.ndarray]] = []
+        answered: list[_Answer] = []
         token = _ANSWERED.set(answered)
         started = time.perf_counter()
         try:
@@ -218,8 +302,8 @@ class RequestMetrics:
         self.metrics.time(model, time.perf_counter() - started)
         self.metrics.count(model, status)
         if status == 200:
-            for probabilities, picked in answered:
-                self.metrics.observe(probabilities, picked)
+            for count in answered:
+                count(self.metrics)
 
     def _model_of(self, path: str) -> str:
         if path in self._served or path.startswith(self._served_versions):

@@ -55,12 +55,21 @@ V2_DATATYPES: dict[str, np.dtype] = {
 @dataclass(frozen=True)
 class Predictions:
     """One label per row and, for each row, the probability of each class (card order) and
-    the index of the predicted one (at the card's decision threshold, if it has one)."""
+    the index of the predicted one (at the card's decision threshold, if it has one).
+
+    A regression model's (``values`` set): ``values`` holds each row's predicted number and
+    ``labels`` the same as floats, to answer with; ``probabilities`` has no column,
+    ``classes`` and ``picked`` are empty."""
 
     labels: list[Any]
     probabilities: np.ndarray
     classes: list[Any]
     picked: np.ndarray
+    values: np.ndarray | None = None  # a regressor's numbers, one per row; None: classes
+
+    @property
+    def is_regression(self) -> bool:
+        return self.values is not None
 
 
 class Tensor(Protocol):
@@ -220,7 +229,19 @@ def array_from_tensor(tensor: Tensor) -> np.ndarray:
 
 
 def predict_table(model: TrainedModel, table: pd.DataFrame) -> Predictions:
-    """Labels and class probabilities for every row."""
+    """Labels and class probabilities for every row; a regression model's number for every
+    row (``pipeline.predict``), without probabilities. A regressor's prediction that is not a
+    finite number raises ConveyorError (the server answers 500: the model failed)."""
+    if model.card.is_regression:
+        values = np.asarray(model.pipeline.predict(table), dtype=np.float64).reshape(len(table))
+        if not np.isfinite(values).all():  # JSON would say null, with a 200: the model's fault
+            row = int(np.flatnonzero(~np.isfinite(values))[0])
+            raise ConveyorError(
+                f"the model predicted {values[row]} for row {row + 1}, not a finite number"
+            )
+        return Predictions(
+            values.tolist(), np.empty((len(table), 0)), [], np.empty(0, np.intp), values
+        )
     probabilities = model.pipeline.predict_proba(table)
     picked = model.card.predicted_indices(probabilities)
     labels = np.asarray(model.pipeline.classes_)[picked]

@@ -21,6 +21,13 @@ A file's columns, in this order:
   the card's positive class; null for more classes) and one ``conveyor.probability.<class>``
   per class of the card.
 
+A regression model's file (``LoggedModel.task``) holds, in place of the prediction, score,
+positive class and probabilities, ``conveyor.predicted_value`` (the number answered, float64),
+and says so in its Parquet file metadata: key ``conveyor.task`` (``TASK_KEY``), value
+``regression``. A file without the key is a classifier's, as every file written before it.
+``read_log`` reads a classifier's log unless told otherwise (``task``), and refuses a
+regression log then rather than read its rows as classes without scores.
+
 Storage that fails never takes the server down and never loses rows silently: failed writes
 are retried (backing off up to ``max_seconds``), the rows waiting (buffered or being
 written) never exceed ``max_buffer_rows``, and a request whose rows do not fit is dropped
@@ -50,6 +57,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from conveyor.components.core.data.task import CLASSIFICATION, REGRESSION, TASKS
 from conveyor.components.core.errors import ConveyorError, first_line
 from conveyor.components.core.training.metrics import conventional_positive
 
@@ -64,11 +72,14 @@ __all__ = [
     "PAYLOAD_LOG_ENV",
     "PAYLOAD_LOG_EXCLUDE_ENV",
     "PAYLOAD_LOG_MAX_BUFFER_ROWS_ENV",
+    "PREDICTED_VALUE",
     "PREDICTION",
     "PROBABILITY_PREFIX",
+    "REGRESSION_METADATA_TYPES",
     "REQUEST_ID",
     "REVISION",
     "SCORE",
+    "TASK_KEY",
     "TIME",
     "LoggedModel",
     "LoggedRows",
@@ -116,6 +127,19 @@ METADATA_TYPES: dict[str, pa.DataType] = {
     SCORE: pa.float64(),
     POSITIVE_CLASS: pa.string(),
 }
+# A regression model's answer: the number it predicted (its files hold none of the class
+# columns above, and no probabilities).
+PREDICTED_VALUE = "conveyor.predicted_value"
+# The metadata every regression model's file holds, in file order.
+REGRESSION_METADATA_TYPES: dict[str, pa.DataType] = {
+    **{
+        name: METADATA_TYPES[name] for name in (ID, REQUEST_ID, TIME, REVISION, MODEL, MODEL_SHA256)
+    },
+    PREDICTED_VALUE: pa.float64(),
+}
+# The Parquet file metadata key naming the model's task; absent: classification.
+TASK_KEY = "conveyor.task"
+_ALL_METADATA_TYPES = {**REGRESSION_METADATA_TYPES, **METADATA_TYPES}
 
 _log = logging.getLogger(__name__)
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -165,7 +189,8 @@ class LoggedModel:
     Attributes:
         name: The served model's name.
         sha256: sha256 of its model file (the registry maps it to a version).
-        classes: Its classes, in the card's order (one probability column each).
+        classes: Its classes, in the card's order (one probability column each); none
+            for a regression model.
         id_columns: The card's id columns, logged after the features.
         positive_class: The card's positive class (binary models; None in cards written
             before it was kept): see ``score_column``.
@@ -173,6 +198,9 @@ class LoggedModel:
             the card), so every file types a column alike whatever a request sent (a
             client's ``true`` in a numeric column is logged as 1.0); empty logs the
             request's own types.
+        task: ``classification`` or ``regression`` (the card's): a regression model's
+            rows are logged with the number it answered, and it has no classes nor
+            positive class.
     """
 
     name: str
@@ -181,11 +209,19 @@ class LoggedModel:
     id_columns: tuple[str, ...] = ()
     positive_class: str | None = None
     input_types: tuple[tuple[str, str], ...] = ()  # feature -> number, bool or text
+    task: str = CLASSIFICATION
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not isinstance(self.sha256, str):
             raise ConveyorError("LoggedModel: name and sha256 must be strings")
-        if not self.classes:
+        if self.task not in TASKS:
+            raise ConveyorError(f"LoggedModel: task {self.task!r} is not one of {', '.join(TASKS)}")
+        if self.task == REGRESSION and (self.classes or self.positive_class is not None):
+            raise ConveyorError(
+                "LoggedModel: a regression model answers numbers; it has no classes nor "
+                "positive class"
+            )
+        if self.task == CLASSIFICATION and not self.classes:
             raise ConveyorError("LoggedModel: a model has at least one class")
         object.__setattr__(self, "classes", tuple(self.classes))
         object.__setattr__(self, "id_columns", tuple(self.id_columns))
@@ -283,6 +319,10 @@ class PayloadLog:
         )  # fmt: skip
 
     @property
+    def is_regression(self) -> bool:
+        return self.model.task == REGRESSION
+
+    @property
     def held_rows(self) -> int:
         """Rows waiting to be written (buffered, or in a write under way)."""
         return self._held
@@ -301,7 +341,7 @@ class PayloadLog:
         Args:
             inputs: The table the model predicted on (the feature columns, in training
                 order, as every request's table has them).
-            labels: The predicted class of each row.
+            labels: The predicted class of each row (a regression model's: the number).
             probabilities: Each row's probability of each class (card order); None without.
             request_id: The request's id.
             ids: Id column -> one value per row (None where the request had none).
@@ -466,7 +506,8 @@ class PayloadLog:
         return f"{folder}/{name}"
 
     def _table(self, answers: list[_Answer]) -> pa.Table:
-        """The answers as one table: inputs, id columns, then the metadata."""
+        """The answers as one table: inputs, id columns, then the metadata (a regression
+        model's marked as such in the table's schema metadata)."""
         inputs = [answer.inputs for answer in answers]
         table = _inputs_table(inputs, self.exclude, self._input_types)
         counts = [len(answer.labels) for answer in answers]
@@ -474,11 +515,6 @@ class PayloadLog:
         for name in self.model.id_columns:
             if name not in self.exclude:
                 table = table.append_column(name, pa.array(_id_texts(answers, name), pa.string()))
-        classes = self.model.classes
-        probabilities = _probabilities(answers, len(classes))
-        column = self._score_column
-        with np.errstate(invalid="ignore"):
-            scores = probabilities[:, column] if column is not None else probabilities.max(axis=1)
         times = np.repeat(np.fromiter((a.time_us for a in answers), np.int64), counts)
         metadata = {
             ID: pa.array(self._row_ids(answers), pa.string()),
@@ -487,6 +523,28 @@ class PayloadLog:
             REVISION: pa.array([self.revision] * total, pa.string()),
             MODEL: pa.array([self.model.name] * total, pa.string()),
             MODEL_SHA256: pa.array([self.model.sha256] * total, pa.string()),
+        }
+        if self.is_regression:
+            values = [value for answer in answers for value in answer.labels]
+            metadata[PREDICTED_VALUE] = pa.array(
+                np.asarray(values, dtype=np.float64), pa.float64(), from_pandas=True
+            )
+        else:
+            metadata.update(self._class_metadata(answers, total))
+        for name, values in metadata.items():
+            table = table.append_column(name, values)
+        if self.is_regression:
+            table = table.replace_schema_metadata({TASK_KEY: REGRESSION})
+        return table
+
+    def _class_metadata(self, answers: list[_Answer], total: int) -> dict[str, pa.Array]:
+        """A classifier's prediction, score, positive class and probability columns."""
+        classes = self.model.classes
+        probabilities = _probabilities(answers, len(classes))
+        column = self._score_column
+        with np.errstate(invalid="ignore"):
+            scores = probabilities[:, column] if column is not None else probabilities.max(axis=1)
+        metadata = {
             PREDICTION: pa.array([str(label) for a in answers for label in a.labels], pa.string()),
             SCORE: pa.array(scores, pa.float64(), from_pandas=True),
             POSITIVE_CLASS: pa.array([self._positive_class] * total, pa.string()),
@@ -495,9 +553,7 @@ class PayloadLog:
             metadata[probability_column(label)] = pa.array(
                 probabilities[:, index], pa.float64(), from_pandas=True
             )
-        for name, values in metadata.items():
-            table = table.append_column(name, values)
-        return table
+        return metadata
 
     def _row_ids(self, answers: list[_Answer]) -> list[str]:
         ids: list[str] = []
@@ -710,12 +766,16 @@ class LoggedRows:
     Attributes:
         table: The inputs (first file's column order), then every metadata column of
             ``METADATA_TYPES`` (null in files written before it existed), then the
-            ``conveyor.probability.<class>`` columns any file holds.
+            ``conveyor.probability.<class>`` columns any file holds; for a regression
+            model's log, those of ``REGRESSION_METADATA_TYPES`` instead.
         files: The files read, in order.
+        task: The model's task, as the files' metadata says (``classification`` for a
+            file without it).
     """
 
     table: pa.Table
     files: list[str] = field(default_factory=list)
+    task: str = CLASSIFICATION
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -737,7 +797,11 @@ class LoggedRows:
         return self.table.select(self.metadata_names).to_pandas()
 
 
-def read_log(source: str | Sequence[str], columns: Sequence[str] | None = None) -> LoggedRows:
+def read_log(
+    source: str | Sequence[str],
+    columns: Sequence[str] | None = None,
+    task: str | None = CLASSIFICATION,
+) -> LoggedRows:
     """Reads payload log files: a log's folder (every day), a day's folder, a file, or a
     list of files (``recent_days`` gives one).
 
@@ -745,14 +809,20 @@ def read_log(source: str | Sequence[str], columns: Sequence[str] | None = None) 
         source: The folder, file or files (paths or fsspec URIs).
         columns: Only these columns (missing metadata reads as null, as in old files);
             None reads all.
+        task: The model task whose log is expected (``TASK_KEY`` in each file's metadata,
+            classification without it): a classifier's log by default, whose predictions,
+            scores and probabilities readers read; None: either, one for all files.
 
     Raises:
-        ConveyorError: Nothing to read, a file that cannot be read, or files whose inputs
-            differ (a folder holds one model's log).
+        ConveyorError: Nothing to read, a file that cannot be read, files whose inputs
+            differ (a folder holds one model's log), or a file of a model of another task
+            than ``task`` (or, with None, than the first file's).
     """
     files = _log_files(source)
     with ThreadPoolExecutor(max_workers=min(_READ_THREADS, len(files))) as pool:
         read = list(pool.map(lambda file: _read_log_file(file, columns), files))
+    found = _check_tasks(files, [file_task for _, _, file_task in read], task)
+    read = [(part, rows) for part, rows, _ in read]
     parts = [part for part, _ in read]
     inputs = [input_columns(part) for part in parts]
     for names, file in zip(inputs[1:], files[1:], strict=True):
@@ -767,7 +837,8 @@ def read_log(source: str | Sequence[str], columns: Sequence[str] | None = None) 
             n for part in parts for n in part.column_names if n.startswith(PROBABILITY_PREFIX)
         )
     )
-    fixed = [name for name in METADATA_TYPES if columns is None or name in columns]
+    types = REGRESSION_METADATA_TYPES if found == REGRESSION else METADATA_TYPES
+    fixed = [name for name in types if columns is None or name in columns]
     order = [*inputs[0], *fixed, *probabilities]
     aligned = [_aligned(part, rows, order) for part, rows in read]
     try:
@@ -777,7 +848,34 @@ def read_log(source: str | Sequence[str], columns: Sequence[str] | None = None) 
             f"{files[0]} and the files after it: a column's type differs between files "
             f"({first_line(error)})"
         ) from None
-    return LoggedRows(table, files)
+    return LoggedRows(table, files, found)
+
+
+def _check_tasks(files: list[str], tasks: list[str], expected: str | None) -> str:
+    """The task of the files' model: ``expected`` (or, when None, the first file's), which
+    every file must be of; ConveyorError naming the first file of another."""
+    if expected is not None and expected not in TASKS:
+        raise ConveyorError(f"read_log: task {expected!r} is not one of {', '.join(TASKS)}")
+    wanted = tasks[0] if expected is None else expected
+    for file, task in zip(files, tasks, strict=True):
+        if task == wanted:
+            continue
+        if expected is None:
+            raise ConveyorError(
+                f"{file}: a {task} model's payload log, but {files[0]} is a {wanted} model's; "
+                "a payload log holds one model's"
+            )
+        if task == REGRESSION:
+            raise ConveyorError(
+                f"{file}: a regression model's payload log ({TASK_KEY}={REGRESSION} in its "
+                "file metadata) holds predicted numbers, not the classes, scores and "
+                "probabilities read here"
+            )
+        raise ConveyorError(
+            f"{file}: a {task} model's payload log, not a {wanted} model's ({TASK_KEY} in its "
+            "file metadata)"
+        )
+    return wanted
 
 
 def _log_files(source: str | Sequence[str]) -> list[str]:
@@ -795,9 +893,10 @@ def _log_files(source: str | Sequence[str]) -> list[str]:
     return files
 
 
-def _read_log_file(file: str, columns: Sequence[str] | None) -> tuple[pa.Table, int]:
-    """The file's columns among ``columns`` (all when None), and its rows: a table of no
-    column has no rows in pyarrow, and the file's row count is still wanted."""
+def _read_log_file(file: str, columns: Sequence[str] | None) -> tuple[pa.Table, int, str]:
+    """The file's columns among ``columns`` (all when None), its rows (a table of no column
+    has no rows in pyarrow, and the file's row count is still wanted) and its model's task
+    (its metadata's ``TASK_KEY``; classification without)."""
     import fsspec
     import pyarrow.parquet as pq
 
@@ -809,11 +908,17 @@ def _read_log_file(file: str, columns: Sequence[str] | None) -> tuple[pa.Table, 
             wanted = names if columns is None else [name for name in names if name in columns]
             table = parquet.read(columns=wanted)
             rows = parquet.metadata.num_rows
+            marked = (parquet.schema_arrow.metadata or {}).get(TASK_KEY.encode())
     except (OSError, ValueError, pa.ArrowException) as error:
         raise ConveyorError(
             f"{file}: cannot be read as a payload log file ({first_line(error)})"
         ) from None
-    return table.replace_schema_metadata(None), rows
+    task = CLASSIFICATION if marked is None else marked.decode(errors="replace")
+    if task not in TASKS:
+        raise ConveyorError(
+            f"{file}: its file metadata's {TASK_KEY} is {task!r}, not one of {', '.join(TASKS)}"
+        )
+    return table.replace_schema_metadata(None), rows, task
 
 
 def _aligned(table: pa.Table, rows: int, order: list[str]) -> pa.Table:
@@ -824,7 +929,7 @@ def _aligned(table: pa.Table, rows: int, order: list[str]) -> pa.Table:
         if name in table.column_names:
             columns.append(table.column(name))
         else:
-            kind = METADATA_TYPES.get(name, pa.float64())
+            kind = _ALL_METADATA_TYPES.get(name, pa.float64())
             columns.append(pa.nulls(rows, kind))
     return pa.table(columns, names=order)
 
@@ -910,6 +1015,19 @@ def _is_date(name: str) -> bool:
     return True
 
 
+def _write_frame(frame: pd.DataFrame, path: Any, task: str) -> None:
+    """``frame`` as Parquet; a regression model's log marked so in the file's metadata, as
+    the log's own files are, for the readers of the table (``read_log``)."""
+    if task == CLASSIFICATION:
+        frame.to_parquet(path, index=False)
+        return
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    marked = {**(table.schema.metadata or {}), TASK_KEY.encode(): task.encode()}
+    pq.write_table(table.replace_schema_metadata(marked), path)
+
+
 def save_log_tables(
     uris: Sequence[str],
     inputs_path: Any,
@@ -923,7 +1041,10 @@ def save_log_tables(
     (null where the files predate it). Returns each one's Dataset metadata.
 
     Parquet files outside DVC are read with ``read_log``, so days written before and after
-    the metadata existed read together; anything else (CSV, DVC) is read as a table.
+    the metadata existed read together; anything else (CSV, DVC) is read as a table. A
+    regression model's log is read too (its inputs are compared alike): ``log_path`` then
+    holds ``REGRESSION_METADATA_TYPES``' metadata, ``conveyor.predicted_value`` in place of
+    the prediction, score and probabilities.
     """
     from pathlib import Path
 
@@ -937,17 +1058,23 @@ def save_log_tables(
 
     sources = [Source(uri, dvc_repo, data_revision) for uri in uris]
     files = [] if dvc_repo else [f for uri in uris for f in (folder_tables(uri) or [uri])]
+    task = CLASSIFICATION
     if files and all(file.lower().endswith(".parquet") for file in files):
-        logged = read_log(files).table
+        read = read_log(files, task=None)
+        logged, task = read.table, read.task
     else:
         logged = pa.Table.from_pandas(load_tables(sources), preserve_index=False)
+        task = REGRESSION if PREDICTED_VALUE in logged.column_names else CLASSIFICATION
     inputs = logged.select(input_columns(logged)).to_pandas()
     table = logged.to_pandas()
     shared = {"source": ", ".join(uris), "revision": sources[0].resolved_revision()}
     metadata = []
-    for frame, path in ((inputs, inputs_path), (table, log_path)):
+    for frame, path, marked in ((inputs, inputs_path, False), (table, log_path, True)):
         write_atomically(
-            Path(path), lambda partial, frame=frame: frame.to_parquet(partial, index=False)
+            Path(path),
+            lambda partial, frame=frame, marked=marked: _write_frame(
+                frame, partial, task if marked else CLASSIFICATION
+            ),
         )
         metadata.append(
             {

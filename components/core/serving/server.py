@@ -38,6 +38,16 @@ counted under ``_unknown``, so a client cannot create series at will):
 - ``conveyor_predictor_start_time_seconds{model, revision}``: when the process started; a
   crash and restart on the same pod changes it, which the canary judge counts.
 
+A regression model (its card's ``task``) answers one number per row: V1 ``{"predictions":
+[numbers]}``, V2 the output ``predictions`` (FP64, shape [rows]) only, a request naming
+``probabilities`` being refused with 400. Its requests are counted and timed as any; its
+rows have no class for ``conveyor_predictions_total`` and no probability for
+``conveyor_prediction_score``, so neither gets anything from it; each answered (200) row's
+predicted number goes to ``conveyor_predicted_value{model, revision}`` instead, a histogram
+on one fixed grid for every model (``http_layer.VALUE_BUCKETS``: 10 log-spaced bounds a
+decade from 1e-3 to 1e10, both signs, and 0), which the canary judge's ``predicted_value``
+compares between revisions. A classifier has no child of it.
+
 Every inference request has an id: the V2 request's ``id``, else its ``X-Request-Id``
 header, else a fresh one (printable ASCII, at most 256 characters, or 400). It is echoed in
 the V2 response's ``id`` and, for V1 and V2, an ``X-Request-Id`` response header, so a client
@@ -99,6 +109,7 @@ from conveyor.components.core.serving.http_layer import (
     RequestMetrics,
     ServingMetrics,
     record_answered,
+    record_values,
 )
 from conveyor.components.core.serving.inference import (
     Predictions,
@@ -149,6 +160,7 @@ APP_LABEL_FILE_ENV = "CONVEYOR_APP_LABEL_FILE"
 # KServe's Standard-mode pod label is this prefix and the Deployment's name.
 STANDARD_APP_LABEL_PREFIX = "isvc."
 OUTPUTS = ("predictions", "probabilities")
+REGRESSION_OUTPUTS = ("predictions",)  # a regressor's one number per row, no probabilities
 REQUEST_ID_HEADER = "x-request-id"
 MAX_REQUEST_ID_LENGTH = 256
 
@@ -172,6 +184,7 @@ class ConveyorModel(Model):
         self.extra_id_columns = tuple(id_columns)
         self.id_columns: tuple[str, ...] = ()
         self._label_type = "BYTES"
+        self._outputs: tuple[str, ...] = OUTPUTS
 
     def load(self) -> bool:
         model = load_model_dir(self.model_dir, self.pinned_sha256)
@@ -183,7 +196,11 @@ class ConveyorModel(Model):
             )
         self.id_columns = tuple(dict.fromkeys([*model.card.id_columns, *self.extra_id_columns]))
         self.model = model
-        self._label_type = _v2_datatype(np.asarray(model.card.classes))
+        if model.card.is_regression:
+            self._label_type, self._outputs = "FP64", REGRESSION_OUTPUTS
+        else:
+            self._label_type = _v2_datatype(np.asarray(model.card.classes))
+            self._outputs = OUTPUTS
         self.ready = True
         return self.ready
 
@@ -193,7 +210,7 @@ class ConveyorModel(Model):
         card = self.model.card
         return LoggedModel(
             self.name, card.sha256, tuple(card.classes), self.id_columns, card.positive_class,
-            tuple((f.name, _logged_type(f)) for f in card.features),
+            tuple((f.name, _logged_type(f)) for f in card.features), card.task,
         )  # fmt: skip
 
     def stop(self) -> None:
@@ -212,8 +229,11 @@ class ConveyorModel(Model):
         ]
 
     def get_output_types(self) -> list[dict[str, Any]]:
-        """V2 metadata: a label per row, and each row's probability of each class."""
+        """V2 metadata: a label per row, and each row's probability of each class; a
+        regression model's number per row only."""
         assert self.model is not None, "load() runs before the server starts"
+        if self.model.card.is_regression:
+            return [{"name": "predictions", "datatype": "FP64", "shape": [-1]}]
         classes = len(self.model.card.classes)
         return [
             {"name": "predictions", "datatype": self._label_type, "shape": [-1]},
@@ -228,7 +248,7 @@ class ConveyorModel(Model):
         try:
             request_id = _request_id(payload.id if v2 else None, headers)
             if v2:
-                outputs = _requested_outputs(payload)
+                outputs = _requested_outputs(payload, self._outputs)
                 table = table_from_tensors(payload.inputs, features, id_columns)
                 if id_columns:
                     ids = ids_from_tensors(payload.inputs, id_columns, len(table))
@@ -240,7 +260,10 @@ class ConveyorModel(Model):
         except ConveyorError as error:
             raise InvalidInput(str(error)) from None
         predictions = predict_table(self.model, table)
-        record_answered(predictions.probabilities, predictions.picked)  # counted if 200
+        if predictions.is_regression:  # a number has no class to count nor a score
+            record_values(predictions.values)  # observed if 200
+        else:
+            record_answered(predictions.probabilities, predictions.picked)  # counted if 200
         if v2:
             response = _v2_response(request_id, self.name, predictions, outputs, self._label_type)
         else:
@@ -248,9 +271,8 @@ class ConveyorModel(Model):
         if response_headers is not None:
             response_headers[REQUEST_ID_HEADER] = request_id
         if self.payload_log is not None:  # only what the model answered
-            self.payload_log.append(
-                table, predictions.labels, predictions.probabilities, request_id, ids
-            )
+            probabilities = None if predictions.is_regression else predictions.probabilities
+            self.payload_log.append(table, predictions.labels, probabilities, request_id, ids)
         return response
 
 
@@ -372,6 +394,8 @@ def _v1_instances(payload: Any) -> Any:
 
 
 def _v1_response(predictions: Predictions) -> dict[str, Any]:
+    if predictions.is_regression:
+        return {"predictions": predictions.labels}
     return {
         "predictions": predictions.labels,
         "probabilities": predictions.probabilities.tolist(),
@@ -379,16 +403,20 @@ def _v1_response(predictions: Predictions) -> dict[str, Any]:
     }
 
 
-def _requested_outputs(request: InferRequest) -> list[str]:
-    """The outputs a V2 request asks for (all when it names none)."""
+def _requested_outputs(request: InferRequest, answered: Sequence[str] = OUTPUTS) -> list[str]:
+    """The outputs a V2 request asks for, of those the model answers (``answered``; all when it
+    names none)."""
     names = [output.name for output in request.request_outputs or ()]
-    unknown = [name for name in names if name not in OUTPUTS]
+    unknown = [name for name in names if name not in answered]
     if unknown:
-        raise ConveyorError(
-            f"unknown outputs: {', '.join(map(repr, unknown))}; this model answers "
-            f"{', '.join(OUTPUTS)}"
-        )
-    return [name for name in OUTPUTS if name in names] if names else list(OUTPUTS)
+        listed = ", ".join(map(repr, unknown))
+        if all(name in OUTPUTS for name in unknown):  # a classifier's, asked of a regressor
+            raise ConveyorError(
+                f"outputs {listed}: a regression model answers one number per row and no "
+                f"class probabilities; this model answers {', '.join(answered)}"
+            )
+        raise ConveyorError(f"unknown outputs: {listed}; this model answers {', '.join(answered)}")
+    return [name for name in answered if name in names] if names else list(answered)
 
 
 def _v2_response(
@@ -635,8 +663,9 @@ def main(argv: list[str] | None = None) -> None:
         )
     card = model.model.card
     metrics = ServingMetrics(
-        arguments.model_name, revision, card.classes, latency_buckets, card.positive_class
-    )
+        arguments.model_name, revision, card.classes, latency_buckets, card.positive_class,
+        regression=card.is_regression,
+    )  # fmt: skip
     app.add_middleware(BodyLimit, max_bytes=max_request_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)  # outside BodyLimit: 413s are counted
     app.add_exception_handler(RequestValidationError, _invalid_request)

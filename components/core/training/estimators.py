@@ -1,7 +1,8 @@
-"""The estimators train fits, described as data, and the wrapper XGBoost needs.
+"""The estimators train fits, described as data, and the wrappers XGBoost needs.
 
-Each entry says where its class lives (XGBoost and LightGBM are imported only when chosen:
-every step imports the trainer), the defaults Conveyor applies before the user's
+Each entry says where its class lives for each task it trains (a classifier, a regressor;
+XGBoost and LightGBM are imported only when chosen: every step imports the trainer), the
+defaults Conveyor applies before the user's
 hyperparameters, the library whose version the model card records, whether it refuses sparse
 input, whether it can train on a GPU and the oldest model format that loads it.
 """
@@ -16,17 +17,26 @@ from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin, MetaEstimatorMixin, clone
+from sklearn.base import (
+    BaseEstimator,
+    ClassifierMixin,
+    MetaEstimatorMixin,
+    RegressorMixin,
+    clone,
+)
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.validation import check_is_fitted
 
+from conveyor.components.core.data.task import CLASSIFICATION, REGRESSION
 from conveyor.components.core.errors import ConveyorError
 
 __all__ = [
     "CPU",
     "CUDA",
+    "DEFAULT_ESTIMATORS",
     "ESTIMATORS",
     "EncodedLabels",
+    "OnDevice",
     "EstimatorSpec",
     "build_estimator",
     "estimator_spec",
@@ -64,7 +74,8 @@ class EstimatorSpec:
 
     Attributes:
         name: What ``estimator=`` calls it.
-        import_path: ``module:Class`` of its scikit-learn-compatible classifier.
+        classes: Task (``classification``, ``regression``) -> ``module:Class`` of its
+            scikit-learn-compatible estimator for that task; a task it lacks is refused.
         defaults: Settings Conveyor applies before the user's hyperparameters.
         library: The name the model card's ``versions`` records its module's version under.
         dense_only: It refuses sparse input (one-hot and TF-IDF columns are sparse).
@@ -78,7 +89,7 @@ class EstimatorSpec:
     """
 
     name: str
-    import_path: str
+    classes: Mapping[str, str]
     defaults: Mapping[str, Any] = field(default_factory=dict)
     library: str = "scikit-learn"
     dense_only: bool = False
@@ -92,8 +103,15 @@ class EstimatorSpec:
     def trains_on_gpu(self) -> bool:
         return self.cuda_build is not None
 
-    def estimator_class(self) -> type[BaseEstimator]:
-        module, _, name = self.import_path.partition(":")
+    def estimator_class(self, task: str = CLASSIFICATION) -> type[BaseEstimator]:
+        """Its class for ``task``; ConveyorError naming the estimators that train it."""
+        if task not in self.classes:
+            able = [name for name, spec in ESTIMATORS.items() if task in spec.classes]
+            raise ConveyorError(
+                f"estimator {self.name!r} does not train {task} models; choose one of: "
+                f"{', '.join(able)}"
+            )
+        module, _, name = self.classes[task].partition(":")
         return getattr(importlib.import_module(module), name)
 
     def fit_errors(self) -> tuple[type[Exception], ...]:
@@ -105,35 +123,47 @@ class EstimatorSpec:
 
     def library_version(self) -> str:
         """The installed version of its library (XGBoost's CPU and CUDA builds alike)."""
-        module = self.import_path.partition(":")[0].partition(".")[0]
+        module = next(iter(self.classes.values())).partition(".")[0].partition(":")[0]
         return str(importlib.import_module(module).__version__)
 
 
 # Why a reserved hyperparameter is Conveyor's: another objective makes predict_proba answer
 # margins or regression values as if they were probabilities.
 _DEVICE = "the GPUs the train step is given decide it (compile with --gpus 1)"
-_OBJECTIVE = "a classifier's objective gives probabilities, which serving and evaluate read"
+_OBJECTIVE = (
+    "Conveyor sets it by task: a classifier's gives the probabilities serving and evaluate "
+    "read, a regressor's is squared error"
+)
 
 ESTIMATORS: dict[str, EstimatorSpec] = {
     spec.name: spec
     for spec in (
         EstimatorSpec(
-            "logistic_regression", "sklearn.linear_model:LogisticRegression", {"max_iter": 1000}
+            "logistic_regression",
+            {CLASSIFICATION: "sklearn.linear_model:LogisticRegression"},
+            {"max_iter": 1000},
         ),
+        EstimatorSpec("ridge", {REGRESSION: "sklearn.linear_model:Ridge"}),
         EstimatorSpec(
             "random_forest",
-            "sklearn.ensemble:RandomForestClassifier",
+            {
+                CLASSIFICATION: "sklearn.ensemble:RandomForestClassifier",
+                REGRESSION: "sklearn.ensemble:RandomForestRegressor",
+            },
             {"n_estimators": 200, "n_jobs": -1},
         ),
         EstimatorSpec(
             "hist_gradient_boosting",
-            "sklearn.ensemble:HistGradientBoostingClassifier",
+            {
+                CLASSIFICATION: "sklearn.ensemble:HistGradientBoostingClassifier",
+                REGRESSION: "sklearn.ensemble:HistGradientBoostingRegressor",
+            },
             dense_only=True,
         ),
-        # Format 5: their pickles need xgboost or lightgbm, and XGBoost's Conveyor's wrapper.
+        # Format 5: their pickles need xgboost or lightgbm, and XGBoost's Conveyor's wrappers.
         EstimatorSpec(
             "xgboost",
-            "xgboost:XGBClassifier",
+            {CLASSIFICATION: "xgboost:XGBClassifier", REGRESSION: "xgboost:XGBRegressor"},
             library="xgboost",
             cuda_build=_xgboost_has_cuda,
             gpu_problem=_xgboost_gpu_problem,
@@ -142,7 +172,7 @@ ESTIMATORS: dict[str, EstimatorSpec] = {
         ),
         EstimatorSpec(
             "lightgbm",
-            "lightgbm:LGBMClassifier",
+            {CLASSIFICATION: "lightgbm:LGBMClassifier", REGRESSION: "lightgbm:LGBMRegressor"},
             {"verbose": -1},  # its warnings go to stdout, one per tree
             library="lightgbm",
             model_format=5,
@@ -151,21 +181,29 @@ ESTIMATORS: dict[str, EstimatorSpec] = {
         ),
     )
 }
+# The estimator an empty ``estimator=`` trains, by task.
+DEFAULT_ESTIMATORS = {CLASSIFICATION: "logistic_regression", REGRESSION: "ridge"}
 
 
-def estimator_spec(name: str) -> EstimatorSpec:
-    """The spec called ``name``; ConveyorError listing the known ones."""
+def estimator_spec(name: str, task: str = CLASSIFICATION) -> EstimatorSpec:
+    """The spec called ``name`` (empty: the task's default, ``DEFAULT_ESTIMATORS``);
+    ConveyorError listing the known ones."""
+    name = name or DEFAULT_ESTIMATORS[task]
     if name not in ESTIMATORS:
         raise ConveyorError(f"unknown estimator {name!r}; choose one of: {', '.join(ESTIMATORS)}")
     return ESTIMATORS[name]
 
 
 def build_estimator(
-    spec: EstimatorSpec, hyperparameters: Mapping[str, Any], seed: int, device: str = CPU
+    spec: EstimatorSpec,
+    hyperparameters: Mapping[str, Any],
+    seed: int,
+    device: str = CPU,
+    task: str = CLASSIFICATION,
 ) -> tuple[BaseEstimator, dict[str, Any]]:
-    """The unfitted estimator, seeded and set for ``device``, and the user's hyperparameters
-    as it takes them; ConveyorError naming any it does not accept."""
-    cls = spec.estimator_class()
+    """The unfitted estimator for ``task``, seeded and set for ``device``, and the user's
+    hyperparameters as it takes them; ConveyorError naming any it does not accept."""
+    cls = spec.estimator_class(task)
     accepted = cls().get_params()
     unknown = sorted(set(hyperparameters) - set(accepted))
     if unknown:
@@ -185,7 +223,8 @@ def build_estimator(
         params.setdefault("random_state", seed)
     estimator = cls(**params)
     if spec.name == "xgboost":
-        estimator = EncodedLabels(estimator, device)
+        wrapper = EncodedLabels if task == CLASSIFICATION else OnDevice
+        estimator = wrapper(estimator, device)
     return estimator, taken
 
 
@@ -240,14 +279,9 @@ class EncodedLabels(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
         if len(encoder.classes_) < 2:
             raise ConveyorError(f"XGBoost needs two classes or more, got {list(encoder.classes_)}")
         self.classes_ = encoder.classes_
-        self.estimator_ = clone(self.estimator).set_params(device=self.device)
-        self.estimator_.fit(X, encoder.transform(y))
-        self.trained_on_ = _booster_device(self.estimator_)
-        if self.trained_on_.partition(":")[0] != self.device:
-            raise ConveyorError(
-                f"XGBoost trained on {self.trained_on_!r}, not on the {self.device!r} asked for"
-            )
-        self.estimator_.set_params(device=CPU)
+        self.estimator_, self.trained_on_ = _fit_on_device(
+            self.estimator, X, encoder.transform(y), self.device
+        )
         return self
 
     def predict_proba(self, X: Any) -> np.ndarray:  # noqa: N803
@@ -258,6 +292,45 @@ class EncodedLabels(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
 
     def predict(self, X: Any) -> np.ndarray:  # noqa: N803
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+
+class OnDevice(MetaEstimatorMixin, RegressorMixin, BaseEstimator):
+    """An XGBoost regressor fitted on ``device``, predicting on the CPU (as ``EncodedLabels``
+    does for classifiers, without labels to encode).
+
+    Args:
+        estimator: An unfitted ``xgboost.XGBRegressor``.
+        device: ``cpu`` or ``cuda``.
+    """
+
+    def __init__(self, estimator: BaseEstimator, device: str = CPU) -> None:
+        self.estimator = estimator
+        self.device = device
+
+    def fit(self, X: Any, y: Any) -> OnDevice:  # noqa: N803 - scikit-learn's names
+        self.estimator_, self.trained_on_ = _fit_on_device(self.estimator, X, y, self.device)
+        return self
+
+    def predict(self, X: Any) -> np.ndarray:  # noqa: N803
+        check_is_fitted(self)
+        return np.asarray(self.estimator_.predict(X), dtype=float)
+
+
+def _fit_on_device(
+    estimator: BaseEstimator,
+    X: Any,
+    y: Any,
+    device: str,  # noqa: N803
+) -> tuple[BaseEstimator, str]:
+    """A clone of the XGBoost ``estimator`` fitted on ``device`` and set back to the CPU,
+    and the device its booster says it trained on; refused when that is not ``device``."""
+    fitted = clone(estimator).set_params(device=device)
+    fitted.fit(X, y)
+    trained_on = _booster_device(fitted)
+    if trained_on.partition(":")[0] != device:
+        raise ConveyorError(f"XGBoost trained on {trained_on!r}, not on the {device!r} asked for")
+    fitted.set_params(device=CPU)
+    return fitted, trained_on
 
 
 def _booster_device(model: Any) -> str:

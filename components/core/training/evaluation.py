@@ -19,6 +19,7 @@ from mlflow import MlflowClient
 
 from conveyor.components.core.audit import AuditEvent, record_event
 from conveyor.components.core.data.tables import read_parquet
+from conveyor.components.core.data.task import CLASSIFICATION, REGRESSION
 from conveyor.components.core.errors import ConveyorError, first_line, plain
 from conveyor.components.core.files import finite_json, write_text_atomically
 from conveyor.components.core.intervals import Z95, wilson_interval
@@ -31,16 +32,20 @@ from conveyor.components.core.training.calibration import (
 from conveyor.components.core.training.metrics import (
     METRIC_DIRECTIONS,
     Scores,
+    metric_task,
+    primary_metric,
     score,
+    score_predictions,
     score_probabilities,
 )
 from conveyor.components.core.training.registry import DECISION_THRESHOLD_TAG
+from conveyor.components.core.training.residuals import residuals_html
 from conveyor.components.core.training.thresholds import (
     ThresholdChoice,
     ThresholdPolicy,
     choose_threshold,
 )
-from conveyor.components.core.training.trainer import ModelCard, load_model_dir
+from conveyor.components.core.training.trainer import ModelCard, TrainedModel, load_model_dir
 
 __all__ = [
     "ChampionScore",
@@ -61,7 +66,8 @@ class Policy:
     """How a challenger is judged.
 
     Attributes:
-        metric: The metric compared with the champion.
+        metric: The metric compared with the champion; empty: the task's (``roc_auc`` for
+            classification, ``rmse`` for regression).
         direction: ``maximize``, ``minimize``, or ``auto`` (the metric's natural direction).
         min_improvement: The challenger must gain more than this over the champion (in the
             metric's units, in its better direction); 0 means a tie keeps the champion.
@@ -70,19 +76,32 @@ class Policy:
         floors: Absolute bounds, metric -> value: a floor for metrics that are better
             higher, a ceiling for those better lower (log_loss, false_positive_rate).
             false_positive_rate exists for binary targets only: naming it for a multi-class
-            model is refused when the model is scored.
+            model is refused when the model is scored. A floor on a metric of the other task
+            (``r2`` for a classifier, ``accuracy`` for a regressor) does not apply: the
+            defaults hold floors for both.
         threshold: How a binary model's decision threshold is chosen on the evaluation
             split (``thresholds``); None predicts the most probable class (0.5). The
             class metrics, floors and comparison are at the chosen threshold, and a policy
             no threshold meets leaves the model unblessed.
+        unapplied_floors: The floors ``for_task`` set aside, as ``name bound`` text.
     """
 
-    metric: str = "roc_auc"
+    metric: str = ""
     direction: Literal["auto", "maximize", "minimize"] = "auto"
     min_improvement: float = 0.0
     min_relative_improvement: float = 0.0
     floors: dict[str, float] = field(default_factory=dict)
     threshold: ThresholdPolicy | None = None
+    unapplied_floors: tuple[str, ...] = ()
+
+    def for_task(self, task: str) -> Policy:
+        """This policy for a model of ``task``: its metric named (the task's by default;
+        ConveyorError for one of the other task) and the floors of the other task's
+        metrics set aside."""
+        metric = primary_metric(self.metric, task)
+        floors = {k: v for k, v in self.floors.items() if metric_task(k) == task}
+        unapplied = tuple(f"{k} {v:g}" for k, v in self.floors.items() if k not in floors)
+        return replace(self, metric=metric, floors=floors, unapplied_floors=unapplied)
 
     def sign(self) -> int:
         if self.direction == "auto":
@@ -90,7 +109,7 @@ class Policy:
         return 1 if self.direction == "maximize" else -1
 
     def validate(self) -> None:
-        unknown = sorted({self.metric, *self.floors} - set(METRIC_DIRECTIONS))
+        unknown = sorted({self.metric, *self.floors} - {"", *METRIC_DIRECTIONS})
         if unknown:
             raise ConveyorError(
                 f"unknown metric(s) {unknown}; known: {', '.join(METRIC_DIRECTIONS)}"
@@ -130,6 +149,8 @@ class EvaluationResult:
     warnings: tuple[str, ...] = ()
     threshold: ThresholdChoice | None = None
     reliability: Reliability | None = None
+    task: str = CLASSIFICATION
+    unapplied_floors: tuple[str, ...] = ()  # floors on the other task's metrics
 
     def to_json(self) -> str:
         """The verdict register reads: metrics, positive class, blessed, reason, comparison,
@@ -137,11 +158,13 @@ class EvaluationResult:
         ``threshold`` (null without a policy)."""
         scores = {"metrics": self.scores.metrics, "positive_class": self.scores.positive_class}
         verdict = {
+            "task": self.task,
             **scores,
             **asdict(self.decision),
             "warnings": list(self.warnings),
             "threshold": _threshold_json(self.threshold),
             "reliability": None if self.reliability is None else self.reliability.to_dict(),
+            "unapplied_floors": list(self.unapplied_floors),
         }
         return json.dumps(finite_json(verdict), indent=2)  # NaN (unmeasured) as null
 
@@ -220,49 +243,46 @@ def evaluate_model(
     evaluation_path: Path,
     report_path: Path,
     reliability_path: Path | None = None,
+    residuals_path: Path | None = None,
 ) -> EvaluationResult:
     """Scores the model, compares it with the champion, and writes the decision and its report.
 
     An empty ``positive_class`` takes the model card's (decided at training: the class
     serving scores, so offline and online metrics are of one class). The test metrics, the
     verdict and the report also go to the training's MLflow run; with
-    ``reliability_path``, the reliability diagram (HTML) goes there too.
+    ``reliability_path``, a classifier's reliability diagram (HTML) goes there too, and
+    with ``residuals_path`` a regressor's residual plots (HTML).
     """
     policy.validate()
     client = tracking.connect(tracking_uri)
     model = load_model_dir(model_dir)
     test_split = read_parquet(test_path)
-    positive_class = positive_class or model.card.positive_class or ""
-    proba = model.pipeline.predict_proba(test_split.drop(columns=[target]))
-    truth, classes = test_split[target].to_numpy(), model.pipeline.classes_
-    choice = _choose_threshold(policy.threshold, model.card, truth, proba, positive_class)
-    threshold = None if choice is None else choice.threshold
-    picked = model.at_threshold(threshold).card.predicted_indices(proba)  # as it will serve
-    scores = score_probabilities(classes, truth, proba, positive_class, picked)
-    _check_policy_metrics(policy, scores, len(model.card.classes))
+    policy = policy.for_task(model.card.task)
+    measure = _measure_regressor if model.card.is_regression else _measure_classifier
+    measured = measure(model, test_split, target, policy, positive_class)
+    scores, choice = measured.scores, measured.threshold
     champion = registry.find_champion(client, model_name)
     champion_score = None
     if champion is not None:
         # The same positive class for both, even where the champion would choose another.
         positive = "" if scores.positive_class is None else str(scores.positive_class)
         champion_score = _score_champion(
-            client, champion, test_split, target, policy.metric, positive
+            client, champion, test_split, target, policy.metric, positive, model.card.task
         )
-    warnings = small_sample_warnings(len(test_split), scores.metrics["accuracy"])
-    warnings += imbalance_warnings(test_split[target], scores.positive_class, policy.metric)
     decision = decide(scores.metrics, policy, champion_score)
     if choice is not None and choice.point is None:
         decision = replace(decision, blessed=False, reason=f"{choice.reason}; {decision.reason}")
-    warnings += calibration_warnings(model.card, policy.threshold)
-    calibration = _reliability(classes, scores.positive_class, truth, proba, picked)
-    result = EvaluationResult(scores, decision, warnings, choice, calibration)
+    result = EvaluationResult(
+        scores, decision, measured.warnings, choice, measured.reliability, model.card.task,
+        policy.unapplied_floors,
+    )  # fmt: skip
     report = render_report(result)
     tracking.log_metrics(client, run_id, scores.metrics, prefix="test_")
     client.set_tag(run_id, "blessed", str(result.decision.blessed).lower())
+    threshold = result.decision_threshold()
     # What load_run_model predicts at (conveyor shadow --challenger RUN).
     client.set_tag(run_id, DECISION_THRESHOLD_TAG, "" if threshold is None else repr(threshold))
     client.log_text(run_id, report, "evaluation.md")
-    decision = result.decision
     record_event(
         client,
         run_id,
@@ -274,11 +294,113 @@ def evaluate_model(
     )  # fmt: skip
     write_text_atomically(evaluation_path, result.to_json())
     write_text_atomically(report_path, report)
-    if reliability_path is not None:
-        page = reliability_html(calibration, model.card.calibration)
-        write_text_atomically(reliability_path, page)
-        client.log_text(run_id, page, "reliability.html")
+    pages = {"reliability.html": (reliability_path, measured.reliability_page(model.card))}
+    pages["residuals.html"] = (residuals_path, measured.residuals_page)
+    for name, (path, page) in pages.items():
+        if path is not None:
+            write_text_atomically(path, page)
+            client.log_text(run_id, page, name)
     return result
+
+
+@dataclass(frozen=True)
+class _Measured:
+    """A model's scores on the evaluation split, with what goes beside them."""
+
+    scores: Scores
+    warnings: tuple[str, ...] = ()
+    threshold: ThresholdChoice | None = None
+    reliability: Reliability | None = None
+    residuals_page: str = ""
+
+    def reliability_page(self, card: ModelCard) -> str:
+        if self.reliability is None:
+            return _no_page("Reliability", "a regression model gives no probabilities")
+        return reliability_html(self.reliability, card.calibration)
+
+
+def _measure_classifier(
+    model: TrainedModel, test_split: pd.DataFrame, target: str, policy: Policy, positive: str
+) -> _Measured:
+    """Scores at the threshold the policy chooses, with the reliability diagram."""
+    positive = positive or model.card.positive_class or ""
+    proba = model.pipeline.predict_proba(test_split.drop(columns=[target]))
+    truth, classes = test_split[target].to_numpy(), model.pipeline.classes_
+    choice = _choose_threshold(policy.threshold, model.card, truth, proba, positive)
+    threshold = None if choice is None else choice.threshold
+    picked = model.at_threshold(threshold).card.predicted_indices(proba)  # as it will serve
+    scores = score_probabilities(classes, truth, proba, positive, picked)
+    _check_policy_metrics(policy, scores, f"a model of {len(model.card.classes)} classes")
+    warnings = small_sample_warnings(len(test_split), scores.metrics["accuracy"])
+    warnings += imbalance_warnings(test_split[target], scores.positive_class, policy.metric)
+    warnings += calibration_warnings(model.card, policy.threshold)
+    warnings += unapplied_floor_warnings(policy)
+    calibration = _reliability(classes, scores.positive_class, truth, proba, picked)
+    page = _no_page("Residuals", "a classification model has no residuals: see its reliability")
+    return _Measured(scores, warnings, choice, calibration, page)
+
+
+def _measure_regressor(
+    model: TrainedModel, test_split: pd.DataFrame, target: str, policy: Policy, positive: str
+) -> _Measured:
+    """Errors of the predicted numbers, with the residual plots."""
+    if policy.threshold is not None:
+        raise ConveyorError(
+            f"threshold_policy {policy.threshold.to_dict()} needs a binary model; this is a "
+            "regression model, which has no classes: leave it empty"
+        )
+    if positive:
+        raise ConveyorError(
+            f"positive_class {positive!r}: a regression model has no classes; leave it empty"
+        )
+    truth = test_split[target].to_numpy(dtype=float)
+    predicted = model.pipeline.predict(test_split.drop(columns=[target]))
+    scores = score_predictions(truth, predicted)
+    _check_policy_metrics(policy, scores, "a regression model")
+    warnings = regression_sample_warnings(truth, predicted) + unapplied_floor_warnings(policy)
+    page = residuals_html(truth, predicted, target, model.card.seed)
+    return _Measured(scores, warnings, residuals_page=page)
+
+
+def _no_page(title: str, why: str) -> str:
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title></head>"
+        f"<body><p>No {title.lower()}: {why}.</p></body></html>\n"
+    )
+
+
+def unapplied_floor_warnings(policy: Policy) -> tuple[str, ...]:
+    """A warning when floors were given but none is of the model's task: nothing then
+    bounds the model (KFP replaces the whole default dict, the other task's floors too)."""
+    if policy.floors or not policy.unapplied_floors:
+        return ()
+    return (
+        f"none of metric_floors applies to this model ({', '.join(policy.unapplied_floors)} "
+        "are the other task's): no floor bounds it; add its own (r2: 0.0 for a regression, "
+        "roc_auc or accuracy for a classification)",
+    )
+
+
+def regression_sample_warnings(
+    truth: np.ndarray, predicted: np.ndarray, seed: int = 0
+) -> tuple[str, ...]:
+    """A warning, with the RMSE's 95 % bootstrap interval, when there are fewer than
+    ``MIN_EVALUATION_ROWS`` rows; none otherwise."""
+    rows = len(truth)
+    if rows >= MIN_EVALUATION_ROWS:
+        return ()
+    errors = (np.asarray(truth, dtype=float) - np.asarray(predicted, dtype=float)) ** 2
+    draws = np.random.default_rng(seed).integers(0, rows, size=(_BOOTSTRAP_DRAWS, rows))
+    low, high = np.quantile(np.sqrt(errors[draws].mean(axis=1)), [0.025, 0.975])
+    rmse = float(np.sqrt(errors.mean()))
+    return (
+        f"only {rows} evaluation rows (under {MIN_EVALUATION_ROWS}): rmse {rmse:.4g} is "
+        f"known only to within [{low:.4g}, {high:.4g}] (95 % bootstrap interval); give the "
+        "run more data or a larger test_size before trusting this verdict",
+    )
+
+
+_BOOTSTRAP_DRAWS = 2_000
 
 
 def _reliability(
@@ -339,14 +461,15 @@ def _choose_threshold(
     return choose_threshold(is_positive, proba[:, column], policy)
 
 
-def _check_policy_metrics(policy: Policy, scores: Scores, classes: int) -> None:
-    """Every metric the policy names was measured (false_positive_rate is binary only)."""
+def _check_policy_metrics(policy: Policy, scores: Scores, model: str) -> None:
+    """Every metric the policy names was measured (false_positive_rate is binary only, mape
+    only where no true value is zero)."""
     named = [policy.metric, *policy.floors]
     missing = [name for name in named if name not in scores.metrics]
     if missing:
         raise ConveyorError(
-            f"the policy names {missing[0]!r}, which a model of {classes} classes does not "
-            f"have; choose among {', '.join(scores.metrics)}"
+            f"the policy names {missing[0]!r}, which {model} does not have on this "
+            f"evaluation split; choose among {', '.join(scores.metrics)}"
         )
 
 
@@ -357,8 +480,9 @@ def decide(metrics: dict[str, float], policy: Policy, champion: ChampionScore | 
     failed = [failure for failure in failed if failure]
     if champion is None:
         blessed = not failed
+        met = ", all floors met" if policy.floors else ", no floor set"
         reason = f"first model for this name; {policy.metric} {challenger:.4f}" + (
-            f", but {'; '.join(failed)}" if failed else ", all floors met"
+            f", but {'; '.join(failed)}" if failed else met
         )
         return Decision(blessed, reason, policy.metric, challenger, failed_floors=failed)
     sign = policy.sign()
@@ -384,12 +508,17 @@ def decide(metrics: dict[str, float], policy: Policy, champion: ChampionScore | 
 
 
 def render_report(result: EvaluationResult) -> str:
-    """A Markdown page for the KFP UI: verdict, metrics, comparison, confusion matrix."""
+    """A Markdown page for the KFP UI: verdict, metrics, comparison, and a classifier's
+    confusion matrix."""
     decision, curves = result.decision, result.scores.curves
     verdict = "Blessed" if decision.blessed else "Not blessed"
     lines = ["# Evaluation", "", f"**{verdict}**: {decision.reason}", ""]
     lines += [f"**Warning**: {warning}" for warning in result.warnings]
     lines += ["", "## Metrics", ""] if result.warnings else ["## Metrics", ""]
+    lines += [f"A {result.task} model.", ""]
+    if result.unapplied_floors:
+        floors = ", ".join(result.unapplied_floors)
+        lines += [f"Floors on other models' metrics, not applied: {floors}.", ""]
     if result.scores.positive_class is not None:
         lines += [f"Positive class: `{result.scores.positive_class}`.", ""]
     lines += ["| metric | value |", "| --- | --- |"]
@@ -411,6 +540,8 @@ def render_report(result: EvaluationResult) -> str:
             f"| champion v{decision.champion.version} ({scored}) | {decision.champion.value:.4f} |",
             f"| change | {decision.delta:+.4f} |",
         ]
+    if curves is None:
+        return "\n".join([*lines, "", "Residual plots: the residuals page."]) + "\n"
     lines += ["", "## Confusion matrix (rows: truth, columns: predicted)", ""]
     lines += ["| | " + " | ".join(curves.labels) + " |", "|---" * (len(curves.labels) + 1) + "|"]
     lines += [
@@ -445,7 +576,8 @@ def _threshold_section(choice: ThresholdChoice | None) -> list[str]:
 
 def _floor_failure(name: str, bound: float, value: float) -> str:
     if not math.isfinite(value):
-        return f"{name} could not be measured on the evaluation split (one class only?)"
+        why = " (one class only?)" if metric_task(name) == CLASSIFICATION else ""
+        return f"{name} could not be measured on the evaluation split{why}"
     if METRIC_DIRECTIONS[name] > 0 and value < bound:
         return f"{name} {value:.4f} is below the floor {bound:g}"
     if METRIC_DIRECTIONS[name] < 0 and value > bound:
@@ -460,20 +592,47 @@ def _score_champion(
     target: str,
     metric: str,
     positive_class: str,
+    task: str,
 ) -> ChampionScore:
-    """The champion's metric on this evaluation split; its recorded value if it cannot score it."""
+    """The champion's metric on this evaluation split; its recorded value if it cannot score
+    it (not for a metric in the target's units). A champion of another task is refused."""
     try:
         model = registry.load_champion(client, champion)
+    except Exception as error:  # noqa: BLE001 - any failure falls back to the recorded value
+        return _recorded_score(champion, metric, error)
+    if model.card.task != task:
+        answers = {CLASSIFICATION: "classes", REGRESSION: "numbers"}
+        raise ConveyorError(
+            f"champion v{champion.version} of {champion.name!r} is a {model.card.task} model "
+            f"and this one a {task} model: its clients get {answers[model.card.task]}, not "
+            f"{answers[task]}; register it under another model_name, or set "
+            f"task={model.card.task}"
+        )
+    try:
         # Its classes as it serves them: at its own threshold, if it has one.
         pick = model.card.predicted_indices
         value = score(model.pipeline, test_split, target, positive_class, pick).metrics[metric]
         return ChampionScore(champion.version, value, scored_on_current_data=True)
     except Exception as error:  # noqa: BLE001 - any failure falls back to the recorded value
-        recorded = champion.recorded_metric(metric)
-        if recorded is None:
-            raise ConveyorError(
-                f"champion v{champion.version} of {champion.name!r} cannot score this data "
-                f"({first_line(error)}) and has no recorded {metric}"
-            ) from None
-        note = f"it cannot score this data: {first_line(error)}; its recorded value was used"
-        return ChampionScore(champion.version, recorded, False, note)
+        return _recorded_score(champion, metric, error)
+
+
+# Metrics in the target's units: a value recorded on another evaluation split (another
+# scale, another spread) says nothing of this one.
+_UNIT_METRICS = ("rmse", "mae")
+
+
+def _recorded_score(champion: registry.Champion, metric: str, error: Exception) -> ChampionScore:
+    recorded = None if metric in _UNIT_METRICS else champion.recorded_metric(metric)
+    if recorded is None:
+        why = (
+            f"its recorded {metric} is of another evaluation split, in its units"
+            if metric in _UNIT_METRICS
+            else f"has no recorded {metric}"
+        )
+        raise ConveyorError(
+            f"champion v{champion.version} of {champion.name!r} cannot score this data "
+            f"({first_line(error)}) and {why}"
+        ) from None
+    note = f"it cannot score this data: {first_line(error)}; its recorded value was used"
+    return ChampionScore(champion.version, recorded, False, note)

@@ -6,14 +6,17 @@ Train records both beside the model and in its MLflow run's ``reference/`` folde
   column's one-hot columns are permuted together, as the column they came from), the mean
   decrease of the model's score when that column's values are shuffled among the rows. The
   score is the negative log loss where the model gives probabilities (it moves with every
-  row, where accuracy moves only when a prediction flips), else accuracy. ``shares`` are
+  row, where accuracy moves only when a prediction flips), the negative RMSE for a
+  regressor, else accuracy. ``shares`` are
   each column's part of the total positive importance, summing to 1; a column whose
   shuffling did not hurt has no share. Monitoring weighs drifted columns by these shares.
 - ``scores.parquet``: the evaluation split's inputs with what the model said of each row,
   in the payload log's columns: ``conveyor.prediction``, ``conveyor.score`` and one
   ``conveyor.probability.<class>`` per class; and the row's true label as text, as the
   model's classes are written, in ``conveyor.label`` (not under the target's own name, so
-  no input column can clash with it; files recorded before it existed lack it). Prediction
+  no input column can clash with it; files recorded before it existed lack it). A
+  regressor's rows hold its number, as its payload log does, in
+  ``conveyor.predicted_value``, and the true value in ``conveyor.label``. Prediction
   drift compares logged scores with these, overall and per segment (hence the inputs);
   online quality recomputes the offline metrics from them per segment.
 
@@ -31,17 +34,19 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.base import is_regressor
 from sklearn.inspection import permutation_importance
-from sklearn.metrics import accuracy_score, log_loss
+from sklearn.metrics import accuracy_score, log_loss, root_mean_squared_error
 
 from conveyor.components.core.data.tables import read_parquet
 from conveyor.components.core.errors import ConveyorError, first_line, plain
-from conveyor.components.core.serving.payload_log import PREDICTION as PREDICTION_COLUMN
 from conveyor.components.core.serving.payload_log import (
+    PREDICTED_VALUE,
     PROBABILITY_PREFIX,
     probability_column,
     score_column,
 )
+from conveyor.components.core.serving.payload_log import PREDICTION as PREDICTION_COLUMN
 from conveyor.components.core.serving.payload_log import SCORE as SCORE_COLUMN
 from conveyor.components.core.training.thresholds import predicted_indices
 
@@ -72,7 +77,8 @@ class FeatureImportance:
 
     Attributes:
         method: How it was measured: ``permutation``.
-        metric: The score whose decrease is measured: ``log_loss`` or ``accuracy``.
+        metric: The score whose decrease is measured: ``log_loss``, ``rmse`` or
+            ``accuracy``.
         importances: Column -> mean decrease of the score when the column is shuffled
             (negative: shuffling happened to help, that is the column does not matter).
         shares: Column -> share of the total positive importance, summing to 1. A column
@@ -182,10 +188,11 @@ def read_reference_scores(path: Path) -> pd.DataFrame | None:
     if not path.is_file() or path.stat().st_size == 0:
         return None
     table = read_parquet(path)
-    if SCORE_COLUMN not in table.columns or PREDICTION_COLUMN not in table.columns:
+    classifier = SCORE_COLUMN in table.columns and PREDICTION_COLUMN in table.columns
+    if not classifier and PREDICTED_VALUE not in table.columns:
         raise ConveyorError(
-            f"{path}: expected columns {SCORE_COLUMN!r} and {PREDICTION_COLUMN!r} "
-            "(the scores train records)"
+            f"{path}: expected columns {SCORE_COLUMN!r} and {PREDICTION_COLUMN!r}, or a "
+            f"regressor's {PREDICTED_VALUE!r} (the scores train records)"
         )
     return table
 
@@ -272,8 +279,13 @@ def evaluation_scores(
     for a model without ``predict_proba``. The score is serving's: a binary model's
     ``positive_class`` (the card's; None: serving's rule for older cards, see
     ``payload_log.score_column``), the top probability for more classes. Last, the row's
-    label as text (``LABEL_COLUMN``; null where the split has none)."""
+    label as text (``LABEL_COLUMN``; null where the split has none). A regressor's rows
+    hold its number (``payload_log.PREDICTED_VALUE``) and the true value instead."""
     _check_columns(split, [*features, target])
+    if is_regressor(model):
+        predicted = np.asarray(model.predict(split[features]), dtype=float)
+        said = {PREDICTED_VALUE: predicted, LABEL_COLUMN: split[target].to_numpy(dtype=float)}
+        return split.drop(columns=[target]).reset_index(drop=True).assign(**said)
     classes = [plain(c) for c in model.classes_]
     inputs = split.drop(columns=[target]).reset_index(drop=True)
     said = pd.DataFrame(index=inputs.index)
@@ -301,8 +313,10 @@ def _labelled_rows(
     model: Any, split: pd.DataFrame, target: str, features: list[str]
 ) -> pd.DataFrame:
     """The rows whose label is a class the model predicts (a class unseen in training
-    cannot be scored)."""
+    cannot be scored); every row for a regressor."""
     _check_columns(split, [*features, target])
+    if is_regressor(model):
+        return split
     classes = {plain(c) for c in model.classes_}
     rows = split[split[target].map(lambda value: plain(value) in classes)]
     if rows.empty:
@@ -323,7 +337,9 @@ def _check_columns(split: pd.DataFrame, columns: list[str]) -> None:
 
 def _scorer(model: Any) -> tuple[str, Any]:
     """The metric's name and a scorer (greater is better) that knows every class, so a
-    sample lacking one is still scored."""
+    sample lacking one is still scored; the negative RMSE for a regressor."""
+    if is_regressor(model):
+        return "rmse", lambda m, x, y: -root_mean_squared_error(y, m.predict(x))
     classes = model.classes_
     if hasattr(model, "predict_proba"):
         return "log_loss", lambda m, x, y: -log_loss(y, m.predict_proba(x), labels=classes)

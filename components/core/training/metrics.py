@@ -1,4 +1,5 @@
-"""Classification metrics and curves of a fitted model on a labelled table."""
+"""Metrics of a fitted model on a labelled table: a classifier's and its curves, or a
+regressor's errors."""
 
 from __future__ import annotations
 
@@ -9,17 +10,24 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
+from sklearn.base import is_regressor
 from sklearn.pipeline import Pipeline
 
+from conveyor.components.core.data.task import CLASSIFICATION, REGRESSION, check_task
 from conveyor.components.core.errors import ConveyorError, plain
 
 __all__ = [
+    "DEFAULT_METRICS",
     "METRIC_DIRECTIONS",
+    "REGRESSION_METRICS",
     "Curves",
     "Scores",
     "conventional_positive",
+    "metric_task",
     "positive_label",
+    "primary_metric",
     "score",
+    "score_predictions",
     "score_probabilities",
 ]
 
@@ -32,7 +40,16 @@ METRIC_DIRECTIONS = {
     "roc_auc": 1,
     "log_loss": -1,
     "false_positive_rate": -1,  # binary targets only: a multi-class score has none
+    # Regression: rmse and mae in the target's units; mape a fraction (0.1 is 10 %), only
+    # where no true value is zero.
+    "rmse": -1,
+    "mae": -1,
+    "r2": 1,
+    "mape": -1,
 }
+REGRESSION_METRICS = ("rmse", "mae", "r2", "mape")
+# The metric the champion is compared on when none is named, by task.
+DEFAULT_METRICS = {CLASSIFICATION: "roc_auc", REGRESSION: "rmse"}
 # Labels that name the positive class of a binary target, compared case-insensitively.
 _POSITIVE_NAMES = {"1", "true", "yes", "y", "positive", "pos"}
 _MAX_ROC_POINTS = 200
@@ -49,11 +66,30 @@ class Curves:
 
 @dataclass(frozen=True)
 class Scores:
-    """Metrics and curves; for a binary target, the class precision, recall and ROC are of."""
+    """Metrics and curves (none for a regressor); for a binary target, the class
+    precision, recall and ROC are of."""
 
     metrics: dict[str, float]
-    curves: Curves
+    curves: Curves | None
     positive_class: Any = None
+
+
+def metric_task(name: str) -> str:
+    """The task whose models have metric ``name``."""
+    return REGRESSION if name in REGRESSION_METRICS else CLASSIFICATION
+
+
+def primary_metric(name: str, task: str) -> str:
+    """``name``, or the task's default when empty; ConveyorError for a metric unknown or
+    of the other task."""
+    check_task(task, allow_auto=False)
+    name = name or DEFAULT_METRICS[task]
+    if name not in METRIC_DIRECTIONS:
+        raise ConveyorError(f"unknown metric {name!r}; known: {', '.join(METRIC_DIRECTIONS)}")
+    if metric_task(name) != task:
+        known = [m for m in METRIC_DIRECTIONS if metric_task(m) == task]
+        raise ConveyorError(f"metric {name!r} is not one of a {task} model's: {', '.join(known)}")
+    return name
 
 
 def score(
@@ -64,7 +100,11 @@ def score(
     pick: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Scores:
     """``score_probabilities`` of the model's probabilities for ``table``'s rows, its
-    classes picked from them by ``pick`` (a card's ``predicted_indices``; None: argmax)."""
+    classes picked from them by ``pick`` (a card's ``predicted_indices``; None: argmax);
+    ``score_predictions`` for a regressor."""
+    if is_regressor(model):
+        predicted = model.predict(table.drop(columns=[target]))
+        return score_predictions(table[target].to_numpy(dtype=float), predicted)
     proba = model.predict_proba(table.drop(columns=[target]))
     picked = proba.argmax(axis=1) if pick is None else pick(proba)
     return score_probabilities(
@@ -118,6 +158,26 @@ def score_probabilities(
         metrics["false_positive_rate"] = _false_positive_rate(matrix, column)
     curves = Curves([str(c) for c in classes], matrix.tolist(), roc)
     return Scores({k: float(v) for k, v in metrics.items()}, curves, plain(positive))
+
+
+def score_predictions(truth: np.ndarray, predicted: np.ndarray) -> Scores:
+    """A regressor's RMSE, MAE, R² and, where no true value is zero, MAPE (a fraction);
+    ConveyorError when a prediction is not a finite number."""
+    truth, predicted = np.asarray(truth, dtype=float), np.asarray(predicted, dtype=float)
+    odd = np.flatnonzero(~np.isfinite(predicted))
+    if odd.size:
+        raise ConveyorError(
+            f"the model predicted {odd.size} values that are not finite numbers (first at row "
+            f"{odd[0] + 1}: {predicted[odd[0]]}); its errors cannot be measured"
+        )
+    metrics = {
+        "rmse": skm.root_mean_squared_error(truth, predicted),
+        "mae": skm.mean_absolute_error(truth, predicted),
+        "r2": skm.r2_score(truth, predicted) if len(truth) > 1 else float("nan"),
+    }
+    if len(truth) and not (truth == 0).any():
+        metrics["mape"] = skm.mean_absolute_percentage_error(truth, predicted)
+    return Scores({k: float(v) for k, v in metrics.items()}, None)
 
 
 def positive_label(classes: np.ndarray, truth: np.ndarray, requested: str = "") -> Any:

@@ -30,6 +30,7 @@ from typing import Any
 import joblib
 import numpy as np
 import pandas as pd
+from sklearn.base import is_regressor
 from sklearn.compose import ColumnTransformer
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.impute import SimpleImputer
@@ -47,6 +48,7 @@ from conveyor.components.core.data.roles import (
 )
 from conveyor.components.core.data.schema import Schema, infer_schema
 from conveyor.components.core.data.tables import as_arrow, read_parquet
+from conveyor.components.core.data.task import CLASSIFICATION, REGRESSION, TASKS, check_task
 from conveyor.components.core.errors import ConveyorError, first_line, plain
 from conveyor.components.core.serving.payload_log import score_column
 from conveyor.components.core.training.calibration import (
@@ -75,7 +77,7 @@ __all__ = [
     "ModelCard",
     "TrainResult",
     "TrainedModel",
-    "fit_classifier",
+    "fit_model",
     "is_sha256",
     "load_model_dir",
     "mlflow_run_id",
@@ -98,8 +100,10 @@ MODEL_SHA256_ENV = "CONVEYOR_MODEL_SHA256"
 # preprocessing calls Conveyor's ``data.roles.date_parts`` or holds a TF-IDF vocabulary.
 # Format 4: ``decision_threshold``, which an older server would ignore, predicting the most
 # probable class instead, and ``calibration``. Format 5: the estimators ``xgboost`` and
-# ``lightgbm``, whose pickles need those libraries (``training.estimators``).
-MODEL_FORMAT_VERSION = 5
+# ``lightgbm``, whose pickles need those libraries (``training.estimators``). Format 6:
+# ``task``, ``regression`` for a model answering numbers (an older server would ask it for
+# class probabilities).
+MODEL_FORMAT_VERSION = 6
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 # The most words a text feature contributes (the most frequent, by TF-IDF's vocabulary).
@@ -147,7 +151,7 @@ class ModelCard:
             ``xgboost`` or ``lightgbm`` is written in format 5).
         hyperparameters: The user's hyperparameters, as the estimator took them.
         target: The label column.
-        classes: The classes the model predicts, in its order.
+        classes: The classes the model predicts, in its order; none for regression.
         features: The input columns, in training order.
         seed: The seed training used.
         sha256: sha256 of the model file; empty until the directory is written.
@@ -170,6 +174,9 @@ class ModelCard:
         calibration: How the probabilities were calibrated at training (``sigmoid`` or
             ``isotonic``, ``training.calibration``); None: as the estimator gives them
             (format 4).
+        task: ``classification`` or ``regression`` (``data.task``): a regressor answers
+            one number per row, and has no classes, positive class, threshold or
+            calibration (format 6).
     """
 
     estimator: str
@@ -188,6 +195,7 @@ class ModelCard:
     positive_class: str | None = None
     decision_threshold: float | None = None
     calibration: str | None = None
+    task: str = CLASSIFICATION
 
     def __post_init__(self) -> None:
         _check_format_version(self.format_version)
@@ -212,6 +220,11 @@ class ModelCard:
                 f"key 'sha256' holds {_shown(self.sha256)}: expected 64 lower-case hex digits"
             )
         _check_model_file(self.model_file)
+        _check_task(self)
+
+    @property
+    def is_regression(self) -> bool:
+        return self.task == REGRESSION
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -224,6 +237,8 @@ class ModelCard:
         for key in ("decision_threshold", "calibration"):
             if data[key] is None:
                 del data[key]
+        if self.task == CLASSIFICATION:
+            del data["task"]
         return json.dumps(data, indent=2, default=str)
 
     def oldest_format(self) -> int:
@@ -235,6 +250,8 @@ class ModelCard:
             for key in ("decision_threshold", "calibration")
             if getattr(self, key) is not None
         ]
+        if self.is_regression:
+            newest.append(_KEY_FORMATS["task"])
         return max([keys, *newest, *kinds, _estimator_format(self.estimator)])
 
     def at_threshold(self, threshold: float) -> ModelCard:
@@ -307,9 +324,16 @@ _CARD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "positive_class": ((str, type(None)), "a string or null"),
     "decision_threshold": ((float, int, type(None)), "a number or null"),
     "calibration": ((str, type(None)), "a string or null"),
+    "task": ((str,), "a string"),
 }
 # Keys newer than format 1 -> the format that introduced them.
-_KEY_FORMATS = {"id_columns": 2, "positive_class": 2, "decision_threshold": 4, "calibration": 4}
+_KEY_FORMATS = {
+    "id_columns": 2,
+    "positive_class": 2,
+    "decision_threshold": 4,
+    "calibration": 4,
+    "task": 6,
+}
 _REQUIRED_KEYS = ("estimator", "hyperparameters", "target", "classes", "features", "seed")
 
 
@@ -323,6 +347,26 @@ def _check_format_version(version: Any) -> None:
             f"server too old for model format {version}: this Conveyor reads model formats "
             f"up to {MODEL_FORMAT_VERSION}; serve it with the release that trained it or later"
         )
+
+
+def _check_task(card: ModelCard) -> None:
+    """A known task; a regressor's card has no classes, nor what belongs to them."""
+    if card.task not in TASKS:
+        raise ConveyorError(
+            f"key 'task' holds {_shown(card.task)}: expected one of {', '.join(TASKS)}"
+        )
+    if not card.is_regression:
+        return
+    held = [key for key in _CLASS_KEYS if getattr(card, key) not in (None, [])]
+    if held:
+        raise ConveyorError(
+            f"key {held[0]!r} holds {_shown(getattr(card, held[0]))}, but a regression model "
+            "answers numbers: it has no classes"
+        )
+
+
+# What only a classifier's card holds.
+_CLASS_KEYS = ("classes", "positive_class", "decision_threshold", "calibration")
 
 
 def _estimator_format(name: str) -> int:
@@ -471,10 +515,14 @@ def train_model(
     id_columns: Sequence[str] = (),
     calibration: str = "",
     gpus: int = 0,
+    task: str = CLASSIFICATION,
 ) -> TrainResult:
     """Fits the classifier (calibrated by ``calibration``, if given), writes the model
     directory (its card naming ``model_name``) and logs it all to one MLflow run, with the
     training split and its schema as the reference monitoring compares with.
+
+    ``task`` (ingest's decision) says whether a classifier or a regressor is fitted; an
+    empty ``estimator`` is the task's default (``estimators.DEFAULT_ESTIMATORS``).
 
     With ``gpus`` (what the step was given), the estimator trains on a GPU, or nothing is
     done: ``devices.training_device`` refuses an estimator or a container that cannot use
@@ -488,16 +536,18 @@ def train_model(
     # MLflow only here: fitting and loading a model (the server, make gpu-check) need none.
     from conveyor.components.core.training import tracking
 
-    device, gpu = training_device(estimator_spec(estimator), gpus)  # before the work
+    spec = estimator_spec(estimator, check_task(task, allow_auto=False))
+    spec.estimator_class(task)  # before the work: one that does not train the task fails fast
+    device, gpu = training_device(spec, gpus)
     client = tracking.connect(tracking_uri)  # before the work: a bad URI fails fast
     train_split = read_parquet(train_path)
     test_split = read_parquet(test_path) if test_path is not None else None
     schema_text = schema_path.read_text(encoding="utf-8") if schema_path is not None else None
     schema = Schema.from_json(schema_text, str(schema_path)) if schema_text else None
     roles = schema.recorded_roles() if schema is not None else None
-    model = fit_classifier(
-        train_split, target, estimator, hyperparameters, seed, id_columns, positive_class, roles,
-        calibration, device,
+    model = fit_model(
+        train_split, target, spec.name, hyperparameters, seed, id_columns, positive_class, roles,
+        calibration, device, task,
     )  # fmt: skip
     model = TrainedModel(model.pipeline, replace(model.card, name=model_name))
     positive = model.card.positive_class or ""  # the card's: what serving scores
@@ -512,7 +562,8 @@ def train_model(
     card = save_model_dir(model, model_dir)
     if evaluation is not None:
         evaluation.write(model_dir)
-    params = {"estimator": estimator, "seed": seed, "target": target, "device": device}
+    params = {"estimator": spec.name, "seed": seed, "target": target, "device": device}
+    params["task"] = task
     params.update(card.hyperparameters)
     if card.calibration is not None:
         params["calibration"] = card.calibration
@@ -538,7 +589,7 @@ def mlflow_run_id(model_metadata: dict[str, Any]) -> str:
     return str(run_id)
 
 
-def fit_classifier(
+def fit_model(
     train: pd.DataFrame,
     target: str,
     estimator: str,
@@ -549,10 +600,11 @@ def fit_classifier(
     roles: dict[str, Role] | None = None,
     calibration: str = "",
     device: str = CPU,
+    task: str = CLASSIFICATION,
 ) -> TrainedModel:
     """Fits preprocessing (imputation, scaling, one-hot, date parts, TF-IDF) and the chosen
-    estimator, seeded, on ``device`` (``cuda`` for an estimator that trains on a GPU:
-    ``devices.training_device`` decides).
+    estimator for ``task`` (a classifier or a regressor), seeded, on ``device`` (``cuda`` for
+    an estimator that trains on a GPU: ``devices.training_device`` decides).
 
     Each column's role (``data.roles``) says whether and how it is a feature: ``roles`` as
     the schema recorded them, else decided here on ``train`` with ``id_columns`` declared.
@@ -561,11 +613,63 @@ def fit_classifier(
     model's card records its positive class: ``positive_class`` when given, else the one
     ``metrics.positive_label`` picks from the training labels (serving scores it, evaluate
     and online quality measure it). ``calibration`` (``sigmoid``, ``isotonic``) wraps the
-    estimator in a 5-fold calibration (``training.calibration``); empty leaves it as is."""
+    estimator in a 5-fold calibration (``training.calibration``); empty leaves it as is.
+    A regressor takes neither a positive class nor calibration."""
     method = check_calibration(calibration)  # before any work
+    if task == REGRESSION:
+        _check_no_classes(positive_class, method)
     id_columns = list(dict.fromkeys(id_columns))
     if target in id_columns:
         raise ConveyorError(f"id_columns: {target!r} is the target column, not an id column")
+    features, id_columns = _features_and_ids(train, target, id_columns, roles)
+    spec = estimator_spec(estimator, task)
+    model, hyperparameters = build_estimator(spec, hyperparameters, seed, device, task)
+    check_calibration_rows(train[target], method)
+    pipeline = make_pipeline(
+        _preprocessor(features, train, spec.dense_only), calibrated(model, method)
+    )
+    try:
+        pipeline.fit(train[[f.name for f in features]], train[target])
+    except spec.fit_errors() as error:  # the libraries' checks of parameters and data
+        raise ConveyorError(f"could not train {spec.name!r}: {first_line(error)}") from None
+    classes = [] if task == REGRESSION else [plain(c) for c in pipeline.classes_]
+    positive = None
+    if len(classes) == 2:
+        labels = train[target].to_numpy()
+        positive = str(plain(positive_label(pipeline.classes_, labels, positive_class)))
+    card = ModelCard(
+        estimator=spec.name,
+        hyperparameters=dict(hyperparameters),
+        target=target,
+        classes=classes,
+        features=features,
+        seed=seed,
+        versions={**_library_versions(), spec.library: spec.library_version()},
+        id_columns=id_columns,
+        positive_class=positive,
+        calibration=method,
+        task=task,
+    )
+    return TrainedModel(pipeline, card)
+
+
+def _check_no_classes(positive_class: str, calibration: str | None) -> None:
+    """A regressor has no positive class and no probabilities to calibrate."""
+    if positive_class:
+        raise ConveyorError(
+            f"positive_class {positive_class!r}: a regression model has no classes; leave it empty"
+        )
+    if calibration is not None:
+        raise ConveyorError(
+            f"calibration {calibration!r}: a regression model has no probabilities to "
+            "calibrate; leave it empty"
+        )
+
+
+def _features_and_ids(
+    train: pd.DataFrame, target: str, id_columns: list[str], roles: dict[str, Role] | None
+) -> tuple[list[Feature], list[str]]:
+    """The feature columns, and the id columns (those given, then those found)."""
     views = column_views(as_arrow(train), "training split")
     if roles is None:
         declared = DeclaredRoles(id_columns=tuple(id_columns))
@@ -582,35 +686,8 @@ def fit_classifier(
             + ", ".join(f"{name} is {role}" for name, role in roles.items())
         )
     found_ids = [n for n in train.columns if roles.get(n) == "identifier" and n not in id_columns]
-    id_columns += found_ids
     _check_words(train, features)
-    spec = estimator_spec(estimator)
-    model, hyperparameters = build_estimator(spec, hyperparameters, seed, device)
-    check_calibration_rows(train[target], method)
-    pipeline = make_pipeline(
-        _preprocessor(features, train, spec.dense_only), calibrated(model, method)
-    )
-    try:
-        pipeline.fit(train[[f.name for f in features]], train[target])
-    except spec.fit_errors() as error:  # the libraries' checks of parameters and data
-        raise ConveyorError(f"could not train {estimator!r}: {first_line(error)}") from None
-    classes = pipeline.classes_
-    positive = None
-    if len(classes) == 2:
-        positive = str(plain(positive_label(classes, train[target].to_numpy(), positive_class)))
-    card = ModelCard(
-        estimator=estimator,
-        hyperparameters=dict(hyperparameters),
-        target=target,
-        classes=[plain(c) for c in pipeline.classes_],
-        features=features,
-        seed=seed,
-        versions={**_library_versions(), spec.library: spec.library_version()},
-        id_columns=id_columns,
-        positive_class=positive,
-        calibration=method,
-    )
-    return TrainedModel(pipeline, card)
+    return features, id_columns + found_ids
 
 
 def save_model_dir(model: TrainedModel, directory: Path) -> ModelCard:
@@ -678,8 +755,14 @@ def load_model_dir(directory: Path, pinned_sha256: str = "") -> TrainedModel:
 
 
 def _check_classes(model: Any, card: ModelCard, path: Path) -> None:
-    """The card's classes are the model's (they name the answers' labels and probability
-    columns; a pinned model file says nothing about a card rewritten beside it)."""
+    """The card's task and classes are the model's (they name the answers' labels and
+    probability columns; a pinned model file says nothing about a card rewritten beside it)."""
+    if is_regressor(model) != card.is_regression:
+        kind = "a regressor" if is_regressor(model) else "not a regressor"
+        raise ConveyorError(
+            f"{path.parent / MODEL_CARD}: task {card.task!r}, but the model is {kind}; "
+            "refusing to serve answers of the wrong kind"
+        )
     classes = [plain(c) for c in getattr(model, "classes_", card.classes)]
     if classes != card.classes:
         raise ConveyorError(

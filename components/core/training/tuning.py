@@ -29,18 +29,19 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import KFold, StratifiedKFold
 
 from conveyor.components.core import markdown
 from conveyor.components.core.data.schema import Schema
 from conveyor.components.core.data.tables import read_parquet
+from conveyor.components.core.data.task import CLASSIFICATION, REGRESSION
 from conveyor.components.core.errors import ConveyorError, first_line, plain
 from conveyor.components.core.training import tracking
 from conveyor.components.core.training.devices import training_device
 from conveyor.components.core.training.estimators import CPU, build_estimator, estimator_spec
 from conveyor.components.core.training.evaluation import Policy
-from conveyor.components.core.training.metrics import METRIC_DIRECTIONS, positive_label, score
-from conveyor.components.core.training.trainer import TrainedModel, fit_classifier
+from conveyor.components.core.training.metrics import positive_label, primary_metric, score
+from conveyor.components.core.training.trainer import TrainedModel, fit_model
 
 __all__ = [
     "MAX_TRIALS",
@@ -139,15 +140,17 @@ def plan_trials(
     method: str,
     max_trials: int,
     seed: int,
-    scoring: tuple[str, str, int] = ("roc_auc", "auto", 3),
+    scoring: tuple[str, str, int] = ("", "auto", 3),
+    task: str = CLASSIFICATION,
 ) -> list[dict[str, Any]]:
     """The trials, ``{trial, hyperparameters}`` each: the given ``hyperparameters`` with one
-    combination of the search space over them, every one checked against the estimator, as
-    is ``scoring`` (the metric, its direction and the folds), before any trial runs. An empty
-    search space plans the one ``UNTUNED`` trial of the given hyperparameters."""
+    combination of the search space over them, every one checked against the estimator of
+    ``task``, as is ``scoring`` (the metric, its direction and the folds), before any trial
+    runs. An empty search space plans the one ``UNTUNED`` trial of the given
+    hyperparameters."""
     if not search_space:
         return [{"trial": UNTUNED, "hyperparameters": dict(hyperparameters)}]
-    _check_scoring(*scoring)
+    _check_scoring(*scoring, task)
     if method not in SEARCH_METHODS:
         raise ConveyorError(f"search {method!r}: expected one of {', '.join(SEARCH_METHODS)}")
     if isinstance(max_trials, bool) or not isinstance(max_trials, int):
@@ -159,12 +162,12 @@ def plan_trials(
         _grid(dimensions, max_trials) if method == "grid" else _random(dimensions, max_trials, seed)
     )
     trials = [{**hyperparameters, **combination} for combination in combinations]
-    spec = estimator_spec(estimator)
+    spec = estimator_spec(estimator, task)
     for index, trial in enumerate(trials):
         # Checked as the trials will get them: KFP passes every number as a float.
         as_passed = json.loads(json.dumps(trial), parse_int=float)
         try:
-            _check_values(build_estimator(spec, as_passed, seed)[0])
+            _check_values(build_estimator(spec, as_passed, seed, task=task)[0])
         except ConveyorError as error:
             raise ConveyorError(f"search_space: {error}") from None
         except ValueError as error:  # scikit-learn's check of a value, as fitting would
@@ -172,8 +175,9 @@ def plan_trials(
     return [{"trial": index, "hyperparameters": trial} for index, trial in enumerate(trials)]
 
 
-def _check_scoring(metric: str, direction: str, folds: int) -> None:
+def _check_scoring(metric: str, direction: str, folds: int, task: str) -> None:
     Policy(metric=metric, direction=direction).validate()  # type: ignore[arg-type]
+    primary_metric(metric, task)
     if not 2 <= folds <= MAX_FOLDS:
         raise ConveyorError(f"tuning_folds {folds}: expected 2 to {MAX_FOLDS}")
 
@@ -287,9 +291,10 @@ class TrialSettings:
     Attributes:
         train_path: The training split (Parquet): the folds are carved from it.
         target: The label column.
-        estimator: The estimator's name.
-        metric: The primary metric, which scores each held-out fold.
-        folds: Cross-validation folds (stratified, shuffled by ``seed``).
+        estimator: The estimator's name; empty: the task's default.
+        metric: The primary metric, which scores each held-out fold; empty: the task's.
+        folds: Cross-validation folds (shuffled by ``seed``; stratified for
+            classification).
         seed: Seed of the folds and the estimator.
         positive_class: A binary target's positive class, as train takes it.
         schema_path: The schema validate checked the split against (its recorded roles
@@ -297,6 +302,7 @@ class TrialSettings:
         id_columns: Columns that identify a row, never features.
         calibration: ``sigmoid``, ``isotonic`` or empty, as train takes it.
         gpus: The GPUs the step was given (``devices.requested_gpus``).
+        task: ``classification`` or ``regression``, as ingest decided.
     """
 
     train_path: Path
@@ -310,13 +316,15 @@ class TrialSettings:
     id_columns: tuple[str, ...] = ()
     calibration: str = ""
     gpus: int = 0
+    task: str = CLASSIFICATION
 
 
 def run_trial(settings: TrialSettings, trial: Mapping[str, Any], tracking_uri: str) -> TrialResult:
     """Scores one planned trial (``{trial, hyperparameters, tuning_run_id}``) by
     cross-validation and logs it as a child run of its tuning run; the ``UNTUNED`` trial is
     returned unscored, with nothing logged."""
-    planned = TrialResult.from_dict({**trial, "metric": settings.metric, "folds": []})
+    metric = primary_metric(settings.metric, settings.task)
+    planned = TrialResult.from_dict({**trial, "metric": metric, "folds": []})
     if planned.trial == UNTUNED:
         return planned
     client = tracking.connect(tracking_uri)  # before the work: a bad URI fails fast
@@ -325,31 +333,34 @@ def run_trial(settings: TrialSettings, trial: Mapping[str, Any], tracking_uri: s
     if settings.schema_path is not None:
         text = settings.schema_path.read_text(encoding="utf-8")
         roles = Schema.from_json(text, str(settings.schema_path)).recorded_roles()
-    positive = _positive_class(table[settings.target], settings.positive_class)
+    positive = settings.positive_class
+    if settings.task == CLASSIFICATION:
+        positive = _positive_class(table[settings.target], settings.positive_class)
     device = CPU
 
     def fit(rows: pd.DataFrame, hyperparameters: dict[str, Any]) -> TrainedModel:
-        return fit_classifier(
+        return fit_model(
             rows, settings.target, settings.estimator, hyperparameters, settings.seed,
-            settings.id_columns, positive, roles, settings.calibration, device,
+            settings.id_columns, positive, roles, settings.calibration, device, settings.task,
         )  # fmt: skip
 
     params = {"trial": planned.trial, **planned.hyperparameters}
     name = f"trial-{planned.trial}"
     try:  # a trial that fails is reported, so the tuning run still ends
-        device, _ = training_device(estimator_spec(settings.estimator), settings.gpus)
+        spec = estimator_spec(settings.estimator, settings.task)
+        device, _ = training_device(spec, settings.gpus)
         params["device"] = device
         folds = cross_validate(
-            table, settings.target, settings.estimator, planned.hyperparameters,
-            settings.metric, settings.folds, settings.seed, fit,
+            table, settings.target, planned.hyperparameters, metric, settings.folds,
+            settings.seed, fit, settings.task,
         )  # fmt: skip
     except ConveyorError as error:  # this trial's hyperparameters: the others still count
         run_id = tracking.log_child_run(
             client, planned.tuning_run_id, name, params, {}, error=str(error)
         )
         return replace(planned, run_id=run_id, error=str(error))
-    metrics = {f"cv_{settings.metric}": float(np.mean(folds))}
-    metrics.update({f"cv_{settings.metric}_fold{i}": value for i, value in enumerate(folds)})
+    metrics = {f"cv_{metric}": float(np.mean(folds))}
+    metrics.update({f"cv_{metric}_fold{i}": value for i, value in enumerate(folds)})
     run_id = tracking.log_child_run(client, planned.tuning_run_id, name, params, metrics)
     return replace(planned, folds=folds, run_id=run_id)
 
@@ -366,25 +377,19 @@ def _positive_class(labels: pd.Series, requested: str) -> str:
 def cross_validate(
     train: pd.DataFrame,
     target: str,
-    estimator: str,
     hyperparameters: Mapping[str, Any],
     metric: str,
     folds: int,
     seed: int,
     fit: Callable[[pd.DataFrame, dict[str, Any]], TrainedModel],
+    task: str = CLASSIFICATION,
 ) -> tuple[float, ...]:
-    """``metric`` on each of ``folds`` stratified folds of ``train``, the model fitted by
-    ``fit(rows, hyperparameters)`` on the other folds, of the positive class the model's
-    card names (``fit`` fixes it for all folds: a fold's own rarer class may differ)."""
-    if metric not in METRIC_DIRECTIONS:
-        raise ConveyorError(f"unknown metric {metric!r}; known: {', '.join(METRIC_DIRECTIONS)}")
-    smallest = int(train[target].value_counts().min())
-    if folds < 2 or smallest < folds:
-        raise ConveyorError(
-            f"cross-validation needs 2 folds or more, and each class in every fold: {folds} "
-            f"folds, the rarest class has {smallest} training rows"
-        )
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    """``metric`` on each of ``folds`` folds of ``train`` (stratified for classification),
+    the model fitted by ``fit(rows, hyperparameters)`` on the other folds, of the positive
+    class the model's card names (``fit`` fixes it for all folds: a fold's own rarer class
+    may differ)."""
+    metric = primary_metric(metric, task)
+    splitter = _folds(train[target], folds, seed, task)
     scores = []
     for fit_rows, held_out in splitter.split(train, train[target]):
         model = fit(train.iloc[fit_rows], dict(hyperparameters))
@@ -394,6 +399,25 @@ def cross_validate(
             raise ConveyorError(f"{metric} is not measured for this target: {', '.join(measured)}")
         scores.append(measured[metric])
     return tuple(float(value) for value in scores)
+
+
+def _folds(labels: pd.Series, folds: int, seed: int, task: str) -> KFold:
+    """Shuffled folds, stratified for classification, each able to hold out what it must:
+    a row of each class, or two rows for regression."""
+    if task == REGRESSION:
+        if folds < 2 or len(labels) < 2 * folds:
+            raise ConveyorError(
+                f"cross-validation needs 2 folds or more, and 2 rows in every fold: {folds} "
+                f"folds, {len(labels)} training rows"
+            )
+        return KFold(n_splits=folds, shuffle=True, random_state=seed)
+    smallest = int(labels.value_counts().min())
+    if folds < 2 or smallest < folds:
+        raise ConveyorError(
+            f"cross-validation needs 2 folds or more, and each class in every fold: {folds} "
+            f"folds, the rarest class has {smallest} training rows"
+        )
+    return StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
 
 
 def chosen_hyperparameters(
@@ -469,6 +493,7 @@ def select_trials(
     ``maximize``, ``minimize``); their tuning run gets the table (``tuning.md``), the chosen
     trial's number and run as tags, and is ended."""
     trials = [TrialResult.from_dict(result) for result in results]
+    metric = metric or (trials[0].metric if trials else "")  # the trials' resolved one
     try:
         policy = Policy(metric=metric, direction=direction)
         policy.validate()
