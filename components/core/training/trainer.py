@@ -30,7 +30,7 @@ from typing import Any
 import joblib
 import numpy as np
 import pandas as pd
-from sklearn.base import is_regressor
+from sklearn.base import BaseEstimator, is_regressor
 from sklearn.compose import ColumnTransformer
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.impute import SimpleImputer
@@ -757,8 +757,9 @@ def load_model_dir(directory: Path, pinned_sha256: str = "") -> TrainedModel:
 def _check_classes(model: Any, card: ModelCard, path: Path) -> None:
     """The card's task and classes are the model's (they name the answers' labels and
     probability columns; a pinned model file says nothing about a card rewritten beside it)."""
-    if is_regressor(model) != card.is_regression:
-        kind = "a regressor" if is_regressor(model) else "not a regressor"
+    regressor = isinstance(model, BaseEstimator) and is_regressor(model)
+    if regressor != card.is_regression:
+        kind = "a regressor" if regressor else "not a regressor"
         raise ConveyorError(
             f"{path.parent / MODEL_CARD}: task {card.task!r}, but the model is {kind}; "
             "refusing to serve answers of the wrong kind"
