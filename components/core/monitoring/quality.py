@@ -1040,13 +1040,8 @@ def _macro_interval(
 def _log_loss(
     true_proba: np.ndarray, codes: np.ndarray, groups: int, z: float
 ) -> tuple[np.ndarray, ...]:
-    loss = -np.log(true_proba)
-    rows = np.bincount(codes, minlength=groups)
-    total = np.bincount(codes, weights=loss, minlength=groups)
-    squares = np.bincount(codes, weights=loss**2, minlength=groups)
+    rows, mean, sd = _moments(-np.log(true_proba), codes, groups)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = total / rows
-        sd = np.sqrt(np.maximum(squares - rows * mean**2, 0) / (rows - 1))
         half = z * sd / np.sqrt(rows)
     return mean, np.maximum(mean - half, 0), mean + half, rows
 
