@@ -1,20 +1,29 @@
 """Drift detection: Conveyor's drift statistics beside Evidently's DataDriftPreset.
 
-Run it as ``make bench`` (or ``make bench-drift``) or ``python -m bench.drift [--rows N]``.
-One seeded pair of tables, 1,000,000 rows by 30 columns (20 numeric, 10 categorical, a
-third of them shifted), is written once as Parquet; each engine then runs in a process of
-its own, reading the same files, with the same tests (PSI for numeric columns,
-Jensen–Shannon for categorical ones) and thresholds. Only the comparison is timed, median
-of ``--repeats`` runs; peak memory is the process's peak resident size above what it held
-once the tables were loaded. Both engines must reach the same per-column verdicts, or the
-bench fails. Results go to ``build/bench/drift.json``.
+Run it as ``make bench`` (or ``make bench-drift``) or ``python -m bench.drift [--rows N]
+[--rounds N]``. One seeded pair of tables, 1,000,000 rows by 30 columns (20 numeric, 10
+categorical, a third of them shifted), is written once as Parquet. Then ``--rounds`` rounds
+(at least 5, default 5) alternate the engines, Conveyor then Evidently, each run in a fresh
+process of its own that reads the same files, compares their first 1,000 rows untimed
+(imports, first-call costs) and then times one comparison of the whole tables, with the same
+tests (PSI for numeric columns, Jensen–Shannon for categorical ones) and thresholds. Only
+the comparison is timed; its peak memory is the process's peak resident size above what it
+held once the tables were loaded (the peak is reset there, on Linux). Both engines must
+reach the same per-column verdicts in every round, or the bench fails (exit 1). Per metric
+(seconds, peak memory) it prints each side's median and the median of the per-round ratios
+Evidently/Conveyor with their min–max and interquartile range (``bench.rounds``), the
+machine's cores and load at start and end, and where Conveyor's time goes: cProfile of one
+extra, untimed comparison in its own process, its columns tested one after another in one
+thread (Conveyor tests them on a thread per core, which cProfile would not see). The aims,
+judged on the median ratios: at least 50x faster than Evidently, at most a quarter of its
+peak memory. A missed aim is reported, not an error. Every round's figures, the medians,
+spreads, aims, profile and versions go to ``build/bench/drift.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -22,11 +31,26 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.children import ROOT, peak_mib, run_child
+from bench.children import (
+    ROOT,
+    machine,
+    machine_line,
+    peak_mib,
+    per_round,
+    profile_call,
+    profile_line,
+    reset_peak,
+    run_child,
+    run_rounds,
+    versions,
+)
+from bench.rounds import MIN_ROUNDS, Aim, RoundsError, check_rounds, compare
 
 OUT = ROOT / "build" / "bench"
 ENGINES = ("conveyor", "evidently")
 THRESHOLDS = {"psi": 0.1, "jensenshannon": 0.1}
+SPEED_AIM = Aim("Conveyor at least 50x faster than Evidently's DataDriftPreset", ">=", 50.0)
+MEMORY_AIM = Aim("Conveyor's peak memory at most 1/4 of Evidently's", ">=", 4.0)
 
 
 def tables(rows: int, seed: int = 7) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -47,37 +71,71 @@ def tables(rows: int, seed: int = 7) -> tuple[pd.DataFrame, pd.DataFrame]:
     return table(0.0), table(0.3)
 
 
-def _run_engine(engine: str, reference_path: Path, current_path: Path, repeats: int) -> dict:
-    """In this process: load, then time ``repeats`` comparisons; the verdicts and timings."""
+def _run_engine(engine: str, reference_path: Path, current_path: Path, profile: bool) -> dict:
+    """In this process: import the engine, load, then one timed (or profiled) comparison."""
+    compare_tables = _conveyor if engine == "conveyor" else _evidently
+    compare_tables(None, None)  # imports only, so the timing holds none
     reference, current = pd.read_parquet(reference_path), pd.read_parquet(current_path)
-    loaded = peak_mib()
-    compare = _conveyor if engine == "conveyor" else _evidently
-    seconds, verdicts = [], {}
-    for _ in range(repeats):
-        start = time.perf_counter()
-        verdicts = compare(reference, current)
-        seconds.append(time.perf_counter() - start)
-    peak = peak_mib()
+    # Untimed, on the first 1,000 rows: the engine's lazy imports and first-call costs.
+    compare_tables(reference.head(1000), current.head(1000))
+    if profile:
+        return _profile(reference, current)
+    loaded = reset_peak()
+    start = time.perf_counter()
+    verdicts = compare_tables(reference, current)
+    seconds = time.perf_counter() - start
     return {
         "engine": engine,
-        "seconds": statistics.median(seconds),
-        "runs": seconds,
-        "peak_mib_above_tables": peak - loaded,
+        "seconds": seconds,
+        "peak_mib_above_tables": peak_mib() - loaded,
         "verdicts": verdicts,
     }
 
 
-def _conveyor(reference: pd.DataFrame, current: pd.DataFrame) -> dict[str, bool]:
+class _Serial:
+    """A stand-in for ``ThreadPoolExecutor`` that maps in the calling thread: cProfile sees
+    only the thread it was started in."""
+
+    def __init__(self, workers: int) -> None:
+        pass
+
+    def __enter__(self) -> _Serial:
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        pass
+
+    map = staticmethod(map)
+
+
+def _profile(reference: pd.DataFrame, current: pd.DataFrame) -> dict:
+    """Conveyor's comparison under cProfile, its columns tested one after another in this
+    thread (it runs them on a thread per core, which cProfile would not see)."""
+    from conveyor.components.core.monitoring import drift
+
+    threaded, drift.ThreadPoolExecutor = drift.ThreadPoolExecutor, _Serial
+    try:
+        found = profile_call(lambda: _conveyor(reference, current), "compare_tables")
+    finally:
+        drift.ThreadPoolExecutor = threaded
+    return found | {"profiled": "compare_tables, columns one at a time in one thread"}
+
+
+def _conveyor(reference: pd.DataFrame | None, current: pd.DataFrame | None) -> dict[str, bool]:
     from conveyor.components.core.monitoring.drift import DriftSettings, compare_tables
 
+    if reference is None or current is None:
+        return {}
     settings = DriftSettings(dict(THRESHOLDS), "psi", "jensenshannon")
     return {r.column: r.drifted for r in compare_tables(reference, current, settings).overall}
 
 
-def _evidently(reference: pd.DataFrame, current: pd.DataFrame) -> dict[str, bool]:
+def _evidently(reference: pd.DataFrame | None, current: pd.DataFrame | None) -> dict[str, bool]:
     from evidently import Report
     from evidently.presets import DataDriftPreset
 
+    if reference is None or current is None:
+        return {}
     preset = DataDriftPreset(
         num_method="psi", cat_method="jensenshannon",
         num_threshold=THRESHOLDS["psi"], cat_threshold=THRESHOLDS["jensenshannon"],
@@ -93,49 +151,88 @@ def _evidently(reference: pd.DataFrame, current: pd.DataFrame) -> dict[str, bool
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=MIN_ROUNDS, help="at least 5")
     parser.add_argument("--engine", choices=ENGINES, help=argparse.SUPPRESS)  # a child run
+    parser.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)  # a child run
     args = parser.parse_args(argv)
     reference_path = OUT / f"drift-reference-{args.rows}.parquet"
     current_path = OUT / f"drift-current-{args.rows}.parquet"
     if args.engine:
-        print(json.dumps(_run_engine(args.engine, reference_path, current_path, args.repeats)))
+        print(json.dumps(_run_engine(args.engine, reference_path, current_path, args.profile)))
         return 0
+    try:
+        check_rounds(args.rounds)
+    except RoundsError as error:
+        raise SystemExit(f"bench drift: {error}") from None
+    started = machine()
+    print(machine_line("start", started), flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
     if not (reference_path.exists() and current_path.exists()):
         reference, current = tables(args.rows)
         reference.to_parquet(reference_path)
         current.to_parquet(current_path)
-    results = {engine: _child(engine, args) for engine in ENGINES}
-    return _report(results, args.rows)
+    rows = ("--rows", str(args.rows))
+    print(f"drift, {args.rows:,} rows x 30 columns, {args.rounds} rounds alternating {ENGINES}")
+    results = run_rounds("bench.drift", ENGINES, args.rounds, lambda e: ["--engine", e, *rows])
+    ended = machine()  # before the profile's extra run
+    profile = run_child("bench.drift", "--engine", "conveyor", "--profile", *rows)
+    return _report(results, profile, args, {"start": started, "end": ended})
 
 
-def _child(engine: str, args: argparse.Namespace) -> dict:
-    return run_child(
-        "bench.drift", "--engine", engine, "--rows", str(args.rows), "--repeats", str(args.repeats)
-    )
-
-
-def _report(results: dict[str, dict], rows: int) -> int:
-    ours, theirs = results["conveyor"], results["evidently"]
+def _report(results: list[dict], profile: dict, args: argparse.Namespace, machines: dict) -> int:
     disagree = sorted(
-        column
-        for column in ours["verdicts"]
-        if ours["verdicts"][column] != theirs["verdicts"].get(column)
+        {
+            f"{column} (round {ours['round']})"
+            for ours, theirs in zip(results[::2], results[1::2], strict=True)
+            for column in set(ours["verdicts"]) | set(theirs["verdicts"])
+            if ours["verdicts"].get(column) != theirs["verdicts"].get(column)
+        }
     )
-    ratio = theirs["seconds"] / ours["seconds"]
-    print(f"drift, {rows:,} rows x {len(ours['verdicts'])} columns, median of the runs")
-    for result in (ours, theirs):
-        drifted = sum(result["verdicts"].values())
-        print(
-            f"  {result['engine']:<10} {result['seconds']:8.2f} s   peak +"
-            f"{result['peak_mib_above_tables']:7.0f} MiB   {drifted} columns drifted"
+    try:
+        seconds = compare(
+            "seconds",
+            ("evidently", per_round(results, "evidently", "seconds")),
+            ("conveyor", per_round(results, "conveyor", "seconds")),
         )
-    print(f"  Conveyor is {ratio:.1f}x faster; verdicts agree on every column: {not disagree}")
-    summary = {"rows": rows, "speedup": ratio, "disagreeing_columns": disagree, **results}
-    (OUT / "drift.json").write_text(json.dumps(summary, indent=2))
+        memory = compare(
+            "peak MiB above the tables",
+            ("evidently", per_round(results, "evidently", "peak_mib_above_tables")),
+            ("conveyor", per_round(results, "conveyor", "peak_mib_above_tables")),
+        )
+    except RoundsError as error:
+        raise SystemExit(f"bench drift: {error}") from None
+    drifted = sum(results[0]["verdicts"].values())
+    print(f"verdicts: {drifted} of {len(results[0]['verdicts'])} columns drifted for Conveyor;")
+    print(f"  the engines agree on every column in every round: {not disagree}")
+    for line in (*seconds.lines("s", 2, 1), *memory.lines("MiB", 0, 1)):
+        print(line)
+    aims = [
+        SPEED_AIM.verdict(seconds.median_ratio) | {"verdicts_agree": not disagree},
+        MEMORY_AIM.verdict(memory.median_ratio),
+    ]
+    for aim in aims:
+        print(aim["line"])
+    print(profile_line(profile))
+    print(machine_line("end", machines["end"]))
+    summary = {
+        "bench": "drift",
+        "rows": args.rows,
+        "columns": len(results[0]["verdicts"]),
+        "rounds": args.rounds,
+        "order": [f"{r['round']}:{r['side']}" for r in results],
+        "runs": results,
+        "seconds": seconds.as_dict(),
+        "peak_mib_above_tables": memory.as_dict(),
+        "disagreeing_columns": disagree,
+        "aims": aims,
+        "profile": {**profile, "line": profile_line(profile)},
+        "machine": machines,
+        "versions": versions("numpy", "pandas", "pyarrow", "scipy", "evidently", "conveyor"),
+    }
+    (OUT / "drift.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"wrote {(OUT / 'drift.json').relative_to(ROOT)}")
     if disagree:
-        print(f"bench: the verdicts differ on {disagree}", file=sys.stderr)
+        print(f"bench drift: the verdicts differ on {disagree}", file=sys.stderr)
         return 1
     return 0
 

@@ -1,16 +1,23 @@
 """Online quality: joining labels to the payload log and computing every metric, beside a
 plain pyarrow read of the same files.
 
-Run it as ``make bench`` (or ``make bench-quality``) or ``python -m bench.quality [--rows N]``.
-A seeded payload log of ``--rows`` predictions (10,000,000 by default) is written once as
-Parquet in the contract's layout: 7 day folders, 2 revisions, 5 files per day and revision,
-each row 8 numeric inputs, a 5-value segment and the ``conveyor.`` metadata of a binary
-model; beside it a labels table for a tenth of the rows (1,000,000), a few of them for ids
-never logged. Each engine runs in a process of its own: ``read`` is ``pyarrow.parquet
-.read_table`` of the log folder and of the labels file; ``conveyor`` is ``assess_quality``
-(read, join, and every metric with its interval per day, revision and segment, overall).
-Timings are the median of ``--repeats`` runs; peak memory is the process's. Results go to
-``build/bench/quality.json``. The aim: ``conveyor`` below 10x ``read``.
+Run it as ``make bench`` (or ``make bench-quality``) or ``python -m bench.quality [--rows N]
+[--rounds N] [--repeats N]``. A seeded payload log of ``--rows`` predictions (10,000,000 by
+default) is written once as Parquet in the contract's layout: 7 day folders, 2 revisions, 5
+files per day and revision, each row 8 numeric inputs, a 5-value segment and the
+``conveyor.`` metadata of a binary model; beside it a labels table for a tenth of the rows
+(1,000,000), a few of them for ids never logged. Then ``--rounds`` rounds (at least 5,
+default 5) alternate the engines, read then Conveyor, each in a fresh process of its own:
+``read`` is ``pyarrow.parquet.read_table`` of the log folder and of the labels file;
+``conveyor`` is ``assess_quality`` (read, join, and every metric with its interval per day,
+revision and segment, overall). A child imports its engine, runs it once untimed (first-call
+costs), then times ``--repeats`` runs (default 1): the round's figure is their median; peak
+memory is the process's. It prints each side's median, the median of the per-round ratios
+Conveyor/read with their min–max and interquartile range (``bench.rounds``), the machine's
+cores and load at start and end, and where Conveyor's time goes: cProfile of one extra,
+untimed ``assess_quality`` in its own process. The aim, on the median ratio: ``conveyor``
+below 10x ``read``; a missed aim is reported, not an error. Every round's figures, the
+medians, spreads, aim, profile and versions go to ``build/bench/quality.json``.
 """
 
 from __future__ import annotations
@@ -24,13 +31,26 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.children import ROOT, peak_mib, run_child
+from bench.children import (
+    ROOT,
+    machine,
+    machine_line,
+    peak_mib,
+    per_round,
+    profile_call,
+    profile_line,
+    run_child,
+    run_rounds,
+    versions,
+)
+from bench.rounds import MIN_ROUNDS, Aim, RoundsError, check_rounds, compare
 
 OUT = ROOT / "build" / "bench"
 ENGINES = ("read", "conveyor")
 MODEL = "fraud"
 DAYS, REVISIONS, PARTS = 7, ("fraud-predictor-00001", "fraud-predictor-00002"), 5
 SEGMENTS = ("retail", "business", "vip", "student", "senior")
+AIM = Aim("quality (read included) below 10x a plain pyarrow read", "<", 10.0)
 
 
 def write_log(folder: Path, rows: int, seed: int = 11) -> Path:
@@ -96,58 +116,109 @@ def _prepare(rows: int) -> tuple[Path, Path]:
     return folder / "log", labels
 
 
-def _run_engine(engine: str, log: Path, labels: Path, repeats: int) -> dict:
-    """In this process: ``repeats`` timed runs of one engine over the files."""
+def _run_engine(engine: str, log: Path, labels: Path, repeats: int, profile: bool) -> dict:
+    """In this process: one untimed run, then ``repeats`` timed runs of one engine over the
+    files (or one profiled run of Conveyor's)."""
     import pyarrow.parquet as pq
 
     from conveyor.components.core.monitoring.quality import QualitySettings, assess_quality
 
     settings = QualitySettings(segment="segment", days=DAYS)
     offline = {"accuracy": 0.8, "false_positive_rate": 0.05, "roc_auc": 0.6, "log_loss": 0.5}
+
+    def once() -> object:
+        if engine == "read":
+            return pq.read_table(log).num_rows + pq.read_table(labels).num_rows
+        return assess_quality(str(log), str(labels), MODEL, offline, settings)
+
+    once()
+    if profile:
+        return profile_call(once, "assess_quality")
     seconds, found = [], None
     for _ in range(repeats):
         began = time.perf_counter()
-        if engine == "read":
-            rows = pq.read_table(log).num_rows + pq.read_table(labels).num_rows
-        else:
-            found = assess_quality(str(log), str(labels), MODEL, offline, settings)
+        found = once()
         seconds.append(time.perf_counter() - began)
     result = {"engine": engine, "seconds": statistics.median(seconds), "runs": seconds}
     result["peak_mib"] = peak_mib()
-    if found is not None:
-        result |= {"groups": len(found.groups), "labelled": found.coverage.labelled_rows}
+    if engine == "read":
+        result["rows"] = found
     else:
-        result["rows"] = rows
+        result |= {"groups": len(found.groups), "labelled": found.coverage.labelled_rows}  # type: ignore[attr-defined]
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=MIN_ROUNDS, help="at least 5")
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs in each child")
     parser.add_argument("--engine", choices=ENGINES, help=argparse.SUPPRESS)  # a child run
+    parser.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)  # a child run
     args = parser.parse_args(argv)
-    log, labels = _prepare(args.rows)
     if args.engine:
-        print(json.dumps(_run_engine(args.engine, log, labels, args.repeats)))
+        log, labels = _prepare(args.rows)
+        print(json.dumps(_run_engine(args.engine, log, labels, args.repeats, args.profile)))
         return 0
-    options = ("--rows", str(args.rows), "--repeats", str(args.repeats))
-    results = {e: run_child("bench.quality", "--engine", e, *options) for e in ENGINES}
-    return _report(results, args.rows)
-
-
-def _report(results: dict[str, dict], rows: int) -> int:
-    read, ours = results["read"], results["conveyor"]
-    ratio = ours["seconds"] / read["seconds"]
-    print(f"online quality, {rows:,} logged predictions, {rows // 10:,} labels, median of the runs")
-    print(f"  pyarrow read         {read['seconds']:8.2f} s   peak {read['peak_mib']:7.0f} MiB")
+    try:
+        check_rounds(args.rounds)
+    except RoundsError as error:
+        raise SystemExit(f"bench quality: {error}") from None
+    if args.repeats < 1:
+        raise SystemExit("bench quality: --repeats must be at least 1")
+    started = machine()
+    print(machine_line("start", started), flush=True)
+    _prepare(args.rows)
+    options = ["--rows", str(args.rows), "--repeats", str(args.repeats)]
     print(
-        f"  conveyor quality     {ours['seconds']:8.2f} s   peak {ours['peak_mib']:7.0f} MiB"
-        f"   {ours['labelled']:,} rows joined, {ours['groups']} groups"
+        f"online quality, {args.rows:,} logged predictions, {args.rows // 10:,} labels, "
+        f"{args.rounds} rounds alternating {ENGINES}, each the median of {args.repeats} "
+        "timed run(s)"
     )
-    print(f"  quality (read included) takes {ratio:.2f}x the time of the plain read (aim: < 10x)")
-    summary = {"rows": rows, "ratio_to_read": ratio, **results}
-    (OUT / "quality.json").write_text(json.dumps(summary, indent=2))
+    results = run_rounds("bench.quality", ENGINES, args.rounds, lambda e: ["--engine", e, *options])
+    ended = machine()  # before the profile's extra run
+    profile = run_child("bench.quality", "--engine", "conveyor", "--profile", *options)
+    return _report(results, profile, args, {"start": started, "end": ended})
+
+
+def _report(results: list[dict], profile: dict, args: argparse.Namespace, machines: dict) -> int:
+    try:
+        seconds = compare(
+            "seconds",
+            ("conveyor", per_round(results, "conveyor", "seconds")),
+            ("read", per_round(results, "read", "seconds")),
+        )
+        memory = compare(
+            "peak MiB",
+            ("conveyor", per_round(results, "conveyor", "peak_mib")),
+            ("read", per_round(results, "read", "peak_mib")),
+        )
+    except RoundsError as error:
+        raise SystemExit(f"bench quality: {error}") from None
+    ours = next(r for r in results if r["side"] == "conveyor")
+    print(f"conveyor joined {ours['labelled']:,} rows into {ours['groups']} groups")
+    for line in (*seconds.lines("s", 2), *memory.lines("MiB", 0)):
+        print(line)
+    aim = AIM.verdict(seconds.median_ratio)
+    print(aim["line"])
+    print(profile_line(profile))
+    print(machine_line("end", machines["end"]))
+    summary = {
+        "bench": "quality",
+        "rows": args.rows,
+        "rounds": args.rounds,
+        "repeats_per_child": args.repeats,
+        "order": [f"{r['round']}:{r['side']}" for r in results],
+        "runs": results,
+        "seconds": seconds.as_dict(),
+        "peak_mib": memory.as_dict(),
+        "aims": [aim],
+        "profile": {**profile, "line": profile_line(profile)},
+        "machine": machines,
+        "versions": versions("numpy", "pandas", "pyarrow", "scipy", "conveyor"),
+    }
+    (OUT / "quality.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"wrote {(OUT / 'quality.json').relative_to(ROOT)}")
     return 0
 
 

@@ -1,17 +1,28 @@
 """Serving throughput and latency of Conveyor's predictor beside MLServer's scikit-learn runtime.
 
-Run it as ``make bench`` or ``python -m bench.serving [--duration S] [--connections N]``.
+Run it as ``make bench`` (or ``make bench-serving``) or ``python -m bench.serving [--duration S]
+[--connections N] [--rounds N]``.
 One seeded model directory is served by both servers at once, each with one worker:
 Conveyor's KServe predictor (``serving.server``) from the project's venv, and
 MLServer with ``mlserver_sklearn.SKLearnModel`` from its own venv (``make bench`` builds
 it from ``bench/mlserver-requirements.txt``). Both get the same V2 inputs, byte for byte
 (the bodies differ only in the outputs they name), and must return the same probabilities
 before anything is timed. The load comes
-from ``wrk`` (one thread, fixed connections) or, without it, a small asyncio generator;
-runs alternate between the servers and the medians are reported, printed as a table and
-written to ``build/bench/serving.json``. Conveyor also runs a second time with its payload log
-on (``conveyor-log``, to a local folder), and the throughput ratio of the two is reported
-against the aim that the log costs at most 10 %.
+from ``wrk`` (one thread, fixed connections) or, without it, a small asyncio generator.
+After an untimed warm-up of each server, ``--rounds`` rounds (at least 5, default 5) each
+time every server for ``--duration`` seconds in turn (conveyor, conveyor-log, mlserver, then
+again), the servers staying up throughout. Per metric (throughput, p50, p99) it prints each
+server's median and the median of the per-round ratios Conveyor/MLServer with their min–max
+and interquartile range (``bench.rounds``), the machine's cores and load at start and end,
+and where Conveyor's time goes: cProfile, in a process of its own, of KServe's V2 infer
+handler's steps (decode, infer, encode, the response model) over the same request many
+times, in-process without HTTP, uvicorn or the middleware (so it shows the predictor's share,
+not the server's). The aim, on the median ratios: Conveyor at least 2x MLServer's throughput
+at a lower p99; a missed aim is reported, not an error (failed requests or servers that
+disagree are). Conveyor also runs with its payload log on (``conveyor-log``, to a local
+folder), and the per-round throughput ratio of the two is reported against the aim that the
+log costs at most 10 %. Every round's figures, the medians, spreads, aims, profile and
+versions go to ``build/bench/serving.json``.
 """
 
 from __future__ import annotations
@@ -37,6 +48,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.children import machine, machine_line, profile_call, profile_line, run_child
+from bench.rounds import MIN_ROUNDS, Aim, RoundsError, check_rounds, compare
 from conveyor.components.core.training.trainer import fit_model, save_model_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,6 +61,10 @@ SHARED_LIBRARIES = ("scikit-learn", "numpy", "pandas", "joblib")
 SERVERS = ("conveyor", "conveyor-log", "mlserver")
 # The payload log may cost at most this share of the throughput.
 LOG_COST_AIM = 0.10
+THROUGHPUT_AIM = Aim("Conveyor at least 2x MLServer's throughput", ">=", 2.0)
+P99_AIM = Aim("Conveyor's p99 lower than MLServer's", "<", 1.0)
+LOG_AIM = Aim(f"the payload log costs at most {LOG_COST_AIM:.0%} of throughput", ">=", 0.90)
+PROFILED_REQUESTS = 500
 READY_TIMEOUT_S = 180.0
 
 
@@ -126,10 +143,14 @@ class Server:
 
 def main(argv: list[str] | None = None) -> None:
     arguments = _arguments(argv)
+    if arguments.profile_model:  # a child run: the handler under cProfile, one JSON line
+        print(json.dumps(_profile_handler(arguments.profile_model, arguments.profile_body)))
+        return
     try:
+        check_rounds(arguments.rounds)
         run(arguments)
-    except BenchError as error:
-        raise SystemExit(f"bench: {error}") from None
+    except (BenchError, RoundsError) as error:
+        raise SystemExit(f"bench serving: {error}") from None
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -137,7 +158,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per timed run")
     parser.add_argument("--warmup", type=float, default=5.0, help="untimed seconds per server")
     parser.add_argument("--connections", type=int, default=8, help="concurrent connections")
-    parser.add_argument("--rounds", type=int, default=2, help="timed runs per server (A,B,A,B)")
+    parser.add_argument(
+        "--rounds", type=int, default=MIN_ROUNDS, help="timed runs per server (A,B,A,B), at least 5"
+    )
     parser.add_argument("--rows", type=int, default=1, help="rows per request")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
@@ -145,6 +168,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--work-dir", type=Path, default=ROOT / "build" / "bench")
     parser.add_argument("--load", choices=["auto", "wrk", "python"], default="auto")
+    parser.add_argument("--profile-model", type=Path, help=argparse.SUPPRESS)  # a child run
+    parser.add_argument("--profile-body", type=Path, help=argparse.SUPPRESS)
     arguments = parser.parse_args(argv)
     if min(arguments.duration, arguments.connections, arguments.rounds, arguments.rows) <= 0:
         parser.error("--duration, --connections, --rounds and --rows must be positive")
@@ -152,6 +177,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(arguments: argparse.Namespace) -> None:
+    started = machine()
+    print(machine_line("start", started), flush=True)
     work = arguments.work_dir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     mlserver_bin = arguments.mlserver_venv / "bin"
@@ -197,7 +224,7 @@ def run(arguments: argparse.Namespace) -> None:
         "load": (
             f"{load}: {arguments.connections} connections, {arguments.warmup:g}s warm-up per "
             f"server, {arguments.rounds} x {arguments.duration:g}s runs alternating "
-            f"{', '.join(SERVERS)}; medians reported"
+            f"{', '.join(SERVERS)}; medians of the per-round ratios reported"
         ),
         "cpus": os.cpu_count(),
     }
@@ -229,39 +256,77 @@ def run(arguments: argparse.Namespace) -> None:
                 print(
                     f"  round {round_number} {name:12} {result.requests_per_s:9.1f} req/s  "
                     f"p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  "
-                    f"errors {result.errors}"
+                    f"errors {result.errors}",
+                    flush=True,
                 )
     finally:
         for server in servers.values():
             server.stop()
 
+    ended = machine()  # before the profile's extra run
+    profile = run_child(
+        "bench.serving", "--profile-model", str(model_dir), "--profile-body",
+        str(body_paths["conveyor"]),
+    )  # fmt: skip
     results = {name: _median([r for r in runs if r["server"] == name]) for name in SERVERS}
-    conveyor, mlserver = results["conveyor"], results["mlserver"]
-    ratios = {
-        "throughput": conveyor.requests_per_s / mlserver.requests_per_s,
-        "p50": conveyor.p50_ms / mlserver.p50_ms,
-        "p99": conveyor.p99_ms / mlserver.p99_ms,
+
+    def figures(server: str, key: str) -> tuple[str, list[float]]:
+        return server, [r[key] for r in runs if r["server"] == server]
+
+    comparisons = {
+        "throughput": compare(
+            "requests/s",
+            figures("conveyor", "requests_per_s"),
+            figures("mlserver", "requests_per_s"),
+        ),
+        "p50": compare("p50 ms", figures("conveyor", "p50_ms"), figures("mlserver", "p50_ms")),
+        "p99": compare("p99 ms", figures("conveyor", "p99_ms"), figures("mlserver", "p99_ms")),
+        "payload_log": compare(
+            "requests/s with the payload log",
+            figures("conveyor-log", "requests_per_s"),
+            figures("conveyor", "requests_per_s"),
+        ),
     }
-    aim_met = ratios["throughput"] >= 1.0 and ratios["p99"] <= 1.0
-    _print_table(results, ratios, aim_met)
-    log_ratio = results["conveyor-log"].requests_per_s / conveyor.requests_per_s
-    log_aim_met = log_ratio >= 1.0 - LOG_COST_AIM
+    _print_table(results)
+    for comparison in comparisons.values():
+        for line in comparison.lines(digits=1 if comparison.metric.startswith("requests") else 2):
+            print(line)
+    throughput = THROUGHPUT_AIM.verdict(comparisons["throughput"].median_ratio)
+    p99 = P99_AIM.verdict(comparisons["p99"].median_ratio)
+    aim_met = throughput["met"] and p99["met"]
+    log_aim = LOG_AIM.verdict(comparisons["payload_log"].median_ratio)
+    for verdict in (throughput, p99):
+        print(verdict["line"])
     print(
-        f"payload log: throughput with it on is {log_ratio:.3f}x of without "
-        f"(aim: at least {1.0 - LOG_COST_AIM:.2f}x) -> {'met' if log_aim_met else 'NOT met'}"
+        f"aim: Conveyor at least 2x MLServer's throughput at a lower p99 -> "
+        f"{'aim met' if aim_met else 'aim not met'}"
     )
+    print(log_aim["line"])
+    print(profile_line(profile))
+    print(machine_line("end", ended))
     report = {
+        "bench": "serving",
         "setup": setup,
         "versions": versions,
         "agreement_max_abs_diff": agreement,
+        "rounds": arguments.rounds,
         "runs": runs,
         "results": {name: asdict(result) for name, result in results.items()},
-        "ratios_conveyor_over_mlserver": ratios,
-        "aim": "Conveyor's throughput at least MLServer's, at equal or lower p99",
+        "comparisons": {key: value.as_dict() for key, value in comparisons.items()},
+        "ratios_conveyor_over_mlserver": {
+            key: comparisons[key].median_ratio for key in ("throughput", "p50", "p99")
+        },
+        "aims": [
+            throughput,
+            p99,
+            {"aim": "Conveyor at least 2x MLServer's throughput at a lower p99", "met": aim_met},
+            log_aim,
+        ],
         "aim_met": aim_met,
-        "payload_log_throughput_ratio": log_ratio,
-        "payload_log_aim": f"the payload log costs at most {LOG_COST_AIM:.0%} of throughput",
-        "payload_log_aim_met": log_aim_met,
+        "payload_log_throughput_ratio": comparisons["payload_log"].median_ratio,
+        "payload_log_aim_met": log_aim["met"],
+        "profile": {**profile, "line": profile_line(profile)},
+        "machine": {"start": started, "end": ended},
     }
     output = work / "serving.json"
     output.write_text(json.dumps(report, indent=2) + "\n")
@@ -505,20 +570,53 @@ def _median(runs: list[dict[str, Any]]) -> Measurement:
     )
 
 
-def _print_table(results: dict[str, Measurement], ratios: dict[str, float], aim_met: bool) -> None:
+def _print_table(results: dict[str, Measurement]) -> None:
     print()
-    print(f"{'server':12} {'requests/s':>11} {'p50 ms':>9} {'p99 ms':>9} {'errors':>7}")
+    print(f"{'server':12} {'requests/s':>11} {'p50 ms':>9} {'p99 ms':>9} {'errors':>7}  (medians)")
     for name, result in results.items():
         print(
             f"{name:12} {result.requests_per_s:11.1f} {result.p50_ms:9.2f} "
             f"{result.p99_ms:9.2f} {result.errors:7d}"
         )
-    print(
-        f"conveyor/mlserver: throughput {ratios['throughput']:.2f}x, "
-        f"p50 {ratios['p50']:.2f}x, p99 {ratios['p99']:.2f}x (latency: lower is better)"
-    )
-    verdict = "met" if aim_met else "NOT met"
-    print(f"aim: at least MLServer's throughput at equal or lower p99 -> {verdict}")
+
+
+def _profile_handler(model_dir: Path, body_path: Path) -> dict[str, Any]:
+    """In this process: KServe's V2 infer handler's steps on Conveyor's data plane and model,
+    ``PROFILED_REQUESTS`` times over one body, under cProfile (after one untimed request)."""
+    from kserve.model_repository import ModelRepository
+    from kserve.protocol.rest.v2_datamodels import InferenceResponse
+
+    from conveyor.components.core.serving.server import ConveyorDataPlane, ConveyorModel
+
+    model = ConveyorModel(MODEL_NAME, model_dir)
+    model.load()
+    repository = ModelRepository()
+    repository.update(model)
+    plane = ConveyorDataPlane(model_registry=repository)
+    body, headers = body_path.read_bytes(), {"content-type": "application/json"}
+
+    async def handle() -> None:
+        request, _ = plane.decode(body, headers, "v2", MODEL_NAME)
+        response, _ = await plane.infer(MODEL_NAME, request, headers)
+        response, _ = plane.encode(MODEL_NAME, response, headers, {})
+        InferenceResponse.model_validate(response)
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(handle())
+
+    def many() -> None:
+        for _ in range(PROFILED_REQUESTS):
+            loop.run_until_complete(handle())
+
+    found = profile_call(many, "many")
+    per_request_ms = found["seconds_under_profiler"] / PROFILED_REQUESTS * 1000
+    return found | {
+        "profiled": (
+            f"the V2 handler's decode, infer, encode in-process, {PROFILED_REQUESTS} requests, "
+            f"no HTTP ({per_request_ms:.2f} ms a request)"
+        ),
+        "per_request_ms_under_profiler": per_request_ms,
+    }
 
 
 if __name__ == "__main__":

@@ -2,14 +2,22 @@
 read of the same file.
 
 Run it as ``make bench`` (or ``make bench-validation``) or ``python -m bench.validation
-[--rows N]``. The tables are the drift bench's seeded pair, 1,000,000 rows by 30 columns (20
-numeric, 10 categorical): the schema is inferred from the reference, with per-segment rules on
-``cat0`` (12 segments), and the current table, a third of its columns shifted, is the file
-checked, written once as Parquet. Each engine then runs in a process of its own:
-``pandas`` is ``pd.read_parquet``; ``conveyor`` is ``validate_file``, which reads the file
-and applies every rule (types, ranges, categories, null rates, infinities, row count,
-duplicate rows, and null rate and range within each segment). Timings are the median of
-``--repeats`` runs; peak memory is the process's. Results go to ``build/bench/validation.json``.
+[--rows N] [--rounds N] [--repeats N]``. The tables are the drift bench's seeded pair,
+1,000,000 rows by 30 columns (20 numeric, 10 categorical): the schema is inferred from the
+reference, with per-segment rules on ``cat0`` (12 segments), and the current table, a third
+of its columns shifted, is the file checked, written once as Parquet. Then ``--rounds``
+rounds (at least 5, default 5) alternate the engines, pandas then Conveyor, each in a fresh
+process of its own: ``pandas`` is ``pd.read_parquet``; ``conveyor`` is ``validate_file``,
+which reads the file and applies every rule (types, ranges, categories, null rates,
+infinities, row count, duplicate rows, and null rate and range within each segment). A
+child imports its engine, runs it once untimed (first-call costs), then times ``--repeats``
+runs (default 3): the round's figure is their median; peak memory is the process's. It
+prints each side's median, the median of the per-round ratios Conveyor/pandas with their
+min–max and interquartile range (``bench.rounds``), the machine's cores and load at start
+and end, and where Conveyor's time goes: cProfile of one extra, untimed ``validate_file`` in
+its own process. The aim, on the median ratio: validation at most 1.5x the plain read; a
+missed aim is reported, not an error. Every round's figures, the medians, spreads, aim,
+profile and versions go to ``build/bench/validation.json``.
 """
 
 from __future__ import annotations
@@ -21,35 +29,53 @@ import sys
 import time
 from pathlib import Path
 
-from bench.children import ROOT, peak_mib, run_child
+from bench.children import (
+    ROOT,
+    machine,
+    machine_line,
+    peak_mib,
+    per_round,
+    profile_call,
+    profile_line,
+    run_child,
+    run_rounds,
+    versions,
+)
 from bench.drift import tables
+from bench.rounds import MIN_ROUNDS, Aim, RoundsError, check_rounds, compare
 
 OUT = ROOT / "build" / "bench"
 ENGINES = ("pandas", "conveyor")
 SEGMENT = "cat0"
+AIM = Aim("validation (read included) at most 1.5x a plain pd.read_parquet", "<=", 1.5)
 
 
-def _run_engine(engine: str, table: Path, schema: Path, repeats: int) -> dict:
-    """In this process: ``repeats`` timed runs of one engine over the file."""
+def _run_engine(engine: str, table: Path, schema: Path, repeats: int, profile: bool) -> dict:
+    """In this process: one untimed run, then ``repeats`` timed runs of one engine (or one
+    profiled run of Conveyor's)."""
     import pandas as pd
 
     from conveyor.components.core.data.validation import validate_file
 
+    def once() -> object:
+        return pd.read_parquet(table) if engine == "pandas" else validate_file(str(table), schema)
+
+    once()
+    if profile:
+        return profile_call(once, "validate_file")
     seconds, found = [], None
     for _ in range(repeats):
         start = time.perf_counter()
-        if engine == "pandas":
-            pd.read_parquet(table)
-        else:
-            found = validate_file(str(table), schema)
+        found = once()
         seconds.append(time.perf_counter() - start)
+    checked = engine == "conveyor"
     return {
         "engine": engine,
         "seconds": statistics.median(seconds),
         "runs": seconds,
         "peak_mib": peak_mib(),
-        "errors": len(found.errors) if found else None,
-        "warnings": len(found.warnings) if found else None,
+        "errors": len(found.errors) if checked else None,  # type: ignore[attr-defined]
+        "warnings": len(found.warnings) if checked else None,  # type: ignore[attr-defined]
     }
 
 
@@ -70,30 +96,76 @@ def _prepare(rows: int) -> tuple[Path, Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=MIN_ROUNDS, help="at least 5")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs in each child")
     parser.add_argument("--engine", choices=ENGINES, help=argparse.SUPPRESS)  # a child run
+    parser.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)  # a child run
     args = parser.parse_args(argv)
-    table, schema = _prepare(args.rows)
     if args.engine:
-        print(json.dumps(_run_engine(args.engine, table, schema, args.repeats)))
+        table, schema = _prepare(args.rows)
+        found = _run_engine(args.engine, table, schema, args.repeats, args.profile)
+        print(json.dumps(found))
         return 0
-    options = ("--rows", str(args.rows), "--repeats", str(args.repeats))
-    results = {e: run_child("bench.validation", "--engine", e, *options) for e in ENGINES}
-    return _report(results, args.rows)
-
-
-def _report(results: dict[str, dict], rows: int) -> int:
-    read, ours = results["pandas"], results["conveyor"]
-    ratio = ours["seconds"] / read["seconds"]
-    print(f"validation, {rows:,} rows x 30 columns (Parquet), median of the runs")
-    print(f"  pandas read          {read['seconds']:8.2f} s   peak {read['peak_mib']:7.0f} MiB")
+    try:
+        check_rounds(args.rounds)
+    except RoundsError as error:
+        raise SystemExit(f"bench validation: {error}") from None
+    if args.repeats < 1:
+        raise SystemExit("bench validation: --repeats must be at least 1")
+    started = machine()
+    print(machine_line("start", started), flush=True)
+    _prepare(args.rows)
+    options = ["--rows", str(args.rows), "--repeats", str(args.repeats)]
     print(
-        f"  conveyor validate    {ours['seconds']:8.2f} s   peak {ours['peak_mib']:7.0f} MiB"
-        f"   {ours['errors']} error(s), {ours['warnings']} warning(s)"
+        f"validation, {args.rows:,} rows x 30 columns (Parquet), {args.rounds} rounds "
+        f"alternating {ENGINES}, each the median of {args.repeats} timed run(s)"
     )
-    print(f"  validation (read included) takes {ratio:.2f}x the time of the plain read")
-    summary = {"rows": rows, "ratio_to_read": ratio, **results}
-    (OUT / "validation.json").write_text(json.dumps(summary, indent=2))
+    results = run_rounds(
+        "bench.validation", ENGINES, args.rounds, lambda e: ["--engine", e, *options]
+    )
+    ended = machine()  # before the profile's extra run
+    profile = run_child("bench.validation", "--engine", "conveyor", "--profile", *options)
+    return _report(results, profile, args, {"start": started, "end": ended})
+
+
+def _report(results: list[dict], profile: dict, args: argparse.Namespace, machines: dict) -> int:
+    try:
+        seconds = compare(
+            "seconds",
+            ("conveyor", per_round(results, "conveyor", "seconds")),
+            ("pandas", per_round(results, "pandas", "seconds")),
+        )
+        memory = compare(
+            "peak MiB",
+            ("conveyor", per_round(results, "conveyor", "peak_mib")),
+            ("pandas", per_round(results, "pandas", "peak_mib")),
+        )
+    except RoundsError as error:
+        raise SystemExit(f"bench validation: {error}") from None
+    ours = next(r for r in results if r["side"] == "conveyor")
+    print(f"conveyor found {ours['errors']} error(s), {ours['warnings']} warning(s)")
+    for line in (*seconds.lines("s", 3), *memory.lines("MiB", 0)):
+        print(line)
+    aim = AIM.verdict(seconds.median_ratio)
+    print(aim["line"])
+    print(profile_line(profile))
+    print(machine_line("end", machines["end"]))
+    summary = {
+        "bench": "validation",
+        "rows": args.rows,
+        "rounds": args.rounds,
+        "repeats_per_child": args.repeats,
+        "order": [f"{r['round']}:{r['side']}" for r in results],
+        "runs": results,
+        "seconds": seconds.as_dict(),
+        "peak_mib": memory.as_dict(),
+        "aims": [aim],
+        "profile": {**profile, "line": profile_line(profile)},
+        "machine": machines,
+        "versions": versions("numpy", "pandas", "pyarrow", "conveyor"),
+    }
+    (OUT / "validation.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"wrote {(OUT / 'validation.json').relative_to(ROOT)}")
     return 0
 
 

@@ -5,7 +5,9 @@
 Training: ``IngestOp``, ``ValidateOp``, ``PlanTrialsOp``, ``TuneTrialOp``,
 ``SelectTrialOp``, ``TrainOp``, ``EvaluateOp``, ``ShadowOp``, ``RegisterOp``, ``DeployOp``.
 Monitoring: ``IngestInputsOp``, ``ChampionReferenceOp``, ``ValidateInputsOp``, ``DriftOp``,
-``PredictionDriftOp``, ``QualityOp``, ``MonitoringVerdictOp``. Each is the
+``PredictionDriftOp``, ``QualityOp``, ``MonitoringVerdictOp``; drift over a partitioned
+log, fanned out: ``PlanPartitionsOp``, ``ProfilePartitionOp``, ``CheckPartitionsOp``,
+``CountPartitionOp``, ``JudgeDriftOp``. Each is the
 component of the module of the same step (``conveyor.components.train.train`` is
 ``TrainOp``), whose docstring documents every input and output.
 
@@ -38,6 +40,11 @@ STEP_MODULES = {
     "ChampionReferenceOp": "champion_reference",
     "ValidateInputsOp": "validate_inputs",
     "DriftOp": "drift",
+    "PlanPartitionsOp": "plan_partitions",
+    "ProfilePartitionOp": "profile_partition",
+    "CheckPartitionsOp": "check_partitions",
+    "CountPartitionOp": "count_partition",
+    "JudgeDriftOp": "judge_drift",
     "PredictionDriftOp": "prediction_drift",
     "QualityOp": "quality",
     "MonitoringVerdictOp": "monitoring_verdict",

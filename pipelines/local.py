@@ -210,20 +210,23 @@ def _record_arguments(outputs: Path, arguments: dict[str, Any]) -> None:
 
 
 def run_monitoring_locally(
-    arguments: dict[str, Any], runs_dir: Path, terminal: TextIO
+    arguments: dict[str, Any], runs_dir: Path, terminal: TextIO, monitoring_parallelism: int = 2
 ) -> MonitoringSummary:
     """Runs the monitoring pipeline through kfp.local against the champion of earlier local
-    runs (same ``runs_dir``), and writes the run's ``summary.json``."""
+    runs (same ``runs_dir``; at most ``monitoring_parallelism`` partitions of the inputs read
+    at once), and writes the run's ``summary.json``."""
     from conveyor.pipelines.definitions.monitoring import build_monitoring_pipeline
     from conveyor.pipelines.definitions.targets import Target
 
-    pipeline = build_monitoring_pipeline(Target("kubeflow"))
+    target = Target("kubeflow", monitoring_parallelism=monitoring_parallelism)
+    pipeline = build_monitoring_pipeline(target)
     run_id, run_dir, progress, failed_step = _run_locally(pipeline, arguments, runs_dir, terminal)
     outputs = _outputs_dir(run_dir)
     found = {  # kfp.local names each task's folder as the task: prediction-drift
         step: _read_json(outputs / step / "summary") if outputs else None
-        for step in ("drift", "prediction-drift", "quality", "monitoring-verdict")
+        for step in ("judge-drift", "prediction-drift", "quality", "monitoring-verdict")
     }
+    found["drift"] = found.pop("judge-drift")
     drift, verdict = found["drift"], found["monitoring-verdict"]
     if failed_step:
         reason = progress.failure_line(failed_step)

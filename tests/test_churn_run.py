@@ -77,7 +77,7 @@ def test_a_churn_export_trains_serves_and_is_monitored_without_a_hand_written_sc
         "--no-retrain", "--runs-dir", runs, "--param", f"mlflow_tracking_uri={mlflow_server}",
     )  # fmt: skip
     assert code == 0 and summary["drifted"] is False, printed
-    drift = json.loads((Path(summary["artifacts"]) / "drift" / "summary").read_text())
+    drift = json.loads((Path(summary["artifacts"]) / "judge-drift" / "summary").read_text())
     tested = {column["column"] for column in drift["columns"] if column["segment"] is None}
     assert tested == {"plan", "tenure_months", "monthly_charges", "paperless_billing"}
     assert [line.split(":")[0] for line in drift["skipped"]] == [

@@ -35,8 +35,10 @@ def test_monitor_params_are_checked_against_the_monitoring_pipeline(
     (tmp_path / "schema.json").write_text("{}")
     passed = {}
 
-    def run(arguments: dict, runs_dir: Path, terminal: object) -> MonitoringSummary:
-        passed.update(arguments)
+    def run(
+        arguments: dict, runs_dir: Path, terminal: object, parallelism: int
+    ) -> MonitoringSummary:
+        passed.update(arguments, parallelism=parallelism)
         return MonitoringSummary("r", "succeeded", "fine", False, [], False, str(tmp_path))
 
     monkeypatch.setattr("conveyor.pipelines.local.run_monitoring_locally", run)
@@ -47,9 +49,12 @@ def test_monitor_params_are_checked_against_the_monitoring_pipeline(
     assert error.startswith("conveyor monitor: --param 'test_size': no such monitoring pipeline")
     assert "\n" not in error and not passed
     # The monitoring pipeline's own parameters, and --schema for the retraining.
-    code = main([*monitor, "--param", "drift_share=0.3", "--schema", str(tmp_path / "schema.json")])
+    code = main([
+        *monitor, "--param", "drift_share=0.3", "--schema", str(tmp_path / "schema.json"),
+        "--monitoring-parallelism", "3",
+    ])  # fmt: skip
     assert code == 0, capsys.readouterr()
-    assert passed["drift_share"] == 0.3
+    assert passed["drift_share"] == 0.3 and passed["parallelism"] == 3
     assert passed["schema_uri"] == str((tmp_path / "schema.json").resolve())
 
 

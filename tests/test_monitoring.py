@@ -17,6 +17,7 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 from mlflow import MlflowClient
 
 from conveyor.components.core.data.schema import load_schema
+from conveyor.components.core.monitoring.drift import DriftSettings, compare_tables, load_importance
 from conveyor.components.core.training.registry import download_reference, find_champion
 from conveyor.pipelines.cli import main
 from conveyor.pipelines.definitions.compile import compile_pipeline
@@ -39,17 +40,30 @@ def test_monitoring_compiles_with_retraining_nested_under_the_verdict(
     spec = json_format.ParseDict(documents[0], pipeline_spec_pb2.PipelineSpec())
     tasks = spec.root.dag.tasks
     assert {task.task_info.name for task in tasks.values()} == {
-        "champion-reference", "ingest-inputs", "validate-inputs", "drift", "prediction-drift",
-        "quality", "monitoring-verdict", "retrain",
+        "champion-reference", "plan-partitions", "profiles", "check-partitions", "counts",
+        "judge-drift", "ingest-inputs", "prediction-drift", "quality", "monitoring-verdict",
+        "retrain",
     }  # fmt: skip
-    for finding in ("drift", "prediction-drift", "quality"):
-        # Each waits for validation even though it reads no output of it.
-        assert "validate-inputs" in tasks[finding].dependent_tasks
+    # Validation gates drift; ingest_inputs, which may delete old days, reads after both.
+    assert "check-partitions" in tasks["judge-drift"].dependent_tasks
+    assert "judge-drift" in tasks["ingest-inputs"].dependent_tasks
+    for finding in ("prediction-drift", "quality"):
+        assert "ingest-inputs" in tasks[finding].dependent_tasks
     assert set(tasks["monitoring-verdict"].dependent_tasks) == {
-        "drift", "prediction-drift", "quality",
+        "judge-drift", "prediction-drift", "quality",
     }  # fmt: skip
-    drift_inputs = tasks["drift"].inputs.artifacts
+    drift_inputs = tasks["judge-drift"].inputs.artifacts
     assert drift_inputs["importance"].task_output_artifact.producer_task == "champion-reference"
+    # Drift fans out over the partitions plan-partitions lists, twice, and gathers each loop.
+    loops = {t.task_info.name: key for key, t in tasks.items() if t.HasField("iterator_policy")}
+    limits = {name: tasks[key].iterator_policy.parallelism_limit for name, key in loops.items()}
+    assert limits == {"profiles": 8, "counts": 8}
+    for key in loops.values():
+        items = tasks[key].parameter_iterator.items.input_parameter
+        assert items == "pipelinechannel--plan-partitions-Output"
+    gathered = tasks["check-partitions"].inputs.artifacts["profiles"].task_output_artifact
+    assert gathered.producer_task == loops["profiles"]
+    assert drift_inputs["counts"].task_output_artifact.producer_task == loops["counts"]
     scores = tasks["prediction-drift"].inputs.artifacts["reference_scores"]
     assert scores.task_output_artifact.output_artifact_key == "reference_scores"
     quality_inputs = tasks["quality"].inputs.artifacts
@@ -76,6 +90,22 @@ def test_monitoring_compiles_with_retraining_nested_under_the_verdict(
         executors = json_format.MessageToDict(platform.platforms["kubernetes"].deployment_spec)
         secret = executors["executors"]["exec-champion-reference"]["secretAsEnv"][0]
         assert secret["secretName"] == "conveyor-mlflow" and secret["optional"] is True
+
+
+@pytest.mark.parametrize("target", ["kubeflow", "vertex"])
+def test_the_partition_loops_have_the_parallelism_they_were_compiled_with(
+    tmp_path: Path, target: str, capsys: pytest.CaptureFixture
+) -> None:
+    assert main(["compile", "--output-dir", str(tmp_path), "--monitoring-parallelism", "3"]) == 0
+    document = yaml.safe_load_all((tmp_path / f"monitoring.{target}.yaml").read_text())
+    spec = json_format.ParseDict(next(document), pipeline_spec_pb2.PipelineSpec())
+    loops = [task for task in spec.root.dag.tasks.values() if task.HasField("iterator_policy")]
+    assert sorted(loop.iterator_policy.parallelism_limit for loop in loops) == [3, 3]
+    for loop in loops:  # each partition is a task (a pod) of its own
+        (step,) = spec.components[loop.component_ref.name].dag.tasks
+        assert step in ("profile-partition", "count-partition")
+    assert main(["compile", "--output-dir", str(tmp_path), "--monitoring-parallelism", "0"]) == 2
+    assert "monitoring parallelism must be 1 or more, got 0" in capsys.readouterr().err
 
 
 def test_monitoring_can_be_scheduled_like_the_training_pipeline(
@@ -205,7 +235,7 @@ def test_drifted_inputs_start_the_training_pipeline_and_say_why(
     assert summary["reason"].startswith("Drift: 2 of 3 columns drifted (67%")
     assert "retrained: " in summary["reason"]
     assert training_runs(mlflow_server, champion[1]) == before + 1
-    report = (Path(summary["artifacts"]) / "drift" / "report").read_text()
+    report = (Path(summary["artifacts"]) / "judge-drift" / "report").read_text()
     assert "size" in report and "weight" in report
 
     code, summary, printed = monitor(capsys, champion, mlflow_server, inputs, "--no-retrain")
@@ -239,6 +269,48 @@ def test_the_payload_log_a_predictor_wrote_is_what_monitoring_reads(
     )
     assert code == 3, printed
     assert summary["drifted_columns"] == ["size", "weight"] and not summary["retrained"]
+
+
+@pytest.mark.slow
+def test_a_partitioned_log_is_fanned_out_and_judged_as_the_whole_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture, champion, mlflow_server: str
+) -> None:
+    """Five files (one empty, one of a row), each profiled and counted in a task of its own,
+    two at a time: the judged report is drift's on the whole table ingest_inputs wrote."""
+    inputs = multiclass_table(900, seed=11).drop(columns=["species"])
+    inputs.loc[inputs["color"] == "red", "size"] += 3  # drift within one segment
+    log = tmp_path / "log"
+    log.mkdir()
+    bounds = [0, 300, 300, 301, 640, 900]
+    for index, (start, stop) in enumerate(zip(bounds, bounds[1:], strict=False)):
+        inputs.iloc[start:stop].to_parquet(log / f"part-{index}.parquet", index=False)
+    code, summary, printed = monitor(
+        capsys, champion, mlflow_server, log, "--no-retrain", "--segment", "color",
+        "--monitoring-parallelism", "2",
+    )  # fmt: skip
+    assert code == 3, printed
+    artifacts = Path(summary["artifacts"])
+    fanned = json.loads((artifacts / "judge-drift" / "summary").read_text())
+    reference = artifacts / "champion-reference"
+    settings = DriftSettings(importance=load_importance(reference / "importance"))
+    whole = compare_tables(
+        pd.read_parquet(reference / "reference"), pd.read_parquet(artifacts / "ingest-inputs" / "inputs"),
+        settings, "color", (), load_schema(reference / "schema").recorded_roles(),
+    )  # fmt: skip
+    expected = whole.to_dict()
+    assert fanned["drifted_columns"] == expected["drifted_columns"] == {"size": ["all", "red"]}
+    assert fanned["reasons"] == expected["reasons"] and fanned["approximations"] == []
+    for got, want in zip(fanned["columns"], expected["columns"], strict=True):
+        assert got.pop("scores") == pytest.approx(want.pop("scores"), rel=1e-9)
+        for key, value in want.items():
+            assert got[key] == (pytest.approx(value) if isinstance(value, float) else value), key
+    planned = json.loads((artifacts / "plan-partitions" / "executor_output.json").read_text())
+    listed = planned["parameterValues"]["Output"]
+    assert [(item["offset"], item["rows"]) for item in listed] == [
+        (0, 300), (300, 0), (300, 1), (301, 339), (640, 260),
+    ]  # fmt: skip
+    for step in ("profile-partition", "count-partition"):  # a task per partition
+        assert len(list(artifacts.glob(f"for-loop-*-iteration-*/{step}"))) == len(bounds) - 1
 
 
 @pytest.mark.slow
@@ -312,8 +384,8 @@ def test_a_broken_feed_fails_validation_and_starts_nothing(
     inputs = change(multiclass_table(400, seed=6).drop(columns=["species"]))
     code, summary, printed = monitor(capsys, champion, mlflow_server, inputs)
     assert code == 1, printed
-    assert summary["failed_step"] == "validate-inputs" and named in summary["reason"]
-    assert "drift" not in summary["steps"] and not summary["retrained"]
+    assert summary["failed_step"] == "check-partitions" and named in summary["reason"]
+    assert "count-partition" not in summary["steps"] and not summary["retrained"]
     assert training_runs(mlflow_server, name) == before
     assert find_champion(MlflowClient(mlflow_server), name).version == version
 

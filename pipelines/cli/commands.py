@@ -133,6 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--gpu-type", default="", help="Vertex accelerator (default NVIDIA_L4)")
     _add_tuning_parallelism(build, default=4)
+    _add_monitoring_parallelism(build, default=8)
     build.add_argument(
         "--gpu-node-selector",
         default="",
@@ -211,6 +212,17 @@ def _add_serve(commands: Any) -> None:
     serve.add_argument("--workers", type=int, default=1, help="only 1: start more servers instead")
     serve.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where local runs live")
     serve.set_defaults(handler=_serve)
+
+
+def _add_monitoring_parallelism(parser: argparse.ArgumentParser, default: int) -> None:
+    parser.add_argument(
+        "--monitoring-parallelism",
+        type=int,
+        default=default,
+        metavar="N",
+        help="the most partitions of the inputs monitoring reads at once, each in a pod of "
+        "its own (kfp fixes it when it compiles)",
+    )
 
 
 def _add_tuning_parallelism(parser: argparse.ArgumentParser, default: int) -> None:
@@ -309,6 +321,7 @@ def _add_monitor(commands: Any) -> None:
         help="any other monitoring pipeline parameter, repeatable; VALUE read as in run",
     )  # fmt: skip
     monitor.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs live")
+    _add_monitoring_parallelism(monitor, default=2)
     monitor.set_defaults(handler=_monitor)
 
 
@@ -332,7 +345,9 @@ def _monitor(args: argparse.Namespace) -> int:
     if args.schema:
         arguments["schema_uri"] = _local_path(str(args.schema))
     arguments.update(_parse_params(args.param, "monitoring"))
-    summary = run_monitoring_locally(arguments, args.runs_dir, sys.stdout)
+    summary = run_monitoring_locally(
+        arguments, args.runs_dir, sys.stdout, args.monitoring_parallelism
+    )
     failed = summary.status == "failed"
     print(("Failed: " if failed else "") + summary.reason)
     print(f"Artifacts: {summary.artifacts}")
@@ -394,7 +409,11 @@ def _pipeline_inputs(pipeline: str) -> dict[str, Any]:
 def _compile(args: argparse.Namespace) -> int:
     from conveyor.pipelines.definitions.compile import compile_all
 
-    options: dict[str, Any] = {"gpus": args.gpus, "tuning_parallelism": args.tuning_parallelism}
+    options: dict[str, Any] = {
+        "gpus": args.gpus,
+        "tuning_parallelism": args.tuning_parallelism,
+        "monitoring_parallelism": args.monitoring_parallelism,
+    }
     if args.gpu_type:
         options["gpu_type"] = args.gpu_type
     if args.image_registry:

@@ -2,30 +2,46 @@
 its training, and the training pipeline started when the inputs drifted or its quality
 fell.
 
-ingest_inputs reads the payload log (after deleting days past its retention);
 champion_reference fetches, through the MLflow registry, what the champion's run recorded:
 its training split and schema, its feature importances and its scores on the evaluation
-split; validate_inputs fails the run on a broken feed (a missing column, a null spike, an
-unseen category) before anything is measured on it. Then three findings: drift (feature
-drift, weighed by importance), prediction_drift (the logged scores and classes, or predicted
-values, against evaluation's) and quality (labels joined to the logged predictions; not
-measured without ``labels_uri``). monitoring_verdict weighs them, writes why, and pushes them to a
-Pushgateway when one is set; when feature drift or a degradation was found and ``retrain``
-is on, the training pipeline runs nested in this one, on ``data_uri``, and registers and
-deploys a challenger only if it beats the champion, as it always does.
+split. The payload log's files are then fanned out: plan_partitions lists them (at most 96
+partitions), and each is read in a pod of its own (at most ``monitoring_parallelism`` at
+once, fixed at compile time) by profile_partition, which summarises it for validation and
+drift; check_partitions merges the summaries and fails the run on a broken feed (a missing
+column, a null spike, an unseen category), as validate_inputs would on the whole log, before
+anything is measured on it. Then three findings:
+
+- feature drift, weighed by importance: count_partition counts each partition in the bins
+  check_partitions fixed, and judge_drift decides from the merged counts, as drift does on
+  one table;
+- prediction_drift: the logged scores and classes, or predicted values, against
+  evaluation's, on the log ingest_inputs reads whole (and then deletes days past its
+  retention);
+- quality: labels joined to the logged predictions; not measured without ``labels_uri``.
+
+monitoring_verdict weighs them, writes why, and pushes them to a Pushgateway when one is
+set; when feature drift or a degradation was found and ``retrain`` is on, the training
+pipeline runs nested in this one, on ``data_uri``, and registers and deploys a challenger
+only if it beats the champion, as it always does.
 """
+
+from typing import Any
 
 from kfp import dsl
 from kfp.dsl.graph_component import GraphComponent
+from kfp.dsl.pipeline_task import PipelineTask
 
 from conveyor.components.champion_reference import champion_reference
+from conveyor.components.check_partitions import check_partitions
 from conveyor.components.core.data.tables import DEFAULT_DATA_URI, DEFAULT_TARGET
-from conveyor.components.drift import drift
+from conveyor.components.count_partition import count_partition
 from conveyor.components.ingest_inputs import ingest_inputs
+from conveyor.components.judge_drift import judge_drift
 from conveyor.components.monitoring_verdict import monitoring_verdict
+from conveyor.components.plan_partitions import plan_partitions
 from conveyor.components.prediction_drift import prediction_drift
+from conveyor.components.profile_partition import profile_partition
 from conveyor.components.quality import quality
-from conveyor.components.validate_inputs import validate_inputs
 from conveyor.pipelines.definitions.steps import apply_step_settings
 from conveyor.pipelines.definitions.targets import Target
 from conveyor.pipelines.definitions.training import (
@@ -149,36 +165,33 @@ def build_monitoring_pipeline(target: Target) -> GraphComponent:
             champion_reference(model_name=model_name, mlflow_tracking_uri=mlflow_tracking_uri),
             target,
         )
+        # Validation and drift read the log's files themselves, before ingest_inputs, which
+        # reads it whole for the answers and labels, may delete days past its retention.
+        drifted = _fan_out(
+            target,
+            inputs_uri=inputs_uri,
+            inputs_days=inputs_days,
+            reference=reference,
+            segment_column=segment_column,
+            exclude_columns=exclude_columns,
+            id_columns=id_columns,
+            settings={
+                "thresholds": drift_thresholds,
+                "rule": drift_rule,
+                "importance_threshold": drift_importance_threshold,
+                "weighted_share": drift_weighted_share,
+                "drift_share": drift_share,
+                "alpha": drift_alpha,
+                "min_segment_rows": min_segment_rows,
+            },
+        )
         recent = apply_step_settings(
             ingest_inputs(
                 inputs_uri=inputs_uri, inputs_days=inputs_days,
                 retention_days=payload_log_retention_days,
-            ),
+            ).after(drifted),
             target,
         )  # fmt: skip
-        checked = apply_step_settings(
-            validate_inputs(inputs=recent.outputs["inputs"], schema=reference.outputs["schema"]),
-            target,
-        )
-        drifted = apply_step_settings(
-            drift(
-                reference=reference.outputs["reference"],
-                current=recent.outputs["inputs"],
-                importance=reference.outputs["importance"],
-                schema=reference.outputs["schema"],
-                segment_column=segment_column,
-                exclude_columns=exclude_columns,
-                id_columns=id_columns,
-                thresholds=drift_thresholds,
-                rule=drift_rule,
-                importance_threshold=drift_importance_threshold,
-                weighted_share=drift_weighted_share,
-                drift_share=drift_share,
-                alpha=drift_alpha,
-                min_segment_rows=min_segment_rows,
-            ).after(checked),
-            target,
-        )
         answers = apply_step_settings(
             prediction_drift(
                 reference_scores=reference.outputs["reference_scores"],
@@ -187,7 +200,7 @@ def build_monitoring_pipeline(target: Target) -> GraphComponent:
                 thresholds=drift_thresholds,
                 min_segment_rows=min_segment_rows,
                 alpha=drift_alpha,
-            ).after(checked),
+            ),
             target,
         )
         judged = apply_step_settings(
@@ -202,7 +215,7 @@ def build_monitoring_pipeline(target: Target) -> GraphComponent:
                 id_column=label_id_column,
                 label_column=label_column,
                 margin=quality_margin,
-            ).after(checked),
+            ),
             target,
         )
         verdict = apply_step_settings(
@@ -247,3 +260,66 @@ def build_monitoring_pipeline(target: Target) -> GraphComponent:
             )
 
     return monitoring
+
+
+def _fan_out(
+    target: Target,
+    inputs_uri: Any,
+    inputs_days: Any,
+    reference: PipelineTask,
+    segment_column: Any,
+    exclude_columns: Any,
+    id_columns: Any,
+    settings: dict[str, Any],
+) -> PipelineTask:
+    """Validation and drift over the inputs' partitions, each read in a pod of its own,
+    twice: profiled (validation's summary, drift's profile), then, once the merged
+    summaries pass validation, counted in the bins they fix. Returns the judging task."""
+    planned = apply_step_settings(
+        plan_partitions(
+            inputs_uri=inputs_uri, inputs_days=inputs_days,
+            reference=reference.outputs["reference"], schema=reference.outputs["schema"],
+            segment_column=segment_column, exclude_columns=exclude_columns,
+            id_columns=id_columns,
+        ),
+        target,
+    )  # fmt: skip
+    tested = planned.outputs["tested"]
+    with dsl.ParallelFor(
+        planned.outputs["Output"], parallelism=target.monitoring_parallelism, name="profiles"
+    ) as partition:
+        profiled = apply_step_settings(
+            profile_partition(
+                partition=partition, tested=tested, schema=reference.outputs["schema"]
+            ),
+            target,
+        )
+    checked = apply_step_settings(
+        check_partitions(
+            profiles=dsl.Collected(profiled.outputs["profile"]),
+            reference=reference.outputs["reference"],
+            schema=reference.outputs["schema"],
+            tested=tested,
+        ),
+        target,
+    )
+    with dsl.ParallelFor(
+        planned.outputs["Output"], parallelism=target.monitoring_parallelism, name="counts"
+    ) as partition:
+        counted = apply_step_settings(
+            count_partition(
+                partition=partition, plan=checked.outputs["plan"], merged=checked.outputs["merged"]
+            ),
+            target,
+        )
+    return apply_step_settings(
+        judge_drift(
+            counts=dsl.Collected(counted.outputs["counts"]),
+            plan=checked.outputs["plan"],
+            merged=checked.outputs["merged"],
+            reference=reference.outputs["reference"],
+            importance=reference.outputs["importance"],
+            **settings,
+        ),
+        target,
+    )

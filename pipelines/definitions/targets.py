@@ -63,6 +63,11 @@ STEP_RESOURCES = {
     "ingest_inputs": Resources("1", "2", "2Gi", "4Gi"),
     "validate_inputs": Resources("1", "2", "2Gi", "4Gi"),
     "drift": Resources("2", "4", "4Gi", "8Gi"),
+    "plan_partitions": Resources("500m", "1", "1Gi", "2Gi"),
+    "profile_partition": Resources("1", "2", "2Gi", "4Gi"),
+    "check_partitions": Resources("1", "2", "2Gi", "4Gi"),
+    "count_partition": Resources("1", "2", "2Gi", "4Gi"),
+    "judge_drift": Resources("1", "2", "2Gi", "4Gi"),
     "prediction_drift": Resources("1", "2", "2Gi", "4Gi"),
     "quality": Resources("2", "4", "4Gi", "8Gi"),
     "monitoring_verdict": Resources("250m", "500m", "512Mi", "1Gi"),
@@ -89,6 +94,7 @@ class Target:
         image_registry: Where Conveyor's images are pulled from.
         tuning_parallelism: The most tuning trials run at once (kfp fixes a ParallelFor's
             parallelism when it compiles).
+        monitoring_parallelism: The most partitions of the inputs monitoring reads at once.
     """
 
     name: TargetName
@@ -97,16 +103,19 @@ class Target:
     gpu_node_selector: tuple[str, str] = DEFAULT_GPU_NODE_SELECTOR
     image_registry: str = DEFAULT_REGISTRY
     tuning_parallelism: int = 4
+    monitoring_parallelism: int = 8
 
     def __post_init__(self) -> None:
         if self.name not in ("kubeflow", "vertex"):
             raise ConveyorError(f"unknown target {self.name!r}; choose kubeflow or vertex")
         if self.gpus < 0:
             raise ConveyorError(f"gpus must be 0 or more, got {self.gpus}")
-        if self.tuning_parallelism < 1:
-            raise ConveyorError(
-                f"tuning parallelism must be 1 or more, got {self.tuning_parallelism}"
-            )
+        for name in ("tuning", "monitoring"):
+            if getattr(self, f"{name}_parallelism") < 1:
+                raise ConveyorError(
+                    f"{name} parallelism must be 1 or more, got "
+                    f"{getattr(self, f'{name}_parallelism')}"
+                )
         if self.name == "vertex" and self.gpus and self.gpu_type not in VERTEX_GPU_TYPES:
             raise ConveyorError(
                 f"GPU type {self.gpu_type!r} is not a Vertex accelerator; "

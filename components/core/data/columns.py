@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 
 from conveyor.components.core.errors import ConveyorError
 
-__all__ = ["ColumnView", "column_views", "row_hashes"]
+__all__ = ["ColumnView", "column_views", "combine_hashes", "row_hashes"]
 
 _NULL_HASH = np.uint64(0x9E3779B97F4A7C15)  # any fixed value unlike a real hash
 _MIX = np.uint64(0x100000001B3)
@@ -84,13 +84,19 @@ class ColumnView:
         codes = self.codes
         return np.bincount(codes[codes >= 0], minlength=len(self.labels))
 
-    def hashes(self) -> np.ndarray:
-        """A uint64 hash of each row's value; equal values hash alike, missing ones too."""
+    def hashes(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """A uint64 hash of each row's value (of each of ``rows``, when given); equal values
+        hash alike, missing ones too."""
         if self.numbers is None:
             by_label = np.append(pd.util.hash_array(self.labels.astype(object)), _NULL_HASH)
-            return by_label[self.codes]  # code -1 picks the appended missing-value hash
-        hashed = pd.util.hash_array(_integers(self.array) if self.is_integer else self.numbers)
-        hashed[~self.valid] = _NULL_HASH
+            codes = self.codes if rows is None else self.codes[rows]
+            return by_label[codes]  # code -1 picks the appended missing-value hash
+        values = _integers(self.array) if self.is_integer else self.numbers
+        valid = self.valid
+        if rows is not None:
+            values, valid = values[rows], valid[rows]
+        hashed = pd.util.hash_array(values)
+        hashed[~valid] = _NULL_HASH
         return hashed
 
     def exact(self, rows: np.ndarray) -> list[np.ndarray]:
@@ -116,8 +122,14 @@ def row_hashes(views: list[ColumnView], rows: int) -> np.ndarray:
     """One uint64 per row over ``views`` together: equal rows hash alike."""
     combined = np.zeros(rows, dtype=np.uint64)
     for view in views:
-        combined = (combined * _MIX) ^ view.hashes()
+        combine_hashes(combined, view.hashes())
     return combined
+
+
+def combine_hashes(combined: np.ndarray, hashes: np.ndarray) -> None:
+    """Folds one column's ``hashes`` into the rows' ``combined`` hashes, in place."""
+    combined *= _MIX
+    combined ^= hashes
 
 
 def _view(name: str, chunked: pa.ChunkedArray) -> ColumnView:

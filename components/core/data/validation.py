@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from conveyor.components.core.data.columns import ColumnView, column_views, row_hashes
+from conveyor.components.core.data.columns import ColumnView, column_views, combine_hashes
 from conveyor.components.core.data.roles import UNDECLARED, DeclaredRoles, date_shaped, role_note
 from conveyor.components.core.data.schema import (
     NULL_RATE_FALSE_ALARM,
@@ -46,6 +46,9 @@ __all__ = [
 ]
 
 _EXAMPLES = 3
+# The search for copies narrows to the rows sharing a hash once the columns hashed could
+# hold this many times more distinct rows than the table has (numbers counted as all distinct).
+_NARROW_REACH = 16
 # Roles a model's inputs need not hold: the predictor never logs excluded or free-text
 # columns, and a request may omit an id (or the log leave it out, payload_log_exclude).
 _NOT_REQUIRED_IN_INPUTS = ("excluded", "free_text", "identifier")
@@ -204,10 +207,7 @@ def check_table(
     arrow = as_arrow(table)
     views = column_views(arrow, where)
     violations = []
-    unknown = [name for name in views if schema.column(name) is None]
-    missing = "column is missing" + (
-        f" (not in the schema: {_shown(np.asarray(unknown))})" if unknown else ""
-    )
+    missing = _missing_text(schema, list(views))
     for column in schema.columns:
         if inputs_only and (column.name == schema.target or column.kind in _NOT_REQUIRED_IN_INPUTS):
             continue
@@ -219,6 +219,15 @@ def check_table(
     violations += _segment_violations(schema, views, violations)
     violations += _table_violations(schema, views, arrow.num_rows, inputs_only)
     return _with_severity(schema, violations, split)
+
+
+def _missing_text(schema: Schema, names: list[str]) -> str:
+    """What a missing column's ``presence`` violation observes: the table's columns the
+    schema does not know, which may be the missing one renamed."""
+    unknown = [name for name in names if schema.column(name) is None]
+    return "column is missing" + (
+        f" (not in the schema: {_shown(np.asarray(unknown))})" if unknown else ""
+    )
 
 
 def check_training_table(
@@ -263,14 +272,15 @@ def _type_rule(column: ColumnSchema, view: ColumnView) -> Violation | None:
         return None
     parsed = pd.to_numeric(pd.Series(view.labels), errors="coerce").isna().to_numpy()
     bad_labels = parsed if parsed.any() else np.ones(len(view.labels), dtype=bool)
-    bad = _rows(view, bad_labels)
-    return Violation(
-        column.name,
-        "type",
-        f"{view.dtype} values such as {_shown(view.labels[bad_labels])}",
-        "numbers",
-        rows=_first(bad),
+    return _type_violation(
+        column.name, view.dtype, view.labels[bad_labels], _first(_rows(view, bad_labels))
     )
+
+
+def _type_violation(name: str, dtype: str, labels: np.ndarray, rows: tuple[int, ...]) -> Violation:
+    """A numeric column holding text: ``labels`` are its first values that are not numbers
+    (or its first values, when each is a number written as text)."""
+    return Violation(name, "type", f"{dtype} values such as {_shown(labels)}", "numbers", rows=rows)
 
 
 def _date_format_rule(column: ColumnSchema, view: ColumnView) -> Violation | None:
@@ -285,12 +295,21 @@ def _date_format_rule(column: ColumnSchema, view: ColumnView) -> Violation | Non
     bad_labels = ~date_shaped(labels) & (view.label_counts > 0)
     if not bad_labels.any():
         return None
+    return _date_format_violation(
+        column.name, view.dtype, labels[bad_labels], _first(_rows(view, bad_labels))
+    )
+
+
+def _date_format_violation(
+    name: str, dtype: str, labels: np.ndarray, rows: tuple[int, ...]
+) -> Violation:
+    """A date column holding ``labels`` (its first values that are not dates)."""
     return Violation(
-        column.name,
+        name,
         "date_format",
-        f"{view.dtype} values that are not dates, such as {_shown(labels[bad_labels])}",
+        f"{dtype} values that are not dates, such as {_shown(labels)}",
         "dates or times in ISO 8601 form (2024-03-01, 2024-03-01T10:00:00)",
-        rows=_first(_rows(view, bad_labels)),
+        rows=rows,
     )
 
 
@@ -301,13 +320,22 @@ def _range_rule(column: ColumnSchema, view: ColumnView) -> Violation | None:
     outside = _outside(view.numbers, low, high)
     if not outside.any():
         return None
+    count = int(outside.sum())
+    return _range_violation(column, count, view.numbers[outside][:_EXAMPLES], _first(outside))
+
+
+def _range_violation(
+    column: ColumnSchema, count: int, values: np.ndarray, rows: tuple[int, ...]
+) -> Violation:
+    """``count`` values outside the column's allowed range, the first of them ``values``."""
+    low, high = _bounds(column.allowed_min, column.allowed_max)
     return Violation(
         column.name,
         "range",
-        f"{int(outside.sum())} value(s) outside the range, such as {_shown(view.numbers[outside])}",
+        f"{count} value(s) outside the range, such as {_shown(values, count)}",
         f"[{_bound(low)}, {_bound(high)}] "
         f"(training saw [{_bound(column.min)}, {_bound(column.max)}])",
-        rows=_first(outside),
+        rows=rows,
     )
 
 
@@ -330,13 +358,24 @@ def _categories_rule(column: ColumnSchema, view: ColumnView) -> Violation | None
     if not unseen.any():
         return None
     names = sorted(labels[unseen])
+    in_rows = int(counts[unseen].sum())
+    return _categories_violation(
+        column, names[:_EXAMPLES], len(names), in_rows, _first(_rows(view, unseen))
+    )
+
+
+def _categories_violation(
+    column: ColumnSchema, names: list[str], distinct: int, in_rows: int, rows: tuple[int, ...]
+) -> Violation:
+    """``distinct`` values not among the column's categories, in ``in_rows`` rows; ``names``
+    are the first of them in sorted order."""
     return Violation(
         column.name,
         "allowed_categories",
-        f"{len(names)} categor{'y' if len(names) == 1 else 'ies'} never seen in training, "
-        f"{_shown(np.asarray(names))}, in {_count(int(counts[unseen].sum()), 'row')}",
-        f"one of {len(column.categories)} categories",
-        rows=_first(_rows(view, unseen)),
+        f"{distinct} categor{'y' if distinct == 1 else 'ies'} never seen in training, "
+        f"{_shown(np.asarray(names), distinct)}, in {_count(in_rows, 'row')}",
+        f"one of {len(column.categories or [])} categories",
+        rows=rows,
     )
 
 
@@ -346,12 +385,22 @@ def _finite_rule(column: ColumnSchema, view: ColumnView) -> Violation | None:
     infinite = np.isinf(view.numbers)
     if not infinite.any():
         return None
+    count = int(infinite.sum())
+    return _finite_violation(
+        column.name, count, view.numbers[infinite][:_EXAMPLES], _first(infinite)
+    )
+
+
+def _finite_violation(
+    name: str, count: int, values: np.ndarray, rows: tuple[int, ...]
+) -> Violation:
+    """``count`` infinite values, the first of them ``values``."""
     return Violation(
-        column.name,
+        name,
         "finite",
-        f"{int(infinite.sum())} infinite value(s), such as {_shown(view.numbers[infinite])}",
+        f"{count} infinite value(s), such as {_shown(values, count)}",
         "finite numbers",
-        rows=_first(infinite),
+        rows=rows,
     )
 
 
@@ -435,12 +484,7 @@ def _segment_violations(
     by_segment = views[segments.column]
     labels = [str(label) for label in by_segment.labels]
     counts = by_segment.label_counts
-    # An unseen segment value is the categories rule's to report; a small segment is noise.
-    checked = {
-        code: segments.values[label]
-        for code, label in enumerate(labels)
-        if label in segments.values and counts[code] >= segments.min_rows
-    }
+    checked = _checked_segments(schema, labels, counts)
     broken = {(v.column, v.rule) for v in found}
     violations = []
     for name, view in views.items():
@@ -452,6 +496,22 @@ def _segment_violations(
         if (name, "range") not in broken and view.is_numeric:
             violations += _segment_ranges(view, by_segment, labels, stats)
     return violations
+
+
+def _checked_segments(
+    schema: Schema, labels: list[str], counts: np.ndarray
+) -> dict[int, dict[str, SegmentColumn]]:
+    """Segment value (its index in ``labels``, the values in order of first appearance) ->
+    what the schema says of each column there, for the segments checked: an unseen segment
+    value is the categories rule's to report; a small segment is noise."""
+    segments = schema.segments
+    if segments is None:
+        return {}
+    return {
+        code: segments.values[label]
+        for code, label in enumerate(labels)
+        if label in segments.values and counts[code] >= segments.min_rows
+    }
 
 
 def _segment_null_rates(
@@ -494,14 +554,28 @@ def _segment_ranges(
     violations = []
     for code in np.unique(codes[codes >= 0]):
         here = codes == code
-        violations.append(Violation(
-            view.name, "range",
-            f"{int(here.sum())} value(s) outside the segment's range, such as "
-            f"{_shown(values[here])}",
-            f"[{low[code]:.6g}, {high[code]:.6g}]",
-            rows=tuple(int(row) for row in rows[here][:_EXAMPLES]), segment=labels[code],
+        violations.append(_segment_range_violation(
+            view.name, int(here.sum()), values[here][:_EXAMPLES], (low[code], high[code]),
+            tuple(int(row) for row in rows[here][:_EXAMPLES]), labels[code],
         ))  # fmt: skip
     return violations
+
+
+def _segment_range_violation(
+    name: str,
+    count: int,
+    values: np.ndarray,
+    bounds: tuple[float, float],
+    rows: tuple[int, ...],
+    segment: str,
+) -> Violation:
+    """``count`` values outside the segment's allowed ``bounds``, the first of them ``values``."""
+    low, high = bounds
+    return Violation(
+        name, "range",
+        f"{count} value(s) outside the segment's range, such as {_shown(values, count)}",
+        f"[{low:.6g}, {high:.6g}]", rows=rows, segment=segment,
+    )  # fmt: skip
 
 
 def _table_violations(
@@ -510,24 +584,51 @@ def _table_violations(
     violations: list[Violation] = []
     if not inputs_only:
         violations += _identifier_violations(schema, views, rows)
-    if rows < schema.min_rows or (schema.max_rows is not None and rows > schema.max_rows):
-        bound = f"at least {schema.min_rows}" + (
-            f" and at most {schema.max_rows}" if schema.max_rows is not None else ""
-        )
-        violations.append(Violation("", "row_count", f"{rows} rows", f"{bound} rows"))
-    key_name = "+".join(schema.keys)
-    keyed = bool(schema.keys) and all(name in views for name in schema.keys)
-    if keyed and schema.severity_of("unique_key", key_name) != "off":
-        violations += _key_violations(key_name, [views[name] for name in schema.keys], rows)
-    if schema.severity_of("duplicate_rows") != "off" and views:
+    violations += _row_count_violations(schema, rows)
+    if _keyed(schema, list(views)):
+        violations += _key_violations(schema, [views[name] for name in schema.keys], rows)
+    if _duplicates_checked(schema, list(views)):
         repeated = _repeated_rows(list(views.values()), rows)
-        if repeated.any():
-            violations.append(Violation(
-                "", "duplicate_rows",
-                f"{int(repeated.sum())} rows are exact copies of another row", "distinct rows",
-                rows=_first(repeated),
-            ))  # fmt: skip
+        violations += _duplicate_rows_violations(int(repeated.sum()), _first(repeated))
     return violations
+
+
+def _row_count_violations(schema: Schema, rows: int) -> list[Violation]:
+    if rows >= schema.min_rows and (schema.max_rows is None or rows <= schema.max_rows):
+        return []
+    bound = f"at least {schema.min_rows}" + (
+        f" and at most {schema.max_rows}" if schema.max_rows is not None else ""
+    )
+    return [Violation("", "row_count", f"{rows} rows", f"{bound} rows")]
+
+
+def _keyed(schema: Schema, names: list[str]) -> bool:
+    """Whether the key's rule is checked: the schema has a key, the table its columns."""
+    keyed = bool(schema.keys) and all(name in names for name in schema.keys)
+    return keyed and schema.severity_of("unique_key", "+".join(schema.keys)) != "off"
+
+
+def _duplicates_checked(schema: Schema, names: list[str]) -> bool:
+    return schema.severity_of("duplicate_rows") != "off" and bool(names)
+
+
+def _identifiers_checked(schema: Schema, names: list[str]) -> list[str]:
+    """The identifier columns held to be unique (a key column is the key's rule's)."""
+    return [
+        column.name
+        for column in schema.columns
+        if column.kind == "identifier"
+        and column.name in names
+        and column.name not in schema.keys
+        and schema.severity_of("unique_key", column.name) != "off"
+    ]
+
+
+def _duplicate_rows_violations(count: int, rows: tuple[int, ...]) -> list[Violation]:
+    if count == 0:
+        return []
+    observed = f"{count} rows are exact copies of another row"
+    return [Violation("", "duplicate_rows", observed, "distinct rows", rows=rows)]
 
 
 def _identifier_violations(
@@ -536,42 +637,67 @@ def _identifier_violations(
     """Each identifier column of a table to learn from is unique where it holds a value (a
     payload log is not held to it: customers come back)."""
     found = []
-    for column in schema.columns:
-        view = views.get(column.name)
-        if column.kind != "identifier" or view is None or column.name in schema.keys:
-            continue  # a key column is the key's rule to check
-        if schema.severity_of("unique_key", column.name) == "off":
-            continue
-        repeated = _repeated_rows([view], rows) & view.valid
-        if repeated.any():
-            found.append(Violation(
-                column.name, "unique_key",
-                f"{int(repeated.sum())} rows share their {column.name} with another row",
-                "a distinct value in each row (an identifier)", rows=_first(repeated),
-            ))  # fmt: skip
+    for name in _identifiers_checked(schema, list(views)):
+        repeated = _repeated_rows([views[name]], rows) & views[name].valid
+        found += _identifier_violations_of(name, int(repeated.sum()), _first(repeated))
     return found
 
 
-def _key_violations(key_name: str, keys: list[ColumnView], rows: int) -> list[Violation]:
+def _identifier_violations_of(name: str, count: int, rows: tuple[int, ...]) -> list[Violation]:
+    if count == 0:
+        return []
+    return [Violation(
+        name, "unique_key", f"{count} rows share their {name} with another row",
+        "a distinct value in each row (an identifier)", rows=rows,
+    )]  # fmt: skip
+
+
+def _key_violations(schema: Schema, keys: list[ColumnView], rows: int) -> list[Violation]:
     """Rows with an empty key, and rows sharing a (complete) key with another row."""
     empty = ~np.logical_and.reduce([view.valid for view in keys])
     repeated = _repeated_rows(keys, rows) & ~empty
+    return _key_violations_of(
+        schema, (int(empty.sum()), _first(empty)), (int(repeated.sum()), _first(repeated))
+    )
+
+
+def _key_violations_of(
+    schema: Schema, empty: tuple[int, tuple[int, ...]], repeated: tuple[int, tuple[int, ...]]
+) -> list[Violation]:
+    """The key's violations from (count, first rows) of rows with an empty key and of rows
+    sharing a complete key with another row."""
     found = [
-        (empty, f"{int(empty.sum())} rows have an empty key"),
-        (repeated, f"{int(repeated.sum())} rows share their key with another row"),
+        (empty, f"{empty[0]} rows have an empty key"),
+        (repeated, f"{repeated[0]} rows share their key with another row"),
     ]
     return [
-        Violation(key_name, "unique_key", observed, "unique, complete keys", rows=_first(mask))
-        for mask, observed in found
-        if mask.any()
+        Violation("+".join(schema.keys), "unique_key", observed, "unique, complete keys", rows=rows)
+        for (count, rows), observed in found
+        if count
     ]
 
 
 def _repeated_rows(views: list[ColumnView], rows: int) -> np.ndarray:
     """True for each row equal to another one over ``views``: hashed, then the rows whose
-    hashes collide compared value by value, so a hash collision cannot report a copy."""
-    hashes = pd.Series(row_hashes(views, rows))
-    candidates = np.flatnonzero(hashes.duplicated(keep=False).to_numpy())
+    hashes collide compared value by value, so a hash collision cannot report a copy.
+
+    Only rows sharing their hash over the first columns (numbers, then text with the most
+    distinct values: those most likely to tell rows apart) can be copies; once those columns
+    may tell every row apart (``_NARROW_REACH``), the others are hashed for those rows only,
+    when that leaves at most half of them. The hash is a filter; the values decide.
+    """
+    candidates = np.arange(rows)
+    combined = np.zeros(rows, dtype=np.uint64)
+    reach, tried = 1.0, False
+    for view in sorted(views, key=_distinctness):
+        narrowed = candidates.size < rows
+        combine_hashes(combined, view.hashes(candidates if narrowed else None))
+        reach *= rows if view.text_labels is None else max(len(view.text_labels), 1)
+        if not tried and reach >= _NARROW_REACH * rows:
+            tried, shared = True, _shared(combined)
+            if shared.mean() <= 0.5:
+                candidates, combined = candidates[shared], combined[shared]
+    candidates = candidates[_shared(combined)]
     if candidates.size == 0:
         return np.zeros(rows, dtype=bool)
     exact = [array for view in views for array in view.exact(candidates)]
@@ -581,9 +707,24 @@ def _repeated_rows(views: list[ColumnView], rows: int) -> np.ndarray:
     return repeated
 
 
+def _shared(hashes: np.ndarray) -> np.ndarray:
+    """True for each hash another one equals."""
+    return pd.Series(hashes).duplicated(keep=False).to_numpy()
+
+
+def _distinctness(view: ColumnView) -> int:
+    """Sorts numbers first, then text with more distinct values before text with fewer."""
+    return -(2**62) if view.text_labels is None else -len(view.text_labels)
+
+
 def _outside(numbers: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Finite numbers below ``low`` or above ``high`` (NaN is neither; infinities are the
+    finite rule's, looked for only when some number is outside)."""
     with np.errstate(invalid="ignore"):
-        return np.isfinite(numbers) & ((numbers < low) | (numbers > high))
+        outside = (numbers < low) | (numbers > high)
+    if outside.any():
+        outside &= np.isfinite(numbers)
+    return outside
 
 
 def _rows(view: ColumnView, labels: np.ndarray) -> np.ndarray:
@@ -600,9 +741,12 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
-def _shown(values: np.ndarray) -> str:
+def _shown(values: np.ndarray, total: int | None = None) -> str:
+    """The first values, and ``...`` when there are more (``total`` of them, if given; else
+    ``len(values)``)."""
     shown = ", ".join(repr(plain(value)) for value in values[:_EXAMPLES])
-    return shown + (", ..." if len(values) > _EXAMPLES else "")
+    more = len(values) if total is None else total
+    return shown + (", ..." if more > _EXAMPLES else "")
 
 
 def render_report(result: ValidationResult, rows: dict[str, int]) -> str:

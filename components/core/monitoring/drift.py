@@ -86,6 +86,8 @@ __all__ = [
     "DriftSettings",
     "compare_tables",
     "psi",
+    "reference_roles",
+    "sturges_edges",
     "drift_kind",
     "is_number",
     "load_importance",
@@ -104,11 +106,12 @@ DEFAULT_THRESHOLDS = {"psi": 0.1, "ks": 0.05, "chisquare": 0.05, "jensenshannon"
 DRIFTS_WHEN = {"psi": ">=", "jensenshannon": ">=", "ks": "<=", "chisquare": "<"}
 _SIGNS = {">=": "≥", "<=": "≤", "<": "<"}
 _CATEGORICAL_ONLY, _NUMERIC_ONLY = {"chisquare"}, {"ks"}
-_FEW_VALUES = 20  # numeric columns with this many distinct reference values bin by value
+FEW_VALUES = 20  # numeric columns with this many distinct reference values bin by value
 _CODES = 10  # integer columns with this many distinct reference values are categories
-_EXACT_KS = 10_000  # samples up to this size get scipy's exact KS p-value
+EXACT_KS = 10_000  # samples up to this size get scipy's exact KS p-value
+_KS_POINTS = 2048  # quantiles of each sample the KS distance is first measured at
 # The roles (``data.roles``) drift tests; the others are listed as not tested.
-_TESTED_ROLES = ("numeric", "categorical")
+TESTED_ROLES = ("numeric", "categorical")
 _LEAST_EXPECTED = 5.0  # rows a pooled bin expects of the smaller table (Cochran's rule)
 _TIE = 1e-12  # shares summed in floating point: 0.1 + 0.2 still reaches 0.3
 
@@ -287,6 +290,9 @@ class DriftReport:
     settings: DriftSettings
     skipped: list[str] = field(default_factory=list)
     segment: str | None = None  # the column the segments are values of
+    # Where a verdict from partition summaries may differ from the whole table's, and why
+    # (``drift_summary``); empty when the table was read whole.
+    approximations: list[str] = field(default_factory=list)
 
     @property
     def overall(self) -> list[ColumnDrift]:
@@ -463,6 +469,7 @@ class DriftReport:
             "importance": importance,
             "drifted_columns": {name: self.drifted_in(name) for name in self.drifted_columns},
             "skipped": self.skipped,
+            "approximations": self.approximations,
             "columns": [
                 {**asdict(result), "importance": importance[result.column]}
                 for result in self.columns
@@ -494,11 +501,11 @@ def compare_tables(
     (a payload log holds no excluded or free-text column)."""
     settings = settings or DriftSettings()
     if roles is None:
-        roles = column_roles(reference.drop(columns=[c for c in exclude if c in reference]))
-    untested = {name: role for name, role in roles.items() if role not in _TESTED_ROLES}
+        roles = reference_roles(reference, exclude)
+    untested = {name: role for name, role in roles.items() if role not in TESTED_ROLES}
     columns = _shared_columns(reference, current, segment, (*exclude, *untested))
     kinds = _kinds(reference, columns)
-    skipped = [_untested_note(name, role) for name, role in untested.items() if name != segment]
+    skipped = [untested_note(name, role) for name, role in untested.items() if name != segment]
     pairs = [_Pair(reference[c], current[c], c, kind) for c, kind in kinds.items()]
     if segment:
         segment_pairs, segment_skips = _segment_pairs(reference, current, kinds, segment, settings)
@@ -509,6 +516,13 @@ def compare_tables(
         warnings.simplefilter("ignore", RuntimeWarning)  # scipy: "exact KS unsuccessful"
         results = list(pool.map(lambda pair: _column_drift(pair, settings, len(pairs)), pairs))
     return DriftReport(results, settings, skipped, segment)
+
+
+def reference_roles(reference: pd.DataFrame, exclude: tuple[str, ...]) -> dict[str, Role]:
+    """Each column's role, decided on the reference as training decides it, but for
+    ``exclude``d ones (dropped without copying a table that has none of them)."""
+    dropped = [name for name in exclude if name in reference]
+    return column_roles(reference.drop(columns=dropped) if dropped else reference)
 
 
 def _workers(pairs: list[_Pair]) -> int:
@@ -546,7 +560,7 @@ def _kinds(reference: pd.DataFrame, columns: list[str]) -> dict[str, Kind]:
     return {name: drift_kind(reference[name]) for name in columns}
 
 
-def _untested_note(name: str, role: Role) -> str:
+def untested_note(name: str, role: Role) -> str:
     """Why a column is not tested for drift, for the report."""
     if role == "datetime":
         return f"{name}: a date or time, not tested for drift (it moves on by nature)"
@@ -596,52 +610,89 @@ def _segment_pairs(
 
 def _column_drift(pair: _Pair, settings: DriftSettings, tests: int) -> ColumnDrift:
     """One pair's scores and verdict; ``tests`` is the number of pairs in the run."""
-    reference, current = pair.reference.dropna(), pair.current.dropna()
-    if reference.empty or current.empty:
-        raise ConveyorError(
-            f"column {pair.column!r}: no values to compare in the "
-            f"{'reference' if reference.empty else 'current'} table"
-        )
     if pair.kind == "numeric":
-        scores, counts = _numeric_scores(*_finite_numbers(reference, current, pair.column))
+        values = _finite_numbers(pair.reference, pair.current, pair.column)
+        scores, counts = _numeric_scores(*values)
+        present = len(values[0]), len(values[1])
     else:
-        scores, counts = _categorical_scores(reference, current)
-    test = settings.deciding_test(pair.kind)
+        found = [side.value_counts().to_dict() for side in (pair.reference, pair.current)]
+        present = sum(found[0].values()), sum(found[1].values())
+        _require_values(pair.column, *present)
+        counts = category_counts(*found)
+        scores = categorical_scores(*counts)
+    rows = Rows(len(pair.reference), len(pair.current), *present)
+    return judged(pair.column, pair.kind, pair.segment, scores, counts, rows, settings, tests)
+
+
+def _require_values(column: str, reference: int, current: int) -> None:
+    if not reference or not current:
+        raise ConveyorError(
+            f"column {column!r}: no values to compare in the "
+            f"{'reference' if not reference else 'current'} table"
+        )
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A pair's rows, with and without a value."""
+
+    reference: int
+    current: int
+    reference_values: int
+    current_values: int
+
+
+def judged(
+    column: str,
+    kind: Kind,
+    segment: str | None,
+    scores: dict[str, float],
+    counts: tuple[np.ndarray, np.ndarray],
+    rows: Rows,
+    settings: DriftSettings,
+    tests: int,
+) -> ColumnDrift:
+    """A column's verdict from its scores and the binned counts they were computed on."""
+    test = settings.deciding_test(kind)
     noise_p = scores["ks"] if test == "ks" else _homogeneity_p_value(*counts)
     level = settings.noise_level(tests)
     passes = settings.drifted(test, scores[test])
     return ColumnDrift(
-        column=pair.column,
-        kind=pair.kind,
+        column=column,
+        kind=kind,
         scores=scores,
         deciding_test=test,
         drifted=passes and (level is None or noise_p <= level),
         passes_threshold=passes,
         noise_p_value=noise_p,
         noise_level=level,
-        segment=pair.segment,
-        reference_rows=len(pair.reference),
-        current_rows=len(pair.current),
-        reference_nulls=1 - len(reference) / len(pair.reference),
-        current_nulls=1 - len(current) / len(pair.current),
+        segment=segment,
+        reference_rows=rows.reference,
+        current_rows=rows.current,
+        reference_nulls=1 - rows.reference_values / rows.reference,
+        current_nulls=1 - rows.current_values / rows.current,
     )
 
 
 def _finite_numbers(
     reference: pd.Series, current: pd.Series, column: str
 ) -> tuple[np.ndarray, np.ndarray]:
+    """Both columns' values as floats, without the missing ones."""
     if not pd.api.types.is_numeric_dtype(current) or pd.api.types.is_bool_dtype(current):
+        _require_values(column, int(reference.count()), int(current.count()))
         raise ConveyorError(
             f"column {column!r}: numeric in the reference, {current.dtype} in the current table"
         )
-    arrays = reference.to_numpy(float), current.to_numpy(float)
+    arrays = [side.to_numpy(float, na_value=np.nan) for side in (reference, current)]
+    arrays = [values[~np.isnan(values)] for values in arrays]
+    _require_values(column, len(arrays[0]), len(arrays[1]))
     for name, values in zip(("reference", "current"), arrays, strict=True):
         if not np.isfinite(values).all():
             raise ConveyorError(
                 f"column {column!r}: holds infinities in the {name} table; drift cannot be "
                 "measured on them"
             )
-    return arrays
+    return arrays[0], arrays[1]
 
 
 def drift_kind(values: pd.Series) -> Kind:
@@ -661,32 +712,72 @@ def _numeric_scores(
     """The scores, and the binned counts of both tables."""
     reference, current = np.sort(reference), np.sort(current)
     distinct = np.count_nonzero(np.diff(reference)) + 1
-    if distinct <= _FEW_VALUES:
+    if distinct <= FEW_VALUES:
         keys = np.union1d(reference, current)
-        reference_counts = _counts(reference, keys)
-        current_counts = _counts(current, keys)
+        reference_counts, current_counts = (
+            _sorted_counts(reference, keys),
+            _sorted_counts(current, keys),
+        )
     else:
-        edges = np.histogram_bin_edges(np.concatenate([reference, current]), bins="sturges")
-        reference_counts = np.histogram(reference, edges)[0]
-        current_counts = np.histogram(current, edges)[0]
-    scores = {
+        lo, hi = min(reference[0], current[0]), max(reference[-1], current[-1])
+        edges = sturges_edges(lo, hi, len(reference) + len(current))
+        reference_counts = _sorted_histogram(reference, edges)
+        current_counts = _sorted_histogram(current, edges)
+    scores = binned_scores(reference_counts, current_counts, _ks_p_value(reference, current))
+    return scores, (reference_counts, current_counts)
+
+
+def sturges_edges(lo: float, hi: float, rows: int) -> np.ndarray:
+    """``np.histogram_bin_edges(values, "sturges")`` of ``rows`` values from ``lo`` to ``hi``:
+    NumPy's arithmetic, so its edges, from those three numbers alone."""
+    first, last = np.float64(lo), np.float64(hi)
+    width = (last - first) / (np.log2(rows) + 1.0)
+    if first == last:
+        first, last = first - 0.5, last + 0.5
+    bins = int(np.ceil((last - first) / width)) if width else 1
+    return np.linspace(first, last, bins + 1)
+
+
+def _sorted_histogram(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """``np.histogram(values, edges)[0]`` of sorted ``values`` within the edges: the edges'
+    places among them (the last bin closed), as NumPy counts after sorting."""
+    places = np.append(
+        np.searchsorted(values, edges[:-1], side="left"),
+        np.searchsorted(values, edges[-1], side="right"),
+    )
+    return np.diff(places)
+
+
+def _sorted_counts(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """How often each of ``keys`` (sorted, holding every value) is among sorted ``values``."""
+    return np.diff(np.append(np.searchsorted(values, keys, side="left"), len(values)))
+
+
+def binned_scores(
+    reference_counts: np.ndarray, current_counts: np.ndarray, ks_p_value: float
+) -> dict[str, float]:
+    """A numeric column's scores from its binned counts and its KS p-value."""
+    return {
         "psi": psi(reference_counts, current_counts),
-        "ks": _ks_p_value(reference, current),
+        "ks": ks_p_value,
         "jensenshannon": _jensen_shannon(reference_counts, current_counts),
     }
-    return scores, (reference_counts, current_counts)
 
 
 def _ks_p_value(reference: np.ndarray, current: np.ndarray) -> float:
     """The two-sided Kolmogorov–Smirnov p-value of two sorted samples: scipy's exact one for
-    samples of up to 10,000 values; else scipy's asymptotic one (the Kolmogorov distribution
-    at the samples' effective size), except where Smirnov's limit already puts it below
-    1e-12, far past any threshold, whose exact tail is slow and no more useful."""
-    if max(len(reference), len(current)) <= _EXACT_KS:
+    samples of up to 10,000 values, else ``ks_p_value_of``'s."""
+    if max(len(reference), len(current)) <= EXACT_KS:
         return float(stats.ks_2samp(reference, current).pvalue)
-    distance = _ks_distance(reference, current)
-    m, n = float(len(reference)), float(len(current))
-    effective = np.round(m * n / (m + n))
+    return ks_p_value_of(_ks_distance(reference, current), len(reference), len(current))
+
+
+def ks_p_value_of(distance: float, m: int, n: int) -> float:
+    """The KS p-value of ``distance`` between samples of ``m`` and ``n`` values: scipy's
+    asymptotic one (the Kolmogorov distribution at the samples' effective size), except
+    where Smirnov's limit already puts it below 1e-12, far past any threshold, whose exact
+    tail is slow and no more useful."""
+    effective = np.round(float(m) * n / (m + n))
     limit = float(stats.kstwobign.sf(distance * np.sqrt(effective)))
     if limit < 1e-12:
         return limit
@@ -695,34 +786,78 @@ def _ks_p_value(reference: np.ndarray, current: np.ndarray) -> float:
 
 def _ks_distance(a: np.ndarray, b: np.ndarray) -> float:
     """The largest gap between the empirical distribution functions of sorted ``a`` and
-    ``b``: both are steps, so it is reached at a data point, taken at its last copy."""
-    last_a = np.flatnonzero(np.append(a[1:] != a[:-1], True))
-    last_b = np.flatnonzero(np.append(b[1:] != b[:-1], True))
-    at_a = (last_a + 1) / len(a) - np.searchsorted(b, a[last_a], side="right") / len(b)
-    at_b = np.searchsorted(a, b[last_b], side="right") / len(a) - (last_b + 1) / len(b)
-    return float(max(np.abs(at_a).max(), np.abs(at_b).max()))
+    ``b``, exactly. First at ``_KS_POINTS`` quantiles of each; then, between neighbouring
+    points, only where the gap could still grow past the largest found (by at most the
+    share of a table's values strictly between them), so large samples are not searched
+    value by value."""
+    m, n = len(a), len(b)
+    if m + n <= 4 * _KS_POINTS:
+        return _ks_within(a, b, (0, m), (0, n))
+    grid = np.unique(np.concatenate([_quantile_points(a), _quantile_points(b)]))
+    a_right, b_right = np.searchsorted(a, grid, "right"), np.searchsorted(b, grid, "right")
+    a_left, b_left = np.searchsorted(a, grid, "left"), np.searchsorted(b, grid, "left")
+    gaps = a_right / m - b_right / n
+    best = float(np.abs(gaps).max())
+    # Between points j and j + 1 the gap moves up by at most a's share there, down by b's.
+    bound = np.maximum(
+        gaps[:-1] + (a_left[1:] - a_right[:-1]) / m, (b_left[1:] - b_right[:-1]) / n - gaps[:-1]
+    )
+    for j in np.argsort(-bound):
+        if bound[j] <= best:
+            break
+        cell = (a_right[j], a_left[j + 1]), (b_right[j], b_left[j + 1])
+        best = max(best, _ks_within(a, b, *cell))
+    return best
 
 
-def _categorical_scores(
-    reference: pd.Series, current: pd.Series
-) -> tuple[dict[str, float], tuple[np.ndarray, np.ndarray]]:
-    """The scores, and the counts of each category in both tables."""
-    # Counted as the values are: 1 and 1.0 are one category (an integer code column read
-    # as floats because a value is missing), 1 and "1" two.
-    reference_counts, current_counts = reference.value_counts(), current.value_counts()
-    keys = reference_counts.index.union(current_counts.index, sort=False)
-    reference_array = reference_counts.reindex(keys, fill_value=0).to_numpy(float)
-    current_array = current_counts.reindex(keys, fill_value=0).to_numpy(float)
-    scores = {
-        "psi": psi(reference_array, current_array),
-        "chisquare": _chi_square(reference_array, current_array),
-        "jensenshannon": _jensen_shannon(reference_array, current_array),
+def _quantile_points(values: np.ndarray) -> np.ndarray:
+    return values[np.linspace(0, len(values) - 1, _KS_POINTS).astype(np.int64)]
+
+
+def _ks_within(a: np.ndarray, b: np.ndarray, in_a: tuple[int, int], in_b: tuple[int, int]) -> float:
+    """The largest gap at the values ``a[in_a[0]:in_a[1]]`` and ``b[in_b[0]:in_b[1]]``,
+    which are all of both samples' values in an interval: a step function's gap is reached
+    at a data point, taken at its last copy."""
+    (a0, a1), (b0, b1) = in_a, in_b
+    part_a, part_b = a[a0:a1], b[b0:b1]
+    best = 0.0
+    if len(part_a):
+        last = np.flatnonzero(np.append(part_a[1:] != part_a[:-1], True))
+        below = b0 + np.searchsorted(part_b, part_a[last], side="right")
+        best = float(np.abs((a0 + last + 1) / len(a) - below / len(b)).max())
+    if len(part_b):
+        last = np.flatnonzero(np.append(part_b[1:] != part_b[:-1], True))
+        below = a0 + np.searchsorted(part_a, part_b[last], side="right")
+        best = max(best, float(np.abs(below / len(a) - (b0 + last + 1) / len(b)).max()))
+    return best
+
+
+def category_counts(
+    reference: dict[Any, int], current: dict[Any, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Both tables' counts over the same categories, in an order that depends only on the
+    counts (noise pooling sums neighbours): the reference's by count, then new ones."""
+    keys = sorted(reference, key=lambda key: _category_order(key, reference[key]))
+    keys += sorted(set(current) - set(reference), key=lambda k: _category_order(k, current[k]))
+    return (
+        np.array([reference.get(key, 0) for key in keys], dtype=float),
+        np.array([current.get(key, 0) for key in keys], dtype=float),
+    )
+
+
+def _category_order(key: Any, count: int) -> tuple[int, str, str]:
+    return -count, type(key).__name__, str(key)
+
+
+def categorical_scores(
+    reference_counts: np.ndarray, current_counts: np.ndarray
+) -> dict[str, float]:
+    """A categorical column's scores from both tables' counts of each category."""
+    return {
+        "psi": psi(reference_counts, current_counts),
+        "chisquare": _chi_square(reference_counts, current_counts),
+        "jensenshannon": _jensen_shannon(reference_counts, current_counts),
     }
-    return scores, (reference_array, current_array)
-
-
-def _counts(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    return np.bincount(np.searchsorted(keys, values), minlength=len(keys))
 
 
 def _shares(counts: np.ndarray) -> np.ndarray:

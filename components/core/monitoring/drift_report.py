@@ -21,7 +21,15 @@ from conveyor.components.core.monitoring.drift import (
     compare_tables,
 )
 
-__all__ = ["DriftOutputs", "describe", "detect_drift", "markdown", "render_report", "table_lines"]
+__all__ = [
+    "DriftOutputs",
+    "describe",
+    "detect_drift",
+    "markdown",
+    "render_report",
+    "table_lines",
+    "write_outputs",
+]
 
 
 @dataclass(frozen=True)
@@ -53,17 +61,23 @@ def detect_drift(
     reference_table = load_table(Source(reference))
     current_table = load_table(Source(current))
     report = compare_tables(reference_table, current_table, settings, segment, exclude, roles)
+    return report, write_outputs(report, reference_table, current_table, outputs)
+
+
+def write_outputs(
+    report: DriftReport, reference: pd.DataFrame, current: pd.DataFrame, outputs: DriftOutputs
+) -> str:
+    """Writes the outputs that are set (Evidently's HTML rendered on ``reference`` and
+    ``current``, or samples of them); returns the note on how Evidently's was rendered."""
     note = ""
     if outputs.html:
-        note = render_report(
-            reference_table, current_table, report, outputs.html, outputs.sample_rows
-        )
+        note = render_report(reference, current, report, outputs.html, outputs.sample_rows)
     if outputs.markdown:
         write_text_atomically(outputs.markdown, markdown(report, note))
     if outputs.summary:
         summary = {"verdict": describe(report), **report.to_dict()}
         write_text_atomically(outputs.summary, json.dumps(summary, indent=2))
-    return report, note
+    return note
 
 
 def describe(report: DriftReport) -> str:
@@ -157,6 +171,11 @@ def markdown(report: DriftReport, note: str = "") -> str:
     ]
     if report.skipped:
         parts.append("Not tested:\n\n" + "\n".join(f"- {line}" for line in report.skipped))
+    if report.approximations:
+        parts.append(
+            "Measured from partition summaries, where a verdict may differ from the whole "
+            "table's:\n\n" + "\n".join(f"- {line}" for line in report.approximations)
+        )
     return "\n\n".join(parts + ([note] if note else [])) + "\n"
 
 
