@@ -61,13 +61,14 @@ BENCH_ARGS ?=
 DRIFT_BENCH_ARGS ?=
 VALIDATION_BENCH_ARGS ?=
 QUALITY_BENCH_ARGS ?=
+SCALE_BENCH_ARGS ?=
 GPU_CHECK_ARGS ?=
 MLSERVER_VENV := .bench/mlserver-venv
 MLSERVER_INSTALLED := $(MLSERVER_VENV)/.installed
 
 .DEFAULT_GOAL := help
 .PHONY: gpu-install gpu-check
-.PHONY: help install run serve compile check submit schedule submit-vertex schedule-vertex publish drift test golden wheel lint format images push lint-images bench bench-serving bench-drift bench-validation bench-quality validate monitor lock clean
+.PHONY: help install run serve compile check submit schedule submit-vertex schedule-vertex publish drift test golden wheel lint format images push lint-images bench bench-serving bench-drift bench-validation bench-quality bench-scale validate monitor lock clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -190,23 +191,26 @@ $(MLSERVER_INSTALLED): bench/mlserver-requirements.txt
 	$(MLSERVER_VENV)/bin/python -m pip install --quiet -r bench/mlserver-requirements.txt
 	@touch $@
 
-bench: bench-serving bench-drift bench-validation bench-quality ## Every benchmark: serving vs MLServer, drift vs Evidently, validation vs a pandas read, quality vs a pyarrow read
+bench: bench-serving bench-drift bench-validation bench-quality ## Every benchmark, each side by side over 5+ alternating rounds (median ratio, spread): serving vs MLServer, drift vs Evidently, validation vs a pandas read, quality vs a pyarrow read
 
-bench-serving: $(INSTALLED) $(MLSERVER_INSTALLED) ## Serving throughput and latency vs MLServer, side by side [BENCH_ARGS=...]
+bench-serving: $(INSTALLED) $(MLSERVER_INSTALLED) ## Serving throughput and latency vs MLServer, 5 alternating rounds; writes build/bench/serving.json [BENCH_ARGS=--rounds N --duration S]
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 		&& { apt-get install -y -qq wrk >/dev/null 2>&1 \
 			|| { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }; }; } \
 		|| echo "bench: could not install wrk; the Python load generator stands in"
 	$(BIN)/python -m bench.serving $(BENCH_ARGS)
 
-bench-drift: $(INSTALLED) ## Drift on 1,000,000 x 30 rows vs Evidently's DataDriftPreset, same verdicts [DRIFT_BENCH_ARGS=--rows N]
+bench-drift: $(INSTALLED) ## Drift on 1,000,000 x 30 rows vs Evidently's DataDriftPreset, same verdicts, 5 alternating rounds; writes build/bench/drift.json [DRIFT_BENCH_ARGS=--rows N --rounds N]
 	$(BIN)/python -m bench.drift $(DRIFT_BENCH_ARGS)
 
-bench-validation: $(INSTALLED) ## Validation of 1,000,000 x 30 rows of Parquet vs a plain pandas read of the file [VALIDATION_BENCH_ARGS=--rows N]
+bench-validation: $(INSTALLED) ## Validation of 1,000,000 x 30 rows of Parquet vs a plain pandas read, 5 alternating rounds; writes build/bench/validation.json [VALIDATION_BENCH_ARGS=--rows N --rounds N]
 	$(BIN)/python -m bench.validation $(VALIDATION_BENCH_ARGS)
 
-bench-quality: $(INSTALLED) ## Labels joined to 10,000,000 logged predictions, every metric, vs a plain pyarrow read [QUALITY_BENCH_ARGS=--rows N]
+bench-quality: $(INSTALLED) ## Labels joined to 10,000,000 logged predictions, every metric, vs a plain pyarrow read, 5 alternating rounds; writes build/bench/quality.json [QUALITY_BENCH_ARGS=--rows N --rounds N]
 	$(BIN)/python -m bench.quality $(QUALITY_BENCH_ARGS)
+
+bench-scale: $(INSTALLED) ## Streaming drift + validation at 1M, 10M, 30M rows (time, peak memory) vs Evidently under a memory cap and timeout; not in make bench; writes build/bench/scale.json [SCALE_BENCH_ARGS=--sizes 1M,3M --skip-evidently [SIZES] --no-keep]
+	$(BIN)/python -m bench.scale $(SCALE_BENCH_ARGS)
 
 gpu-install: | $(INSTALLED) ## Put XGBoost's CUDA build in .venv in place of its CPU build, as the gpu image has it
 	@version=$$($(BIN)/python -c 'import xgboost; print(xgboost.__version__)') \

@@ -73,7 +73,7 @@ def tables(rows: int, seed: int = 7) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def _run_engine(engine: str, reference_path: Path, current_path: Path, profile: bool) -> dict:
     """In this process: import the engine, load, then one timed (or profiled) comparison."""
-    compare_tables = _conveyor if engine == "conveyor" else _evidently
+    compare_tables = _conveyor if engine == "conveyor" else evidently_verdicts
     compare_tables(None, None)  # imports only, so the timing holds none
     reference, current = pd.read_parquet(reference_path), pd.read_parquet(current_path)
     # Untimed, on the first 1,000 rows: the engine's lazy imports and first-call costs.
@@ -130,7 +130,9 @@ def _conveyor(reference: pd.DataFrame | None, current: pd.DataFrame | None) -> d
     return {r.column: r.drifted for r in compare_tables(reference, current, settings).overall}
 
 
-def _evidently(reference: pd.DataFrame | None, current: pd.DataFrame | None) -> dict[str, bool]:
+def evidently_verdicts(
+    reference: pd.DataFrame | None, current: pd.DataFrame | None
+) -> dict[str, bool]:
     from evidently import Report
     from evidently.presets import DataDriftPreset
 

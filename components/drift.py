@@ -92,7 +92,11 @@ def drift(
     from conveyor.components.core.data.schema import load_schema
     from conveyor.components.core.errors import step_errors
     from conveyor.components.core.monitoring.drift import DriftSettings, load_importance
-    from conveyor.components.core.monitoring.drift_report import DriftOutputs, detect_drift
+    from conveyor.components.core.monitoring.drift_report import (
+        DriftOutputs,
+        detect_drift,
+        step_metrics,
+    )
 
     with step_errors("drift"):
         settings = DriftSettings(
@@ -111,10 +115,7 @@ def drift(
             reference.path, current.path, settings, segment_column or None,
             (*exclude_columns, *id_columns), outputs, roles,
         )  # fmt: skip
-    for column in result.overall:
-        metrics.log_metric(f"{column.column}.{column.deciding_test}", column.score)
-    metrics.log_metric("drifted_share", result.drifted_share)
-    metrics.log_metric("weighted_drifted_share", result.weighted_drifted_share)
-    metrics.log_metric("drifted_columns", len(result.drifted_columns))
+    for name, value in step_metrics(result).items():
+        metrics.log_metric(name, value)
     summary.metadata["dataset_drifted"] = result.dataset_drifted
     return result.dataset_drifted

@@ -66,7 +66,7 @@ def judge_drift(
 
     from conveyor.components.core.errors import step_errors
     from conveyor.components.core.monitoring.drift import DriftSettings, load_importance
-    from conveyor.components.core.monitoring.drift_report import DriftOutputs
+    from conveyor.components.core.monitoring.drift_report import DriftOutputs, step_metrics
     from conveyor.components.core.monitoring.partitioned import judge_drift as run
 
     with step_errors("judge_drift"):
@@ -85,11 +85,8 @@ def judge_drift(
         result = run(
             folders, Path(plan.path), Path(merged.path), Path(reference.path), settings, outputs
         )
-    for column in result.overall:
-        metrics.log_metric(f"{column.column}.{column.deciding_test}", column.score)
-    metrics.log_metric("drifted_share", result.drifted_share)
-    metrics.log_metric("weighted_drifted_share", result.weighted_drifted_share)
-    metrics.log_metric("drifted_columns", len(result.drifted_columns))
+    for name, value in step_metrics(result).items():
+        metrics.log_metric(name, value)
     summary.metadata["dataset_drifted"] = result.dataset_drifted
     summary.metadata["approximations"] = len(result.approximations)
     return result.dataset_drifted

@@ -489,7 +489,28 @@ def merge_summaries(summaries: Sequence[ValidationSummary]) -> ValidationSummary
             column types, or do not follow one another.
     """
     _require(len(summaries) > 0, "no validation summaries to merge")
-    return functools.reduce(_merged, summaries)
+    # The hashes are joined once, at the end: merging them pair by pair would copy them
+    # once per partition, a square of the rows' bytes over a long log.
+    merged = functools.reduce(_merged, [_without_hashes(summary) for summary in summaries])
+    identifiers = tuple(
+        IdentifierHashes(item.name, b"".join(s.identifiers[index].hashes for s in summaries))
+        for index, item in enumerate(summaries[0].identifiers)
+    )
+    return replace(
+        merged,
+        key_hashes=b"".join(summary.key_hashes for summary in summaries),
+        row_hashes=b"".join(summary.row_hashes for summary in summaries),
+        identifiers=identifiers,
+    )
+
+
+def _without_hashes(summary: ValidationSummary) -> ValidationSummary:
+    return replace(
+        summary,
+        key_hashes=b"",
+        row_hashes=b"",
+        identifiers=tuple(IdentifierHashes(item.name, b"") for item in summary.identifiers),
+    )
 
 
 def check_summary(

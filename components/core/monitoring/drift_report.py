@@ -27,6 +27,7 @@ __all__ = [
     "detect_drift",
     "markdown",
     "render_report",
+    "step_metrics",
     "table_lines",
     "write_outputs",
 ]
@@ -78,6 +79,19 @@ def write_outputs(
         summary = {"verdict": describe(report), **report.to_dict()}
         write_text_atomically(outputs.summary, json.dumps(summary, indent=2))
     return note
+
+
+def step_metrics(report: DriftReport) -> dict[str, float]:
+    """What a drift step logs as KFP Metrics: each column's deciding score as
+    ``<column>.<test>``, then ``drifted_share``, ``weighted_drifted_share`` and
+    ``drifted_columns``."""
+    scores = {f"{c.column}.{c.deciding_test}": c.score for c in report.overall}
+    return {
+        **scores,
+        "drifted_share": report.drifted_share,
+        "weighted_drifted_share": report.weighted_drifted_share,
+        "drifted_columns": len(report.drifted_columns),
+    }
 
 
 def describe(report: DriftReport) -> str:

@@ -84,12 +84,11 @@ def profile_partition(item: dict[str, Any], tested_path: Path, schema: Path, out
     partition, tested, rules = Partition.from_dict(item), _tested(tested_path), load_schema(schema)
     for file in partition.files:
         tested.check_file(file)
-    profiled, checked, seen = None, None, 0
+    profiled, checked, seen = None, [], 0
     for batch in partition.batches(None, BATCH_ROWS):
         inputs = batch[input_columns(batch)]
         profiled = summary.profile([inputs[tested.read]], tested, str(partition), profiled)
-        found = summarize_partition(inputs, rules, partition.offset + seen)
-        checked = found if checked is None else merge_summaries([checked, found])
+        checked.append(summarize_partition(inputs, rules, partition.offset + seen))
         seen += len(batch)
     if seen != partition.rows:
         raise ConveyorError(
@@ -98,7 +97,7 @@ def profile_partition(item: dict[str, Any], tested_path: Path, schema: Path, out
         )
     out.mkdir(parents=True, exist_ok=True)
     summary.save_profile(profiled, out / PROFILE)
-    write_summary(checked, out / CHECKS)
+    write_summary(merge_summaries(checked), out / CHECKS)
     return seen
 
 
