@@ -15,6 +15,7 @@ def plan_partitions(
     reference: Input[Dataset],
     tested: Output[Artifact],
     inputs_days: int = 0,
+    retention_days: int = 0,
     segment_column: str = "",
     exclude_columns: list = [],  # noqa: B006 - KFP reads defaults
     id_columns: list = [],  # noqa: B006
@@ -33,6 +34,8 @@ def plan_partitions(
             and why each other column is not tested.
         inputs_days: With a payload log, only its day folders of the last this many days,
             today (UTC) included; 0 lists all of inputs_uri.
+        retention_days: With inputs_days 0, the payload log's retention, once ingest_inputs
+            has deleted the days past it: only the days kept are listed.
         segment_column: Also judge drift within each value of this column.
         exclude_columns: Columns not tested for drift.
         id_columns: The model's id columns: not tested, as excluded ones.
@@ -40,7 +43,7 @@ def plan_partitions(
             without it, roles are decided on the reference as training decides them.
 
     Returns:
-        The partitions, in order: ``{"files", "offset", "rows"}`` each; at most 96, so the
+        The partitions, in order: ``{"files", "offset", "rows"}`` each; at most 90, so the
         steps that gather their outputs stay within Vertex's 100 artifacts a task.
     """
     from pathlib import Path
@@ -52,7 +55,7 @@ def plan_partitions(
     with step_errors("plan_partitions"):
         roles = load_schema(schema.path).recorded_roles() if schema is not None else None
         partitions = plan(
-            inputs_uri, inputs_days, Path(reference.path), Path(tested.path),
+            inputs_uri, inputs_days or retention_days, Path(reference.path), Path(tested.path),
             segment_column or None, (*exclude_columns, *id_columns), roles,
         )  # fmt: skip
     tested.metadata["partitions"] = len(partitions)

@@ -44,11 +44,12 @@ def test_monitoring_compiles_with_retraining_nested_under_the_verdict(
         "judge-drift", "ingest-inputs", "prediction-drift", "quality", "monitoring-verdict",
         "retrain",
     }  # fmt: skip
-    # Validation gates drift; ingest_inputs, which may delete old days, reads after both.
+    # ingest_inputs deletes old days first, whatever fails after; validation gates drift,
+    # prediction drift and quality.
+    assert "ingest-inputs" in tasks["plan-partitions"].dependent_tasks
     assert "check-partitions" in tasks["judge-drift"].dependent_tasks
-    assert "judge-drift" in tasks["ingest-inputs"].dependent_tasks
     for finding in ("prediction-drift", "quality"):
-        assert "ingest-inputs" in tasks[finding].dependent_tasks
+        assert {"ingest-inputs", "check-partitions"} <= set(tasks[finding].dependent_tasks)
     assert set(tasks["monitoring-verdict"].dependent_tasks) == {
         "judge-drift", "prediction-drift", "quality",
     }  # fmt: skip
@@ -78,8 +79,13 @@ def test_monitoring_compiles_with_retraining_nested_under_the_verdict(
     (training,) = spec.components[retrain.component_ref.name].dag.tasks.values()
     nested = spec.components[training.component_ref.name].dag.tasks
     assert {"ingest", "validate", "train", "evaluate"} <= set(nested)
-    for step in ("champion-reference", "ingest-inputs", "quality", "monitoring-verdict"):
+    for step in (
+        "champion-reference", "plan-partitions", "ingest-inputs", "quality", "monitoring-verdict",
+    ):  # fmt: skip
         assert not tasks[step].caching_options.enable_cache  # each reads or writes in place
+    for name in ("profiles", "counts"):  # a partition's files are read in place too
+        (step,) = spec.components[tasks[loops[name]].component_ref.name].dag.tasks.values()
+        assert not step.caching_options.enable_cache
     parameters = spec.root.input_definitions.parameters
     assert not parameters["inputs_uri"].is_optional
     assert parameters["retrain"].default_value.bool_value is True

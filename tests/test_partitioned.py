@@ -10,8 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conveyor.components.core.data.partitions import list_partitions
 from conveyor.components.core.data.schema import infer_schema
 from conveyor.components.core.data.validation import check_table
+from conveyor.components.core.data.validation_summary import (
+    check_summary,
+    merge_summaries,
+    summarize_partition,
+)
 from conveyor.components.core.errors import ConveyorError
 from conveyor.components.core.monitoring import partitioned
 from conveyor.components.core.monitoring.drift import DriftSettings, compare_tables
@@ -95,3 +101,61 @@ def test_no_file_in_the_days_asked_for_is_one_line(tmp_path: Path) -> None:
         partitioned.plan_partitions(
             str(tmp_path / "log"), 2, tmp_path / "ref.parquet", tmp_path / "t.json"
         )
+
+
+def test_a_key_written_as_integers_in_one_file_and_floats_in_another_is_still_one_key() -> None:
+    """A gap turns a file's integer column to floats: 2 and 2.0 are one key value."""
+    reference = pd.DataFrame({"id": np.arange(300), "x": np.linspace(0, 1, 300)})
+    schema = infer_schema(reference, keys=("id",))
+    first = pd.DataFrame({"id": [1, 2], "x": [0.1, 0.2]})
+    later = pd.DataFrame({"id": [2.0, 3.0], "x": [0.3, 0.4]})
+    merged = merge_summaries(
+        [summarize_partition(first, schema, 0), summarize_partition(later, schema, 2)]
+    )
+    whole = check_table(pd.concat([first, later], ignore_index=True), schema, inputs_only=True)
+    found = check_summary(merged, schema).violations
+    assert [(v.rule, v.observed) for v in found] == [(v.rule, v.observed) for v in whole]
+    assert [v.rule for v in found] == ["unique_key"]
+
+
+def test_a_file_that_grew_between_the_passes_fails_the_count(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    reference, current = messy_table(rng, 600, 0.0), messy_table(rng, 500, 0.0)
+    payload_log(current, tmp_path / "log", [])
+    reference.to_parquet(tmp_path / "reference.parquet", index=False)
+    (tmp_path / "schema.json").write_text(infer_schema(reference).to_json())
+    (item,) = partitioned.plan_partitions(
+        str(tmp_path / "log"), 0, tmp_path / "reference.parquet", tmp_path / "tested.json"
+    )
+    partitioned.profile_partition(
+        item, tmp_path / "tested.json", tmp_path / "schema.json", tmp_path / "p"
+    )
+    outputs = tmp_path / "v.md", tmp_path / "plan.npz", tmp_path / "merged.json"
+    partitioned.check_partitions(
+        [tmp_path / "p"], tmp_path / "reference.parquet", tmp_path / "schema.json",
+        tmp_path / "tested.json", outputs,
+    )  # fmt: skip
+    grown = pd.concat([current, current]).assign(**{"conveyor.id": "r"})
+    grown.to_parquet(tmp_path / "log" / "part-00.parquet", index=False)
+    with pytest.raises(ConveyorError, match=r"part-00\.parquet: 1,000 rows, 500 when listed"):
+        partitioned.count_partition(item, outputs[1], outputs[2], tmp_path / "c", 100)
+
+
+@pytest.mark.parametrize("name", ["t.csv.gz", "t.tsv", "t.pq", "bom.csv", "empty.csv"])
+def test_a_partition_is_read_as_a_whole_table_read_reads_it(name: str, tmp_path: Path) -> None:
+    table = pd.DataFrame({"x": [1.5, 2.5, 3.5], "c": ["a", "b", "c"]})
+    path = tmp_path / name
+    if name == "t.pq":
+        table.to_parquet(path)
+    elif name == "bom.csv":
+        path.write_text(table.to_csv(index=False), encoding="utf-8-sig")
+    elif name == "empty.csv":
+        path.write_text("x,c\n")
+    else:
+        table.to_csv(path, sep="\t" if name.endswith("tsv") else ",", index=False)
+    (partition,) = list_partitions([str(path)])
+    batches = list(partition.batches(None, 2))
+    expected = table.iloc[:0] if name == "empty.csv" else table
+    assert partition.rows == len(expected) == sum(len(batch) for batch in batches)
+    assert all(list(batch.columns) == ["x", "c"] for batch in batches)
+    assert pd.concat(batches)["c"].tolist() == expected["c"].tolist()

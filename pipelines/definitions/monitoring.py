@@ -4,7 +4,8 @@ fell.
 
 champion_reference fetches, through the MLflow registry, what the champion's run recorded:
 its training split and schema, its feature importances and its scores on the evaluation
-split. The payload log's files are then fanned out: plan_partitions lists them (at most 96
+split; ingest_inputs reads the log whole, for the answers and labels, then deletes days past
+its retention. The payload log's files are then fanned out: plan_partitions lists them (at most 90
 partitions), and each is read in a pod of its own (at most ``monitoring_parallelism`` at
 once, fixed at compile time) by profile_partition, which summarises it for validation and
 drift; check_partitions merges the summaries and fails the run on a broken feed (a missing
@@ -15,8 +16,7 @@ anything is measured on it. Then three findings:
   check_partitions fixed, and judge_drift decides from the merged counts, as drift does on
   one table;
 - prediction_drift: the logged scores and classes, or predicted values, against
-  evaluation's, on the log ingest_inputs reads whole (and then deletes days past its
-  retention);
+  evaluation's, on the log ingest_inputs read;
 - quality: labels joined to the logged predictions; not measured without ``labels_uri``.
 
 monitoring_verdict weighs them, writes why, and pushes them to a Pushgateway when one is
@@ -165,12 +165,21 @@ def build_monitoring_pipeline(target: Target) -> GraphComponent:
             champion_reference(model_name=model_name, mlflow_tracking_uri=mlflow_tracking_uri),
             target,
         )
-        # Validation and drift read the log's files themselves, before ingest_inputs, which
-        # reads it whole for the answers and labels, may delete days past its retention.
-        drifted = _fan_out(
+        # ingest_inputs reads the log whole for the answers and labels, then deletes days
+        # past the retention whatever else fails; validation and drift then list the days
+        # kept and read them in partitions.
+        recent = apply_step_settings(
+            ingest_inputs(
+                inputs_uri=inputs_uri, inputs_days=inputs_days,
+                retention_days=payload_log_retention_days,
+            ),
+            target,
+        )  # fmt: skip
+        checked, drifted = _fan_out(
             target,
             inputs_uri=inputs_uri,
             inputs_days=inputs_days,
+            retention_days=payload_log_retention_days,
             reference=reference,
             segment_column=segment_column,
             exclude_columns=exclude_columns,
@@ -184,14 +193,8 @@ def build_monitoring_pipeline(target: Target) -> GraphComponent:
                 "alpha": drift_alpha,
                 "min_segment_rows": min_segment_rows,
             },
+            after=recent,
         )
-        recent = apply_step_settings(
-            ingest_inputs(
-                inputs_uri=inputs_uri, inputs_days=inputs_days,
-                retention_days=payload_log_retention_days,
-            ).after(drifted),
-            target,
-        )  # fmt: skip
         answers = apply_step_settings(
             prediction_drift(
                 reference_scores=reference.outputs["reference_scores"],
@@ -200,7 +203,7 @@ def build_monitoring_pipeline(target: Target) -> GraphComponent:
                 thresholds=drift_thresholds,
                 min_segment_rows=min_segment_rows,
                 alpha=drift_alpha,
-            ),
+            ).after(checked),
             target,
         )
         judged = apply_step_settings(
@@ -215,7 +218,7 @@ def build_monitoring_pipeline(target: Target) -> GraphComponent:
                 id_column=label_id_column,
                 label_column=label_column,
                 margin=quality_margin,
-            ),
+            ).after(checked),
             target,
         )
         verdict = apply_step_settings(
@@ -266,22 +269,25 @@ def _fan_out(
     target: Target,
     inputs_uri: Any,
     inputs_days: Any,
+    retention_days: Any,
     reference: PipelineTask,
     segment_column: Any,
     exclude_columns: Any,
     id_columns: Any,
     settings: dict[str, Any],
-) -> PipelineTask:
+    after: PipelineTask,
+) -> tuple[PipelineTask, PipelineTask]:
     """Validation and drift over the inputs' partitions, each read in a pod of its own,
     twice: profiled (validation's summary, drift's profile), then, once the merged
-    summaries pass validation, counted in the bins they fix. Returns the judging task."""
+    summaries pass validation, counted in the bins they fix. Returns the validating task
+    and the judging one."""
     planned = apply_step_settings(
         plan_partitions(
-            inputs_uri=inputs_uri, inputs_days=inputs_days,
+            inputs_uri=inputs_uri, inputs_days=inputs_days, retention_days=retention_days,
             reference=reference.outputs["reference"], schema=reference.outputs["schema"],
             segment_column=segment_column, exclude_columns=exclude_columns,
             id_columns=id_columns,
-        ),
+        ).after(after),
         target,
     )  # fmt: skip
     tested = planned.outputs["tested"]
@@ -312,7 +318,7 @@ def _fan_out(
             ),
             target,
         )
-    return apply_step_settings(
+    return checked, apply_step_settings(
         judge_drift(
             counts=dsl.Collected(counted.outputs["counts"]),
             plan=checked.outputs["plan"],

@@ -31,6 +31,11 @@ UNCACHED_STEPS = frozenset(
     {
         "ingest",
         "ingest_inputs",
+        # A log's files are listed and read in place: the listing grows, a day moves on,
+        # and a folder's file may be rewritten under the same name.
+        "plan_partitions",
+        "profile_partition",
+        "count_partition",
         "plan_trials",  # starts the tuning run its trials log under
         "champion_reference",
         "evaluate",

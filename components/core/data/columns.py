@@ -24,6 +24,7 @@ __all__ = ["ColumnView", "column_views", "combine_hashes", "row_hashes"]
 
 _NULL_HASH = np.uint64(0x9E3779B97F4A7C15)  # any fixed value unlike a real hash
 _MIX = np.uint64(0x100000001B3)
+_FRACTION = np.uint64(0xC2B2AE3D27D4EB4F)  # sets the hashes of non-whole numbers apart
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ class ColumnView:
         valid = self.valid
         if rows is not None:
             values, valid = values[rows], valid[rows]
-        hashed = pd.util.hash_array(values)
+        hashed = pd.util.hash_array(values) if self.is_integer else _number_hashes(values)
         hashed[~valid] = _NULL_HASH
         return hashed
 
@@ -149,6 +150,18 @@ def _view(name: str, chunked: pa.ChunkedArray) -> ColumnView:
         return ColumnView(name, "object", array, numbers=np.full(len(array), np.nan))
     labels, codes = _encode(array if _is_text(kind) else pc.cast(array, pa.string()))
     return ColumnView(name, _pandas_dtype(kind), array, text_labels=labels, text_codes=codes)
+
+
+def _number_hashes(numbers: np.ndarray) -> np.ndarray:
+    """Hashes of floats by value: a whole one as its integer (2.0 as 2, -0.0 as 0), so a
+    column read as integers in one file and as floats in another (a gap turns it to
+    floats) hashes alike; the others apart from every integer."""
+    with np.errstate(invalid="ignore"):
+        whole = np.isfinite(numbers) & (numbers == np.round(numbers)) & (np.abs(numbers) < 2**63)
+    hashed = pd.util.hash_array(np.where(whole, numbers, 0).astype(np.int64))
+    if not whole.all():
+        hashed[~whole] = pd.util.hash_array(numbers[~whole]) ^ _FRACTION
+    return hashed
 
 
 def _integers(array: pa.Array) -> np.ndarray:

@@ -3,22 +3,22 @@ with their row counts, grouped into at most ``MAX_PARTITIONS`` partitions, and r
 batches of bounded size.
 
 A partitioned check reads each partition in a process of its own (a pod of a
-``dsl.ParallelFor``) and never holds more than a batch of it: Parquet is read by row
-groups, in slices of at most ``BATCH_ROWS`` rows, CSV in chunks of that many rows. Row
-positions stay those of the whole table (the files one after another, in name order), so a
-check's example rows mean the same as when the table is read at once.
+``dsl.ParallelFor``) and never holds more than a batch of it: Parquet (a payload log's
+format) is read by row groups, in slices of at most ``BATCH_ROWS`` rows. A CSV file is read
+whole, one file at a time, as ``tables.load_table`` reads it (compression, separator, byte
+order mark), then sliced: read in chunks, pandas would type each chunk apart. Row positions
+stay those of the whole table (the files one after another, in name order), so a check's
+example rows mean the same as when the table is read at once.
 
-Why at most 96 partitions: Vertex AI Pipelines refuses a task given more than 100 artifacts
+Why at most 90 partitions: Vertex AI Pipelines refuses a task given more than 100 artifacts
 ("Maximum number of artifacts exceeded. Maximum allowed: 100", reported in
 kubeflow/kubeflow#7513 for a ``dsl.Collected`` over a loop of 270), and the step that
-gathers the loop's outputs takes four more. More files than that are grouped, neighbours
-together.
+gathers the loop's outputs takes four more and writes four. More files than that are
+grouped, neighbours together.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from conveyor.components.core.data.tables import folder_tables
+from conveyor.components.core.data.tables import Source, folder_tables, load_table
 from conveyor.components.core.errors import ConveyorError, first_line
 
 __all__ = [
@@ -40,7 +40,8 @@ __all__ = [
 ]
 
 BATCH_ROWS = 65_536
-MAX_PARTITIONS = 96
+_HEADER_ONLY = "the table has no rows (only a header)"  # tables.load_table's refusal
+MAX_PARTITIONS = 90
 
 
 @dataclass(frozen=True)
@@ -111,9 +112,7 @@ def columns_of(uri: str) -> list[str]:
     if _is_parquet(uri):
         with _opened(uri) as handle:
             return list(_parquet(handle, uri).schema_arrow.names)
-    with _opened(uri) as handle:
-        header = next(csv.reader(io.TextIOWrapper(handle, encoding="utf-8")), [])
-    return header
+    return [str(name) for name in _csv_table(uri).columns]
 
 
 def read_batches(
@@ -122,11 +121,11 @@ def read_batches(
     """The file's ``columns`` (all when None) in batches of at most ``rows`` rows, in order;
     one empty batch for a file of no rows, so its columns are still seen."""
     wanted = None if columns is None else list(columns)
+    if not _is_parquet(uri):
+        yield from _csv_batches(uri, wanted, rows)
+        return
     with _opened(uri) as handle:
-        if _is_parquet(uri):
-            yield from _parquet_batches(_parquet(handle, uri), wanted, rows, uri)
-        else:
-            yield from _csv_batches(handle, wanted, rows, uri)
+        yield from _parquet_batches(_parquet(handle, uri), wanted, rows, uri)
 
 
 def _parquet_batches(parquet: Any, columns: list[str] | None, rows: int, uri: str):
@@ -144,25 +143,38 @@ def _parquet_batches(parquet: Any, columns: list[str] | None, rows: int, uri: st
         raise ConveyorError(f"{uri}: cannot be read as Parquet ({first_line(error)})") from None
 
 
-def _csv_batches(handle: Any, columns: list[str] | None, rows: int, uri: str):
+def _csv_batches(uri: str, columns: list[str] | None, rows: int) -> Iterator[pd.DataFrame]:
+    table = _csv_table(uri)
+    if columns is not None:
+        table = table[[name for name in columns if name in table.columns]]
+    for start in range(0, max(len(table), 1), rows):
+        yield table.iloc[start : start + rows]
+
+
+def _csv_table(uri: str) -> pd.DataFrame:
+    """A CSV file as ``load_table`` reads it; one of a header alone (which ``load_table``
+    refuses as a table) is a partition of no rows."""
+    import fsspec
+
     try:
-        usecols = None if columns is None else lambda name: name in columns
-        yield from pd.read_csv(handle, usecols=usecols, chunksize=rows)
-    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise ConveyorError(f"{uri}: cannot be read as CSV ({first_line(error)})") from None
+        return load_table(Source(uri))
+    except ConveyorError as error:
+        if not str(error).endswith(_HEADER_ONLY):
+            raise
+    separator = "\t" if ".tsv" in uri.lower() else ","
+    with fsspec.open(uri, "rb", compression="infer") as handle:
+        return pd.read_csv(handle, sep=separator, nrows=0, encoding="utf-8-sig")
 
 
 def _rows(uri: str) -> int:
     if _is_parquet(uri):
         with _opened(uri) as handle:
             return int(_parquet(handle, uri).metadata.num_rows)
-    first = columns_of(uri)[:1]  # pandas reads no rows when no column is asked for
-    with _opened(uri) as handle:
-        return sum(len(chunk) for chunk in _csv_batches(handle, first, BATCH_ROWS, uri))
+    return len(_csv_table(uri))
 
 
 def _is_parquet(uri: str) -> bool:
-    return uri.lower().endswith(".parquet")
+    return uri.lower().endswith((".parquet", ".pq"))
 
 
 def _parquet(handle: Any, uri: str) -> Any:

@@ -90,11 +90,7 @@ def profile_partition(item: dict[str, Any], tested_path: Path, schema: Path, out
         profiled = summary.profile([inputs[tested.read]], tested, str(partition), profiled)
         checked.append(summarize_partition(inputs, rules, partition.offset + seen))
         seen += len(batch)
-    if seen != partition.rows:
-        raise ConveyorError(
-            f"{partition}: {seen:,} rows, {partition.rows:,} when listed: the log changed "
-            "while it was read"
-        )
+    _check_rows(partition, seen)
     out.mkdir(parents=True, exist_ok=True)
     summary.save_profile(profiled, out / PROFILE)
     write_summary(merge_summaries(checked), out / CHECKS)
@@ -149,6 +145,7 @@ def count_partition(
         inside = wanted[(wanted >= seen) & (wanted < seen + len(batch))] - seen
         picked.append(batch.iloc[inside])
         seen += len(batch)
+    _check_rows(partition, seen)
     rows = pd.concat(picked, ignore_index=True)
     out.mkdir(parents=True, exist_ok=True)
     summary.save_counts(counts, out / COUNTS)
@@ -175,6 +172,16 @@ def judge_drift(
     sampled = pd.concat([read_parquet(Path(path) / SAMPLE) for path in counts], ignore_index=True)
     write_outputs(report, table, sampled, outputs)
     return report
+
+
+def _check_rows(partition: Partition, seen: int) -> None:
+    """Both passes must read the rows that were listed: a file that grew or shrank between
+    them would mix two tables' counts."""
+    if seen != partition.rows:
+        raise ConveyorError(
+            f"{partition}: {seen:,} rows, {partition.rows:,} when listed: the log changed "
+            "while it was read"
+        )
 
 
 def _tested(path: Path) -> summary.Tested:
