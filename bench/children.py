@@ -19,6 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from bench.rounds import Comparison, RoundsError, compare, order
+
 __all__ = [
     "ROOT",
     "machine",
@@ -27,11 +29,14 @@ __all__ = [
     "profile_line",
     "reset_peak",
     "run_child",
+    "side_by_side",
     "versions",
+    "write_report",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPONENTS = str(ROOT / "components")
+OUT = ROOT / "build" / "bench"
 
 
 def run_child(module: str, *arguments: str) -> dict:
@@ -185,8 +190,6 @@ def run_rounds(
 ) -> list[dict[str, Any]]:
     """Every side once per round, in turn (A, B, A, B, …), each in a fresh child process
     ``python -m module *arguments(side)``; the children's results, each with its round."""
-    from bench.rounds import order
-
     results = []
     for number, side in order(sides, rounds):
         result = run_child(module, *arguments(side))
@@ -198,3 +201,57 @@ def run_rounds(
 def per_round(results: list[dict[str, Any]], side: str, key: str) -> list[Any]:
     """One side's ``key`` figure, round by round (``None`` where a round lacks it)."""
     return [result.get(key) for result in results if result["side"] == side]
+
+
+def side_by_side(
+    bench: str,
+    results: list[dict[str, Any]],
+    sides: tuple[str, str],
+    memory: tuple[str, str] = ("peak MiB", "peak_mib"),
+) -> tuple[Comparison, Comparison]:
+    """Seconds, then memory (``memory``: its name and the children's key), first side over
+    second, round by round; a round that lacks a figure ends the bench in one line."""
+    first, second = sides
+    try:
+        return tuple(  # type: ignore[return-value]
+            compare(
+                metric,
+                (first, per_round(results, first, key)),
+                (second, per_round(results, second, key)),
+            )
+            for metric, key in (("seconds", "seconds"), memory)
+        )
+    except RoundsError as error:
+        raise SystemExit(f"bench {bench}: {error}") from None
+
+
+def write_report(
+    bench: str,
+    results: list[dict[str, Any]],
+    figures: dict[str, Any],
+    aims: list[dict[str, Any]],
+    profile: dict[str, Any],
+    machines: dict[str, Any],
+    packages: tuple[str, ...],
+) -> None:
+    """Prints each aim's line, where the time goes and the machine at the end, then writes
+    ``build/bench/<bench>.json``: ``figures`` with every round, the aims, the profile, the
+    machine at start and end, and the versions of ``packages`` and Conveyor."""
+    line = profile_line(profile)
+    for aim in aims:
+        print(aim["line"])
+    print(line)
+    print(machine_line("end", machines["end"]))
+    report = {
+        "bench": bench,
+        **figures,
+        "order": [f"{result['round']}:{result['side']}" for result in results],
+        "runs": results,
+        "aims": aims,
+        "profile": {**profile, "line": line},
+        "machine": machines,
+        "versions": versions(*packages, "conveyor"),
+    }
+    path = OUT / f"{bench}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path.relative_to(ROOT)}")

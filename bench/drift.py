@@ -32,21 +32,20 @@ import numpy as np
 import pandas as pd
 
 from bench.children import (
-    ROOT,
+    OUT,
     machine,
     machine_line,
     peak_mib,
-    per_round,
     profile_call,
-    profile_line,
     reset_peak,
     run_child,
     run_rounds,
-    versions,
+    side_by_side,
+    write_report,
 )
-from bench.rounds import MIN_ROUNDS, Aim, RoundsError, check_rounds, compare
+from bench.rounds import MIN_ROUNDS, Aim, RoundsError, check_rounds
 
-OUT = ROOT / "build" / "bench"
+PACKAGES = ("numpy", "pandas", "pyarrow", "scipy", "evidently")
 ENGINES = ("conveyor", "evidently")
 THRESHOLDS = {"psi": 0.1, "jensenshannon": 0.1}
 SPEED_AIM = Aim("Conveyor at least 50x faster than Evidently's DataDriftPreset", ">=", 50.0)
@@ -190,49 +189,26 @@ def _report(results: list[dict], profile: dict, args: argparse.Namespace, machin
             if ours["verdicts"].get(column) != theirs["verdicts"].get(column)
         }
     )
-    try:
-        seconds = compare(
-            "seconds",
-            ("evidently", per_round(results, "evidently", "seconds")),
-            ("conveyor", per_round(results, "conveyor", "seconds")),
-        )
-        memory = compare(
-            "peak MiB above the tables",
-            ("evidently", per_round(results, "evidently", "peak_mib_above_tables")),
-            ("conveyor", per_round(results, "conveyor", "peak_mib_above_tables")),
-        )
-    except RoundsError as error:
-        raise SystemExit(f"bench drift: {error}") from None
+    memory = ("peak MiB above the tables", "peak_mib_above_tables")
+    seconds, memory_above = side_by_side("drift", results, ("evidently", "conveyor"), memory)
     drifted = sum(results[0]["verdicts"].values())
     print(f"verdicts: {drifted} of {len(results[0]['verdicts'])} columns drifted for Conveyor;")
     print(f"  the engines agree on every column in every round: {not disagree}")
-    for line in (*seconds.lines("s", 2, 1), *memory.lines("MiB", 0, 1)):
+    for line in (*seconds.lines("s", 2, 1), *memory_above.lines("MiB", 0, 1)):
         print(line)
-    aims = [
-        SPEED_AIM.verdict(seconds.median_ratio) | {"verdicts_agree": not disagree},
-        MEMORY_AIM.verdict(memory.median_ratio),
-    ]
-    for aim in aims:
-        print(aim["line"])
-    print(profile_line(profile))
-    print(machine_line("end", machines["end"]))
-    summary = {
-        "bench": "drift",
+    figures = {
         "rows": args.rows,
         "columns": len(results[0]["verdicts"]),
         "rounds": args.rounds,
-        "order": [f"{r['round']}:{r['side']}" for r in results],
-        "runs": results,
         "seconds": seconds.as_dict(),
-        "peak_mib_above_tables": memory.as_dict(),
+        "peak_mib_above_tables": memory_above.as_dict(),
         "disagreeing_columns": disagree,
-        "aims": aims,
-        "profile": {**profile, "line": profile_line(profile)},
-        "machine": machines,
-        "versions": versions("numpy", "pandas", "pyarrow", "scipy", "evidently", "conveyor"),
     }
-    (OUT / "drift.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"wrote {(OUT / 'drift.json').relative_to(ROOT)}")
+    aims = [
+        SPEED_AIM.verdict(seconds.median_ratio) | {"verdicts_agree": not disagree},
+        MEMORY_AIM.verdict(memory_above.median_ratio),
+    ]
+    write_report("drift", results, figures, aims, profile, machines, PACKAGES)
     if disagree:
         print(f"bench drift: the verdicts differ on {disagree}", file=sys.stderr)
         return 1

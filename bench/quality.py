@@ -32,20 +32,19 @@ from pathlib import Path
 import numpy as np
 
 from bench.children import (
-    ROOT,
+    OUT,
     machine,
     machine_line,
     peak_mib,
-    per_round,
     profile_call,
-    profile_line,
     run_child,
     run_rounds,
-    versions,
+    side_by_side,
+    write_report,
 )
-from bench.rounds import MIN_ROUNDS, Aim, RoundsError, check_rounds, compare
+from bench.rounds import MIN_ROUNDS, Aim, RoundsError, check_rounds
 
-OUT = ROOT / "build" / "bench"
+PACKAGES = ("numpy", "pandas", "pyarrow", "scipy")
 ENGINES = ("read", "conveyor")
 MODEL = "fraud"
 DAYS, REVISIONS, PARTS = 7, ("fraud-predictor-00001", "fraud-predictor-00002"), 5
@@ -182,43 +181,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report(results: list[dict], profile: dict, args: argparse.Namespace, machines: dict) -> int:
-    try:
-        seconds = compare(
-            "seconds",
-            ("conveyor", per_round(results, "conveyor", "seconds")),
-            ("read", per_round(results, "read", "seconds")),
-        )
-        memory = compare(
-            "peak MiB",
-            ("conveyor", per_round(results, "conveyor", "peak_mib")),
-            ("read", per_round(results, "read", "peak_mib")),
-        )
-    except RoundsError as error:
-        raise SystemExit(f"bench quality: {error}") from None
+    seconds, memory = side_by_side("quality", results, ("conveyor", "read"))
     ours = next(r for r in results if r["side"] == "conveyor")
     print(f"conveyor joined {ours['labelled']:,} rows into {ours['groups']} groups")
     for line in (*seconds.lines("s", 2), *memory.lines("MiB", 0)):
         print(line)
-    aim = AIM.verdict(seconds.median_ratio)
-    print(aim["line"])
-    print(profile_line(profile))
-    print(machine_line("end", machines["end"]))
-    summary = {
-        "bench": "quality",
+    figures = {
         "rows": args.rows,
         "rounds": args.rounds,
         "repeats_per_child": args.repeats,
-        "order": [f"{r['round']}:{r['side']}" for r in results],
-        "runs": results,
         "seconds": seconds.as_dict(),
         "peak_mib": memory.as_dict(),
-        "aims": [aim],
-        "profile": {**profile, "line": profile_line(profile)},
-        "machine": machines,
-        "versions": versions("numpy", "pandas", "pyarrow", "scipy", "conveyor"),
     }
-    (OUT / "quality.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"wrote {(OUT / 'quality.json').relative_to(ROOT)}")
+    aims = [AIM.verdict(seconds.median_ratio)]
+    write_report("quality", results, figures, aims, profile, machines, PACKAGES)
     return 0
 
 

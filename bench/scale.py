@@ -60,10 +60,9 @@ from typing import Any
 
 import numpy as np
 
-from bench.children import ROOT, machine, machine_line, peak_mib, reset_peak, versions
+from bench.children import OUT, ROOT, machine, machine_line, peak_mib, reset_peak, versions
 from bench.drift import THRESHOLDS, evidently_verdicts
 
-OUT = ROOT / "build" / "bench"
 DATA = OUT / "scale"
 SIZES = (1_000_000, 10_000_000, 30_000_000)
 REFERENCE_ROWS = 1_000_000

@@ -10,8 +10,12 @@ it from ``bench/mlserver-requirements.txt``). Both get the same V2 inputs, byte 
 before anything is timed. The load comes
 from ``wrk`` (one thread, fixed connections) or, without it, a small asyncio generator.
 After an untimed warm-up of each server, ``--rounds`` rounds (at least 5, default 5) each
-time every server for ``--duration`` seconds in turn (conveyor, conveyor-log, mlserver, then
-again), the servers staying up throughout. Per metric (throughput, p50, p99) it prints each
+time every server for ``--duration`` seconds in turn (conveyor, conveyor-log, mlserver,
+mlserver-batched, then again), the servers staying up throughout. Conveyor predicts the
+requests it reads together in one call of the model (``serving.batching``, on by default);
+MLServer's adaptive batching is off by default, so ``mlserver-batched`` runs it on
+(``max_batch_size`` the connections, ``max_batch_time`` ``BATCH_WAIT_S``) and is reported
+beside, not judged. Per metric (throughput, p50, p99) it prints each
 server's median and the median of the per-round ratios Conveyor/MLServer with their min–max
 and interquartile range (``bench.rounds``), the machine's cores and load at start and end,
 and where Conveyor's time goes: cProfile, in a process of its own, of KServe's V2 infer
@@ -58,7 +62,8 @@ MODEL_NAME = "bench"
 COLUMNS = [f"f{index:02d}" for index in range(20)]
 # Both servers unpickle the same model.joblib: these must be the same version in both venvs.
 SHARED_LIBRARIES = ("scikit-learn", "numpy", "pandas", "joblib")
-SERVERS = ("conveyor", "conveyor-log", "mlserver")
+SERVERS = ("conveyor", "conveyor-log", "mlserver", "mlserver-batched")
+BATCH_WAIT_S = 0.002  # MLServer's max_batch_time when batching: at most 2 ms waiting to fill
 # The payload log may cost at most this share of the throughput.
 LOG_COST_AIM = 0.10
 THROUGHPUT_AIM = Aim("Conveyor at least 2x MLServer's throughput", ">=", 2.0)
@@ -191,16 +196,20 @@ def run(arguments: argparse.Namespace) -> None:
     _write_model(model_dir, arguments.seed)
     bodies = _request_bodies(arguments.rows, arguments.seed)
     bodies["conveyor-log"] = bodies["conveyor"]
+    bodies["mlserver-batched"] = bodies["mlserver"]
     body_paths = {name: work / f"request-{name}.json" for name in SERVERS}
     for name, path in body_paths.items():
         path.write_bytes(bodies[name])
 
-    ports = _free_ports(7)
+    ports = _free_ports(10)
     shutil.rmtree(work / "payloads", ignore_errors=True)
     servers = {
         "conveyor": _conveyor(model_dir, ports[0], ports[1], work),
         "conveyor-log": _conveyor(model_dir, ports[5], ports[6], work, work / "payloads"),
-        "mlserver": _mlserver(mlserver_bin, work, ports[2], ports[3], ports[4]),
+        "mlserver": _mlserver(mlserver_bin, work, ports[2:5]),
+        "mlserver-batched": _mlserver(
+            mlserver_bin, work, ports[7:10], "mlserver-batched", arguments.connections
+        ),
     }
     setup = {
         "model": f"logistic_regression on {len(COLUMNS)} numeric columns (seed {arguments.seed})",
@@ -213,12 +222,18 @@ def run(arguments: argparse.Namespace) -> None:
         "conveyor": (
             "conveyor.components.core.serving.server (KServe ModelServer), --workers 1, "
             "--enable_latency_logging False (drops the per-request latency line; KServe's "
-            "timing middleware still logs two kserve.trace lines a request)"
+            "timing middleware still logs two kserve.trace lines a request), --max_batch_rows "
+            "at its default (requests read together share one call of the model, no waiting)"
         ),
         "conveyor-log": "the same, with --payload_log to a local folder (inputs and answers)",
         "mlserver": (
             "mlserver_sklearn.SKLearnModel, parallel_workers 1 "
-            "(one inference worker process behind the HTTP process)"
+            "(one inference worker process behind the HTTP process); adaptive batching off, "
+            "its default"
+        ),
+        "mlserver-batched": (
+            f"the same with MLServer's adaptive batching on: max_batch_size "
+            f"{arguments.connections} (the connections), max_batch_time {BATCH_WAIT_S:g} s"
         ),
         "logging": "both keep their default per-request access log, written to a file",
         "load": (
@@ -281,6 +296,16 @@ def run(arguments: argparse.Namespace) -> None:
         ),
         "p50": compare("p50 ms", figures("conveyor", "p50_ms"), figures("mlserver", "p50_ms")),
         "p99": compare("p99 ms", figures("conveyor", "p99_ms"), figures("mlserver", "p99_ms")),
+        "throughput_vs_batched": compare(
+            "requests/s against MLServer batching",
+            figures("conveyor", "requests_per_s"),
+            figures("mlserver-batched", "requests_per_s"),
+        ),
+        "p99_vs_batched": compare(
+            "p99 ms against MLServer batching",
+            figures("conveyor", "p99_ms"),
+            figures("mlserver-batched", "p99_ms"),
+        ),
         "payload_log": compare(
             "requests/s with the payload log",
             figures("conveyor-log", "requests_per_s"),
@@ -431,8 +456,13 @@ def _conveyor(
     return Server("conveyor-log", command, ROOT, http_port, work / "conveyor-log.log")
 
 
-def _mlserver(bin_dir: Path, work: Path, http: int, grpc: int, metrics: int) -> Server:
-    repository = work / "mlserver"
+def _mlserver(
+    bin_dir: Path, work: Path, ports: list[int], name: str = "mlserver", batch_size: int = 0
+) -> Server:
+    """MLServer on ``ports`` (HTTP, gRPC, metrics); with adaptive batching of up to
+    ``batch_size`` requests when it is above 0."""
+    http, grpc, metrics = ports
+    repository = work / name
     shutil.rmtree(repository, ignore_errors=True)
     (repository / MODEL_NAME).mkdir(parents=True)
     settings = {
@@ -447,12 +477,14 @@ def _mlserver(bin_dir: Path, work: Path, http: int, grpc: int, metrics: int) -> 
         # Relative to this file: the very model.joblib Conveyor serves.
         "parameters": {"uri": "../../model/model.joblib"},
     }
+    if batch_size:
+        model_settings |= {"max_batch_size": batch_size, "max_batch_time": BATCH_WAIT_S}
     (repository / "settings.json").write_text(json.dumps(settings, indent=2))
     (repository / MODEL_NAME / "model-settings.json").write_text(json.dumps(model_settings))
     env = {key: value for key, value in os.environ.items() if not key.startswith("MLSERVER_")}
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
     command = [str(bin_dir / "mlserver"), "start", "."]
-    return Server("mlserver", command, repository, http, work / "mlserver.log", env)
+    return Server(name, command, repository, http, work / f"{name}.log", env)
 
 
 def _post(url: str, body: bytes) -> dict[str, Any]:

@@ -30,21 +30,20 @@ import time
 from pathlib import Path
 
 from bench.children import (
-    ROOT,
+    OUT,
     machine,
     machine_line,
     peak_mib,
-    per_round,
     profile_call,
-    profile_line,
     run_child,
     run_rounds,
-    versions,
+    side_by_side,
+    write_report,
 )
 from bench.drift import tables
-from bench.rounds import MIN_ROUNDS, Aim, RoundsError, check_rounds, compare
+from bench.rounds import MIN_ROUNDS, Aim, RoundsError, check_rounds
 
-OUT = ROOT / "build" / "bench"
+PACKAGES = ("numpy", "pandas", "pyarrow")
 ENGINES = ("pandas", "conveyor")
 SEGMENT = "cat0"
 AIM = Aim("validation (read included) at most 1.5x a plain pd.read_parquet", "<=", 1.5)
@@ -129,43 +128,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report(results: list[dict], profile: dict, args: argparse.Namespace, machines: dict) -> int:
-    try:
-        seconds = compare(
-            "seconds",
-            ("conveyor", per_round(results, "conveyor", "seconds")),
-            ("pandas", per_round(results, "pandas", "seconds")),
-        )
-        memory = compare(
-            "peak MiB",
-            ("conveyor", per_round(results, "conveyor", "peak_mib")),
-            ("pandas", per_round(results, "pandas", "peak_mib")),
-        )
-    except RoundsError as error:
-        raise SystemExit(f"bench validation: {error}") from None
+    seconds, memory = side_by_side("validation", results, ("conveyor", "pandas"))
     ours = next(r for r in results if r["side"] == "conveyor")
     print(f"conveyor found {ours['errors']} error(s), {ours['warnings']} warning(s)")
     for line in (*seconds.lines("s", 3), *memory.lines("MiB", 0)):
         print(line)
-    aim = AIM.verdict(seconds.median_ratio)
-    print(aim["line"])
-    print(profile_line(profile))
-    print(machine_line("end", machines["end"]))
-    summary = {
-        "bench": "validation",
+    figures = {
         "rows": args.rows,
         "rounds": args.rounds,
         "repeats_per_child": args.repeats,
-        "order": [f"{r['round']}:{r['side']}" for r in results],
-        "runs": results,
         "seconds": seconds.as_dict(),
         "peak_mib": memory.as_dict(),
-        "aims": [aim],
-        "profile": {**profile, "line": profile_line(profile)},
-        "machine": machines,
-        "versions": versions("numpy", "pandas", "pyarrow", "conveyor"),
     }
-    (OUT / "validation.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"wrote {(OUT / 'validation.json').relative_to(ROOT)}")
+    aims = [AIM.verdict(seconds.median_ratio)]
+    write_report("validation", results, figures, aims, profile, machines, PACKAGES)
     return 0
 
 

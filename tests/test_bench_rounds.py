@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 
+from bench import children
+from bench.children import side_by_side, write_report
 from bench.rounds import (
     MIN_ROUNDS,
     Aim,
@@ -136,3 +139,45 @@ def test_aims_judge_the_median_ratio() -> None:
     assert at_most.verdict(1.2)["line"].endswith("-> aim met")
     with pytest.raises(RoundsError, match="unknown comparison"):
         Aim("?", "~", 1)
+
+
+def _rounds(side_figures: dict[str, list[float | None]]) -> list[dict]:
+    """Children's results in the benches' alternating order, from per-side figures."""
+    sides = list(side_figures)
+    return [
+        {"round": number, "side": side, "seconds": side_figures[side][number - 1], "peak_mib": 9}
+        for number, side in order(sides, len(side_figures[sides[0]]))
+    ]
+
+
+def test_side_by_side_compares_seconds_then_memory_first_over_second() -> None:
+    results = _rounds({"conveyor": [2, 2, 2, 2, 4], "pandas": [1, 1, 1, 1, 1]})
+    seconds, memory = side_by_side("validation", results, ("conveyor", "pandas"))
+    assert seconds.median_ratio == 2.0 and seconds.round_ratios[-1] == 4.0
+    assert memory.metric == "peak MiB" and memory.median_ratio == 1.0
+
+
+def test_a_round_without_its_figure_ends_the_bench_in_one_line() -> None:
+    results = _rounds({"conveyor": [2, 2, None, 2, 2], "pandas": [1] * 5})
+    with pytest.raises(SystemExit) as stopped:
+        side_by_side("validation", results, ("conveyor", "pandas"))
+    assert str(stopped.value).startswith("bench validation: ")
+    assert "\n" not in str(stopped.value)
+
+
+def test_the_written_report_holds_every_round_and_each_aim(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(children, "OUT", tmp_path)
+    monkeypatch.setattr(children, "ROOT", tmp_path.parent)
+    results = _rounds({"conveyor": [3] * 5, "read": [1] * 5})
+    seconds, _ = side_by_side("quality", results, ("conveyor", "read"))
+    aims = [Aim("below 10x a read", "<", 10).verdict(seconds.median_ratio)]
+    machines = {"end": {"cpu_count": 2, "affinity": 2, "loadavg": [1.0, 1.0, 1.0]}}
+    profile = {"profiled": "x", "seconds_under_profiler": 1.0}
+    profile |= {"top_cumulative_in_conveyor": [], "top_self": []}
+    write_report("quality", results, {"rows": 10}, aims, profile, machines, ("numpy",))
+    written = json.loads((tmp_path / "quality.json").read_text())
+    assert written["rows"] == 10 and written["aims"][0]["met"] is True
+    assert written["order"] == [f"{n}:{side}" for n in range(1, 6) for side in ("conveyor", "read")]
+    assert [run["seconds"] for run in written["runs"]] == [3, 1] * 5
+    assert set(written["versions"]) == {"python", "numpy", "conveyor"}
+    assert "aim met" in capsys.readouterr().out

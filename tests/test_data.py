@@ -266,3 +266,31 @@ def test_pandas_extension_dtypes_arrive_as_numpy_ones(tmp_path: Path) -> None:
     check_target(loaded, "label", "typed.parquet")
     train, test = split_table(loaded, "label", 0.25, 0, "typed.parquet")
     assert set(train["label"]) == {"x", "z"}
+
+
+def test_text_columns_become_dictionary_arrays_and_anything_else_keeps_its_type() -> None:
+    import pyarrow as pa
+
+    from conveyor.components.core.data.tables import as_arrow
+
+    table = pd.DataFrame({
+        "city": ["Lyon", None, "Oslo", "Lyon", np.nan],
+        "mixed": ["7", 7, "x", None, 2.5],
+        "empty": [None] * 5,
+        "lists": [[1], [2], [1], None, []],
+        "amount": [1.0, 2.0, np.nan, 4.0, 5.0],
+    })  # fmt: skip
+    arrow = as_arrow(table)
+    city = arrow.column("city").chunk(0)
+    assert pa.types.is_dictionary(city.type) and city.to_pylist() == [
+        "Lyon",
+        None,
+        "Oslo",
+        "Lyon",
+        None,
+    ]
+    assert arrow.column("mixed").type == pa.string()
+    assert arrow.column("mixed").to_pylist() == ["7", "7", "x", None, "2.5"]
+    assert arrow.column("empty").type == pa.null()
+    assert pa.types.is_list(arrow.column("lists").type)
+    assert as_arrow(table, skip={"amount", "lists"}).column_names == ["city", "mixed", "empty"]

@@ -291,3 +291,40 @@ def test_an_excluded_column_may_be_in_the_reference_only() -> None:
         compare_tables(reference, current)
     with pytest.raises(ConveyorError, match="excluded column 'labels' is not in the tables"):
         compare_tables(reference, current, exclude=("label", "labels"))
+
+
+def test_the_ks_distance_is_exact_on_seeded_samples_large_and_small_with_ties() -> None:
+    from scipy import stats
+
+    from conveyor.components.core.monitoring.drift import _ks_distance
+
+    rng = np.random.default_rng(23)
+    shapes = [
+        lambda size, move: rng.normal(move, 1, size),
+        lambda size, move: rng.integers(0, 5 + int(move * 20), size).astype(float),
+        lambda size, move: np.round(rng.normal(move, 1, size), 2),
+        lambda size, move: np.where(rng.random(size) < 0.4, 0.0, rng.exponential(1 + move, size)),
+    ]
+    for case in range(120):
+        draw = shapes[case % len(shapes)]
+        sizes = rng.integers(1, 40, 2) if case % 5 == 0 else rng.integers(5_000, 40_000, 2)
+        reference = np.sort(draw(int(sizes[0]), 0.0))
+        current = np.sort(draw(int(sizes[1]), rng.uniform(0, 0.05)))
+        expected = stats.ks_2samp(reference, current, method="asymp").statistic
+        assert _ks_distance(reference, current) == pytest.approx(expected, abs=1e-15), case
+
+
+def test_reference_counts_taken_while_deciding_roles_give_the_same_report() -> None:
+    from conveyor.components.core.monitoring.drift import reference_roles
+    from tests.test_drift_summary import messy_table
+
+    rng = np.random.default_rng(31)
+    reference, current = messy_table(rng, 6000, 0.0), messy_table(rng, 5000, 0.3)
+    current.loc[:40, "region"] = "new-region"
+    reference.loc[:30, "notes"] = np.nan  # NaN and None alike are missing
+    roles = reference_roles(reference, ())
+    decided = compare_tables(reference, current, segment="region")
+    given = compare_tables(reference, current, segment="region", roles=roles)
+    assert decided.to_dict() == given.to_dict()
+    (notes,) = [r for r in decided.overall if r.column == "notes"]
+    assert notes.kind == "categorical" and notes.reference_nulls > 0.3

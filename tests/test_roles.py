@@ -312,3 +312,16 @@ def test_a_format_3_model_names_the_date_function_it_pickles() -> None:
     assert f"{date_parts.__module__}.{date_parts.__name__}" == (
         "conveyor.components.core.data.roles.date_parts"
     )
+
+
+def test_a_time_without_an_offset_is_utc_whatever_offset_another_row_has() -> None:
+    """pandas alone reads "10:00" after "10:00+05:00" as 05:00 UTC: in one request, or in a
+    batch of requests (``serving.batching``), one row would move another's time."""
+    values = ["2024-03-01T10:00:00+05:00", "2024-03-01T10:00:00", "2024-03-01", None]
+    values += ["2024-03-01 10:00Z", "2024-03-01T10:00-03", "not a date"]
+    parts = date_parts(np.array(values, dtype=object).reshape(-1, 1), "2024-03-01")
+    hours = [5, 10, 0, None, 10, 13, None]
+    expected = [np.nan if hour is None else hour / 24 for hour in hours]
+    np.testing.assert_allclose(parts[:, 3], expected)
+    alone = date_parts(np.array(values[1:2], dtype=object).reshape(-1, 1), "2024-03-01")
+    np.testing.assert_array_equal(alone[0], parts[1])

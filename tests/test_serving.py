@@ -324,16 +324,19 @@ def test_a_body_over_the_cap_gets_413_and_one_at_the_cap_is_answered(
     assert counted[1] - counted[0] == 1
 
 
-def test_the_cap_and_latency_buckets_come_from_flags_or_the_environment(
+def test_the_caps_and_latency_buckets_come_from_flags_or_the_environment(
     monkeypatch: pytest.MonkeyPatch, model_dir: Path
 ) -> None:
     required = ["--model_name", NAME, "--model_dir", str(model_dir)]
-    assert _check_options(_arguments(required)) == (4 * 1024 * 1024, DEFAULT_LATENCY_BUCKETS)
+    defaults = (4 * 1024 * 1024, 256, DEFAULT_LATENCY_BUCKETS)
+    assert _check_options(_arguments(required)) == defaults
     flags = ["--max_request_bytes", "1000", "--latency_buckets", "0.1, 1,10"]
-    assert _check_options(_arguments(required + flags)) == (1000, (0.1, 1.0, 10.0))
+    flags += ["--max_batch_rows", "1"]
+    assert _check_options(_arguments(required + flags)) == (1000, 1, (0.1, 1.0, 10.0))
     monkeypatch.setenv("CONVEYOR_MAX_REQUEST_BYTES", "2000")
     monkeypatch.setenv("CONVEYOR_LATENCY_BUCKETS", "0.5,5")
-    assert _check_options(_arguments(required)) == (2000, (0.5, 5.0))
+    monkeypatch.setenv("CONVEYOR_MAX_BATCH_ROWS", "32")
+    assert _check_options(_arguments(required)) == (2000, 32, (0.5, 5.0))
 
 
 def test_latency_buckets_are_the_defaults_or_the_configured_ones(
@@ -360,6 +363,7 @@ def test_latency_buckets_are_the_defaults_or_the_configured_ones(
         (["--latency_buckets", "0.5,0.1"], "serving: --latency_buckets '0.5,0.1' (or $CONVEYOR"),
         (["--latency_buckets", "fast"], "serving: --latency_buckets 'fast' (or $CONVEYOR_LAT"),
         (["--max_request_bytes", "4MB"], "serving: --max_request_bytes '4MB' (or $CONVEYOR_MAX"),
+        (["--max_batch_rows", "0"], "serving: --max_batch_rows '0' (or $CONVEYOR_MAX_BATCH_R"),
         (["--model_sha256", "AB12"], "serving: --model_sha256 'AB12' (or $CONVEYOR_MODEL_SHA256)"),
     ],
 )
@@ -853,3 +857,34 @@ def test_conveyor_serve_turns_the_payload_log_on(model_dir: Path, tmp_path: Path
         ("o-42", "o-42", False)
     ]
     assert logged[0]["conveyor.prediction"] == str(response.json()["predictions"][0])
+
+
+def test_requests_sent_at_once_each_get_their_own_row_s_answer(
+    server: str, model_dir: Path
+) -> None:
+    """Requests read together are predicted in one call (``serving.batching``): each answer
+    must still be its own row's, as the model gives it for that row alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = load_model_dir(model_dir)
+    rows = ROWS.dropna().reset_index(drop=True)
+    alone = [predict_table(model, rows.iloc[[index]]) for index in range(len(rows))]
+    before = scrape(server)
+
+    def ask(index: int) -> httpx.Response:
+        body = {"inputs": column_inputs(rows.iloc[[index]]), "id": f"row-{index}"}
+        return httpx.post(f"{server}{V2_PATH}", json=body, timeout=60)
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(ask, list(range(len(rows))) * 3))
+    for number, answer in enumerate(answers):
+        index = number % len(rows)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["id"] == f"row-{index}"
+        outputs = {output["name"]: output["data"] for output in answer.json()["outputs"]}
+        assert outputs["predictions"] == alone[index].labels
+        # A batch's matrix products may sum in another order: the last bits, never more.
+        assert outputs["probabilities"] == pytest.approx(alone[index].probabilities[0], abs=1e-12)
+    after = scrape(server)
+    counted = [requests_counted(s, 200) for s in (before, after)]
+    assert counted[1] - counted[0] == len(answers)

@@ -248,3 +248,22 @@ def test_a_corrupt_or_foreign_summary_file_fails_in_one_line_naming_it(
     assert error.startswith(str(path)) and message in error and "\n" not in error
     with pytest.raises(ConveyorError, match="summary file not found"):
         load_summary(tmp_path / "absent.json")
+
+
+def test_rows_sharing_a_hash_are_counted_as_a_hash_table_would_block_by_block(monkeypatch) -> None:
+    from conveyor.components.core.data import validation_summary
+
+    monkeypatch.setattr(validation_summary, "_BLOCK_ROWS", 37)  # many blocks on small input
+    rng = np.random.default_rng(41)
+    empty = validation_summary._EMPTY
+    for case in range(200):
+        pool = rng.integers(0, 2**64, int(rng.integers(1, 300)), dtype=np.uint64)
+        hashes = rng.choice(np.append(pool, empty), int(rng.integers(0, 250))).astype("<u8")
+        for skip_empty in (True, False):
+            shared = pd.Series(hashes).duplicated(keep=False).to_numpy()
+            if skip_empty:
+                shared &= hashes != empty
+            rows = np.flatnonzero(shared)
+            expected = (len(rows), tuple(int(row) + 5 for row in rows[:3]))
+            found = validation_summary._repeated(hashes.tobytes(), 5, skip_empty)
+            assert found == expected, case

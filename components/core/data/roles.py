@@ -43,6 +43,7 @@ the table a later step reads.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -69,6 +70,7 @@ __all__ = [
     "earliest_date",
     "parse_dates",
     "role_note",
+    "roles_and_views",
 ]
 
 Role = Literal["numeric", "categorical", "datetime", "text", "identifier", "excluded", "free_text"]
@@ -87,6 +89,8 @@ DATE_PARTS = ("year", "month", "day_of_week", "days_since_reference")
 # customer_id, id, ID, order-uuid; customerId, CustomerID (case matters there: "paid" is none).
 _ID_NAME = re.compile(r"(?:^|[_\-\s.])(?:id|uuid|guid)$|^(?:id|uuid|guid)(?:[_\-\s.]|$)", re.I)
 _CAMEL_ID = re.compile(r"(?<=[a-z0-9])(?:Id|ID)$")
+# A time of day followed by a UTC offset: "T10:00:00+05:00", " 10:00Z", "T10-03".
+_OFFSET = r"[T ]\d{2}(?::?\d{2}){0,2}(?:[.,]\d+)?\s*(?:Z|[+-]\d{2}(?::?\d{2})?)\s*$"
 # ISO 8601 dates and date-times, as pandas' ``format="ISO8601"`` parses them.
 _ISO_DATE = (
     r"^\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])"
@@ -159,16 +163,27 @@ def column_roles(
     where: str = "table",
 ) -> dict[str, Role]:
     """Every column's role but the label's, in the table's order."""
+    return roles_and_views(table, target, declared, where)[0]
+
+
+def roles_and_views(
+    table: pd.DataFrame | pa.Table,
+    target: str = "",
+    declared: DeclaredRoles = UNDECLARED,
+    where: str = "table",
+    exclude: Collection[str] = (),
+) -> tuple[dict[str, Role], dict[str, ColumnView]]:
+    """``column_roles`` but for ``exclude``d columns, with the views the roles were decided
+    on: every column's but the excluded and the plainly numeric ones (never converted)."""
     from conveyor.components.core.data.tables import as_arrow
 
     names = list(table.columns) if isinstance(table, pd.DataFrame) else table.column_names
     declared.check_present(names, target, where)
     plain = _plainly_numeric(table, declared) if isinstance(table, pd.DataFrame) else set()
-    rest = table.drop(columns=list(plain)) if plain else table
-    views = column_views(as_arrow(rest), where)
+    views = column_views(as_arrow(table, skip={*plain, *exclude}), where)
     roles = {name: "numeric" if name in plain else column_role(views[name], declared)
-             for name in names}  # fmt: skip
-    return {name: role for name, role in roles.items() if name != target}
+             for name in names if name not in exclude}  # fmt: skip
+    return {name: role for name, role in roles.items() if name != target}, views
 
 
 def _plainly_numeric(table: pd.DataFrame, declared: DeclaredRoles) -> set[str]:
@@ -268,10 +283,21 @@ def date_shaped(values: pa.Array | np.ndarray | pd.Series) -> np.ndarray:
 
 def parse_dates(values: np.ndarray | pd.Series) -> pd.Series:
     """Dates and times as UTC timestamps (a time without an offset is read as UTC); NaT
-    where a value is missing or not an ISO 8601 date."""
+    where a value is missing or not an ISO 8601 date. Times with an offset and times
+    without are parsed apart: pandas reads a time without one in the offset of an earlier
+    value with one, so one row (or, batched, one request) would move another's time."""
     series = pd.Series(np.asarray(values, dtype=object).ravel())
     if series.empty:
         return pd.Series([], dtype="datetime64[ns, UTC]")
+    aware = series.astype(str).str.contains(_OFFSET, regex=True, case=False).to_numpy()
+    if aware.all() or not aware.any():
+        return _utc_dates(series)
+    dates = _utc_dates(series.where(~aware))
+    dates[aware] = _utc_dates(series[aware])
+    return dates
+
+
+def _utc_dates(series: pd.Series) -> pd.Series:
     return pd.to_datetime(series, format="ISO8601", utc=True, errors="coerce")
 
 

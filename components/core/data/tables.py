@@ -10,7 +10,7 @@ import io
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -278,13 +278,20 @@ def _check_same_columns(columns: list[list[str]], files: list[str]) -> None:
             )
 
 
-def as_arrow(table: pd.DataFrame | pa.Table) -> pa.Table:
-    """An Arrow table of the same columns; a column mixing numbers and text becomes text,
-    which the rules then report, rather than failing the conversion."""
+def as_arrow(table: pd.DataFrame | pa.Table, skip: Collection[str] = ()) -> pa.Table:
+    """An Arrow table of the same columns but ``skip``'s; a column mixing numbers and text
+    becomes text, which the rules then report, rather than failing the conversion. Other
+    columns are not copied (dropping them from a frame of millions of rows would be)."""
+    names = (
+        [str(name) for name in table.columns]
+        if isinstance(table, pd.DataFrame)
+        else table.column_names
+    )
+    kept = [index for index, name in enumerate(names) if name not in skip]
     if isinstance(table, pa.Table):
-        return table
-    arrays = [_arrow_column(table.iloc[:, index]) for index in range(table.shape[1])]
-    return pa.Table.from_arrays(arrays, names=[str(name) for name in table.columns])
+        return table if len(kept) == len(names) else table.select(kept)
+    arrays = [_arrow_column(table.iloc[:, index]) for index in kept]
+    return pa.Table.from_arrays(arrays, names=[names[index] for index in kept])
 
 
 def dataset_name(source: Source) -> str:
@@ -512,10 +519,28 @@ def _check_unique_names(names: list[str], where: str) -> None:
 
 
 def _arrow_column(series: pd.Series) -> pa.Array:
+    if series.dtype == object:
+        text = _dictionary_text(series)
+        if text is not None:
+            return text
     try:
         return pa.array(series, from_pandas=True)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         return pa.array(series.map(str).where(series.notna(), None), type=pa.string())
+
+
+def _dictionary_text(series: pd.Series) -> pa.DictionaryArray | None:
+    """A column of Python strings (and missing values), dictionary-encoded: each distinct
+    string is converted once, not once a row; None when it holds anything else, or none."""
+    try:
+        codes, labels = pd.factorize(series)
+    except TypeError:  # unhashable values (lists, dicts)
+        return None
+    if not len(labels) or pd.api.types.infer_dtype(labels, skipna=False) != "string":
+        return None
+    return pa.DictionaryArray.from_arrays(
+        pa.array(codes, mask=codes < 0), pa.array(labels, type=pa.string())
+    )
 
 
 def _read_csv(file: BinaryIO, separator: str, where: str) -> pd.DataFrame:

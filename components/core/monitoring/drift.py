@@ -71,9 +71,11 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from scipy import special, stats
 
-from conveyor.components.core.data.roles import Role, column_roles, role_note
+from conveyor.components.core.data.columns import ColumnView
+from conveyor.components.core.data.roles import Role, role_note, roles_and_views
 from conveyor.components.core.errors import ConveyorError, first_line
 
 __all__ = [
@@ -110,6 +112,7 @@ FEW_VALUES = 20  # numeric columns with this many distinct reference values bin 
 _CODES = 10  # integer columns with this many distinct reference values are categories
 EXACT_KS = 10_000  # samples up to this size get scipy's exact KS p-value
 _KS_POINTS = 2048  # quantiles of each sample the KS distance is first measured at
+_KS_CELLS = 128  # cells between them searched at once
 # The roles (``data.roles``) drift tests; the others are listed as not tested.
 TESTED_ROLES = ("numeric", "categorical")
 _LEAST_EXPECTED = 5.0  # rows a pooled bin expects of the smaller table (Cochran's rule)
@@ -484,6 +487,7 @@ class _Pair:
     column: str
     kind: Kind
     segment: str | None = None
+    reference_counts: dict[Any, int] | None = None  # counted already: see _text_counts
 
 
 def compare_tables(
@@ -500,13 +504,17 @@ def compare_tables(
     reference by the same function; other roles are not tested, and may be on one side only
     (a payload log holds no excluded or free-text column)."""
     settings = settings or DriftSettings()
+    counted: dict[str, dict[Any, int]] = {}
     if roles is None:
-        roles = reference_roles(reference, exclude)
+        roles, counted = _roles_and_text_counts(reference, exclude)
     untested = {name: role for name, role in roles.items() if role not in TESTED_ROLES}
     columns = _shared_columns(reference, current, segment, (*exclude, *untested))
     kinds = _kinds(reference, columns)
     skipped = [untested_note(name, role) for name, role in untested.items() if name != segment]
-    pairs = [_Pair(reference[c], current[c], c, kind) for c, kind in kinds.items()]
+    pairs = [
+        _Pair(reference[c], current[c], c, kind, reference_counts=counted.get(c))
+        for c, kind in kinds.items()
+    ]
     if segment:
         segment_pairs, segment_skips = _segment_pairs(reference, current, kinds, segment, settings)
         pairs, skipped = pairs + segment_pairs, skipped + segment_skips
@@ -520,9 +528,32 @@ def compare_tables(
 
 def reference_roles(reference: pd.DataFrame, exclude: tuple[str, ...]) -> dict[str, Role]:
     """Each column's role, decided on the reference as training decides it, but for
-    ``exclude``d ones (dropped without copying a table that has none of them)."""
-    dropped = [name for name in exclude if name in reference]
-    return column_roles(reference.drop(columns=dropped) if dropped else reference)
+    ``exclude``d ones."""
+    return roles_and_views(reference, exclude=exclude)[0]
+
+
+def _roles_and_text_counts(
+    reference: pd.DataFrame, exclude: tuple[str, ...]
+) -> tuple[dict[str, Role], dict[str, dict[Any, int]]]:
+    """``reference_roles``, and how often each string is in each text column, from the
+    views the roles were decided on (the views themselves are let go: a code per row)."""
+    roles, views = roles_and_views(reference, exclude=exclude)
+    return roles, _text_counts(views)
+
+
+def _text_counts(views: dict[str, ColumnView]) -> dict[str, dict[Any, int]]:
+    """How often each string is in each text column: counting them again would be a fifth
+    of the comparison's time. Only columns of Python strings (dictionary-encoded by
+    ``as_arrow``), whose labels are the very values ``value_counts`` would count."""
+    return {
+        name: {
+            label: count
+            for label, count in zip(view.labels, view.label_counts.tolist(), strict=True)
+            if count
+        }
+        for name, view in views.items()
+        if pa.types.is_dictionary(view.array.type)
+    }
 
 
 def _workers(pairs: list[_Pair]) -> int:
@@ -611,11 +642,14 @@ def _segment_pairs(
 def _column_drift(pair: _Pair, settings: DriftSettings, tests: int) -> ColumnDrift:
     """One pair's scores and verdict; ``tests`` is the number of pairs in the run."""
     if pair.kind == "numeric":
-        values = _finite_numbers(pair.reference, pair.current, pair.column)
+        values = _sorted_numbers(pair.reference, pair.current, pair.column)
         scores, counts = _numeric_scores(*values)
         present = len(values[0]), len(values[1])
     else:
-        found = [side.value_counts().to_dict() for side in (pair.reference, pair.current)]
+        found = [
+            pair.reference_counts or pair.reference.value_counts().to_dict(),
+            pair.current.value_counts().to_dict(),
+        ]
         present = sum(found[0].values()), sum(found[1].values())
         _require_values(pair.column, *present)
         counts = category_counts(*found)
@@ -674,25 +708,31 @@ def judged(
     )
 
 
-def _finite_numbers(
+def _sorted_numbers(
     reference: pd.Series, current: pd.Series, column: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Both columns' values as floats, without the missing ones."""
+    """Both columns' values as sorted floats, without the missing ones."""
     if not pd.api.types.is_numeric_dtype(current) or pd.api.types.is_bool_dtype(current):
         _require_values(column, int(reference.count()), int(current.count()))
         raise ConveyorError(
             f"column {column!r}: numeric in the reference, {current.dtype} in the current table"
         )
-    arrays = [side.to_numpy(float, na_value=np.nan) for side in (reference, current)]
-    arrays = [values[~np.isnan(values)] for values in arrays]
+    arrays = [_sorted_present(side) for side in (reference, current)]
     _require_values(column, len(arrays[0]), len(arrays[1]))
     for name, values in zip(("reference", "current"), arrays, strict=True):
-        if not np.isfinite(values).all():
+        if np.isinf(values[0]) or np.isinf(values[-1]):
             raise ConveyorError(
                 f"column {column!r}: holds infinities in the {name} table; drift cannot be "
                 "measured on them"
             )
     return arrays[0], arrays[1]
+
+
+def _sorted_present(side: pd.Series) -> np.ndarray:
+    """A sorted copy (the column is not touched) of the values, NaN cut from the end, where
+    NumPy sorts it: one pass and one copy, where masking first would take three of each."""
+    values = np.sort(side.to_numpy(float, na_value=np.nan))
+    return values[: np.searchsorted(values, np.nan)]
 
 
 def drift_kind(values: pd.Series) -> Kind:
@@ -709,8 +749,7 @@ def drift_kind(values: pd.Series) -> Kind:
 def _numeric_scores(
     reference: np.ndarray, current: np.ndarray
 ) -> tuple[dict[str, float], tuple[np.ndarray, np.ndarray]]:
-    """The scores, and the binned counts of both tables."""
-    reference, current = np.sort(reference), np.sort(current)
+    """The scores of two sorted samples, and the binned counts of both."""
     distinct = np.count_nonzero(np.diff(reference)) + 1
     if distinct <= FEW_VALUES:
         keys = np.union1d(reference, current)
@@ -792,7 +831,7 @@ def _ks_distance(a: np.ndarray, b: np.ndarray) -> float:
     value by value."""
     m, n = len(a), len(b)
     if m + n <= 4 * _KS_POINTS:
-        return _ks_within(a, b, (0, m), (0, n))
+        return _largest_gap(a, b, np.arange(m), np.arange(n))
     grid = np.unique(np.concatenate([_quantile_points(a), _quantile_points(b)]))
     a_right, b_right = np.searchsorted(a, grid, "right"), np.searchsorted(b, grid, "right")
     a_left, b_left = np.searchsorted(a, grid, "left"), np.searchsorted(b, grid, "left")
@@ -802,11 +841,18 @@ def _ks_distance(a: np.ndarray, b: np.ndarray) -> float:
     bound = np.maximum(
         gaps[:-1] + (a_left[1:] - a_right[:-1]) / m, (b_left[1:] - b_right[:-1]) / n - gaps[:-1]
     )
-    for j in np.argsort(-bound):
-        if bound[j] <= best:
+    # The values strictly between two such points (a cell holds every copy of its values),
+    # a block of cells at a time, the highest bounds first, until no bound can beat the
+    # largest gap found: too many cells to search one by one, too many values for all.
+    cells = np.flatnonzero(bound > best)
+    cells = cells[np.argsort(-bound[cells], kind="stable")]
+    for start in range(0, len(cells), _KS_CELLS):
+        block = cells[start : start + _KS_CELLS]
+        if bound[block[0]] <= best:
             break
-        cell = (a_right[j], a_left[j + 1]), (b_right[j], b_left[j + 1])
-        best = max(best, _ks_within(a, b, *cell))
+        within_a = _spans(a_right[block], a_left[block + 1])
+        within_b = _spans(b_right[block], b_left[block + 1])
+        best = max(best, _largest_gap(a, b, within_a, within_b))
     return best
 
 
@@ -814,21 +860,27 @@ def _quantile_points(values: np.ndarray) -> np.ndarray:
     return values[np.linspace(0, len(values) - 1, _KS_POINTS).astype(np.int64)]
 
 
-def _ks_within(a: np.ndarray, b: np.ndarray, in_a: tuple[int, int], in_b: tuple[int, int]) -> float:
-    """The largest gap at the values ``a[in_a[0]:in_a[1]]`` and ``b[in_b[0]:in_b[1]]``,
-    which are all of both samples' values in an interval: a step function's gap is reached
-    at a data point, taken at its last copy."""
-    (a0, a1), (b0, b1) = in_a, in_b
-    part_a, part_b = a[a0:a1], b[b0:b1]
+def _spans(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """Every index from each start up to its stop, in one array."""
+    lengths = stops - starts
+    ends = np.cumsum(lengths)
+    return np.arange(int(ends[-1]) if len(ends) else 0) + np.repeat(
+        starts - ends + lengths, lengths
+    )
+
+
+def _largest_gap(a: np.ndarray, b: np.ndarray, at_a: np.ndarray, at_b: np.ndarray) -> float:
+    """The largest gap at the values ``a[at_a]`` and ``b[at_b]`` (indices into each): a step
+    function's gap is reached at a data point, taken at its last copy."""
     best = 0.0
-    if len(part_a):
-        last = np.flatnonzero(np.append(part_a[1:] != part_a[:-1], True))
-        below = b0 + np.searchsorted(part_b, part_a[last], side="right")
-        best = float(np.abs((a0 + last + 1) / len(a) - below / len(b)).max())
-    if len(part_b):
-        last = np.flatnonzero(np.append(part_b[1:] != part_b[:-1], True))
-        below = a0 + np.searchsorted(part_a, part_b[last], side="right")
-        best = max(best, float(np.abs(below / len(a) - (b0 + last + 1) / len(b)).max()))
+    for values, others, at in ((a, b, at_a), (b, a, at_b)):
+        last = at[
+            (at == len(values) - 1) | (values[np.minimum(at + 1, len(values) - 1)] != values[at])
+        ]
+        if len(last):
+            below = np.searchsorted(others, values[last], side="right")
+            mine, theirs = (last + 1) / len(values), below / len(others)
+            best = max(best, float(np.abs(mine - theirs).max()))
     return best
 
 

@@ -109,8 +109,9 @@ def check_partitions(
     severity error is broken (a ConveyorError, as validate_inputs raises), their drift
     profiles merged (``outputs[2]``) and drift's bins fixed (``outputs[1]``)."""
     report, plan, merged = outputs
-    found = [load_summary(Path(path) / CHECKS) for path in profiles]
-    # A loop's outputs are gathered in no promised order; the table's is the offsets'.
+    # A loop's outputs are gathered in no promised order; the table's is the offsets'. The
+    # partitions' summaries are let go once merged: their hashes are in the merged one.
+    found = (load_summary(Path(path) / CHECKS) for path in profiles)
     checks = merge_summaries(sorted(found, key=lambda item: (item.offset, item.rows)))
     result = check_summary(checks, load_schema(schema))
     write_text_atomically(report, render_report(result, {"checked": checks.rows}))

@@ -71,6 +71,16 @@ class Predictions:
     def is_regression(self) -> bool:
         return self.values is not None
 
+    def rows(self, start: int, stop: int) -> Predictions:
+        """Rows ``start`` up to ``stop``: one request's share of a batch's predictions."""
+        return Predictions(
+            self.labels[start:stop],
+            self.probabilities[start:stop],
+            self.classes,
+            self.picked[start:stop],  # a regressor's: empty, and still empty
+            None if self.values is None else self.values[start:stop],
+        )
+
 
 class Tensor(Protocol):
     """A V2 input: what KServe's ``InferInput`` holds (datatype in upper case)."""

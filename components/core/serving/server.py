@@ -19,6 +19,10 @@ output; 413 for a body over ``--max_request_bytes`` (``CONVEYOR_MAX_REQUEST_BYTE
 4 MiB), checked from Content-Length and while a chunked body streams in. A 5xx means the
 server failed (500: the model raised). The connection stays usable after either.
 
+Requests read together are predicted in one call of the model (``serving.batching``), up
+to ``--max_batch_rows`` rows (``CONVEYOR_MAX_BATCH_ROWS``, default 256; 1 turns it off);
+each keeps its own answer, metrics and payload-log rows.
+
 ``/metrics`` exports, for the canary analysis (``serving.http_layer`` keeps them),
 by ``revision`` (Knative's ``K_REVISION``, or the Deployment's name in Standard mode: see
 ``revision_label``) and ``model`` (the served name; requests naming another model are
@@ -82,6 +86,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import pandas as pd
 from fastapi import Request
 from fastapi.exceptions import FastAPIDeprecationWarning, RequestValidationError
 from fastapi.responses import JSONResponse
@@ -103,6 +108,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from conveyor.components.core.errors import ConveyorError, first_line
+from conveyor.components.core.serving.batching import DEFAULT_MAX_BATCH_ROWS, Batcher
 from conveyor.components.core.serving.http_layer import (
     DEFAULT_LATENCY_BUCKETS,
     BodyLimit,
@@ -151,6 +157,7 @@ __all__ = [
 ]
 
 MAX_REQUEST_BYTES_ENV = "CONVEYOR_MAX_REQUEST_BYTES"
+MAX_BATCH_ROWS_ENV = "CONVEYOR_MAX_BATCH_ROWS"
 DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
 LATENCY_BUCKETS_ENV = "CONVEYOR_LATENCY_BUCKETS"
 # The file holding the pod's ``app`` label, which the ServingRuntime's downward API volume
@@ -175,10 +182,12 @@ class ConveyorModel(Model):
         payload_log: PayloadLog | None = None,
         pinned_sha256: str = "",
         id_columns: Sequence[str] = (),
+        max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS,
     ) -> None:
         super().__init__(name, return_response_headers=True)
         self.model_dir = model_dir
         self.model: TrainedModel | None = None
+        self.batcher = Batcher(self._predict_table, max_batch_rows)
         self.payload_log = payload_log
         self.pinned_sha256 = pinned_sha256
         self.extra_id_columns = tuple(id_columns)
@@ -240,7 +249,11 @@ class ConveyorModel(Model):
             {"name": "probabilities", "datatype": "FP64", "shape": [-1, classes]},
         ]
 
-    def predict(self, payload: Any, headers: Any = None, response_headers: Any = None) -> Any:
+    def _predict_table(self, table: pd.DataFrame) -> Predictions:
+        assert self.model is not None, "load() runs before the server starts"
+        return predict_table(self.model, table)
+
+    async def predict(self, payload: Any, headers: Any = None, response_headers: Any = None) -> Any:
         assert self.model is not None, "load() runs before the server starts"
         features, id_columns = self.model.card.features, self.id_columns
         v2 = isinstance(payload, InferRequest)
@@ -259,7 +272,7 @@ class ConveyorModel(Model):
                     ids = ids_from_instances(instances, id_columns)
         except ConveyorError as error:
             raise InvalidInput(str(error)) from None
-        predictions = predict_table(self.model, table)
+        predictions = await self.batcher.predict(table)  # with the requests read alongside
         if predictions.is_regression:  # a number has no class to count nor a score
             record_values(predictions.values)  # observed if 200
         else:
@@ -586,6 +599,13 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
         help=f"Larger request bodies get 413 (default: ${MAX_REQUEST_BYTES_ENV}, else 4 MiB).",
     )
     parser.add_argument(
+        "--max_batch_rows",
+        default=os.environ.get(MAX_BATCH_ROWS_ENV, str(DEFAULT_MAX_BATCH_ROWS)),
+        help="Requests read together are predicted in one call of the model, up to this many "
+        f"rows; 1 predicts each alone (default: ${MAX_BATCH_ROWS_ENV}, else "
+        f"{DEFAULT_MAX_BATCH_ROWS}).",
+    )
+    parser.add_argument(
         "--latency_buckets",
         default=os.environ.get(LATENCY_BUCKETS_ENV, ""),
         help=f"Latency histogram bounds in seconds, comma-separated (${LATENCY_BUCKETS_ENV}).",
@@ -609,8 +629,9 @@ def _log_options(arguments: argparse.Namespace) -> tuple[list[str], int]:
     return exclude, int(text)
 
 
-def _check_options(arguments: argparse.Namespace) -> tuple[int, tuple[float, ...]]:
-    """The body cap and the latency buckets; raises on any option the predictor refuses."""
+def _check_options(arguments: argparse.Namespace) -> tuple[int, int, tuple[float, ...]]:
+    """The body cap, the batch cap and the latency buckets; raises on any option the
+    predictor refuses."""
     if arguments.enable_grpc:
         raise ConveyorError(
             "--enable_grpc true: the predictor serves REST only; KServe's gRPC server cannot "
@@ -627,21 +648,34 @@ def _check_options(arguments: argparse.Namespace) -> tuple[int, tuple[float, ...
             f"--model_sha256 {arguments.model_sha256!r} (or ${MODEL_SHA256_ENV}): expected the "
             "registry's sha256 of the model file, 64 lower-case hex digits"
         )
-    text = str(arguments.max_request_bytes).strip()
+    max_request_bytes = _positive(
+        arguments.max_request_bytes, "--max_request_bytes", MAX_REQUEST_BYTES_ENV, "bytes"
+    )
+    max_batch_rows = _positive(
+        arguments.max_batch_rows, "--max_batch_rows", MAX_BATCH_ROWS_ENV, "rows"
+    )
+    buckets = arguments.latency_buckets
+    return (
+        max_request_bytes,
+        max_batch_rows,
+        parse_latency_buckets(buckets) if buckets else DEFAULT_LATENCY_BUCKETS,
+    )
+
+
+def _positive(given: Any, option: str, environment: str, unit: str) -> int:
+    text = str(given).strip()
     if not text.isdigit() or int(text) <= 0:
         raise ConveyorError(
-            f"--max_request_bytes {text!r} (or ${MAX_REQUEST_BYTES_ENV}): expected a positive "
-            "number of bytes"
+            f"{option} {text!r} (or ${environment}): expected a positive number of {unit}"
         )
-    buckets = arguments.latency_buckets
-    return int(text), parse_latency_buckets(buckets) if buckets else DEFAULT_LATENCY_BUCKETS
+    return int(text)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Loads the model (checking its card and sha256 first) and serves it until terminated."""
     arguments = _arguments(sys.argv[1:] if argv is None else argv)
     try:
-        max_request_bytes, latency_buckets = _check_options(arguments)
+        max_request_bytes, max_batch_rows, latency_buckets = _check_options(arguments)
         exclude, max_buffer_rows = _log_options(arguments)
     except ConveyorError as error:
         raise SystemExit(f"serving: {error}") from None
@@ -651,6 +685,7 @@ def main(argv: list[str] | None = None) -> None:
         arguments.model_dir,
         pinned_sha256=arguments.model_sha256,
         id_columns=arguments.id_column,
+        max_batch_rows=max_batch_rows,
     )
     try:
         model.load()
