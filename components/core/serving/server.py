@@ -620,13 +620,13 @@ def _log_options(arguments: argparse.Namespace) -> tuple[list[str], int]:
         exclude = parse_exclude(os.environ.get(PAYLOAD_LOG_EXCLUDE_ENV, ""))
     else:
         exclude = parse_exclude(",".join(arguments.payload_log_exclude))
-    text = str(arguments.payload_log_max_buffer_rows).strip()
-    if not text.isdigit() or int(text) <= 0:
-        raise ConveyorError(
-            f"--payload_log_max_buffer_rows {text!r} (or ${PAYLOAD_LOG_MAX_BUFFER_ROWS_ENV}): "
-            "expected a positive number of rows"
-        )
-    return exclude, int(text)
+    max_buffer_rows = _positive(
+        arguments.payload_log_max_buffer_rows,
+        "--payload_log_max_buffer_rows",
+        PAYLOAD_LOG_MAX_BUFFER_ROWS_ENV,
+        "rows",
+    )
+    return exclude, max_buffer_rows
 
 
 def _check_options(arguments: argparse.Namespace) -> tuple[int, int, tuple[float, ...]]:
